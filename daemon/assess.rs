@@ -1,0 +1,403 @@
+//! Measuring a file: its extents, physical runs, data ranges, the ideal
+//! extent count and a score; and e4defrag's filesystem-level score, so that
+//! operators can compare one to one. Pure functions over an extent list.
+
+use serde::Serialize;
+
+use crate::ext4::Extent;
+
+/// The longest extent ext4 can record (written extents; unwritten ones are
+/// one block shorter).
+pub const MAX_EXTENT_BLOCKS: u64 = 32768;
+
+/// A range of logical blocks of a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct BlockRange {
+    pub start: u64,
+    pub len: u64,
+}
+
+impl BlockRange {
+    pub fn end(&self) -> u64 {
+        self.start + self.len
+    }
+}
+
+/// One extent in filesystem blocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockExtent {
+    pub logical: u64,
+    pub physical: u64,
+    pub len: u64,
+}
+
+/// Why a file's map cannot be moved as it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MapProblem {
+    /// Dirty data without blocks yet: the file is being written.
+    DelayedAllocation,
+    /// Data stored inside the inode.
+    Inline,
+    /// Encrypted, encoded or not block-aligned.
+    UnknownLocation,
+}
+
+/// A file's extents in blocks, sorted by logical offset.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ExtentMap {
+    pub extents: Vec<BlockExtent>,
+    pub problem: Option<MapProblem>,
+}
+
+impl ExtentMap {
+    /// Converts FIEMAP's byte extents into blocks of `block_size` bytes.
+    pub fn from_fiemap(raw: &[Extent], block_size: u64) -> Self {
+        let mut problem = None;
+        let mut extents = Vec::with_capacity(raw.len());
+        for e in raw {
+            if e.flags.is_delalloc() {
+                problem = Some(MapProblem::DelayedAllocation);
+            } else if e.flags.is_inline() {
+                problem = Some(MapProblem::Inline);
+            } else if e.flags.location_unknown() || e.flags.is_encrypted() {
+                problem = Some(MapProblem::UnknownLocation);
+            }
+            extents.push(BlockExtent {
+                logical: e.logical / block_size,
+                physical: e.physical / block_size,
+                len: e.length.div_ceil(block_size),
+            });
+        }
+        extents.sort_by_key(|e| e.logical);
+        ExtentMap { extents, problem }
+    }
+
+    /// Extents as the kernel lists them (what `filefrag -v` shows).
+    pub fn extent_count(&self) -> u64 {
+        self.extents.len() as u64
+    }
+
+    /// Blocks mapped, holes excluded.
+    pub fn blocks(&self) -> u64 {
+        self.extents.iter().map(|e| e.len).sum()
+    }
+
+    /// Runs of extents that are contiguous both logically and physically:
+    /// what a reader really seeks between.
+    pub fn physical_runs(&self) -> u64 {
+        self.runs_within(None)
+    }
+
+    /// Physical runs, counting only the parts of extents inside `ranges`.
+    pub fn physical_runs_in(&self, ranges: &[BlockRange]) -> u64 {
+        self.runs_within(Some(ranges))
+    }
+
+    fn runs_within(&self, ranges: Option<&[BlockRange]>) -> u64 {
+        let mut runs = 0;
+        let mut expected: Option<(u64, u64)> = None; // (next logical, next physical)
+        for piece in self.pieces(ranges) {
+            if expected != Some((piece.logical, piece.physical)) {
+                runs += 1;
+            }
+            expected = Some((piece.logical + piece.len, piece.physical + piece.len));
+        }
+        runs
+    }
+
+    /// The extents, cut to `ranges` when given.
+    fn pieces<'a>(
+        &'a self,
+        ranges: Option<&'a [BlockRange]>,
+    ) -> impl Iterator<Item = BlockExtent> + 'a {
+        self.extents.iter().flat_map(move |e| {
+            let whole = [BlockRange {
+                start: e.logical,
+                len: e.len,
+            }];
+            let cuts: Vec<BlockExtent> = ranges
+                .unwrap_or(&whole)
+                .iter()
+                .filter_map(|r| {
+                    let start = r.start.max(e.logical);
+                    let end = r.end().min(e.logical + e.len);
+                    (start < end).then(|| BlockExtent {
+                        logical: start,
+                        physical: e.physical + (start - e.logical),
+                        len: end - start,
+                    })
+                })
+                .collect();
+            cuts
+        })
+    }
+
+    /// Logically contiguous stretches of mapped blocks: holes split them.
+    pub fn data_ranges(&self) -> Vec<BlockRange> {
+        let mut ranges: Vec<BlockRange> = Vec::new();
+        for e in &self.extents {
+            match ranges.last_mut() {
+                Some(last) if last.end() >= e.logical => {
+                    let end = last.end().max(e.logical + e.len);
+                    last.len = end - last.start;
+                }
+                _ => ranges.push(BlockRange {
+                    start: e.logical,
+                    len: e.len,
+                }),
+            }
+        }
+        ranges
+    }
+
+    /// The fewest extents ext4 could store this data in: each data range
+    /// in pieces of at most 32768 blocks.
+    pub fn ideal_extents(&self) -> u64 {
+        ideal_extents(&self.data_ranges())
+    }
+}
+
+/// The fewest extents that can hold `ranges`.
+pub fn ideal_extents(ranges: &[BlockRange]) -> u64 {
+    ranges
+        .iter()
+        .map(|r| r.len.div_ceil(MAX_EXTENT_BLOCKS))
+        .sum()
+}
+
+/// Cuts `ranges` at `eof_block`: MOVE_EXT cannot reach past end of file
+/// (blocks preallocated beyond it stay where they are).
+pub fn clip_to_eof(ranges: &[BlockRange], eof_block: u64) -> Vec<BlockRange> {
+    ranges
+        .iter()
+        .filter(|r| r.start < eof_block)
+        .map(|r| BlockRange {
+            start: r.start,
+            len: r.end().min(eof_block) - r.start,
+        })
+        .collect()
+}
+
+/// The measurements of one file.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Assessment {
+    pub size_bytes: u64,
+    pub extents: u64,
+    pub physical_runs: u64,
+    pub ideal_extents: u64,
+    pub data_ranges: u64,
+    pub blocks: u64,
+    /// 0 for a file in its ideal shape; towards 100 as more of its extents
+    /// are excess: 100 × (extents − ideal) / extents.
+    pub score: f64,
+}
+
+impl Assessment {
+    pub fn of(map: &ExtentMap, size_bytes: u64) -> Self {
+        let extents = map.extent_count();
+        let ideal = map.ideal_extents();
+        Assessment {
+            size_bytes,
+            extents,
+            physical_runs: map.physical_runs(),
+            ideal_extents: ideal,
+            data_ranges: map.data_ranges().len() as u64,
+            blocks: map.blocks(),
+            score: score(extents, ideal),
+        }
+    }
+
+    /// Every data range is already one physical run: moving cannot help.
+    pub fn is_contiguous(&self) -> bool {
+        self.physical_runs <= self.data_ranges || self.extents <= self.ideal_extents
+    }
+
+    pub fn excess_extents(&self) -> u64 {
+        self.extents.saturating_sub(self.ideal_extents)
+    }
+}
+
+/// 100 × (extents − ideal) / extents, 0 when at or below ideal.
+pub fn score(extents: u64, ideal: u64) -> f64 {
+    if extents <= ideal || extents == 0 {
+        0.0
+    } else {
+        100.0 * (extents - ideal) as f64 / extents as f64
+    }
+}
+
+/// e4defrag's idea of the best extent count: one per flex group (or block
+/// group) the blocks span.
+pub fn e4defrag_best(blocks: u64, blocks_per_group: u32, groups_per_flex: Option<u32>) -> u64 {
+    let span = u64::from(blocks_per_group) * u64::from(groups_per_flex.unwrap_or(1));
+    if blocks == 0 {
+        0
+    } else if span == 0 {
+        1
+    } else {
+        (blocks - 1) / span + 1
+    }
+}
+
+/// e4defrag -c's "Fragmentation score" over many files, by its own formula,
+/// accumulated file by file.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct E4defragScore {
+    pub extents: u64,
+    pub best: u64,
+    pub blocks: u64,
+}
+
+impl E4defragScore {
+    pub fn add(&mut self, extents: u64, best: u64, blocks: u64) {
+        self.extents += extents;
+        self.best += best;
+        self.blocks += blocks;
+    }
+
+    /// ratio = (extents − best) × 100 / blocks;
+    /// score = ratio > 10 ? 80 + 20 × ratio / 100 : 8 × ratio.
+    pub fn score(&self) -> f64 {
+        if self.blocks == 0 {
+            return 0.0;
+        }
+        let ratio = (self.extents as f64 - self.best as f64) * 100.0 / self.blocks as f64;
+        if ratio > 10.0 {
+            80.0 + 20.0 * ratio / 100.0
+        } else {
+            8.0 * ratio
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ext4::ExtentFlags;
+
+    fn ext(logical: u64, physical: u64, len: u64) -> BlockExtent {
+        BlockExtent {
+            logical,
+            physical,
+            len,
+        }
+    }
+
+    fn map(extents: Vec<BlockExtent>) -> ExtentMap {
+        ExtentMap {
+            extents,
+            problem: None,
+        }
+    }
+
+    #[test]
+    fn contiguous_neighbours_form_one_run() {
+        // Split at the 32768-block limit but physically contiguous: one run.
+        let m = map(vec![ext(0, 1000, 32768), ext(32768, 33768, 100)]);
+        assert_eq!(m.extent_count(), 2);
+        assert_eq!(m.physical_runs(), 1);
+        assert_eq!(m.ideal_extents(), 2);
+        assert!(Assessment::of(&m, 32868 * 4096).is_contiguous());
+    }
+
+    #[test]
+    fn scattered_extents_are_separate_runs() {
+        let m = map(vec![ext(0, 500, 10), ext(10, 100, 10), ext(20, 110, 10)]);
+        assert_eq!(m.physical_runs(), 2);
+        assert_eq!(m.ideal_extents(), 1);
+        let a = Assessment::of(&m, 30 * 4096);
+        assert!(!a.is_contiguous());
+        assert_eq!(a.excess_extents(), 2);
+        assert!((a.score - 66.666).abs() < 0.01);
+    }
+
+    #[test]
+    fn holes_split_data_ranges_and_runs() {
+        // Physically adjacent but with a logical hole between: two ranges.
+        let m = map(vec![ext(0, 100, 10), ext(20, 110, 10)]);
+        assert_eq!(
+            m.data_ranges(),
+            vec![
+                BlockRange { start: 0, len: 10 },
+                BlockRange { start: 20, len: 10 }
+            ]
+        );
+        assert_eq!(m.physical_runs(), 2);
+        assert_eq!(m.ideal_extents(), 2);
+        assert!(Assessment::of(&m, 30 * 4096).is_contiguous());
+    }
+
+    #[test]
+    fn ideal_counts_max_length_pieces() {
+        let r = [
+            BlockRange {
+                start: 0,
+                len: 128_000,
+            },
+            BlockRange {
+                start: 200_000,
+                len: 1,
+            },
+        ];
+        assert_eq!(ideal_extents(&r), 4 + 1);
+    }
+
+    #[test]
+    fn runs_within_ranges_cut_extents() {
+        let m = map(vec![ext(0, 100, 10), ext(10, 500, 10), ext(20, 510, 10)]);
+        assert_eq!(m.physical_runs_in(&[BlockRange { start: 12, len: 18 }]), 1);
+        assert_eq!(m.physical_runs_in(&[BlockRange { start: 5, len: 10 }]), 2);
+    }
+
+    #[test]
+    fn clipping_at_eof_drops_preallocation_past_it() {
+        let r = [
+            BlockRange { start: 0, len: 10 },
+            BlockRange { start: 20, len: 10 },
+        ];
+        assert_eq!(
+            clip_to_eof(&r, 25),
+            vec![
+                BlockRange { start: 0, len: 10 },
+                BlockRange { start: 20, len: 5 }
+            ]
+        );
+        assert_eq!(clip_to_eof(&r, 5), vec![BlockRange { start: 0, len: 5 }]);
+    }
+
+    #[test]
+    fn fiemap_bytes_become_blocks_and_flags_become_problems() {
+        let raw = [
+            Extent {
+                logical: 8192,
+                physical: 40960,
+                length: 4096,
+                flags: ExtentFlags::from_bits(0),
+            },
+            Extent {
+                logical: 0,
+                physical: 0,
+                length: 8192,
+                flags: ExtentFlags::from_bits(ExtentFlags::DELALLOC),
+            },
+        ];
+        let m = ExtentMap::from_fiemap(&raw, 4096);
+        assert_eq!(m.extents[0], ext(0, 0, 2));
+        assert_eq!(m.extents[1], ext(2, 10, 1));
+        assert_eq!(m.problem, Some(MapProblem::DelayedAllocation));
+    }
+
+    #[test]
+    fn e4defrag_best_and_score_follow_its_formula() {
+        assert_eq!(e4defrag_best(0, 32768, Some(16)), 0);
+        assert_eq!(e4defrag_best(1, 32768, Some(16)), 1);
+        assert_eq!(e4defrag_best(32768 * 16 + 1, 32768, Some(16)), 2);
+        assert_eq!(e4defrag_best(32769, 32768, None), 2);
+        let mut s = E4defragScore::default();
+        s.add(6, 1, 1000); // ratio 0.5 -> 4
+        assert!((s.score() - 4.0).abs() < 1e-9);
+        s.add(200, 1, 0); // ratio (206-2)*100/1000 = 20.4 -> 84.08
+        assert!((s.score() - 84.08).abs() < 1e-9);
+        assert_eq!(E4defragScore::default().score(), 0.0);
+    }
+}

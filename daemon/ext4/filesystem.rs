@@ -1,0 +1,248 @@
+//! Facts about the filesystem a file lives on: is it ext4 (statfs), its
+//! layout (the superblock, read from the block device) and how it is
+//! mounted (/proc/self/mountinfo). Free space is read fresh each time.
+
+use std::fmt;
+use std::fs::File;
+use std::io::BufReader;
+use std::os::fd::BorrowedFd;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::PathBuf;
+
+use nix::sys::stat::fstat;
+use nix::sys::statfs::fstatfs;
+use procfs_core::process::{MountInfo, MountInfos};
+use procfs_core::FromBufRead;
+
+use super::error::{Error, Result};
+
+const EXT4_SUPER_MAGIC: i64 = 0xEF53;
+const SUPERBLOCK_OFFSET: u64 = 1024;
+const SUPERBLOCK_LEN: usize = 1024;
+
+/// The filesystem's UUID: with an inode number and generation, it names a
+/// file for good.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FsUuid(pub [u8; 16]);
+
+impl fmt::Display for FsUuid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = &self.0;
+        write!(
+            f,
+            "{:02x}{:02x}{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}",
+            b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]
+        )
+    }
+}
+
+/// What the superblock says about the layout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Superblock {
+    pub uuid: FsUuid,
+    pub block_size: u32,
+    pub blocks_per_group: u32,
+    /// Block groups per flex group, when flex_bg is on.
+    pub groups_per_flex: Option<u32>,
+    pub has_extents: bool,
+    pub bigalloc: bool,
+    pub inline_data: bool,
+    pub encryption: bool,
+}
+
+impl Superblock {
+    /// Parses the 1024 bytes of an ext2/3/4 superblock.
+    pub fn parse(raw: &[u8]) -> Option<Superblock> {
+        let u16_at = |o: usize| raw.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
+        let u32_at = |o: usize| {
+            raw.get(o..o + 4)
+                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        };
+        if u16_at(0x38)? != 0xEF53 {
+            return None;
+        }
+        let log_block_size = u32_at(0x18)?;
+        let block_size = 1024u32.checked_shl(log_block_size)?;
+        let incompat = u32_at(0x60)?;
+        let ro_compat = u32_at(0x64)?;
+        let uuid: [u8; 16] = raw.get(0x68..0x78)?.try_into().ok()?;
+        let log_groups_per_flex = u32::from(*raw.get(0x174)?);
+        let flex_bg = incompat & 0x0200 != 0;
+        Some(Superblock {
+            uuid: FsUuid(uuid),
+            block_size,
+            blocks_per_group: u32_at(0x20)?,
+            groups_per_flex: flex_bg.then(|| 1u32.checked_shl(log_groups_per_flex).unwrap_or(1)),
+            has_extents: incompat & 0x0040 != 0,
+            bigalloc: ro_compat & 0x0200 != 0,
+            inline_data: incompat & 0x8000 != 0,
+            encryption: incompat & 0x10000 != 0,
+        })
+    }
+}
+
+/// Everything decided once per filesystem.
+#[derive(Debug, Clone)]
+pub struct FsInfo {
+    /// st_dev of files on it.
+    pub dev: u64,
+    pub mount_point: PathBuf,
+    pub device: PathBuf,
+    pub superblock: Superblock,
+    pub read_only: bool,
+    pub data_journal: bool,
+    pub dax: bool,
+}
+
+/// Why a filesystem cannot be worked on at all.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FsError {
+    #[error("not an ext4 filesystem (statfs type {0:#x}): defragd only works on ext4")]
+    NotExt4(i64),
+    #[error("the mount for device {0} is not in /proc/self/mountinfo: is /proc mounted?")]
+    MountNotFound(String),
+    #[error(
+        "cannot read the ext4 superblock from {device}: {reason}; defragd needs read access \
+         to the block device to learn the filesystem's layout"
+    )]
+    Superblock { device: String, reason: String },
+    #[error(transparent)]
+    Call(#[from] Error),
+}
+
+/// Probes the filesystem that `fd` lives on.
+pub fn probe(fd: BorrowedFd<'_>) -> std::result::Result<FsInfo, FsError> {
+    let statfs = fstatfs(fd).map_err(|errno| Error::of("fstatfs", errno))?;
+    let fs_type = statfs.filesystem_type().0 as i64;
+    if fs_type != EXT4_SUPER_MAGIC {
+        return Err(FsError::NotExt4(fs_type));
+    }
+    let dev = fstat(fd).map_err(|errno| Error::of("fstat", errno))?.st_dev;
+    let mount = find_mount(dev)?;
+    let device = mount
+        .mount_source
+        .clone()
+        .map(PathBuf::from)
+        .ok_or_else(|| FsError::MountNotFound(majmin(dev)))?;
+    let superblock = read_superblock(&device, dev)?;
+    let has = |options: &std::collections::HashMap<String, Option<String>>,
+               key: &str,
+               value: Option<&str>| {
+        options
+            .get(key)
+            .is_some_and(|v| value.is_none() || v.as_deref() == value)
+    };
+    let super_opts = &mount.super_options;
+    Ok(FsInfo {
+        dev,
+        mount_point: mount.mount_point.clone(),
+        device,
+        read_only: has(&mount.mount_options, "ro", None) || has(super_opts, "ro", None),
+        data_journal: has(super_opts, "data", Some("journal")),
+        dax: has(super_opts, "dax", None)
+            || has(super_opts, "dax", Some("always"))
+            || has(super_opts, "dax", Some("inode")),
+        superblock,
+    })
+}
+
+fn majmin(dev: u64) -> String {
+    format!(
+        "{}:{}",
+        nix::sys::stat::major(dev),
+        nix::sys::stat::minor(dev)
+    )
+}
+
+fn find_mount(dev: u64) -> std::result::Result<MountInfo, FsError> {
+    let wanted = majmin(dev);
+    let not_found = || FsError::MountNotFound(wanted.clone());
+    let file = File::open("/proc/self/mountinfo").map_err(|_| not_found())?;
+    let mounts = MountInfos::from_buf_read(BufReader::new(file)).map_err(|_| not_found())?;
+    // The first mount of the device is the one its superblock options show;
+    // bind mounts of the same device share them.
+    mounts
+        .0
+        .into_iter()
+        .find(|m| m.majmin == wanted)
+        .ok_or_else(not_found)
+}
+
+fn read_superblock(device: &std::path::Path, dev: u64) -> std::result::Result<Superblock, FsError> {
+    let fail = |reason: String| FsError::Superblock {
+        device: device.display().to_string(),
+        reason,
+    };
+    let file = File::open(device).map_err(|e| fail(e.to_string()))?;
+    // The mount source is only a name: make sure it is the device the file
+    // lives on before trusting what it says.
+    let meta = file.metadata().map_err(|e| fail(e.to_string()))?;
+    if meta.rdev() != dev {
+        return Err(fail(format!(
+            "it is not the device {} the file lives on",
+            majmin(dev)
+        )));
+    }
+    let mut raw = vec![0u8; SUPERBLOCK_LEN];
+    file.read_exact_at(&mut raw, SUPERBLOCK_OFFSET)
+        .map_err(|e| fail(e.to_string()))?;
+    Superblock::parse(&raw).ok_or_else(|| fail("no ext4 magic number".into()))
+}
+
+/// Free space as an unprivileged writer sees it (without the root reserve).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FreeSpace {
+    pub total_bytes: u64,
+    pub available_bytes: u64,
+}
+
+pub fn free_space(fd: BorrowedFd<'_>) -> Result<FreeSpace> {
+    let s = fstatfs(fd).map_err(|errno| Error::of("fstatfs", errno))?;
+    let block = s.block_size() as u64;
+    Ok(FreeSpace {
+        total_bytes: s.blocks().saturating_mul(block),
+        available_bytes: s.blocks_available().saturating_mul(block),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw_superblock() -> Vec<u8> {
+        let mut raw = vec![0u8; SUPERBLOCK_LEN];
+        raw[0x38..0x3A].copy_from_slice(&0xEF53u16.to_le_bytes());
+        raw[0x18..0x1C].copy_from_slice(&2u32.to_le_bytes()); // 4096
+        raw[0x20..0x24].copy_from_slice(&32768u32.to_le_bytes());
+        raw[0x60..0x64].copy_from_slice(&(0x0040u32 | 0x0200).to_le_bytes());
+        raw[0x68..0x78].copy_from_slice(&[0xab; 16]);
+        raw[0x174] = 4;
+        raw
+    }
+
+    #[test]
+    fn parses_layout_and_features() {
+        let sb = Superblock::parse(&raw_superblock()).expect("valid superblock");
+        assert_eq!(sb.block_size, 4096);
+        assert_eq!(sb.blocks_per_group, 32768);
+        assert_eq!(sb.groups_per_flex, Some(16));
+        assert!(sb.has_extents && !sb.bigalloc && !sb.inline_data);
+        assert_eq!(sb.uuid.to_string(), "abababab-abab-abab-abab-abababababab");
+    }
+
+    #[test]
+    fn rejects_garbage() {
+        assert_eq!(Superblock::parse(&[0u8; 1024]), None);
+        assert_eq!(Superblock::parse(&[0u8; 10]), None);
+        let mut raw = raw_superblock();
+        raw[0x18..0x1C].copy_from_slice(&99u32.to_le_bytes());
+        assert_eq!(Superblock::parse(&raw), None);
+    }
+
+    #[test]
+    fn bigalloc_is_read_from_ro_compat() {
+        let mut raw = raw_superblock();
+        raw[0x64..0x68].copy_from_slice(&0x0200u32.to_le_bytes());
+        assert!(Superblock::parse(&raw).expect("valid").bigalloc);
+    }
+}

@@ -1,0 +1,35 @@
+//! The only place that talks to the kernel about files and ext4: ioctls and
+//! raw syscalls behind safe, typed wrappers. Every errno is mapped to an
+//! [`Error`] that says what it means; nothing above this module sees one.
+//! This module decides nothing: policy and sequencing live above it.
+
+mod donor;
+mod error;
+mod fiemap;
+mod filesystem;
+mod inode;
+mod ioprio;
+mod move_ext;
+mod open;
+mod pagecache;
+
+pub use donor::{allocate, create_donor};
+pub use error::{Call, Error, Result};
+pub use fiemap::{fiemap, Extent, ExtentFlags, Flush};
+pub use filesystem::{free_space, probe, FreeSpace, FsError, FsInfo, FsUuid, Superblock};
+pub use inode::{generation, inode_flags, InodeFlags};
+pub use ioprio::set_current_thread_idle;
+pub use move_ext::{move_extents, MoveFailed};
+pub use open::{open_dir, open_dir_beneath, pin_beneath, reopen, Access};
+pub use pagecache::{drop_cached, page_size, read_ahead, residency, write_back, Residency, Wait};
+
+/// fdatasync(2), so that delayed allocations get real blocks before the
+/// file is mapped.
+pub fn sync_data(fd: std::os::fd::BorrowedFd<'_>) -> Result<()> {
+    nix::unistd::fdatasync(fd).map_err(|errno| Error::of("fdatasync", errno))
+}
+
+/// fstat(2) of an open file.
+pub fn stat(fd: std::os::fd::BorrowedFd<'_>) -> Result<nix::sys::stat::FileStat> {
+    nix::sys::stat::fstat(fd).map_err(|errno| Error::of("fstat", errno))
+}

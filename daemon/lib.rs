@@ -1,0 +1,3 @@
+pub mod assess;
+pub mod ext4;
+pub mod plan;
