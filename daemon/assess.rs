@@ -230,12 +230,9 @@ pub fn score(extents: u64, ideal: u64) -> f64 {
 /// group) the blocks span.
 pub fn e4defrag_best(blocks: u64, blocks_per_group: u32, groups_per_flex: Option<u32>) -> u64 {
     let span = u64::from(blocks_per_group) * u64::from(groups_per_flex.unwrap_or(1));
-    if blocks == 0 {
-        0
-    } else if span == 0 {
-        1
-    } else {
-        (blocks - 1) / span + 1
+    match blocks.checked_sub(1) {
+        None => 0,
+        Some(last) => last.checked_div(span).map_or(1, |groups| groups + 1),
     }
 }
 

@@ -1,3 +1,9 @@
 pub mod assess;
+pub mod cli;
 pub mod ext4;
+pub mod inspect;
+pub mod mover;
+pub mod outcome;
 pub mod plan;
+pub mod throttle;
+pub mod walk;

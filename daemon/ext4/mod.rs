@@ -12,6 +12,7 @@ mod ioprio;
 mod move_ext;
 mod open;
 mod pagecache;
+mod swap;
 
 pub use donor::{allocate, create_donor};
 pub use error::{Call, Error, Result};
@@ -22,6 +23,7 @@ pub use ioprio::set_current_thread_idle;
 pub use move_ext::{move_extents, MoveFailed};
 pub use open::{open_dir, open_dir_beneath, pin_beneath, reopen, Access};
 pub use pagecache::{drop_cached, page_size, read_ahead, residency, write_back, Residency, Wait};
+pub use swap::is_active_swapfile;
 
 /// fdatasync(2), so that delayed allocations get real blocks before the
 /// file is mapped.

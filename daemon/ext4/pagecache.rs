@@ -32,8 +32,22 @@ impl Residency {
     /// The byte ranges of pages that were not resident: what to drop after
     /// the move so that the cache is as it was.
     pub fn absent_ranges(&self) -> Vec<(u64, u64)> {
+        self.ranges_where(false)
+    }
+
+    /// The byte ranges of pages that were resident.
+    pub fn resident_ranges(&self) -> Vec<(u64, u64)> {
+        self.ranges_where(true)
+    }
+
+    fn ranges_where(&self, resident: bool) -> Vec<(u64, u64)> {
         let mut ranges: Vec<(u64, u64)> = Vec::new();
-        for (index, _) in self.resident.iter().enumerate().filter(|(_, r)| !**r) {
+        for (index, _) in self
+            .resident
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| **r == resident)
+        {
             let offset = self.start + index as u64 * self.page_size;
             match ranges.last_mut() {
                 Some((start, len)) if *start + *len == offset => *len += self.page_size,
@@ -41,6 +55,17 @@ impl Residency {
             }
         }
         ranges
+    }
+
+    /// Was the page holding byte `offset` resident? None when outside.
+    pub fn at(&self, offset: u64) -> Option<bool> {
+        let index = offset.checked_sub(self.start)? / self.page_size;
+        self.resident.get(usize::try_from(index).ok()?).copied()
+    }
+
+    /// The first byte past the pages described.
+    pub fn end(&self) -> u64 {
+        self.start + self.resident.len() as u64 * self.page_size
     }
 
     pub fn resident_pages(&self) -> usize {
@@ -158,6 +183,11 @@ mod tests {
             vec![(8192, 8192), (20480, 4096), (32768, 4096)]
         );
         assert_eq!(r.resident_pages(), 3);
+        assert_eq!(r.resident_ranges(), vec![(16384, 4096), (24576, 8192)]);
+        assert_eq!(r.at(16384), Some(true));
+        assert_eq!(r.at(8192), Some(false));
+        assert_eq!(r.at(0), None);
+        assert_eq!(r.at(r.end()), None);
     }
 
     #[test]

@@ -1,0 +1,237 @@
+//! What happened to one file, in words an operator reads and in stable
+//! codes a script reads. A skip is not a failure: nothing was wrong, there
+//! was just nothing safe or worthwhile to do; and a no-op is never a success.
+
+use serde::Serialize;
+
+use crate::assess::Assessment;
+use crate::ext4;
+
+/// Why a file was left as it was.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SkipReason {
+    #[error("is a symbolic link; defragd never follows links")]
+    Symlink,
+    #[error("is not a regular file ({0})")]
+    NotRegular(&'static str),
+    #[error("is on another filesystem than the tree being walked (a mount point)")]
+    OtherFilesystem,
+    #[error("{0}")]
+    NotExt4(String),
+    #[error("is empty or smaller than one block ({size} bytes); there is nothing to defragment")]
+    TooSmall { size: u64 },
+    #[error("is already contiguous ({extents} extents, ideal {ideal}); nothing to gain")]
+    AlreadyContiguous { extents: u64, ideal: u64 },
+    #[error(
+        "is block-mapped (an ext3-era file): MOVE_EXT needs extents; it needs converting to \
+         extents first (the convert_block_mapped setting, once available)"
+    )]
+    BlockMapped,
+    #[error("keeps its data inline in the inode; there are no blocks to move")]
+    InlineData,
+    #[error("is immutable (chattr +i); clear the flag with `chattr -i` to defragment it")]
+    Immutable,
+    #[error("is append-only (chattr +a); clear the flag with `chattr -a` to defragment it")]
+    AppendOnly,
+    #[error("is encrypted (or verity-protected); the kernel cannot move its blocks")]
+    Encrypted,
+    #[error("is an active swap file; run `swapoff` on it first if it must be defragmented")]
+    Swapfile,
+    #[error("uses data journaling (data=journal or chattr +j); the kernel cannot move its blocks")]
+    DataJournal,
+    #[error("is on a bigalloc filesystem; the kernel cannot move extents there")]
+    Bigalloc,
+    #[error("is on a DAX mount or uses DAX; the kernel cannot move its blocks")]
+    Dax,
+    #[error("is on a read-only filesystem; remount it read-write to defragment")]
+    ReadOnly,
+    #[error(
+        "needs {need} of free space for the new copy, but only {available} is free and \
+         {reserve} is kept in reserve; free some space or lower --reserve-percent"
+    )]
+    NotEnoughFreeSpace {
+        need: Size,
+        available: Size,
+        reserve: Size,
+    },
+    #[error(
+        "no contiguous free space: the best the allocator found has {donor_runs} pieces, the \
+         file has {file_runs}; free space is itself fragmented, so moving would not help"
+    )]
+    NoContiguousFreeSpace { file_runs: u64, donor_runs: u64 },
+    #[error("is busy: {0}; try again later")]
+    Busy(String),
+}
+
+impl SkipReason {
+    /// A stable code for scripts.
+    pub fn code(&self) -> &'static str {
+        match self {
+            SkipReason::Symlink => "symlink",
+            SkipReason::NotRegular(_) => "not_regular",
+            SkipReason::OtherFilesystem => "other_filesystem",
+            SkipReason::NotExt4(_) => "not_ext4",
+            SkipReason::TooSmall { .. } => "too_small",
+            SkipReason::AlreadyContiguous { .. } => "already_contiguous",
+            SkipReason::BlockMapped => "block_mapped",
+            SkipReason::InlineData => "inline_data",
+            SkipReason::Immutable => "immutable",
+            SkipReason::AppendOnly => "append_only",
+            SkipReason::Encrypted => "encrypted",
+            SkipReason::Swapfile => "swapfile",
+            SkipReason::DataJournal => "data_journal",
+            SkipReason::Bigalloc => "bigalloc",
+            SkipReason::Dax => "dax",
+            SkipReason::ReadOnly => "read_only",
+            SkipReason::NotEnoughFreeSpace { .. } => "not_enough_free_space",
+            SkipReason::NoContiguousFreeSpace { .. } => "no_contiguous_free_space",
+            SkipReason::Busy(_) => "busy",
+        }
+    }
+}
+
+/// Why an attempt failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum FailReason {
+    #[error("{0}")]
+    Kernel(#[from] ext4::Error),
+    #[error("{0}")]
+    Filesystem(String),
+    #[error(
+        "the kernel moved only {moved} of {asked} blocks at block {at}: the file changed during \
+         the move; its data is intact, try again later"
+    )]
+    ShortMove { at: u64, asked: u64, moved: u64 },
+    #[error("the new copy's blocks did not match the file's data ranges ({0}); nothing was moved")]
+    DonorMismatch(String),
+    #[error(
+        "moved, but the result is no better ({before} -> {after} pieces): another writer took \
+         the free space during the move; the data is intact"
+    )]
+    NoImprovement { before: u64, after: u64 },
+}
+
+impl FailReason {
+    pub fn code(&self) -> &'static str {
+        match self {
+            FailReason::Kernel(_) => "kernel_error",
+            FailReason::Filesystem(_) => "filesystem_error",
+            FailReason::ShortMove { .. } => "short_move",
+            FailReason::DonorMismatch(_) => "donor_mismatch",
+            FailReason::NoImprovement { .. } => "no_improvement",
+        }
+    }
+}
+
+/// A byte count that prints as `1.2 GiB`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Size(pub u64);
+
+impl std::fmt::Display for Size {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", indicatif::BinaryBytes(self.0))
+    }
+}
+
+/// The result of a completed move.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Moved {
+    pub before: Assessment,
+    pub after: Assessment,
+    pub bytes_moved: u64,
+}
+
+/// What happened to one file.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Defragmented(Moved),
+    /// --dry-run: every check passed; this is what would be moved.
+    WouldDefragment(Assessment),
+    Skipped {
+        reason: SkipReason,
+        before: Option<Assessment>,
+    },
+    Failed {
+        reason: FailReason,
+        before: Option<Assessment>,
+        bytes_moved: u64,
+    },
+    /// Stopped between chunks on request; `next_block` is where to resume.
+    Interrupted {
+        before: Assessment,
+        next_block: u64,
+        bytes_moved: u64,
+    },
+}
+
+impl Outcome {
+    /// The word a report starts with.
+    pub fn word(&self) -> &'static str {
+        match self {
+            Outcome::Defragmented(_) => "defragmented",
+            Outcome::WouldDefragment(_) => "would_defragment",
+            Outcome::Skipped { .. } => "skipped",
+            Outcome::Failed { .. } => "failed",
+            Outcome::Interrupted { .. } => "interrupted",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_read_as_sentences_about_the_file() {
+        let r = SkipReason::NotEnoughFreeSpace {
+            need: Size(3 << 30),
+            available: Size(1 << 30),
+            reserve: Size(512 << 20),
+        };
+        let text = r.to_string();
+        assert!(
+            text.contains("3.00 GiB") && text.contains("--reserve-percent"),
+            "{text}"
+        );
+        assert_eq!(r.code(), "not_enough_free_space");
+    }
+
+    #[test]
+    fn codes_are_distinct() {
+        let reasons = [
+            SkipReason::Symlink,
+            SkipReason::NotRegular("fifo"),
+            SkipReason::OtherFilesystem,
+            SkipReason::NotExt4(String::new()),
+            SkipReason::TooSmall { size: 0 },
+            SkipReason::AlreadyContiguous {
+                extents: 1,
+                ideal: 1,
+            },
+            SkipReason::BlockMapped,
+            SkipReason::InlineData,
+            SkipReason::Immutable,
+            SkipReason::AppendOnly,
+            SkipReason::Encrypted,
+            SkipReason::Swapfile,
+            SkipReason::DataJournal,
+            SkipReason::Bigalloc,
+            SkipReason::Dax,
+            SkipReason::ReadOnly,
+            SkipReason::NotEnoughFreeSpace {
+                need: Size(0),
+                available: Size(0),
+                reserve: Size(0),
+            },
+            SkipReason::NoContiguousFreeSpace {
+                file_runs: 2,
+                donor_runs: 2,
+            },
+            SkipReason::Busy(String::new()),
+        ];
+        let mut codes: Vec<_> = reasons.iter().map(SkipReason::code).collect();
+        codes.sort_unstable();
+        codes.dedup();
+        assert_eq!(codes.len(), reasons.len());
+    }
+}
