@@ -106,7 +106,13 @@ pub fn run(args: &DefragArgs) -> ExitCode {
     for root in &args.paths {
         let walked = walk(root, Depth::Recursive, &mut |found| {
             let file = match found {
-                Found::Refused { path, reason } => skipped_report(path, reason),
+                Found::Refused { path, reason } => {
+                    let report = skipped_report(path, reason);
+                    if !args.json {
+                        println!("{}", human_line(&report));
+                    }
+                    report
+                }
                 Found::File(target) => {
                     if show_bar {
                         supervisor.bar = Some(new_bar(&target));
@@ -173,7 +179,7 @@ fn worth_a_line(outcome: &Outcome) -> bool {
 }
 
 fn skipped_report(path: PathBuf, reason: SkipReason) -> FileReport {
-    let report = FileReport {
+    FileReport {
         path,
         outcome: "skipped",
         reason: Some(reason.to_string()),
@@ -184,9 +190,7 @@ fn skipped_report(path: PathBuf, reason: SkipReason) -> FileReport {
         ideal_extents: None,
         bytes_moved: 0,
         elapsed_s: 0.0,
-    };
-    println!("{}", human_line(&report));
-    report
+    }
 }
 
 fn file_report(path: PathBuf, outcome: &Outcome, elapsed: Duration) -> FileReport {
