@@ -72,9 +72,27 @@ impl ExtentMap {
         ExtentMap { extents, problem }
     }
 
-    /// Extents as the kernel lists them (what `filefrag -v` shows).
-    pub fn extent_count(&self) -> u64 {
+    /// Extents as FIEMAP lists them. The kernel may list physically
+    /// contiguous pieces separately (at the 32768-block limit, at a
+    /// written/unwritten edge, or as its extent cache happens to hold them),
+    /// so this varies for the same layout; e4defrag's score uses it.
+    pub fn fiemap_entries(&self) -> u64 {
         self.extents.len() as u64
+    }
+
+    /// Extents as `filefrag` counts them: a new one wherever the next
+    /// block is not physically next to the last. Stable for a layout, and
+    /// what operators can check with a tool nobody here wrote.
+    pub fn extent_count(&self) -> u64 {
+        let mut count = 0;
+        let mut next_physical = None;
+        for e in &self.extents {
+            if next_physical != Some(e.physical) {
+                count += 1;
+            }
+            next_physical = Some(e.physical + e.len);
+        }
+        count
     }
 
     /// Blocks mapped, holes excluded.
@@ -182,7 +200,10 @@ pub fn clip_to_eof(ranges: &[BlockRange], eof_block: u64) -> Vec<BlockRange> {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Assessment {
     pub size_bytes: u64,
+    /// As `filefrag` counts them.
     pub extents: u64,
+    /// As FIEMAP lists them (e4defrag's figure).
+    pub fiemap_entries: u64,
     pub physical_runs: u64,
     pub ideal_extents: u64,
     pub data_ranges: u64,
@@ -199,6 +220,7 @@ impl Assessment {
         Assessment {
             size_bytes,
             extents,
+            fiemap_entries: map.fiemap_entries(),
             physical_runs: map.physical_runs(),
             ideal_extents: ideal,
             data_ranges: map.data_ranges().len() as u64,
@@ -291,7 +313,8 @@ mod tests {
     fn contiguous_neighbours_form_one_run() {
         // Split at the 32768-block limit but physically contiguous: one run.
         let m = map(vec![ext(0, 1000, 32768), ext(32768, 33768, 100)]);
-        assert_eq!(m.extent_count(), 2);
+        assert_eq!(m.fiemap_entries(), 2);
+        assert_eq!(m.extent_count(), 1);
         assert_eq!(m.physical_runs(), 1);
         assert_eq!(m.ideal_extents(), 2);
         assert!(Assessment::of(&m, 32868 * 4096).is_contiguous());
@@ -299,10 +322,11 @@ mod tests {
 
     #[test]
     fn scattered_extents_are_separate_runs() {
-        let m = map(vec![ext(0, 500, 10), ext(10, 100, 10), ext(20, 110, 10)]);
-        assert_eq!(m.physical_runs(), 2);
+        let m = map(vec![ext(0, 500, 10), ext(10, 100, 10), ext(20, 110, 10), ext(30, 900, 10)]);
+        assert_eq!(m.physical_runs(), 3);
+        assert_eq!(m.extent_count(), 3);
         assert_eq!(m.ideal_extents(), 1);
-        let a = Assessment::of(&m, 30 * 4096);
+        let a = Assessment::of(&m, 40 * 4096);
         assert!(!a.is_contiguous());
         assert_eq!(a.excess_extents(), 2);
         assert!((a.score - 66.666).abs() < 0.01);

@@ -6,7 +6,7 @@ use std::fmt;
 use std::fs::File;
 use std::io::BufReader;
 use std::os::fd::BorrowedFd;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
 use std::path::PathBuf;
 
 use nix::sys::stat::fstat;
@@ -102,8 +102,8 @@ pub enum FsError {
     #[error("the mount for device {0} is not in /proc/self/mountinfo: is /proc mounted?")]
     MountNotFound(String),
     #[error(
-        "cannot read the ext4 superblock from {device}: {reason}; defragd needs read access \
-         to the block device to learn the filesystem's layout"
+        "cannot read the ext4 superblock of device {device} ({reason}); defragd needs read \
+         access to the block device to learn the filesystem's layout"
     )]
     Superblock { device: String, reason: String },
     #[error(transparent)]
@@ -119,12 +119,7 @@ pub fn probe(fd: BorrowedFd<'_>) -> std::result::Result<FsInfo, FsError> {
     }
     let dev = fstat(fd).map_err(|errno| Error::of("fstat", errno))?.st_dev;
     let mount = find_mount(dev)?;
-    let device = mount
-        .mount_source
-        .clone()
-        .map(PathBuf::from)
-        .ok_or_else(|| FsError::MountNotFound(majmin(dev)))?;
-    let superblock = read_superblock(&device, dev)?;
+    let (device, superblock) = read_superblock(mount.mount_source.as_deref(), dev)?;
     let has = |options: &std::collections::HashMap<String, Option<String>>,
                key: &str,
                value: Option<&str>| {
@@ -168,25 +163,37 @@ fn find_mount(dev: u64) -> std::result::Result<MountInfo, FsError> {
         .ok_or_else(not_found)
 }
 
-fn read_superblock(device: &std::path::Path, dev: u64) -> std::result::Result<Superblock, FsError> {
-    let fail = |reason: String| FsError::Superblock {
-        device: device.display().to_string(),
-        reason,
-    };
-    let file = File::open(device).map_err(|e| fail(e.to_string()))?;
-    // The mount source is only a name: make sure it is the device the file
-    // lives on before trusting what it says.
-    let meta = file.metadata().map_err(|e| fail(e.to_string()))?;
-    if meta.rdev() != dev {
-        return Err(fail(format!(
-            "it is not the device {} the file lives on",
-            majmin(dev)
-        )));
+/// Reads the superblock from the block device `dev`. The mount source is
+/// only a name (it can be `/dev/root`, or stale), so each candidate node is
+/// checked to be that very device before it is trusted.
+fn read_superblock(mount_source: Option<&str>, dev: u64) -> std::result::Result<(PathBuf, Superblock), FsError> {
+    let id = majmin(dev);
+    let mut candidates: Vec<PathBuf> = mount_source.map(PathBuf::from).into_iter().collect();
+    candidates.push(PathBuf::from(format!("/dev/block/{id}")));
+    if let Ok(uevent) = std::fs::read_to_string(format!("/sys/dev/block/{id}/uevent")) {
+        if let Some(name) = uevent.lines().find_map(|l| l.strip_prefix("DEVNAME=")) {
+            candidates.push(PathBuf::from("/dev").join(name));
+        }
+    }
+    let mut reasons = Vec::new();
+    for path in &candidates {
+        match superblock_from(path, dev) {
+            Ok(sb) => return Ok((path.clone(), sb)),
+            Err(reason) => reasons.push(format!("{}: {reason}", path.display())),
+        }
+    }
+    Err(FsError::Superblock { device: id, reason: reasons.join("; ") })
+}
+
+fn superblock_from(path: &std::path::Path, dev: u64) -> std::result::Result<Superblock, String> {
+    let file = File::open(path).map_err(|e| e.to_string())?;
+    let meta = file.metadata().map_err(|e| e.to_string())?;
+    if meta.rdev() != dev || !meta.file_type().is_block_device() {
+        return Err(format!("not the device {} the file lives on", majmin(dev)));
     }
     let mut raw = vec![0u8; SUPERBLOCK_LEN];
-    file.read_exact_at(&mut raw, SUPERBLOCK_OFFSET)
-        .map_err(|e| fail(e.to_string()))?;
-    Superblock::parse(&raw).ok_or_else(|| fail("no ext4 magic number".into()))
+    file.read_exact_at(&mut raw, SUPERBLOCK_OFFSET).map_err(|e| e.to_string())?;
+    Superblock::parse(&raw).ok_or_else(|| "no ext4 magic number".to_string())
 }
 
 /// Free space as an unprivileged writer sees it (without the root reserve).
