@@ -322,7 +322,12 @@ mod tests {
 
     #[test]
     fn scattered_extents_are_separate_runs() {
-        let m = map(vec![ext(0, 500, 10), ext(10, 100, 10), ext(20, 110, 10), ext(30, 900, 10)]);
+        let m = map(vec![
+            ext(0, 500, 10),
+            ext(10, 100, 10),
+            ext(20, 110, 10),
+            ext(30, 900, 10),
+        ]);
         assert_eq!(m.physical_runs(), 3);
         assert_eq!(m.extent_count(), 3);
         assert_eq!(m.ideal_extents(), 1);

@@ -32,6 +32,8 @@ pub struct Target {
     pub path: PathBuf,
     /// The device the file must be on (the tree's), when known.
     pub expected_dev: Option<u64>,
+    /// The inode and generation the file must have (a queued job's).
+    pub expected_identity: Option<(u64, u32)>,
 }
 
 /// Why a file could not be inspected.
@@ -65,6 +67,14 @@ pub struct Filesystems {
 }
 
 impl Filesystems {
+    /// A cache that already knows one filesystem (the service probes each
+    /// covered filesystem once, not once per file).
+    pub fn seeded(dev: u64, info: FsInfo) -> Self {
+        Filesystems {
+            known: HashMap::from([(dev, Ok(info))]),
+        }
+    }
+
     /// The filesystem that `fd` (on device `dev`) lives on.
     pub fn get(&mut self, dev: u64, fd: std::os::fd::BorrowedFd<'_>) -> Result<&FsInfo, Refusal> {
         let entry = self.known.entry(dev).or_insert_with(|| ext4::probe(fd));
@@ -101,6 +111,8 @@ pub struct Inspected {
     pub dev: u64,
     pub ino: u64,
     pub size: u64,
+    /// Last data change, seconds since the epoch.
+    pub mtime: i64,
     pub generation: u32,
     pub flags: InodeFlags,
     pub map: ExtentMap,
@@ -139,6 +151,12 @@ pub fn inspect(
     }
     let flags = ext4::inode_flags(file.as_fd())?;
     let generation = ext4::generation(file.as_fd())?;
+    if target
+        .expected_identity
+        .is_some_and(|id| id != (reopened.st_ino, generation))
+    {
+        return Err(SkipReason::Replaced.into());
+    }
     let size = u64::try_from(reopened.st_size).unwrap_or(0);
     if settle == Settle::SyncData {
         ext4::sync_data(file.as_fd())?;
@@ -153,6 +171,7 @@ pub fn inspect(
         dev: stat.st_dev,
         ino: stat.st_ino,
         size,
+        mtime: reopened.st_mtime,
         generation,
         flags,
         map,

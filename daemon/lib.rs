@@ -1,9 +1,16 @@
 pub mod assess;
 pub mod cli;
+pub mod config;
+pub mod crawl_cursor;
 pub mod ext4;
 pub mod inspect;
+pub mod logging;
+pub mod mounts;
 pub mod mover;
 pub mod outcome;
 pub mod plan;
+pub mod policy;
+pub mod service;
+pub mod store;
 pub mod throttle;
 pub mod walk;

@@ -28,6 +28,8 @@ pub struct MoveOptions {
     pub reserve_percent: f64,
     /// Check everything, move nothing.
     pub dry_run: bool,
+    /// Leave files written more recently than this alone.
+    pub quiet_period: Option<std::time::Duration>,
 }
 
 impl Default for MoveOptions {
@@ -36,6 +38,7 @@ impl Default for MoveOptions {
             chunk_bytes: DEFAULT_CHUNK_BYTES,
             reserve_percent: DEFAULT_RESERVE_PERCENT,
             dry_run: false,
+            quiet_period: None,
         }
     }
 }
@@ -113,7 +116,7 @@ pub fn defragment(
 }
 
 /// Why a file cannot be moved, from its flags and its filesystem.
-fn refuse_unmovable(inspected: &Inspected) -> Result<(), SkipReason> {
+pub fn refuse_unmovable(inspected: &Inspected) -> Result<(), SkipReason> {
     let (fs, flags) = (&inspected.fs, inspected.flags);
     let block_size = u64::from(fs.superblock.block_size);
     let checks = [
@@ -168,6 +171,15 @@ fn prepare(
     resume_at: u64,
 ) -> Result<Option<Prepared>, Refusal> {
     refuse_unmovable(inspected)?;
+    if let Some(quiet) = options.quiet_period {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let ago_secs = now.saturating_sub(u64::try_from(inspected.mtime).unwrap_or(0));
+        if ago_secs < quiet.as_secs() {
+            return Err(SkipReason::RecentlyWritten { ago_secs }.into());
+        }
+    }
     let before = &inspected.assessment;
     if resume_at == 0 && before.is_contiguous() {
         return Err(SkipReason::AlreadyContiguous {

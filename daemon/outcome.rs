@@ -61,6 +61,10 @@ pub enum SkipReason {
     NoContiguousFreeSpace { file_runs: u64, donor_runs: u64 },
     #[error("is busy: {0}; try again later")]
     Busy(String),
+    #[error("was written {ago_secs} s ago; it is left alone until it has been quiet for the quiet period")]
+    RecentlyWritten { ago_secs: u64 },
+    #[error("is no longer the file that was queued (deleted, or replaced by another file at the same path)")]
+    Replaced,
 }
 
 impl SkipReason {
@@ -86,6 +90,8 @@ impl SkipReason {
             SkipReason::NotEnoughFreeSpace { .. } => "not_enough_free_space",
             SkipReason::NoContiguousFreeSpace { .. } => "no_contiguous_free_space",
             SkipReason::Busy(_) => "busy",
+            SkipReason::RecentlyWritten { .. } => "recently_written",
+            SkipReason::Replaced => "replaced",
         }
     }
 }
@@ -228,6 +234,8 @@ mod tests {
                 donor_runs: 2,
             },
             SkipReason::Busy(String::new()),
+            SkipReason::RecentlyWritten { ago_secs: 1 },
+            SkipReason::Replaced,
         ];
         let mut codes: Vec<_> = reasons.iter().map(SkipReason::code).collect();
         codes.sort_unstable();

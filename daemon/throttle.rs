@@ -78,3 +78,23 @@ mod tests {
         assert!(bucket.take(MIB, later) > Duration::ZERO);
     }
 }
+
+/// The share of the last 10 s in which some task waited for I/O
+/// (`/proc/pressure/io`, "some avg10"), in percent; None when the kernel
+/// has no PSI.
+pub fn io_pressure_percent() -> Option<f64> {
+    use procfs_core::FromBufRead;
+    let file = std::fs::File::open("/proc/pressure/io").ok()?;
+    let pressure = procfs_core::IoPressure::from_buf_read(std::io::BufReader::new(file)).ok()?;
+    Some(f64::from(pressure.some.avg10))
+}
+
+#[cfg(test)]
+mod pressure_tests {
+    #[test]
+    fn pressure_is_a_percentage_when_present() {
+        if let Some(p) = super::io_pressure_percent() {
+            assert!((0.0..=100.0).contains(&p), "{p}");
+        }
+    }
+}

@@ -18,7 +18,7 @@ use crate::inspect::Target;
 use crate::outcome::SkipReason;
 
 /// ext4's root directory is always inode 2.
-const EXT4_ROOT_INO: u64 = 2;
+pub const EXT4_ROOT_INO: u64 = 2;
 
 /// What the walk found.
 #[derive(Debug)]
@@ -82,6 +82,7 @@ pub fn walk(root: &Path, depth: Depth, visit: &mut dyn FnMut(Found)) -> Result<(
             name,
             path: root.into(),
             expected_dev: None,
+            expected_identity: None,
         }));
         return Ok(());
     }
@@ -106,8 +107,9 @@ struct Level {
     entries: std::vec::IntoIter<(OsString, EntryKind)>,
 }
 
+/// What a directory entry is, as far as a walk cares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum EntryKind {
+pub enum EntryKind {
     Directory,
     File,
     Other,
@@ -137,6 +139,7 @@ fn walk_tree(
                 name,
                 path,
                 expected_dev: Some(dev),
+                expected_identity: None,
             })),
             EntryKind::Directory if depth == Depth::Recursive => {
                 if name.as_bytes() == b"lost+found" && is_fs_root(&level.dir) {
@@ -182,7 +185,8 @@ fn open_level(dir: Arc<OwnedFd>, path: PathBuf) -> Option<Level> {
     })
 }
 
-fn read_entries(dir: &Arc<OwnedFd>) -> nix::Result<Vec<(OsString, EntryKind)>> {
+/// Reads a directory's entries (without . and ..), sorted by name bytes.
+pub fn read_entries(dir: &OwnedFd) -> nix::Result<Vec<(OsString, EntryKind)>> {
     // fdopendir takes ownership of its fd and moves its offset: give it a
     // fresh one of the same directory.
     let own = nix::fcntl::openat(
@@ -212,7 +216,7 @@ fn read_entries(dir: &Arc<OwnedFd>) -> nix::Result<Vec<(OsString, EntryKind)>> {
 }
 
 /// For filesystems that do not report entry types.
-fn kind_by_stat(dir: &Arc<OwnedFd>, name: &OsStr) -> EntryKind {
+fn kind_by_stat(dir: &OwnedFd, name: &OsStr) -> EntryKind {
     match fstatat(dir.as_fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW) {
         Ok(st) => match SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) {
             SFlag::S_IFDIR => EntryKind::Directory,

@@ -88,6 +88,7 @@ pub fn run(args: &DefragArgs) -> ExitCode {
         chunk_bytes: args.chunk_mib * MIB,
         reserve_percent: args.reserve_percent,
         dry_run: args.dry_run,
+        quiet_period: None,
     };
     let show_bar = !args.json && std::io::stderr().is_terminal();
     let mut supervisor = OneShot {

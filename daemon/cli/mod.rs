@@ -12,8 +12,6 @@ use clap::{Args, Parser, Subcommand};
 
 /// Exit status when some file failed.
 pub const EXIT_SOME_FAILED: u8 = 1;
-/// Exit status for usage errors (clap uses it too).
-pub const EXIT_USAGE: u8 = 2;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -22,6 +20,9 @@ pub const EXIT_USAGE: u8 = 2;
     about = "Online defragmentation for ext4: a background service and one-shot commands"
 )]
 pub struct Cli {
+    /// The service's config file (drop-ins are read from conf.d/ beside it).
+    #[arg(long, value_name = "FILE", global = true)]
+    pub config: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -32,6 +33,19 @@ pub enum Command {
     Check(CheckArgs),
     /// Defragment files or whole trees now, online, with the kernel's MOVE_EXT.
     Defrag(DefragArgs),
+    /// Work with the service's configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate a config (and its drop-ins and DEFRAGD__ overrides) and print
+    /// the effective one, or every error (exit status 78).
+    Check {
+        /// The config file [default: /etc/defragd/defragd.toml].
+        file: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -83,15 +97,30 @@ fn parse_percent(s: &str) -> Result<f64, String> {
 
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> ExitCode {
+    if cli.command.is_some() {
+        crate::logging::init("info");
+    }
     match cli.command {
         Some(Command::Check(args)) => check::run(&args),
         Some(Command::Defrag(args)) => defrag::run(&args),
-        None => {
-            eprintln!(
-                "defragd: the background service is not built yet; use `defragd check` or \
-                 `defragd defrag` (see `defragd --help`)"
-            );
-            ExitCode::from(EXIT_USAGE)
+        Some(Command::Config(ConfigCommand::Check { file })) => {
+            config_check(file.or(cli.config).as_deref())
+        }
+        None => crate::service::run(cli.config.as_deref()),
+    }
+}
+
+/// `defragd config check`: like `nginx -t`.
+fn config_check(file: Option<&std::path::Path>) -> ExitCode {
+    match crate::config::load(file) {
+        Ok(settings) => {
+            print!("{}", settings.render());
+            eprintln!("defragd: the configuration is valid");
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            eprintln!("defragd: the configuration is not valid:\n{errors}");
+            ExitCode::from(crate::config::EX_CONFIG)
         }
     }
 }

@@ -166,7 +166,10 @@ fn find_mount(dev: u64) -> std::result::Result<MountInfo, FsError> {
 /// Reads the superblock from the block device `dev`. The mount source is
 /// only a name (it can be `/dev/root`, or stale), so each candidate node is
 /// checked to be that very device before it is trusted.
-fn read_superblock(mount_source: Option<&str>, dev: u64) -> std::result::Result<(PathBuf, Superblock), FsError> {
+fn read_superblock(
+    mount_source: Option<&str>,
+    dev: u64,
+) -> std::result::Result<(PathBuf, Superblock), FsError> {
     let id = majmin(dev);
     let mut candidates: Vec<PathBuf> = mount_source.map(PathBuf::from).into_iter().collect();
     candidates.push(PathBuf::from(format!("/dev/block/{id}")));
@@ -182,7 +185,10 @@ fn read_superblock(mount_source: Option<&str>, dev: u64) -> std::result::Result<
             Err(reason) => reasons.push(format!("{}: {reason}", path.display())),
         }
     }
-    Err(FsError::Superblock { device: id, reason: reasons.join("; ") })
+    Err(FsError::Superblock {
+        device: id,
+        reason: reasons.join("; "),
+    })
 }
 
 fn superblock_from(path: &std::path::Path, dev: u64) -> std::result::Result<Superblock, String> {
@@ -192,7 +198,8 @@ fn superblock_from(path: &std::path::Path, dev: u64) -> std::result::Result<Supe
         return Err(format!("not the device {} the file lives on", majmin(dev)));
     }
     let mut raw = vec![0u8; SUPERBLOCK_LEN];
-    file.read_exact_at(&mut raw, SUPERBLOCK_OFFSET).map_err(|e| e.to_string())?;
+    file.read_exact_at(&mut raw, SUPERBLOCK_OFFSET)
+        .map_err(|e| e.to_string())?;
     Superblock::parse(&raw).ok_or_else(|| "no ext4 magic number".to_string())
 }
 

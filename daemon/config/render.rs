@@ -1,0 +1,224 @@
+//! The effective settings printed back in the file's shape and units, for
+//! `defragd config check`: as TOML text that defragd reads back to the same
+//! settings (`Settings::render`), and through serde for `--json`
+//! (`impl Serialize`). Both go through one view, so they cannot disagree.
+
+use serde::{Serialize, Serializer};
+
+use super::fragment::quote;
+use super::settings::{Settings, MIB};
+use super::units::{format_duration, format_size};
+
+/// The settings as the file writes them: MiB, human durations and sizes.
+#[derive(Serialize)]
+struct FileView<'a> {
+    state_dir: String,
+    filesystem: Vec<FilesystemView>,
+    throttle: ThrottleView,
+    policy: PolicyView<'a>,
+    crawl: CrawlView,
+    watch: WatchView,
+    service: ServiceView<'a>,
+}
+
+#[derive(Serialize)]
+struct FilesystemView {
+    path: String,
+    watch: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct ThrottleView {
+    max_mib_per_s: u64,
+    chunk_mib: u64,
+    pressure_pause_percent: f64,
+}
+
+#[derive(Serialize)]
+struct PolicyView<'a> {
+    quiet_period: String,
+    min_size: String,
+    min_excess_extents: u64,
+    min_score: f64,
+    exclude: &'a [String],
+    reserve_percent: f64,
+}
+
+#[derive(Serialize)]
+struct CrawlView {
+    interval: String,
+    files_per_second: u32,
+}
+
+#[derive(Serialize)]
+struct WatchView {
+    max_watches: u32,
+}
+
+#[derive(Serialize)]
+struct ServiceView<'a> {
+    log_level: &'a str,
+}
+
+impl Settings {
+    fn view(&self) -> FileView<'_> {
+        let path = |p: &std::path::Path| p.to_string_lossy().into_owned();
+        // Settings loaded from a file hold whole MiB; one built in code
+        // might not, and rounding up keeps the printed value non-zero.
+        let mib = |bytes: u64| bytes.div_ceil(MIB);
+        FileView {
+            state_dir: path(&self.state_dir),
+            filesystem: self
+                .filesystems
+                .iter()
+                .map(|fs| FilesystemView {
+                    path: path(&fs.path),
+                    watch: fs.watch.iter().map(|w| path(w)).collect(),
+                })
+                .collect(),
+            throttle: ThrottleView {
+                max_mib_per_s: mib(self.throttle.max_bytes_per_s.get()),
+                chunk_mib: mib(self.throttle.chunk_bytes.get()),
+                pressure_pause_percent: self.throttle.pressure_pause_percent.unwrap_or(0.0),
+            },
+            policy: PolicyView {
+                quiet_period: format_duration(self.policy.quiet_period),
+                min_size: format_size(self.policy.min_size_bytes),
+                min_excess_extents: self.policy.min_excess_extents,
+                min_score: self.policy.min_score,
+                exclude: &self.policy.exclude,
+                reserve_percent: self.policy.reserve_percent,
+            },
+            crawl: CrawlView {
+                interval: format_duration(self.crawl.interval),
+                files_per_second: self.crawl.files_per_second.get(),
+            },
+            watch: WatchView {
+                max_watches: self.watch.max_watches.get(),
+            },
+            service: ServiceView {
+                log_level: &self.service.log_level,
+            },
+        }
+    }
+
+    /// The effective configuration as TOML in the shape of defragd.toml,
+    /// every key present; loading it gives these settings back.
+    pub fn render(&self) -> String {
+        let v = self.view();
+        let mut lines = vec![format!("state_dir = {}", quote(&v.state_dir))];
+        if v.filesystem.is_empty() {
+            lines.push("filesystem = []".into());
+        }
+        for fs in &v.filesystem {
+            lines.push(String::new());
+            lines.push("[[filesystem]]".into());
+            lines.push(format!("path = {}", quote(&fs.path)));
+            lines.push(format!("watch = {}", array(&fs.watch)));
+        }
+        lines.extend([
+            String::new(),
+            "[throttle]".into(),
+            format!("max_mib_per_s = {}", v.throttle.max_mib_per_s),
+            format!("chunk_mib = {}", v.throttle.chunk_mib),
+            format!(
+                "pressure_pause_percent = {}",
+                number(v.throttle.pressure_pause_percent)
+            ),
+            String::new(),
+            "[policy]".into(),
+            format!("quiet_period = {}", quote(&v.policy.quiet_period)),
+            format!("min_size = {}", quote(&v.policy.min_size)),
+            format!("min_excess_extents = {}", v.policy.min_excess_extents),
+            format!("min_score = {}", number(v.policy.min_score)),
+            format!("exclude = {}", array(v.policy.exclude)),
+            format!("reserve_percent = {}", number(v.policy.reserve_percent)),
+            String::new(),
+            "[crawl]".into(),
+            format!("interval = {}", quote(&v.crawl.interval)),
+            format!("files_per_second = {}", v.crawl.files_per_second),
+            String::new(),
+            "[watch]".into(),
+            format!("max_watches = {}", v.watch.max_watches),
+            String::new(),
+            "[service]".into(),
+            format!("log_level = {}", quote(v.service.log_level)),
+        ]);
+        let mut text = lines.join("\n");
+        text.push('\n');
+        text
+    }
+}
+
+/// In the file's shape, like `render`, so that `--json` has the same keys
+/// as the file.
+impl Serialize for Settings {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.view().serialize(serializer)
+    }
+}
+
+fn array(items: &[String]) -> String {
+    let quoted: Vec<String> = items.iter().map(|s| quote(s)).collect();
+    format!("[{}]", quoted.join(", "))
+}
+
+/// A TOML number: "30" for a whole value, as the file writes it.
+fn number(x: f64) -> String {
+    if x.is_nan() {
+        "nan".into()
+    } else if x.is_infinite() {
+        if x > 0.0 { "inf" } else { "-inf" }.into()
+    } else if x.fract() == 0.0 && x.abs() < 1e15 {
+        format!("{}", x as i64)
+    } else {
+        // Display never uses exponents, so this is always a TOML float.
+        format!("{x}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_render_as_the_file_writes_them() {
+        let text = Settings::default().render();
+        for line in [
+            "state_dir = \"/var/lib/defragd\"",
+            "filesystem = []",
+            "max_mib_per_s = 64",
+            "chunk_mib = 1",
+            "pressure_pause_percent = 30",
+            "quiet_period = \"30s\"",
+            "min_size = \"1MiB\"",
+            "min_score = 10",
+            "exclude = []",
+            "interval = \"24h\"",
+            "max_watches = 65536",
+            "log_level = \"info\"",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing from:\n{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn json_has_the_file_keys() {
+        let json = serde_json::to_value(Settings::default()).unwrap();
+        assert_eq!(json["throttle"]["max_mib_per_s"], 64);
+        assert_eq!(json["policy"]["min_size"], "1MiB");
+        assert_eq!(json["crawl"]["interval"], "24h");
+        assert_eq!(json["filesystem"], serde_json::json!([]));
+    }
+
+    #[test]
+    fn numbers_are_toml() {
+        assert_eq!(number(30.0), "30");
+        assert_eq!(number(12.5), "12.5");
+        assert_eq!(number(1e-7), "0.0000001");
+        assert_eq!(number(f64::NAN), "nan");
+    }
+}

@@ -1,0 +1,315 @@
+//! Settings: the configuration as the rest of defragd sees it, validated
+//! and in tight types (bytes, `Duration`, `NonZero*`, a compiled glob
+//! set). Nothing here ever holds a raw string from a file except what is
+//! kept to print the configuration back (`PolicySettings::exclude`,
+//! `ServiceSettings::log_level`).
+
+use std::num::{NonZeroU32, NonZeroU64};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
+
+pub(super) const MIB: u64 = 1 << 20;
+
+// Evaluated at compile time (they are only used in consts), so a zero here
+// fails the build rather than the service.
+const fn non_zero_u64(n: u64) -> NonZeroU64 {
+    match NonZeroU64::new(n) {
+        Some(n) => n,
+        None => panic!("a non-zero default is zero"),
+    }
+}
+
+const fn non_zero_u32(n: u32) -> NonZeroU32 {
+    match NonZeroU32::new(n) {
+        Some(n) => n,
+        None => panic!("a non-zero default is zero"),
+    }
+}
+
+const DEFAULT_MAX_BYTES_PER_S: NonZeroU64 = non_zero_u64(64 * MIB);
+const DEFAULT_CHUNK_BYTES: NonZeroU64 = non_zero_u64(MIB);
+const DEFAULT_FILES_PER_SECOND: NonZeroU32 = non_zero_u32(500);
+const DEFAULT_MAX_WATCHES: NonZeroU32 = non_zero_u32(65_536);
+
+/// The whole effective configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    /// Where the store (state.db) lives.
+    pub state_dir: PathBuf,
+    /// The filesystems to serve; empty means every eligible mounted ext4.
+    pub filesystems: Vec<FilesystemSettings>,
+    pub throttle: ThrottleSettings,
+    pub policy: PolicySettings,
+    pub crawl: CrawlSettings,
+    pub watch: WatchSettings,
+    pub service: ServiceSettings,
+}
+
+/// One `[[filesystem]]` entry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FilesystemSettings {
+    /// Its mount point: absolute, normalised (no `.`, `..` or trailing `/`).
+    pub path: PathBuf,
+    /// Trees under `path` to watch for writes: absolute, normalised.
+    pub watch: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ThrottleSettings {
+    /// Bytes moved per second, all workers together.
+    pub max_bytes_per_s: NonZeroU64,
+    /// The most moved per kernel call.
+    pub chunk_bytes: NonZeroU64,
+    /// Pause while /proc/pressure/io "some avg10" is above this; `None`
+    /// when the pause is off.
+    pub pressure_pause_percent: Option<f64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PolicySettings {
+    /// How long a file must go unwritten before it is touched.
+    pub quiet_period: Duration,
+    /// Smaller files are left alone.
+    pub min_size_bytes: u64,
+    /// Files with fewer extents over their ideal are left alone.
+    pub min_excess_extents: u64,
+    /// Files scoring lower (0..=100) are left alone.
+    pub min_score: f64,
+    /// The exclude patterns as written, for printing the configuration.
+    /// Matching uses a set compiled from them: change them with
+    /// [`PolicySettings::set_exclude`], not by assigning this field.
+    pub exclude: Vec<String>,
+    excluded: GlobSet,
+    /// Share of each filesystem (0..=90) that must stay free.
+    pub reserve_percent: f64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CrawlSettings {
+    /// Between the starts of two crawl passes.
+    pub interval: Duration,
+    pub files_per_second: NonZeroU32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct WatchSettings {
+    /// inotify watches for all trees together.
+    pub max_watches: NonZeroU32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceSettings {
+    /// One of error, warn, info, debug, trace; used when DEFRAGD_LOG is not set.
+    pub log_level: String,
+}
+
+/// The log levels `service.log_level` accepts.
+pub const LOG_LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
+
+/// The documented defaults, the same as etc/defragd.toml.
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            state_dir: PathBuf::from("/var/lib/defragd"),
+            filesystems: Vec::new(),
+            throttle: ThrottleSettings::default(),
+            policy: PolicySettings::default(),
+            crawl: CrawlSettings::default(),
+            watch: WatchSettings::default(),
+            service: ServiceSettings::default(),
+        }
+    }
+}
+
+impl Default for ThrottleSettings {
+    fn default() -> Self {
+        ThrottleSettings {
+            max_bytes_per_s: DEFAULT_MAX_BYTES_PER_S,
+            chunk_bytes: DEFAULT_CHUNK_BYTES,
+            pressure_pause_percent: Some(30.0),
+        }
+    }
+}
+
+impl Default for PolicySettings {
+    fn default() -> Self {
+        PolicySettings {
+            quiet_period: Duration::from_secs(30),
+            min_size_bytes: MIB,
+            min_excess_extents: 4,
+            min_score: 10.0,
+            exclude: Vec::new(),
+            excluded: GlobSet::empty(),
+            reserve_percent: 5.0,
+        }
+    }
+}
+
+impl Default for CrawlSettings {
+    fn default() -> Self {
+        CrawlSettings {
+            interval: Duration::from_secs(24 * 3600),
+            files_per_second: DEFAULT_FILES_PER_SECOND,
+        }
+    }
+}
+
+impl Default for WatchSettings {
+    fn default() -> Self {
+        WatchSettings {
+            max_watches: DEFAULT_MAX_WATCHES,
+        }
+    }
+}
+
+impl Default for ServiceSettings {
+    fn default() -> Self {
+        ServiceSettings {
+            log_level: "info".into(),
+        }
+    }
+}
+
+/// The compiled set is left out: it is made from `exclude`.
+impl PartialEq for PolicySettings {
+    fn eq(&self, other: &Self) -> bool {
+        self.quiet_period == other.quiet_period
+            && self.min_size_bytes == other.min_size_bytes
+            && self.min_excess_extents == other.min_excess_extents
+            && self.min_score == other.min_score
+            && self.exclude == other.exclude
+            && self.reserve_percent == other.reserve_percent
+    }
+}
+
+/// An exclude pattern that cannot be used.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("exclude pattern {index} ({pattern:?}) {reason}")]
+pub struct ExcludeError {
+    /// Its position in the list, from 0.
+    pub index: usize,
+    pub pattern: String,
+    /// What is wrong and what is allowed.
+    pub reason: String,
+}
+
+impl PolicySettings {
+    /// Whether `path` (absolute) matches one of the exclude patterns.
+    pub fn is_excluded(&self, path: &Path) -> bool {
+        self.excluded.is_match(path)
+    }
+
+    /// Replaces the exclude patterns; on an error nothing changes.
+    pub fn set_exclude(&mut self, patterns: Vec<String>) -> Result<(), ExcludeError> {
+        self.excluded = compile_excludes(&patterns)?;
+        self.exclude = patterns;
+        Ok(())
+    }
+}
+
+/// The exclude patterns as one set, or the first that cannot be used.
+fn compile_excludes(patterns: &[String]) -> Result<GlobSet, ExcludeError> {
+    let mut set = GlobSetBuilder::new();
+    for (index, pattern) in patterns.iter().enumerate() {
+        let glob = exclude_glob(pattern).map_err(|reason| ExcludeError {
+            index,
+            pattern: pattern.clone(),
+            reason,
+        })?;
+        set.add(glob);
+    }
+    set.build().map_err(|e| ExcludeError {
+        index: 0,
+        pattern: patterns.join(", "),
+        reason: format!("cannot be compiled together ({e})"),
+    })
+}
+
+/// Whether one exclude pattern can be used, and if not, what is allowed.
+pub(super) fn check_exclude(pattern: &str) -> Result<(), String> {
+    exclude_glob(pattern).map(drop)
+}
+
+/// A pattern with a `/` is matched against the whole absolute path, and
+/// its `*` stays within one directory, so "/srv/*/cache" means what it
+/// says. A pattern without `/` matches a file name anywhere ("*.tmp"), as
+/// in .gitignore. A relative pattern with a `/` could never match an
+/// absolute path, so it is refused rather than silently useless.
+fn exclude_glob(pattern: &str) -> Result<Glob, String> {
+    let full = if !pattern.contains('/') {
+        format!("**/{pattern}")
+    } else if pattern.starts_with('/') {
+        pattern.to_owned()
+    } else {
+        return Err(
+            "must start with `/` when it contains `/` (paths are matched whole), \
+                    or contain no `/` to match file names anywhere"
+                .into(),
+        );
+    };
+    GlobBuilder::new(&full)
+        .literal_separator(true)
+        .build()
+        .map_err(|e| format!("must be a valid glob pattern ({})", e.kind()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let s = Settings::default();
+        assert_eq!(s.state_dir, Path::new("/var/lib/defragd"));
+        assert!(s.filesystems.is_empty());
+        assert_eq!(s.throttle.max_bytes_per_s.get(), 64 * MIB);
+        assert_eq!(s.throttle.chunk_bytes.get(), MIB);
+        assert_eq!(s.throttle.pressure_pause_percent, Some(30.0));
+        assert_eq!(s.policy.quiet_period, Duration::from_secs(30));
+        assert_eq!(s.policy.min_size_bytes, MIB);
+        assert_eq!(s.policy.min_excess_extents, 4);
+        assert_eq!(s.policy.min_score, 10.0);
+        assert!(s.policy.exclude.is_empty());
+        assert_eq!(s.policy.reserve_percent, 5.0);
+        assert_eq!(s.crawl.interval, Duration::from_secs(86_400));
+        assert_eq!(s.crawl.files_per_second.get(), 500);
+        assert_eq!(s.watch.max_watches.get(), 65_536);
+        assert_eq!(s.service.log_level, "info");
+        assert!(!s.policy.is_excluded(Path::new("/srv/a.tmp")));
+    }
+
+    #[test]
+    fn excludes_match_names_anywhere_and_paths_whole() {
+        let mut policy = PolicySettings::default();
+        policy
+            .set_exclude(vec![
+                "*.tmp".into(),
+                "/srv/scratch/**".into(),
+                "/srv/*/cache".into(),
+            ])
+            .unwrap();
+        assert!(policy.is_excluded(Path::new("/srv/a/b.tmp")));
+        assert!(policy.is_excluded(Path::new("/x.tmp")));
+        assert!(policy.is_excluded(Path::new("/srv/scratch/a/b")));
+        assert!(policy.is_excluded(Path::new("/srv/app/cache")));
+        assert!(!policy.is_excluded(Path::new("/srv/a/b/cache")));
+        assert!(!policy.is_excluded(Path::new("/srv/a/b.tmp.keep")));
+        assert!(!policy.is_excluded(Path::new("/srv/scratchpad")));
+    }
+
+    #[test]
+    fn bad_exclude_leaves_the_old_set() {
+        let mut policy = PolicySettings::default();
+        policy.set_exclude(vec!["*.tmp".into()]).unwrap();
+        let error = policy
+            .set_exclude(vec!["*.log".into(), "/a/[".into()])
+            .unwrap_err();
+        assert_eq!(error.index, 1);
+        let error = policy.set_exclude(vec!["srv/*.log".into()]).unwrap_err();
+        assert!(error.reason.contains("must start with `/`"), "{error}");
+        assert_eq!(policy.exclude, ["*.tmp"]);
+        assert!(policy.is_excluded(Path::new("/a/b.tmp")));
+    }
+}

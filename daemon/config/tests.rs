@@ -1,0 +1,494 @@
+//! Loading from real files in temporary directories: the sources, their
+//! order, the errors, and inputs no one should write.
+
+use std::fs;
+use std::time::Duration;
+
+use super::settings::MIB;
+use super::*;
+
+const SHIPPED: &str = include_str!("../../etc/defragd.toml");
+
+/// A directory holding a main file (if given) and a conf.d beside it.
+struct ConfigDir {
+    dir: tempfile::TempDir,
+}
+
+impl ConfigDir {
+    fn new(main: Option<&str>) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        if let Some(text) = main {
+            fs::write(dir.path().join("defragd.toml"), text).unwrap();
+        }
+        ConfigDir { dir }
+    }
+
+    fn main(&self) -> PathBuf {
+        self.dir.path().join("defragd.toml")
+    }
+
+    fn drop_in(&self, name: &str, text: &str) -> PathBuf {
+        let conf_d = self.dir.path().join("conf.d");
+        fs::create_dir_all(&conf_d).unwrap();
+        let path = conf_d.join(name);
+        fs::write(&path, text).unwrap();
+        path
+    }
+
+    fn load(&self, env: &[(&str, &str)]) -> Result<Settings, ConfigErrors> {
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        load_from(Some(&self.main()), env)
+    }
+
+    fn errors(&self, env: &[(&str, &str)]) -> Vec<String> {
+        match self.load(env) {
+            Ok(settings) => panic!("expected errors, got {settings:?}"),
+            Err(errors) => errors.0.iter().map(ToString::to_string).collect(),
+        }
+    }
+}
+
+#[test]
+fn the_shipped_file_is_exactly_the_defaults() {
+    let dir = ConfigDir::new(Some(SHIPPED));
+    assert_eq!(dir.load(&[]).unwrap(), Settings::default());
+}
+
+#[test]
+fn the_shipped_file_has_every_key() {
+    let rendered = Settings::default().render();
+    let keys = rendered
+        .lines()
+        .filter_map(|line| line.split_once(" = "))
+        .map(|(key, _)| key)
+        .filter(|key| *key != "filesystem");
+    for key in keys.chain(["path", "watch"]) {
+        let present = SHIPPED
+            .lines()
+            .map(|line| line.trim_start_matches(['#', ' ']))
+            .any(|line| line.starts_with(&format!("{key} = ")));
+        assert!(present, "etc/defragd.toml lacks {key}");
+    }
+}
+
+#[test]
+fn a_missing_default_file_means_the_defaults() {
+    let dir = ConfigDir::new(None);
+    let settings = load_sources(&dir.main(), false, Vec::new(), Vec::new()).unwrap();
+    assert_eq!(settings, Settings::default());
+}
+
+#[test]
+fn drop_ins_apply_even_without_the_main_file() {
+    let dir = ConfigDir::new(None);
+    dir.drop_in("10-rate.toml", "[throttle]\nmax_mib_per_s = 8\n");
+    let settings = load_sources(&dir.main(), false, Vec::new(), Vec::new()).unwrap();
+    assert_eq!(settings.throttle.max_bytes_per_s.get(), 8 * MIB);
+}
+
+#[test]
+fn a_missing_named_file_is_an_error() {
+    let dir = ConfigDir::new(None);
+    let errors = dir.errors(&[]);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].starts_with(&format!("{}: cannot read it: ", dir.main().display())),
+        "{errors:?}"
+    );
+}
+
+#[test]
+fn drop_ins_apply_in_byte_order_of_names_and_later_wins() {
+    let dir = ConfigDir::new(Some("[throttle]\nchunk_mib = 2\nmax_mib_per_s = 10\n"));
+    dir.drop_in("10-a.toml", "[throttle]\nchunk_mib = 3\n");
+    dir.drop_in("9-c.toml", "[throttle]\nchunk_mib = 5\n");
+    dir.drop_in("20-b.toml", "[throttle]\nchunk_mib = 4\n");
+    dir.drop_in("a.toml", "[policy]\nmin_score = 50\n");
+    dir.drop_in("Z.toml", "[policy]\nmin_score = 20\n");
+    // Not drop-ins: hidden, or not *.toml.
+    dir.drop_in(".zz-editor.toml", "[throttle]\nchunk_mib = 60\n");
+    dir.drop_in("zz.toml.bak", "not toml at all [");
+    let settings = dir.load(&[]).unwrap();
+    // Bytes, not the locale: "9-c" comes after "20-b", and "a" after "Z".
+    assert_eq!(settings.throttle.chunk_bytes.get(), 5 * MIB);
+    assert_eq!(settings.policy.min_score, 50.0);
+    assert_eq!(settings.throttle.max_bytes_per_s.get(), 10 * MIB);
+}
+
+#[test]
+fn a_later_filesystem_list_replaces_the_earlier_one() {
+    let dir = ConfigDir::new(Some(
+        "[[filesystem]]\npath = \"/srv\"\n[[filesystem]]\npath = \"/home\"\n",
+    ));
+    dir.drop_in(
+        "50-only-data.toml",
+        "[[filesystem]]\npath = \"/data\"\nwatch = [\"/data/db\"]\n",
+    );
+    let settings = dir.load(&[]).unwrap();
+    assert_eq!(
+        settings.filesystems,
+        [FilesystemSettings {
+            path: "/data".into(),
+            watch: vec!["/data/db".into()],
+        }]
+    );
+}
+
+#[test]
+fn the_environment_wins_over_every_file() {
+    let dir = ConfigDir::new(Some("state_dir = \"/a\"\n[throttle]\nmax_mib_per_s = 10\n"));
+    dir.drop_in(
+        "10.toml",
+        "[throttle]\nmax_mib_per_s = 20\n[policy]\nquiet_period = \"1m\"\n",
+    );
+    let settings = dir
+        .load(&[
+            ("DEFRAGD__THROTTLE__MAX_MIB_PER_S", "32"),
+            ("DEFRAGD__STATE_DIR", "/x"),
+            ("DEFRAGD__POLICY__QUIET_PERIOD", "2h"),
+            ("DEFRAGD__POLICY__EXCLUDE", r#"["/srv/{a,b}/**", "*.tmp"]"#),
+            ("DEFRAGD__THROTTLE__PRESSURE_PAUSE_PERCENT", "0"),
+            ("DEFRAGD__SERVICE__LOG_LEVEL", "debug"),
+            ("DEFRAGD_LOG", "trace"),
+            ("PATH", "/usr/bin"),
+        ])
+        .unwrap();
+    assert_eq!(settings.throttle.max_bytes_per_s.get(), 32 * MIB);
+    assert_eq!(settings.state_dir, Path::new("/x"));
+    assert_eq!(settings.policy.quiet_period, Duration::from_secs(7200));
+    assert!(settings.policy.is_excluded(Path::new("/srv/b/c")));
+    assert!(settings.policy.is_excluded(Path::new("/srv/c/d.tmp")));
+    assert_eq!(settings.throttle.pressure_pause_percent, None);
+    assert_eq!(settings.service.log_level, "debug");
+}
+
+#[test]
+fn a_bad_value_names_the_key_the_file_the_value_and_what_is_allowed() {
+    let dir = ConfigDir::new(Some(SHIPPED));
+    let drop_in = dir.drop_in("50-fast.toml", "[throttle]\nmax_mib_per_s = 0\n");
+    assert_eq!(
+        dir.errors(&[]),
+        [format!(
+            "{}: throttle.max_mib_per_s = 0: must be a whole number from 1 to 100000",
+            drop_in.display()
+        )]
+    );
+}
+
+#[test]
+fn a_bad_environment_value_names_the_variable() {
+    let dir = ConfigDir::new(None);
+    fs::write(dir.main(), "").unwrap();
+    assert_eq!(
+        dir.errors(&[("DEFRAGD__THROTTLE__MAX_MIB_PER_S", "fast")]),
+        ["environment variable DEFRAGD__THROTTLE__MAX_MIB_PER_S: throttle.max_mib_per_s = \"fast\": \
+          must be a whole number from 1 to 100000"]
+    );
+}
+
+#[test]
+fn an_unknown_key_is_named() {
+    let dir = ConfigDir::new(Some("[throttle]\nmax_mib_per_sec = 32\n"));
+    let errors = dir.errors(&[("DEFRAGD__CRAWL__SPEED", "3")]);
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert!(
+        errors[0].starts_with(&format!(
+            "{}: unknown key `throttle.max_mib_per_sec` (expected one of `max_mib_per_s`",
+            dir.main().display()
+        )),
+        "{errors:?}"
+    );
+    assert!(
+        errors[1]
+            .starts_with("environment variable DEFRAGD__CRAWL__SPEED: unknown key `crawl.speed`"),
+        "{errors:?}"
+    );
+}
+
+#[test]
+fn every_error_of_every_source_is_reported() {
+    let dir = ConfigDir::new(Some(
+        "state_dir = \"relative\"\n[throttle]\nchunk_mib = 65\n[crawl]\ninterval = \"1s\"\n",
+    ));
+    let broken = dir.drop_in("10-broken.toml", "[policy\nmin_score = 1\n");
+    let unknown = dir.drop_in("20-typo.toml", "[watch]\nmax_watch = 5\n");
+    let errors = dir.errors(&[("DEFRAGD__SERVICE__LOG_LEVEL", "loud")]);
+    let main = dir.main().display().to_string();
+    assert_eq!(errors.len(), 6, "{errors:#?}");
+    assert!(errors[0].starts_with(&format!("{main}: state_dir = \"relative\"")));
+    assert!(errors[1].starts_with(&format!("{main}: throttle.chunk_mib = 65")));
+    assert!(errors[2].starts_with(&format!("{main}: crawl.interval = \"1s\"")));
+    assert!(errors[3].starts_with(&format!("{}: not valid TOML: line 1", broken.display())));
+    assert!(errors[4].starts_with(&format!(
+        "{}: unknown key `watch.max_watch`",
+        unknown.display()
+    )));
+    assert!(errors[5].starts_with("environment variable DEFRAGD__SERVICE__LOG_LEVEL"));
+}
+
+#[test]
+fn malformed_toml_names_the_file_and_line() {
+    let dir = ConfigDir::new(Some(
+        "# ok\nstate_dir = \"/x\"\n\n[throttle]\nchunk_mib = \n",
+    ));
+    let errors = dir.errors(&[]);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    let expected = format!("{}: not valid TOML: line 5, column ", dir.main().display());
+    assert!(errors[0].starts_with(&expected), "{errors:?}");
+}
+
+#[test]
+fn a_file_that_is_not_utf8_is_an_error() {
+    let dir = ConfigDir::new(None);
+    fs::write(dir.main(), b"state_dir = \"/\xff\"\n").unwrap();
+    assert_eq!(
+        dir.errors(&[]),
+        [format!(
+            "{}: cannot read it: it is not UTF-8 text",
+            dir.main().display()
+        )]
+    );
+}
+
+#[test]
+fn rendered_settings_load_back_the_same() {
+    let dir = ConfigDir::new(Some(
+        r#"
+        state_dir = "/data/defragd \"quoted\" \\ dir"
+        [[filesystem]]
+        path = "/srv"
+        watch = ["/srv/db", "/srv/logs"]
+        [[filesystem]]
+        path = "/home"
+        [throttle]
+        max_mib_per_s = 7
+        chunk_mib = 4
+        pressure_pause_percent = 12.5
+        [policy]
+        quiet_period = "1h 30m 1s 500ms"
+        min_size = 1536
+        min_excess_extents = 0
+        min_score = 0.1
+        exclude = ["/srv/{a,b}/**", "*.tmp", "ta\tb"]
+        reserve_percent = 0
+        [crawl]
+        interval = "7d"
+        files_per_second = 3
+        [watch]
+        max_watches = 10
+        [service]
+        log_level = "trace"
+        "#,
+    ));
+    let settings = dir.load(&[]).unwrap();
+    let rendered = settings.render();
+    let again = ConfigDir::new(Some(&rendered));
+    assert_eq!(again.load(&[]).unwrap(), settings, "{rendered}");
+    let defaults = ConfigDir::new(Some(&Settings::default().render()));
+    assert_eq!(defaults.load(&[]).unwrap(), Settings::default());
+}
+
+#[test]
+fn load_reads_the_process_environment() {
+    // No test sets DEFRAGD__* variables in this process, so this is the
+    // file alone.
+    let dir = ConfigDir::new(Some("[watch]\nmax_watches = 9\n"));
+    let settings = load(Some(&dir.main())).unwrap();
+    assert_eq!(settings.watch.max_watches.get(), 9);
+}
+
+#[test]
+fn defragd_variables_are_recognised_in_any_case() {
+    assert!(is_defragd_variable(b"DEFRAGD__STATE_DIR"));
+    assert!(is_defragd_variable(b"defragd__state_dir"));
+    assert!(!is_defragd_variable(b"DEFRAGD_LOG"));
+    assert!(!is_defragd_variable(b"DEFRAG"));
+    assert!(!is_defragd_variable("DÉFRAGD__X".as_bytes()));
+}
+
+/// xorshift64*: a fixed seed makes a failure reproducible, and no crate is needed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
+        items[self.below(items.len())]
+    }
+}
+
+/// Loads TOML text and environment through the whole pipeline except the
+/// disk, returning whether it was accepted; it must never panic.
+fn try_load(text: &str, env: &[(String, String)]) -> bool {
+    let origin = Origin::File("/fuzz.toml".into());
+    let mut settings = Settings::default();
+    let mut errors = Vec::new();
+    match fragment::from_toml(text, &origin) {
+        Ok(f) => validate::apply(&mut settings, f, &origin, &mut errors),
+        Err(e) => errors.push(e),
+    }
+    for (name, value) in env {
+        match fragment::from_env(name, value) {
+            Ok(Some(f)) => {
+                validate::apply(&mut settings, f, &Origin::Env(name.clone()), &mut errors)
+            }
+            Ok(None) => {}
+            Err(e) => errors.push(e),
+        }
+    }
+    for error in &errors {
+        let line = error.to_string();
+        assert!(!line.contains('\n'), "an error spans lines: {line:?}");
+    }
+    // Whatever was accepted renders to TOML that loads back the same.
+    if errors.is_empty() {
+        let rendered = settings.render();
+        let mut again = Settings::default();
+        let mut errors = Vec::new();
+        let f = fragment::from_toml(&rendered, &origin).unwrap();
+        validate::apply(&mut again, f, &origin, &mut errors);
+        assert_eq!(errors, [], "{rendered}");
+        assert_eq!(again, settings, "{rendered}");
+    }
+    errors.is_empty()
+}
+
+#[test]
+fn random_bytes_never_panic() {
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    for _ in 0..2000 {
+        let len = rng.below(200);
+        let bytes: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+        try_load(&String::from_utf8_lossy(&bytes), &[]);
+        // Mostly printable, so that the parser gets further.
+        let text: String = (0..len)
+            .map(|_| {
+                b"[]=\"'#.,{}\n abcdefghijklmnopqrstuvwxyz_0123456789-+:"[rng.below(52)] as char
+            })
+            .collect();
+        try_load(&text, &[]);
+    }
+}
+
+#[test]
+fn mutated_shipped_file_never_panics() {
+    let mut rng = Rng(42);
+    for _ in 0..1000 {
+        let mut bytes = SHIPPED.as_bytes().to_vec();
+        for _ in 0..1 + rng.below(8) {
+            let at = rng.below(bytes.len());
+            match rng.below(3) {
+                0 => bytes[at] = rng.next() as u8,
+                1 => {
+                    bytes.remove(at);
+                }
+                _ => bytes.insert(at, b"[]=\"'#\n0-.x"[rng.below(11)]),
+            }
+        }
+        try_load(&String::from_utf8_lossy(&bytes), &[]);
+    }
+}
+
+#[test]
+fn random_keys_and_values_never_panic() {
+    const KEYS: &[&str] = &[
+        "state_dir",
+        "filesystem",
+        "throttle",
+        "throttle.max_mib_per_s",
+        "throttle.chunk_mib",
+        "throttle.pressure_pause_percent",
+        "policy.quiet_period",
+        "policy.min_size",
+        "policy.min_excess_extents",
+        "policy.min_score",
+        "policy.exclude",
+        "policy.reserve_percent",
+        "crawl.interval",
+        "crawl.files_per_second",
+        "watch.max_watches",
+        "service.log_level",
+        "nope.key",
+        "\"x[99999999999]\"",
+        "\"a.b\"",
+    ];
+    const VALUES: &[&str] = &[
+        "0",
+        "1",
+        "-1",
+        "64",
+        "100000",
+        "100001",
+        "9223372036854775807",
+        "-9223372036854775808",
+        "1.5",
+        "nan",
+        "-inf",
+        "1e308",
+        "true",
+        "\"\"",
+        "\"/\"",
+        "\"/srv\"",
+        "\"/srv/../x\"",
+        "\"rel/path\"",
+        "\"30s\"",
+        "\"99999999999999999999d\"",
+        "\"18446744073709551615s\"",
+        "\"1MiB\"",
+        "\"16EiB\"",
+        "\"99999EiB\"",
+        "\"0.5B\"",
+        "\"info\"",
+        "\"[\"",
+        "\"**/{a,\"",
+        "[]",
+        "[\"/srv/db\", 3]",
+        "[\"*.tmp\", \"/a/**\"]",
+        "[[1], [\"x\"]]",
+        "{}",
+        "{ path = \"/srv\" }",
+        "[{ path = \"/srv\", watch = [\"/srv/a\"] }, { path = \"/srv\" }]",
+        "[{ path = 5 }, 7]",
+        "2024-01-01T00:00:00Z",
+    ];
+    let mut rng = Rng(7);
+    let mut accepted = 0;
+    for _ in 0..3000 {
+        let mut text = String::new();
+        for _ in 0..rng.below(6) {
+            text.push_str(&format!("{} = {}\n", rng.pick(KEYS), rng.pick(VALUES)));
+        }
+        let env: Vec<(String, String)> = (0..rng.below(3))
+            .map(|_| {
+                let name = format!(
+                    "DEFRAGD__{}",
+                    rng.pick(KEYS).replace('.', "__").to_uppercase()
+                );
+                let value = rng.pick(VALUES).trim_matches('"').to_owned();
+                (name, value)
+            })
+            .collect();
+        accepted += usize::from(try_load(&text, &env));
+    }
+    // Some inputs must get through, or the loop tests only the error paths.
+    assert!(accepted > 100, "{accepted}");
+}
+
+#[test]
+fn deep_nesting_does_not_overflow_the_stack() {
+    for depth in [100, 10_000] {
+        let text = format!("state_dir = {}{}", "[".repeat(depth), "]".repeat(depth));
+        try_load(&text, &[]);
+        let env = [("DEFRAGD__POLICY__EXCLUDE".to_owned(), "[".repeat(depth))];
+        try_load("", &env);
+    }
+}

@@ -1,0 +1,540 @@
+//! From fragments to settings. Each source's fragment is checked on its own
+//! and its valid values are written over what the sources before it (and
+//! the defaults) said, so the later source wins.
+//!
+//! Checking each source before merging is what lets every error name the
+//! file or variable that carried the bad value. It also means that every
+//! source must be valid by itself: a bad value is an error even when a
+//! later source overrides it, so that `defragd config check` lists every
+//! line to fix. No rule here spans two sources: the two lists
+//! (`[[filesystem]]` and `policy.exclude`) are replaced whole, so their
+//! cross-checks happen within the source that set them.
+
+use std::num::{NonZeroU32, NonZeroU64};
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+use super::error::{printable, ConfigError, Origin};
+use super::fragment::{
+    quote, CrawlFragment, FilesystemFragment, Fragment, PolicyFragment, Raw, ServiceFragment,
+    ThrottleFragment, WatchFragment,
+};
+use super::settings::{
+    check_exclude, CrawlSettings, FilesystemSettings, PolicySettings, ServiceSettings, Settings,
+    ThrottleSettings, WatchSettings, LOG_LEVELS, MIB,
+};
+use super::units::{format_duration, parse_duration, parse_size};
+
+const SECOND: Duration = Duration::from_secs(1);
+const MINUTE: Duration = Duration::from_secs(60);
+const DAY: Duration = Duration::from_secs(86_400);
+
+/// Checks one source's fragment and writes its valid values over
+/// `settings`; what is wrong goes to `errors`, and leaves the earlier value.
+pub fn apply(
+    settings: &mut Settings,
+    fragment: Fragment,
+    origin: &Origin,
+    errors: &mut Vec<ConfigError>,
+) {
+    let mut check = Check { origin, errors };
+    if let Some(dir) = check.absolute_path("state_dir", fragment.state_dir) {
+        settings.state_dir = dir;
+    }
+    if let Some(filesystems) = fragment.filesystem.and_then(|list| check.filesystems(list)) {
+        settings.filesystems = filesystems;
+    }
+    if let Some(f) = fragment.throttle {
+        throttle(&mut settings.throttle, f, &mut check);
+    }
+    if let Some(f) = fragment.policy {
+        policy(&mut settings.policy, f, &mut check);
+    }
+    if let Some(f) = fragment.crawl {
+        crawl(&mut settings.crawl, f, &mut check);
+    }
+    if let Some(f) = fragment.watch {
+        watch(&mut settings.watch, f, &mut check);
+    }
+    if let Some(f) = fragment.service {
+        service(&mut settings.service, f, &mut check);
+    }
+}
+
+fn throttle(settings: &mut ThrottleSettings, f: ThrottleFragment, check: &mut Check) {
+    let in_bytes = |mib: u64| NonZeroU64::new(mib.saturating_mul(MIB));
+    let rate = check.whole("throttle.max_mib_per_s", f.max_mib_per_s, 1, 100_000);
+    if let Some(rate) = rate.and_then(in_bytes) {
+        settings.max_bytes_per_s = rate;
+    }
+    let chunk = check.whole("throttle.chunk_mib", f.chunk_mib, 1, 64);
+    if let Some(chunk) = chunk.and_then(in_bytes) {
+        settings.chunk_bytes = chunk;
+    }
+    let key = "throttle.pressure_pause_percent";
+    if let Some(percent) = check.number(key, f.pressure_pause_percent, 0.0, 100.0) {
+        // 0 is "off" rather than "always paused": pressure is never below 0.
+        settings.pressure_pause_percent = (percent > 0.0).then_some(percent);
+    }
+}
+
+fn policy(settings: &mut PolicySettings, f: PolicyFragment, check: &mut Check) {
+    let quiet = check.duration("policy.quiet_period", f.quiet_period, SECOND, 7 * DAY);
+    if let Some(quiet) = quiet {
+        settings.quiet_period = quiet;
+    }
+    if let Some(bytes) = check.size("policy.min_size", f.min_size) {
+        settings.min_size_bytes = bytes;
+    }
+    let key = "policy.min_excess_extents";
+    if let Some(excess) = check.whole(key, f.min_excess_extents, 0, u64::MAX) {
+        settings.min_excess_extents = excess;
+    }
+    if let Some(score) = check.number("policy.min_score", f.min_score, 0.0, 100.0) {
+        settings.min_score = score;
+    }
+    if let Some(patterns) = check.excludes("policy.exclude", f.exclude) {
+        if let Err(error) = settings.set_exclude(patterns) {
+            check.invalid("policy.exclude", &quote(&error.pattern), error.reason);
+        }
+    }
+    let reserve = check.number("policy.reserve_percent", f.reserve_percent, 0.0, 90.0);
+    if let Some(reserve) = reserve {
+        settings.reserve_percent = reserve;
+    }
+}
+
+fn crawl(settings: &mut CrawlSettings, f: CrawlFragment, check: &mut Check) {
+    if let Some(interval) = check.duration("crawl.interval", f.interval, MINUTE, 30 * DAY) {
+        settings.interval = interval;
+    }
+    let pace = check.whole("crawl.files_per_second", f.files_per_second, 1, 1_000_000);
+    if let Some(pace) = pace.and_then(non_zero_u32) {
+        settings.files_per_second = pace;
+    }
+}
+
+fn watch(settings: &mut WatchSettings, f: WatchFragment, check: &mut Check) {
+    let budget = check.whole("watch.max_watches", f.max_watches, 1, 1_000_000);
+    if let Some(budget) = budget.and_then(non_zero_u32) {
+        settings.max_watches = budget;
+    }
+}
+
+fn service(settings: &mut ServiceSettings, f: ServiceFragment, check: &mut Check) {
+    if let Some(level) = check.log_level("service.log_level", f.log_level) {
+        settings.log_level = level;
+    }
+}
+
+fn non_zero_u32(n: u64) -> Option<NonZeroU32> {
+    NonZeroU32::new(u32::try_from(n).ok()?)
+}
+
+/// Checks values of one source and records what is wrong with them.
+struct Check<'a> {
+    origin: &'a Origin,
+    errors: &'a mut Vec<ConfigError>,
+}
+
+impl Check<'_> {
+    fn invalid(&mut self, key: &str, value: &str, allowed: String) {
+        self.errors.push(ConfigError::Invalid {
+            origin: self.origin.clone(),
+            key: key.to_owned(),
+            value: printable(value),
+            allowed,
+        });
+    }
+
+    /// The value of `key` if the source set it and `parse` accepts it;
+    /// otherwise `None`, and when it was set, an error saying what `parse`
+    /// returned as allowed.
+    fn value<T>(
+        &mut self,
+        key: &str,
+        raw: Option<Raw>,
+        parse: impl FnOnce(&Raw) -> Result<T, String>,
+    ) -> Option<T> {
+        let raw = raw?;
+        parse(&raw)
+            .map_err(|allowed| self.invalid(key, &raw.to_string(), allowed))
+            .ok()
+    }
+
+    fn whole(&mut self, key: &str, raw: Option<Raw>, min: u64, max: u64) -> Option<u64> {
+        self.value(key, raw, |raw| {
+            let n = match raw {
+                Raw::Int(i) => u64::try_from(*i).ok(),
+                _ => None,
+            };
+            n.filter(|n| (min..=max).contains(n)).ok_or_else(|| {
+                if max == u64::MAX {
+                    format!("must be a whole number, {min} or more")
+                } else {
+                    format!("must be a whole number from {min} to {max}")
+                }
+            })
+        })
+    }
+
+    fn number(&mut self, key: &str, raw: Option<Raw>, min: f64, max: f64) -> Option<f64> {
+        self.value(key, raw, |raw| {
+            let x = match raw {
+                Raw::Int(i) => Some(*i as f64),
+                Raw::Float(x) => Some(*x),
+                _ => None,
+            };
+            // `contains` is false for NaN, so NaN is refused too.
+            x.filter(|x| (min..=max).contains(x))
+                .ok_or_else(|| format!("must be a number from {min} to {max}"))
+        })
+    }
+
+    fn duration(
+        &mut self,
+        key: &str,
+        raw: Option<Raw>,
+        min: Duration,
+        max: Duration,
+    ) -> Option<Duration> {
+        self.value(key, raw, |raw| {
+            let d = match raw {
+                Raw::Str(s) => parse_duration(s),
+                _ => None,
+            };
+            d.filter(|d| (min..=max).contains(d)).ok_or_else(|| {
+                format!(
+                    "must be a duration from {} to {}, like \"30s\", \"15m\" or \"2h\"",
+                    format_duration(min),
+                    format_duration(max)
+                )
+            })
+        })
+    }
+
+    fn size(&mut self, key: &str, raw: Option<Raw>) -> Option<u64> {
+        self.value(key, raw, |raw| {
+            let bytes = match raw {
+                Raw::Str(s) => parse_size(s),
+                Raw::Int(i) => u64::try_from(*i).ok(),
+                _ => None,
+            };
+            bytes.ok_or_else(|| {
+                "must be a size like \"1MiB\", \"512KiB\" or \"2GiB\", or a whole number of bytes"
+                    .into()
+            })
+        })
+    }
+
+    fn log_level(&mut self, key: &str, raw: Option<Raw>) -> Option<String> {
+        self.value(key, raw, |raw| {
+            let level = match raw {
+                Raw::Str(s) => Some(s.to_ascii_lowercase()),
+                _ => None,
+            };
+            level
+                .filter(|level| LOG_LEVELS.contains(&level.as_str()))
+                .ok_or_else(|| format!("must be one of {}", LOG_LEVELS.join(", ")))
+        })
+    }
+
+    fn absolute_path(&mut self, key: &str, raw: Option<Raw>) -> Option<PathBuf> {
+        self.value(key, raw, |raw| match raw {
+            Raw::Str(s) => normal_absolute_path(s),
+            _ => Err("must be an absolute path, like \"/srv\"".into()),
+        })
+    }
+
+    /// The items of a list value; every item is then checked, so that all
+    /// the bad ones are reported.
+    fn list(&mut self, key: &str, raw: Option<Raw>, allowed: &str) -> Option<Vec<Raw>> {
+        self.value(key, raw, |raw| match raw {
+            Raw::List(items) => Ok(items.clone()),
+            _ => Err(allowed.to_owned()),
+        })
+    }
+
+    fn excludes(&mut self, key: &str, raw: Option<Raw>) -> Option<Vec<String>> {
+        let allowed = "must be a list of glob patterns, like [\"/srv/scratch/**\", \"*.tmp\"]";
+        let items = self.list(key, raw, allowed)?;
+        let before = self.errors.len();
+        let mut patterns = Vec::new();
+        for (i, item) in items.into_iter().enumerate() {
+            let pattern = self.value(&format!("{key}[{i}]"), Some(item), |raw| match raw {
+                Raw::Str(s) => check_exclude(s).map(|()| s.clone()),
+                _ => Err("must be a quoted glob pattern, like \"*.tmp\"".into()),
+            });
+            patterns.extend(pattern);
+        }
+        (self.errors.len() == before).then_some(patterns)
+    }
+
+    fn path_list(&mut self, key: &str, raw: Option<Raw>) -> Option<Vec<PathBuf>> {
+        let allowed = "must be a list of absolute paths, like [\"/srv/db\"]";
+        let items = self.list(key, raw, allowed)?;
+        let before = self.errors.len();
+        let mut paths = Vec::new();
+        for (i, item) in items.into_iter().enumerate() {
+            paths.extend(self.absolute_path(&format!("{key}[{i}]"), Some(item)));
+        }
+        (self.errors.len() == before).then_some(paths)
+    }
+
+    /// The `[[filesystem]]` list, or `None` if any entry is wrong: a list
+    /// missing one filesystem would quietly serve a different set.
+    fn filesystems(&mut self, entries: Vec<FilesystemFragment>) -> Option<Vec<FilesystemSettings>> {
+        let before = self.errors.len();
+        let mut filesystems: Vec<FilesystemSettings> = Vec::new();
+        for (i, entry) in entries.into_iter().enumerate() {
+            let key = format!("filesystem[{i}]");
+            let path_key = format!("{key}.path");
+            if entry.path.is_none() {
+                let allowed = "every [[filesystem]] needs a mount point, like path = \"/srv\"";
+                self.invalid(&path_key, "(not set)", allowed.into());
+            }
+            let path = self.absolute_path(&path_key, entry.path);
+            let watch = match entry.watch {
+                Some(raw) => self.path_list(&format!("{key}.watch"), Some(raw)),
+                None => Some(Vec::new()),
+            };
+            let (Some(path), Some(watch)) = (path, watch) else {
+                continue;
+            };
+            if let Some(first) = filesystems.iter().position(|fs| fs.path == path) {
+                let allowed = format!(
+                    "must not repeat filesystem[{first}].path; list each filesystem once, \
+                     with all its watch trees"
+                );
+                self.invalid(&path_key, &quote(&path.to_string_lossy()), allowed);
+            }
+            self.watch_under_path(&key, &path, &watch);
+            filesystems.push(FilesystemSettings { path, watch });
+        }
+        (self.errors.len() == before).then_some(filesystems)
+    }
+
+    /// Watching beyond the mount point would feed another filesystem's
+    /// files to this one's worker. This is a lexical check: the config is
+    /// read before the filesystems are looked at.
+    fn watch_under_path(&mut self, key: &str, path: &Path, watch: &[PathBuf]) {
+        for (j, tree) in watch.iter().enumerate() {
+            if !tree.starts_with(path) {
+                let allowed = format!(
+                    "must be under this filesystem's path {}",
+                    quote(&path.to_string_lossy())
+                );
+                let value = quote(&tree.to_string_lossy());
+                self.invalid(&format!("{key}.watch[{j}]"), &value, allowed);
+            }
+        }
+    }
+}
+
+/// An absolute path, normalised (no `.`, repeated or trailing `/`), so that
+/// "/srv/" and "/srv" are the same filesystem. `..` is refused rather than
+/// resolved: "/srv/../etc" is not under "/srv", but compares as if it were.
+fn normal_absolute_path(text: &str) -> Result<PathBuf, String> {
+    let path = Path::new(text);
+    if !path.is_absolute() {
+        return Err("must be an absolute path, like \"/srv\"".into());
+    }
+    if text.contains('\0') {
+        return Err("must be an absolute path without NUL characters".into());
+    }
+    if path.components().any(|c| c == Component::ParentDir) {
+        return Err("must be an absolute path without `..`".into());
+    }
+    Ok(path.components().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::fragment::from_toml;
+
+    fn settings_from(text: &str) -> (Settings, Vec<ConfigError>) {
+        let origin = Origin::File("/etc/defragd/defragd.toml".into());
+        let mut settings = Settings::default();
+        let mut errors = Vec::new();
+        apply(
+            &mut settings,
+            from_toml(text, &origin).unwrap(),
+            &origin,
+            &mut errors,
+        );
+        (settings, errors)
+    }
+
+    fn messages(errors: &[ConfigError]) -> Vec<String> {
+        errors.iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn every_key_is_read() {
+        let (s, errors) = settings_from(
+            r#"
+            state_dir = "/data/defragd/"
+            [[filesystem]]
+            path = "/srv"
+            watch = ["/srv/db", "/srv//logs/"]
+            [[filesystem]]
+            path = "/home"
+            [throttle]
+            max_mib_per_s = 100000
+            chunk_mib = 64
+            pressure_pause_percent = 0
+            [policy]
+            quiet_period = "1h 30m"
+            min_size = "4KiB"
+            min_excess_extents = 0
+            min_score = 12.5
+            exclude = ["/srv/scratch/**", "*.tmp"]
+            reserve_percent = 90
+            [crawl]
+            interval = "1m"
+            files_per_second = 1000000
+            [watch]
+            max_watches = 1
+            [service]
+            log_level = "DEBUG"
+            "#,
+        );
+        assert_eq!(errors, []);
+        assert_eq!(s.state_dir, Path::new("/data/defragd"));
+        assert_eq!(
+            s.filesystems,
+            [
+                FilesystemSettings {
+                    path: "/srv".into(),
+                    watch: vec!["/srv/db".into(), "/srv/logs".into()],
+                },
+                FilesystemSettings {
+                    path: "/home".into(),
+                    watch: vec![],
+                },
+            ]
+        );
+        assert_eq!(s.throttle.max_bytes_per_s.get(), 100_000 * MIB);
+        assert_eq!(s.throttle.chunk_bytes.get(), 64 * MIB);
+        assert_eq!(s.throttle.pressure_pause_percent, None);
+        assert_eq!(s.policy.quiet_period, Duration::from_secs(5400));
+        assert_eq!(s.policy.min_size_bytes, 4096);
+        assert_eq!(s.policy.min_excess_extents, 0);
+        assert_eq!(s.policy.min_score, 12.5);
+        assert_eq!(s.policy.exclude, ["/srv/scratch/**", "*.tmp"]);
+        assert!(s.policy.is_excluded(Path::new("/srv/scratch/x")));
+        assert_eq!(s.policy.reserve_percent, 90.0);
+        assert_eq!(s.crawl.interval, MINUTE);
+        assert_eq!(s.crawl.files_per_second.get(), 1_000_000);
+        assert_eq!(s.watch.max_watches.get(), 1);
+        assert_eq!(s.service.log_level, "debug");
+    }
+
+    #[test]
+    fn each_bad_value_says_key_value_and_what_is_allowed() {
+        let (s, errors) = settings_from(
+            r#"
+            state_dir = "var/lib/defragd"
+            [throttle]
+            max_mib_per_s = 0
+            chunk_mib = 1.5
+            pressure_pause_percent = nan
+            [policy]
+            quiet_period = 30
+            min_size = "1 parsec"
+            min_excess_extents = -1
+            min_score = "high"
+            exclude = ["srv/*.log", "/a/[", 7]
+            reserve_percent = 95
+            [crawl]
+            interval = "30s"
+            files_per_second = 1000001
+            [watch]
+            max_watches = true
+            [service]
+            log_level = "verbose"
+            "#,
+        );
+        let f = "/etc/defragd/defragd.toml";
+        assert_eq!(
+            messages(&errors),
+            [
+                format!("{f}: state_dir = \"var/lib/defragd\": must be an absolute path, like \"/srv\""),
+                format!("{f}: throttle.max_mib_per_s = 0: must be a whole number from 1 to 100000"),
+                format!("{f}: throttle.chunk_mib = 1.5: must be a whole number from 1 to 64"),
+                format!("{f}: throttle.pressure_pause_percent = nan: must be a number from 0 to 100"),
+                format!("{f}: policy.quiet_period = 30: must be a duration from 1s to 7d, like \"30s\", \"15m\" or \"2h\""),
+                format!("{f}: policy.min_size = \"1 parsec\": must be a size like \"1MiB\", \"512KiB\" or \"2GiB\", or a whole number of bytes"),
+                format!("{f}: policy.min_excess_extents = -1: must be a whole number, 0 or more"),
+                format!("{f}: policy.min_score = \"high\": must be a number from 0 to 100"),
+                format!("{f}: policy.exclude[0] = \"srv/*.log\": must start with `/` when it contains `/` (paths are matched whole), or contain no `/` to match file names anywhere"),
+                format!("{f}: policy.exclude[1] = \"/a/[\": must be a valid glob pattern (unclosed character class; missing ']')"),
+                format!("{f}: policy.exclude[2] = 7: must be a quoted glob pattern, like \"*.tmp\""),
+                format!("{f}: policy.reserve_percent = 95: must be a number from 0 to 90"),
+                format!("{f}: crawl.interval = \"30s\": must be a duration from 1m to 30d, like \"30s\", \"15m\" or \"2h\""),
+                format!("{f}: crawl.files_per_second = 1000001: must be a whole number from 1 to 1000000"),
+                format!("{f}: watch.max_watches = true: must be a whole number from 1 to 1000000"),
+                format!("{f}: service.log_level = \"verbose\": must be one of error, warn, info, debug, trace"),
+            ]
+        );
+        // Nothing bad was taken.
+        assert_eq!(s, Settings::default());
+    }
+
+    #[test]
+    fn filesystem_entries_are_checked_together() {
+        let (s, errors) = settings_from(
+            r#"
+            [[filesystem]]
+            path = "/srv"
+            watch = ["/srv/db", "/data", "relative", "/srv/../etc"]
+            [[filesystem]]
+            watch = []
+            [[filesystem]]
+            path = "/srv/"
+            watch = "/srv/db"
+            [[filesystem]]
+            path = "/home/"
+            "#,
+        );
+        let f = "/etc/defragd/defragd.toml";
+        assert_eq!(
+            messages(&errors),
+            [
+                format!("{f}: filesystem[0].watch[2] = \"relative\": must be an absolute path, like \"/srv\""),
+                format!("{f}: filesystem[0].watch[3] = \"/srv/../etc\": must be an absolute path without `..`"),
+                format!("{f}: filesystem[1].path = (not set): every [[filesystem]] needs a mount point, like path = \"/srv\""),
+                format!("{f}: filesystem[2].watch = \"/srv/db\": must be a list of absolute paths, like [\"/srv/db\"]"),
+            ]
+        );
+        assert!(s.filesystems.is_empty());
+
+        let (_, errors) = settings_from(
+            "[[filesystem]]\npath = \"/srv\"\nwatch = [\"/data\"]\n[[filesystem]]\npath = \"/srv/\"\n",
+        );
+        assert_eq!(
+            messages(&errors),
+            [
+                format!("{f}: filesystem[0].watch[0] = \"/data\": must be under this filesystem's path \"/srv\""),
+                format!("{f}: filesystem[1].path = \"/srv\": must not repeat filesystem[0].path; list each filesystem once, with all its watch trees"),
+            ]
+        );
+    }
+
+    #[test]
+    fn zero_pressure_turns_the_pause_off_and_percent_takes_fractions() {
+        let (s, errors) = settings_from("[throttle]\npressure_pause_percent = 12.5\n");
+        assert_eq!(errors, []);
+        assert_eq!(s.throttle.pressure_pause_percent, Some(12.5));
+        let (s, _) = settings_from("[throttle]\npressure_pause_percent = 0.0\n");
+        assert_eq!(s.throttle.pressure_pause_percent, None);
+    }
+
+    #[test]
+    fn sizes_take_plain_bytes_too() {
+        let (s, errors) = settings_from("[policy]\nmin_size = 0\n");
+        assert_eq!(errors, []);
+        assert_eq!(s.policy.min_size_bytes, 0);
+    }
+}

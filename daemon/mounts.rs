@@ -1,0 +1,126 @@
+//! Which ext4 filesystems the service covers: the configured mount points,
+//! or every eligible one; what makes one eligible (mounted read-write, ext4,
+//! not bigalloc, DAX or data=journal); and which disk each lives on, so
+//! that one disk never sees two moves at once.
+
+use std::fs::File;
+use std::io::BufReader;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use procfs_core::process::MountInfos;
+use procfs_core::FromBufRead;
+
+use crate::ext4::{self, FsError, FsInfo};
+
+/// A block device that moves are serialised on (a partition's disk).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DiskId(pub String);
+
+/// A covered filesystem.
+#[derive(Debug, Clone)]
+pub struct Covered {
+    pub uuid: String,
+    pub mount_point: PathBuf,
+    pub dev: u64,
+    pub disk: DiskId,
+    pub info: FsInfo,
+}
+
+/// Why a mount point is not covered.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Ineligible {
+    #[error("{0}: cannot open it: {1}")]
+    Open(PathBuf, ext4::Error),
+    #[error("{0}: not a mount point (name the filesystem's mount point)")]
+    NotMountPoint(PathBuf),
+    #[error("{0}: {1}")]
+    Probe(PathBuf, FsError),
+    #[error("{0}: mounted read-only")]
+    ReadOnly(PathBuf),
+    #[error("{0}: a bigalloc filesystem; the kernel cannot move extents there")]
+    Bigalloc(PathBuf),
+    #[error("{0}: mounted with DAX; the kernel cannot move extents there")]
+    Dax(PathBuf),
+    #[error("{0}: mounted with data=journal; the kernel cannot move extents there")]
+    DataJournal(PathBuf),
+}
+
+/// Opens and checks the filesystem mounted at `mount_point`.
+pub fn cover(mount_point: &Path) -> Result<Covered, Ineligible> {
+    let root = open_root(mount_point)?;
+    let stat = ext4::stat(root.as_fd()).map_err(|e| Ineligible::Open(mount_point.into(), e))?;
+    if stat.st_ino != crate::walk::EXT4_ROOT_INO {
+        return Err(Ineligible::NotMountPoint(mount_point.into()));
+    }
+    let info = ext4::probe(root.as_fd()).map_err(|e| Ineligible::Probe(mount_point.into(), e))?;
+    let path = || mount_point.to_path_buf();
+    if info.read_only {
+        return Err(Ineligible::ReadOnly(path()));
+    }
+    if info.superblock.bigalloc {
+        return Err(Ineligible::Bigalloc(path()));
+    }
+    if info.dax {
+        return Err(Ineligible::Dax(path()));
+    }
+    if info.data_journal {
+        return Err(Ineligible::DataJournal(path()));
+    }
+    Ok(Covered {
+        uuid: info.superblock.uuid.to_string(),
+        mount_point: mount_point.to_path_buf(),
+        dev: stat.st_dev,
+        disk: disk_of(stat.st_dev),
+        info,
+    })
+}
+
+/// Opens a covered filesystem's root, checking it is still the same
+/// filesystem there (it may have been unmounted, leaving the bare
+/// directory underneath).
+pub fn open_root(mount_point: &Path) -> Result<OwnedFd, Ineligible> {
+    ext4::open_dir(mount_point).map_err(|e| Ineligible::Open(mount_point.into(), e))
+}
+
+/// Opens `covered`'s root if it is still mounted where it was.
+pub fn reopen_root(covered: &Covered) -> Option<OwnedFd> {
+    let root = open_root(&covered.mount_point).ok()?;
+    let stat = ext4::stat(root.as_fd()).ok()?;
+    (stat.st_dev == covered.dev && stat.st_ino == crate::walk::EXT4_ROOT_INO).then_some(root)
+}
+
+/// Mount points of ext4 filesystems mounted read-write, one per device
+/// (the first mount of each).
+pub fn ext4_mount_points() -> Vec<PathBuf> {
+    let Ok(file) = File::open("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    let Ok(mounts) = MountInfos::from_buf_read(BufReader::new(file)) else {
+        return Vec::new();
+    };
+    let mut seen = std::collections::HashSet::new();
+    mounts
+        .0
+        .into_iter()
+        .filter(|m| m.fs_type == "ext4" && !m.mount_options.contains_key("ro") && m.root == "/")
+        .filter(|m| seen.insert(m.majmin.clone()))
+        .map(|m| m.mount_point)
+        .collect()
+}
+
+/// The disk a device lives on: the parent of a partition, else itself.
+pub fn disk_of(dev: u64) -> DiskId {
+    let id = format!(
+        "{}:{}",
+        nix::sys::stat::major(dev),
+        nix::sys::stat::minor(dev)
+    );
+    let sys = PathBuf::from(format!("/sys/dev/block/{id}"));
+    if sys.join("partition").exists() {
+        if let Ok(parent) = std::fs::read_to_string(sys.join("../dev")) {
+            return DiskId(parent.trim().to_string());
+        }
+    }
+    DiskId(id)
+}

@@ -1,0 +1,108 @@
+//! Considering one file found by the crawl or the watcher: measure it,
+//! ask the policy, and queue it if it is worth a move.
+
+use std::ffi::OsStr;
+use std::os::fd::BorrowedFd;
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::ext4;
+use crate::inspect::{inspect, Filesystems, Refusal, Settle, Target};
+use crate::mounts::Covered;
+use crate::mover::refuse_unmovable;
+use crate::policy::{self, Decision, Heat, Thresholds};
+use crate::store::{FileId, NewJob};
+
+use super::shared::Shared;
+
+/// What became of a considered file.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Considered {
+    Queued { priority: f64 },
+    Left(String),
+    Gone,
+    Failed(String),
+}
+
+/// Opens `rel` (relative to the root of `fs`) safely, for the mover or
+/// the inspector: its parent directory below the root, never through a
+/// symlink or across a mount.
+pub fn target_for(fs: &Covered, root: BorrowedFd<'_>, rel: &Path) -> Result<Target, ext4::Error> {
+    let parent = match rel.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let name = rel
+        .file_name()
+        .map(OsStr::to_os_string)
+        .ok_or(ext4::Error::NotFound)?;
+    let dir = ext4::open_dir_beneath(root, parent)?;
+    Ok(Target {
+        dir: Arc::new(dir),
+        name,
+        path: fs.mount_point.join(rel),
+        expected_dev: Some(fs.dev),
+        expected_identity: None,
+    })
+}
+
+/// Measures `rel` and queues it if the policy says it is worth it.
+pub fn consider(
+    shared: &Shared,
+    fs: &Covered,
+    root: BorrowedFd<'_>,
+    rel: &Path,
+    heat: Heat,
+    now: i64,
+) -> Considered {
+    let target = match target_for(fs, root, rel) {
+        Ok(target) => target,
+        Err(ext4::Error::NotFound) => return Considered::Gone,
+        Err(e) => return Considered::Failed(e.to_string()),
+    };
+    let mut filesystems = Filesystems::seeded(fs.dev, fs.info.clone());
+    let inspected = match inspect(&target, &mut filesystems, Settle::AsIs) {
+        Ok(inspected) => inspected,
+        Err(Refusal::Skip(reason)) => return Considered::Left(reason.to_string()),
+        Err(Refusal::Fail(reason)) => return Considered::Failed(reason.to_string()),
+    };
+    if let Err(reason) = refuse_unmovable(&inspected) {
+        return Considered::Left(reason.to_string());
+    }
+    let settings = shared.settings();
+    let p = &settings.policy;
+    let thresholds = Thresholds {
+        min_size_bytes: p.min_size_bytes,
+        min_excess_extents: p.min_excess_extents,
+        min_score: p.min_score,
+        quiet_period: p.quiet_period,
+    };
+    let a = inspected.assessment;
+    match policy::decide(&target.path, &a, &thresholds, |path| p.is_excluded(path)) {
+        Decision::Leave(reason) => Considered::Left(reason.to_string()),
+        Decision::Queue { .. } => {
+            let priority = policy::priority(&a, heat);
+            let job = NewJob {
+                file: FileId {
+                    fs_uuid: fs.uuid.clone(),
+                    ino: inspected.ino,
+                    generation: inspected.generation,
+                },
+                path_hint: rel.to_path_buf(),
+                size_bytes: a.size_bytes,
+                extents_before: a.extents,
+                ideal_extents: a.ideal_extents,
+                score: a.score,
+                priority,
+                not_before: now,
+            };
+            match shared.store().enqueue(&job) {
+                Ok(_) => {
+                    shared.wake_all();
+                    Considered::Queued { priority }
+                }
+                Err(e) => Considered::Failed(format!("cannot queue it: {e}")),
+            }
+        }
+    }
+}

@@ -1,0 +1,151 @@
+//! The background crawl of one filesystem: a pass walks every file in a
+//! fixed order, measures it and queues those worth moving, paced in files
+//! per second; its cursor is saved after every file, so a restarted
+//! service continues the pass instead of starting over. A new pass starts
+//! every `crawl.interval`. No file descriptor is held while it sleeps.
+
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::crawl_cursor::TreeCursor;
+use crate::mounts::{reopen_root, Covered};
+use crate::policy::Heat;
+
+use super::candidates::{consider, Considered};
+use super::shared::Shared;
+use super::unix_now;
+
+/// Runs the crawl of `uuid` until shutdown or until the filesystem is no
+/// longer covered.
+pub fn run(shared: Arc<Shared>, uuid: String) {
+    while !shared.shutting_down() {
+        let Some(fs) = shared.covered_fs(&uuid) else {
+            return;
+        };
+        let interval = shared.settings().crawl.interval;
+        let cursor = match shared.store().crawl_cursor(&uuid) {
+            Ok(cursor) => cursor,
+            Err(e) => {
+                tracing::error!(
+                    "crawl of {}: cannot read its cursor: {e}",
+                    fs.mount_point.display()
+                );
+                shared.sleep(Duration::from_secs(60));
+                continue;
+            }
+        };
+        let resume = match cursor {
+            Some(c) if c.pass_finished_at.is_none() => Some(c),
+            Some(c) => {
+                let due = c.pass_started_at + i64::try_from(interval.as_secs()).unwrap_or(i64::MAX);
+                let now = unix_now();
+                if now < due {
+                    // Woken early by a reload, at most once a minute.
+                    shared.sleep(Duration::from_secs(
+                        u64::try_from(due - now).unwrap_or(1).min(60),
+                    ));
+                    continue;
+                }
+                None
+            }
+            None => None,
+        };
+        let after = match resume {
+            Some(c) => {
+                tracing::info!(
+                    "crawl of {}: continuing pass {} after {} ({} files assessed so far)",
+                    fs.mount_point.display(),
+                    c.pass_id,
+                    c.cursor.display(),
+                    c.files_assessed
+                );
+                Some((c.cursor, c.files_assessed))
+            }
+            None => match shared.store().start_pass(&uuid, unix_now()) {
+                Ok(c) => {
+                    tracing::info!(
+                        "crawl of {}: starting pass {}",
+                        fs.mount_point.display(),
+                        c.pass_id
+                    );
+                    None
+                }
+                Err(e) => {
+                    tracing::error!(
+                        "crawl of {}: cannot start a pass: {e}",
+                        fs.mount_point.display()
+                    );
+                    shared.sleep(Duration::from_secs(60));
+                    continue;
+                }
+            },
+        };
+        crawl_pass(&shared, &fs, after);
+    }
+}
+
+/// Walks the rest of a pass; returns when it is done, or on shutdown.
+fn crawl_pass(shared: &Shared, fs: &Covered, after: Option<(PathBuf, u64)>) {
+    let (resume_after, mut assessed) = match after {
+        Some((cursor, n)) => (Some(cursor), n),
+        None => (None, 0),
+    };
+    let mut walk = TreeCursor::new(resume_after);
+    let mut queued = 0u64;
+    let started = Instant::now();
+    let mut paced = 0u64;
+    loop {
+        if shared.shutting_down() || shared.covered_fs(&fs.uuid).is_none() {
+            return;
+        }
+        let Some(root) = reopen_root(fs) else {
+            tracing::info!(
+                "crawl of {}: the filesystem is gone; stopping",
+                fs.mount_point.display()
+            );
+            return;
+        };
+        let Some(rel) = walk.next_file(root.as_fd()) else {
+            break;
+        };
+        let outcome = consider(shared, fs, root.as_fd(), &rel, Heat::Cold, unix_now());
+        drop(root);
+        assessed += 1;
+        match &outcome {
+            Considered::Queued { priority } => {
+                queued += 1;
+                tracing::debug!(
+                    "crawl: assessed {}: queued (priority {priority:.1})",
+                    rel.display()
+                );
+            }
+            other => tracing::debug!("crawl: assessed {}: {other:?}", rel.display()),
+        }
+        if let Err(e) = shared.store().save_crawl_cursor(&fs.uuid, &rel, assessed) {
+            tracing::warn!(
+                "crawl of {}: cannot save its cursor: {e}",
+                fs.mount_point.display()
+            );
+        }
+        // Pace: never ahead of files_per_second since this run started.
+        paced += 1;
+        let rate = f64::from(shared.settings().crawl.files_per_second.get());
+        let due = Duration::from_secs_f64(paced as f64 / rate);
+        if let Some(ahead) = due.checked_sub(started.elapsed()) {
+            shared.sleep(ahead);
+        }
+    }
+    tracing::info!(
+        "crawl of {}: pass done, {assessed} files assessed, {queued} queued in {:.0} s",
+        fs.mount_point.display(),
+        started.elapsed().as_secs_f64()
+    );
+    if let Err(e) = shared.store().finish_pass(&fs.uuid, unix_now()) {
+        tracing::warn!(
+            "crawl of {}: cannot record the end of the pass: {e}",
+            fs.mount_point.display()
+        );
+    }
+}

@@ -1,0 +1,337 @@
+//! The service: `defragd` with no subcommand. Loads the config, opens the
+//! store, covers the ext4 filesystems, and runs the crawl, the watcher and
+//! one worker per disk until SIGTERM or SIGINT, after which the current
+//! chunk finishes, its progress is recorded and the process exits 0.
+//! SIGHUP reloads the config (a bad one keeps the running config).
+
+mod candidates;
+mod crawler;
+mod shared;
+mod watcher;
+mod worker;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
+
+use crate::config::{self, Settings};
+use crate::mounts::{self, Covered, DiskId};
+use crate::store::Store;
+
+use shared::Shared;
+
+/// How long shutdown waits for the threads to finish their chunk.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(4);
+/// How often mounts are re-read when /proc/self/mountinfo cannot be polled.
+const MOUNT_RECHECK: Duration = Duration::from_secs(30);
+
+/// Seconds since the epoch, the store's clock.
+pub(crate) fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// Runs the service until it is told to stop.
+pub fn run(config_path: Option<&Path>) -> ExitCode {
+    let settings = match config::load(config_path) {
+        Ok(settings) => settings,
+        Err(errors) => {
+            eprintln!("defragd: the configuration is not valid:\n{errors}");
+            return ExitCode::from(config::EX_CONFIG);
+        }
+    };
+    crate::logging::init(&settings.service.log_level);
+    let store = match Store::open(&settings.state_dir) {
+        Ok(store) => store,
+        Err(e) => {
+            tracing::error!(
+                "cannot open the store in {}: {e}",
+                settings.state_dir.display()
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    match store.requeue_interrupted() {
+        Ok(jobs) => {
+            for job in jobs.iter().filter(|j| j.next_block > 0) {
+                tracing::info!(
+                    "job {} {} was interrupted at block {}; it resumes there",
+                    job.id,
+                    job.path_hint.display(),
+                    job.next_block
+                );
+            }
+        }
+        Err(e) => tracing::warn!("cannot requeue interrupted jobs: {e}"),
+    }
+    let shared = Shared::new(store, settings);
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .thread_name("defragd-main")
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            tracing::error!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(serve(shared, config_path.map(Path::to_path_buf)))
+}
+
+/// The threads the service runs, by what they serve.
+#[derive(Default)]
+struct Threads {
+    workers: HashMap<DiskId, JoinHandle<()>>,
+    crawlers: HashMap<String, JoinHandle<()>>,
+}
+
+impl Threads {
+    /// Starts what the covered filesystems need and forgets finished ones.
+    fn sync(&mut self, shared: &Arc<Shared>) {
+        self.workers.retain(|_, h| !h.is_finished());
+        self.crawlers.retain(|_, h| !h.is_finished());
+        for fs in shared.covered().into_values() {
+            if !self.workers.contains_key(&fs.disk) {
+                let (s, disk) = (Arc::clone(shared), fs.disk.clone());
+                match std::thread::Builder::new()
+                    .name(format!("worker-{}", disk.0))
+                    .spawn(move || worker::run(s, disk))
+                {
+                    Ok(handle) => {
+                        self.workers.insert(fs.disk.clone(), handle);
+                    }
+                    Err(e) => {
+                        tracing::error!("cannot start the worker for disk {}: {e}", fs.disk.0)
+                    }
+                }
+            }
+            if !self.crawlers.contains_key(&fs.uuid) {
+                let (s, uuid) = (Arc::clone(shared), fs.uuid.clone());
+                match std::thread::Builder::new()
+                    .name("crawl".into())
+                    .spawn(move || crawler::run(s, uuid))
+                {
+                    Ok(handle) => {
+                        self.crawlers.insert(fs.uuid.clone(), handle);
+                    }
+                    Err(e) => tracing::error!(
+                        "cannot start the crawl of {}: {e}",
+                        fs.mount_point.display()
+                    ),
+                }
+            }
+        }
+    }
+
+    /// Waits for every thread, at most until `deadline`.
+    async fn join(self, deadline: Instant) {
+        let handles: Vec<JoinHandle<()>> = self
+            .workers
+            .into_values()
+            .chain(self.crawlers.into_values())
+            .collect();
+        while handles.iter().any(|h| !h.is_finished()) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+async fn serve(shared: Arc<Shared>, config_path: Option<std::path::PathBuf>) -> ExitCode {
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return ExitCode::FAILURE;
+    };
+    refresh_covered(&shared);
+    let mut threads = Threads::default();
+    threads.sync(&shared);
+    let mut watcher = start_watcher(&shared);
+    let mut mounts = MountChanges::new();
+    tracing::info!("defragd is running");
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => {
+                reload(&shared, config_path.as_deref());
+                watcher = restart_watcher(&shared, watcher);
+                threads.sync(&shared);
+            }
+            _ = mounts.changed() => {
+                if refresh_covered(&shared) {
+                    watcher = restart_watcher(&shared, watcher);
+                }
+                threads.sync(&shared);
+            }
+        }
+    }
+    tracing::info!("stopping: finishing the current chunk");
+    shared.begin_shutdown();
+    let _ = watcher.send(true);
+    threads.join(Instant::now() + SHUTDOWN_GRACE).await;
+    tracing::info!("stopped");
+    ExitCode::SUCCESS
+}
+
+fn reload(shared: &Shared, config_path: Option<&Path>) {
+    match config::load(config_path) {
+        Ok(settings) => {
+            shared.set_settings(settings);
+            refresh_covered(shared);
+            tracing::info!("configuration reloaded");
+        }
+        Err(errors) => tracing::error!(
+            "the new configuration is not valid; keeping the running one:\n{errors}"
+        ),
+    }
+}
+
+/// Recomputes the covered filesystems; true when the set changed.
+fn refresh_covered(shared: &Shared) -> bool {
+    let settings = shared.settings();
+    let configured = !settings.filesystems.is_empty();
+    let candidates: Vec<std::path::PathBuf> = if configured {
+        settings
+            .filesystems
+            .iter()
+            .map(|f| f.path.clone())
+            .collect()
+    } else {
+        mounts::ext4_mount_points()
+    };
+    let mut covered = HashMap::new();
+    for path in candidates {
+        match mounts::cover(&path) {
+            Ok(fs) => {
+                covered.insert(fs.uuid.clone(), fs);
+            }
+            Err(e) if configured => tracing::warn!("not covering {e}"),
+            Err(e) => tracing::debug!("not covering {e}"),
+        }
+    }
+    let before = shared.covered();
+    let same = before.len() == covered.len()
+        && before.iter().all(|(k, v)| {
+            covered
+                .get(k)
+                .is_some_and(|c| c.mount_point == v.mount_point && c.dev == v.dev)
+        });
+    if same {
+        return false;
+    }
+    for (uuid, fs) in &before {
+        if !covered.contains_key(uuid) {
+            tracing::info!(
+                "{} is gone (unmounted or no longer eligible); dropping its queued work",
+                fs.mount_point.display()
+            );
+            if let Err(e) = shared.store().forget_filesystem(uuid) {
+                tracing::warn!("cannot drop the queue of {}: {e}", fs.mount_point.display());
+            }
+        }
+    }
+    for fs in covered.values() {
+        if !before.contains_key(&fs.uuid) {
+            tracing::info!(
+                "covering {} (ext4 {}, disk {})",
+                fs.mount_point.display(),
+                fs.uuid,
+                fs.disk.0
+            );
+        }
+        if let Err(e) = shared.store().upsert_filesystem(&fs.uuid, &fs.mount_point) {
+            tracing::warn!("cannot record {}: {e}", fs.mount_point.display());
+        }
+    }
+    shared.set_covered(covered);
+    true
+}
+
+/// The watched trees of the covered filesystems.
+fn watch_trees(settings: &Settings, covered: &HashMap<String, Covered>) -> Vec<watcher::Tree> {
+    settings
+        .filesystems
+        .iter()
+        .flat_map(|f| {
+            let fs = covered.values().find(|c| c.mount_point == f.path).cloned();
+            f.watch.iter().filter_map(move |path| {
+                fs.clone().map(|fs| watcher::Tree {
+                    fs,
+                    path: path.clone(),
+                })
+            })
+        })
+        .collect()
+}
+
+fn start_watcher(shared: &Arc<Shared>) -> watch::Sender<bool> {
+    let (stop, stopped) = watch::channel(false);
+    let trees = watch_trees(&shared.settings(), &shared.covered());
+    tokio::spawn(watcher::run(Arc::clone(shared), trees, stopped));
+    stop
+}
+
+fn restart_watcher(shared: &Arc<Shared>, old: watch::Sender<bool>) -> watch::Sender<bool> {
+    let _ = old.send(true);
+    start_watcher(shared)
+}
+
+/// Notices mounts and unmounts: the kernel flags /proc/self/mountinfo
+/// with POLLPRI when the mount table changes.
+struct MountChanges {
+    file: Option<tokio::io::unix::AsyncFd<std::fs::File>>,
+}
+
+impl MountChanges {
+    fn new() -> Self {
+        let file = std::fs::File::open("/proc/self/mountinfo")
+            .ok()
+            .and_then(|f| {
+                // SAFETY: the AsyncFd owns the File, whose fd stays open and the
+                // same until the AsyncFd drops it.
+                unsafe {
+                    tokio::io::unix::AsyncFd::register_with_interest(
+                        f,
+                        tokio::io::Interest::PRIORITY,
+                    )
+                }
+                .ok()
+            });
+        if file.is_none() {
+            tracing::warn!(
+                "cannot poll /proc/self/mountinfo; mounts are re-read every {} s",
+                MOUNT_RECHECK.as_secs()
+            );
+        }
+        MountChanges { file }
+    }
+
+    async fn changed(&mut self) {
+        match &self.file {
+            Some(file) => match file.ready(tokio::io::Interest::PRIORITY).await {
+                Ok(mut guard) => {
+                    // Re-arm: reading the file to its end clears the event.
+                    use std::io::Read;
+                    let mut sink = Vec::new();
+                    let mut f = guard.get_inner();
+                    let _ = std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(0));
+                    let _ = f.read_to_end(&mut sink);
+                    guard.clear_ready();
+                }
+                Err(_) => tokio::time::sleep(MOUNT_RECHECK).await,
+            },
+            None => tokio::time::sleep(MOUNT_RECHECK).await,
+        }
+    }
+}

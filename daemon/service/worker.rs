@@ -1,0 +1,316 @@
+//! One worker thread per disk: takes the most urgent job on that disk's
+//! filesystems, checks it is still the same file, moves it chunk by chunk
+//! under the throttle (its thread in the idle I/O class), and records the
+//! chunk cursor after every chunk so a crash redoes at most one chunk.
+//! Between jobs it holds no file descriptor, so `umount` works.
+
+use std::os::fd::AsFd;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::inspect::Filesystems;
+use crate::mounts::{reopen_root, DiskId};
+use crate::mover::{defragment, Control, MoveOptions, Progress, Supervisor};
+use crate::outcome::{Outcome, SkipReason};
+use crate::store::{Finished, HistoryOutcome, Job};
+use crate::throttle::io_pressure_percent;
+
+use super::candidates::target_for;
+use super::shared::Shared;
+use super::unix_now;
+
+/// How long an idle worker sleeps when nothing wakes it.
+const IDLE: Duration = Duration::from_secs(30);
+/// How long a job waits after a failure before it is tried again.
+const RETRY_AFTER_SECS: i64 = 600;
+/// Attempts before a failing job is given up.
+const MAX_ATTEMPTS: u32 = 5;
+/// How long a move waits in one go for I/O pressure to fall, before it
+/// gives its file back and tries again later.
+const PRESSURE_WAIT: Duration = Duration::from_secs(10);
+
+/// Runs the worker of `disk` until shutdown.
+pub fn run(shared: Arc<Shared>, disk: DiskId) {
+    if let Err(e) = crate::ext4::set_current_thread_idle() {
+        tracing::warn!(
+            "worker {}: cannot set the idle I/O class ({e}); moves run at normal I/O priority",
+            disk.0
+        );
+    }
+    while !shared.shutting_down() {
+        let uuids: Vec<String> = shared
+            .covered()
+            .into_values()
+            .filter(|fs| fs.disk == disk)
+            .map(|fs| fs.uuid)
+            .collect();
+        if uuids.is_empty() {
+            // This disk's filesystems went away: the service retires the worker.
+            return;
+        }
+        let job = match shared.store().next_job(&uuids, unix_now()) {
+            Ok(job) => job,
+            Err(e) => {
+                tracing::error!("worker {}: cannot read the queue: {e}", disk.0);
+                shared.idle(IDLE);
+                continue;
+            }
+        };
+        match job {
+            Some(job) => run_job(&shared, job),
+            None => shared.idle(IDLE),
+        }
+    }
+}
+
+fn run_job(shared: &Shared, job: Job) {
+    let Some(fs) = shared.covered_fs(&job.file.fs_uuid) else {
+        drop_job(shared, &job, "its filesystem is no longer covered");
+        return;
+    };
+    let path = fs.mount_point.join(&job.path_hint);
+    let Some(root) = reopen_root(&fs) else {
+        retry(
+            shared,
+            &job,
+            "its filesystem is not mounted where it was",
+            RETRY_AFTER_SECS,
+        );
+        return;
+    };
+    let mut target = match target_for(&fs, root.as_fd(), &job.path_hint) {
+        Ok(target) => target,
+        Err(crate::ext4::Error::NotFound) => {
+            drop_job(
+                shared,
+                &job,
+                "the file was deleted or renamed since it was queued",
+            );
+            return;
+        }
+        Err(e) => {
+            retry(shared, &job, &e.to_string(), RETRY_AFTER_SECS);
+            return;
+        }
+    };
+    drop(root);
+    target.expected_identity = Some((job.file.ino, job.file.generation));
+    if job.next_block > 0 {
+        tracing::info!(
+            "resuming job {} {} at block {}",
+            job.id,
+            path.display(),
+            job.next_block
+        );
+    } else {
+        tracing::info!(
+            "defragmenting {} (job {}, {} extents)",
+            path.display(),
+            job.id,
+            job.extents_before
+        );
+    }
+    let settings = shared.settings();
+    let options = MoveOptions {
+        chunk_bytes: settings.throttle.chunk_bytes.get(),
+        reserve_percent: settings.policy.reserve_percent,
+        dry_run: false,
+        quiet_period: Some(settings.policy.quiet_period),
+    };
+    let mut filesystems = Filesystems::default();
+    let mut supervisor = JobSupervisor {
+        shared,
+        job: &job,
+        pressure_limit: settings.throttle.pressure_pause_percent,
+    };
+    let outcome = defragment(
+        &target,
+        &mut filesystems,
+        &options,
+        job.next_block,
+        &mut supervisor,
+    );
+    record(
+        shared,
+        &job,
+        &path,
+        outcome,
+        settings.policy.quiet_period.as_secs(),
+    );
+}
+
+/// Paces one job's chunks and saves its cursor after each.
+struct JobSupervisor<'a> {
+    shared: &'a Shared,
+    job: &'a Job,
+    pressure_limit: Option<f64>,
+}
+
+impl Supervisor for JobSupervisor<'_> {
+    fn before_chunk(&mut self, bytes: u64) -> Control {
+        if self.shared.shutting_down() {
+            return Control::Stop;
+        }
+        if let Some(limit) = self.pressure_limit {
+            let mut waited = Duration::ZERO;
+            while io_pressure_percent().is_some_and(|p| p > limit) {
+                if waited >= PRESSURE_WAIT || self.shared.shutting_down() {
+                    return Control::Stop;
+                }
+                std::thread::sleep(Duration::from_millis(500));
+                waited += Duration::from_millis(500);
+            }
+        }
+        let wait = self.shared.throttle(bytes);
+        if !wait.is_zero() {
+            std::thread::sleep(wait);
+        }
+        if self.shared.shutting_down() {
+            Control::Stop
+        } else {
+            Control::Continue
+        }
+    }
+
+    fn after_chunk(&mut self, progress: &Progress) {
+        if let Err(e) = self
+            .shared
+            .store()
+            .save_cursor(self.job.id, progress.next_block)
+        {
+            tracing::warn!(
+                "job {}: cannot save progress ({e}); a restart redoes more of it",
+                self.job.id
+            );
+        }
+    }
+}
+
+fn record(shared: &Shared, job: &Job, path: &std::path::Path, outcome: Outcome, quiet_secs: u64) {
+    let id = job.id;
+    match outcome {
+        Outcome::Defragmented(moved) => {
+            tracing::info!(
+                "defragmented {}: extents {} -> {} ({} moved)",
+                path.display(),
+                moved.before.extents,
+                moved.after.extents,
+                crate::outcome::Size(moved.bytes_moved)
+            );
+            finish(
+                shared,
+                job,
+                HistoryOutcome::Defragmented,
+                None,
+                None,
+                Some(moved.after.extents),
+                moved.bytes_moved,
+            );
+        }
+        Outcome::Interrupted { next_block, .. } => {
+            tracing::info!(
+                "job {id} {} stopped at block {next_block}; it continues later",
+                path.display()
+            );
+            retry(shared, job, "interrupted", 0);
+        }
+        Outcome::Skipped {
+            reason: SkipReason::RecentlyWritten { ago_secs },
+            ..
+        } => {
+            let wait = i64::try_from(quiet_secs.saturating_sub(ago_secs))
+                .unwrap_or(0)
+                .max(1);
+            tracing::debug!(
+                "{} was written {ago_secs} s ago; trying again in {wait} s",
+                path.display()
+            );
+            retry(shared, job, "recently written", wait);
+        }
+        Outcome::Skipped {
+            reason: SkipReason::Replaced,
+            ..
+        } => {
+            drop_job(
+                shared,
+                job,
+                "the file was deleted or replaced since it was queued",
+            );
+        }
+        Outcome::Skipped { reason, .. } => {
+            tracing::info!("skipped {}: {reason}", path.display());
+            finish(
+                shared,
+                job,
+                HistoryOutcome::Skipped,
+                Some(reason.code()),
+                Some(reason.to_string()),
+                None,
+                0,
+            );
+        }
+        Outcome::Failed {
+            reason,
+            bytes_moved,
+            ..
+        } => {
+            if job.attempts >= MAX_ATTEMPTS {
+                tracing::warn!("failed {} for the last time: {reason}", path.display());
+                finish(
+                    shared,
+                    job,
+                    HistoryOutcome::Failed,
+                    Some(reason.code()),
+                    Some(reason.to_string()),
+                    None,
+                    bytes_moved,
+                );
+            } else {
+                tracing::warn!(
+                    "failed {} (attempt {}): {reason}; trying again later",
+                    path.display(),
+                    job.attempts
+                );
+                retry(shared, job, &reason.to_string(), RETRY_AFTER_SECS);
+            }
+        }
+        Outcome::WouldDefragment(_) => retry(shared, job, "dry run", 0),
+    }
+}
+
+fn finish(
+    shared: &Shared,
+    job: &Job,
+    outcome: HistoryOutcome,
+    reason_code: Option<&str>,
+    reason: Option<String>,
+    extents_after: Option<u64>,
+    bytes_moved: u64,
+) {
+    let finished = Finished {
+        outcome,
+        reason_code: reason_code.map(str::to_string),
+        reason,
+        extents_after,
+        bytes_moved,
+    };
+    if let Err(e) = shared.store().finish_job(job.id, &finished) {
+        tracing::error!("job {}: cannot record its outcome: {e}", job.id);
+    }
+}
+
+fn retry(shared: &Shared, job: &Job, why: &str, after_secs: i64) {
+    if let Err(e) = shared
+        .store()
+        .retry_later(job.id, why, unix_now() + after_secs)
+    {
+        tracing::error!("job {}: cannot put it back in the queue: {e}", job.id);
+    }
+}
+
+fn drop_job(shared: &Shared, job: &Job, why: &str) {
+    tracing::info!("dropped job {} {}: {why}", job.id, job.path_hint.display());
+    if let Err(e) = shared.store().drop_job(job.id, why) {
+        tracing::error!("job {}: cannot drop it: {e}", job.id);
+    }
+}

@@ -1,0 +1,193 @@
+//! The database's shape and how a file gets to it: connection settings, the
+//! integrity check, and the ordered schema migrations recorded in
+//! `PRAGMA user_version`. A migration, once released, is never edited:
+//! changes are new entries at the end.
+
+use rusqlite::{Connection, TransactionBehavior};
+
+/// Migration `i` takes the schema from version `i` to `i + 1`.
+pub(super) const MIGRATIONS: &[&str] = &[V1_INITIAL];
+
+/// The newest schema version this code understands.
+pub(super) const KNOWN_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Paths are BLOBs of their exact bytes (see `codec`). AUTOINCREMENT keeps
+/// ids from being reused after deletes, so a stale job id held by a worker
+/// can never point at a newer job, and history ids stay in insertion order.
+const V1_INITIAL: &str = "
+CREATE TABLE filesystems (
+    uuid        TEXT PRIMARY KEY NOT NULL,
+    mount_point BLOB NOT NULL,
+    first_seen  INTEGER NOT NULL,
+    last_seen   INTEGER NOT NULL
+);
+
+CREATE TABLE jobs (
+    id             INTEGER PRIMARY KEY AUTOINCREMENT,
+    fs_uuid        TEXT NOT NULL,
+    ino            INTEGER NOT NULL,
+    generation     INTEGER NOT NULL,
+    path_hint      BLOB NOT NULL,
+    size_bytes     INTEGER NOT NULL,
+    extents_before INTEGER NOT NULL,
+    ideal_extents  INTEGER NOT NULL,
+    score          REAL NOT NULL,
+    priority       REAL NOT NULL,
+    state          TEXT NOT NULL CHECK (state IN ('queued', 'running')),
+    next_block     INTEGER NOT NULL DEFAULT 0,
+    attempts       INTEGER NOT NULL DEFAULT 0,
+    last_error     TEXT,
+    queued_at      INTEGER NOT NULL,
+    updated_at     INTEGER NOT NULL,
+    not_before     INTEGER NOT NULL,
+    UNIQUE (fs_uuid, ino, generation)
+);
+CREATE INDEX jobs_in_take_order ON jobs (state, priority DESC, queued_at, id);
+
+CREATE TABLE crawl_cursors (
+    fs_uuid          TEXT PRIMARY KEY NOT NULL,
+    pass_id          INTEGER NOT NULL,
+    pass_started_at  INTEGER NOT NULL,
+    cursor           BLOB NOT NULL,
+    files_assessed   INTEGER NOT NULL DEFAULT 0,
+    pass_finished_at INTEGER
+);
+
+CREATE TABLE history (
+    id             INTEGER PRIMARY KEY AUTOINCREMENT,
+    fs_uuid        TEXT NOT NULL,
+    ino            INTEGER NOT NULL,
+    generation     INTEGER NOT NULL,
+    path           BLOB NOT NULL,
+    outcome        TEXT NOT NULL
+                   CHECK (outcome IN ('defragmented', 'skipped', 'failed', 'dropped')),
+    reason_code    TEXT,
+    reason         TEXT,
+    extents_before INTEGER NOT NULL,
+    extents_after  INTEGER,
+    bytes_moved    INTEGER NOT NULL DEFAULT 0,
+    finished_at    INTEGER NOT NULL
+);
+CREATE INDEX history_by_finish ON history (finished_at);
+";
+
+/// The schema version recorded in the file (0 for a new, empty one).
+pub(super) fn user_version(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.pragma_query_value(None, "user_version", |row| row.get(0))
+}
+
+/// `None` when SQLite finds the file sound, else what it found wrong. The
+/// database is small (a queue and a bounded history), so checking at every
+/// start costs little and catches damage before it surfaces mid-job.
+pub(super) fn integrity_problems(conn: &Connection) -> rusqlite::Result<Option<String>> {
+    let mut findings = Vec::new();
+    conn.pragma_query(None, "quick_check", |row| {
+        findings.push(row.get::<_, String>(0)?);
+        Ok(())
+    })?;
+    if findings.len() == 1 && findings[0] == "ok" {
+        Ok(None)
+    } else {
+        Ok(Some(findings.join("; ")))
+    }
+}
+
+/// WAL lets status readers run beside the worker's writes; NORMAL skips the
+/// fsync per commit, so a crash may lose the last cursor update, which only
+/// redoes a chunk. Returns the journal mode SQLite actually chose.
+pub(super) fn set_pragmas(conn: &Connection) -> rusqlite::Result<String> {
+    let mode = conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    Ok(mode)
+}
+
+/// Applies every migration past the file's version in one transaction, so a
+/// failure leaves the file exactly as it was. On failure, returns the
+/// version that could not be reached.
+pub(super) fn migrate(
+    conn: &mut Connection,
+    migrations: &[&str],
+) -> Result<(), (usize, rusqlite::Error)> {
+    let current = user_version(conn).map_err(|e| (0, e))?;
+    let start = usize::try_from(current).unwrap_or(0);
+    if start >= migrations.len() {
+        return Ok(());
+    }
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(|e| (start + 1, e))?;
+    for (index, sql) in migrations.iter().enumerate().skip(start) {
+        let version = index + 1;
+        tx.execute_batch(sql).map_err(|e| (version, e))?;
+        tx.pragma_update(None, "user_version", version as i64)
+            .map_err(|e| (version, e))?;
+    }
+    tx.commit().map_err(|e| (migrations.len(), e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tables(conn: &Connection) -> Vec<String> {
+        let mut stmt = conn
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+            .unwrap();
+        let names = stmt.query_map([], |row| row.get(0)).unwrap();
+        names.map(Result::unwrap).collect()
+    }
+
+    #[test]
+    fn an_empty_database_migrates_to_the_known_version() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        assert_eq!(user_version(&conn).unwrap(), 0);
+        migrate(&mut conn, MIGRATIONS).unwrap();
+        assert_eq!(user_version(&conn).unwrap(), KNOWN_VERSION);
+        let names = tables(&conn);
+        for table in ["crawl_cursors", "filesystems", "history", "jobs"] {
+            assert!(
+                names.iter().any(|n| n == table),
+                "{table} missing: {names:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn migrating_again_is_a_no_op() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        migrate(&mut conn, MIGRATIONS).unwrap();
+        migrate(&mut conn, MIGRATIONS).unwrap();
+        assert_eq!(user_version(&conn).unwrap(), KNOWN_VERSION);
+    }
+
+    #[test]
+    fn only_the_missing_migrations_run_in_order() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        migrate(&mut conn, &["CREATE TABLE a (x);"]).unwrap();
+        let later = [
+            "CREATE TABLE a (x);",
+            "CREATE TABLE b (x);",
+            "ALTER TABLE b ADD y;",
+        ];
+        migrate(&mut conn, &later).unwrap();
+        assert_eq!(user_version(&conn).unwrap(), 3);
+        assert_eq!(tables(&conn), ["a", "b"]);
+    }
+
+    #[test]
+    fn a_failing_migration_leaves_the_file_as_it_was() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        let broken = ["CREATE TABLE a (x);", "CREATE TABLE b (x); NOT SQL;"];
+        let (version, _) = migrate(&mut conn, &broken).unwrap_err();
+        assert_eq!(version, 2);
+        assert_eq!(user_version(&conn).unwrap(), 0);
+        assert!(tables(&conn).is_empty());
+    }
+
+    #[test]
+    fn a_fresh_database_passes_the_integrity_check() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        migrate(&mut conn, MIGRATIONS).unwrap();
+        assert_eq!(integrity_problems(&conn).unwrap(), None);
+    }
+}
