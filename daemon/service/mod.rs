@@ -83,7 +83,11 @@ pub fn run(config_path: Option<&Path>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(serve(shared, config_path.map(Path::to_path_buf)))
+    let code = runtime.block_on(serve(shared, config_path.map(Path::to_path_buf)));
+    // A watcher's measurement may still be running on the blocking pool:
+    // it holds no move, so it is not waited for long.
+    runtime.shutdown_timeout(Duration::from_millis(500));
+    code
 }
 
 /// The threads the service runs, by what they serve.

@@ -53,12 +53,13 @@ struct Watcher {
     pending: HashMap<(String, PathBuf), Instant>,
 }
 
+/// No DONT_FOLLOW: watches are added through /proc/self/fd magic links,
+/// which must be followed to reach the directory already opened safely.
 fn mask() -> WatchMask {
     WatchMask::CLOSE_WRITE
         | WatchMask::MODIFY
         | WatchMask::CREATE
         | WatchMask::MOVED_TO
-        | WatchMask::DONT_FOLLOW
         | WatchMask::ONLYDIR
         | WatchMask::EXCL_UNLINK
 }
