@@ -1,0 +1,137 @@
+//! Running external commands: with their status asserted, or bounded in
+//! time, and killing only what the test itself started (by PID).
+
+use std::ffi::OsStr;
+use std::io::Read;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+fn describe(cmd: &Command) -> String {
+    let mut s = cmd.get_program().to_string_lossy().into_owned();
+    for a in cmd.get_args() {
+        s.push(' ');
+        s.push_str(&a.to_string_lossy());
+    }
+    s
+}
+
+/// Runs a command and returns its output whatever its status.
+pub fn run_raw(cmd: &mut Command) -> Output {
+    cmd.stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run `{}`: {e}", describe(cmd)))
+}
+
+/// Runs a command, asserts exit status 0, returns stdout.
+pub fn run_ok(cmd: &mut Command) -> String {
+    let out = run_raw(cmd);
+    assert!(
+        out.status.success(),
+        "`{}` failed with {}\nstdout:\n{}\nstderr:\n{}",
+        describe(cmd),
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Shorthand: `sh("prog", ["a", "b"])`, asserting success.
+pub fn sh<I, S>(prog: &str, args: I) -> String
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    run_ok(Command::new(prog).args(args))
+}
+
+/// Shorthand returning (success, stdout, stderr) without asserting.
+pub fn sh_status<I, S>(prog: &str, args: I) -> (bool, String, String)
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let out = run_raw(Command::new(prog).args(args));
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `sync -f PATH`: commit the filesystem holding PATH (also makes freed
+/// blocks really free: ext4 releases them when the transaction commits).
+pub fn sync_fs(path: &Path) {
+    sh("sync", [OsStr::new("-f"), path.as_os_str()]);
+}
+
+/// A child process this test started; Drop kills it by PID if still running.
+pub struct ChildGuard(pub Option<std::process::Child>);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(child) = self.0.as_mut() {
+            if let Ok(None) = child.try_wait() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+/// Longest any single defragd or e4defrag run may take before the test
+/// kills it (by PID) and fails: a hang must not hang the suite.
+pub const RUN_LIMIT: Duration = Duration::from_secs(300);
+
+/// Runs `cmd` to completion or until `limit`, capturing output; returns the
+/// output and the wall time. On timeout the child is killed and the test
+/// fails.
+pub fn run_timed(cmd: &mut Command, limit: Duration) -> (Output, Duration) {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let t = Instant::now();
+    let child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run `{}`: {e}", describe(cmd)));
+    let mut guard = ChildGuard(Some(child));
+    let child = guard.0.as_mut().expect("child");
+    let mut out_pipe = child.stdout.take().expect("stdout pipe");
+    let mut err_pipe = child.stderr.take().expect("stderr pipe");
+    let out_t = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = out_pipe.read_to_end(&mut v);
+        v
+    });
+    let err_t = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = err_pipe.read_to_end(&mut v);
+        v
+    });
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("wait for child") {
+            break st;
+        }
+        if t.elapsed() > limit {
+            drop(guard); // kills it
+            panic!(
+                "`{}` did not finish within {limit:?}; killed",
+                describe(cmd)
+            );
+        }
+        sleep(Duration::from_millis(20));
+    };
+    let elapsed = t.elapsed();
+    let stdout = out_t.join().unwrap_or_default();
+    let stderr = err_t.join().unwrap_or_default();
+    (
+        Output {
+            status,
+            stdout,
+            stderr,
+        },
+        elapsed,
+    )
+}

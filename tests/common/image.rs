@@ -1,0 +1,387 @@
+//! Loop-mounted images and other mounts, swapfiles and file flags, each
+//! owned by a guard whose Drop undoes it (also when the test panics).
+
+use std::ffi::OsStr;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::thread::sleep;
+use std::time::Duration;
+
+use super::cmd::{run_ok, sh, sh_status};
+
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("defragd-test-")
+        .tempdir_in("/tmp")
+        .expect("create a temp dir under /tmp")
+}
+
+/// Unmounts `mnt` (a mount this test made): a few polite tries, then lazy.
+fn unmount_dir(mnt: &Path) {
+    for attempt in 0..5 {
+        let (ok, _, err) = sh_status("umount", [mnt]);
+        if ok {
+            return;
+        }
+        eprintln!(
+            "umount {} failed (try {attempt}): {}",
+            mnt.display(),
+            err.trim()
+        );
+        sleep(Duration::from_millis(300));
+    }
+    let (ok, _, err) = sh_status("umount", [OsStr::new("-l"), mnt.as_os_str()]);
+    if !ok {
+        eprintln!("umount -l {} failed: {}", mnt.display(), err.trim());
+    }
+}
+
+fn detach_loop(dev: &str) {
+    for _ in 0..5 {
+        let (ok, _, err) = sh_status("losetup", ["-d", dev]);
+        if ok {
+            return;
+        }
+        eprintln!("losetup -d {dev} failed: {}", err.trim());
+        sleep(Duration::from_millis(300));
+    }
+}
+
+/// Which filesystem to make on an image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FsKind {
+    /// `mkfs.ext4`
+    Ext4,
+    /// `mkfs.ext3`, mounted with `-t ext4`: files are block-mapped.
+    Ext3AsExt4,
+    /// `mkfs.ext4 -O bigalloc`
+    Ext4Bigalloc,
+}
+
+#[derive(Clone, Debug)]
+pub struct ImageSpec {
+    pub size_mib: u64,
+    pub kind: FsKind,
+    /// Extra mount options, e.g. "data=journal".
+    pub mount_opts: Option<String>,
+}
+
+impl ImageSpec {
+    pub fn ext4(size_mib: u64) -> Self {
+        ImageSpec {
+            size_mib,
+            kind: FsKind::Ext4,
+            mount_opts: None,
+        }
+    }
+    pub fn kind(mut self, kind: FsKind) -> Self {
+        self.kind = kind;
+        self
+    }
+    pub fn mount_opts(mut self, opts: &str) -> Self {
+        self.mount_opts = Some(opts.to_string());
+        self
+    }
+}
+
+/// An image file in its own temp dir, attached to its own loop device
+/// (direct I/O, so I/O behaves like a disk) and mounted on a dir in that temp
+/// dir. Drop unmounts and detaches.
+pub struct LoopImage {
+    pub spec: ImageSpec,
+    img: PathBuf,
+    mnt: PathBuf,
+    dev: Option<String>,
+    mounted: bool,
+    // Last field: removed after Drop::drop has unmounted and detached.
+    dir: tempfile::TempDir,
+}
+
+impl LoopImage {
+    /// truncate + mkfs + losetup + mount.
+    pub fn create(spec: ImageSpec) -> LoopImage {
+        let dir = tempdir();
+        let img = dir.path().join("fs.img");
+        sh(
+            "truncate",
+            [
+                OsStr::new("-s"),
+                OsStr::new(&format!("{}M", spec.size_mib)),
+                img.as_os_str(),
+            ],
+        );
+        // 4 KiB blocks always (small images would get 1 KiB ones), no
+        // root-reserved blocks so "free space" means one thing.
+        let mut mkfs = match spec.kind {
+            FsKind::Ext4 => {
+                let mut c = Command::new("mkfs.ext4");
+                c.args(["-q", "-F", "-b", "4096", "-m", "0"]);
+                c
+            }
+            FsKind::Ext3AsExt4 => {
+                let mut c = Command::new("mkfs.ext3");
+                c.args(["-q", "-F", "-b", "4096", "-m", "0"]);
+                c
+            }
+            FsKind::Ext4Bigalloc => {
+                let mut c = Command::new("mkfs.ext4");
+                c.args(["-q", "-F", "-b", "4096", "-m", "0", "-O", "bigalloc"]);
+                c
+            }
+        };
+        run_ok(mkfs.arg(&img));
+        Self::attach_and_mount(dir, img, spec)
+    }
+
+    fn attach_and_mount(dir: tempfile::TempDir, img: PathBuf, spec: ImageSpec) -> LoopImage {
+        let mnt = dir.path().join("mnt");
+        fs::create_dir_all(&mnt).expect("create mount point");
+        let mut me = LoopImage {
+            spec,
+            img,
+            mnt,
+            dev: None,
+            mounted: false,
+            dir,
+        };
+        me.mount();
+        me
+    }
+
+    /// Attaches (if needed) and mounts.
+    pub fn mount(&mut self) {
+        if self.dev.is_none() {
+            let dev = sh(
+                "losetup",
+                [
+                    OsStr::new("-f"),
+                    OsStr::new("--show"),
+                    OsStr::new("--direct-io=on"),
+                    self.img.as_os_str(),
+                ],
+            );
+            self.dev = Some(dev.trim().to_string());
+        }
+        if !self.mounted {
+            let dev = self.dev.clone().unwrap_or_default();
+            let mut cmd = Command::new("mount");
+            cmd.args(["-t", "ext4"]);
+            if let Some(o) = &self.spec.mount_opts {
+                cmd.args(["-o", o]);
+            }
+            cmd.arg(&dev).arg(&self.mnt);
+            run_ok(&mut cmd);
+            self.mounted = true;
+        }
+    }
+
+    /// Unmounts and detaches (idempotent).
+    pub fn unmount(&mut self) {
+        if self.mounted {
+            unmount_dir(&self.mnt);
+            self.mounted = false;
+        }
+        if let Some(dev) = self.dev.take() {
+            detach_loop(&dev);
+        }
+    }
+
+    /// Unmounts and mounts again. ext4 hands blocks freed by a burst of
+    /// deletions back to the allocator lazily: right after the filler is
+    /// deleted (and `sync -f`), a 64 MiB fallocate got 72 or 137 extents
+    /// where after a remount (or a 2 s wait) it gets 1. Settling makes the
+    /// free space what it looks like, for defragd and e4defrag alike.
+    pub fn settle(&mut self) {
+        self.unmount();
+        self.mount();
+    }
+
+    /// `mount -o remount,OPTS`.
+    pub fn remount(&mut self, opts: &str) {
+        sh(
+            "mount",
+            [
+                OsStr::new("-o"),
+                OsStr::new(&format!("remount,{opts}")),
+                self.mnt.as_os_str(),
+            ],
+        );
+    }
+
+    /// The mount point.
+    pub fn root(&self) -> &Path {
+        &self.mnt
+    }
+
+    pub fn image_path(&self) -> &Path {
+        &self.img
+    }
+
+    pub fn device(&self) -> Option<&str> {
+        self.dev.as_deref()
+    }
+
+    /// Unmounts, then `e2fsck -fn` on the image; asserts exit 0. Returns the
+    /// e2fsck output. The image stays unmounted (call `mount` to go on).
+    pub fn unmount_and_fsck(&mut self) -> String {
+        self.unmount();
+        let (ok, out, err) = sh_status("e2fsck", [OsStr::new("-fn"), self.img.as_os_str()]);
+        assert!(
+            ok,
+            "e2fsck -fn {} is not clean:\n{out}\n{err}",
+            self.img.display()
+        );
+        out + &err
+    }
+
+    /// Makes an identical copy: unmount this image, `cp --sparse=always` it
+    /// into a new temp dir, mount both (each on its own loop device).
+    pub fn duplicate(&mut self) -> LoopImage {
+        self.unmount();
+        let dir = tempdir();
+        let img = dir.path().join("fs.img");
+        sh(
+            "cp",
+            [
+                OsStr::new("--sparse=always"),
+                self.img.as_os_str(),
+                img.as_os_str(),
+            ],
+        );
+        self.mount();
+        Self::attach_and_mount(dir, img, self.spec.clone())
+    }
+}
+
+impl Drop for LoopImage {
+    fn drop(&mut self) {
+        self.unmount();
+    }
+}
+
+/// A mount this test made that is not a LoopImage: a tmpfs (a non-ext4
+/// filesystem) or a bind mount. Drop unmounts it.
+pub struct MountGuard {
+    mnt: PathBuf,
+    mounted: bool,
+    // Holds the tmpfs mount point; None for a bind mount onto a caller's dir.
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl MountGuard {
+    /// A tmpfs of `size_mib` on a new temp dir.
+    pub fn tmpfs(size_mib: u64) -> MountGuard {
+        let dir = tempdir();
+        let mnt = dir.path().join("mnt");
+        fs::create_dir_all(&mnt).expect("create mount point");
+        sh(
+            "mount",
+            [
+                OsStr::new("-t"),
+                OsStr::new("tmpfs"),
+                OsStr::new("-o"),
+                OsStr::new(&format!("size={size_mib}m")),
+                OsStr::new("defragd-test-tmpfs"),
+                mnt.as_os_str(),
+            ],
+        );
+        MountGuard {
+            mnt,
+            mounted: true,
+            _dir: Some(dir),
+        }
+    }
+
+    /// `mount --bind SRC DST` (DST: a directory this test made).
+    pub fn bind(src: &Path, dst: &Path) -> MountGuard {
+        sh(
+            "mount",
+            [OsStr::new("--bind"), src.as_os_str(), dst.as_os_str()],
+        );
+        MountGuard {
+            mnt: dst.to_path_buf(),
+            mounted: true,
+            _dir: None,
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.mnt
+    }
+}
+
+impl Drop for MountGuard {
+    fn drop(&mut self) {
+        if self.mounted {
+            unmount_dir(&self.mnt);
+            self.mounted = false;
+        }
+    }
+}
+
+/// A swapfile this test activated; Drop runs swapoff. Declare it after the
+/// LoopImage it lives on, so it is dropped (swapoff) before the unmount.
+pub struct SwapGuard {
+    path: PathBuf,
+}
+
+impl SwapGuard {
+    pub fn activate(path: &Path) -> SwapGuard {
+        fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .expect("chmod 600 swapfile");
+        sh("mkswap", [path]);
+        sh("swapon", [path]);
+        SwapGuard {
+            path: path.to_path_buf(),
+        }
+    }
+}
+
+impl Drop for SwapGuard {
+    fn drop(&mut self) {
+        let (ok, _, err) = sh_status("swapoff", [&self.path]);
+        if !ok {
+            eprintln!("swapoff {} failed: {}", self.path.display(), err.trim());
+        }
+    }
+}
+
+/// A `chattr +X` flag this test set; Drop runs `chattr -X`.
+pub struct ChattrGuard {
+    path: PathBuf,
+    flag: char,
+}
+
+impl ChattrGuard {
+    pub fn set(path: &Path, flag: char) -> ChattrGuard {
+        sh(
+            "chattr",
+            [OsStr::new(&format!("+{flag}")), path.as_os_str()],
+        );
+        ChattrGuard {
+            path: path.to_path_buf(),
+            flag,
+        }
+    }
+}
+
+impl Drop for ChattrGuard {
+    fn drop(&mut self) {
+        let (ok, _, err) = sh_status(
+            "chattr",
+            [
+                OsStr::new(&format!("-{}", self.flag)),
+                self.path.as_os_str(),
+            ],
+        );
+        if !ok {
+            eprintln!(
+                "chattr -{} {} failed: {}",
+                self.flag,
+                self.path.display(),
+                err.trim()
+            );
+        }
+    }
+}
