@@ -80,17 +80,23 @@ impl ExtentMap {
         self.extents.len() as u64
     }
 
-    /// Extents as `filefrag` counts them: a new one wherever the next
-    /// block is not physically next to the last. Stable for a layout, and
-    /// what operators can check with a tool nobody here wrote.
+    /// Extents as `filefrag` counts them: a new one wherever a piece does
+    /// not lie where the previous one says it would (its physical offset
+    /// minus the logical offset changes; a hole that is matched by an
+    /// equal physical gap does not count). Stable for a layout, and what
+    /// operators can check with a tool nobody here wrote.
     pub fn extent_count(&self) -> u64 {
         let mut count = 0;
-        let mut next_physical = None;
+        let mut previous: Option<&BlockExtent> = None;
         for e in &self.extents {
-            if next_physical != Some(e.physical) {
+            let continues = previous.is_some_and(|p| {
+                e.logical >= p.logical + p.len
+                    && e.physical.checked_sub(p.physical) == Some(e.logical - p.logical)
+            });
+            if !continues {
                 count += 1;
             }
-            next_physical = Some(e.physical + e.len);
+            previous = Some(e);
         }
         count
     }
@@ -335,6 +341,13 @@ mod tests {
         assert!(!a.is_contiguous());
         assert_eq!(a.excess_extents(), 2);
         assert!((a.score - 66.666).abs() < 0.01);
+    }
+
+    #[test]
+    fn a_hole_matched_by_a_physical_gap_is_one_extent_for_filefrag() {
+        let m = map(vec![ext(0, 100, 10), ext(20, 120, 10), ext(40, 500, 10)]);
+        assert_eq!(m.extent_count(), 2);
+        assert_eq!(m.physical_runs(), 3);
     }
 
     #[test]

@@ -171,6 +171,9 @@ fn prepare(
     resume_at: u64,
 ) -> Result<Option<Prepared>, Refusal> {
     refuse_unmovable(inspected)?;
+    if ext4::is_active_swapfile(inspected.dev, inspected.ino) {
+        return Err(SkipReason::Swapfile.into());
+    }
     if let Some(quiet) = options.quiet_period {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -202,28 +205,26 @@ fn prepare(
         }
         .into());
     }
-    let need = ranges.iter().map(|r| r.len).sum::<u64>() * block_size;
+    let layout = DonorLayout::for_ranges(&ranges);
+    let need = layout.allocated_blocks(&ranges) * block_size;
     check_free_space(inspected.file.as_fd(), need, options.reserve_percent)?;
     if options.dry_run {
         return Ok(None);
     }
     let file = open_for_writing(inspected)?;
     let donor = ext4::create_donor(target.dir.as_fd())?;
-    for range in &ranges {
-        ext4::allocate(
-            donor.as_fd(),
-            range.start * block_size,
-            range.len * block_size,
-        )
+    layout
+        .allocate(donor.as_fd(), &ranges, block_size)
         .map_err(|e| match e {
-            ext4::Error::NoSpace => Refusal::Skip(SkipReason::NotEnoughFreeSpace {
-                need: Size(need),
-                available: Size(0),
-                reserve: Size(0),
-            }),
+            // Another writer took the space since the check: say how much is left.
+            ext4::Error::NoSpace => {
+                match check_free_space(inspected.file.as_fd(), need, options.reserve_percent) {
+                    Err(refusal) => refusal,
+                    Ok(()) => Refusal::Fail(FailReason::Kernel(ext4::Error::NoSpace)),
+                }
+            }
             other => Refusal::from(other),
         })?;
-    }
     let donor_map = ExtentMap::from_fiemap(&ext4::fiemap(donor.as_fd(), Flush::No)?, block_size);
     let donor_ranges = donor_map.data_ranges();
     if donor_ranges != ranges {
@@ -248,6 +249,65 @@ fn prepare(
         file_runs,
         resume_at,
     }))
+}
+
+/// How the donor's blocks are allocated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DonorLayout {
+    /// One allocation per data range.
+    PerRange,
+    /// One allocation over the whole span, then the holes punched out:
+    /// each piece of data lands where the file's logical layout says, so
+    /// the file reads as one extent past its holes (filefrag counts it so).
+    /// Only where holes are at most as large as the data.
+    Span,
+}
+
+impl DonorLayout {
+    fn for_ranges(ranges: &[BlockRange]) -> Self {
+        let data: u64 = ranges.iter().map(|r| r.len).sum();
+        match (ranges.first(), ranges.last()) {
+            (Some(first), Some(last))
+                if ranges.len() > 1 && last.end() - first.start <= 2 * data =>
+            {
+                DonorLayout::Span
+            }
+            _ => DonorLayout::PerRange,
+        }
+    }
+
+    /// Blocks allocated at the most while the donor is built.
+    fn allocated_blocks(self, ranges: &[BlockRange]) -> u64 {
+        match (self, ranges.first(), ranges.last()) {
+            (DonorLayout::Span, Some(first), Some(last)) => last.end() - first.start,
+            _ => ranges.iter().map(|r| r.len).sum(),
+        }
+    }
+
+    fn allocate(
+        self,
+        donor: BorrowedFd<'_>,
+        ranges: &[BlockRange],
+        block_size: u64,
+    ) -> ext4::Result<()> {
+        let bytes = |blocks: u64| blocks * block_size;
+        match (self, ranges.first(), ranges.last()) {
+            (DonorLayout::Span, Some(first), Some(last)) => {
+                ext4::allocate(donor, bytes(first.start), bytes(last.end() - first.start))?;
+                for pair in ranges.windows(2) {
+                    ext4::punch_hole(
+                        donor,
+                        bytes(pair[0].end()),
+                        bytes(pair[1].start - pair[0].end()),
+                    )?;
+                }
+                Ok(())
+            }
+            _ => ranges
+                .iter()
+                .try_for_each(|r| ext4::allocate(donor, bytes(r.start), bytes(r.len))),
+        }
+    }
 }
 
 /// `ranges` from block `start` on.
@@ -541,6 +601,28 @@ impl<'fd> CacheKeeper<'fd> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sparse_files_get_a_span_only_when_holes_are_small() {
+        let r = |start, len| BlockRange { start, len };
+        assert_eq!(DonorLayout::for_ranges(&[r(0, 10)]), DonorLayout::PerRange);
+        assert_eq!(
+            DonorLayout::for_ranges(&[r(0, 10), r(15, 10)]),
+            DonorLayout::Span
+        );
+        assert_eq!(
+            DonorLayout::allocated_blocks(DonorLayout::Span, &[r(0, 10), r(15, 10)]),
+            25
+        );
+        assert_eq!(
+            DonorLayout::for_ranges(&[r(0, 10), r(100, 10)]),
+            DonorLayout::PerRange
+        );
+        assert_eq!(
+            DonorLayout::allocated_blocks(DonorLayout::PerRange, &[r(0, 10), r(100, 10)]),
+            20
+        );
+    }
 
     #[test]
     fn from_block_cuts_and_drops() {

@@ -28,3 +28,12 @@ pub fn allocate(fd: BorrowedFd<'_>, offset: u64, len: u64) -> Result<()> {
     fallocate(fd, FallocateFlags::empty(), to_off(offset)?, to_off(len)?)
         .map_err(|errno| Error::of("fallocate", errno))
 }
+
+/// Frees `len` bytes at `offset` (a hole; i_size is kept).
+pub fn punch_hole(fd: BorrowedFd<'_>, offset: u64, len: u64) -> Result<()> {
+    let to_off =
+        |v: u64| i64::try_from(v).map_err(|_| Error::of("fallocate", nix::errno::Errno::EFBIG));
+    let mode = FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE;
+    fallocate(fd, mode, to_off(offset)?, to_off(len)?)
+        .map_err(|errno| Error::of("fallocate (punch hole)", errno))
+}

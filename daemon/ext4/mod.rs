@@ -14,7 +14,7 @@ mod open;
 mod pagecache;
 mod swap;
 
-pub use donor::{allocate, create_donor};
+pub use donor::{allocate, create_donor, punch_hole};
 pub use error::{Call, Error, Result};
 pub use fiemap::{fiemap, Extent, ExtentFlags, Flush};
 pub use filesystem::{free_space, probe, FreeSpace, FsError, FsInfo, FsUuid, Superblock};
