@@ -1,6 +1,7 @@
 pub mod assess;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod crawl_cursor;
 pub mod ext4;
 pub mod inspect;

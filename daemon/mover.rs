@@ -53,10 +53,14 @@ pub enum Control {
 /// Where a move stands, after each chunk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Progress {
+    /// Moved by the chunk just done.
+    pub chunk_bytes: u64,
     pub moved_bytes: u64,
     pub total_bytes: u64,
     /// The first block not yet moved: where a resumed job starts.
     pub next_block: u64,
+    /// `next_block` in bytes: how far through the file the move is.
+    pub offset_bytes: u64,
 }
 
 /// Paces a move and may stop it between chunks (throttle, pause, shutdown).
@@ -415,9 +419,11 @@ fn run(
             Ok(_) => {}
         }
         supervisor.after_chunk(&Progress {
+            chunk_bytes: moved_blocks * block_size,
             moved_bytes,
             total_bytes,
             next_block: chunk.end(),
+            offset_bytes: chunk.end() * block_size,
         });
     }
     cache.finish_all();

@@ -144,6 +144,8 @@ pub struct Fragment {
     pub crawl: Option<CrawlFragment>,
     pub watch: Option<WatchFragment>,
     pub service: Option<ServiceFragment>,
+    pub control: Option<ControlFragment>,
+    pub metrics: Option<MetricsFragment>,
 }
 
 #[derive(Debug, Default, PartialEq, serde::Deserialize)]
@@ -189,6 +191,19 @@ pub struct WatchFragment {
 #[serde(deny_unknown_fields, expecting = "a [service] table")]
 pub struct ServiceFragment {
     pub log_level: Option<Raw>,
+}
+
+#[derive(Debug, Default, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a [control] table")]
+pub struct ControlFragment {
+    pub socket: Option<Raw>,
+    pub group: Option<Raw>,
+}
+
+#[derive(Debug, Default, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a [metrics] table")]
+pub struct MetricsFragment {
+    pub listen: Option<Raw>,
 }
 
 /// `filesystem` as a list of tables, with an error that says so when it is
@@ -253,11 +268,15 @@ pub fn from_env(name: &str, value: &str) -> Result<Option<Fragment>, ConfigError
     };
     // Lists (policy.exclude, even [[filesystem]]) are written as a TOML
     // array: no separator character is safe inside glob patterns and paths.
-    if value.trim_start().starts_with('[') {
+    if value.trim_start().starts_with('[') && !NEVER_LISTS.contains(&key.as_str()) {
         parsed = toml_array(value, &origin)?;
     }
     deserialize(nest(&key, parsed), &origin).map(Some)
 }
+
+/// Keys whose values may start with `[` without being a list: an IPv6
+/// address such as "[::1]:9321" is a string.
+const NEVER_LISTS: [&str; 1] = ["metrics.listen"];
 
 /// `throttle.chunk_mib = v` as the table `{ throttle: { chunk_mib: v } }`.
 fn nest(dotted_key: &str, value: Value) -> Map<String, Value> {
@@ -497,6 +516,24 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(fragment.filesystem.unwrap().len(), 1);
+    }
+
+    #[test]
+    fn an_ipv6_listen_address_is_not_a_list() {
+        let fragment = from_env("DEFRAGD__METRICS__LISTEN", "[::1]:9321")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            fragment.metrics.unwrap().listen,
+            Some(Raw::Str("[::1]:9321".into()))
+        );
+        let fragment = from_env("DEFRAGD__CONTROL__GROUP", "defragctl")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            fragment.control.unwrap().group,
+            Some(Raw::Str("defragctl".into()))
+        );
     }
 
     #[test]

@@ -28,8 +28,9 @@ use std::path::{Path, PathBuf};
 
 pub use error::{ConfigError, ConfigErrors, Origin};
 pub use settings::{
-    CrawlSettings, ExcludeError, FilesystemSettings, PolicySettings, ServiceSettings, Settings,
-    ThrottleSettings, WatchSettings, LOG_LEVELS,
+    ControlSettings, CrawlSettings, ExcludeError, FilesystemSettings, MetricsListen,
+    MetricsSettings, PolicySettings, ServiceSettings, Settings, ThrottleSettings, WatchSettings,
+    LOG_LEVELS,
 };
 
 /// The main configuration file when none is named.

@@ -19,6 +19,8 @@ struct FileView<'a> {
     crawl: CrawlView,
     watch: WatchView,
     service: ServiceView<'a>,
+    control: ControlView<'a>,
+    metrics: MetricsView,
 }
 
 #[derive(Serialize)]
@@ -60,6 +62,19 @@ struct ServiceView<'a> {
     log_level: &'a str,
 }
 
+#[derive(Serialize)]
+struct ControlView<'a> {
+    socket: String,
+    /// "" for root only.
+    group: &'a str,
+}
+
+#[derive(Serialize)]
+struct MetricsView {
+    /// "" for off.
+    listen: String,
+}
+
 impl Settings {
     fn view(&self) -> FileView<'_> {
         let path = |p: &std::path::Path| p.to_string_lossy().into_owned();
@@ -98,6 +113,18 @@ impl Settings {
             },
             service: ServiceView {
                 log_level: &self.service.log_level,
+            },
+            control: ControlView {
+                socket: path(&self.control.socket),
+                group: self.control.group.as_deref().unwrap_or(""),
+            },
+            metrics: MetricsView {
+                listen: self
+                    .metrics
+                    .listen
+                    .as_ref()
+                    .map(ToString::to_string)
+                    .unwrap_or_default(),
             },
         }
     }
@@ -143,6 +170,13 @@ impl Settings {
             String::new(),
             "[service]".into(),
             format!("log_level = {}", quote(v.service.log_level)),
+            String::new(),
+            "[control]".into(),
+            format!("socket = {}", quote(&v.control.socket)),
+            format!("group = {}", quote(v.control.group)),
+            String::new(),
+            "[metrics]".into(),
+            format!("listen = {}", quote(&v.metrics.listen)),
         ]);
         let mut text = lines.join("\n");
         text.push('\n');
@@ -197,6 +231,9 @@ mod tests {
             "interval = \"24h\"",
             "max_watches = 65536",
             "log_level = \"info\"",
+            "socket = \"/run/defragd/control.sock\"",
+            "group = \"\"",
+            "listen = \"\"",
         ] {
             assert!(
                 text.lines().any(|l| l == line),
@@ -212,6 +249,9 @@ mod tests {
         assert_eq!(json["policy"]["min_size"], "1MiB");
         assert_eq!(json["crawl"]["interval"], "24h");
         assert_eq!(json["filesystem"], serde_json::json!([]));
+        assert_eq!(json["control"]["socket"], "/run/defragd/control.sock");
+        assert_eq!(json["control"]["group"], "");
+        assert_eq!(json["metrics"]["listen"], "");
     }
 
     #[test]

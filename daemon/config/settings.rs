@@ -2,8 +2,11 @@
 //! and in tight types (bytes, `Duration`, `NonZero*`, a compiled glob
 //! set). Nothing here ever holds a raw string from a file except what is
 //! kept to print the configuration back (`PolicySettings::exclude`,
-//! `ServiceSettings::log_level`).
+//! `ServiceSettings::log_level`) and `ControlSettings::group`, a name the
+//! service looks up when it makes the control socket.
 
+use std::fmt;
+use std::net::SocketAddr;
 use std::num::{NonZeroU32, NonZeroU64};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -45,6 +48,8 @@ pub struct Settings {
     pub crawl: CrawlSettings,
     pub watch: WatchSettings,
     pub service: ServiceSettings,
+    pub control: ControlSettings,
+    pub metrics: MetricsSettings,
 }
 
 /// One `[[filesystem]]` entry.
@@ -105,6 +110,49 @@ pub struct ServiceSettings {
     pub log_level: String,
 }
 
+/// The control socket `defragctl` talks to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlSettings {
+    /// The socket's path: absolute, normalised, short enough for a unix
+    /// socket address.
+    pub socket: PathBuf,
+    /// A group whose members may use the socket besides root; `None` for
+    /// root only. A plausible name, not yet looked up: the service
+    /// resolves it when it makes the socket.
+    pub group: Option<String>,
+}
+
+/// Off by default: metrics are served only where asked for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MetricsSettings {
+    /// Where the Prometheus text exposition is served; `None` when off.
+    pub listen: Option<MetricsListen>,
+}
+
+/// Where metrics are served: never beyond the machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MetricsListen {
+    /// A unix socket: absolute, normalised, short enough for a unix
+    /// socket address.
+    Unix(PathBuf),
+    /// A TCP address on loopback (127.0.0.0/8 or ::1), port not 0.
+    Tcp(SocketAddr),
+}
+
+/// As `metrics.listen` writes it: "unix:/run/defragd/metrics.sock",
+/// "127.0.0.1:9321", "[::1]:9321".
+impl fmt::Display for MetricsListen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MetricsListen::Unix(path) => write!(f, "{UNIX_PREFIX}{}", path.display()),
+            MetricsListen::Tcp(address) => write!(f, "{address}"),
+        }
+    }
+}
+
+/// What starts a unix socket path in `metrics.listen`.
+pub(super) const UNIX_PREFIX: &str = "unix:";
+
 /// The log levels `service.log_level` accepts.
 pub const LOG_LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
 
@@ -119,6 +167,8 @@ impl Default for Settings {
             crawl: CrawlSettings::default(),
             watch: WatchSettings::default(),
             service: ServiceSettings::default(),
+            control: ControlSettings::default(),
+            metrics: MetricsSettings::default(),
         }
     }
 }
@@ -168,6 +218,15 @@ impl Default for ServiceSettings {
     fn default() -> Self {
         ServiceSettings {
             log_level: "info".into(),
+        }
+    }
+}
+
+impl Default for ControlSettings {
+    fn default() -> Self {
+        ControlSettings {
+            socket: PathBuf::from("/run/defragd/control.sock"),
+            group: None,
         }
     }
 }
@@ -277,7 +336,20 @@ mod tests {
         assert_eq!(s.crawl.files_per_second.get(), 500);
         assert_eq!(s.watch.max_watches.get(), 65_536);
         assert_eq!(s.service.log_level, "info");
+        assert_eq!(s.control.socket, Path::new("/run/defragd/control.sock"));
+        assert_eq!(s.control.group, None);
+        assert_eq!(s.metrics.listen, None);
         assert!(!s.policy.is_excluded(Path::new("/srv/a.tmp")));
+    }
+
+    #[test]
+    fn metrics_listen_displays_as_the_file_writes_it() {
+        let unix = MetricsListen::Unix("/run/defragd/metrics.sock".into());
+        assert_eq!(unix.to_string(), "unix:/run/defragd/metrics.sock");
+        let v4 = MetricsListen::Tcp("127.0.0.1:9321".parse().unwrap());
+        assert_eq!(v4.to_string(), "127.0.0.1:9321");
+        let v6 = MetricsListen::Tcp("[::1]:9321".parse().unwrap());
+        assert_eq!(v6.to_string(), "[::1]:9321");
     }
 
     #[test]

@@ -278,6 +278,11 @@ fn rendered_settings_load_back_the_same() {
         max_watches = 10
         [service]
         log_level = "trace"
+        [control]
+        socket = "/run/defragd/ctl \"odd\".sock"
+        group = "defrag-admins"
+        [metrics]
+        listen = "unix:/run/defragd/metrics.sock"
         "#,
     ));
     let settings = dir.load(&[]).unwrap();
@@ -286,6 +291,112 @@ fn rendered_settings_load_back_the_same() {
     assert_eq!(again.load(&[]).unwrap(), settings, "{rendered}");
     let defaults = ConfigDir::new(Some(&Settings::default().render()));
     assert_eq!(defaults.load(&[]).unwrap(), Settings::default());
+}
+
+#[test]
+fn every_metrics_listen_form_renders_and_loads_back() {
+    for listen in [
+        "",
+        "unix:/run/defragd/metrics.sock",
+        "127.0.0.1:9321",
+        "127.0.0.53:80",
+        "[::1]:9321",
+    ] {
+        let dir = ConfigDir::new(Some(&format!(
+            "[metrics]\nlisten = \"{listen}\"\n[control]\ngroup = \"\"\n"
+        )));
+        let settings = dir.load(&[]).unwrap();
+        let rendered = settings.render();
+        assert!(
+            rendered.contains(&format!("\nlisten = \"{listen}\"\n")),
+            "{rendered}"
+        );
+        let again = ConfigDir::new(Some(&rendered));
+        assert_eq!(again.load(&[]).unwrap(), settings, "{rendered}");
+    }
+}
+
+#[test]
+fn the_environment_sets_control_and_metrics() {
+    let dir = ConfigDir::new(Some(
+        "[control]\ngroup = \"wheel\"\n[metrics]\nlisten = \"unix:/run/defragd/metrics.sock\"\n",
+    ));
+    let settings = dir
+        .load(&[
+            ("DEFRAGD__METRICS__LISTEN", "127.0.0.1:9321"),
+            ("DEFRAGD__CONTROL__SOCKET", "/run/d/ctl.sock"),
+            ("DEFRAGD__CONTROL__GROUP", "adm"),
+        ])
+        .unwrap();
+    assert_eq!(
+        settings.metrics.listen,
+        Some(MetricsListen::Tcp("127.0.0.1:9321".parse().unwrap()))
+    );
+    assert_eq!(settings.control.socket, Path::new("/run/d/ctl.sock"));
+    assert_eq!(settings.control.group.as_deref(), Some("adm"));
+    // An IPv6 address starts with `[` but is not a list.
+    let settings = dir
+        .load(&[("DEFRAGD__METRICS__LISTEN", "[::1]:9321")])
+        .unwrap();
+    assert_eq!(
+        settings.metrics.listen,
+        Some(MetricsListen::Tcp("[::1]:9321".parse().unwrap()))
+    );
+    let settings = dir
+        .load(&[("DEFRAGD__METRICS__LISTEN", "unix:/run/m.sock")])
+        .unwrap();
+    assert_eq!(
+        settings.metrics.listen,
+        Some(MetricsListen::Unix("/run/m.sock".into()))
+    );
+}
+
+#[test]
+fn metrics_on_a_public_address_are_refused_naming_the_key() {
+    let dir = ConfigDir::new(Some(SHIPPED));
+    let drop_in = dir.drop_in("50-metrics.toml", "[metrics]\nlisten = \"0.0.0.0:9321\"\n");
+    let errors = dir.errors(&[("DEFRAGD__METRICS__LISTEN", "[::]:9321")]);
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert!(
+        errors[0].starts_with(&format!(
+            "{}: metrics.listen = \"0.0.0.0:9321\": metrics are only served on loopback or a unix socket",
+            drop_in.display()
+        )),
+        "{errors:?}"
+    );
+    assert!(
+        errors[1].starts_with(
+            "environment variable DEFRAGD__METRICS__LISTEN: metrics.listen = \"[::]:9321\": \
+             metrics are only served on loopback or a unix socket"
+        ),
+        "{errors:?}"
+    );
+}
+
+#[test]
+fn a_relative_control_socket_is_refused() {
+    let dir = ConfigDir::new(Some("[control]\nsocket = \"control.sock\"\n"));
+    assert_eq!(
+        dir.errors(&[]),
+        [format!(
+            "{}: control.socket = \"control.sock\": must be an absolute path, like \"/run/defragd/control.sock\"",
+            dir.main().display()
+        )]
+    );
+}
+
+#[test]
+fn a_drop_in_can_turn_group_and_metrics_back_off() {
+    let dir = ConfigDir::new(Some(
+        "[control]\ngroup = \"wheel\"\n[metrics]\nlisten = \"127.0.0.1:9321\"\n",
+    ));
+    dir.drop_in(
+        "50-off.toml",
+        "[control]\ngroup = \"\"\n[metrics]\nlisten = \"\"\n",
+    );
+    let settings = dir.load(&[]).unwrap();
+    assert_eq!(settings.control, ControlSettings::default());
+    assert_eq!(settings.metrics, MetricsSettings::default());
 }
 
 #[test]
@@ -417,6 +528,9 @@ fn random_keys_and_values_never_panic() {
         "crawl.files_per_second",
         "watch.max_watches",
         "service.log_level",
+        "control.socket",
+        "control.group",
+        "metrics.listen",
         "nope.key",
         "\"x[99999999999]\"",
         "\"a.b\"",
@@ -448,6 +562,13 @@ fn random_keys_and_values_never_panic() {
         "\"99999EiB\"",
         "\"0.5B\"",
         "\"info\"",
+        "\"wheel\"",
+        "\"a:b\"",
+        "\"unix:/run/m.sock\"",
+        "\"unix:rel\"",
+        "\"127.0.0.1:9321\"",
+        "\"[::1]:9321\"",
+        "\"0.0.0.0:9321\"",
         "\"[\"",
         "\"**/{a,\"",
         "[]",

@@ -10,24 +10,32 @@
 //! (`[[filesystem]]` and `policy.exclude`) are replaced whole, so their
 //! cross-checks happen within the source that set them.
 
+use std::net::SocketAddr;
 use std::num::{NonZeroU32, NonZeroU64};
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use super::error::{printable, ConfigError, Origin};
 use super::fragment::{
-    quote, CrawlFragment, FilesystemFragment, Fragment, PolicyFragment, Raw, ServiceFragment,
-    ThrottleFragment, WatchFragment,
+    quote, ControlFragment, CrawlFragment, FilesystemFragment, Fragment, MetricsFragment,
+    PolicyFragment, Raw, ServiceFragment, ThrottleFragment, WatchFragment,
 };
 use super::settings::{
-    check_exclude, CrawlSettings, FilesystemSettings, PolicySettings, ServiceSettings, Settings,
-    ThrottleSettings, WatchSettings, LOG_LEVELS, MIB,
+    check_exclude, ControlSettings, CrawlSettings, FilesystemSettings, MetricsListen,
+    MetricsSettings, PolicySettings, ServiceSettings, Settings, ThrottleSettings, WatchSettings,
+    LOG_LEVELS, MIB, UNIX_PREFIX,
 };
 use super::units::{format_duration, parse_duration, parse_size};
 
 const SECOND: Duration = Duration::from_secs(1);
 const MINUTE: Duration = Duration::from_secs(60);
 const DAY: Duration = Duration::from_secs(86_400);
+
+/// The longest path a unix socket address holds (`sun_path` is 108 bytes,
+/// with the terminating NUL).
+const MAX_SOCKET_PATH_BYTES: usize = 107;
+/// The longest group name `groupadd` makes.
+const MAX_GROUP_NAME_CHARS: usize = 32;
 
 /// Checks one source's fragment and writes its valid values over
 /// `settings`; what is wrong goes to `errors`, and leaves the earlier value.
@@ -58,6 +66,12 @@ pub fn apply(
     }
     if let Some(f) = fragment.service {
         service(&mut settings.service, f, &mut check);
+    }
+    if let Some(f) = fragment.control {
+        control(&mut settings.control, f, &mut check);
+    }
+    if let Some(f) = fragment.metrics {
+        metrics(&mut settings.metrics, f, &mut check);
     }
 }
 
@@ -124,6 +138,22 @@ fn watch(settings: &mut WatchSettings, f: WatchFragment, check: &mut Check) {
 fn service(settings: &mut ServiceSettings, f: ServiceFragment, check: &mut Check) {
     if let Some(level) = check.log_level("service.log_level", f.log_level) {
         settings.log_level = level;
+    }
+}
+
+fn control(settings: &mut ControlSettings, f: ControlFragment, check: &mut Check) {
+    let example = "/run/defragd/control.sock";
+    if let Some(socket) = check.socket_path("control.socket", f.socket, example) {
+        settings.socket = socket;
+    }
+    if let Some(group) = check.group("control.group", f.group) {
+        settings.group = group;
+    }
+}
+
+fn metrics(settings: &mut MetricsSettings, f: MetricsFragment, check: &mut Check) {
+    if let Some(listen) = check.metrics_listen("metrics.listen", f.listen) {
+        settings.listen = listen;
     }
 }
 
@@ -246,6 +276,33 @@ impl Check<'_> {
         })
     }
 
+    fn socket_path(&mut self, key: &str, raw: Option<Raw>, example: &str) -> Option<PathBuf> {
+        self.value(key, raw, |raw| match raw {
+            Raw::Str(s) => socket_path(s, example),
+            _ => Err(format!("must be an absolute path, like {}", quote(example))),
+        })
+    }
+
+    /// `Some(None)` for "", root only.
+    fn group(&mut self, key: &str, raw: Option<Raw>) -> Option<Option<String>> {
+        self.value(key, raw, |raw| match raw {
+            Raw::Str(s) if s.is_empty() => Ok(None),
+            Raw::Str(s) if is_plausible_group_name(s) => Ok(Some(s.clone())),
+            _ => Err(format!(
+                "must be a group name like \"wheel\" (at most {MAX_GROUP_NAME_CHARS} characters, \
+                 no whitespace, `:` or `/`), or \"\" for root only"
+            )),
+        })
+    }
+
+    /// `Some(None)` for "", off.
+    fn metrics_listen(&mut self, key: &str, raw: Option<Raw>) -> Option<Option<MetricsListen>> {
+        self.value(key, raw, |raw| match raw {
+            Raw::Str(s) => metrics_listen(s),
+            _ => Err(LISTEN_ALLOWED.into()),
+        })
+    }
+
     /// The items of a list value; every item is then checked, so that all
     /// the bad ones are reported.
     fn list(&mut self, key: &str, raw: Option<Raw>, allowed: &str) -> Option<Vec<Raw>> {
@@ -331,6 +388,72 @@ impl Check<'_> {
     }
 }
 
+/// What `metrics.listen` takes.
+const LISTEN_ALLOWED: &str = "must be \"unix:\" and an absolute path, like \
+    \"unix:/run/defragd/metrics.sock\", a loopback address and port, like \"127.0.0.1:9321\" \
+    or \"[::1]:9321\", or \"\" for off";
+/// Why a TCP address that is not on loopback is refused, and what to use.
+const ONLY_LOCAL: &str = "metrics are only served on loopback or a unix socket: use an address \
+    in 127.0.0.0/8 or ::1, like \"127.0.0.1:9321\" or \"[::1]:9321\", \
+    or \"unix:/run/defragd/metrics.sock\"";
+
+/// Where to serve metrics; `None` for "", off. Only on this machine: the
+/// endpoint has no authentication, so a TCP address must be on loopback
+/// (a unix socket's permissions, or a proxy in front, are the ways to let
+/// others scrape it).
+fn metrics_listen(text: &str) -> Result<Option<MetricsListen>, String> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    if let Some(path) = text.strip_prefix(UNIX_PREFIX) {
+        return socket_path(path, "/run/defragd/metrics.sock")
+            .map(|path| Some(MetricsListen::Unix(path)))
+            .map_err(|reason| format!("after \"{UNIX_PREFIX}\": {reason}"));
+    }
+    let address: SocketAddr = text.parse().map_err(|_| LISTEN_ALLOWED.to_owned())?;
+    if !address.ip().is_loopback() {
+        return Err(ONLY_LOCAL.into());
+    }
+    if address.port() == 0 {
+        return Err("must have a port from 1 to 65535, like \"127.0.0.1:9321\"".into());
+    }
+    Ok(Some(MetricsListen::Tcp(address)))
+}
+
+/// The path of a unix socket: absolute and normalised as
+/// [`normal_absolute_path`] makes it, naming a file, and short enough to
+/// bind, so that a path the kernel would refuse is found here rather than
+/// when the service starts.
+fn socket_path(text: &str, example: &str) -> Result<PathBuf, String> {
+    if !Path::new(text).is_absolute() {
+        return Err(format!("must be an absolute path, like {}", quote(example)));
+    }
+    let path = normal_absolute_path(text)?;
+    if path.file_name().is_none() {
+        return Err(format!(
+            "must be the path of a socket file, like {}",
+            quote(example)
+        ));
+    }
+    if path.as_os_str().len() > MAX_SOCKET_PATH_BYTES {
+        return Err(format!(
+            "must be at most {MAX_SOCKET_PATH_BYTES} bytes long, the most a unix socket address holds"
+        ));
+    }
+    Ok(path)
+}
+
+/// Whether `name` could be a group's name. Only plausible: the service
+/// looks it up when it makes the socket, as groups can change while the
+/// configuration stays.
+fn is_plausible_group_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.chars().count() <= MAX_GROUP_NAME_CHARS
+        && !name
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == ':' || c == '/')
+}
+
 /// An absolute path, normalised (no `.`, repeated or trailing `/`), so that
 /// "/srv/" and "/srv" are the same filesystem. `..` is refused rather than
 /// resolved: "/srv/../etc" is not under "/srv", but compares as if it were.
@@ -398,6 +521,11 @@ mod tests {
             max_watches = 1
             [service]
             log_level = "DEBUG"
+            [control]
+            socket = "/run//defragd/ctl.sock"
+            group = "defrag-admins"
+            [metrics]
+            listen = "unix:/run/defragd/metrics.sock"
             "#,
         );
         assert_eq!(errors, []);
@@ -429,6 +557,12 @@ mod tests {
         assert_eq!(s.crawl.files_per_second.get(), 1_000_000);
         assert_eq!(s.watch.max_watches.get(), 1);
         assert_eq!(s.service.log_level, "debug");
+        assert_eq!(s.control.socket, Path::new("/run/defragd/ctl.sock"));
+        assert_eq!(s.control.group.as_deref(), Some("defrag-admins"));
+        assert_eq!(
+            s.metrics.listen,
+            Some(MetricsListen::Unix("/run/defragd/metrics.sock".into()))
+        );
     }
 
     #[test]
@@ -454,6 +588,11 @@ mod tests {
             max_watches = true
             [service]
             log_level = "verbose"
+            [control]
+            socket = "control.sock"
+            group = "my group"
+            [metrics]
+            listen = "0.0.0.0:9321"
             "#,
         );
         let f = "/etc/defragd/defragd.toml";
@@ -476,6 +615,9 @@ mod tests {
                 format!("{f}: crawl.files_per_second = 1000001: must be a whole number from 1 to 1000000"),
                 format!("{f}: watch.max_watches = true: must be a whole number from 1 to 1000000"),
                 format!("{f}: service.log_level = \"verbose\": must be one of error, warn, info, debug, trace"),
+                format!("{f}: control.socket = \"control.sock\": must be an absolute path, like \"/run/defragd/control.sock\""),
+                format!("{f}: control.group = \"my group\": must be a group name like \"wheel\" (at most 32 characters, no whitespace, `:` or `/`), or \"\" for root only"),
+                format!("{f}: metrics.listen = \"0.0.0.0:9321\": metrics are only served on loopback or a unix socket: use an address in 127.0.0.0/8 or ::1, like \"127.0.0.1:9321\" or \"[::1]:9321\", or \"unix:/run/defragd/metrics.sock\""),
             ]
         );
         // Nothing bad was taken.
@@ -529,6 +671,137 @@ mod tests {
         assert_eq!(s.throttle.pressure_pause_percent, Some(12.5));
         let (s, _) = settings_from("[throttle]\npressure_pause_percent = 0.0\n");
         assert_eq!(s.throttle.pressure_pause_percent, None);
+    }
+
+    #[test]
+    fn metrics_listen_takes_a_unix_socket_or_a_loopback_address() {
+        let listen = |text: &str| {
+            let (s, errors) = settings_from(&format!("[metrics]\nlisten = {}\n", quote(text)));
+            assert_eq!(errors, [], "{text}");
+            s.metrics.listen
+        };
+        assert_eq!(
+            listen("unix:/run/defragd/metrics.sock"),
+            Some(MetricsListen::Unix("/run/defragd/metrics.sock".into()))
+        );
+        assert_eq!(
+            listen("127.0.0.1:9321"),
+            Some(MetricsListen::Tcp(SocketAddr::from(([127, 0, 0, 1], 9321))))
+        );
+        assert_eq!(
+            listen("127.1.2.3:80"),
+            Some(MetricsListen::Tcp(SocketAddr::from(([127, 1, 2, 3], 80))))
+        );
+        assert_eq!(
+            listen("[::1]:9321"),
+            Some(MetricsListen::Tcp("[::1]:9321".parse().unwrap()))
+        );
+        assert_eq!(listen(""), None);
+    }
+
+    #[test]
+    fn metrics_are_never_served_beyond_the_machine() {
+        let f = "/etc/defragd/defragd.toml";
+        let only_local = "metrics are only served on loopback or a unix socket";
+        for address in [
+            "0.0.0.0:9321",
+            "192.168.1.5:9321",
+            "[::]:9321",
+            "[2001:db8::1]:9321",
+            "[::ffff:127.0.0.1]:9321",
+        ] {
+            let (s, errors) = settings_from(&format!("[metrics]\nlisten = \"{address}\"\n"));
+            let messages = messages(&errors);
+            assert_eq!(messages.len(), 1, "{messages:?}");
+            assert!(
+                messages[0].starts_with(&format!(
+                    "{f}: metrics.listen = \"{address}\": {only_local}"
+                )),
+                "{messages:?}"
+            );
+            assert_eq!(s.metrics.listen, None);
+        }
+    }
+
+    #[test]
+    fn other_listen_values_say_what_is_allowed() {
+        let f = "/etc/defragd/defragd.toml";
+        let (_, errors) =
+            settings_from("[control]\ngroup = 100\n[metrics]\nlisten = \"localhost:9321\"\n");
+        assert_eq!(
+            messages(&errors),
+            [
+                format!("{f}: control.group = 100: must be a group name like \"wheel\" (at most 32 characters, no whitespace, `:` or `/`), or \"\" for root only"),
+                format!("{f}: metrics.listen = \"localhost:9321\": {LISTEN_ALLOWED}"),
+            ]
+        );
+        for (value, allowed) in [
+            ("9321", LISTEN_ALLOWED.to_owned()),
+            ("\"127.0.0.1\"", LISTEN_ALLOWED.to_owned()),
+            ("\"::1:9321\"", LISTEN_ALLOWED.to_owned()),
+            ("\"127.0.0.1:0\"", "must have a port from 1 to 65535, like \"127.0.0.1:9321\"".to_owned()),
+            ("\"unix:metrics.sock\"", "after \"unix:\": must be an absolute path, like \"/run/defragd/metrics.sock\"".to_owned()),
+            ("\"unix:\"", "after \"unix:\": must be an absolute path, like \"/run/defragd/metrics.sock\"".to_owned()),
+            ("\"unix:/\"", "after \"unix:\": must be the path of a socket file, like \"/run/defragd/metrics.sock\"".to_owned()),
+            ("\"unix:/run/../m.sock\"", "after \"unix:\": must be an absolute path without `..`".to_owned()),
+        ] {
+            let (_, errors) = settings_from(&format!("[metrics]\nlisten = {value}\n"));
+            assert_eq!(
+                messages(&errors),
+                [format!("{f}: metrics.listen = {value}: {allowed}")]
+            );
+        }
+    }
+
+    #[test]
+    fn control_socket_must_be_an_absolute_path_that_fits() {
+        let f = "/etc/defragd/defragd.toml";
+        let (s, errors) = settings_from("[control]\nsocket = \"run/defragd/control.sock\"\n");
+        assert_eq!(
+            messages(&errors),
+            [format!("{f}: control.socket = \"run/defragd/control.sock\": must be an absolute path, like \"/run/defragd/control.sock\"")]
+        );
+        assert_eq!(s.control, ControlSettings::default());
+
+        let longest = format!("/{}", "s".repeat(MAX_SOCKET_PATH_BYTES - 1));
+        let (s, errors) = settings_from(&format!("[control]\nsocket = \"{longest}\"\n"));
+        assert_eq!(errors, []);
+        assert_eq!(s.control.socket, Path::new(&longest));
+        let (_, errors) = settings_from(&format!("[control]\nsocket = \"{longest}s\"\n"));
+        assert_eq!(
+            messages(&errors),
+            [format!("{f}: control.socket = \"{longest}s\": must be at most 107 bytes long, the most a unix socket address holds")]
+        );
+        let (_, errors) = settings_from("[control]\nsocket = 5\n");
+        assert_eq!(
+            messages(&errors),
+            [format!("{f}: control.socket = 5: must be an absolute path, like \"/run/defragd/control.sock\"")]
+        );
+    }
+
+    #[test]
+    fn control_group_is_a_plausible_name_or_root_only() {
+        let group = |text: &str| {
+            let (s, errors) = settings_from(&format!("[control]\ngroup = {}\n", quote(text)));
+            (s.control.group, errors.len())
+        };
+        assert_eq!(group("wheel"), (Some("wheel".into()), 0));
+        assert_eq!(
+            group("defrag_admins-2$"),
+            (Some("defrag_admins-2$".into()), 0)
+        );
+        assert_eq!(group(&"g".repeat(32)), (Some("g".repeat(32)), 0));
+        assert_eq!(group(""), (None, 0));
+        for bad in [
+            "my group",
+            "a:b",
+            "a/b",
+            "tab\there",
+            "nul\0",
+            &"g".repeat(33),
+        ] {
+            assert_eq!(group(bad), (None, 1), "{bad:?}");
+        }
     }
 
     #[test]

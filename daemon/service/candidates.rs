@@ -46,13 +46,28 @@ pub fn target_for(fs: &Covered, root: BorrowedFd<'_>, rel: &Path) -> Result<Targ
     })
 }
 
+/// Who asks for a file to be considered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Urgency {
+    /// The crawl found it.
+    Crawl,
+    /// The watcher saw it written.
+    Written,
+    /// The operator asked (`defragctl defrag`): the policy's thresholds do
+    /// not apply (its preconditions do) and it goes first.
+    Operator,
+}
+
+/// Above any priority the policy computes.
+const OPERATOR_PRIORITY: f64 = 1e12;
+
 /// Measures `rel` and queues it if the policy says it is worth it.
-pub fn consider(
+pub fn consider_file(
     shared: &Shared,
     fs: &Covered,
     root: BorrowedFd<'_>,
     rel: &Path,
-    heat: Heat,
+    urgency: Urgency,
     now: i64,
 ) -> Considered {
     let target = match target_for(fs, root, rel) {
@@ -78,10 +93,29 @@ pub fn consider(
         quiet_period: p.quiet_period,
     };
     let a = inspected.assessment;
-    match policy::decide(&target.path, &a, &thresholds, |path| p.is_excluded(path)) {
+    let decision = match urgency {
+        Urgency::Operator if a.is_contiguous() => {
+            Decision::Leave(policy::LeaveReason::FewExcessExtents {
+                excess: a.excess_extents(),
+                min: 1,
+            })
+        }
+        Urgency::Operator => Decision::Queue {
+            priority: OPERATOR_PRIORITY,
+        },
+        Urgency::Crawl => policy::decide(&target.path, &a, &thresholds, |path| p.is_excluded(path)),
+        Urgency::Written => {
+            match policy::decide(&target.path, &a, &thresholds, |path| p.is_excluded(path)) {
+                Decision::Queue { .. } => Decision::Queue {
+                    priority: policy::priority(&a, Heat::Hot),
+                },
+                leave => leave,
+            }
+        }
+    };
+    match decision {
         Decision::Leave(reason) => Considered::Left(reason.to_string()),
-        Decision::Queue { .. } => {
-            let priority = policy::priority(&a, heat);
+        Decision::Queue { priority } => {
             let job = NewJob {
                 file: FileId {
                     fs_uuid: fs.uuid.clone(),

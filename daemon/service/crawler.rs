@@ -11,9 +11,8 @@ use std::time::{Duration, Instant};
 
 use crate::crawl_cursor::TreeCursor;
 use crate::mounts::{reopen_root, Covered};
-use crate::policy::Heat;
 
-use super::candidates::{consider, Considered};
+use super::candidates::{consider_file, Considered, Urgency};
 use super::shared::Shared;
 use super::unix_now;
 
@@ -110,7 +109,7 @@ fn crawl_pass(shared: &Shared, fs: &Covered, after: Option<(PathBuf, u64)>) {
         let Some(rel) = walk.next_file(root.as_fd()) else {
             break;
         };
-        let outcome = consider(shared, fs, root.as_fd(), &rel, Heat::Cold, unix_now());
+        let outcome = consider_file(shared, fs, root.as_fd(), &rel, Urgency::Crawl, unix_now());
         drop(root);
         assessed += 1;
         match &outcome {
@@ -142,6 +141,7 @@ fn crawl_pass(shared: &Shared, fs: &Covered, after: Option<(PathBuf, u64)>) {
         fs.mount_point.display(),
         started.elapsed().as_secs_f64()
     );
+    shared.metrics.last_crawl_timestamp.set(unix_now());
     if let Err(e) = shared.store().finish_pass(&fs.uuid, unix_now()) {
         tracing::warn!(
             "crawl of {}: cannot record the end of the pass: {e}",

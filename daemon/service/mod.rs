@@ -5,8 +5,13 @@
 //! SIGHUP reloads the config (a bad one keeps the running config).
 
 mod candidates;
+mod controller;
 mod crawler;
+mod exposition;
+mod metrics;
 mod shared;
+mod status;
+mod systemd;
 mod watcher;
 mod worker;
 
@@ -162,13 +167,44 @@ async fn serve(shared: Arc<Shared>, config_path: Option<std::path::PathBuf>) -> 
     threads.sync(&shared);
     let mut watcher = start_watcher(&shared);
     let mut mounts = MountChanges::new();
-    tracing::info!("defragd is running");
+    let reloaded = Arc::new(tokio::sync::Notify::new());
+    let (stop_control, control_stopped) = watch::channel(false);
+    let controller = Arc::new(controller::ServiceController {
+        shared: Arc::clone(&shared),
+        config_path: config_path.clone(),
+        reloaded: Arc::clone(&reloaded),
+    });
+    if let Err(e) = start_control(&shared, controller, control_stopped.clone()) {
+        tracing::error!("{e}");
+        return ExitCode::FAILURE;
+    }
+    if let Err(e) = start_metrics(&shared, control_stopped) {
+        tracing::error!("{e}");
+        return ExitCode::FAILURE;
+    }
+    // The status is refreshed, and the watchdog fed, from this loop only:
+    // if the loop hangs, systemd notices and restarts the service.
+    let watchdog = systemd::watchdog_interval();
+    let mut tick = tokio::time::interval(watchdog.map_or(STATUS_EVERY, |w| w.min(STATUS_EVERY)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let hang_at = test_hang_deadline();
+    let mut last_reload_error: Option<String> = None;
+    let mut last_status = status::report(&shared).summary;
+    systemd::ready(&last_status);
+    tracing::info!("defragd is running: {last_status}");
     loop {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = hup.recv() => {
-                reload(&shared, config_path.as_deref());
+                last_reload_error = reload(&shared, config_path.as_deref()).err().map(|_| {
+                    "the last reload failed (see the log); running on the previous configuration".to_string()
+                });
+                watcher = restart_watcher(&shared, watcher);
+                threads.sync(&shared);
+            }
+            _ = reloaded.notified() => {
+                last_reload_error = None;
                 watcher = restart_watcher(&shared, watcher);
                 threads.sync(&shared);
             }
@@ -178,20 +214,106 @@ async fn serve(shared: Arc<Shared>, config_path: Option<std::path::PathBuf>) -> 
                 }
                 threads.sync(&shared);
             }
+            _ = tick.tick() => {
+                if hang_at.is_some_and(|at| Instant::now() >= at) {
+                    tracing::warn!("test switch: the main loop hangs now");
+                    std::thread::sleep(Duration::MAX);
+                }
+                let report = status::report(&shared);
+                update_gauges(&shared, &report);
+                let mut summary = report.summary;
+                if let Some(error) = &last_reload_error {
+                    summary = format!("{summary}; {error}");
+                }
+                if summary != last_status {
+                    systemd::status(&summary);
+                    last_status = summary;
+                }
+                if watchdog.is_some() {
+                    systemd::watchdog();
+                }
+            }
         }
     }
     tracing::info!("stopping: finishing the current chunk");
+    systemd::stopping();
     shared.begin_shutdown();
     let _ = watcher.send(true);
+    let _ = stop_control.send(true);
     threads.join(Instant::now() + SHUTDOWN_GRACE).await;
     tracing::info!("stopped");
     ExitCode::SUCCESS
 }
 
-fn reload(shared: &Shared, config_path: Option<&Path>) {
-    match config::load(config_path) {
+/// Opens the control socket for defragctl; an error stops the service
+/// (another instance is running, or the socket cannot be made).
+fn start_control(
+    shared: &Arc<Shared>,
+    controller: Arc<controller::ServiceController>,
+    stop: watch::Receiver<bool>,
+) -> Result<(), String> {
+    let settings = shared.settings();
+    let control = &settings.control;
+    let group = match &control.group {
+        Some(name) => {
+            Some(crate::control::resolve_group(name).map_err(|e| format!("control.group: {e}"))?)
+        }
+        None => None,
+    };
+    let socket =
+        crate::control::ControlSocket::bind(&control.socket, group).map_err(|e| e.to_string())?;
+    tracing::info!("listening for defragctl on {}", control.socket.display());
+    tokio::spawn(socket.run(controller, stop));
+    Ok(())
+}
+
+/// Serves the metrics when `[metrics] listen` asks for it.
+fn start_metrics(shared: &Arc<Shared>, stop: watch::Receiver<bool>) -> Result<(), String> {
+    let Some(listen) = shared.settings().metrics.listen.clone() else {
+        return Ok(());
+    };
+    let listener = exposition::bind(&listen)?;
+    tracing::info!("serving metrics on {listen}");
+    tokio::spawn(exposition::serve(listener, Arc::clone(shared), stop));
+    Ok(())
+}
+
+/// How often the status line is refreshed.
+const STATUS_EVERY: Duration = Duration::from_secs(2);
+
+/// Test-only switch: `DEFRAGD_TEST_HANG_MAIN_LOOP_AFTER=SECONDS` makes the
+/// main loop hang that long after start, so that a test can see systemd's
+/// watchdog kill and restart the service.
+fn test_hang_deadline() -> Option<Instant> {
+    let secs: u64 = std::env::var("DEFRAGD_TEST_HANG_MAIN_LOOP_AFTER")
+        .ok()?
+        .parse()
+        .ok()?;
+    tracing::warn!("test switch set: the main loop will hang after {secs} s");
+    Some(Instant::now() + Duration::from_secs(secs))
+}
+
+fn update_gauges(shared: &Shared, report: &crate::control::protocol::StatusReport) {
+    let m = &shared.metrics;
+    m.queue_length
+        .set(i64::try_from(report.queued).unwrap_or(i64::MAX));
+    m.throttle_state.set(match report.state.as_str() {
+        "paused" => 1,
+        "pressure" => 2,
+        _ => 0,
+    });
+}
+
+/// Reloads the config: a bad one is refused and the running one kept.
+pub(crate) fn reload(
+    shared: &Shared,
+    config_path: Option<&Path>,
+) -> Result<(), config::ConfigErrors> {
+    systemd::reloading();
+    let result = config::load(config_path);
+    match &result {
         Ok(settings) => {
-            shared.set_settings(settings);
+            shared.set_settings(settings.clone());
             refresh_covered(shared);
             tracing::info!("configuration reloaded");
         }
@@ -199,6 +321,9 @@ fn reload(shared: &Shared, config_path: Option<&Path>) {
             "the new configuration is not valid; keeping the running one:\n{errors}"
         ),
     }
+    let summary = status::report(shared).summary;
+    systemd::ready(&summary);
+    result.map(drop)
 }
 
 /// Recomputes the covered filesystems; true when the set changed.

@@ -8,9 +8,28 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use crate::config::Settings;
-use crate::mounts::Covered;
+use crate::mounts::{Covered, DiskId};
 use crate::store::Store;
 use crate::throttle::TokenBucket;
+
+use super::metrics::Metrics;
+
+/// What one worker is moving right now.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MovingNow {
+    pub path: std::path::PathBuf,
+    pub moved_bytes: u64,
+    pub total_bytes: u64,
+}
+
+/// Whether the operator paused moving.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Pause {
+    Running,
+    Indefinitely,
+    /// Until this instant (and this unix time, for people).
+    Until(Instant, i64),
+}
 
 /// Shared by every thread of the service.
 pub struct Shared {
@@ -19,6 +38,13 @@ pub struct Shared {
     covered: RwLock<HashMap<String, Covered>>,
     bucket: Mutex<TokenBucket>,
     shutdown: AtomicBool,
+    pause: Mutex<Pause>,
+    /// The I/O pressure a worker is waiting out, in percent.
+    pressure: Mutex<Option<f64>>,
+    moving: Mutex<HashMap<DiskId, MovingNow>>,
+    /// Bytes moved since the local midnight it names (unix time).
+    moved_today: Mutex<(i64, u64)>,
+    pub metrics: Metrics,
     /// Bumped whenever there may be new work or a state change; threads
     /// that idle wait on it.
     wake: (Mutex<u64>, Condvar),
@@ -40,6 +66,11 @@ impl Shared {
             covered: RwLock::new(HashMap::new()),
             bucket: Mutex::new(bucket),
             shutdown: AtomicBool::new(false),
+            pause: Mutex::new(Pause::Running),
+            pressure: Mutex::new(None),
+            moving: Mutex::new(HashMap::new()),
+            moved_today: Mutex::new((0, 0)),
+            metrics: Metrics::default(),
             wake: (Mutex::new(0), Condvar::new()),
         })
     }
@@ -96,6 +127,76 @@ impl Shared {
         self.wake_all();
     }
 
+    /// Is moving paused by the operator? An expired pause ends here.
+    pub fn pause(&self) -> Pause {
+        let mut pause = lock(&self.pause);
+        if let Pause::Until(until, _) = *pause {
+            if Instant::now() >= until {
+                *pause = Pause::Running;
+            }
+        }
+        *pause
+    }
+
+    pub fn paused(&self) -> bool {
+        self.pause() != Pause::Running
+    }
+
+    pub fn set_pause(&self, pause: Pause) {
+        *lock(&self.pause) = pause;
+        self.wake_all();
+    }
+
+    pub fn pressure(&self) -> Option<f64> {
+        *lock(&self.pressure)
+    }
+
+    pub fn set_pressure(&self, pressure: Option<f64>) {
+        *lock(&self.pressure) = pressure;
+    }
+
+    pub fn moving(&self) -> Vec<MovingNow> {
+        lock(&self.moving).values().cloned().collect()
+    }
+
+    /// Records what `disk`'s worker is moving (None: nothing).
+    pub fn set_moving(&self, disk: &DiskId, now: Option<MovingNow>) {
+        let mut moving = lock(&self.moving);
+        match now {
+            Some(now) => moving.insert(disk.clone(), now),
+            None => moving.remove(disk),
+        };
+    }
+
+    /// Counts bytes just moved (today's total and the metrics).
+    pub fn add_moved(&self, bytes: u64) {
+        self.metrics.bytes_moved.inc_by(bytes);
+        let mut today = lock(&self.moved_today);
+        self.roll_day(&mut today);
+        today.1 += bytes;
+    }
+
+    /// Bytes moved since the last local midnight.
+    pub fn moved_today(&self) -> u64 {
+        let mut today = lock(&self.moved_today);
+        self.roll_day(&mut today);
+        today.1
+    }
+
+    /// Starts a new day's count when the day changed; the first count
+    /// after a start takes what the history recorded since midnight.
+    fn roll_day(&self, today: &mut (i64, u64)) {
+        let midnight = local_midnight();
+        if today.0 != midnight {
+            let recorded = if today.0 == 0 {
+                self.store().bytes_moved_since(midnight).unwrap_or(0)
+            } else {
+                0
+            };
+            *today = (midnight, recorded);
+        }
+    }
+
     /// Wakes every idle thread: there may be new work.
     pub fn wake_all(&self) {
         let (count, condvar) = &self.wake;
@@ -130,6 +231,15 @@ impl Shared {
             self.idle(end - now);
         }
     }
+}
+
+/// Unix time of the last local midnight: "today" for people.
+pub fn local_midnight() -> i64 {
+    let now = chrono::Local::now();
+    now.date_naive()
+        .and_hms_opt(0, 0, 0)
+        .and_then(|midnight| midnight.and_local_timezone(chrono::Local).earliest())
+        .map_or(now.timestamp() - 86_400, |m| m.timestamp())
 }
 
 fn bucket_for(settings: &Settings) -> TokenBucket {

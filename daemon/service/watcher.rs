@@ -17,10 +17,9 @@ use tokio::sync::watch;
 
 use crate::ext4;
 use crate::mounts::{reopen_root, Covered};
-use crate::policy::Heat;
 use crate::walk::{read_entries, EntryKind};
 
-use super::candidates::consider;
+use super::candidates::{consider_file, Urgency};
 use super::shared::Shared;
 use super::unix_now;
 
@@ -257,7 +256,14 @@ impl Watcher {
                 let Some(root) = reopen_root(&fs) else {
                     continue;
                 };
-                let outcome = consider(&shared, &fs, root.as_fd(), &rel, Heat::Hot, unix_now());
+                let outcome = consider_file(
+                    &shared,
+                    &fs,
+                    root.as_fd(),
+                    &rel,
+                    Urgency::Written,
+                    unix_now(),
+                );
                 tracing::debug!("watch: {} quiet, considered: {outcome:?}", rel.display());
             }
         });

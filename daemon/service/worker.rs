@@ -16,7 +16,7 @@ use crate::store::{Finished, HistoryOutcome, Job};
 use crate::throttle::io_pressure_percent;
 
 use super::candidates::target_for;
-use super::shared::Shared;
+use super::shared::{MovingNow, Shared};
 use super::unix_now;
 
 /// How long an idle worker sleeps when nothing wakes it.
@@ -38,6 +38,10 @@ pub fn run(shared: Arc<Shared>, disk: DiskId) {
         );
     }
     while !shared.shutting_down() {
+        if shared.paused() {
+            shared.idle(Duration::from_secs(1));
+            continue;
+        }
         let uuids: Vec<String> = shared
             .covered()
             .into_values()
@@ -57,13 +61,13 @@ pub fn run(shared: Arc<Shared>, disk: DiskId) {
             }
         };
         match job {
-            Some(job) => run_job(&shared, job),
+            Some(job) => run_job(&shared, &disk, job),
             None => shared.idle(IDLE),
         }
     }
 }
 
-fn run_job(shared: &Shared, job: Job) {
+fn run_job(shared: &Shared, disk: &DiskId, job: Job) {
     let Some(fs) = shared.covered_fs(&job.file.fs_uuid) else {
         drop_job(shared, &job, "its filesystem is no longer covered");
         return;
@@ -121,8 +125,19 @@ fn run_job(shared: &Shared, job: Job) {
     let mut supervisor = JobSupervisor {
         shared,
         job: &job,
+        disk,
+        path: &path,
         pressure_limit: settings.throttle.pressure_pause_percent,
     };
+    let total_bytes = job.size_bytes;
+    shared.set_moving(
+        disk,
+        Some(MovingNow {
+            path: path.clone(),
+            moved_bytes: 0,
+            total_bytes,
+        }),
+    );
     let outcome = defragment(
         &target,
         &mut filesystems,
@@ -130,6 +145,7 @@ fn run_job(shared: &Shared, job: Job) {
         job.next_block,
         &mut supervisor,
     );
+    shared.set_moving(disk, None);
     record(
         shared,
         &job,
@@ -143,23 +159,28 @@ fn run_job(shared: &Shared, job: Job) {
 struct JobSupervisor<'a> {
     shared: &'a Shared,
     job: &'a Job,
+    disk: &'a DiskId,
+    path: &'a std::path::Path,
     pressure_limit: Option<f64>,
 }
 
 impl Supervisor for JobSupervisor<'_> {
     fn before_chunk(&mut self, bytes: u64) -> Control {
-        if self.shared.shutting_down() {
+        if self.shared.shutting_down() || self.shared.paused() {
             return Control::Stop;
         }
         if let Some(limit) = self.pressure_limit {
             let mut waited = Duration::ZERO;
-            while io_pressure_percent().is_some_and(|p| p > limit) {
-                if waited >= PRESSURE_WAIT || self.shared.shutting_down() {
+            while let Some(pressure) = io_pressure_percent().filter(|p| *p > limit) {
+                self.shared.set_pressure(Some(pressure));
+                if waited >= PRESSURE_WAIT || self.shared.shutting_down() || self.shared.paused() {
+                    self.shared.set_pressure(None);
                     return Control::Stop;
                 }
                 std::thread::sleep(Duration::from_millis(500));
                 waited += Duration::from_millis(500);
             }
+            self.shared.set_pressure(None);
         }
         let wait = self.shared.throttle(bytes);
         if !wait.is_zero() {
@@ -173,6 +194,16 @@ impl Supervisor for JobSupervisor<'_> {
     }
 
     fn after_chunk(&mut self, progress: &Progress) {
+        self.shared.add_moved(progress.chunk_bytes);
+        // Shown as how far through the file the move is, resumed or not.
+        self.shared.set_moving(
+            self.disk,
+            Some(MovingNow {
+                path: self.path.to_path_buf(),
+                moved_bytes: progress.offset_bytes.min(self.job.size_bytes),
+                total_bytes: self.job.size_bytes,
+            }),
+        );
         if let Err(e) = self
             .shared
             .store()
@@ -287,6 +318,13 @@ fn finish(
     extents_after: Option<u64>,
     bytes_moved: u64,
 ) {
+    shared.metrics.count_file(outcome.as_str(), reason_code);
+    if let Some(after) = extents_after {
+        shared
+            .metrics
+            .extents_removed
+            .inc_by(job.extents_before.saturating_sub(after));
+    }
     let finished = Finished {
         outcome,
         reason_code: reason_code.map(str::to_string),
@@ -310,6 +348,7 @@ fn retry(shared: &Shared, job: &Job, why: &str, after_secs: i64) {
 
 fn drop_job(shared: &Shared, job: &Job, why: &str) {
     tracing::info!("dropped job {} {}: {why}", job.id, job.path_hint.display());
+    shared.metrics.count_file("dropped", None);
     if let Err(e) = shared.store().drop_job(job.id, why) {
         tracing::error!("job {}: cannot drop it: {e}", job.id);
     }

@@ -1,0 +1,141 @@
+//! What the service is doing, in one line a person reads at a glance (the
+//! systemd STATUS= text and the first line of `defragctl status`), and in
+//! full for `defragctl status --json`.
+
+use std::time::Duration;
+
+use crate::control::protocol::{CoveredFs, Moving, StatusReport};
+use crate::outcome::Size;
+
+use super::shared::{MovingNow, Pause, Shared};
+use super::unix_now;
+
+/// The full status.
+pub fn report(shared: &Shared) -> StatusReport {
+    let moved_today = shared.moved_today();
+    let (queued, next_crawl) = {
+        let store = shared.store();
+        let queued = store.queue_len().unwrap_or(0);
+        let interval = shared.settings().crawl.interval;
+        let next_crawl = shared
+            .covered()
+            .keys()
+            .filter_map(|uuid| store.crawl_cursor(uuid).ok().flatten())
+            .map(|c| match c.pass_finished_at {
+                None => 0,
+                Some(_) => {
+                    c.pass_started_at + i64::try_from(interval.as_secs()).unwrap_or(i64::MAX)
+                }
+            })
+            .min();
+        (queued, next_crawl)
+    };
+    let moving = shared.moving();
+    let pause = shared.pause();
+    let pressure = shared.pressure();
+    let (state, headline) = match (pause, pressure, moving.first()) {
+        (Pause::Indefinitely, _, _) => ("paused", "paused by operator".to_string()),
+        (Pause::Until(_, until), _, _) => {
+            let left = Duration::from_secs(u64::try_from(until - unix_now()).unwrap_or(0));
+            (
+                "paused",
+                format!("paused by operator for {}", human_duration(left)),
+            )
+        }
+        (Pause::Running, Some(p), _) => ("pressure", format!("paused: I/O pressure {p:.0}%")),
+        (Pause::Running, None, Some(m)) => ("moving", moving_line(m, moving.len())),
+        (Pause::Running, None, None) => ("idle", idle_line(next_crawl)),
+    };
+    let summary = format!(
+        "{headline}, {queued} queued, {} moved today",
+        Size(moved_today)
+    );
+    StatusReport {
+        state: state.to_string(),
+        summary,
+        paused_until: match pause {
+            Pause::Until(_, until) => Some(until),
+            _ => None,
+        },
+        moving: moving
+            .into_iter()
+            .map(|m| Moving {
+                path: m.path,
+                moved_bytes: m.moved_bytes,
+                total_bytes: m.total_bytes,
+            })
+            .collect(),
+        queued,
+        bytes_moved_today: moved_today,
+        filesystems: shared
+            .covered()
+            .into_values()
+            .map(|fs| CoveredFs {
+                mount_point: fs.mount_point,
+                uuid: fs.uuid,
+                disk: fs.disk.0,
+            })
+            .collect(),
+    }
+}
+
+fn moving_line(m: &MovingNow, workers: usize) -> String {
+    let percent = (m.moved_bytes * 100)
+        .checked_div(m.total_bytes)
+        .unwrap_or(0);
+    let more = if workers > 1 {
+        format!(" (and {} more)", workers - 1)
+    } else {
+        String::new()
+    };
+    format!(
+        "defragmenting {} {percent}% ({} of {}){more}",
+        m.path.display(),
+        Size(m.moved_bytes),
+        Size(m.total_bytes)
+    )
+}
+
+fn idle_line(next_crawl: Option<i64>) -> String {
+    match next_crawl {
+        Some(0) => "idle, crawling".to_string(),
+        Some(at) => {
+            let left = Duration::from_secs(u64::try_from(at - unix_now()).unwrap_or(0));
+            format!("idle, next crawl in {}", human_duration(left))
+        }
+        None => "idle".to_string(),
+    }
+}
+
+/// "4m", "2h 5m", "45s": rounded to what a person needs.
+pub fn human_duration(d: Duration) -> String {
+    let secs = d.as_secs();
+    let rounded = if secs >= 3600 { secs / 60 * 60 } else { secs };
+    humantime::format_duration(Duration::from_secs(rounded)).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_at_a_glance() {
+        assert_eq!(human_duration(Duration::from_secs(240)), "4m");
+        assert_eq!(human_duration(Duration::from_secs(7_530)), "2h 5m");
+        assert_eq!(human_duration(Duration::from_secs(45)), "45s");
+    }
+
+    #[test]
+    fn a_move_shows_path_percent_and_sizes() {
+        let m = MovingNow {
+            path: "/srv/db/x.ibd".into(),
+            moved_bytes: 43 << 20,
+            total_bytes: 100 << 20,
+        };
+        assert_eq!(
+            moving_line(&m, 1),
+            "defragmenting /srv/db/x.ibd 43% (43.00 MiB of 100.00 MiB)"
+        );
+        assert!(moving_line(&m, 3).ends_with("(and 2 more)"));
+    }
+}
