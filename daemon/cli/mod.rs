@@ -3,12 +3,43 @@
 
 mod check;
 mod defrag;
+pub mod docs;
 mod table;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+
+const LONG_ABOUT: &str = "\
+defragd keeps ext4 filesystems defragmented. With no subcommand it runs as a \
+long-lived service (under systemd: Type=notify): it crawls each covered \
+filesystem slowly and watches busy trees with inotify, queues the files that \
+writes left in many pieces in a durable store, and moves them online with the \
+kernel's EXT4_IOC_MOVE_EXT, one disk at a time, in the idle I/O class and under \
+a throttle. A crash or reboot resumes each move where it stopped. The \
+subcommands check and defrag do the same work once, from a terminal.";
+
+const AFTER_LONG_HELP: &str = "\
+FILES:
+  /etc/defragd/defragd.toml   the config; every key is documented there
+  /etc/defragd/conf.d/*.toml  drop-ins, read in name order after it
+  /var/lib/defragd/state.db   the queue, move cursors, crawl cursors, history
+  /run/defragd/control.sock   the socket defragctl(8) talks to
+
+ENVIRONMENT:
+  DEFRAGD__SECTION__KEY=value  overrides a config key
+  DEFRAGD_LOG=debug            log filter (tracing EnvFilter syntax)
+
+SIGNALS:
+  SIGTERM, SIGINT  finish the current chunk, record progress, exit 0
+  SIGHUP           reload the config (a bad one is refused, the old one kept)
+
+EXIT STATUS:
+  0   success (defrag: no file failed; skipped files are not failures)
+  1   some file failed, or the service failed
+  2   usage error
+  78  the configuration is not valid (EX_CONFIG); systemd does not restart it";
 
 /// Exit status when some file failed.
 pub const EXIT_SOME_FAILED: u8 = 1;
@@ -17,7 +48,9 @@ pub const EXIT_SOME_FAILED: u8 = 1;
 #[command(
     name = "defragd",
     version,
-    about = "Online defragmentation for ext4: a background service and one-shot commands"
+    about = "Online defragmentation for ext4: a background service and one-shot commands",
+    long_about = LONG_ABOUT,
+    after_long_help = AFTER_LONG_HELP
 )]
 pub struct Cli {
     /// The service's config file (drop-ins are read from conf.d/ beside it).
@@ -36,6 +69,9 @@ pub enum Command {
     /// Work with the service's configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Write the man page and shell completions into DIR (for packaging).
+    #[command(hide = true)]
+    GenerateDocs { dir: PathBuf },
 }
 
 #[derive(Debug, Subcommand)]
@@ -106,7 +142,18 @@ pub fn run(cli: Cli) -> ExitCode {
         Some(Command::Config(ConfigCommand::Check { file })) => {
             config_check(file.or(cli.config).as_deref())
         }
+        Some(Command::GenerateDocs { dir }) => write_docs(&dir),
         None => crate::service::run(cli.config.as_deref()),
+    }
+}
+
+fn write_docs(dir: &std::path::Path) -> ExitCode {
+    match docs::generate(<Cli as clap::CommandFactory>::command(), dir) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("defragd: cannot write the docs into {}: {e}", dir.display());
+            ExitCode::FAILURE
+        }
     }
 }
 
