@@ -19,8 +19,8 @@ const DEFRAG_TIMEOUT: Duration = Duration::from_secs(600);
 const EXIT_STATUS_HELP: &str = "\
 Exit status:
   0  success
-  1  the service answered with an error, a defrag path could not be queued,
-     or the service's answer did not arrive or could not be read
+  1  the service answered with an error, a path given to defrag got an
+     error, or the service's answer did not arrive or could not be read
   2  usage error
   3  the service is not running (no socket, or nothing listening on it)
   4  permission denied: run as root, or as a member of the group the
@@ -72,12 +72,15 @@ enum Command {
     /// Queue files (or whole trees) now, at the highest priority.
     Defrag {
         /// Files or directories; relative paths are taken from the current
-        /// directory (symlinks are not resolved: the service refuses them).
+        /// directory (symlinks are not resolved).
         #[arg(required = true, value_name = "PATH")]
         paths: Vec<PathBuf>,
     },
     /// Reload the service's configuration (as `systemctl reload defragd` does).
     Reload,
+    /// Write the man page and shell completions into DIR (for packaging).
+    #[command(hide = true)]
+    GenerateDocs { dir: PathBuf },
 }
 
 /// A pause duration in whole seconds, rounded up.
@@ -92,6 +95,9 @@ fn parse_pause(text: &str) -> Result<u64, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::GenerateDocs { dir } = &cli.command {
+        return write_docs(dir);
+    }
     let requests = match requests(cli.command) {
         Ok(requests) => requests,
         Err(message) => {
@@ -131,6 +137,9 @@ fn requests(command: Command) -> Result<Vec<Request>, String> {
         Command::Queue { limit } => Request::Queue { limit },
         Command::History { limit } => Request::History { limit },
         Command::Reload => Request::Reload,
+        Command::GenerateDocs { .. } => {
+            return Err("generate-docs does not talk to the service".to_string())
+        }
         Command::Defrag { paths } => {
             let paths = paths
                 .iter()
@@ -180,6 +189,20 @@ fn ask(
         });
     }
     Ok(merged.ok_or_else(|| "nothing to send".to_string()))
+}
+
+fn write_docs(dir: &std::path::Path) -> ExitCode {
+    use clap::CommandFactory;
+    match defragd::cli::docs::generate(Cli::command(), dir) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!(
+                "defragctl: cannot write the docs into {}: {e}",
+                dir.display()
+            );
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn report(json: bool, message: &str) {

@@ -38,8 +38,6 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// The longest pause a request may ask for; longer is a typo, not a plan.
 const MAX_PAUSE_SECS: u64 = 366 * 24 * 3600;
-/// Where group names are looked up (the `user` feature of nix is not built).
-const GROUP_FILE: &str = "/etc/group";
 
 /// Why the control socket could not be set up.
 #[derive(Debug, Error)]
@@ -83,11 +81,11 @@ pub enum ControlError {
         path.display()
     )]
     Access { path: PathBuf, source: io::Error },
-    #[error("cannot read {GROUP_FILE} to look up group {name:?}: {source}")]
+    #[error("cannot look up group {name:?}: {source}")]
     ReadGroups { name: String, source: io::Error },
     #[error(
-        "group {name:?} is not in {GROUP_FILE}; create it (`groupadd {name}`) or configure \
-         another group for the control socket"
+        "group {name:?} does not exist; create it (`groupadd {name}`) or configure \
+         another group in control.group"
     )]
     UnknownGroup { name: String },
 }
@@ -98,45 +96,30 @@ pub fn peer_allowed(uid: u32, groups: &[u32], allowed_group: Option<u32>) -> boo
     uid == 0 || allowed_group.is_some_and(|gid| groups.contains(&gid))
 }
 
-/// The gid of a group given by name or number, for the configured group.
-/// Only /etc/group is read: groups that exist only in a directory service
-/// (LDAP, sssd) are not found.
+/// The gid of a group given by name or number, for the configured group
+/// (looked up through NSS, so directory-service groups are found too).
 pub fn resolve_group(name: &str) -> Result<u32, ControlError> {
     if let Ok(gid) = name.parse::<u32>() {
         return Ok(gid);
     }
-    let text = fs::read_to_string(GROUP_FILE).map_err(|source| ControlError::ReadGroups {
-        name: name.to_string(),
-        source,
-    })?;
-    let found = group_entries(&text).find(|(entry, _)| *entry == name);
-    found
-        .map(|(_, gid)| gid)
-        .ok_or_else(|| ControlError::UnknownGroup {
+    match nix::unistd::Group::from_name(name) {
+        Ok(Some(group)) => Ok(group.gid.as_raw()),
+        Ok(None) => Err(ControlError::UnknownGroup {
             name: name.to_string(),
-        })
-}
-
-/// (name, gid) of each well-formed line of an /etc/group file.
-fn group_entries(text: &str) -> impl Iterator<Item = (&str, u32)> {
-    text.lines().filter_map(|line| {
-        let mut fields = line.split(':');
-        let name = fields.next()?;
-        let gid = fields.nth(1)?.trim().parse().ok()?;
-        Some((name, gid))
-    })
+        }),
+        Err(errno) => Err(ControlError::ReadGroups {
+            name: name.to_string(),
+            source: io::Error::from(errno),
+        }),
+    }
 }
 
 /// A group's name for messages, or its number when it has none.
 fn group_label(gid: u32) -> String {
-    fs::read_to_string(GROUP_FILE)
-        .ok()
-        .and_then(|text| {
-            group_entries(&text)
-                .find(|(_, g)| *g == gid)
-                .map(|(name, _)| name.to_string())
-        })
-        .unwrap_or_else(|| format!("with gid {gid}"))
+    match nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(gid)) {
+        Ok(Some(group)) => group.name,
+        _ => format!("with gid {gid}"),
+    }
 }
 
 /// The group allowed besides root.
@@ -640,6 +623,12 @@ async fn write_response<W: AsyncWrite + Unpin>(out: &mut W, response: &Response)
 mod tests {
     use super::*;
 
+    /// Compiles only if `run` can be spawned, as the service does.
+    #[allow(dead_code)]
+    fn run_is_send(socket: ControlSocket, c: Arc<dyn Controller>, stop: watch::Receiver<bool>) {
+        drop(tokio::spawn(socket.run(c, stop)));
+    }
+
     #[test]
     fn root_is_always_allowed() {
         assert!(peer_allowed(0, &[0], None));
@@ -672,10 +661,12 @@ mod tests {
     }
 
     #[test]
-    fn group_file_lines() {
-        let text = "root:x:0:\nbad line\nwheel:x:10:alice,bob\n# comment\nadm:x:notanumber:\n";
-        let entries: Vec<_> = group_entries(text).collect();
-        assert_eq!(entries, vec![("root", 0), ("wheel", 10)]);
+    fn groups_are_found_by_name() {
+        assert_eq!(resolve_group("root").ok(), Some(0));
+        assert!(matches!(
+            resolve_group("no-such-group-defragd"),
+            Err(ControlError::UnknownGroup { .. })
+        ));
     }
 
     #[test]
