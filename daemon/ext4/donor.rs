@@ -7,7 +7,7 @@ use std::os::fd::{BorrowedFd, OwnedFd};
 use nix::fcntl::{fallocate, openat, FallocateFlags, OFlag};
 use nix::sys::stat::Mode;
 
-use super::error::{Error, Result};
+use super::error::{off_t, Error, Result};
 
 /// Creates an unnamed donor inode in `dir`. The directory steers ext4's
 /// allocator: the file's own directory gets the most contiguous space.
@@ -23,16 +23,14 @@ pub fn create_donor(dir: BorrowedFd<'_>) -> Result<OwnedFd> {
 
 /// Allocates `len` bytes at `offset` (unwritten extents; i_size grows).
 pub fn allocate(fd: BorrowedFd<'_>, offset: u64, len: u64) -> Result<()> {
-    let to_off =
-        |v: u64| i64::try_from(v).map_err(|_| Error::of("fallocate", nix::errno::Errno::EFBIG));
+    let to_off = |v: u64| off_t("fallocate", v);
     fallocate(fd, FallocateFlags::empty(), to_off(offset)?, to_off(len)?)
         .map_err(|errno| Error::of("fallocate", errno))
 }
 
 /// Frees `len` bytes at `offset` (a hole; i_size is kept).
 pub fn punch_hole(fd: BorrowedFd<'_>, offset: u64, len: u64) -> Result<()> {
-    let to_off =
-        |v: u64| i64::try_from(v).map_err(|_| Error::of("fallocate", nix::errno::Errno::EFBIG));
+    let to_off = |v: u64| off_t("fallocate", v);
     let mode = FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE;
     fallocate(fd, mode, to_off(offset)?, to_off(len)?)
         .map_err(|errno| Error::of("fallocate (punch hole)", errno))

@@ -102,6 +102,11 @@ impl Error {
 
 pub type Result<T> = std::result::Result<T, Error>;
 
+/// A byte offset or length as the kernel's signed off_t, for call `op`.
+pub fn off_t(op: &'static str, value: u64) -> Result<i64> {
+    i64::try_from(value).map_err(|_| Error::of(op, Errno::EFBIG))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,7 +9,7 @@ use nix::errno::Errno;
 use nix::fcntl::{posix_fadvise, PosixFadviseAdvice};
 use nix::sys::mman::{mmap, munmap, MapFlags, ProtFlags};
 
-use super::error::{Error, Result};
+use super::error::{off_t, Error, Result};
 
 /// The size of a page of the cache.
 pub fn page_size() -> u64 {
@@ -123,7 +123,7 @@ pub fn residency(fd: BorrowedFd<'_>, offset: u64, len: u64) -> Result<Residency>
 }
 
 fn advise(fd: BorrowedFd<'_>, offset: u64, len: u64, advice: PosixFadviseAdvice) -> Result<()> {
-    let to_off = |v: u64| i64::try_from(v).map_err(|_| Error::of("posix_fadvise", Errno::EFBIG));
+    let to_off = |v: u64| off_t("posix_fadvise", v);
     posix_fadvise(fd, to_off(offset)?, to_off(len)?, advice)
         .map_err(|errno| Error::of("posix_fadvise", errno))
 }
@@ -158,7 +158,7 @@ pub fn write_back(fd: BorrowedFd<'_>, offset: u64, len: u64, wait: Wait) -> Resu
             SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER
         }
     };
-    let to_off = |v: u64| i64::try_from(v).map_err(|_| Error::of("sync_file_range", Errno::EFBIG));
+    let to_off = |v: u64| off_t("sync_file_range", v);
     // SAFETY: sync_file_range takes an fd and integers.
     let rc =
         unsafe { nix::libc::sync_file_range(fd.as_raw_fd(), to_off(offset)?, to_off(len)?, flags) };
