@@ -9,7 +9,7 @@
 use std::collections::VecDeque;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
-use crate::assess::{clip_to_eof, Assessment, BlockRange, ExtentMap, MapProblem};
+use crate::assess::{clip_to_eof, ideal_extents, Assessment, BlockRange, ExtentMap, MapProblem};
 use crate::ext4::{self, Access, Flush, Residency, Wait};
 use crate::inspect::{inspect, Filesystems, Inspected, Refusal, Settle, Target};
 use crate::outcome::{FailReason, Moved, Outcome, Size, SkipReason};
@@ -216,13 +216,62 @@ fn prepare(
         return Ok(None);
     }
     let file = open_for_writing(inspected)?;
+    let build = || {
+        build_donor(
+            target,
+            inspected,
+            layout,
+            &ranges,
+            need,
+            options.reserve_percent,
+        )
+    };
+    let (mut donor, mut donor_runs) = build()?;
+    // Blocks freed by a move only become free for the allocator once the
+    // journal commits (a few seconds later): a move right after another one
+    // (a resumed job, the next file) gets scattered space. When the donor is
+    // far from ideal, commit and try once more, keeping the better one.
+    if donor_runs > 1 && donor_runs > 2 * ideal_extents(&ranges) {
+        ext4::sync_all(donor.as_fd())?;
+        let (second, second_runs) = build()?;
+        if second_runs < donor_runs {
+            (donor, donor_runs) = (second, second_runs);
+        }
+    }
+    if donor_runs >= file_runs {
+        return Err(SkipReason::NoContiguousFreeSpace {
+            file_runs,
+            donor_runs,
+        }
+        .into());
+    }
+    Ok(Some(Prepared {
+        file,
+        donor,
+        ranges,
+        file_runs,
+        resume_at,
+    }))
+}
+
+/// Creates a donor beside the file, allocated over `ranges`, and counts
+/// its physical runs there.
+fn build_donor(
+    target: &Target,
+    inspected: &Inspected,
+    layout: DonorLayout,
+    ranges: &[BlockRange],
+    need: u64,
+    reserve_percent: f64,
+) -> Result<(OwnedFd, u64), Refusal> {
+    let block_size = u64::from(inspected.fs.superblock.block_size);
     let donor = ext4::create_donor(target.dir.as_fd())?;
     layout
-        .allocate(donor.as_fd(), &ranges, block_size)
+        .allocate(donor.as_fd(), ranges, block_size)
         .map_err(|e| match e {
             // Another writer took the space since the check: say how much is left.
             ext4::Error::NoSpace => {
-                match check_free_space(inspected.file.as_fd(), need, options.reserve_percent) {
+                match check_free_space(inspected.file.as_fd(), need, reserve_percent) {
                     Err(refusal) => refusal,
                     Ok(()) => Refusal::Fail(FailReason::Kernel(ext4::Error::NoSpace)),
                 }
@@ -238,21 +287,8 @@ fn prepare(
             donor_ranges.len()
         ))));
     }
-    let donor_runs = donor_map.physical_runs_in(&ranges);
-    if donor_runs >= file_runs {
-        return Err(SkipReason::NoContiguousFreeSpace {
-            file_runs,
-            donor_runs,
-        }
-        .into());
-    }
-    Ok(Some(Prepared {
-        file,
-        donor,
-        ranges,
-        file_runs,
-        resume_at,
-    }))
+    let runs = donor_map.physical_runs_in(ranges);
+    Ok((donor, runs))
 }
 
 /// How the donor's blocks are allocated.

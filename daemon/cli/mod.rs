@@ -1,6 +1,7 @@
 //! The command line of `defragd`: its definition (also the source of the
 //! man page and completions) and the one-shot commands.
 
+mod bench;
 mod check;
 mod defrag;
 pub mod docs;
@@ -72,6 +73,10 @@ pub enum Command {
     /// Write the man page and shell completions into DIR (for packaging).
     #[command(hide = true)]
     GenerateDocs { dir: PathBuf },
+    /// One MOVE_EXT call over the whole FILE into a fresh donor; prints its
+    /// rate as JSON (for bench/run).
+    #[command(hide = true)]
+    BenchMoveExt { file: PathBuf },
 }
 
 #[derive(Debug, Subcommand)]
@@ -143,6 +148,7 @@ pub fn run(cli: Cli) -> ExitCode {
             config_check(file.or(cli.config).as_deref())
         }
         Some(Command::GenerateDocs { dir }) => write_docs(&dir),
+        Some(Command::BenchMoveExt { file }) => bench::run(&file),
         None => crate::service::run(cli.config.as_deref()),
     }
 }

@@ -161,6 +161,7 @@ pub struct ThrottleFragment {
     pub max_mib_per_s: Option<Raw>,
     pub chunk_mib: Option<Raw>,
     pub pressure_pause_percent: Option<Raw>,
+    pub windows: Option<Raw>,
 }
 
 #[derive(Debug, Default, PartialEq, serde::Deserialize)]
@@ -266,8 +267,9 @@ pub fn from_env(name: &str, value: &str) -> Result<Option<Fragment>, ConfigError
     let Some((key, mut parsed)) = collected.into_iter().next() else {
         return Ok(None);
     };
-    // Lists (policy.exclude, even [[filesystem]]) are written as a TOML
-    // array: no separator character is safe inside glob patterns and paths.
+    // Lists (policy.exclude, throttle.windows, even [[filesystem]]) are
+    // written as a TOML array: no separator character is safe inside glob
+    // patterns and paths.
     if value.trim_start().starts_with('[') && !NEVER_LISTS.contains(&key.as_str()) {
         parsed = toml_array(value, &origin)?;
     }
@@ -510,6 +512,14 @@ mod tests {
                 Raw::Str("/a/{b,c}/**".into()),
                 Raw::Str("*.tmp".into())
             ]))
+        );
+
+        let fragment = from_env("DEFRAGD__THROTTLE__WINDOWS", r#"["01:00-05:00"]"#)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            fragment.throttle.unwrap().windows,
+            Some(Raw::List(vec![Raw::Str("01:00-05:00".into())]))
         );
 
         let fragment = from_env("DEFRAGD__FILESYSTEM", r#"[{ path = "/srv" }]"#)

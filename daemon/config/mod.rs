@@ -28,9 +28,9 @@ use std::path::{Path, PathBuf};
 
 pub use error::{ConfigError, ConfigErrors, Origin};
 pub use settings::{
-    ControlSettings, CrawlSettings, ExcludeError, FilesystemSettings, MetricsListen,
-    MetricsSettings, PolicySettings, ServiceSettings, Settings, ThrottleSettings, WatchSettings,
-    LOG_LEVELS,
+    minutes_until_open, within_windows, ControlSettings, CrawlSettings, ExcludeError,
+    FilesystemSettings, MetricsListen, MetricsSettings, PolicySettings, ServiceSettings, Settings,
+    ThrottleSettings, TimeWindow, WatchSettings, LOG_LEVELS,
 };
 
 /// The main configuration file when none is named.

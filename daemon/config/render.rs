@@ -34,6 +34,7 @@ struct ThrottleView {
     max_mib_per_s: u64,
     chunk_mib: u64,
     pressure_pause_percent: f64,
+    windows: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -95,6 +96,12 @@ impl Settings {
                 max_mib_per_s: mib(self.throttle.max_bytes_per_s.get()),
                 chunk_mib: mib(self.throttle.chunk_bytes.get()),
                 pressure_pause_percent: self.throttle.pressure_pause_percent.unwrap_or(0.0),
+                windows: self
+                    .throttle
+                    .windows
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect(),
             },
             policy: PolicyView {
                 quiet_period: format_duration(self.policy.quiet_period),
@@ -152,6 +159,7 @@ impl Settings {
                 "pressure_pause_percent = {}",
                 number(v.throttle.pressure_pause_percent)
             ),
+            format!("windows = {}", array(&v.throttle.windows)),
             String::new(),
             "[policy]".into(),
             format!("quiet_period = {}", quote(&v.policy.quiet_period)),
@@ -224,6 +232,7 @@ mod tests {
             "max_mib_per_s = 64",
             "chunk_mib = 1",
             "pressure_pause_percent = 30",
+            "windows = []",
             "quiet_period = \"30s\"",
             "min_size = \"1MiB\"",
             "min_score = 10",
@@ -246,12 +255,40 @@ mod tests {
     fn json_has_the_file_keys() {
         let json = serde_json::to_value(Settings::default()).unwrap();
         assert_eq!(json["throttle"]["max_mib_per_s"], 64);
+        assert_eq!(json["throttle"]["windows"], serde_json::json!([]));
         assert_eq!(json["policy"]["min_size"], "1MiB");
         assert_eq!(json["crawl"]["interval"], "24h");
         assert_eq!(json["filesystem"], serde_json::json!([]));
         assert_eq!(json["control"]["socket"], "/run/defragd/control.sock");
         assert_eq!(json["control"]["group"], "");
         assert_eq!(json["metrics"]["listen"], "");
+    }
+
+    #[test]
+    fn windows_render_as_the_file_writes_them() {
+        use crate::config::TimeWindow;
+        let mut settings = Settings::default();
+        settings.throttle.windows = vec![
+            TimeWindow {
+                start_minute: 22 * 60,
+                end_minute: 6 * 60,
+            },
+            TimeWindow {
+                start_minute: 12 * 60 + 5,
+                end_minute: 24 * 60,
+            },
+        ];
+        let text = settings.render();
+        assert!(
+            text.lines()
+                .any(|l| l == "windows = [\"22:00-06:00\", \"12:05-24:00\"]"),
+            "{text}"
+        );
+        let json = serde_json::to_value(&settings).unwrap();
+        assert_eq!(
+            json["throttle"]["windows"],
+            serde_json::json!(["22:00-06:00", "12:05-24:00"])
+        );
     }
 
     #[test]

@@ -70,6 +70,93 @@ pub struct ThrottleSettings {
     /// Pause while /proc/pressure/io "some avg10" is above this; `None`
     /// when the pause is off.
     pub pressure_pause_percent: Option<f64>,
+    /// Maintenance windows in local time: files are moved only inside one
+    /// of them (see [`within_windows`]); outside, the service only watches
+    /// and queues. Empty (the default) means moving is always allowed.
+    pub windows: Vec<TimeWindow>,
+}
+
+/// The minutes in a day, and the end of a window that lasts until midnight.
+pub(super) const MINUTES_PER_DAY: u16 = 24 * 60;
+
+/// One maintenance window of `throttle.windows`, "HH:MM-HH:MM" in local
+/// time: from `start_minute` (inclusive) to `end_minute` (exclusive),
+/// crossing midnight when the end comes before the start ("22:00-06:00").
+///
+/// A window read from the configuration has `start_minute` in 0..1440,
+/// `end_minute` in 0..=1440 (1440 is "24:00", so "00:00-24:00" is all day)
+/// and the two different. The methods give an answer for any values: a
+/// window whose start and end are equal holds no minute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TimeWindow {
+    /// Minutes since local midnight, 0 for "00:00".
+    pub start_minute: u16,
+    /// Minutes since local midnight, 1440 for "24:00".
+    pub end_minute: u16,
+}
+
+impl TimeWindow {
+    /// Whether the window holds `minute_of_day` (minutes since local
+    /// midnight; 1440 and beyond wrap round to the next day): from the
+    /// start, up to but not including the end.
+    pub fn contains(&self, minute_of_day: u16) -> bool {
+        self.minutes_since_start(minute_of_day) < self.length()
+    }
+
+    /// How long the window lasts, in minutes: 1 to 1440 for a valid one.
+    fn length(&self) -> u32 {
+        let (start, end) = (u32::from(self.start_minute), u32::from(self.end_minute));
+        let day = u32::from(MINUTES_PER_DAY);
+        match start.cmp(&end) {
+            std::cmp::Ordering::Less => (end - start).min(day),
+            // Across midnight: to the end of the day, then on to `end`.
+            std::cmp::Ordering::Greater => (day - start % day + end % day) % day,
+            std::cmp::Ordering::Equal => 0,
+        }
+    }
+
+    /// Minutes from the window's start forward to `minute_of_day`, 0 to 1439.
+    fn minutes_since_start(&self, minute_of_day: u16) -> u32 {
+        let day = u32::from(MINUTES_PER_DAY);
+        let now = u32::from(minute_of_day) % day;
+        (now + day - u32::from(self.start_minute) % day) % day
+    }
+}
+
+/// As `throttle.windows` writes it: "22:00-06:00", "00:00-24:00".
+impl fmt::Display for TimeWindow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let hh_mm = |minute: u16| format!("{:02}:{:02}", minute / 60, minute % 60);
+        write!(f, "{}-{}", hh_mm(self.start_minute), hh_mm(self.end_minute))
+    }
+}
+
+/// Whether moving is allowed at `minute_of_day` (minutes since local
+/// midnight): inside any of the windows, or always when there are none.
+pub fn within_windows(windows: &[TimeWindow], minute_of_day: u16) -> bool {
+    windows.is_empty() || windows.iter().any(|w| w.contains(minute_of_day))
+}
+
+/// Minutes from `minute_of_day` (minutes since local midnight) until a
+/// window opens: 0 inside one, otherwise the wait for the nearest start,
+/// at most 1439. `None` when no window ever opens: the list is empty (and
+/// moving is always allowed, see [`within_windows`]), or holds only
+/// windows of no length, which the configuration never does.
+pub fn minutes_until_open(windows: &[TimeWindow], minute_of_day: u16) -> Option<u16> {
+    let day = u32::from(MINUTES_PER_DAY);
+    windows
+        .iter()
+        .filter(|w| w.length() > 0)
+        .map(|w| {
+            if w.contains(minute_of_day) {
+                0
+            } else {
+                (day - w.minutes_since_start(minute_of_day)) % day
+            }
+        })
+        .min()
+        // At most 1439, so it fits.
+        .map(|minutes| minutes as u16)
 }
 
 #[derive(Debug, Clone)]
@@ -179,6 +266,7 @@ impl Default for ThrottleSettings {
             max_bytes_per_s: DEFAULT_MAX_BYTES_PER_S,
             chunk_bytes: DEFAULT_CHUNK_BYTES,
             pressure_pause_percent: Some(30.0),
+            windows: Vec::new(),
         }
     }
 }
@@ -326,6 +414,7 @@ mod tests {
         assert_eq!(s.throttle.max_bytes_per_s.get(), 64 * MIB);
         assert_eq!(s.throttle.chunk_bytes.get(), MIB);
         assert_eq!(s.throttle.pressure_pause_percent, Some(30.0));
+        assert!(s.throttle.windows.is_empty());
         assert_eq!(s.policy.quiet_period, Duration::from_secs(30));
         assert_eq!(s.policy.min_size_bytes, MIB);
         assert_eq!(s.policy.min_excess_extents, 4);
@@ -369,6 +458,146 @@ mod tests {
         assert!(!policy.is_excluded(Path::new("/srv/a/b/cache")));
         assert!(!policy.is_excluded(Path::new("/srv/a/b.tmp.keep")));
         assert!(!policy.is_excluded(Path::new("/srv/scratchpad")));
+    }
+
+    fn window(start_minute: u16, end_minute: u16) -> TimeWindow {
+        TimeWindow {
+            start_minute,
+            end_minute,
+        }
+    }
+
+    const H: u16 = 60;
+
+    #[test]
+    fn a_window_holds_its_start_but_not_its_end() {
+        let night = window(H, 5 * H);
+        assert!(!night.contains(H - 1));
+        assert!(night.contains(H));
+        assert!(night.contains(5 * H - 1));
+        assert!(!night.contains(5 * H));
+        assert!(!night.contains(12 * H));
+        // The next day's minutes wrap round.
+        assert!(night.contains(MINUTES_PER_DAY + H));
+        assert!(!night.contains(u16::MAX));
+    }
+
+    #[test]
+    fn a_window_can_cross_midnight() {
+        let night = window(22 * H, 6 * H);
+        for minute in [22 * H, 23 * H + 59, 0, 3 * H, 6 * H - 1] {
+            assert!(night.contains(minute), "{minute}");
+        }
+        for minute in [22 * H - 1, 6 * H, 12 * H] {
+            assert!(!night.contains(minute), "{minute}");
+        }
+        let last = window(23 * H + 59, 0);
+        assert!(last.contains(23 * H + 59));
+        assert!(!last.contains(0));
+    }
+
+    #[test]
+    fn a_window_can_end_at_24_00() {
+        let all_day = window(0, MINUTES_PER_DAY);
+        assert!((0..MINUTES_PER_DAY).all(|minute| all_day.contains(minute)));
+        let evening = window(22 * H, MINUTES_PER_DAY);
+        assert!(evening.contains(22 * H));
+        assert!(evening.contains(MINUTES_PER_DAY - 1));
+        assert!(!evening.contains(0));
+        // "22:00-00:00" is the same window written another way.
+        let same = window(22 * H, 0);
+        assert!((0..MINUTES_PER_DAY).all(|m| same.contains(m) == evening.contains(m)));
+    }
+
+    #[test]
+    fn a_window_of_no_length_holds_nothing() {
+        for w in [window(H, H), window(0, 0), window(MINUTES_PER_DAY, 0)] {
+            assert!(
+                (0..MINUTES_PER_DAY).all(|minute| !w.contains(minute)),
+                "{w}"
+            );
+            assert_eq!(minutes_until_open(&[w], 0), None, "{w}");
+        }
+    }
+
+    #[test]
+    fn no_windows_means_always_allowed() {
+        assert!((0..MINUTES_PER_DAY).all(|minute| within_windows(&[], minute)));
+        assert_eq!(minutes_until_open(&[], 0), None);
+        assert_eq!(minutes_until_open(&[], 12 * H), None);
+    }
+
+    #[test]
+    fn within_windows_is_inside_any_of_them() {
+        let windows = [window(H, 2 * H), window(23 * H, 30)];
+        assert!(within_windows(&windows, H));
+        assert!(within_windows(&windows, 23 * H));
+        assert!(within_windows(&windows, 29));
+        assert!(!within_windows(&windows, 30));
+        assert!(!within_windows(&windows, 2 * H));
+        assert!(!within_windows(&windows, 12 * H));
+    }
+
+    #[test]
+    fn minutes_until_open_counts_to_the_nearest_start() {
+        let night = [window(H, 5 * H)];
+        assert_eq!(minutes_until_open(&night, 30), Some(30));
+        assert_eq!(minutes_until_open(&night, H), Some(0));
+        assert_eq!(minutes_until_open(&night, 5 * H - 1), Some(0));
+        // After the end: the next day's start.
+        assert_eq!(minutes_until_open(&night, 5 * H), Some(20 * H));
+        assert_eq!(minutes_until_open(&night, 23 * H + 59), Some(H + 1));
+
+        let across = [window(22 * H, 6 * H)];
+        assert_eq!(minutes_until_open(&across, 0), Some(0));
+        assert_eq!(minutes_until_open(&across, 6 * H), Some(16 * H));
+        assert_eq!(minutes_until_open(&across, 22 * H - 1), Some(1));
+
+        let two = [window(22 * H, 6 * H), window(12 * H, 13 * H)];
+        assert_eq!(minutes_until_open(&two, 7 * H), Some(5 * H));
+        assert_eq!(minutes_until_open(&two, 13 * H), Some(9 * H));
+        assert_eq!(minutes_until_open(&two, 12 * H + 30), Some(0));
+    }
+
+    #[test]
+    fn minutes_until_open_agrees_with_within_windows() {
+        let sets = [
+            vec![window(H, 5 * H)],
+            vec![window(22 * H, 6 * H)],
+            vec![window(0, MINUTES_PER_DAY)],
+            vec![window(22 * H, MINUTES_PER_DAY), window(0, 30)],
+            vec![
+                window(23 * H + 59, 0),
+                window(12 * H, 12 * H + 1),
+                window(H, H),
+            ],
+        ];
+        for windows in sets {
+            for minute in 0..MINUTES_PER_DAY {
+                let wait = minutes_until_open(&windows, minute).unwrap();
+                assert_eq!(
+                    wait == 0,
+                    within_windows(&windows, minute),
+                    "{windows:?} {minute}"
+                );
+                assert!(
+                    within_windows(&windows, minute + wait),
+                    "{windows:?} {minute}"
+                );
+                assert!(
+                    (minute..minute + wait).all(|m| !within_windows(&windows, m)),
+                    "{windows:?} {minute}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn windows_display_as_the_file_writes_them() {
+        assert_eq!(window(H, 5 * H).to_string(), "01:00-05:00");
+        assert_eq!(window(22 * H, 6 * H).to_string(), "22:00-06:00");
+        assert_eq!(window(0, MINUTES_PER_DAY).to_string(), "00:00-24:00");
+        assert_eq!(window(5, 23 * H + 59).to_string(), "00:05-23:59");
     }
 
     #[test]

@@ -264,6 +264,7 @@ fn rendered_settings_load_back_the_same() {
         max_mib_per_s = 7
         chunk_mib = 4
         pressure_pause_percent = 12.5
+        windows = ["22:00-06:00", "12:05-13:00", "18:00-24:00", "23:00-00:00"]
         [policy]
         quiet_period = "1h 30m 1s 500ms"
         min_size = 1536
@@ -291,6 +292,59 @@ fn rendered_settings_load_back_the_same() {
     assert_eq!(again.load(&[]).unwrap(), settings, "{rendered}");
     let defaults = ConfigDir::new(Some(&Settings::default().render()));
     assert_eq!(defaults.load(&[]).unwrap(), Settings::default());
+}
+
+#[test]
+fn the_environment_sets_the_windows_as_a_list() {
+    let dir = ConfigDir::new(Some("[throttle]\nwindows = [\"22:00-06:00\"]\n"));
+    let settings = dir
+        .load(&[("DEFRAGD__THROTTLE__WINDOWS", r#"["01:00-05:00"]"#)])
+        .unwrap();
+    assert_eq!(
+        settings.throttle.windows,
+        [TimeWindow {
+            start_minute: 60,
+            end_minute: 300,
+        }]
+    );
+    assert!(within_windows(&settings.throttle.windows, 60));
+    assert_eq!(minutes_until_open(&settings.throttle.windows, 0), Some(60));
+    // [] sets the list empty: moving is allowed at any time again.
+    let settings = dir.load(&[("DEFRAGD__THROTTLE__WINDOWS", "[]")]).unwrap();
+    assert!(settings.throttle.windows.is_empty());
+    // An empty variable is unset, and leaves the file's windows.
+    let settings = dir.load(&[("DEFRAGD__THROTTLE__WINDOWS", "")]).unwrap();
+    assert_eq!(settings.throttle.windows.len(), 1);
+    assert_eq!(settings.throttle.windows[0].to_string(), "22:00-06:00");
+}
+
+#[test]
+fn a_bad_window_names_the_source_and_keeps_the_earlier_list() {
+    let dir = ConfigDir::new(Some("[throttle]\nwindows = [\"22:00-06:00\"]\n"));
+    let drop_in = dir.drop_in(
+        "50-day.toml",
+        "[throttle]\nwindows = [\"09:00-17:00\", \"1:00-2:00\"]\n",
+    );
+    assert_eq!(
+        dir.errors(&[("DEFRAGD__THROTTLE__WINDOWS", "01:00-05:00")]),
+        [
+            format!(
+                "{}: throttle.windows[1] = \"1:00-2:00\": must be a window \"HH:MM-HH:MM\" on the \
+                 24-hour clock, two digits each, like \"01:00-05:00\" or \"22:00-06:00\"",
+                drop_in.display()
+            ),
+            "environment variable DEFRAGD__THROTTLE__WINDOWS: throttle.windows = \"01:00-05:00\": \
+             must be a list of windows \"HH:MM-HH:MM\" in local time, like [\"01:00-05:00\"], \
+             or [] to move at any time"
+                .to_owned(),
+        ]
+    );
+    // A later source's list replaces the earlier one whole.
+    fs::remove_file(drop_in).unwrap();
+    dir.drop_in("50-day.toml", "[throttle]\nwindows = [\"09:00-17:00\"]\n");
+    let settings = dir.load(&[]).unwrap();
+    assert_eq!(settings.throttle.windows.len(), 1);
+    assert_eq!(settings.throttle.windows[0].to_string(), "09:00-17:00");
 }
 
 #[test]
@@ -518,6 +572,7 @@ fn random_keys_and_values_never_panic() {
         "throttle.max_mib_per_s",
         "throttle.chunk_mib",
         "throttle.pressure_pause_percent",
+        "throttle.windows",
         "policy.quiet_period",
         "policy.min_size",
         "policy.min_excess_extents",
@@ -574,6 +629,12 @@ fn random_keys_and_values_never_panic() {
         "[]",
         "[\"/srv/db\", 3]",
         "[\"*.tmp\", \"/a/**\"]",
+        "[\"01:00-05:00\"]",
+        "[\"22:00-06:00\", \"00:00-24:00\"]",
+        "[\"24:00-01:00\"]",
+        "[\"01:00-01:00\"]",
+        "\"01:00-05:00\"",
+        "01:00:00",
         "[[1], [\"x\"]]",
         "{}",
         "{ path = \"/srv\" }",
@@ -602,6 +663,62 @@ fn random_keys_and_values_never_panic() {
     }
     // Some inputs must get through, or the loop tests only the error paths.
     assert!(accepted > 100, "{accepted}");
+}
+
+#[test]
+fn random_windows_never_panic_and_load_back() {
+    let mut rng = Rng(1440);
+    let mut accepted = 0;
+    for _ in 0..3000 {
+        // From parts near the edges, so that many are valid and many are not.
+        let time = |rng: &mut Rng| {
+            let hours = rng.pick(&["00", "01", "09", "12", "22", "23", "23", "24", "25", "1"]);
+            let minutes = rng.pick(&["00", "00", "01", "30", "59", "60", "5"]);
+            let colon = rng.pick(&[":", ":", ":", ":", ":", "."]);
+            format!("{hours}{colon}{minutes}")
+        };
+        let windows: Vec<String> = (0..rng.below(4))
+            .map(|_| {
+                let start = time(&mut rng);
+                let end = time(&mut rng);
+                let dash = rng.pick(&["-", "-", "-", "-", "-", "-", " - ", ""]);
+                format!("{start}{dash}{end}")
+            })
+            .collect();
+        let list = format!(
+            "[{}]",
+            windows
+                .iter()
+                .map(|w| fragment::quote(w))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let ok = try_load(&format!("[throttle]\nwindows = {list}\n"), &[]);
+        let env = [("DEFRAGD__THROTTLE__WINDOWS".to_owned(), list)];
+        assert_eq!(try_load("", &env), ok);
+        accepted += usize::from(ok && !windows.is_empty());
+    }
+    assert!(accepted > 50, "{accepted}");
+    // Every valid window, written as it displays, is read back the same.
+    let origin = Origin::File("/fuzz.toml".into());
+    for _ in 0..2000 {
+        let start = rng.below(1440) as u16;
+        let end = rng.below(1441) as u16;
+        if start == end {
+            continue;
+        }
+        let window = TimeWindow {
+            start_minute: start,
+            end_minute: end,
+        };
+        let text = format!("[throttle]\nwindows = [\"{window}\"]\n");
+        let mut settings = Settings::default();
+        let mut errors = Vec::new();
+        let f = fragment::from_toml(&text, &origin).unwrap();
+        validate::apply(&mut settings, f, &origin, &mut errors);
+        assert_eq!(errors, [], "{text}");
+        assert_eq!(settings.throttle.windows, [window], "{text}");
+    }
 }
 
 #[test]

@@ -6,8 +6,8 @@
 //! file or variable that carried the bad value. It also means that every
 //! source must be valid by itself: a bad value is an error even when a
 //! later source overrides it, so that `defragd config check` lists every
-//! line to fix. No rule here spans two sources: the two lists
-//! (`[[filesystem]]` and `policy.exclude`) are replaced whole, so their
+//! line to fix. No rule here spans two sources: the lists (`[[filesystem]]`,
+//! `throttle.windows` and `policy.exclude`) are replaced whole, so their
 //! cross-checks happen within the source that set them.
 
 use std::net::SocketAddr;
@@ -22,8 +22,8 @@ use super::fragment::{
 };
 use super::settings::{
     check_exclude, ControlSettings, CrawlSettings, FilesystemSettings, MetricsListen,
-    MetricsSettings, PolicySettings, ServiceSettings, Settings, ThrottleSettings, WatchSettings,
-    LOG_LEVELS, MIB, UNIX_PREFIX,
+    MetricsSettings, PolicySettings, ServiceSettings, Settings, ThrottleSettings, TimeWindow,
+    WatchSettings, LOG_LEVELS, MIB, MINUTES_PER_DAY, UNIX_PREFIX,
 };
 use super::units::{format_duration, parse_duration, parse_size};
 
@@ -89,6 +89,9 @@ fn throttle(settings: &mut ThrottleSettings, f: ThrottleFragment, check: &mut Ch
     if let Some(percent) = check.number(key, f.pressure_pause_percent, 0.0, 100.0) {
         // 0 is "off" rather than "always paused": pressure is never below 0.
         settings.pressure_pause_percent = (percent > 0.0).then_some(percent);
+    }
+    if let Some(windows) = check.windows("throttle.windows", f.windows) {
+        settings.windows = windows;
     }
 }
 
@@ -327,6 +330,24 @@ impl Check<'_> {
         (self.errors.len() == before).then_some(patterns)
     }
 
+    /// The maintenance windows, or `None` if any is wrong: a list missing
+    /// one window would quietly move files at other times than asked.
+    fn windows(&mut self, key: &str, raw: Option<Raw>) -> Option<Vec<TimeWindow>> {
+        let allowed = "must be a list of windows \"HH:MM-HH:MM\" in local time, \
+            like [\"01:00-05:00\"], or [] to move at any time";
+        let items = self.list(key, raw, allowed)?;
+        let before = self.errors.len();
+        let mut windows = Vec::new();
+        for (i, item) in items.into_iter().enumerate() {
+            let window = self.value(&format!("{key}[{i}]"), Some(item), |raw| match raw {
+                Raw::Str(s) => time_window(s),
+                _ => Err("must be a quoted window, like \"01:00-05:00\"".into()),
+            });
+            windows.extend(window);
+        }
+        (self.errors.len() == before).then_some(windows)
+    }
+
     fn path_list(&mut self, key: &str, raw: Option<Raw>) -> Option<Vec<PathBuf>> {
         let allowed = "must be a list of absolute paths, like [\"/srv/db\"]";
         let items = self.list(key, raw, allowed)?;
@@ -396,6 +417,49 @@ const LISTEN_ALLOWED: &str = "must be \"unix:\" and an absolute path, like \
 const ONLY_LOCAL: &str = "metrics are only served on loopback or a unix socket: use an address \
     in 127.0.0.0/8 or ::1, like \"127.0.0.1:9321\" or \"[::1]:9321\", \
     or \"unix:/run/defragd/metrics.sock\"";
+
+/// What an entry of `throttle.windows` looks like.
+const WINDOW_ALLOWED: &str = "must be a window \"HH:MM-HH:MM\" on the 24-hour clock, \
+    two digits each, like \"01:00-05:00\" or \"22:00-06:00\"";
+/// What the times in a window may be.
+const WINDOW_RANGE: &str = "must have times from \"00:00\" to \"23:59\" \
+    (and \"24:00\" as an end), like \"22:00-06:00\"";
+
+/// One maintenance window, "HH:MM-HH:MM": exactly two digits for the hours
+/// and for the minutes ("01:00", not "1:00"), as `TimeWindow`'s `Display`
+/// writes it, so that there is one way to write each time. The end may
+/// come before the start (across midnight) and may be "24:00" (up to
+/// midnight), but may not equal the start: "00:00-24:00" is all day.
+fn time_window(text: &str) -> Result<TimeWindow, String> {
+    let (start, end) = text
+        .split_once('-')
+        .and_then(|(start, end)| Some((hh_mm(start)?, hh_mm(end)?)))
+        .ok_or_else(|| WINDOW_ALLOWED.to_owned())?;
+    let out_of_range = |(hours, minutes): (u16, u16)| hours > 23 || minutes > 59;
+    if out_of_range(start) || (out_of_range(end) && end != (24, 0)) {
+        return Err(WINDOW_RANGE.into());
+    }
+    let minute = |(hours, minutes): (u16, u16)| hours * 60 + minutes;
+    let window = TimeWindow {
+        start_minute: minute(start),
+        end_minute: minute(end),
+    };
+    if window.start_minute == window.end_minute {
+        return Err("must end at another time than it starts; \"00:00-24:00\" is all day".into());
+    }
+    debug_assert!(window.start_minute < MINUTES_PER_DAY && window.end_minute <= MINUTES_PER_DAY);
+    Ok(window)
+}
+
+/// "HH:MM" as (hours, minutes), not yet checked against the clock; `None`
+/// unless it is two digits, `:` and two digits.
+fn hh_mm(text: &str) -> Option<(u16, u16)> {
+    let [h1, h2, b':', m1, m2] = text.as_bytes() else {
+        return None;
+    };
+    let digit = |b: &u8| b.is_ascii_digit().then(|| u16::from(b - b'0'));
+    Some((digit(h1)? * 10 + digit(h2)?, digit(m1)? * 10 + digit(m2)?))
+}
 
 /// Where to serve metrics; `None` for "", off. Only on this machine: the
 /// endpoint has no authentication, so a TCP address must be on loopback
@@ -507,6 +571,7 @@ mod tests {
             max_mib_per_s = 100000
             chunk_mib = 64
             pressure_pause_percent = 0
+            windows = ["01:00-05:00", "22:00-06:00", "12:00-24:00"]
             [policy]
             quiet_period = "1h 30m"
             min_size = "4KiB"
@@ -546,6 +611,14 @@ mod tests {
         assert_eq!(s.throttle.max_bytes_per_s.get(), 100_000 * MIB);
         assert_eq!(s.throttle.chunk_bytes.get(), 64 * MIB);
         assert_eq!(s.throttle.pressure_pause_percent, None);
+        let window = |start_minute, end_minute| TimeWindow {
+            start_minute,
+            end_minute,
+        };
+        assert_eq!(
+            s.throttle.windows,
+            [window(60, 300), window(1320, 360), window(720, 1440)]
+        );
         assert_eq!(s.policy.quiet_period, Duration::from_secs(5400));
         assert_eq!(s.policy.min_size_bytes, 4096);
         assert_eq!(s.policy.min_excess_extents, 0);
@@ -574,6 +647,7 @@ mod tests {
             max_mib_per_s = 0
             chunk_mib = 1.5
             pressure_pause_percent = nan
+            windows = ["01:00-05:00", "25:00-01:00", "1:00-2:00", "01:00-01:00", 100]
             [policy]
             quiet_period = 30
             min_size = "1 parsec"
@@ -603,6 +677,10 @@ mod tests {
                 format!("{f}: throttle.max_mib_per_s = 0: must be a whole number from 1 to 100000"),
                 format!("{f}: throttle.chunk_mib = 1.5: must be a whole number from 1 to 64"),
                 format!("{f}: throttle.pressure_pause_percent = nan: must be a number from 0 to 100"),
+                format!("{f}: throttle.windows[1] = \"25:00-01:00\": must have times from \"00:00\" to \"23:59\" (and \"24:00\" as an end), like \"22:00-06:00\""),
+                format!("{f}: throttle.windows[2] = \"1:00-2:00\": must be a window \"HH:MM-HH:MM\" on the 24-hour clock, two digits each, like \"01:00-05:00\" or \"22:00-06:00\""),
+                format!("{f}: throttle.windows[3] = \"01:00-01:00\": must end at another time than it starts; \"00:00-24:00\" is all day"),
+                format!("{f}: throttle.windows[4] = 100: must be a quoted window, like \"01:00-05:00\""),
                 format!("{f}: policy.quiet_period = 30: must be a duration from 1s to 7d, like \"30s\", \"15m\" or \"2h\""),
                 format!("{f}: policy.min_size = \"1 parsec\": must be a size like \"1MiB\", \"512KiB\" or \"2GiB\", or a whole number of bytes"),
                 format!("{f}: policy.min_excess_extents = -1: must be a whole number, 0 or more"),
@@ -671,6 +749,86 @@ mod tests {
         assert_eq!(s.throttle.pressure_pause_percent, Some(12.5));
         let (s, _) = settings_from("[throttle]\npressure_pause_percent = 0.0\n");
         assert_eq!(s.throttle.pressure_pause_percent, None);
+    }
+
+    #[test]
+    fn windows_are_hh_mm_ranges_on_the_24_hour_clock() {
+        let windows = |text: &str| {
+            let (s, errors) = settings_from(&format!("[throttle]\nwindows = {text}\n"));
+            assert_eq!(errors, [], "{text}");
+            s.throttle
+                .windows
+                .iter()
+                .map(|w| (w.start_minute, w.end_minute))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(windows("[]"), []);
+        assert_eq!(windows("[\"01:00-05:00\"]"), [(60, 300)]);
+        assert_eq!(windows("[\"22:00-06:00\"]"), [(1320, 360)]);
+        assert_eq!(windows("[\"23:59-00:00\"]"), [(1439, 0)]);
+        assert_eq!(windows("[\"00:00-24:00\"]"), [(0, 1440)]);
+        assert_eq!(windows("[\"18:30-24:00\"]"), [(1110, 1440)]);
+        assert_eq!(windows("[\"00:00-00:01\"]"), [(0, 1)]);
+        // Overlapping windows are allowed: moving is allowed in either.
+        assert_eq!(
+            windows("[\"01:00-03:00\", \"02:00-04:00\"]"),
+            [(60, 180), (120, 240)]
+        );
+    }
+
+    #[test]
+    fn a_bad_window_says_what_is_allowed() {
+        let f = "/etc/defragd/defragd.toml";
+        let format = "must be a window \"HH:MM-HH:MM\" on the 24-hour clock, two digits each, \
+                      like \"01:00-05:00\" or \"22:00-06:00\"";
+        let range = "must have times from \"00:00\" to \"23:59\" (and \"24:00\" as an end), \
+                     like \"22:00-06:00\"";
+        let same = "must end at another time than it starts; \"00:00-24:00\" is all day";
+        for (text, allowed) in [
+            ("25:00-01:00", range),
+            ("01:00-24:01", range),
+            ("24:00-01:00", range),
+            ("24:00-24:00", range),
+            ("01:60-02:00", range),
+            ("99:99-00:00", range),
+            ("01:00-01:00", same),
+            ("00:00-00:00", same),
+            ("1:00-2:00", format),
+            ("01:00-2:00", format),
+            ("0100-0200", format),
+            ("01:00", format),
+            ("01:00-", format),
+            ("01:00 - 05:00", format),
+            (" 01:00-05:00", format),
+            ("01:00-05:00-06:00", format),
+            ("01:00:00-05:00:00", format),
+            ("01.00-05.00", format),
+            ("+1:00-05:00", format),
+            ("01:00–05:00", format),
+            ("１2:00-13:00", format),
+            ("", format),
+        ] {
+            let (s, errors) = settings_from(&format!("[throttle]\nwindows = [{}]\n", quote(text)));
+            assert_eq!(
+                messages(&errors),
+                [format!(
+                    "{f}: throttle.windows[0] = {}: {allowed}",
+                    quote(text)
+                )],
+                "{text}"
+            );
+            assert_eq!(s.throttle, ThrottleSettings::default());
+        }
+        let (_, errors) = settings_from("[throttle]\nwindows = \"01:00-05:00\"\n");
+        assert_eq!(
+            messages(&errors),
+            [format!("{f}: throttle.windows = \"01:00-05:00\": must be a list of windows \"HH:MM-HH:MM\" in local time, like [\"01:00-05:00\"], or [] to move at any time")]
+        );
+        let (_, errors) = settings_from("[throttle]\nwindows = [[\"01:00-05:00\"]]\n");
+        assert_eq!(
+            messages(&errors),
+            [format!("{f}: throttle.windows[0] = [\"01:00-05:00\"]: must be a quoted window, like \"01:00-05:00\"")]
+        );
     }
 
     #[test]

@@ -31,6 +31,12 @@ pub fn sync_data(fd: std::os::fd::BorrowedFd<'_>) -> Result<()> {
     nix::unistd::fdatasync(fd).map_err(|errno| Error::of("fdatasync", errno))
 }
 
+/// fsync(2): also commits the journal, which makes the blocks that recent
+/// moves freed allocatable again.
+pub fn sync_all(fd: std::os::fd::BorrowedFd<'_>) -> Result<()> {
+    nix::unistd::fsync(fd).map_err(|errno| Error::of("fsync", errno))
+}
+
 /// fstat(2) of an open file.
 pub fn stat(fd: std::os::fd::BorrowedFd<'_>) -> Result<nix::sys::stat::FileStat> {
     nix::sys::stat::fstat(fd).map_err(|errno| Error::of("fstat", errno))

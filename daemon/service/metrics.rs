@@ -18,7 +18,8 @@ pub struct Metrics {
     pub files: Family<OutcomeLabels, Counter>,
     pub extents_removed: Counter,
     pub queue_length: Gauge,
-    /// 0 moving freely, 1 paused by the operator, 2 paused by I/O pressure.
+    /// 0 free to move, 1 paused by the operator, 2 paused by I/O pressure,
+    /// 3 outside the maintenance windows.
     pub throttle_state: Gauge,
     pub last_crawl_timestamp: Gauge,
 }
@@ -54,7 +55,7 @@ impl Default for Metrics {
         );
         registry.register(
             "throttle_state",
-            "0 moving freely, 1 paused by the operator, 2 paused by I/O pressure",
+            "0 free to move, 1 paused by the operator, 2 paused by I/O pressure, 3 outside the maintenance windows",
             throttle_state.clone(),
         );
         registry.register(

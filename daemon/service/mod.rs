@@ -300,6 +300,7 @@ fn update_gauges(shared: &Shared, report: &crate::control::protocol::StatusRepor
     m.throttle_state.set(match report.state.as_str() {
         "paused" => 1,
         "pressure" => 2,
+        "window" => 3,
         _ => 0,
     });
 }

@@ -168,6 +168,18 @@ impl Shared {
         };
     }
 
+    /// How long until the maintenance windows open: zero inside one (or
+    /// when none are configured).
+    pub fn until_window(&self) -> Duration {
+        let now = chrono::Local::now();
+        let minute = chrono::Timelike::hour(&now) * 60 + chrono::Timelike::minute(&now);
+        let minute = u16::try_from(minute).unwrap_or(0);
+        match crate::config::minutes_until_open(&self.settings().throttle.windows, minute) {
+            Some(0) | None => Duration::ZERO,
+            Some(minutes) => Duration::from_secs(u64::from(minutes) * 60),
+        }
+    }
+
     /// Counts bytes just moved (today's total and the metrics).
     pub fn add_moved(&self, bytes: u64) {
         self.metrics.bytes_moved.inc_by(bytes);

@@ -43,6 +43,13 @@ pub fn report(shared: &Shared) -> StatusReport {
             )
         }
         (Pause::Running, Some(p), _) => ("pressure", format!("paused: I/O pressure {p:.0}%")),
+        (Pause::Running, None, None) if !shared.until_window().is_zero() => (
+            "window",
+            format!(
+                "outside the maintenance windows (they open in {})",
+                human_duration(shared.until_window())
+            ),
+        ),
         (Pause::Running, None, Some(m)) => ("moving", moving_line(m, moving.len())),
         (Pause::Running, None, None) => ("idle", idle_line(next_crawl)),
     };

@@ -11,7 +11,7 @@ use std::time::Duration;
 use crate::inspect::Filesystems;
 use crate::mounts::{reopen_root, DiskId};
 use crate::mover::{defragment, Control, MoveOptions, Progress, Supervisor};
-use crate::outcome::{Outcome, SkipReason};
+use crate::outcome::{FailReason, Outcome, SkipReason};
 use crate::store::{Finished, HistoryOutcome, Job};
 use crate::throttle::io_pressure_percent;
 
@@ -42,6 +42,12 @@ pub fn run(shared: Arc<Shared>, disk: DiskId) {
             shared.idle(Duration::from_secs(1));
             continue;
         }
+        // Outside the maintenance windows the service only watches and queues.
+        let closed_for = shared.until_window();
+        if !closed_for.is_zero() {
+            shared.idle(closed_for.min(Duration::from_secs(60)));
+            continue;
+        }
         let uuids: Vec<String> = shared
             .covered()
             .into_values()
@@ -62,8 +68,19 @@ pub fn run(shared: Arc<Shared>, disk: DiskId) {
         };
         match job {
             Some(job) => run_job(&shared, &disk, job),
-            None => shared.idle(IDLE),
+            None => shared.idle(until_next_due(&shared, &uuids)),
         }
+    }
+}
+
+/// How long to sleep when nothing is due: until the earliest queued job
+/// is (a file put back for its quiet period), at most IDLE.
+fn until_next_due(shared: &Shared, uuids: &[String]) -> Duration {
+    match shared.store().next_due(uuids) {
+        Ok(Some(due)) => {
+            Duration::from_secs(u64::try_from(due - unix_now()).unwrap_or(0).max(1)).min(IDLE)
+        }
+        _ => IDLE,
     }
 }
 
@@ -99,21 +116,6 @@ fn run_job(shared: &Shared, disk: &DiskId, job: Job) {
     };
     drop(root);
     target.expected_identity = Some((job.file.ino, job.file.generation));
-    if job.next_block > 0 {
-        tracing::info!(
-            "resuming job {} {} at block {}",
-            job.id,
-            path.display(),
-            job.next_block
-        );
-    } else {
-        tracing::info!(
-            "defragmenting {} (job {}, {} extents)",
-            path.display(),
-            job.id,
-            job.extents_before
-        );
-    }
     let settings = shared.settings();
     let options = MoveOptions {
         chunk_bytes: settings.throttle.chunk_bytes.get(),
@@ -124,6 +126,7 @@ fn run_job(shared: &Shared, disk: &DiskId, job: Job) {
     let mut filesystems = Filesystems::default();
     let mut supervisor = JobSupervisor {
         shared,
+        announced: false,
         job: &job,
         disk,
         path: &path,
@@ -158,6 +161,9 @@ fn run_job(shared: &Shared, disk: &DiskId, job: Job) {
 /// Paces one job's chunks and saves its cursor after each.
 struct JobSupervisor<'a> {
     shared: &'a Shared,
+    /// Whether the start was logged (at the first chunk: only once every
+    /// check passed is a move really under way).
+    announced: bool,
     job: &'a Job,
     disk: &'a DiskId,
     path: &'a std::path::Path,
@@ -166,7 +172,29 @@ struct JobSupervisor<'a> {
 
 impl Supervisor for JobSupervisor<'_> {
     fn before_chunk(&mut self, bytes: u64) -> Control {
-        if self.shared.shutting_down() || self.shared.paused() {
+        if !self.announced {
+            self.announced = true;
+            let job = self.job;
+            if job.next_block > 0 {
+                tracing::info!(
+                    "resuming job {} {} at block {}",
+                    job.id,
+                    self.path.display(),
+                    job.next_block
+                );
+            } else {
+                tracing::info!(
+                    "defragmenting {} (job {}, {} extents)",
+                    self.path.display(),
+                    job.id,
+                    job.extents_before
+                );
+            }
+        }
+        if self.shared.shutting_down()
+            || self.shared.paused()
+            || !self.shared.until_window().is_zero()
+        {
             return Control::Stop;
         }
         if let Some(limit) = self.pressure_limit {
@@ -258,7 +286,11 @@ fn record(shared: &Shared, job: &Job, path: &std::path::Path, outcome: Outcome, 
             );
             retry(shared, job, "recently written", wait);
         }
-        Outcome::Skipped {
+        Outcome::Failed {
+            reason: FailReason::Kernel(crate::ext4::Error::NotFound),
+            ..
+        }
+        | Outcome::Skipped {
             reason: SkipReason::Replaced,
             ..
         } => {
@@ -347,7 +379,11 @@ fn retry(shared: &Shared, job: &Job, why: &str, after_secs: i64) {
 }
 
 fn drop_job(shared: &Shared, job: &Job, why: &str) {
-    tracing::info!("dropped job {} {}: {why}", job.id, job.path_hint.display());
+    let path = shared.covered_fs(&job.file.fs_uuid).map_or_else(
+        || job.path_hint.clone(),
+        |fs| fs.mount_point.join(&job.path_hint),
+    );
+    tracing::info!("dropped job {} {}: {why}", job.id, path.display());
     shared.metrics.count_file("dropped", None);
     if let Err(e) = shared.store().drop_job(job.id, why) {
         tracing::error!("job {}: cannot drop it: {e}", job.id);

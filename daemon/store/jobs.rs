@@ -212,6 +212,25 @@ impl Store {
             .doing(doing)
     }
 
+    /// When the next queued job on these filesystems becomes due (its
+    /// `not_before`), if any is queued: how long an idle worker may sleep.
+    pub fn next_due(&self, fs_uuids: &[String]) -> Result<Option<i64>, StoreError> {
+        if fs_uuids.is_empty() {
+            return Ok(None);
+        }
+        let placeholders: Vec<String> = (1..=fs_uuids.len()).map(|i| format!("?{i}")).collect();
+        let sql = format!(
+            "SELECT min(not_before) FROM jobs WHERE state = 'queued' AND fs_uuid IN ({})",
+            placeholders.join(", ")
+        );
+        let doing = "finding when the next job is due";
+        let mut stmt = self.conn.prepare_cached(&sql).doing(doing)?;
+        stmt.query_row(params_from_iter(fs_uuids.iter()), |row| {
+            row.get::<_, Option<i64>>(0)
+        })
+        .doing(doing)
+    }
+
     /// Records that every block before `next_block` is moved: the one write
     /// made after each chunk.
     pub fn save_cursor(&self, job: JobId, next_block: u64) -> Result<(), StoreError> {
@@ -359,6 +378,23 @@ mod tests {
         assert_eq!(job.extents_before, 90);
         assert_eq!(job.path_hint, PathBuf::from("moved/here"));
         assert_eq!((job.queued_at, job.updated_at), (100, 200));
+    }
+
+    #[test]
+    fn next_due_is_the_earliest_queued_not_before() {
+        let (store, _) = memory_store(100);
+        let a = vec![FS_A.to_string()];
+        assert_eq!(store.next_due(&a).unwrap(), None);
+        let mut job = new_job(FS_A, 1, 1.0);
+        job.not_before = 900;
+        store.enqueue(&job).unwrap();
+        let mut job = new_job(FS_A, 2, 1.0);
+        job.not_before = 400;
+        store.enqueue(&job).unwrap();
+        let mut other = new_job(FS_B, 3, 1.0);
+        other.not_before = 10;
+        store.enqueue(&other).unwrap();
+        assert_eq!(store.next_due(&a).unwrap(), Some(400));
     }
 
     #[test]
