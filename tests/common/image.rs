@@ -197,6 +197,23 @@ impl LoopImage {
         self.mount();
     }
 
+    /// One `umount` of the mount point, no retry, no lazy fallback (for a
+    /// test whose point is that the first try works). On success the image
+    /// is unmounted (still attached); on failure it stays mounted and the
+    /// error is returned.
+    pub fn umount_once(&mut self) -> Result<(), String> {
+        if !self.mounted {
+            return Err(format!("{} is not mounted", self.mnt.display()));
+        }
+        let (ok, out, err) = sh_status("umount", [&self.mnt]);
+        if ok {
+            self.mounted = false;
+            Ok(())
+        } else {
+            Err(format!("{}{}", out.trim(), err.trim()))
+        }
+    }
+
     /// `mount -o remount,OPTS`.
     pub fn remount(&mut self, opts: &str) {
         sh(

@@ -15,10 +15,11 @@ mod defragd;
 mod fixture;
 mod image;
 mod judge;
+mod service;
 
 // Not every test binary uses every part.
 #[allow(unused_imports)]
-pub use {cmd::*, defragd::*, fixture::*, image::*, judge::*};
+pub use {cmd::*, defragd::*, fixture::*, image::*, judge::*, service::*};
 
 pub const KIB: u64 = 1024;
 pub const MIB: u64 = 1024 * 1024;
