@@ -231,11 +231,16 @@ fn prepare(
     // journal commits (a few seconds later): a move right after another one
     // (a resumed job, the next file) gets scattered space. When the donor is
     // far from ideal, commit and try once more, keeping the better one.
-    if donor_runs > 1 && donor_runs > 2 * ideal_extents(&ranges) {
+    // Only where two donors fit above the reserve; a failed second try
+    // keeps the first.
+    let room_for_two =
+        check_free_space(inspected.file.as_fd(), need, options.reserve_percent).is_ok();
+    if donor_runs > 1 && donor_runs > 2 * ideal_extents(&ranges) && room_for_two {
         ext4::sync_all(donor.as_fd())?;
-        let (second, second_runs) = build()?;
-        if second_runs < donor_runs {
-            (donor, donor_runs) = (second, second_runs);
+        if let Ok((second, second_runs)) = build() {
+            if second_runs < donor_runs {
+                (donor, donor_runs) = (second, second_runs);
+            }
         }
     }
     if donor_runs >= file_runs {
