@@ -65,6 +65,14 @@ impl TreeCursor {
         let dir = match opened {
             Ok(dir) => dir,
             Err(ext4::Error::CrossesMount) => return,
+            // The root failing means the whole filesystem goes uncrawled:
+            // say so loudly.
+            Err(e) if at_root => {
+                tracing::warn!(
+                    "crawl: cannot open the filesystem's root: {e}; nothing there is crawled"
+                );
+                return;
+            }
             Err(e) => {
                 tracing::debug!("crawl: cannot open directory {}: {e}", rel.display());
                 return;

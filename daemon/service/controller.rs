@@ -176,8 +176,12 @@ impl Controller for ServiceController {
     }
 
     fn reload(&self) -> Result<Done, String> {
-        super::reload(&self.shared, self.config_path.as_deref()).map_err(|e| e.to_string())?;
+        let result = super::reload(&self.shared, self.config_path.as_deref());
+        // Either way the main loop refreshes what depends on the config.
         self.reloaded.notify_one();
+        result.map_err(|e| {
+            format!("the new configuration is not valid; the running one is kept:\n{e}")
+        })?;
         Ok(Done {
             message: "configuration reloaded".into(),
         })

@@ -188,7 +188,6 @@ async fn serve(shared: Arc<Shared>, config_path: Option<std::path::PathBuf>) -> 
     let mut tick = tokio::time::interval(watchdog.map_or(STATUS_EVERY, |w| w.min(STATUS_EVERY)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let hang_at = test_hang_deadline();
-    let mut last_reload_error: Option<String> = None;
     let mut last_status = status::report(&shared).summary;
     systemd::ready(&last_status);
     tracing::info!("defragd is running: {last_status}");
@@ -197,14 +196,12 @@ async fn serve(shared: Arc<Shared>, config_path: Option<std::path::PathBuf>) -> 
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = hup.recv() => {
-                last_reload_error = reload(&shared, config_path.as_deref()).err().map(|_| {
-                    "the last reload failed (see the log); running on the previous configuration".to_string()
-                });
+                // A refused config is logged and shown in the status.
+                let _ = reload(&shared, config_path.as_deref());
                 watcher = restart_watcher(&shared, watcher);
                 threads.sync(&shared);
             }
             _ = reloaded.notified() => {
-                last_reload_error = None;
                 watcher = restart_watcher(&shared, watcher);
                 threads.sync(&shared);
             }
@@ -221,10 +218,7 @@ async fn serve(shared: Arc<Shared>, config_path: Option<std::path::PathBuf>) -> 
                 }
                 let report = status::report(&shared);
                 update_gauges(&shared, &report);
-                let mut summary = report.summary;
-                if let Some(error) = &last_reload_error {
-                    summary = format!("{summary}; {error}");
-                }
+                let summary = report.summary;
                 if summary != last_status {
                     systemd::status(&summary);
                     last_status = summary;
@@ -315,12 +309,16 @@ pub(crate) fn reload(
     match &result {
         Ok(settings) => {
             shared.set_settings(settings.clone());
+            shared.set_reload_error(None);
             refresh_covered(shared);
             tracing::info!("configuration reloaded");
         }
-        Err(errors) => tracing::error!(
-            "the new configuration is not valid; keeping the running one:\n{errors}"
-        ),
+        Err(errors) => {
+            shared.set_reload_error(Some(errors.to_string()));
+            tracing::error!(
+                "the new configuration is not valid; keeping the running one:\n{errors}"
+            );
+        }
     }
     let summary = status::report(shared).summary;
     systemd::ready(&summary);

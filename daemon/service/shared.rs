@@ -42,6 +42,8 @@ pub struct Shared {
     /// The I/O pressure a worker is waiting out, in percent.
     pressure: Mutex<Option<f64>>,
     moving: Mutex<HashMap<DiskId, MovingNow>>,
+    /// Why the last reload was refused, until a reload succeeds.
+    reload_error: Mutex<Option<String>>,
     /// Bytes moved since the local midnight it names (unix time).
     moved_today: Mutex<(i64, u64)>,
     pub metrics: Metrics,
@@ -70,6 +72,7 @@ impl Shared {
             pressure: Mutex::new(None),
             moving: Mutex::new(HashMap::new()),
             moved_today: Mutex::new((0, 0)),
+            reload_error: Mutex::new(None),
             metrics: Metrics::default(),
             wake: (Mutex::new(0), Condvar::new()),
         })
@@ -166,6 +169,14 @@ impl Shared {
             Some(now) => moving.insert(disk.clone(), now),
             None => moving.remove(disk),
         };
+    }
+
+    pub fn reload_error(&self) -> Option<String> {
+        lock(&self.reload_error).clone()
+    }
+
+    pub fn set_reload_error(&self, error: Option<String>) {
+        *lock(&self.reload_error) = error;
     }
 
     /// How long until the maintenance windows open: zero inside one (or

@@ -53,10 +53,15 @@ pub fn report(shared: &Shared) -> StatusReport {
         (Pause::Running, None, Some(m)) => ("moving", moving_line(m, moving.len())),
         (Pause::Running, None, None) => ("idle", idle_line(next_crawl)),
     };
-    let summary = format!(
+    let mut summary = format!(
         "{headline}, {queued} queued, {} moved today",
         Size(moved_today)
     );
+    if shared.reload_error().is_some() {
+        summary.push_str(
+            "; the last reload failed (see the log); running on the previous configuration",
+        );
+    }
     StatusReport {
         state: state.to_string(),
         summary,
@@ -114,11 +119,18 @@ fn idle_line(next_crawl: Option<i64>) -> String {
     }
 }
 
-/// "4m", "2h 5m", "45s": rounded to what a person needs.
+/// "4m", "2h 5m", "45s", "1d 3h": rounded to what a person needs.
 pub fn human_duration(d: Duration) -> String {
     let secs = d.as_secs();
-    let rounded = if secs >= 3600 { secs / 60 * 60 } else { secs };
-    humantime::format_duration(Duration::from_secs(rounded)).to_string()
+    let rounded = match secs {
+        86_400.. => secs / 3600 * 3600,
+        3600.. => secs / 60 * 60,
+        _ => secs,
+    };
+    humantime::format_duration(Duration::from_secs(rounded))
+        .to_string()
+        .replace("day", "d")
+        .replace("ds", "d")
 }
 
 #[cfg(test)]
@@ -130,6 +142,11 @@ mod tests {
         assert_eq!(human_duration(Duration::from_secs(240)), "4m");
         assert_eq!(human_duration(Duration::from_secs(7_530)), "2h 5m");
         assert_eq!(human_duration(Duration::from_secs(45)), "45s");
+        assert_eq!(
+            human_duration(Duration::from_secs(86_400 + 3 * 3600 + 59)),
+            "1d 3h"
+        );
+        assert_eq!(human_duration(Duration::from_secs(2 * 86_400)), "2d");
     }
 
     #[test]
