@@ -48,9 +48,9 @@ const DEFRAGCTL: &str = env!("CARGO_BIN_EXE_defragctl");
 /// The longest any systemctl, systemd-analyze or defragctl call may take.
 const CALL_LIMIT: Duration = Duration::from_secs(60);
 
-/// The tests that boot a manager take turns: a manager's mount namespace
-/// holds a copy of every mount made before it started, which would keep
-/// the other test's image busy after its unmount.
+/// The tests that boot a manager take turns, so that each manager sees only
+/// its own test's image mounted (the namespaces are slaves of the host's,
+/// so an unmount reaches them, but a mount made by the other test would too).
 static SERIAL: Mutex<()> = Mutex::new(());
 
 fn serial() -> MutexGuard<'static, ()> {
@@ -111,7 +111,7 @@ fn installed_unit(conf_dir: &Path) -> String {
 /// /run/systemd/systemd-units-load, which belongs to the host's PID 1.
 fn systemd_analyze(args: &[&Path], dir: &Path, env: &[(&str, &Path)]) -> Output {
     let mut cmd = Command::new("unshare");
-    cmd.args(["--mount", "--propagation", "private", "/bin/sh", "-c"])
+    cmd.args(["--mount", "--propagation", "slave", "/bin/sh", "-c"])
         .arg("mount -t tmpfs -o mode=755 defragd-test-analyze /run/systemd && exec systemd-analyze \"$@\"")
         .arg("sh")
         .args(args)
@@ -529,7 +529,7 @@ impl UserManager {
         fs::write(
             &script,
             format!(
-                "# Run as: unshare --mount --propagation private /bin/sh boot.sh CGROUP...\n\
+                "# Run as: unshare --mount --propagation slave /bin/sh boot.sh CGROUP...\n\
                  set -e\n\
                  mount -t tmpfs -o mode=755 defragd-test-run-systemd /run/systemd\n\
                  # \"Booted with systemd\", PID 1's inaccessible nodes, and a\n\
@@ -548,7 +548,10 @@ impl UserManager {
         let out = fs::File::create(base.join("manager.out")).expect("create manager.out");
         let err = out.try_clone().expect("dup manager.out");
         let child = Command::new("unshare")
-            .args(["--mount", "--propagation", "private", "/bin/sh"])
+            // slave, not private: unmounts on the host reach the manager's
+            // namespace, so it never keeps another test's filesystem
+            // mounted; its own mounts stay inside.
+            .args(["--mount", "--propagation", "slave", "/bin/sh"])
             .arg(&script)
             .args(&me.cgroups)
             .env_clear()
