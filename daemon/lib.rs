@@ -2,6 +2,7 @@ pub mod assess;
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod convert;
 pub mod crawl_cursor;
 pub mod ext4;
 pub mod inspect;

@@ -30,6 +30,9 @@ pub struct MoveOptions {
     pub dry_run: bool,
     /// Leave files written more recently than this alone.
     pub quiet_period: Option<std::time::Duration>,
+    /// Convert block-mapped files to extents first (not crash-safe; off by
+    /// default).
+    pub convert_block_mapped: bool,
 }
 
 impl Default for MoveOptions {
@@ -39,6 +42,7 @@ impl Default for MoveOptions {
             reserve_percent: DEFAULT_RESERVE_PERCENT,
             dry_run: false,
             quiet_period: None,
+            convert_block_mapped: false,
         }
     }
 }
@@ -69,6 +73,12 @@ pub trait Supervisor {
     fn before_chunk(&mut self, bytes: u64) -> Control;
     /// Called after each chunk.
     fn after_chunk(&mut self, progress: &Progress);
+    /// Called right before a block-mapped file is converted to extents.
+    /// The kernel's conversion is not crash-safe: the service records it
+    /// durably here, so that after a crash it can name the file.
+    fn converting(&mut self, _file: &crate::convert::Converting<'_>) {}
+    /// Called once the conversion is over (done or refused).
+    fn converted(&mut self) {}
 }
 
 /// Defragments `target`, starting at logical block `resume_at` (0 for a
@@ -96,6 +106,15 @@ pub fn defragment(
             }
         }
     };
+    if options.convert_block_mapped && !inspected.flags.extent_mapped() {
+        return crate::convert::convert_then_defragment(
+            target,
+            inspected,
+            filesystems,
+            options,
+            supervisor,
+        );
+    }
     let before = inspected.assessment;
     let prepared = match prepare(target, &inspected, options, resume_at) {
         Ok(prepared) => prepared,
@@ -488,6 +507,7 @@ fn run(
         before,
         after,
         bytes_moved: moved_bytes,
+        converted: false,
     })
 }
 

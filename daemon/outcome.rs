@@ -23,10 +23,16 @@ pub enum SkipReason {
     #[error("is already contiguous ({extents} extents, ideal {ideal}); nothing to gain")]
     AlreadyContiguous { extents: u64, ideal: u64 },
     #[error(
-        "is block-mapped (an ext3-era file): MOVE_EXT needs extents; it needs converting to \
-         extents first (the convert_block_mapped setting, once available)"
+        "is block-mapped (an ext3-era file): MOVE_EXT needs extents; converting it first is \
+         off by default because the kernel's conversion is not crash-safe: enable \
+         policy.convert_block_mapped (defragd defrag --convert-block-mapped) to convert it"
     )]
     BlockMapped,
+    #[error(
+        "is block-mapped and the filesystem has no extent feature: enable it with \
+         `tune2fs -O extents` (unmounted) before block-mapped files can be converted"
+    )]
+    NoExtentFeature,
     #[error("keeps its data inline in the inode; there are no blocks to move")]
     InlineData,
     #[error("is immutable (chattr +i); clear the flag with `chattr -i` to defragment it")]
@@ -78,6 +84,7 @@ impl SkipReason {
             SkipReason::TooSmall { .. } => "too_small",
             SkipReason::AlreadyContiguous { .. } => "already_contiguous",
             SkipReason::BlockMapped => "block_mapped",
+            SkipReason::NoExtentFeature => "no_extent_feature",
             SkipReason::InlineData => "inline_data",
             SkipReason::Immutable => "immutable",
             SkipReason::AppendOnly => "append_only",
@@ -145,6 +152,8 @@ pub struct Moved {
     pub before: Assessment,
     pub after: Assessment,
     pub bytes_moved: u64,
+    /// The file was block-mapped and converted to extents first.
+    pub converted: bool,
 }
 
 /// What happened to one file.
@@ -168,13 +177,22 @@ pub enum Outcome {
         next_block: u64,
         bytes_moved: u64,
     },
+    /// Converted to extents, but then not defragmented, for `reason`.
+    Converted {
+        before: Assessment,
+        reason: String,
+    },
 }
 
 impl Outcome {
     /// The word a report starts with.
     pub fn word(&self) -> &'static str {
         match self {
+            Outcome::Defragmented(Moved {
+                converted: true, ..
+            }) => "converted_and_defragmented",
             Outcome::Defragmented(_) => "defragmented",
+            Outcome::Converted { .. } => "converted",
             Outcome::WouldDefragment(_) => "would_defragment",
             Outcome::Skipped { .. } => "skipped",
             Outcome::Failed { .. } => "failed",
@@ -215,6 +233,7 @@ mod tests {
                 ideal: 1,
             },
             SkipReason::BlockMapped,
+            SkipReason::NoExtentFeature,
             SkipReason::InlineData,
             SkipReason::Immutable,
             SkipReason::AppendOnly,

@@ -38,9 +38,18 @@ struct Total {
     e4defrag_score: f64,
 }
 
+/// Per filesystem: how many files, how many still block-mapped.
+#[derive(Debug, Default, Serialize)]
+struct PerFilesystem {
+    mount_point: PathBuf,
+    files: u64,
+    block_mapped: u64,
+}
+
 #[derive(Debug, Serialize)]
 struct Report {
     files: Vec<FileReport>,
+    filesystems: Vec<PerFilesystem>,
     total: Total,
 }
 
@@ -54,6 +63,7 @@ pub fn run(args: &CheckArgs) -> ExitCode {
     let mut files = Vec::new();
     let mut e4defrag = E4defragScore::default();
     let mut errors = 0u64;
+    let mut per_fs: std::collections::BTreeMap<PathBuf, PerFilesystem> = Default::default();
     for root in &args.paths {
         let walked = walk(root, depth, &mut |found| match found {
             Found::Refused { path, reason } => eprintln!("{}: {reason}", path.display()),
@@ -77,6 +87,14 @@ pub fn run(args: &CheckArgs) -> ExitCode {
                         score: a.score,
                         block_mapped: !file.flags.extent_mapped(),
                     });
+                    let fs = per_fs
+                        .entry(file.fs.mount_point.clone())
+                        .or_insert_with(|| PerFilesystem {
+                            mount_point: file.fs.mount_point.clone(),
+                            ..PerFilesystem::default()
+                        });
+                    fs.files += 1;
+                    fs.block_mapped += u64::from(!file.flags.extent_mapped());
                 }
                 // Explicitly named files get a word; in a tree, what is
                 // not a measurable file is passed over, as e4defrag does.
@@ -111,7 +129,11 @@ pub fn run(args: &CheckArgs) -> ExitCode {
         block_mapped: files.iter().filter(|f| f.block_mapped).count() as u64,
         e4defrag_score: (e4defrag.score() * 10.0).round() / 10.0,
     };
-    let report = Report { files, total };
+    let report = Report {
+        files,
+        filesystems: per_fs.into_values().collect(),
+        total,
+    };
     if args.json {
         match serde_json::to_string_pretty(&report) {
             Ok(text) => println!("{text}"),
@@ -184,6 +206,14 @@ fn print_human(report: &Report, args: &CheckArgs) {
             String::new()
         }
     );
+    for fs in report.filesystems.iter().filter(|fs| fs.block_mapped > 0) {
+        println!(
+            "{}: {} of {} files block-mapped (MOVE_EXT cannot move them; see policy.convert_block_mapped)",
+            fs.mount_point.display(),
+            fs.block_mapped,
+            fs.files
+        );
+    }
     println!(
         "e4defrag fragmentation score: {:.0} [0-30 no problem: 31-55 a little bit fragmented: 56- needs defrag]",
         t.e4defrag_score

@@ -38,6 +38,8 @@ struct FileReport {
 #[derive(Debug, Default, Serialize)]
 struct Summary {
     defragmented: u64,
+    /// Converted to extents (not crash-safe), whether defragmented or not.
+    converted: u64,
     would_defragment: u64,
     skipped: u64,
     failed: u64,
@@ -89,6 +91,7 @@ pub fn run(args: &DefragArgs) -> ExitCode {
         reserve_percent: args.reserve_percent,
         dry_run: args.dry_run,
         quiet_period: None,
+        convert_block_mapped: args.convert_block_mapped,
     };
     let show_bar = !args.json && std::io::stderr().is_terminal();
     let mut supervisor = OneShot {
@@ -238,6 +241,12 @@ fn file_report(path: PathBuf, outcome: &Outcome, elapsed: Duration) -> FileRepor
             report.bytes_moved = *bytes_moved;
             Some(*before)
         }
+        Outcome::Converted { before, reason } => {
+            report.reason = Some(format!(
+                "converted to extents, but not defragmented: it {reason}"
+            ));
+            Some(*before)
+        }
     };
     if let Some(before) = before {
         report.size_bytes = before.size_bytes;
@@ -260,6 +269,11 @@ fn human_line(r: &FileReport) -> String {
             Size(r.size_bytes),
             r.elapsed_s
         ),
+        "converted_and_defragmented" => format!(
+            "converted and defragmented  {path}  {}  {extents}  in {:.1} s",
+            Size(r.size_bytes),
+            r.elapsed_s
+        ),
         "would_defragment" => format!(
             "would defragment  {path}  {}  {extents}",
             Size(r.size_bytes)
@@ -271,12 +285,14 @@ fn human_line(r: &FileReport) -> String {
 fn tally(summary: &mut Summary, file: &FileReport) {
     summary.bytes_moved += file.bytes_moved;
     match file.outcome {
-        "defragmented" => {
+        "defragmented" | "converted_and_defragmented" => {
             summary.defragmented += 1;
+            summary.converted += u64::from(file.outcome == "converted_and_defragmented");
             summary.extents_before += file.extents_before.unwrap_or(0);
             summary.extents_after += file.extents_after.unwrap_or(0);
         }
         "would_defragment" => summary.would_defragment += 1,
+        "converted" => summary.converted += 1,
         "skipped" => {
             summary.skipped += 1;
             *summary
@@ -298,6 +314,9 @@ fn print_summary(s: &Summary) {
     );
     if s.would_defragment > 0 {
         line.push_str(&format!("{} would be defragmented, ", s.would_defragment));
+    }
+    if s.converted > 0 {
+        line.push_str(&format!("{} converted to extents, ", s.converted));
     }
     line.push_str(&format!(
         "{} skipped, {} failed in {:.1} s",

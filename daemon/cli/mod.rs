@@ -124,6 +124,12 @@ pub struct DefragArgs {
     /// would eat into it.
     #[arg(long, default_value_t = crate::mover::DEFAULT_RESERVE_PERCENT, value_parser = parse_percent)]
     pub reserve_percent: f64,
+    /// Convert block-mapped (ext3-era) files to extents first, then
+    /// defragment them. The kernel's conversion is NOT crash-safe: a crash
+    /// in the middle can leave an inode that e2fsck must reclaim (the data
+    /// is kept). Files open for writing are never converted.
+    #[arg(long)]
+    pub convert_block_mapped: bool,
     /// Files or directories (directories are walked recursively).
     #[arg(required = true)]
     pub paths: Vec<PathBuf>,

@@ -173,6 +173,7 @@ pub struct PolicyFragment {
     pub min_score: Option<Raw>,
     pub exclude: Option<Raw>,
     pub reserve_percent: Option<Raw>,
+    pub convert_block_mapped: Option<Raw>,
 }
 
 #[derive(Debug, Default, PartialEq, serde::Deserialize)]
@@ -526,6 +527,20 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(fragment.filesystem.unwrap().len(), 1);
+
+        // "true" and "false" in any case are booleans; anything else is left
+        // as written, for `validate` to refuse.
+        for (value, raw) in [
+            ("true", Raw::Bool(true)),
+            ("FALSE", Raw::Bool(false)),
+            ("yes", Raw::Str("yes".into())),
+            ("1", Raw::Int(1)),
+        ] {
+            let fragment = from_env("DEFRAGD__POLICY__CONVERT_BLOCK_MAPPED", value)
+                .unwrap()
+                .unwrap();
+            assert_eq!(fragment.policy.unwrap().convert_block_mapped, Some(raw));
+        }
     }
 
     #[test]

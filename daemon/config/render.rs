@@ -45,6 +45,7 @@ struct PolicyView<'a> {
     min_score: f64,
     exclude: &'a [String],
     reserve_percent: f64,
+    convert_block_mapped: bool,
 }
 
 #[derive(Serialize)]
@@ -110,6 +111,7 @@ impl Settings {
                 min_score: self.policy.min_score,
                 exclude: &self.policy.exclude,
                 reserve_percent: self.policy.reserve_percent,
+                convert_block_mapped: self.policy.convert_block_mapped,
             },
             crawl: CrawlView {
                 interval: format_duration(self.crawl.interval),
@@ -168,6 +170,7 @@ impl Settings {
             format!("min_score = {}", number(v.policy.min_score)),
             format!("exclude = {}", array(v.policy.exclude)),
             format!("reserve_percent = {}", number(v.policy.reserve_percent)),
+            format!("convert_block_mapped = {}", v.policy.convert_block_mapped),
             String::new(),
             "[crawl]".into(),
             format!("interval = {}", quote(&v.crawl.interval)),
@@ -237,6 +240,7 @@ mod tests {
             "min_size = \"1MiB\"",
             "min_score = 10",
             "exclude = []",
+            "convert_block_mapped = false",
             "interval = \"24h\"",
             "max_watches = 65536",
             "log_level = \"info\"",
@@ -257,6 +261,7 @@ mod tests {
         assert_eq!(json["throttle"]["max_mib_per_s"], 64);
         assert_eq!(json["throttle"]["windows"], serde_json::json!([]));
         assert_eq!(json["policy"]["min_size"], "1MiB");
+        assert_eq!(json["policy"]["convert_block_mapped"], false);
         assert_eq!(json["crawl"]["interval"], "24h");
         assert_eq!(json["filesystem"], serde_json::json!([]));
         assert_eq!(json["control"]["socket"], "/run/defragd/control.sock");

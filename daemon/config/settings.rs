@@ -176,6 +176,12 @@ pub struct PolicySettings {
     excluded: GlobSet,
     /// Share of each filesystem (0..=90) that must stay free.
     pub reserve_percent: f64,
+    /// Whether a block-mapped file (written before the filesystem was
+    /// converted from ext3), which MOVE_EXT cannot move, is converted to
+    /// extents with EXT4_IOC_MIGRATE and then defragmented, in one job.
+    /// The kernel's conversion is not crash-safe (a crash during it can
+    /// leave an inode for `e2fsck` to reclaim), so it is off by default.
+    pub convert_block_mapped: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -281,6 +287,7 @@ impl Default for PolicySettings {
             exclude: Vec::new(),
             excluded: GlobSet::empty(),
             reserve_percent: 5.0,
+            convert_block_mapped: false,
         }
     }
 }
@@ -328,6 +335,7 @@ impl PartialEq for PolicySettings {
             && self.min_score == other.min_score
             && self.exclude == other.exclude
             && self.reserve_percent == other.reserve_percent
+            && self.convert_block_mapped == other.convert_block_mapped
     }
 }
 
@@ -421,6 +429,7 @@ mod tests {
         assert_eq!(s.policy.min_score, 10.0);
         assert!(s.policy.exclude.is_empty());
         assert_eq!(s.policy.reserve_percent, 5.0);
+        assert!(!s.policy.convert_block_mapped);
         assert_eq!(s.crawl.interval, Duration::from_secs(86_400));
         assert_eq!(s.crawl.files_per_second.get(), 500);
         assert_eq!(s.watch.max_watches.get(), 65_536);

@@ -272,6 +272,7 @@ fn rendered_settings_load_back_the_same() {
         min_score = 0.1
         exclude = ["/srv/{a,b}/**", "*.tmp", "ta\tb"]
         reserve_percent = 0
+        convert_block_mapped = true
         [crawl]
         interval = "7d"
         files_per_second = 3
@@ -454,6 +455,92 @@ fn a_drop_in_can_turn_group_and_metrics_back_off() {
 }
 
 #[test]
+fn convert_block_mapped_is_off_unless_set_to_true() {
+    let dir = ConfigDir::new(Some(SHIPPED));
+    assert!(!dir.load(&[]).unwrap().policy.convert_block_mapped);
+    let drop_in = dir.drop_in("50-convert.toml", "[policy]\nconvert_block_mapped = true\n");
+    let settings = dir.load(&[]).unwrap();
+    assert!(settings.policy.convert_block_mapped);
+    // A later source turns it back off.
+    fs::write(&drop_in, "[policy]\nconvert_block_mapped = false\n").unwrap();
+    assert_eq!(dir.load(&[]).unwrap(), Settings::default());
+}
+
+#[test]
+fn convert_block_mapped_takes_only_true_or_false() {
+    let dir = ConfigDir::new(Some(SHIPPED));
+    let drop_in = dir.drop_in(
+        "50-convert.toml",
+        "[policy]\nconvert_block_mapped = \"yes\"\n",
+    );
+    let main = ConfigDir::new(Some("[policy]\nconvert_block_mapped = 1\n"));
+    assert_eq!(
+        main.errors(&[]),
+        [format!(
+            "{}: policy.convert_block_mapped = 1: must be true or false",
+            main.main().display()
+        )]
+    );
+    for value in ["\"true\"", "\"on\"", "0", "[true]"] {
+        fs::write(
+            &drop_in,
+            format!("[policy]\nconvert_block_mapped = {value}\n"),
+        )
+        .unwrap();
+        assert_eq!(
+            dir.errors(&[]),
+            [format!(
+                "{}: policy.convert_block_mapped = {value}: must be true or false",
+                drop_in.display()
+            )]
+        );
+    }
+    fs::remove_file(&drop_in).unwrap();
+    for (value, shown) in [("yes", "\"yes\""), ("1", "1"), ("on", "\"on\"")] {
+        assert_eq!(
+            dir.errors(&[("DEFRAGD__POLICY__CONVERT_BLOCK_MAPPED", value)]),
+            [format!(
+                "environment variable DEFRAGD__POLICY__CONVERT_BLOCK_MAPPED: \
+                 policy.convert_block_mapped = {shown}: must be true or false"
+            )]
+        );
+    }
+}
+
+#[test]
+fn the_environment_sets_convert_block_mapped() {
+    let dir = ConfigDir::new(Some(SHIPPED));
+    let settings = dir
+        .load(&[("DEFRAGD__POLICY__CONVERT_BLOCK_MAPPED", "true")])
+        .unwrap();
+    assert!(settings.policy.convert_block_mapped);
+    // And off again over a file that turns it on.
+    dir.drop_in("50-convert.toml", "[policy]\nconvert_block_mapped = true\n");
+    let settings = dir
+        .load(&[("DEFRAGD__POLICY__CONVERT_BLOCK_MAPPED", "false")])
+        .unwrap();
+    assert!(!settings.policy.convert_block_mapped);
+}
+
+#[test]
+fn convert_block_mapped_renders_and_loads_back() {
+    for on in [false, true] {
+        let dir = ConfigDir::new(Some(&format!("[policy]\nconvert_block_mapped = {on}\n")));
+        let settings = dir.load(&[]).unwrap();
+        assert_eq!(settings.policy.convert_block_mapped, on);
+        let rendered = settings.render();
+        assert!(
+            rendered.contains(&format!("\nconvert_block_mapped = {on}\n")),
+            "{rendered}"
+        );
+        let again = ConfigDir::new(Some(&rendered));
+        assert_eq!(again.load(&[]).unwrap(), settings, "{rendered}");
+        let json = serde_json::to_value(&settings).unwrap();
+        assert_eq!(json["policy"]["convert_block_mapped"], on);
+    }
+}
+
+#[test]
 fn load_reads_the_process_environment() {
     // No test sets DEFRAGD__* variables in this process, so this is the
     // file alone.
@@ -579,6 +666,7 @@ fn random_keys_and_values_never_panic() {
         "policy.min_score",
         "policy.exclude",
         "policy.reserve_percent",
+        "policy.convert_block_mapped",
         "crawl.interval",
         "crawl.files_per_second",
         "watch.max_watches",
@@ -604,6 +692,9 @@ fn random_keys_and_values_never_panic() {
         "-inf",
         "1e308",
         "true",
+        "false",
+        "\"true\"",
+        "\"yes\"",
         "\"\"",
         "\"/\"",
         "\"/srv\"",

@@ -119,6 +119,10 @@ fn policy(settings: &mut PolicySettings, f: PolicyFragment, check: &mut Check) {
     if let Some(reserve) = reserve {
         settings.reserve_percent = reserve;
     }
+    let key = "policy.convert_block_mapped";
+    if let Some(convert) = check.boolean(key, f.convert_block_mapped) {
+        settings.convert_block_mapped = convert;
+    }
 }
 
 fn crawl(settings: &mut CrawlSettings, f: CrawlFragment, check: &mut Check) {
@@ -208,6 +212,16 @@ impl Check<'_> {
                     format!("must be a whole number from {min} to {max}")
                 }
             })
+        })
+    }
+
+    /// Only a TOML boolean: a quoted "true", "yes" or 1 is refused rather
+    /// than guessed at. (In the environment, "true" and "false" are read as
+    /// booleans before they get here.)
+    fn boolean(&mut self, key: &str, raw: Option<Raw>) -> Option<bool> {
+        self.value(key, raw, |raw| match raw {
+            Raw::Bool(b) => Ok(*b),
+            _ => Err("must be true or false".into()),
         })
     }
 
@@ -579,6 +593,7 @@ mod tests {
             min_score = 12.5
             exclude = ["/srv/scratch/**", "*.tmp"]
             reserve_percent = 90
+            convert_block_mapped = true
             [crawl]
             interval = "1m"
             files_per_second = 1000000
@@ -626,6 +641,7 @@ mod tests {
         assert_eq!(s.policy.exclude, ["/srv/scratch/**", "*.tmp"]);
         assert!(s.policy.is_excluded(Path::new("/srv/scratch/x")));
         assert_eq!(s.policy.reserve_percent, 90.0);
+        assert!(s.policy.convert_block_mapped);
         assert_eq!(s.crawl.interval, MINUTE);
         assert_eq!(s.crawl.files_per_second.get(), 1_000_000);
         assert_eq!(s.watch.max_watches.get(), 1);
@@ -655,6 +671,7 @@ mod tests {
             min_score = "high"
             exclude = ["srv/*.log", "/a/[", 7]
             reserve_percent = 95
+            convert_block_mapped = "yes"
             [crawl]
             interval = "30s"
             files_per_second = 1000001
@@ -689,6 +706,7 @@ mod tests {
                 format!("{f}: policy.exclude[1] = \"/a/[\": must be a valid glob pattern (unclosed character class; missing ']')"),
                 format!("{f}: policy.exclude[2] = 7: must be a quoted glob pattern, like \"*.tmp\""),
                 format!("{f}: policy.reserve_percent = 95: must be a number from 0 to 90"),
+                format!("{f}: policy.convert_block_mapped = \"yes\": must be true or false"),
                 format!("{f}: crawl.interval = \"30s\": must be a duration from 1m to 30d, like \"30s\", \"15m\" or \"2h\""),
                 format!("{f}: crawl.files_per_second = 1000001: must be a whole number from 1 to 1000000"),
                 format!("{f}: watch.max_watches = true: must be a whole number from 1 to 1000000"),

@@ -39,6 +39,10 @@ pub enum Error {
     ReadOnly,
     #[error("I/O error (EIO): the disk failed or the filesystem was shut down; check `dmesg` and run `e2fsck` at the next maintenance window")]
     Io,
+    #[error("the kernel cannot convert this file to extents (EINVAL): the filesystem lacks the extent feature, or the file has inline data")]
+    CannotConvert,
+    #[error("the file is open for writing by another process; it is converted only when nobody writes it")]
+    OpenForWriting,
     #[error("a symbolic link is in the way (ELOOP): defragd never follows symlinks")]
     Symlink,
     #[error("the path crosses into another mount (EXDEV): defragd stays on one filesystem")]

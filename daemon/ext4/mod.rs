@@ -3,6 +3,7 @@
 //! [`Error`] that says what it means; nothing above this module sees one.
 //! This module decides nothing: policy and sequencing live above it.
 
+mod convert;
 mod donor;
 mod error;
 mod fiemap;
@@ -14,6 +15,7 @@ mod open;
 mod pagecache;
 mod swap;
 
+pub use convert::{migrate_to_extents, take_read_lease, ReadLease};
 pub use donor::{allocate, create_donor, punch_hole};
 pub use error::{Call, Error, Result};
 pub use fiemap::{fiemap, Extent, ExtentFlags, Flush};

@@ -10,6 +10,7 @@ use crate::ext4;
 use crate::inspect::{inspect, Filesystems, Refusal, Settle, Target};
 use crate::mounts::Covered;
 use crate::mover::refuse_unmovable;
+use crate::outcome::SkipReason;
 use crate::policy::{self, Decision, Heat, Thresholds};
 use crate::store::{FileId, NewJob};
 
@@ -81,10 +82,13 @@ pub fn consider_file(
         Err(Refusal::Skip(reason)) => return Considered::Left(reason.to_string()),
         Err(Refusal::Fail(reason)) => return Considered::Failed(reason.to_string()),
     };
-    if let Err(reason) = refuse_unmovable(&inspected) {
-        return Considered::Left(reason.to_string());
-    }
     let settings = shared.settings();
+    match refuse_unmovable(&inspected) {
+        // Block-mapped files are converted first where the operator allows it.
+        Err(SkipReason::BlockMapped) if settings.policy.convert_block_mapped => {}
+        Err(reason) => return Considered::Left(reason.to_string()),
+        Ok(()) => {}
+    }
     let p = &settings.policy;
     let thresholds = Thresholds {
         min_size_bytes: p.min_size_bytes,

@@ -76,6 +76,7 @@ pub fn run(config_path: Option<&Path>) -> ExitCode {
         }
         Err(e) => tracing::warn!("cannot requeue interrupted jobs: {e}"),
     }
+    report_interrupted_conversions(&store);
     let shared = Shared::new(store, settings);
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -93,6 +94,32 @@ pub fn run(config_path: Option<&Path>) -> ExitCode {
     // it holds no move, so it is not waited for long.
     runtime.shutdown_timeout(Duration::from_millis(500));
     code
+}
+
+/// A conversion to extents that a crash interrupted may have left an inode
+/// for e2fsck to reclaim (the kernel's conversion is not crash-safe): say
+/// exactly which file and what to do, once.
+fn report_interrupted_conversions(store: &Store) {
+    let unfinished = match store.unfinished_conversions() {
+        Ok(unfinished) => unfinished,
+        Err(e) => {
+            tracing::warn!("cannot read the record of conversions: {e}");
+            return;
+        }
+    };
+    for conversion in unfinished {
+        tracing::error!(
+            "defragd was converting {} (inode {}) to extents when it stopped; the kernel's conversion is not \
+             crash-safe and may have left an inode for e2fsck to reclaim (the file's data is kept): run \
+             `e2fsck -f {}` at the next maintenance window, with the filesystem unmounted",
+            conversion.path.display(),
+            conversion.file.ino,
+            conversion.device.display()
+        );
+        if let Err(e) = store.finish_conversion(conversion.id) {
+            tracing::warn!("cannot mark the interrupted conversion as reported: {e}");
+        }
+    }
 }
 
 /// The threads the service runs, by what they serve.

@@ -8,11 +8,12 @@ use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::convert::Converting;
 use crate::inspect::Filesystems;
 use crate::mounts::{reopen_root, DiskId};
 use crate::mover::{defragment, Control, MoveOptions, Progress, Supervisor};
 use crate::outcome::{FailReason, Outcome, SkipReason};
-use crate::store::{Finished, HistoryOutcome, Job};
+use crate::store::{FileId, Finished, HistoryOutcome, Job};
 use crate::throttle::io_pressure_percent;
 
 use super::candidates::target_for;
@@ -122,10 +123,12 @@ fn run_job(shared: &Shared, disk: &DiskId, job: Job) {
         reserve_percent: settings.policy.reserve_percent,
         dry_run: false,
         quiet_period: Some(settings.policy.quiet_period),
+        convert_block_mapped: settings.policy.convert_block_mapped,
     };
     let mut filesystems = Filesystems::default();
     let mut supervisor = JobSupervisor {
         shared,
+        conversion: None,
         announced: false,
         job: &job,
         disk,
@@ -161,6 +164,8 @@ fn run_job(shared: &Shared, disk: &DiskId, job: Job) {
 /// Paces one job's chunks and saves its cursor after each.
 struct JobSupervisor<'a> {
     shared: &'a Shared,
+    /// The store's record of a conversion under way.
+    conversion: Option<i64>,
     /// Whether the start was logged (at the first chunk: only once every
     /// check passed is a move really under way).
     announced: bool,
@@ -221,6 +226,37 @@ impl Supervisor for JobSupervisor<'_> {
         }
     }
 
+    fn converting(&mut self, file: &Converting<'_>) {
+        tracing::warn!(
+            "converting {} to extents (EXT4_IOC_MIGRATE is not crash-safe; the conversion is recorded)",
+            file.path.display()
+        );
+        let id = FileId {
+            fs_uuid: self.job.file.fs_uuid.clone(),
+            ino: file.ino,
+            generation: file.generation,
+        };
+        match self
+            .shared
+            .store()
+            .begin_conversion(&id, file.path, file.device)
+        {
+            Ok(record) => self.conversion = Some(record),
+            Err(e) => tracing::error!(
+                "cannot record the conversion of {}: {e}",
+                file.path.display()
+            ),
+        }
+    }
+
+    fn converted(&mut self) {
+        if let Some(record) = self.conversion.take() {
+            if let Err(e) = self.shared.store().finish_conversion(record) {
+                tracing::error!("cannot record the end of a conversion: {e}");
+            }
+        }
+    }
+
     fn after_chunk(&mut self, progress: &Progress) {
         self.shared.add_moved(progress.chunk_bytes);
         // Shown as how far through the file the move is, resumed or not.
@@ -250,7 +286,12 @@ fn record(shared: &Shared, job: &Job, path: &std::path::Path, outcome: Outcome, 
     match outcome {
         Outcome::Defragmented(moved) => {
             tracing::info!(
-                "defragmented {}: extents {} -> {} ({} moved)",
+                "{} {}: extents {} -> {} ({} moved)",
+                if moved.converted {
+                    "converted and defragmented"
+                } else {
+                    "defragmented"
+                },
                 path.display(),
                 moved.before.extents,
                 moved.after.extents,
@@ -336,6 +377,22 @@ fn record(shared: &Shared, job: &Job, path: &std::path::Path, outcome: Outcome, 
                 );
                 retry(shared, job, &reason.to_string(), RETRY_AFTER_SECS);
             }
+        }
+        Outcome::Converted { reason, .. } => {
+            tracing::info!(
+                "converted {} to extents; not defragmented: it {reason}",
+                path.display()
+            );
+            let why = format!("converted to extents, but not defragmented: it {reason}");
+            finish(
+                shared,
+                job,
+                HistoryOutcome::Skipped,
+                Some("converted_only"),
+                Some(why),
+                None,
+                0,
+            );
         }
         Outcome::WouldDefragment(_) => retry(shared, job, "dry run", 0),
     }

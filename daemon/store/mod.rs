@@ -12,6 +12,7 @@
 //! which tests replace with `Store::with_clock`.
 
 mod codec;
+mod conversions;
 mod crawl;
 mod error;
 mod filesystems;
@@ -27,6 +28,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rusqlite::{Connection, Transaction, TransactionBehavior};
 use serde::Serialize;
 
+pub use conversions::Unfinished;
 pub use crawl::CrawlCursor;
 pub use error::StoreError;
 pub use filesystems::Filesystem;

@@ -6,7 +6,7 @@
 use rusqlite::{Connection, TransactionBehavior};
 
 /// Migration `i` takes the schema from version `i` to `i + 1`.
-pub(super) const MIGRATIONS: &[&str] = &[V1_INITIAL];
+pub(super) const MIGRATIONS: &[&str] = &[V1_INITIAL, V2_CONVERSIONS];
 
 /// The newest schema version this code understands.
 pub(super) const KNOWN_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -69,6 +69,22 @@ CREATE TABLE history (
     finished_at    INTEGER NOT NULL
 );
 CREATE INDEX history_by_finish ON history (finished_at);
+";
+
+/// Conversions of block-mapped files to extents (EXT4_IOC_MIGRATE), which
+/// the kernel does not make crash-safe: a row is written before the call
+/// and finished after it, so a crash in between names the file.
+const V2_CONVERSIONS: &str = "
+CREATE TABLE conversions (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    fs_uuid     TEXT NOT NULL,
+    ino         INTEGER NOT NULL,
+    generation  INTEGER NOT NULL,
+    path        BLOB NOT NULL,
+    device      BLOB NOT NULL,
+    started_at  INTEGER NOT NULL,
+    finished_at INTEGER
+);
 ";
 
 /// The schema version recorded in the file (0 for a new, empty one).

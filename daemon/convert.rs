@@ -1,0 +1,137 @@
+//! Converting a block-mapped (ext3-era) file to extents before moving it,
+//! when the operator asked for it. The kernel's EXT4_IOC_MIGRATE is not
+//! crash-safe (a crash in the middle can leave an inode for e2fsck to
+//! reclaim), so the conversion is opt-in, never done while anyone has the
+//! file open for writing (a read lease proves it and keeps writers out),
+//! never done on a file written within the quiet period, preceded by
+//! fdatasync, and announced to the supervisor before and after so the
+//! service can record it durably.
+
+use std::os::fd::AsFd;
+use std::path::Path;
+
+use crate::ext4;
+use crate::inspect::{Filesystems, Inspected, Target};
+use crate::mover::{defragment, refuse_unmovable, MoveOptions, Supervisor};
+use crate::outcome::{FailReason, Moved, Outcome, SkipReason};
+
+/// What is about to be converted, for the supervisor's record.
+#[derive(Debug, Clone, Copy)]
+pub struct Converting<'a> {
+    pub ino: u64,
+    pub generation: u32,
+    pub path: &'a Path,
+    /// The block device, where `e2fsck` would have to run after a crash.
+    pub device: &'a Path,
+}
+
+/// Converts the block-mapped file `inspected` to extents, then defragments
+/// it as usual; one outcome for both.
+pub fn convert_then_defragment(
+    target: &Target,
+    inspected: Inspected,
+    filesystems: &mut Filesystems,
+    options: &MoveOptions,
+    supervisor: &mut dyn Supervisor,
+) -> Outcome {
+    let before = inspected.assessment;
+    if let Err(reason) = convert(target, &inspected, options, supervisor) {
+        return match reason {
+            Refusal::Skip(reason) => Outcome::Skipped {
+                reason,
+                before: Some(before),
+            },
+            Refusal::Fail(reason) => Outcome::Failed {
+                reason,
+                before: Some(before),
+                bytes_moved: 0,
+            },
+        };
+    }
+    drop(inspected);
+    let extents_only = MoveOptions {
+        convert_block_mapped: false,
+        ..options.clone()
+    };
+    match defragment(target, filesystems, &extents_only, 0, supervisor) {
+        Outcome::Defragmented(moved) => Outcome::Defragmented(Moved {
+            before,
+            converted: true,
+            ..moved
+        }),
+        Outcome::Skipped { reason, .. } => Outcome::Converted {
+            before,
+            reason: reason.to_string(),
+        },
+        Outcome::Failed {
+            reason,
+            bytes_moved,
+            ..
+        } => Outcome::Failed {
+            reason,
+            before: Some(before),
+            bytes_moved,
+        },
+        other => other,
+    }
+}
+
+enum Refusal {
+    Skip(SkipReason),
+    Fail(FailReason),
+}
+
+fn convert(
+    target: &Target,
+    inspected: &Inspected,
+    options: &MoveOptions,
+    supervisor: &mut dyn Supervisor,
+) -> Result<(), Refusal> {
+    // Every other reason not to touch the file comes first.
+    match refuse_unmovable(inspected) {
+        Err(SkipReason::BlockMapped) => {}
+        Err(reason) => return Err(Refusal::Skip(reason)),
+        Ok(()) => return Ok(()),
+    }
+    if !inspected.fs.superblock.has_extents {
+        return Err(Refusal::Skip(SkipReason::NoExtentFeature));
+    }
+    if ext4::is_active_swapfile(inspected.dev, inspected.ino) {
+        return Err(Refusal::Skip(SkipReason::Swapfile));
+    }
+    if let Some(quiet) = options.quiet_period {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let ago_secs = now.saturating_sub(u64::try_from(inspected.mtime).unwrap_or(0));
+        if ago_secs < quiet.as_secs() {
+            return Err(Refusal::Skip(SkipReason::RecentlyWritten { ago_secs }));
+        }
+    }
+    if options.dry_run {
+        return Ok(());
+    }
+    let kernel = |e: ext4::Error| Refusal::Fail(FailReason::Kernel(e));
+    // Granted only if nobody has the file open for writing; a writer that
+    // comes while it is held waits for it.
+    let lease = ext4::take_read_lease(inspected.file.as_fd()).map_err(|e| match e {
+        ext4::Error::OpenForWriting => Refusal::Skip(SkipReason::Busy(
+            "it is open for writing by another process, so it is not converted to extents".into(),
+        )),
+        other => kernel(other),
+    })?;
+    ext4::sync_data(inspected.file.as_fd()).map_err(kernel)?;
+    supervisor.converting(&Converting {
+        ino: inspected.ino,
+        generation: inspected.generation,
+        path: &target.path,
+        device: &inspected.fs.device,
+    });
+    let result = ext4::migrate_to_extents(inspected.file.as_fd());
+    supervisor.converted();
+    drop(lease);
+    result.map_err(|e| match e {
+        ext4::Error::CannotConvert => Refusal::Skip(SkipReason::NoExtentFeature),
+        other => kernel(other),
+    })
+}
