@@ -65,6 +65,9 @@ pub struct Progress {
     pub next_block: u64,
     /// `next_block` in bytes: how far through the file the move is.
     pub offset_bytes: u64,
+    /// Everything before `next_block` is committed to disk: a cursor saved
+    /// now survives a power cut.
+    pub durable: bool,
 }
 
 /// Paces a move and may stop it between chunks (throttle, pause, shutdown).
@@ -431,6 +434,7 @@ fn run(
     let (file, donor) = (prepared.file.as_fd(), prepared.donor.as_fd());
     let mut cache = CacheKeeper::new(file, block_size);
     let mut moved_bytes = 0;
+    let mut since_checkpoint = 0u64;
     let failed = |reason: FailReason, moved_bytes| Outcome::Failed {
         reason,
         before: Some(before),
@@ -444,6 +448,10 @@ fn run(
         let bytes = chunk.len.get() * block_size;
         if supervisor.before_chunk(bytes) == Control::Stop {
             cache.finish_all();
+            // What was moved must be on disk before anyone resumes after it.
+            if let Err(e) = ext4::sync_all(file) {
+                return failed(FailReason::Kernel(e), moved_bytes);
+            }
             return Outcome::Interrupted {
                 before,
                 next_block: chunk.start,
@@ -453,7 +461,7 @@ fn run(
         if let Some(next) = chunks.get(index + 1) {
             cache.prepare(next);
         }
-        let result = ext4::move_extents(file, donor, chunk.start, chunk.len);
+        let result = move_chunk(file, donor, chunk, block_size);
         let moved_blocks = match &result {
             Ok(moved) => *moved,
             Err(failure) => failure.moved_blocks,
@@ -478,12 +486,24 @@ fn run(
             }
             Ok(_) => {}
         }
+        // A cursor is only worth saving once the moves before it are
+        // committed: a power cut reverts uncommitted moves, and a resume
+        // after a reverted cursor would skip blocks that are back in place.
+        since_checkpoint += bytes;
+        let last = index + 1 == chunks.len();
+        let durable = if since_checkpoint >= CHECKPOINT_BYTES || last {
+            since_checkpoint = 0;
+            ext4::sync_all(file).is_ok()
+        } else {
+            false
+        };
         supervisor.after_chunk(&Progress {
             chunk_bytes: moved_blocks * block_size,
             moved_bytes,
             total_bytes,
             next_block: chunk.end(),
             offset_bytes: chunk.end() * block_size,
+            durable,
         });
     }
     cache.finish_all();
@@ -509,6 +529,50 @@ fn run(
         bytes_moved: moved_bytes,
         converted: false,
     })
+}
+
+/// How much is moved between two commits of the file (fsync): the most a
+/// power cut can make a resumed job redo.
+const CHECKPOINT_BYTES: u64 = 64 << 20;
+/// How often a chunk is tried again when the kernel finds its pages busy
+/// (a writer's pages under writeback): the condition passes in milliseconds.
+const BUSY_RETRIES: u32 = 5;
+
+/// Moves one chunk; when the kernel answers EBUSY, writes the chunk back
+/// and tries the rest again, a few times, with a short backoff.
+fn move_chunk(
+    file: BorrowedFd<'_>,
+    donor: BorrowedFd<'_>,
+    chunk: &Chunk,
+    block_size: u64,
+) -> Result<u64, ext4::MoveFailed> {
+    let mut done = 0u64;
+    let mut attempt = 0;
+    loop {
+        let remaining = chunk.len.get() - done;
+        let Some(len) = std::num::NonZeroU64::new(remaining) else {
+            return Ok(done);
+        };
+        match ext4::move_extents(file, donor, chunk.start + done, len) {
+            Ok(moved) => return Ok(done + moved),
+            Err(failure) if failure.error == ext4::Error::Busy && attempt < BUSY_RETRIES => {
+                done += failure.moved_blocks.min(remaining);
+                attempt += 1;
+                let (offset, bytes) = (
+                    (chunk.start + done) * block_size,
+                    (chunk.len.get() - done) * block_size,
+                );
+                let _ = ext4::write_back(file, offset, bytes, Wait::Yes);
+                std::thread::sleep(std::time::Duration::from_millis(20 * u64::from(attempt)));
+            }
+            Err(failure) => {
+                return Err(ext4::MoveFailed {
+                    moved_blocks: done + failure.moved_blocks,
+                    error: failure.error,
+                })
+            }
+        }
+    }
 }
 
 /// The largest folio the page cache builds on x86-64 (a PMD): cache

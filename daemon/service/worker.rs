@@ -24,6 +24,8 @@ use super::unix_now;
 const IDLE: Duration = Duration::from_secs(30);
 /// How long a job waits after a failure before it is tried again.
 const RETRY_AFTER_SECS: i64 = 600;
+/// How long a job whose file was busy under a writer waits: it passes soon.
+const BUSY_RETRY_SECS: i64 = 30;
 /// Attempts before a failing job is given up.
 const MAX_ATTEMPTS: u32 = 5;
 /// How long a move waits in one go for I/O pressure to fall, before it
@@ -268,16 +270,20 @@ impl Supervisor for JobSupervisor<'_> {
                 total_bytes: self.job.size_bytes,
             }),
         );
-        if let Err(e) = self
-            .shared
-            .store()
-            .save_cursor(self.job.id, progress.next_block)
-        {
-            tracing::warn!(
-                "job {}: cannot save progress ({e}); a restart redoes more of it",
-                self.job.id
-            );
+        // Only a committed position is saved: after a power cut, moves past
+        // it may be undone, and a resume must redo them.
+        if progress.durable {
+            save_cursor(self.shared, self.job, progress.next_block);
         }
+    }
+}
+
+fn save_cursor(shared: &Shared, job: &Job, next_block: u64) {
+    if let Err(e) = shared.store().save_cursor(job.id, next_block) {
+        tracing::warn!(
+            "job {}: cannot save progress ({e}); a restart redoes more of it",
+            job.id
+        );
     }
 }
 
@@ -312,7 +318,19 @@ fn record(shared: &Shared, job: &Job, path: &std::path::Path, outcome: Outcome, 
                 "job {id} {} stopped at block {next_block}; it continues later",
                 path.display()
             );
+            // The mover committed the file before stopping.
+            save_cursor(shared, job, next_block);
             retry(shared, job, "interrupted", 0);
+        }
+        Outcome::Failed {
+            reason: FailReason::Kernel(crate::ext4::Error::Busy),
+            ..
+        } => {
+            tracing::info!(
+                "{} is busy under a writer; trying again in {BUSY_RETRY_SECS} s",
+                path.display()
+            );
+            retry(shared, job, "busy", BUSY_RETRY_SECS);
         }
         Outcome::Skipped {
             reason: SkipReason::RecentlyWritten { ago_secs },
