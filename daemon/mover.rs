@@ -536,7 +536,7 @@ fn run(
 const CHECKPOINT_BYTES: u64 = 64 << 20;
 /// How often a chunk is tried again when the kernel finds its pages busy
 /// (a writer's pages under writeback): the condition passes in milliseconds.
-const BUSY_RETRIES: u32 = 5;
+const BUSY_RETRIES: u32 = 20;
 
 /// Moves one chunk; when the kernel answers EBUSY, writes the chunk back
 /// and tries the rest again, a few times, with a short backoff.
@@ -563,7 +563,7 @@ fn move_chunk(
                     (chunk.len.get() - done) * block_size,
                 );
                 let _ = ext4::write_back(file, offset, bytes, Wait::Yes);
-                std::thread::sleep(std::time::Duration::from_millis(20 * u64::from(attempt)));
+                std::thread::sleep(std::time::Duration::from_millis((20 * u64::from(attempt)).min(200)));
             }
             Err(failure) => {
                 return Err(ext4::MoveFailed {

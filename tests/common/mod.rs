@@ -12,6 +12,7 @@
 
 mod cmd;
 mod defragd;
+mod faults;
 mod fixture;
 mod image;
 mod judge;
@@ -19,7 +20,7 @@ mod service;
 
 // Not every test binary uses every part.
 #[allow(unused_imports)]
-pub use {cmd::*, defragd::*, fixture::*, image::*, judge::*, service::*};
+pub use {cmd::*, defragd::*, faults::*, fixture::*, image::*, judge::*, service::*};
 
 pub const KIB: u64 = 1024;
 pub const MIB: u64 = 1024 * 1024;
