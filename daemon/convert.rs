@@ -127,8 +127,15 @@ fn convert(
         path: &target.path,
         device: &inspected.fs.device,
     });
-    let result = ext4::migrate_to_extents(inspected.file.as_fd());
-    supervisor.converted();
+    // The kernel spreads a conversion over several journal transactions:
+    // it is over only once the whole filesystem is committed. Until then
+    // (and after any failure but a clean refusal) the record stays open,
+    // so that a crash is reported after the restart.
+    let result = ext4::migrate_to_extents(inspected.file.as_fd())
+        .and_then(|()| ext4::sync_filesystem(inspected.file.as_fd()));
+    if matches!(result, Ok(()) | Err(ext4::Error::CannotConvert)) {
+        supervisor.converted();
+    }
     drop(lease);
     result.map_err(|e| match e {
         ext4::Error::CannotConvert => Refusal::Skip(SkipReason::NoExtentFeature),

@@ -563,7 +563,9 @@ fn move_chunk(
                     (chunk.len.get() - done) * block_size,
                 );
                 let _ = ext4::write_back(file, offset, bytes, Wait::Yes);
-                std::thread::sleep(std::time::Duration::from_millis((20 * u64::from(attempt)).min(200)));
+                std::thread::sleep(std::time::Duration::from_millis(
+                    (20 * u64::from(attempt)).min(200),
+                ));
             }
             Err(failure) => {
                 return Err(ext4::MoveFailed {

@@ -39,6 +39,13 @@ pub fn sync_all(fd: std::os::fd::BorrowedFd<'_>) -> Result<()> {
     nix::unistd::fsync(fd).map_err(|errno| Error::of("fsync", errno))
 }
 
+/// syncfs(2): commits the whole filesystem, so that work the kernel split
+/// over several journal transactions (a conversion to extents) is all on
+/// disk.
+pub fn sync_filesystem(fd: std::os::fd::BorrowedFd<'_>) -> Result<()> {
+    nix::unistd::syncfs(fd).map_err(|errno| Error::of("syncfs", errno))
+}
+
 /// fstat(2) of an open file.
 pub fn stat(fd: std::os::fd::BorrowedFd<'_>) -> Result<nix::sys::stat::FileStat> {
     nix::sys::stat::fstat(fd).map_err(|errno| Error::of("fstat", errno))
