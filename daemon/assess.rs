@@ -54,7 +54,8 @@ impl ExtentMap {
     pub fn from_fiemap(raw: &[Extent], block_size: u64) -> Self {
         let mut problem = None;
         let mut extents = Vec::with_capacity(raw.len());
-        for e in raw {
+        // A zero-length extent maps nothing (ext4 never reports one).
+        for e in raw.iter().filter(|e| e.length > 0) {
             if e.flags.is_delalloc() {
                 problem = Some(MapProblem::DelayedAllocation);
             } else if e.flags.is_inline() {

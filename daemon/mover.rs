@@ -435,6 +435,7 @@ fn run(
     let mut cache = CacheKeeper::new(file, block_size);
     let mut moved_bytes = 0;
     let mut since_checkpoint = 0u64;
+    let mut last_checkpoint = std::time::Instant::now();
     let failed = |reason: FailReason, moved_bytes| Outcome::Failed {
         reason,
         before: Some(before),
@@ -491,8 +492,11 @@ fn run(
         // after a reverted cursor would skip blocks that are back in place.
         since_checkpoint += bytes;
         let last = index + 1 == chunks.len();
-        let durable = if since_checkpoint >= CHECKPOINT_BYTES || last {
+        let due =
+            since_checkpoint >= CHECKPOINT_BYTES || last_checkpoint.elapsed() >= CHECKPOINT_EVERY;
+        let durable = if due || last {
             since_checkpoint = 0;
+            last_checkpoint = std::time::Instant::now();
             ext4::sync_all(file).is_ok()
         } else {
             false
@@ -531,9 +535,11 @@ fn run(
     })
 }
 
-/// How much is moved between two commits of the file (fsync): the most a
-/// power cut can make a resumed job redo.
+/// The file is committed (fsync) after this much is moved, or this much
+/// time passed, whichever comes first: the most a crash can make a resumed
+/// job redo.
 const CHECKPOINT_BYTES: u64 = 64 << 20;
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 /// How often a chunk is tried again when the kernel finds its pages busy
 /// (a writer's pages under writeback): the condition passes in milliseconds.
 const BUSY_RETRIES: u32 = 20;

@@ -264,6 +264,11 @@ fn span(secs: i64) -> String {
 
 /// Unix seconds as RFC 3339 in UTC.
 fn timestamp(unix: i64) -> String {
+    // RFC 3339 stops at the year 9999 (humantime panics past it).
+    const LAST_RFC3339_SECOND: i64 = 253_402_300_799;
+    if !(0..=LAST_RFC3339_SECOND).contains(&unix) {
+        return format!("{unix} (unix time)");
+    }
     let at = UNIX_EPOCH + Duration::from_secs(u64::try_from(unix).unwrap_or(0));
     humantime::format_rfc3339_seconds(at).to_string()
 }

@@ -24,16 +24,14 @@ fn beneath() -> ResolveFlag {
     ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_NO_XDEV
 }
 
-/// Opens an operator-given directory (its path is trusted as typed; what
-/// lies below it is not).
+/// Opens an operator-given directory without following a symlink in any
+/// component: a user who can write a directory on the way could otherwise
+/// point it at another filesystem.
 pub fn open_dir(path: &Path) -> Result<OwnedFd> {
-    openat(
-        AT_FDCWD,
-        path,
-        OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|errno| Error::of("open directory", errno))
+    let how = OpenHow::new()
+        .flags(OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW)
+        .resolve(ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    openat2(AT_FDCWD, path, how).map_err(|errno| Error::of("open directory", errno))
 }
 
 /// Opens the directory `name` below `dir`: no symlink anywhere on the way,

@@ -24,6 +24,8 @@ use super::unix_now;
 const IDLE: Duration = Duration::from_secs(30);
 /// How long a job waits after a failure before it is tried again.
 const RETRY_AFTER_SECS: i64 = 600;
+/// How long a job waits when I/O pressure is above the limit at its start.
+const PRESSURE_RETRY_SECS: i64 = 10;
 /// How long a job whose file was busy under a writer waits: it passes soon.
 const BUSY_RETRY_SECS: i64 = 30;
 /// Attempts before a failing job is given up.
@@ -127,6 +129,16 @@ fn run_job(shared: &Shared, disk: &DiskId, job: Job) {
         quiet_period: Some(settings.policy.quiet_period),
         convert_block_mapped: settings.policy.convert_block_mapped,
     };
+    // Under I/O pressure, give the job back before a donor is allocated:
+    // allocating and freeing one per attempt fragments the free space that
+    // the next attempt needs.
+    if let Some(limit) = settings.throttle.pressure_pause_percent {
+        if let Some(pressure) = io_pressure_percent().filter(|p| *p > limit) {
+            shared.set_pressure(Some(pressure));
+            retry(shared, &job, "I/O pressure", PRESSURE_RETRY_SECS);
+            return;
+        }
+    }
     let mut filesystems = Filesystems::default();
     let mut supervisor = JobSupervisor {
         shared,

@@ -14,13 +14,14 @@ mod cmd;
 mod defragd;
 mod faults;
 mod fixture;
+mod hostile;
 mod image;
 mod judge;
 mod service;
 
 // Not every test binary uses every part.
 #[allow(unused_imports)]
-pub use {cmd::*, defragd::*, faults::*, fixture::*, image::*, judge::*, service::*};
+pub use {cmd::*, defragd::*, faults::*, fixture::*, hostile::*, image::*, judge::*, service::*};
 
 pub const KIB: u64 = 1024;
 pub const MIB: u64 = 1024 * 1024;
