@@ -1,5 +1,6 @@
-//! Pacing moves: a token bucket on bytes moved per second. Pure arithmetic
-//! over an injected clock, so it is tested without sleeping.
+//! Pacing moves: a token bucket on bytes moved per second, whose rate
+//! falls as I/O pressure rises. The arithmetic is pure, over an injected
+//! clock and injected readings, so it is tested without sleeping.
 
 use std::time::{Duration, Instant};
 
@@ -22,6 +23,12 @@ impl TokenBucket {
             tokens: burst,
             last: now,
         }
+    }
+
+    /// Changes the rate from now on; tokens already earned are kept.
+    pub fn set_rate(&mut self, bytes_per_second: u64, now: Instant) {
+        self.take(0, now);
+        self.rate = bytes_per_second.max(1) as f64;
     }
 
     /// Takes `bytes` and returns how long to wait before spending them. A
@@ -79,21 +86,116 @@ mod tests {
     }
 }
 
-/// The share of the last 10 s in which some task waited for I/O
-/// (`/proc/pressure/io`, "some avg10"), in percent; None when the kernel
-/// has no PSI.
-pub fn io_pressure_percent() -> Option<f64> {
+/// The rate moves may go at under `pressure` percent: `max` up to
+/// `start_percent`, then falling in a straight line to `min` at 100%.
+/// A gradual slope rather than an on/off pause: a server whose foreground
+/// load keeps the disk busy (a database reading at queue depth 1 keeps
+/// "some" pressure above 50% all day) still gets defragmented, slowly,
+/// instead of never. `min` above `max` is capped at `max`.
+pub fn paced_rate(max: u64, min: u64, start_percent: f64, pressure: f64) -> u64 {
+    let min = min.min(max);
+    if pressure <= start_percent || start_percent >= 100.0 {
+        return max;
+    }
+    let share_left = ((100.0 - pressure) / (100.0 - start_percent)).clamp(0.0, 1.0);
+    // Saturating float-to-int conversion; the result lies within min..=max.
+    min + ((max - min) as f64 * share_left) as u64
+}
+
+/// I/O pressure over the last second or so: the share of wall time in
+/// which some task waited for I/O, from the cumulative stall counter of
+/// /proc/pressure/io. The kernel's own avg10 trails by ten seconds, too
+/// slow to react to a load that starts or stops.
+#[derive(Debug, Default)]
+pub struct PressureGauge {
+    last: Option<(Instant, u64)>,
+    percent: Option<f64>,
+}
+
+/// How long a window must be before it yields a new reading: shorter ones
+/// are too noisy (one stalled read is a large share of 10 ms).
+const WINDOW: Duration = Duration::from_secs(1);
+
+impl PressureGauge {
+    /// The latest reading, in percent; None when the kernel has no PSI.
+    pub fn percent(&mut self, now: Instant) -> Option<f64> {
+        match self.last {
+            Some((at, _)) if now.saturating_duration_since(at) < WINDOW => self.percent,
+            _ => {
+                let reading = read_io_pressure();
+                self.update(now, reading)
+            }
+        }
+    }
+
+    /// Takes one reading of (cumulative stall µs, avg10 %) at `now`.
+    fn update(&mut self, now: Instant, reading: Option<(u64, f64)>) -> Option<f64> {
+        let Some((total_us, avg10)) = reading else {
+            self.last = None;
+            self.percent = None;
+            return None;
+        };
+        self.percent = Some(match self.last {
+            // A window of ten seconds or more (the worker was idle): the
+            // kernel's own average is as good and less stale.
+            Some((at, before)) if now.saturating_duration_since(at) < 10 * WINDOW => {
+                let window_us = now.saturating_duration_since(at).as_secs_f64() * 1e6;
+                let stalled_us = total_us.saturating_sub(before) as f64;
+                (100.0 * stalled_us / window_us).clamp(0.0, 100.0)
+            }
+            _ => avg10,
+        });
+        self.last = Some((now, total_us));
+        self.percent
+    }
+}
+
+/// (cumulative "some" stall in µs, "some avg10" in %) of /proc/pressure/io.
+fn read_io_pressure() -> Option<(u64, f64)> {
     use procfs_core::FromBufRead;
     let file = std::fs::File::open("/proc/pressure/io").ok()?;
     let pressure = procfs_core::IoPressure::from_buf_read(std::io::BufReader::new(file)).ok()?;
-    Some(f64::from(pressure.some.avg10))
+    Some((pressure.some.total, f64::from(pressure.some.avg10)))
 }
 
 #[cfg(test)]
 mod pressure_tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
     #[test]
-    fn pressure_is_a_percentage_when_present() {
-        if let Some(p) = super::io_pressure_percent() {
+    fn the_rate_falls_in_a_line_from_the_start_to_full_pressure() {
+        assert_eq!(paced_rate(64 * MIB, 4 * MIB, 30.0, 10.0), 64 * MIB);
+        assert_eq!(paced_rate(64 * MIB, 4 * MIB, 30.0, 30.0), 64 * MIB);
+        assert_eq!(paced_rate(64 * MIB, 4 * MIB, 30.0, 65.0), 34 * MIB);
+        assert_eq!(paced_rate(64 * MIB, 4 * MIB, 30.0, 100.0), 4 * MIB);
+        assert_eq!(paced_rate(64 * MIB, 0, 30.0, 100.0), 0);
+        // A floor above the ceiling is the ceiling.
+        assert_eq!(paced_rate(8 * MIB, 16 * MIB, 30.0, 90.0), 8 * MIB);
+        assert_eq!(paced_rate(8 * MIB, 1, 100.0, 100.0), 8 * MIB);
+    }
+
+    #[test]
+    fn the_gauge_reads_the_stall_share_of_each_window() {
+        let t0 = Instant::now();
+        let mut gauge = PressureGauge::default();
+        // The first reading has no window yet: the kernel's avg10.
+        assert_eq!(gauge.update(t0, Some((1_000, 12.0))), Some(12.0));
+        // 0.5 s stalled in 2 s: 25%.
+        let t1 = t0 + Duration::from_secs(2);
+        assert_eq!(gauge.update(t1, Some((501_000, 90.0))), Some(25.0));
+        // After a long gap, avg10 again.
+        let t2 = t1 + Duration::from_secs(60);
+        assert_eq!(gauge.update(t2, Some((502_000, 3.0))), Some(3.0));
+        // No PSI: no reading.
+        assert_eq!(gauge.update(t2, None), None);
+    }
+
+    #[test]
+    fn a_reading_is_a_percentage_when_the_kernel_has_psi() {
+        let mut gauge = PressureGauge::default();
+        if let Some(p) = gauge.percent(Instant::now()) {
             assert!((0.0..=100.0).contains(&p), "{p}");
         }
     }

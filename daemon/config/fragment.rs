@@ -160,7 +160,8 @@ pub struct FilesystemFragment {
 pub struct ThrottleFragment {
     pub max_mib_per_s: Option<Raw>,
     pub chunk_mib: Option<Raw>,
-    pub pressure_pause_percent: Option<Raw>,
+    pub pressure_percent: Option<Raw>,
+    pub min_mib_per_s: Option<Raw>,
     pub windows: Option<Raw>,
 }
 

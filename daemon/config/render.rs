@@ -33,7 +33,8 @@ struct FilesystemView {
 struct ThrottleView {
     max_mib_per_s: u64,
     chunk_mib: u64,
-    pressure_pause_percent: f64,
+    pressure_percent: f64,
+    min_mib_per_s: u64,
     windows: Vec<String>,
 }
 
@@ -96,7 +97,8 @@ impl Settings {
             throttle: ThrottleView {
                 max_mib_per_s: mib(self.throttle.max_bytes_per_s.get()),
                 chunk_mib: mib(self.throttle.chunk_bytes.get()),
-                pressure_pause_percent: self.throttle.pressure_pause_percent.unwrap_or(0.0),
+                pressure_percent: self.throttle.pressure_percent.unwrap_or(0.0),
+                min_mib_per_s: mib(self.throttle.min_bytes_per_s),
                 windows: self
                     .throttle
                     .windows
@@ -157,10 +159,8 @@ impl Settings {
             "[throttle]".into(),
             format!("max_mib_per_s = {}", v.throttle.max_mib_per_s),
             format!("chunk_mib = {}", v.throttle.chunk_mib),
-            format!(
-                "pressure_pause_percent = {}",
-                number(v.throttle.pressure_pause_percent)
-            ),
+            format!("pressure_percent = {}", number(v.throttle.pressure_percent)),
+            format!("min_mib_per_s = {}", v.throttle.min_mib_per_s),
             format!("windows = {}", array(&v.throttle.windows)),
             String::new(),
             "[policy]".into(),
@@ -234,7 +234,8 @@ mod tests {
             "filesystem = []",
             "max_mib_per_s = 64",
             "chunk_mib = 1",
-            "pressure_pause_percent = 30",
+            "pressure_percent = 30",
+            "min_mib_per_s = 4",
             "windows = []",
             "quiet_period = \"30s\"",
             "min_size = \"1MiB\"",

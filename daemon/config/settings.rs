@@ -32,6 +32,7 @@ const fn non_zero_u32(n: u32) -> NonZeroU32 {
 }
 
 const DEFAULT_MAX_BYTES_PER_S: NonZeroU64 = non_zero_u64(64 * MIB);
+const DEFAULT_MIN_BYTES_PER_S: u64 = 4 * MIB;
 const DEFAULT_CHUNK_BYTES: NonZeroU64 = non_zero_u64(MIB);
 const DEFAULT_FILES_PER_SECOND: NonZeroU32 = non_zero_u32(500);
 const DEFAULT_MAX_WATCHES: NonZeroU32 = non_zero_u32(65_536);
@@ -67,9 +68,14 @@ pub struct ThrottleSettings {
     pub max_bytes_per_s: NonZeroU64,
     /// The most moved per kernel call.
     pub chunk_bytes: NonZeroU64,
-    /// Pause while /proc/pressure/io "some avg10" is above this; `None`
-    /// when the pause is off.
-    pub pressure_pause_percent: Option<f64>,
+    /// Above this I/O pressure (the share of time some task waited for
+    /// I/O, /proc/pressure/io), moves slow down; `None` when pressure is
+    /// ignored.
+    pub pressure_percent: Option<f64>,
+    /// The rate at 100% pressure, in bytes per second: the rate falls from
+    /// `max_bytes_per_s` at `pressure_percent` to this. 0 holds moves back
+    /// entirely at full pressure.
+    pub min_bytes_per_s: u64,
     /// Maintenance windows in local time: files are moved only inside one
     /// of them (see [`within_windows`]); outside, the service only watches
     /// and queues. Empty (the default) means moving is always allowed.
@@ -271,7 +277,8 @@ impl Default for ThrottleSettings {
         ThrottleSettings {
             max_bytes_per_s: DEFAULT_MAX_BYTES_PER_S,
             chunk_bytes: DEFAULT_CHUNK_BYTES,
-            pressure_pause_percent: Some(30.0),
+            pressure_percent: Some(30.0),
+            min_bytes_per_s: DEFAULT_MIN_BYTES_PER_S,
             windows: Vec::new(),
         }
     }
@@ -421,7 +428,7 @@ mod tests {
         assert!(s.filesystems.is_empty());
         assert_eq!(s.throttle.max_bytes_per_s.get(), 64 * MIB);
         assert_eq!(s.throttle.chunk_bytes.get(), MIB);
-        assert_eq!(s.throttle.pressure_pause_percent, Some(30.0));
+        assert_eq!(s.throttle.pressure_percent, Some(30.0));
         assert!(s.throttle.windows.is_empty());
         assert_eq!(s.policy.quiet_period, Duration::from_secs(30));
         assert_eq!(s.policy.min_size_bytes, MIB);

@@ -147,7 +147,7 @@ fn the_environment_wins_over_every_file() {
             ("DEFRAGD__STATE_DIR", "/x"),
             ("DEFRAGD__POLICY__QUIET_PERIOD", "2h"),
             ("DEFRAGD__POLICY__EXCLUDE", r#"["/srv/{a,b}/**", "*.tmp"]"#),
-            ("DEFRAGD__THROTTLE__PRESSURE_PAUSE_PERCENT", "0"),
+            ("DEFRAGD__THROTTLE__PRESSURE_PERCENT", "0"),
             ("DEFRAGD__SERVICE__LOG_LEVEL", "debug"),
             ("DEFRAGD_LOG", "trace"),
             ("PATH", "/usr/bin"),
@@ -158,7 +158,7 @@ fn the_environment_wins_over_every_file() {
     assert_eq!(settings.policy.quiet_period, Duration::from_secs(7200));
     assert!(settings.policy.is_excluded(Path::new("/srv/b/c")));
     assert!(settings.policy.is_excluded(Path::new("/srv/c/d.tmp")));
-    assert_eq!(settings.throttle.pressure_pause_percent, None);
+    assert_eq!(settings.throttle.pressure_percent, None);
     assert_eq!(settings.service.log_level, "debug");
 }
 
@@ -263,7 +263,7 @@ fn rendered_settings_load_back_the_same() {
         [throttle]
         max_mib_per_s = 7
         chunk_mib = 4
-        pressure_pause_percent = 12.5
+        pressure_percent = 12.5
         windows = ["22:00-06:00", "12:05-13:00", "18:00-24:00", "23:00-00:00"]
         [policy]
         quiet_period = "1h 30m 1s 500ms"
@@ -658,7 +658,8 @@ fn random_keys_and_values_never_panic() {
         "throttle",
         "throttle.max_mib_per_s",
         "throttle.chunk_mib",
-        "throttle.pressure_pause_percent",
+        "throttle.pressure_percent",
+        "throttle.min_mib_per_s",
         "throttle.windows",
         "policy.quiet_period",
         "policy.min_size",

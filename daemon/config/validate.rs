@@ -85,10 +85,14 @@ fn throttle(settings: &mut ThrottleSettings, f: ThrottleFragment, check: &mut Ch
     if let Some(chunk) = chunk.and_then(in_bytes) {
         settings.chunk_bytes = chunk;
     }
-    let key = "throttle.pressure_pause_percent";
-    if let Some(percent) = check.number(key, f.pressure_pause_percent, 0.0, 100.0) {
+    let key = "throttle.pressure_percent";
+    if let Some(percent) = check.number(key, f.pressure_percent, 0.0, 100.0) {
         // 0 is "off" rather than "always paused": pressure is never below 0.
-        settings.pressure_pause_percent = (percent > 0.0).then_some(percent);
+        settings.pressure_percent = (percent > 0.0).then_some(percent);
+    }
+    let floor = check.whole("throttle.min_mib_per_s", f.min_mib_per_s, 0, 100_000);
+    if let Some(floor) = floor {
+        settings.min_bytes_per_s = floor.saturating_mul(MIB);
     }
     if let Some(windows) = check.windows("throttle.windows", f.windows) {
         settings.windows = windows;
@@ -584,7 +588,7 @@ mod tests {
             [throttle]
             max_mib_per_s = 100000
             chunk_mib = 64
-            pressure_pause_percent = 0
+            pressure_percent = 0
             windows = ["01:00-05:00", "22:00-06:00", "12:00-24:00"]
             [policy]
             quiet_period = "1h 30m"
@@ -625,7 +629,7 @@ mod tests {
         );
         assert_eq!(s.throttle.max_bytes_per_s.get(), 100_000 * MIB);
         assert_eq!(s.throttle.chunk_bytes.get(), 64 * MIB);
-        assert_eq!(s.throttle.pressure_pause_percent, None);
+        assert_eq!(s.throttle.pressure_percent, None);
         let window = |start_minute, end_minute| TimeWindow {
             start_minute,
             end_minute,
@@ -662,7 +666,7 @@ mod tests {
             [throttle]
             max_mib_per_s = 0
             chunk_mib = 1.5
-            pressure_pause_percent = nan
+            pressure_percent = nan
             windows = ["01:00-05:00", "25:00-01:00", "1:00-2:00", "01:00-01:00", 100]
             [policy]
             quiet_period = 30
@@ -693,7 +697,7 @@ mod tests {
                 format!("{f}: state_dir = \"var/lib/defragd\": must be an absolute path, like \"/srv\""),
                 format!("{f}: throttle.max_mib_per_s = 0: must be a whole number from 1 to 100000"),
                 format!("{f}: throttle.chunk_mib = 1.5: must be a whole number from 1 to 64"),
-                format!("{f}: throttle.pressure_pause_percent = nan: must be a number from 0 to 100"),
+                format!("{f}: throttle.pressure_percent = nan: must be a number from 0 to 100"),
                 format!("{f}: throttle.windows[1] = \"25:00-01:00\": must have times from \"00:00\" to \"23:59\" (and \"24:00\" as an end), like \"22:00-06:00\""),
                 format!("{f}: throttle.windows[2] = \"1:00-2:00\": must be a window \"HH:MM-HH:MM\" on the 24-hour clock, two digits each, like \"01:00-05:00\" or \"22:00-06:00\""),
                 format!("{f}: throttle.windows[3] = \"01:00-01:00\": must end at another time than it starts; \"00:00-24:00\" is all day"),
@@ -762,11 +766,11 @@ mod tests {
 
     #[test]
     fn zero_pressure_turns_the_pause_off_and_percent_takes_fractions() {
-        let (s, errors) = settings_from("[throttle]\npressure_pause_percent = 12.5\n");
+        let (s, errors) = settings_from("[throttle]\npressure_percent = 12.5\n");
         assert_eq!(errors, []);
-        assert_eq!(s.throttle.pressure_pause_percent, Some(12.5));
-        let (s, _) = settings_from("[throttle]\npressure_pause_percent = 0.0\n");
-        assert_eq!(s.throttle.pressure_pause_percent, None);
+        assert_eq!(s.throttle.pressure_percent, Some(12.5));
+        let (s, _) = settings_from("[throttle]\npressure_percent = 0.0\n");
+        assert_eq!(s.throttle.pressure_percent, None);
     }
 
     #[test]

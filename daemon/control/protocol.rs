@@ -120,8 +120,8 @@ pub struct Done {
 /// What the service is doing, as `defragctl status` and STATUS= show it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StatusReport {
-    /// "moving", "idle", "paused" (by the operator), "pressure" (waiting
-    /// out I/O pressure) or "window" (outside the maintenance windows).
+    /// "moving", "idle", "paused" (by the operator), "pressure" (held
+    /// back by full I/O pressure) or "window" (outside the maintenance windows).
     pub state: String,
     /// The one-line summary (the same text as systemd's STATUS=).
     pub summary: String,

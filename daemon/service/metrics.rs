@@ -18,9 +18,11 @@ pub struct Metrics {
     pub files: Family<OutcomeLabels, Counter>,
     pub extents_removed: Counter,
     pub queue_length: Gauge,
-    /// 0 free to move, 1 paused by the operator, 2 paused by I/O pressure,
+    /// 0 free to move, 1 paused by the operator, 2 held back by I/O pressure,
     /// 3 outside the maintenance windows.
     pub throttle_state: Gauge,
+    /// The rate moves may go at now, after I/O pressure.
+    pub throttle_rate: Gauge,
     pub last_crawl_timestamp: Gauge,
 }
 
@@ -32,6 +34,7 @@ impl Default for Metrics {
         let extents_removed = Counter::default();
         let queue_length = Gauge::default();
         let throttle_state = Gauge::default();
+        let throttle_rate = Gauge::default();
         let last_crawl_timestamp = Gauge::default();
         registry.register(
             "moved_bytes",
@@ -55,8 +58,13 @@ impl Default for Metrics {
         );
         registry.register(
             "throttle_state",
-            "0 free to move, 1 paused by the operator, 2 paused by I/O pressure, 3 outside the maintenance windows",
+            "0 free to move, 1 paused by the operator, 2 held back by I/O pressure, 3 outside the maintenance windows",
             throttle_state.clone(),
+        );
+        registry.register(
+            "throttle_rate_bytes_per_second",
+            "The rate moves may go at now: the configured maximum, lowered by I/O pressure",
+            throttle_rate.clone(),
         );
         registry.register(
             "last_crawl_timestamp_seconds",
@@ -70,6 +78,7 @@ impl Default for Metrics {
             extents_removed,
             queue_length,
             throttle_state,
+            throttle_rate,
             last_crawl_timestamp,
         }
     }

@@ -324,6 +324,10 @@ fn update_gauges(shared: &Shared, report: &crate::control::protocol::StatusRepor
         "window" => 3,
         _ => 0,
     });
+    let max = shared.settings().throttle.max_bytes_per_s.get();
+    let rate = shared.slowed().map_or(max, |s| s.bytes_per_s);
+    m.throttle_rate
+        .set(i64::try_from(rate).unwrap_or(i64::MAX));
 }
 
 /// Reloads the config: a bad one is refused and the running one kept.

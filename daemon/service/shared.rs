@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use crate::config::Settings;
 use crate::mounts::{Covered, DiskId};
 use crate::store::Store;
-use crate::throttle::TokenBucket;
+use crate::throttle::{paced_rate, PressureGauge, TokenBucket};
 
 use super::metrics::Metrics;
 
@@ -31,6 +31,15 @@ pub enum Pause {
     Until(Instant, i64),
 }
 
+/// Moves slowed down by I/O pressure.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Slowed {
+    /// I/O pressure over the last second, in percent.
+    pub pressure: f64,
+    /// The rate it allows; 0 holds moves back.
+    pub bytes_per_s: u64,
+}
+
 /// Shared by every thread of the service.
 pub struct Shared {
     store: Mutex<Store>,
@@ -39,8 +48,10 @@ pub struct Shared {
     bucket: Mutex<TokenBucket>,
     shutdown: AtomicBool,
     pause: Mutex<Pause>,
-    /// The I/O pressure a worker is waiting out, in percent.
-    pressure: Mutex<Option<f64>>,
+    /// Reads I/O pressure for the pace.
+    gauge: Mutex<PressureGauge>,
+    /// How I/O pressure slows moves now; None at full speed.
+    slowed: Mutex<Option<Slowed>>,
     moving: Mutex<HashMap<DiskId, MovingNow>>,
     /// Why the last reload was refused, until a reload succeeds.
     reload_error: Mutex<Option<String>>,
@@ -69,7 +80,8 @@ impl Shared {
             bucket: Mutex::new(bucket),
             shutdown: AtomicBool::new(false),
             pause: Mutex::new(Pause::Running),
-            pressure: Mutex::new(None),
+            gauge: Mutex::new(PressureGauge::default()),
+            slowed: Mutex::new(None),
             moving: Mutex::new(HashMap::new()),
             moved_today: Mutex::new((0, 0)),
             reload_error: Mutex::new(None),
@@ -150,12 +162,37 @@ impl Shared {
         self.wake_all();
     }
 
-    pub fn pressure(&self) -> Option<f64> {
-        *lock(&self.pressure)
+    /// Sets the shared rate from the I/O pressure now and returns it, in
+    /// bytes per second; 0 holds moves back until pressure falls.
+    pub fn pace(&self) -> u64 {
+        let settings = self.settings();
+        let t = &settings.throttle;
+        let max = t.max_bytes_per_s.get();
+        let now = Instant::now();
+        let slowed = t.pressure_percent.and_then(|start| {
+            let pressure = lock(&self.gauge).percent(now)?;
+            let bytes_per_s = paced_rate(max, t.min_bytes_per_s, start, pressure);
+            (bytes_per_s < max).then_some(Slowed {
+                pressure,
+                bytes_per_s,
+            })
+        });
+        let rate = slowed.map_or(max, |s| s.bytes_per_s);
+        if rate > 0 {
+            lock(&self.bucket).set_rate(rate, now);
+        }
+        *lock(&self.slowed) = slowed;
+        rate
     }
 
-    pub fn set_pressure(&self, pressure: Option<f64>) {
-        *lock(&self.pressure) = pressure;
+    /// How I/O pressure slows moves now (None: full speed, or no move).
+    pub fn slowed(&self) -> Option<Slowed> {
+        *lock(&self.slowed)
+    }
+
+    /// Forgets the pace once a worker stops moving.
+    pub fn clear_slowed(&self) {
+        *lock(&self.slowed) = None;
     }
 
     pub fn moving(&self) -> Vec<MovingNow> {

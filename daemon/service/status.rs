@@ -32,8 +32,8 @@ pub fn report(shared: &Shared) -> StatusReport {
     };
     let moving = shared.moving();
     let pause = shared.pause();
-    let pressure = shared.pressure();
-    let (state, headline) = match (pause, pressure, moving.first()) {
+    let slowed = shared.slowed();
+    let (state, headline) = match (pause, slowed, moving.first()) {
         (Pause::Indefinitely, _, _) => ("paused", "paused by operator".to_string()),
         (Pause::Until(_, until), _, _) => {
             let left = Duration::from_secs(u64::try_from(until - unix_now()).unwrap_or(0));
@@ -42,16 +42,29 @@ pub fn report(shared: &Shared) -> StatusReport {
                 format!("paused by operator for {}", human_duration(left)),
             )
         }
-        (Pause::Running, Some(p), _) => ("pressure", format!("paused: I/O pressure {p:.0}%")),
-        (Pause::Running, None, None) if !shared.until_window().is_zero() => (
+        (Pause::Running, Some(s), _) if s.bytes_per_s == 0 => (
+            "pressure",
+            format!("held back: I/O pressure {:.0}%", s.pressure),
+        ),
+        (Pause::Running, _, None) if !shared.until_window().is_zero() => (
             "window",
             format!(
                 "outside the maintenance windows (they open in {})",
                 human_duration(shared.until_window())
             ),
         ),
-        (Pause::Running, None, Some(m)) => ("moving", moving_line(m, moving.len())),
-        (Pause::Running, None, None) => ("idle", idle_line(next_crawl)),
+        (Pause::Running, slowed, Some(m)) => {
+            let mut line = moving_line(m, moving.len());
+            if let Some(s) = slowed {
+                line.push_str(&format!(
+                    ", slowed to {}/s by I/O pressure {:.0}%",
+                    Size(s.bytes_per_s),
+                    s.pressure
+                ));
+            }
+            ("moving", line)
+        }
+        (Pause::Running, _, None) => ("idle", idle_line(next_crawl)),
     };
     let mut summary = format!(
         "{headline}, {queued} queued, {} moved today",

@@ -14,7 +14,6 @@ use crate::mounts::{reopen_root, DiskId};
 use crate::mover::{defragment, Control, MoveOptions, Progress, Supervisor};
 use crate::outcome::{FailReason, Outcome, SkipReason};
 use crate::store::{FileId, Finished, HistoryOutcome, Job};
-use crate::throttle::io_pressure_percent;
 
 use super::candidates::target_for;
 use super::shared::{MovingNow, Shared};
@@ -24,13 +23,13 @@ use super::unix_now;
 const IDLE: Duration = Duration::from_secs(30);
 /// How long a job waits after a failure before it is tried again.
 const RETRY_AFTER_SECS: i64 = 600;
-/// How long a job waits when I/O pressure is above the limit at its start.
+/// How long a job waits when I/O pressure holds moves back at its start.
 const PRESSURE_RETRY_SECS: i64 = 10;
 /// How long a job whose file was busy under a writer waits: it passes soon.
 const BUSY_RETRY_SECS: i64 = 30;
 /// Attempts before a failing job is given up.
 const MAX_ATTEMPTS: u32 = 5;
-/// How long a move waits in one go for I/O pressure to fall, before it
+/// How long a move held back by I/O pressure waits in one go, before it
 /// gives its file back and tries again later.
 const PRESSURE_WAIT: Duration = Duration::from_secs(10);
 
@@ -129,15 +128,13 @@ fn run_job(shared: &Shared, disk: &DiskId, job: Job) {
         quiet_period: Some(settings.policy.quiet_period),
         convert_block_mapped: settings.policy.convert_block_mapped,
     };
-    // Under I/O pressure, give the job back before a donor is allocated:
-    // allocating and freeing one per attempt fragments the free space that
-    // the next attempt needs.
-    if let Some(limit) = settings.throttle.pressure_pause_percent {
-        if let Some(pressure) = io_pressure_percent().filter(|p| *p > limit) {
-            shared.set_pressure(Some(pressure));
-            retry(shared, &job, "I/O pressure", PRESSURE_RETRY_SECS);
-            return;
-        }
+    // Held back by I/O pressure: give the job back before a donor is
+    // allocated, since allocating and freeing one per attempt fragments
+    // the free space that the next attempt needs.
+    if shared.pace() == 0 {
+        shared.clear_slowed();
+        retry(shared, &job, "I/O pressure", PRESSURE_RETRY_SECS);
+        return;
     }
     let mut filesystems = Filesystems::default();
     let mut supervisor = JobSupervisor {
@@ -147,7 +144,6 @@ fn run_job(shared: &Shared, disk: &DiskId, job: Job) {
         job: &job,
         disk,
         path: &path,
-        pressure_limit: settings.throttle.pressure_pause_percent,
     };
     let total_bytes = job.size_bytes;
     shared.set_moving(
@@ -166,6 +162,7 @@ fn run_job(shared: &Shared, disk: &DiskId, job: Job) {
         &mut supervisor,
     );
     shared.set_moving(disk, None);
+    shared.clear_slowed();
     record(
         shared,
         &job,
@@ -186,7 +183,6 @@ struct JobSupervisor<'a> {
     job: &'a Job,
     disk: &'a DiskId,
     path: &'a std::path::Path,
-    pressure_limit: Option<f64>,
 }
 
 impl Supervisor for JobSupervisor<'_> {
@@ -216,18 +212,15 @@ impl Supervisor for JobSupervisor<'_> {
         {
             return Control::Stop;
         }
-        if let Some(limit) = self.pressure_limit {
-            let mut waited = Duration::ZERO;
-            while let Some(pressure) = io_pressure_percent().filter(|p| *p > limit) {
-                self.shared.set_pressure(Some(pressure));
-                if waited >= PRESSURE_WAIT || self.shared.shutting_down() || self.shared.paused() {
-                    self.shared.set_pressure(None);
-                    return Control::Stop;
-                }
-                std::thread::sleep(Duration::from_millis(500));
-                waited += Duration::from_millis(500);
+        // Slowed by I/O pressure through the shared rate; held back
+        // entirely only where the floor is 0 and pressure is full.
+        let mut waited = Duration::ZERO;
+        while self.shared.pace() == 0 {
+            if waited >= PRESSURE_WAIT || self.shared.shutting_down() || self.shared.paused() {
+                return Control::Stop;
             }
-            self.shared.set_pressure(None);
+            std::thread::sleep(Duration::from_millis(500));
+            waited += Duration::from_millis(500);
         }
         let wait = self.shared.throttle(bytes);
         if !wait.is_zero() {

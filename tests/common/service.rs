@@ -31,7 +31,8 @@ pub struct ServiceConfig {
     pub filesystems: Vec<FsConfig>,
     pub max_mib_per_s: u64,
     pub chunk_mib: u64,
-    pub pressure_pause_percent: u64,
+    pub pressure_percent: u64,
+    pub min_mib_per_s: u64,
     pub quiet_period: String,
     pub min_size: String,
     pub min_excess_extents: u64,
@@ -53,7 +54,8 @@ impl ServiceConfig {
             }],
             max_mib_per_s: 10_000,
             chunk_mib: 1,
-            pressure_pause_percent: 0,
+            pressure_percent: 0,
+            min_mib_per_s: 4,
             quiet_period: "2s".into(),
             min_size: "1MiB".into(),
             min_excess_extents: 4,
@@ -88,8 +90,8 @@ impl ServiceConfig {
         }
         writeln!(
             t,
-            "\n[throttle]\nmax_mib_per_s = {}\nchunk_mib = {}\npressure_pause_percent = {}",
-            self.max_mib_per_s, self.chunk_mib, self.pressure_pause_percent
+            "\n[throttle]\nmax_mib_per_s = {}\nchunk_mib = {}\npressure_percent = {}\nmin_mib_per_s = {}",
+            self.max_mib_per_s, self.chunk_mib, self.pressure_percent, self.min_mib_per_s
         )
         .unwrap();
         writeln!(
