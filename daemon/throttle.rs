@@ -86,21 +86,33 @@ mod tests {
     }
 }
 
+/// Every this many points of I/O pressure above the start halve the rate.
+pub const HALVING_POINTS: f64 = 10.0;
+
 /// The rate moves may go at under `pressure` percent: `max` up to
-/// `start_percent`, then falling in a straight line to `min` at 100%.
-/// A gradual slope rather than an on/off pause: a server whose foreground
-/// load keeps the disk busy (a database reading at queue depth 1 keeps
-/// "some" pressure above 50% all day) still gets defragmented, slowly,
-/// instead of never. `min` above `max` is capped at `max`.
+/// `start_percent`, then halved for every [`HALVING_POINTS`] above it, but
+/// never below `min` (capped at `max`). Steep, because the harm is
+/// proportional to the rate: a foreground reader at queue depth 1 keeps
+/// "some" pressure near 50-70%, and there only a few MiB/s leave its tail
+/// latency alone. Never zero unless `min` is 0: a disk that is always busy
+/// still gets defragmented, slowly, instead of never. With `min` 0, moves
+/// are held back (0) once the rate would fall below 1 MiB/s.
 pub fn paced_rate(max: u64, min: u64, start_percent: f64, pressure: f64) -> u64 {
     let min = min.min(max);
-    if pressure <= start_percent || start_percent >= 100.0 {
+    if pressure <= start_percent {
         return max;
     }
-    let share_left = ((100.0 - pressure) / (100.0 - start_percent)).clamp(0.0, 1.0);
-    // Saturating float-to-int conversion; the result lies within min..=max.
-    min + ((max - min) as f64 * share_left) as u64
+    let halvings = (pressure - start_percent) / HALVING_POINTS;
+    // Saturating float-to-int conversion; the result is at most `max`.
+    let rate = (max as f64 * (-halvings).exp2()) as u64;
+    if min == 0 && rate < MIB {
+        0
+    } else {
+        rate.max(min)
+    }
 }
+
+const MIB: u64 = 1 << 20;
 
 /// I/O pressure over the last second or so: the share of wall time in
 /// which some task waited for I/O, from the cumulative stall counter of
@@ -162,15 +174,17 @@ fn read_io_pressure() -> Option<(u64, f64)> {
 mod pressure_tests {
     use super::*;
 
-    const MIB: u64 = 1 << 20;
-
     #[test]
-    fn the_rate_falls_in_a_line_from_the_start_to_full_pressure() {
-        assert_eq!(paced_rate(64 * MIB, 4 * MIB, 30.0, 10.0), 64 * MIB);
-        assert_eq!(paced_rate(64 * MIB, 4 * MIB, 30.0, 30.0), 64 * MIB);
-        assert_eq!(paced_rate(64 * MIB, 4 * MIB, 30.0, 65.0), 34 * MIB);
-        assert_eq!(paced_rate(64 * MIB, 4 * MIB, 30.0, 100.0), 4 * MIB);
-        assert_eq!(paced_rate(64 * MIB, 0, 30.0, 100.0), 0);
+    fn the_rate_halves_every_ten_points_down_to_the_floor() {
+        assert_eq!(paced_rate(64 * MIB, 4 * MIB, 20.0, 10.0), 64 * MIB);
+        assert_eq!(paced_rate(64 * MIB, 4 * MIB, 20.0, 20.0), 64 * MIB);
+        assert_eq!(paced_rate(64 * MIB, 4 * MIB, 20.0, 30.0), 32 * MIB);
+        assert_eq!(paced_rate(64 * MIB, 4 * MIB, 20.0, 35.0), 23_726_566);
+        assert_eq!(paced_rate(64 * MIB, 4 * MIB, 20.0, 50.0), 8 * MIB);
+        assert_eq!(paced_rate(64 * MIB, 4 * MIB, 20.0, 100.0), 4 * MIB);
+        // A floor of 0 holds moves back once under 1 MiB/s.
+        assert_eq!(paced_rate(64 * MIB, 0, 20.0, 70.0), 2 * MIB);
+        assert_eq!(paced_rate(64 * MIB, 0, 20.0, 90.0), 0);
         // A floor above the ceiling is the ceiling.
         assert_eq!(paced_rate(8 * MIB, 16 * MIB, 30.0, 90.0), 8 * MIB);
         assert_eq!(paced_rate(8 * MIB, 1, 100.0, 100.0), 8 * MIB);

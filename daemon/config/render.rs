@@ -234,7 +234,7 @@ mod tests {
             "filesystem = []",
             "max_mib_per_s = 64",
             "chunk_mib = 1",
-            "pressure_percent = 30",
+            "pressure_percent = 20",
             "min_mib_per_s = 4",
             "windows = []",
             "quiet_period = \"30s\"",

@@ -72,9 +72,8 @@ pub struct ThrottleSettings {
     /// I/O, /proc/pressure/io), moves slow down; `None` when pressure is
     /// ignored.
     pub pressure_percent: Option<f64>,
-    /// The rate at 100% pressure, in bytes per second: the rate falls from
-    /// `max_bytes_per_s` at `pressure_percent` to this. 0 holds moves back
-    /// entirely at full pressure.
+    /// The floor of the rate under pressure, in bytes per second (see
+    /// [`crate::throttle::paced_rate`]); 0 lets pressure hold moves back.
     pub min_bytes_per_s: u64,
     /// Maintenance windows in local time: files are moved only inside one
     /// of them (see [`within_windows`]); outside, the service only watches
@@ -277,7 +276,7 @@ impl Default for ThrottleSettings {
         ThrottleSettings {
             max_bytes_per_s: DEFAULT_MAX_BYTES_PER_S,
             chunk_bytes: DEFAULT_CHUNK_BYTES,
-            pressure_percent: Some(30.0),
+            pressure_percent: Some(20.0),
             min_bytes_per_s: DEFAULT_MIN_BYTES_PER_S,
             windows: Vec::new(),
         }
@@ -428,7 +427,7 @@ mod tests {
         assert!(s.filesystems.is_empty());
         assert_eq!(s.throttle.max_bytes_per_s.get(), 64 * MIB);
         assert_eq!(s.throttle.chunk_bytes.get(), MIB);
-        assert_eq!(s.throttle.pressure_percent, Some(30.0));
+        assert_eq!(s.throttle.pressure_percent, Some(20.0));
         assert!(s.throttle.windows.is_empty());
         assert_eq!(s.policy.quiet_period, Duration::from_secs(30));
         assert_eq!(s.policy.min_size_bytes, MIB);
