@@ -134,16 +134,21 @@ fn idle_line(next_crawl: Option<i64>) -> String {
 
 /// "4m", "2h 5m", "45s", "1d 3h": rounded to what a person needs.
 pub fn human_duration(d: Duration) -> String {
+    const UNITS: [(u64, &str); 4] = [(86_400, "d"), (3600, "h"), (60, "m"), (1, "s")];
     let secs = d.as_secs();
-    let rounded = match secs {
-        86_400.. => secs / 3600 * 3600,
-        3600.. => secs / 60 * 60,
-        _ => secs,
+    // The largest unit that fits and the one below it: "1d 3h", "2h 5m".
+    let Some(first) = UNITS.iter().position(|(unit, _)| secs >= *unit) else {
+        return "0s".to_string();
     };
-    humantime::format_duration(Duration::from_secs(rounded))
-        .to_string()
-        .replace("day", "d")
-        .replace("ds", "d")
+    let mut parts = Vec::new();
+    for (i, (unit, name)) in UNITS.iter().enumerate().skip(first).take(2) {
+        let above = if i == first { u64::MAX } else { UNITS[i - 1].0 };
+        let count = secs % above / unit;
+        if count > 0 {
+            parts.push(format!("{count}{name}"));
+        }
+    }
+    parts.join(" ")
 }
 
 #[cfg(test)]
@@ -160,6 +165,9 @@ mod tests {
             "1d 3h"
         );
         assert_eq!(human_duration(Duration::from_secs(2 * 86_400)), "2d");
+        assert_eq!(human_duration(Duration::from_secs(245)), "4m 5s");
+        assert_eq!(human_duration(Duration::from_secs(40 * 86_400 + 7)), "40d");
+        assert_eq!(human_duration(Duration::ZERO), "0s");
     }
 
     #[test]
