@@ -3,13 +3,8 @@
 //! not bigalloc, DAX or data=journal); and which disk each lives on, so
 //! that one disk never sees two moves at once.
 
-use std::fs::File;
-use std::io::BufReader;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
-
-use procfs_core::process::MountInfos;
-use procfs_core::FromBufRead;
 
 use crate::ext4::{self, FsError, FsInfo};
 
@@ -93,15 +88,9 @@ pub fn reopen_root(covered: &Covered) -> Option<OwnedFd> {
 /// Mount points of ext4 filesystems mounted read-write, one per device
 /// (the first mount of each).
 pub fn ext4_mount_points() -> Vec<PathBuf> {
-    let Ok(file) = File::open("/proc/self/mountinfo") else {
-        return Vec::new();
-    };
-    let Ok(mounts) = MountInfos::from_buf_read(BufReader::new(file)) else {
-        return Vec::new();
-    };
     let mut seen = std::collections::HashSet::new();
-    mounts
-        .0
+    ext4::mounts()
+        .unwrap_or_default()
         .into_iter()
         .filter(|m| m.fs_type == "ext4" && !m.mount_options.contains_key("ro") && m.root == "/")
         .filter(|m| seen.insert(m.majmin.clone()))

@@ -149,15 +149,22 @@ fn majmin(dev: u64) -> String {
     )
 }
 
+/// This process's mounts, in mount order (/proc/self/mountinfo); None
+/// when it cannot be read (no /proc).
+pub fn mounts() -> Option<Vec<MountInfo>> {
+    let file = File::open("/proc/self/mountinfo").ok()?;
+    MountInfos::from_buf_read(BufReader::new(file))
+        .ok()
+        .map(|m| m.0)
+}
+
 fn find_mount(dev: u64) -> std::result::Result<MountInfo, FsError> {
     let wanted = majmin(dev);
     let not_found = || FsError::MountNotFound(wanted.clone());
-    let file = File::open("/proc/self/mountinfo").map_err(|_| not_found())?;
-    let mounts = MountInfos::from_buf_read(BufReader::new(file)).map_err(|_| not_found())?;
     // The first mount of the device is the one its superblock options show;
     // bind mounts of the same device share them.
-    mounts
-        .0
+    mounts()
+        .ok_or_else(not_found)?
         .into_iter()
         .find(|m| m.majmin == wanted)
         .ok_or_else(not_found)

@@ -19,7 +19,7 @@ pub use convert::{migrate_to_extents, take_read_lease, ReadLease};
 pub use donor::{allocate, create_donor, punch_hole};
 pub use error::{Call, Error, Result};
 pub use fiemap::{fiemap, Extent, ExtentFlags, Flush};
-pub use filesystem::{free_space, probe, FreeSpace, FsError, FsInfo, FsUuid, Superblock};
+pub use filesystem::{free_space, mounts, probe, FreeSpace, FsError, FsInfo, FsUuid, Superblock};
 pub use inode::{generation, inode_flags, InodeFlags};
 pub use ioprio::set_current_thread_idle;
 pub use move_ext::{move_extents, MoveFailed};
