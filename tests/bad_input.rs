@@ -174,19 +174,6 @@ fn judge_stream(ex: &Exchange, lines: usize, must_be_ok: &[usize]) -> Option<Str
 // ---------------------------------------------------------------------------
 // 1. The real service.
 
-/// Blocks of the file now mapped elsewhere than in `orig` (its map before
-/// the move started): what the move has done, as FIEMAP shows it.
-fn moved_blocks(orig: &[Extent], now: &[Extent]) -> u64 {
-    let unmoved = |e: &Extent| {
-        orig.iter().any(|o| {
-            e.logical >= o.logical
-                && e.logical + e.len <= o.logical + o.len
-                && e.physical == o.physical + (e.logical - o.logical)
-        })
-    };
-    now.iter().filter(|e| !unmoved(e)).map(|e| e.len).sum()
-}
-
 /// What the probe saw, per phase.
 #[derive(Debug, Default, Clone)]
 struct ProbeStats {

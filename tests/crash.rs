@@ -122,18 +122,6 @@ struct Original {
     data_blocks: u64,
 }
 
-/// Blocks of a file now mapped elsewhere than in `orig`.
-fn moved_blocks(orig: &[Extent], now: &[Extent]) -> u64 {
-    let unmoved = |e: &Extent| {
-        orig.iter().any(|o| {
-            e.logical >= o.logical
-                && e.logical + e.len <= o.logical + o.len
-                && e.physical == o.physical + (e.logical - o.logical)
-        })
-    };
-    now.iter().filter(|e| !unmoved(e)).map(|e| e.len).sum()
-}
-
 /// The first logical block still where it was in `orig` (the mover goes
 /// through a file in logical order, so the blocks before it were moved);
 /// None when every block moved.

@@ -135,20 +135,6 @@ fn wait_until_quiet(paths: &[&Path]) -> Duration {
     wait
 }
 
-/// Blocks of the file now mapped elsewhere than in `orig` (its FIEMAP
-/// before the service started): what a move has done so far. The donor's
-/// blocks were free before, so a moved block never sits where it was.
-fn moved_blocks(orig: &[Extent], now: &[Extent]) -> u64 {
-    let unmoved = |e: &Extent| {
-        orig.iter().any(|o| {
-            e.logical >= o.logical
-                && e.logical + e.len <= o.logical + o.len
-                && e.physical == o.physical + (e.logical - o.logical)
-        })
-    };
-    now.iter().filter(|e| !unmoved(e)).map(|e| e.len).sum()
-}
-
 /// Waits (up to `timeout`) until the service has really moved at least
 /// `bytes` of PATH, as FIEMAP shows it (`orig`: its map before); returns
 /// the bytes moved by then.

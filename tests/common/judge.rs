@@ -424,3 +424,17 @@ pub fn fs_bytes(path: &Path) -> u64 {
     let st = nix::sys::statvfs::statvfs(path).expect("statvfs");
     st.blocks() as u64 * st.fragment_size() as u64
 }
+
+/// Blocks of a file now mapped elsewhere than in `orig` (its FIEMAP before
+/// a move started): what the move has done so far. A donor's blocks were
+/// free before, so a moved block never sits where it was.
+pub fn moved_blocks(orig: &[Extent], now: &[Extent]) -> u64 {
+    let unmoved = |e: &Extent| {
+        orig.iter().any(|o| {
+            e.logical >= o.logical
+                && e.logical + e.len <= o.logical + o.len
+                && e.physical == o.physical + (e.logical - o.logical)
+        })
+    };
+    now.iter().filter(|e| !unmoved(e)).map(|e| e.len).sum()
+}
