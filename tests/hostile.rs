@@ -216,7 +216,6 @@ fn canary_step(canary: &Canary, seen: &mut Vec<String>, who: &str, tally: &mut T
 // (a) Symlinks swapped in, at the tree level.
 
 #[test]
-#[ignore = "known bug (issue 6 note, B): the watcher re-walks on the event loop and stalls control requests"]
 fn symlinks_swapped_in_never_lead_the_service_or_the_cli_outside() {
     if !require_root() {
         return;
