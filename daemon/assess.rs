@@ -2,6 +2,8 @@
 //! extent count and a score; and e4defrag's filesystem-level score, so that
 //! operators can compare one to one. Pure functions over an extent list.
 
+use std::num::NonZeroU64;
+
 use serde::Serialize;
 
 use crate::ext4::Extent;
@@ -18,8 +20,10 @@ pub struct BlockRange {
 }
 
 impl BlockRange {
+    /// One past the last block; `u64::MAX` for a range that would reach
+    /// past it (no file has such blocks, but a range is plain data).
     pub fn end(&self) -> u64 {
-        self.start + self.len
+        self.start.saturating_add(self.len)
     }
 }
 
@@ -38,7 +42,9 @@ pub enum MapProblem {
     DelayedAllocation,
     /// Data stored inside the inode.
     Inline,
-    /// Encrypted, encoded or not block-aligned.
+    /// Encrypted, encoded or not block-aligned; or an impossible map (a
+    /// block size of 0, an extent that ends past the last block address),
+    /// whose blocks cannot be where it says either.
     UnknownLocation,
 }
 
@@ -50,12 +56,20 @@ pub struct ExtentMap {
 }
 
 impl ExtentMap {
-    /// Converts FIEMAP's byte extents into blocks of `block_size` bytes.
+    /// Converts FIEMAP's byte extents into blocks of `block_size` bytes,
+    /// one block extent per FIEMAP extent. What the kernel never reports
+    /// (zero lengths, overlaps, values at u64's end) is kept as it is and
+    /// measured without overflow; a map no file can have is a problem.
     pub fn from_fiemap(raw: &[Extent], block_size: u64) -> Self {
+        let Some(block_size) = NonZeroU64::new(block_size) else {
+            return ExtentMap {
+                extents: Vec::new(),
+                problem: Some(MapProblem::UnknownLocation),
+            };
+        };
         let mut problem = None;
         let mut extents = Vec::with_capacity(raw.len());
-        // A zero-length extent maps nothing (ext4 never reports one).
-        for e in raw.iter().filter(|e| e.length > 0) {
+        for e in raw {
             if e.flags.is_delalloc() {
                 problem = Some(MapProblem::DelayedAllocation);
             } else if e.flags.is_inline() {
@@ -63,11 +77,19 @@ impl ExtentMap {
             } else if e.flags.location_unknown() || e.flags.is_encrypted() {
                 problem = Some(MapProblem::UnknownLocation);
             }
-            extents.push(BlockExtent {
+            let extent = BlockExtent {
                 logical: e.logical / block_size,
                 physical: e.physical / block_size,
-                len: e.length.div_ceil(block_size),
-            });
+                len: e.length.div_ceil(block_size.get()),
+            };
+            // Past u64 only with 1-byte blocks; the figures saturate, but
+            // no move may trust such a map.
+            let impossible = extent.logical.checked_add(extent.len).is_none()
+                || extent.physical.checked_add(extent.len).is_none();
+            if impossible && problem.is_none() {
+                problem = Some(MapProblem::UnknownLocation);
+            }
+            extents.push(extent);
         }
         extents.sort_by_key(|e| e.logical);
         ExtentMap { extents, problem }
@@ -91,7 +113,7 @@ impl ExtentMap {
         let mut previous: Option<&BlockExtent> = None;
         for e in &self.extents {
             let continues = previous.is_some_and(|p| {
-                e.logical >= p.logical + p.len
+                e.logical >= p.logical.saturating_add(p.len)
                     && e.physical.checked_sub(p.physical) == Some(e.logical - p.logical)
             });
             if !continues {
@@ -104,7 +126,9 @@ impl ExtentMap {
 
     /// Blocks mapped, holes excluded.
     pub fn blocks(&self) -> u64 {
-        self.extents.iter().map(|e| e.len).sum()
+        self.extents
+            .iter()
+            .fold(0u64, |sum, e| sum.saturating_add(e.len))
     }
 
     /// Runs of extents that are contiguous both logically and physically:
@@ -125,7 +149,10 @@ impl ExtentMap {
             if expected != Some((piece.logical, piece.physical)) {
                 runs += 1;
             }
-            expected = Some((piece.logical + piece.len, piece.physical + piece.len));
+            expected = Some((
+                piece.logical.saturating_add(piece.len),
+                piece.physical.saturating_add(piece.len),
+            ));
         }
         runs
     }
@@ -145,10 +172,10 @@ impl ExtentMap {
                 .iter()
                 .filter_map(|r| {
                     let start = r.start.max(e.logical);
-                    let end = r.end().min(e.logical + e.len);
+                    let end = r.end().min(e.logical.saturating_add(e.len));
                     (start < end).then(|| BlockExtent {
                         logical: start,
-                        physical: e.physical + (start - e.logical),
+                        physical: e.physical.saturating_add(start - e.logical),
                         len: end - start,
                     })
                 })
@@ -160,10 +187,11 @@ impl ExtentMap {
     /// Logically contiguous stretches of mapped blocks: holes split them.
     pub fn data_ranges(&self) -> Vec<BlockRange> {
         let mut ranges: Vec<BlockRange> = Vec::new();
-        for e in &self.extents {
+        // A zero-length extent maps nothing (ext4 never reports one).
+        for e in self.extents.iter().filter(|e| e.len > 0) {
             match ranges.last_mut() {
                 Some(last) if last.end() >= e.logical => {
-                    let end = last.end().max(e.logical + e.len);
+                    let end = last.end().max(e.logical.saturating_add(e.len));
                     last.len = end - last.start;
                 }
                 _ => ranges.push(BlockRange {
@@ -425,6 +453,61 @@ mod tests {
         assert_eq!(m.extents[0], ext(0, 0, 2));
         assert_eq!(m.extents[1], ext(2, 10, 1));
         assert_eq!(m.problem, Some(MapProblem::DelayedAllocation));
+    }
+
+    #[test]
+    fn zero_length_extents_are_kept_but_map_nothing() {
+        let raw = [
+            Extent {
+                logical: 0,
+                physical: 4096,
+                length: 4096,
+                flags: ExtentFlags::from_bits(0),
+            },
+            Extent {
+                logical: 40960,
+                physical: 0,
+                length: 0,
+                flags: ExtentFlags::from_bits(ExtentFlags::DATA_INLINE),
+            },
+        ];
+        let m = ExtentMap::from_fiemap(&raw, 4096);
+        assert_eq!(m.extents, vec![ext(0, 1, 1), ext(10, 0, 0)]);
+        assert_eq!(m.problem, Some(MapProblem::Inline));
+        assert_eq!(m.data_ranges(), vec![BlockRange { start: 0, len: 1 }]);
+        assert_eq!(m.physical_runs(), 1);
+        assert_eq!(m.blocks(), 1);
+    }
+
+    #[test]
+    fn absurd_values_saturate_and_impossible_maps_are_a_problem() {
+        let huge = Extent {
+            logical: u64::MAX,
+            physical: u64::MAX,
+            length: u64::MAX,
+            flags: ExtentFlags::from_bits(0),
+        };
+        let m = ExtentMap::from_fiemap(&[huge, huge], 1);
+        assert_eq!(m.problem, Some(MapProblem::UnknownLocation));
+        let a = Assessment::of(&m, u64::MAX);
+        assert_eq!(a.blocks, u64::MAX);
+        assert!((0.0..=100.0).contains(&a.score));
+        assert_eq!(m.data_ranges().len(), 1);
+        // With real blocks, u64's end is reached by no sum: not a problem.
+        let m = ExtentMap::from_fiemap(&[huge], 1024);
+        assert_eq!(m.problem, None);
+        assert_eq!(m.data_ranges()[0].end(), u64::MAX / 1024 + (1 << 54));
+        let m = ExtentMap::from_fiemap(&[huge], 0);
+        assert_eq!(m.problem, Some(MapProblem::UnknownLocation));
+        assert!(m.extents.is_empty());
+        // Built by hand, unsorted and at u64's end: figures, not panics.
+        let odd = map(vec![ext(u64::MAX, u64::MAX, u64::MAX), ext(5, 0, 1)]);
+        let _ = (odd.extent_count(), odd.physical_runs(), odd.data_ranges());
+        let all = [BlockRange {
+            start: 0,
+            len: u64::MAX,
+        }];
+        assert_eq!(odd.physical_runs_in(&all), 1);
     }
 
     #[test]

@@ -10,6 +10,7 @@ use std::os::fd::BorrowedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
+use crate::escape::escaped;
 use crate::ext4;
 use crate::walk::{read_entries, EntryKind};
 
@@ -74,14 +75,14 @@ impl TreeCursor {
                 return;
             }
             Err(e) => {
-                tracing::debug!("crawl: cannot open directory {}: {e}", rel.display());
+                tracing::debug!("crawl: cannot open directory {}: {e}", escaped(&rel));
                 return;
             }
         };
         let entries = match read_entries(&dir) {
             Ok(entries) => entries,
             Err(e) => {
-                tracing::debug!("crawl: cannot read directory {}: {e}", rel.display());
+                tracing::debug!("crawl: cannot read directory {}: {e}", escaped(&rel));
                 return;
             }
         };

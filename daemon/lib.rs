@@ -4,6 +4,7 @@ pub mod config;
 pub mod control;
 pub mod convert;
 pub mod crawl_cursor;
+pub mod escape;
 pub mod ext4;
 pub mod inspect;
 pub mod logging;

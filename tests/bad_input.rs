@@ -1048,7 +1048,6 @@ fn hostile_answer(rng: &mut XorShift) -> Vec<u8> {
 }
 
 #[test]
-#[ignore = "known bug (issue 6 note, E): defragctl prints some socket text raw"]
 fn defragctl_never_panics_whatever_the_socket_answers() {
     let seed = fuzz_seed("bad_input/defragctl_vs_hostile_socket");
     let mut rng = XorShift::new(seed);

@@ -405,7 +405,6 @@ fn check_map(raw: &[Extent], bs: u64) -> Vec<String> {
 }
 
 #[test]
-#[ignore = "known bug (issue 6 note, F): extreme extent values break an invariant"]
 fn from_fiemap_never_panics_and_keeps_its_invariants() {
     let seed = fuzz_seed("fuzz/from_fiemap");
     let mut rng = XorShift::new(seed);
@@ -1569,7 +1568,6 @@ fn random_response_line(rng: &mut XorShift) -> Vec<u8> {
 }
 
 #[test]
-#[ignore = "known bug (issue 6 note, E): defragctl prints some socket text raw"]
 fn defragctl_output_never_panics_and_cannot_be_forged() {
     let seed = fuzz_seed("fuzz/control_format");
     let mut rng = XorShift::new(seed);

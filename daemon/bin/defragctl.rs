@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use defragd::control::client::{self, ClientError, EXIT_SERVICE_ERROR, EXIT_USAGE};
 use defragd::control::format;
 use defragd::control::protocol::{Request, Response, ResponseData, DEFAULT_SOCKET};
+use defragd::escape::escaped;
 
 /// How long to wait for most answers.
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -101,7 +102,7 @@ fn main() -> ExitCode {
     let requests = match requests(cli.command) {
         Ok(requests) => requests,
         Err(message) => {
-            eprintln!("defragctl: {message}");
+            eprintln!("defragctl: {}", escaped(&message));
             return ExitCode::from(EXIT_USAGE);
         }
     };
@@ -198,18 +199,21 @@ fn write_docs(dir: &std::path::Path) -> ExitCode {
         Err(e) => {
             eprintln!(
                 "defragctl: cannot write the docs into {}: {e}",
-                dir.display()
+                escaped(dir)
             );
             ExitCode::FAILURE
         }
     }
 }
 
+/// An error for the operator: the service's own words (or a socket's, if
+/// something else answers there) are untrusted, so they are escaped unless
+/// they go out as JSON.
 fn report(json: bool, message: &str) {
     if json {
         println!("{}", format::json_error(message));
     } else {
-        eprintln!("defragctl: {message}");
+        eprintln!("defragctl: {}", escaped(message));
     }
 }
 

@@ -48,7 +48,11 @@ pub fn run(file: &Path) -> ExitCode {
             }
         },
         Err(e) => {
-            eprintln!("defragd bench-move-ext: {}: {e:#}", file.display());
+            eprintln!(
+                "defragd bench-move-ext: {}: {}",
+                crate::escape::escaped(file),
+                crate::escape::escaped(&format!("{e:#}"))
+            );
             ExitCode::FAILURE
         }
     }

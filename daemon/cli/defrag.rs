@@ -12,6 +12,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use super::DefragArgs;
+use crate::escape::{escaped, escaped_display};
 use crate::ext4;
 use crate::inspect::{Filesystems, Target};
 use crate::mover::{defragment, Control, MoveOptions, Progress, Supervisor};
@@ -140,7 +141,7 @@ pub fn run(args: &DefragArgs) -> ExitCode {
         });
         if let Err(e) = walked {
             walk_errors += 1;
-            eprintln!("defragd: {e}");
+            eprintln!("defragd: {}", escaped_display(&e));
         }
     }
     report.summary.elapsed_s = started.elapsed().as_secs_f64();
@@ -167,7 +168,7 @@ fn new_bar(target: &Target) -> ProgressBar {
     .unwrap_or_else(|_| ProgressStyle::default_bar())
     .progress_chars("=> ");
     bar.set_style(style);
-    bar.set_message(target.path.display().to_string());
+    bar.set_message(escaped(&target.path).to_string());
     bar
 }
 
@@ -256,8 +257,9 @@ fn file_report(path: PathBuf, outcome: &Outcome, elapsed: Duration) -> FileRepor
     report
 }
 
+/// One line per file, whatever its name holds (the JSON keeps it exact).
 fn human_line(r: &FileReport) -> String {
-    let path = r.path.display();
+    let path = escaped(&r.path);
     let extents = match (r.extents_before, r.extents_after, r.ideal_extents) {
         (Some(b), Some(a), Some(i)) => format!("extents {b} -> {a} (ideal {i})"),
         (Some(b), None, Some(i)) => format!("extents {b} (ideal {i})"),
@@ -278,7 +280,10 @@ fn human_line(r: &FileReport) -> String {
             "would defragment  {path}  {}  {extents}",
             Size(r.size_bytes)
         ),
-        word => format!("{word:<17} {path}  {}", r.reason.as_deref().unwrap_or("")),
+        word => format!(
+            "{word:<17} {path}  {}",
+            escaped(r.reason.as_deref().unwrap_or(""))
+        ),
     }
 }
 

@@ -163,7 +163,10 @@ fn write_docs(dir: &std::path::Path) -> ExitCode {
     match docs::generate(<Cli as clap::CommandFactory>::command(), dir) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("defragd: cannot write the docs into {}: {e}", dir.display());
+            eprintln!(
+                "defragd: cannot write the docs into {}: {e}",
+                crate::escape::escaped(dir)
+            );
             ExitCode::FAILURE
         }
     }

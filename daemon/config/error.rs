@@ -5,6 +5,8 @@
 use std::fmt;
 use std::path::PathBuf;
 
+use crate::escape::escaped;
+
 /// Where a value came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Origin {
@@ -17,8 +19,8 @@ pub enum Origin {
 impl fmt::Display for Origin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Origin::File(path) => write!(f, "{}", escape_controls(&path.to_string_lossy())),
-            Origin::Env(name) => write!(f, "environment variable {}", escape_controls(name)),
+            Origin::File(path) => write!(f, "{}", escaped(path)),
+            Origin::Env(name) => write!(f, "environment variable {}", escaped(name)),
         }
     }
 }
@@ -87,25 +89,11 @@ impl std::error::Error for ConfigErrors {}
 /// short so that a huge garbage value cannot flood the log.
 pub(super) fn printable(text: &str) -> String {
     const MAX_CHARS: usize = 200;
-    let escaped = escape_controls(text);
-    match escaped.char_indices().nth(MAX_CHARS) {
-        Some((cut, _)) => format!("{}…", &escaped[..cut]),
-        None => escaped,
+    let shown = escaped(text).to_string();
+    match shown.char_indices().nth(MAX_CHARS) {
+        Some((cut, _)) => format!("{}…", &shown[..cut]),
+        None => shown,
     }
-}
-
-/// `text` with control characters escaped, whole (for file names, which
-/// must not be cut).
-fn escape_controls(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        if c.is_control() {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 #[cfg(test)]

@@ -7,6 +7,8 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use indicatif::{BinaryBytes, HumanCount};
 
+use crate::escape::escaped;
+
 use super::protocol::{
     CoveredFs, DefragReply, Done, HistoryLine, QueueEntry, ResponseData, StatusReport,
 };
@@ -54,9 +56,7 @@ pub fn status(report: &StatusReport, now: i64) -> String {
             .iter()
             .map(|m| {
                 vec![
-                    disk_of(&m.path, &report.filesystems)
-                        .unwrap_or("?")
-                        .to_string(),
+                    disk_of(&m.path, &report.filesystems).map_or_else(|| "?".to_string(), clean),
                     percent(m.moved_bytes, m.total_bytes),
                     format!(
                         "{} of {}",
@@ -176,16 +176,28 @@ pub fn history(lines: &[HistoryLine], now: i64) -> String {
     )
 }
 
-/// One line per path given: what became of it, and why.
+/// One line per path given: what became of it, and why. An empty result
+/// shows as "?", so that no reply is left without its line.
 pub fn defrag(replies: &[DefragReply]) -> String {
     let rows: Vec<Vec<String>> = replies
         .iter()
-        .map(|r| vec![clean(&r.result), show_path(&r.path), clean(&r.message)])
+        .map(|r| {
+            let result = if r.result.is_empty() {
+                "?".to_string()
+            } else {
+                clean(&r.result)
+            };
+            vec![result, show_path(&r.path), clean(&r.message)]
+        })
         .collect();
     columns(&[Align::Left, Align::Left, Align::Left], &rows).join("\n")
 }
 
+/// The service's word on a command; "done" if it said nothing.
 pub fn done(done: &Done) -> String {
+    if done.message.is_empty() {
+        return "done".to_string();
+    }
     clean(&done.message)
 }
 
@@ -274,25 +286,14 @@ fn timestamp(unix: i64) -> String {
 }
 
 fn show_path(path: &Path) -> String {
-    clean(&path.to_string_lossy())
+    escaped(path).to_string()
 }
 
-/// Text from the service with control characters escaped, so that a file
-/// named with a newline or an escape sequence cannot forge table lines or
-/// drive the terminal.
+/// Text from the service, escaped (see `crate::escape`): a file named
+/// with a newline or an escape sequence cannot forge table lines or drive
+/// the terminal.
 fn clean(text: &str) -> String {
-    if !text.chars().any(char::is_control) {
-        return text.to_string();
-    }
-    text.chars()
-        .map(|c| match c {
-            '\n' => "\\n".to_string(),
-            '\t' => "\\t".to_string(),
-            '\r' => "\\r".to_string(),
-            c if c.is_control() => format!("\\u{{{:x}}}", c as u32),
-            c => c.to_string(),
-        })
-        .collect()
+    escaped(text).to_string()
 }
 
 #[cfg(test)]
@@ -451,6 +452,25 @@ mod tests {
             defrag(&replies),
             "queued  /srv/a       40 extents, ideal 1\nleft    /srv/longer  already contiguous"
         );
+    }
+
+    #[test]
+    fn service_text_cannot_forge_lines_or_drive_the_terminal() {
+        let mut r = report();
+        r.filesystems[1].disk = "sda\u{1b}[31m".into();
+        let text = status(&r, NOW);
+        assert!(text.contains("moving       sda\\u{1b}[31m  44%"), "{text}");
+        assert!(!text.contains('\u{1b}'), "{text}");
+        let replies = [DefragReply {
+            path: "/x\nqueued  /etc/shadow".into(),
+            result: String::new(),
+            message: String::new(),
+        }];
+        assert_eq!(defrag(&replies), "?  /x\\nqueued  /etc/shadow");
+        let quiet = Done {
+            message: String::new(),
+        };
+        assert_eq!(done(&quiet), "done");
     }
 
     #[test]

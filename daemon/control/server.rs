@@ -17,6 +17,8 @@ use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt, BufRea
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
+use crate::escape::{escaped, escaped_display};
+
 use super::protocol::{
     Controller, Request, Response, ResponseData, BUSY, DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT,
     MAX_REQUEST_BYTES, PERMISSION_DENIED,
@@ -254,7 +256,7 @@ impl ControlSocket {
                 if let Err(e) = fs::remove_file(&self.path) {
                     tracing::warn!(
                         "cannot remove the control socket {}: {e}",
-                        self.path.display()
+                        escaped(&self.path)
                     );
                 }
             }
@@ -575,7 +577,10 @@ async fn dispatch(controller: Arc<dyn Controller>, request: Request) -> Response
         Ok(Ok(data)) => Response::ok(data),
         Ok(Err(message)) => Response::error(message),
         Err(e) => {
-            tracing::error!("control socket: the {cmd} request failed: {e}");
+            tracing::error!(
+                "control socket: the {cmd} request failed: {}",
+                escaped_display(&e)
+            );
             Response::error(format!(
                 "internal error while answering {cmd}; see the service's log (`journalctl -u defragd`)"
             ))

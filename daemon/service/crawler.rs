@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::crawl_cursor::TreeCursor;
+use crate::escape::escaped;
 use crate::mounts::{reopen_root, Covered};
 
 use super::candidates::{consider_file, Considered, Urgency};
@@ -29,7 +30,7 @@ pub fn run(shared: Arc<Shared>, uuid: String) {
             Err(e) => {
                 tracing::error!(
                     "crawl of {}: cannot read its cursor: {e}",
-                    fs.mount_point.display()
+                    escaped(&fs.mount_point)
                 );
                 shared.sleep(Duration::from_secs(60));
                 continue;
@@ -55,9 +56,9 @@ pub fn run(shared: Arc<Shared>, uuid: String) {
             Some(c) => {
                 tracing::info!(
                     "crawl of {}: continuing pass {} after {} ({} files assessed so far)",
-                    fs.mount_point.display(),
+                    escaped(&fs.mount_point),
                     c.pass_id,
-                    c.cursor.display(),
+                    escaped(&c.cursor),
                     c.files_assessed
                 );
                 Some((c.cursor, c.files_assessed))
@@ -66,7 +67,7 @@ pub fn run(shared: Arc<Shared>, uuid: String) {
                 Ok(c) => {
                     tracing::info!(
                         "crawl of {}: starting pass {}",
-                        fs.mount_point.display(),
+                        escaped(&fs.mount_point),
                         c.pass_id
                     );
                     None
@@ -74,7 +75,7 @@ pub fn run(shared: Arc<Shared>, uuid: String) {
                 Err(e) => {
                     tracing::error!(
                         "crawl of {}: cannot start a pass: {e}",
-                        fs.mount_point.display()
+                        escaped(&fs.mount_point)
                     );
                     shared.sleep(Duration::from_secs(60));
                     continue;
@@ -102,7 +103,7 @@ fn crawl_pass(shared: &Shared, fs: &Covered, after: Option<(PathBuf, u64)>) {
         let Some(root) = reopen_root(fs) else {
             tracing::info!(
                 "crawl of {}: the filesystem is gone; stopping",
-                fs.mount_point.display()
+                escaped(&fs.mount_point)
             );
             return;
         };
@@ -117,15 +118,15 @@ fn crawl_pass(shared: &Shared, fs: &Covered, after: Option<(PathBuf, u64)>) {
                 queued += 1;
                 tracing::debug!(
                     "crawl: assessed {}: queued (priority {priority:.1})",
-                    rel.display()
+                    escaped(&rel)
                 );
             }
-            other => tracing::debug!("crawl: assessed {}: {other:?}", rel.display()),
+            other => tracing::debug!("crawl: assessed {}: {other:?}", escaped(&rel)),
         }
         if let Err(e) = shared.store().save_crawl_cursor(&fs.uuid, &rel, assessed) {
             tracing::warn!(
                 "crawl of {}: cannot save its cursor: {e}",
-                fs.mount_point.display()
+                escaped(&fs.mount_point)
             );
         }
         // Pace: never ahead of files_per_second since this run started.
@@ -138,14 +139,14 @@ fn crawl_pass(shared: &Shared, fs: &Covered, after: Option<(PathBuf, u64)>) {
     }
     tracing::info!(
         "crawl of {}: pass done, {assessed} files assessed, {queued} queued in {:.0} s",
-        fs.mount_point.display(),
+        escaped(&fs.mount_point),
         started.elapsed().as_secs_f64()
     );
     shared.metrics.last_crawl_timestamp.set(unix_now());
     if let Err(e) = shared.store().finish_pass(&fs.uuid, unix_now()) {
         tracing::warn!(
             "crawl of {}: cannot record the end of the pass: {e}",
-            fs.mount_point.display()
+            escaped(&fs.mount_point)
         );
     }
 }

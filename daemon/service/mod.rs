@@ -26,6 +26,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
 use crate::config::{self, Settings};
+use crate::escape::{escaped, escaped_display};
 use crate::mounts::{self, Covered, DiskId};
 use crate::store::Store;
 
@@ -58,7 +59,7 @@ pub fn run(config_path: Option<&Path>) -> ExitCode {
         Err(e) => {
             tracing::error!(
                 "cannot open the store in {}: {e}",
-                settings.state_dir.display()
+                escaped(&settings.state_dir)
             );
             return ExitCode::FAILURE;
         }
@@ -69,7 +70,7 @@ pub fn run(config_path: Option<&Path>) -> ExitCode {
                 tracing::info!(
                     "job {} {} was interrupted at block {}; it resumes there",
                     job.id,
-                    job.path_hint.display(),
+                    escaped(&job.path_hint),
                     job.next_block
                 );
             }
@@ -112,9 +113,9 @@ fn report_interrupted_conversions(store: &Store) {
             "defragd was converting {} (inode {}) to extents when it stopped; the kernel's conversion is not \
              crash-safe and may have left an inode for e2fsck to reclaim (the file's data is kept): run \
              `e2fsck -f {}` at the next maintenance window, with the filesystem unmounted",
-            conversion.path.display(),
+            escaped(&conversion.path),
             conversion.file.ino,
-            conversion.device.display()
+            escaped(&conversion.device)
         );
         if let Err(e) = store.finish_conversion(conversion.id) {
             tracing::warn!("cannot mark the interrupted conversion as reported: {e}");
@@ -160,7 +161,7 @@ impl Threads {
                     }
                     Err(e) => tracing::error!(
                         "cannot start the crawl of {}: {e}",
-                        fs.mount_point.display()
+                        escaped(&fs.mount_point)
                     ),
                 }
             }
@@ -283,7 +284,7 @@ fn start_control(
     };
     let socket =
         crate::control::ControlSocket::bind(&control.socket, group).map_err(|e| e.to_string())?;
-    tracing::info!("listening for defragctl on {}", control.socket.display());
+    tracing::info!("listening for defragctl on {}", escaped(&control.socket));
     tokio::spawn(socket.run(controller, stop));
     Ok(())
 }
@@ -326,8 +327,7 @@ fn update_gauges(shared: &Shared, report: &crate::control::protocol::StatusRepor
     });
     let max = shared.settings().throttle.max_bytes_per_s.get();
     let rate = shared.slowed().map_or(max, |s| s.bytes_per_s);
-    m.throttle_rate
-        .set(i64::try_from(rate).unwrap_or(i64::MAX));
+    m.throttle_rate.set(i64::try_from(rate).unwrap_or(i64::MAX));
 }
 
 /// Reloads the config: a bad one is refused and the running one kept.
@@ -375,8 +375,8 @@ fn refresh_covered(shared: &Shared) -> bool {
             Ok(fs) => {
                 covered.insert(fs.uuid.clone(), fs);
             }
-            Err(e) if configured => tracing::warn!("not covering {e}"),
-            Err(e) => tracing::debug!("not covering {e}"),
+            Err(e) if configured => tracing::warn!("not covering {}", escaped_display(&e)),
+            Err(e) => tracing::debug!("not covering {}", escaped_display(&e)),
         }
     }
     let before = shared.covered();
@@ -393,10 +393,10 @@ fn refresh_covered(shared: &Shared) -> bool {
         if !covered.contains_key(uuid) {
             tracing::info!(
                 "{} is gone (unmounted or no longer eligible); dropping its queued work",
-                fs.mount_point.display()
+                escaped(&fs.mount_point)
             );
             if let Err(e) = shared.store().forget_filesystem(uuid) {
-                tracing::warn!("cannot drop the queue of {}: {e}", fs.mount_point.display());
+                tracing::warn!("cannot drop the queue of {}: {e}", escaped(&fs.mount_point));
             }
         }
     }
@@ -404,13 +404,13 @@ fn refresh_covered(shared: &Shared) -> bool {
         if !before.contains_key(&fs.uuid) {
             tracing::info!(
                 "covering {} (ext4 {}, disk {})",
-                fs.mount_point.display(),
+                escaped(&fs.mount_point),
                 fs.uuid,
                 fs.disk.0
             );
         }
         if let Err(e) = shared.store().upsert_filesystem(&fs.uuid, &fs.mount_point) {
-            tracing::warn!("cannot record {}: {e}", fs.mount_point.display());
+            tracing::warn!("cannot record {}: {e}", escaped(&fs.mount_point));
         }
     }
     shared.set_covered(covered);

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use crate::control::protocol::{CoveredFs, Moving, StatusReport};
+use crate::escape::escaped;
 use crate::outcome::Size;
 
 use super::shared::{MovingNow, Pause, Shared};
@@ -115,7 +116,7 @@ fn moving_line(m: &MovingNow, workers: usize) -> String {
     };
     format!(
         "defragmenting {} {percent}% ({} of {}){more}",
-        m.path.display(),
+        escaped(&m.path),
         Size(m.moved_bytes),
         Size(m.total_bytes)
     )

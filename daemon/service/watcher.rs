@@ -25,6 +25,7 @@ use futures_util::StreamExt;
 use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask, Watches};
 use tokio::sync::watch;
 
+use crate::escape::escaped;
 use crate::ext4;
 use crate::mounts::{reopen_root, Covered};
 use crate::walk::{read_entries, EntryKind};
@@ -398,7 +399,7 @@ impl Watcher {
                     Urgency::Written,
                     unix_now(),
                 );
-                tracing::debug!("watch: {} quiet, considered: {outcome:?}", rel.display());
+                tracing::debug!("watch: {} quiet, considered: {outcome:?}", escaped(&rel));
             }
         });
     }
@@ -547,7 +548,7 @@ impl Walker {
                 false
             }
             Err(e) => {
-                tracing::debug!("cannot watch {}: {e}", rel.display());
+                tracing::debug!("cannot watch {}: {e}", escaped(&rel));
                 true
             }
         }

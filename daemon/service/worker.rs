@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::convert::Converting;
+use crate::escape::{escaped, escaped_display};
 use crate::inspect::Filesystems;
 use crate::mounts::{reopen_root, DiskId};
 use crate::mover::{defragment, Control, MoveOptions, Progress, Supervisor};
@@ -194,13 +195,13 @@ impl Supervisor for JobSupervisor<'_> {
                 tracing::info!(
                     "resuming job {} {} at block {}",
                     job.id,
-                    self.path.display(),
+                    escaped(&self.path),
                     job.next_block
                 );
             } else {
                 tracing::info!(
                     "defragmenting {} (job {}, {} extents)",
-                    self.path.display(),
+                    escaped(&self.path),
                     job.id,
                     job.extents_before
                 );
@@ -236,7 +237,7 @@ impl Supervisor for JobSupervisor<'_> {
     fn converting(&mut self, file: &Converting<'_>) {
         tracing::warn!(
             "converting {} to extents (EXT4_IOC_MIGRATE is not crash-safe; the conversion is recorded)",
-            file.path.display()
+            escaped(&file.path)
         );
         let id = FileId {
             fs_uuid: self.job.file.fs_uuid.clone(),
@@ -251,7 +252,7 @@ impl Supervisor for JobSupervisor<'_> {
             Ok(record) => self.conversion = Some(record),
             Err(e) => tracing::error!(
                 "cannot record the conversion of {}: {e}",
-                file.path.display()
+                escaped(&file.path)
             ),
         }
     }
@@ -303,7 +304,7 @@ fn record(shared: &Shared, job: &Job, path: &std::path::Path, outcome: Outcome, 
                 } else {
                     "defragmented"
                 },
-                path.display(),
+                escaped(&path),
                 moved.before.extents,
                 moved.after.extents,
                 crate::outcome::Size(moved.bytes_moved)
@@ -321,7 +322,7 @@ fn record(shared: &Shared, job: &Job, path: &std::path::Path, outcome: Outcome, 
         Outcome::Interrupted { next_block, .. } => {
             tracing::info!(
                 "job {id} {} stopped at block {next_block}; it continues later",
-                path.display()
+                escaped(&path)
             );
             // The mover committed the file before stopping.
             save_cursor(shared, job, next_block);
@@ -333,7 +334,7 @@ fn record(shared: &Shared, job: &Job, path: &std::path::Path, outcome: Outcome, 
         } => {
             tracing::info!(
                 "{} is busy under a writer; trying again in {BUSY_RETRY_SECS} s",
-                path.display()
+                escaped(&path)
             );
             retry(shared, job, "busy", BUSY_RETRY_SECS);
         }
@@ -346,7 +347,7 @@ fn record(shared: &Shared, job: &Job, path: &std::path::Path, outcome: Outcome, 
                 .max(1);
             tracing::debug!(
                 "{} was written {ago_secs} s ago; trying again in {wait} s",
-                path.display()
+                escaped(&path)
             );
             retry(shared, job, "recently written", wait);
         }
@@ -365,7 +366,7 @@ fn record(shared: &Shared, job: &Job, path: &std::path::Path, outcome: Outcome, 
             );
         }
         Outcome::Skipped { reason, .. } => {
-            tracing::info!("skipped {}: {reason}", path.display());
+            tracing::info!("skipped {}: {}", escaped(&path), escaped_display(&reason));
             finish(
                 shared,
                 job,
@@ -382,7 +383,11 @@ fn record(shared: &Shared, job: &Job, path: &std::path::Path, outcome: Outcome, 
             ..
         } => {
             if job.attempts >= MAX_ATTEMPTS {
-                tracing::warn!("failed {} for the last time: {reason}", path.display());
+                tracing::warn!(
+                    "failed {} for the last time: {}",
+                    escaped(&path),
+                    escaped_display(&reason)
+                );
                 finish(
                     shared,
                     job,
@@ -394,17 +399,19 @@ fn record(shared: &Shared, job: &Job, path: &std::path::Path, outcome: Outcome, 
                 );
             } else {
                 tracing::warn!(
-                    "failed {} (attempt {}): {reason}; trying again later",
-                    path.display(),
-                    job.attempts
+                    "failed {} (attempt {}): {}; trying again later",
+                    escaped(&path),
+                    job.attempts,
+                    escaped_display(&reason)
                 );
                 retry(shared, job, &reason.to_string(), RETRY_AFTER_SECS);
             }
         }
         Outcome::Converted { reason, .. } => {
             tracing::info!(
-                "converted {} to extents; not defragmented: it {reason}",
-                path.display()
+                "converted {} to extents; not defragmented: it {}",
+                escaped(&path),
+                escaped_display(&reason)
             );
             let why = format!("converted to extents, but not defragmented: it {reason}");
             finish(
@@ -463,7 +470,7 @@ fn drop_job(shared: &Shared, job: &Job, why: &str) {
         || job.path_hint.clone(),
         |fs| fs.mount_point.join(&job.path_hint),
     );
-    tracing::info!("dropped job {} {}: {why}", job.id, path.display());
+    tracing::info!("dropped job {} {}: {why}", job.id, escaped(&path));
     shared.metrics.count_file("dropped", None);
     if let Err(e) = shared.store().drop_job(job.id, why) {
         tracing::error!("job {}: cannot drop it: {e}", job.id);

@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::Connection;
 
+use crate::escape::escaped;
+
 use super::error::is_corruption;
 use super::schema::{self, KNOWN_VERSION, MIGRATIONS};
 use super::{system_clock, StoreError, StoreOptions, DB_FILE_NAME};
@@ -39,8 +41,8 @@ pub(super) fn open_file(
                 "the state database {} is corrupt ({reason}); moved it aside to {} and started \
                  a new, empty one: queued jobs, crawl progress and history are gone, and the \
                  crawl will rediscover the work",
-                path.display(),
-                aside.display()
+                escaped(&path),
+                escaped(&aside)
             );
             connect(&path, options).map_err(|failure| match failure {
                 Failure::Fatal(e) => e,
@@ -85,7 +87,7 @@ fn connect(path: &Path, options: &StoreOptions) -> Result<Connection, Failure> {
         tracing::warn!(
             "the state database {} runs in {mode} journal mode, not WAL: status queries may \
              wait for the worker's writes",
-            path.display()
+            escaped(path)
         );
     }
     Ok(conn)
