@@ -2,6 +2,8 @@
 //! the mover starts from. A file is pinned with O_PATH below a directory fd
 //! (no symlink, no mount crossed), checked to be a regular file on the
 //! expected filesystem, and only then reopened read-only to be mapped.
+//! For a report, a file that statx shows to have at most one block is
+//! measured without being opened at all.
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -177,4 +179,201 @@ pub fn inspect(
         map,
         assessment,
     })
+}
+
+/// One file measured for a report (`check`): what `inspect` finds, less
+/// what only a move needs (the generation, the open files).
+#[derive(Debug)]
+pub struct Measured<'a> {
+    pub fs: &'a FsInfo,
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    /// Mapped by indirect blocks: neither extents nor inline data.
+    pub block_mapped: bool,
+    pub assessment: Assessment,
+}
+
+/// Measures `target` for a report with as few syscalls as it takes. A file
+/// that cannot have more than one extent (at most one block allocated) is
+/// measured from one statx of its name and never opened; any other is
+/// pinned, checked and reopened read-only as `inspect` does, and mapped.
+///
+/// For reports only: it reads no generation, so `expected_identity` is
+/// not checked; whatever must be sure of a file's identity uses `inspect`.
+///
+/// A file that is not opened is taken as extent-mapped unless its
+/// filesystem has no extent feature: the inode flags take an open, and
+/// such a file has one block at most, which no move or conversion would
+/// change. (On a filesystem converted from ext3, its old one-block files
+/// are block-mapped and not counted as such.)
+pub fn measure<'a>(
+    target: &Target,
+    filesystems: &'a mut Filesystems,
+) -> Result<Measured<'a>, Refusal> {
+    let entry = ext4::stat_beneath(target.dir.as_fd(), &target.name)?;
+    refuse_unless_regular(entry.file_type)?;
+    if entry.maybe_mount_root || target.expected_dev.is_some_and(|dev| dev != entry.dev) {
+        return Err(SkipReason::OtherFilesystem.into());
+    }
+    // Not a mount root: the entry is on its directory's filesystem.
+    let fs = filesystems.get(entry.dev, target.dir.as_fd())?;
+    let sb = &fs.superblock;
+    if let Some(map) = at_most_one_extent(&entry, sb) {
+        return Ok(Measured {
+            fs,
+            dev: entry.dev,
+            ino: entry.ino,
+            size: entry.size,
+            block_mapped: !sb.has_extents,
+            assessment: Assessment::of(&map, entry.size),
+        });
+    }
+    let pinned = ext4::pin_beneath(target.dir.as_fd(), Path::new(&target.name))?;
+    let stat = ext4::stat(pinned.as_fd())?;
+    // The name may have changed hands since the statx: what is pinned is
+    // what gets measured.
+    refuse_unless_regular(stat.st_mode & SFlag::S_IFMT.bits())?;
+    if target.expected_dev.is_some_and(|dev| dev != stat.st_dev) || stat.st_dev != entry.dev {
+        return Err(SkipReason::OtherFilesystem.into());
+    }
+    let file = ext4::reopen(pinned.as_fd(), Access::ReadOnly)?;
+    let flags = ext4::inode_flags(file.as_fd())?;
+    let raw = ext4::fiemap(file.as_fd(), Flush::No)?;
+    let map = ExtentMap::from_fiemap(&raw, u64::from(sb.block_size));
+    let size = u64::try_from(stat.st_size).unwrap_or(0);
+    Ok(Measured {
+        fs,
+        dev: stat.st_dev,
+        ino: stat.st_ino,
+        size,
+        block_mapped: !flags.extent_mapped() && !flags.inline_data(),
+        assessment: Assessment::of(&map, size),
+    })
+}
+
+/// The map of a file that statx alone shows to have at most one extent,
+/// or None when it takes FIEMAP to know.
+fn at_most_one_extent(entry: &ext4::EntryStat, sb: &ext4::Superblock) -> Option<ExtentMap> {
+    let allocated = entry.blocks_512.saturating_mul(512);
+    let block = u64::from(sb.block_size);
+    if allocated == 0 {
+        // No block at all: no extent, unless the data is inline (which
+        // FIEMAP reports as one extent).
+        (entry.size == 0 || !sb.inline_data).then(ExtentMap::default)
+    } else if allocated <= block && entry.size > 0 && entry.size <= block {
+        // One block, and data that fits in it: the block is the data's.
+        // (st_blocks also counts an external xattr block: a larger file
+        // with one block may be all hole, and an empty one's block is not
+        // data; FIEMAP tells those apart. A file of at most one block that
+        // is all hole and has an xattr block is the one case taken wrong:
+        // one extent where there is none.) Where the block lies does not
+        // change a one-extent file's figures.
+        Some(ExtentMap {
+            extents: vec![crate::assess::BlockExtent {
+                logical: 0,
+                physical: 0,
+                len: 1,
+            }],
+            problem: None,
+        })
+    } else {
+        None
+    }
+}
+
+/// Refuses what is not a regular file, saying what it is.
+fn refuse_unless_regular(file_type: u32) -> Result<(), Refusal> {
+    match SFlag::from_bits_truncate(file_type & SFlag::S_IFMT.bits()) {
+        SFlag::S_IFREG => Ok(()),
+        SFlag::S_IFLNK => Err(SkipReason::Symlink.into()),
+        SFlag::S_IFDIR => Err(SkipReason::NotRegular("directory").into()),
+        SFlag::S_IFIFO => Err(SkipReason::NotRegular("FIFO").into()),
+        SFlag::S_IFSOCK => Err(SkipReason::NotRegular("socket").into()),
+        _ => Err(SkipReason::NotRegular("device node").into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn superblock(inline_data: bool) -> ext4::Superblock {
+        ext4::Superblock {
+            uuid: ext4::FsUuid([0; 16]),
+            block_size: 4096,
+            blocks_per_group: 32768,
+            groups_per_flex: Some(16),
+            has_extents: true,
+            bigalloc: false,
+            inline_data,
+            encryption: false,
+        }
+    }
+
+    fn entry(size: u64, blocks_512: u64) -> ext4::EntryStat {
+        ext4::EntryStat {
+            file_type: SFlag::S_IFREG.bits(),
+            dev: 1,
+            ino: 12,
+            size,
+            blocks_512,
+            mtime: 0,
+            maybe_mount_root: false,
+        }
+    }
+
+    fn extents(map: Option<ExtentMap>) -> Option<u64> {
+        map.map(|m| Assessment::of(&m, 0).extents)
+    }
+
+    #[test]
+    fn statx_tells_files_of_at_most_one_block_apart() {
+        let sb = superblock(false);
+        // Empty, and all hole without blocks: no extent.
+        assert_eq!(extents(at_most_one_extent(&entry(0, 0), &sb)), Some(0));
+        assert_eq!(
+            extents(at_most_one_extent(&entry(1 << 20, 0), &sb)),
+            Some(0)
+        );
+        // Data in one block: one extent.
+        assert_eq!(extents(at_most_one_extent(&entry(100, 8), &sb)), Some(1));
+        assert_eq!(extents(at_most_one_extent(&entry(4096, 8), &sb)), Some(1));
+        // More than one block, or one block that may not be data (an
+        // empty file's, a large sparse file's): FIEMAP decides.
+        assert_eq!(extents(at_most_one_extent(&entry(4097, 16), &sb)), None);
+        assert_eq!(extents(at_most_one_extent(&entry(100, 16), &sb)), None);
+        assert_eq!(extents(at_most_one_extent(&entry(0, 8), &sb)), None);
+        assert_eq!(extents(at_most_one_extent(&entry(1 << 20, 8), &sb)), None);
+    }
+
+    #[test]
+    fn inline_data_counts_as_one_extent() {
+        let sb = superblock(true);
+        // ext4 reports inline data as 512-byte units of st_blocks, or none.
+        assert_eq!(extents(at_most_one_extent(&entry(100, 1), &sb)), Some(1));
+        assert_eq!(extents(at_most_one_extent(&entry(100, 0), &sb)), None);
+        assert_eq!(extents(at_most_one_extent(&entry(0, 0), &sb)), Some(0));
+    }
+
+    #[test]
+    fn only_regular_files_are_measured() {
+        assert!(refuse_unless_regular(SFlag::S_IFREG.bits()).is_ok());
+        for (kind, word) in [
+            (SFlag::S_IFIFO, "FIFO"),
+            (SFlag::S_IFCHR, "device node"),
+            (SFlag::S_IFBLK, "device node"),
+            (SFlag::S_IFSOCK, "socket"),
+            (SFlag::S_IFDIR, "directory"),
+        ] {
+            assert_eq!(
+                refuse_unless_regular(kind.bits()),
+                Err(Refusal::Skip(SkipReason::NotRegular(word)))
+            );
+        }
+        assert_eq!(
+            refuse_unless_regular(SFlag::S_IFLNK.bits()),
+            Err(Refusal::Skip(SkipReason::Symlink))
+        );
+    }
 }

@@ -1107,7 +1107,6 @@ fn the_control_socket_refuses_peers_that_are_not_allowed() {
 // (e) File names cannot forge lines.
 
 #[test]
-#[ignore = "known bug (issue 6 note, C): paths are not escaped in logs and CLI lines"]
 fn file_names_cannot_forge_log_or_output_lines() {
     if !require_root() {
         return;

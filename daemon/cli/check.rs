@@ -1,6 +1,7 @@
 //! `defragd check`: a fragmentation report, per file and in total, with
 //! e4defrag's own score beside ours so the two compare one to one.
 
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -9,9 +10,10 @@ use serde::Serialize;
 use super::table::{render, Align};
 use super::CheckArgs;
 use crate::assess::{e4defrag_best, E4defragScore};
-use crate::inspect::{inspect, Filesystems, Refusal, Settle};
+use crate::escape::{escaped, escaped_display};
+use crate::inspect::{measure, Filesystems, Refusal, Target};
 use crate::outcome::Size;
-use crate::walk::{walk, Depth, Found};
+use crate::walk::{walk_parallel, Depth, Found};
 
 /// How many files a tree's report lists unless --all.
 const TOP: usize = 20;
@@ -53,64 +55,128 @@ struct Report {
     total: Total,
 }
 
+/// What the walk learnt of one entry, in walk order.
+enum Row {
+    File {
+        report: FileReport,
+        mount_point: PathBuf,
+        /// e4defrag's best extent count for it, 0 for a file with no blocks.
+        e4defrag_best: u64,
+        blocks: u64,
+    },
+    /// Passed over, with a word for the operator.
+    Skipped(String),
+    /// Passed over without a word: not a file to measure, in a tree.
+    PassedOver,
+    Failed(String),
+}
+
+fn row(target: Target, filesystems: &mut Filesystems) -> Row {
+    match measure(&target, filesystems) {
+        Ok(m) => {
+            let a = m.assessment;
+            let sb = &m.fs.superblock;
+            Row::File {
+                mount_point: m.fs.mount_point.clone(),
+                e4defrag_best: e4defrag_best(a.blocks, sb.blocks_per_group, sb.groups_per_flex),
+                blocks: a.blocks,
+                report: FileReport {
+                    path: target.path,
+                    size_bytes: a.size_bytes,
+                    extents: a.extents,
+                    physical_runs: a.physical_runs,
+                    ideal_extents: a.ideal_extents,
+                    score: a.score,
+                    block_mapped: m.block_mapped,
+                },
+            }
+        }
+        // Explicitly named files get a word; in a tree, what is not a
+        // measurable file is passed over, as e4defrag does.
+        Err(Refusal::Skip(reason)) if target.expected_dev.is_none() => Row::Skipped(format!(
+            "{}: {}",
+            escaped(&target.path),
+            escaped_display(&reason)
+        )),
+        Err(Refusal::Skip(_)) => Row::PassedOver,
+        Err(Refusal::Fail(reason)) => Row::Failed(format!(
+            "{}: {}",
+            escaped(&target.path),
+            escaped_display(&reason)
+        )),
+    }
+}
+
+/// Most of a scan is the kernel looking names up and reading inodes:
+/// two threads per core keep the cores busy while some wait for a read.
+fn scan_threads() -> NonZeroUsize {
+    let cores = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
+    NonZeroUsize::new((cores * 2).min(MAX_THREADS)).unwrap_or(NonZeroUsize::MIN)
+}
+
+/// Past this many threads, a scan only adds contention.
+const MAX_THREADS: usize = 16;
+
 pub fn run(args: &CheckArgs) -> ExitCode {
     let depth = if args.recursive {
         Depth::Recursive
     } else {
         Depth::Shallow
     };
-    let mut filesystems = Filesystems::default();
+    let threads = scan_threads();
     let mut files = Vec::new();
     let mut e4defrag = E4defragScore::default();
     let mut errors = 0u64;
     let mut per_fs: std::collections::BTreeMap<PathBuf, PerFilesystem> = Default::default();
     for root in &args.paths {
-        let walked = walk(root, depth, &mut |found| match found {
-            Found::Refused { path, reason } => eprintln!("{}: {reason}", path.display()),
-            Found::File(target) => match inspect(&target, &mut filesystems, Settle::AsIs) {
-                Ok(file) => {
-                    let a = file.assessment;
-                    if a.blocks > 0 {
-                        let sb = &file.fs.superblock;
-                        e4defrag.add(
-                            a.extents,
-                            e4defrag_best(a.blocks, sb.blocks_per_group, sb.groups_per_flex),
-                            a.blocks,
-                        );
+        let rows = walk_parallel(
+            root,
+            depth,
+            threads,
+            Filesystems::default,
+            |fs, found| match found {
+                Found::Refused { path, reason } => {
+                    Row::Skipped(format!("{}: {}", escaped(&path), escaped_display(&reason)))
+                }
+                Found::File(target) => row(target, fs),
+            },
+        );
+        let rows = match rows {
+            Ok(rows) => rows,
+            Err(e) => {
+                errors += 1;
+                eprintln!("defragd: {}", escaped_display(&e));
+                continue;
+            }
+        };
+        for r in rows {
+            match r {
+                Row::File {
+                    report,
+                    mount_point,
+                    e4defrag_best,
+                    blocks,
+                } => {
+                    if blocks > 0 {
+                        e4defrag.add(report.extents, e4defrag_best, blocks);
                     }
-                    files.push(FileReport {
-                        path: target.path,
-                        size_bytes: a.size_bytes,
-                        extents: a.extents,
-                        physical_runs: a.physical_runs,
-                        ideal_extents: a.ideal_extents,
-                        score: a.score,
-                        block_mapped: !file.flags.extent_mapped(),
-                    });
                     let fs = per_fs
-                        .entry(file.fs.mount_point.clone())
-                        .or_insert_with(|| PerFilesystem {
-                            mount_point: file.fs.mount_point.clone(),
+                        .entry(mount_point)
+                        .or_insert_with_key(|m| PerFilesystem {
+                            mount_point: m.clone(),
                             ..PerFilesystem::default()
                         });
                     fs.files += 1;
-                    fs.block_mapped += u64::from(!file.flags.extent_mapped());
+                    fs.block_mapped += u64::from(report.block_mapped);
+                    files.push(report);
                 }
-                // Explicitly named files get a word; in a tree, what is
-                // not a measurable file is passed over, as e4defrag does.
-                Err(Refusal::Skip(reason)) if target.expected_dev.is_none() => {
-                    eprintln!("{}: {reason}", target.path.display())
-                }
-                Err(Refusal::Skip(_)) => {}
-                Err(Refusal::Fail(reason)) => {
+                Row::PassedOver => {}
+                Row::Skipped(word) => eprintln!("{word}"),
+                Row::Failed(word) => {
                     errors += 1;
-                    eprintln!("{}: {reason}", target.path.display());
+                    eprintln!("{word}");
                 }
-            },
-        });
-        if let Err(e) = walked {
-            errors += 1;
-            eprintln!("defragd: {e}");
+            }
         }
     }
     files.sort_by(|a, b| {
@@ -159,7 +225,7 @@ fn print_human(report: &Report, args: &CheckArgs) {
         .iter()
         .map(|f| {
             vec![
-                f.path.display().to_string(),
+                escaped(&f.path).to_string(),
                 Size(f.size_bytes).to_string(),
                 f.extents.to_string(),
                 f.physical_runs.to_string(),
@@ -209,7 +275,7 @@ fn print_human(report: &Report, args: &CheckArgs) {
     for fs in report.filesystems.iter().filter(|fs| fs.block_mapped > 0) {
         println!(
             "{}: {} of {} files block-mapped (MOVE_EXT cannot move them; see policy.convert_block_mapped)",
-            fs.mount_point.display(),
+            escaped(&fs.mount_point),
             fs.block_mapped,
             fs.files
         );

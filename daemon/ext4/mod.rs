@@ -23,7 +23,7 @@ pub use filesystem::{free_space, mounts, probe, FreeSpace, FsError, FsInfo, FsUu
 pub use inode::{generation, inode_flags, InodeFlags};
 pub use ioprio::set_current_thread_idle;
 pub use move_ext::{move_extents, MoveFailed};
-pub use open::{open_dir, open_dir_beneath, pin_beneath, reopen, Access};
+pub use open::{open_dir, open_dir_beneath, pin_beneath, reopen, stat_beneath, Access, EntryStat};
 pub use pagecache::{drop_cached, page_size, read_ahead, residency, write_back, Residency, Wait};
 pub use swap::is_active_swapfile;
 

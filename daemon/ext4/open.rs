@@ -2,6 +2,7 @@
 //! a directory fd, never through a symlink and never across a mount, and a
 //! file is first pinned with O_PATH (which runs no driver code, so a FIFO or
 //! device swapped in is never really opened) and only then reopened for I/O.
+//! An entry can also be stat'ed, by name below its directory, unopened.
 
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
@@ -73,4 +74,63 @@ pub fn reopen(pinned: BorrowedFd<'_>, access: Access) -> Result<OwnedFd> {
         other => other,
     }
     .map_err(|errno| Error::of("reopen", errno))
+}
+
+/// What statx(2) says about one directory entry, the entry itself: a
+/// symlink is not followed, an automount is not triggered, nothing is
+/// opened (so a FIFO or a device swapped in runs no driver code).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EntryStat {
+    /// The file type bits of st_mode (`S_IFMT`).
+    pub file_type: u32,
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    /// Space allocated, in 512-byte units (st_blocks): data, delayed
+    /// allocations, and an external xattr block if there is one.
+    pub blocks_512: u64,
+    /// Last data change, seconds since the epoch.
+    pub mtime: i64,
+    /// Something is mounted on this entry, or the kernel cannot say (it
+    /// predates STATX_ATTR_MOUNT_ROOT): either way, not on the parent's
+    /// mount for certain.
+    pub maybe_mount_root: bool,
+}
+
+/// Stats the entry `name` of `dir`. `name` must be a single component, so
+/// that no symlink can be followed on the way to it.
+pub fn stat_beneath(dir: BorrowedFd<'_>, name: &std::ffi::OsStr) -> Result<EntryStat> {
+    use nix::libc;
+    use std::os::unix::ffi::OsStrExt;
+    if name.as_bytes().contains(&b'/') {
+        return Err(Error::of("statx", nix::errno::Errno::EINVAL));
+    }
+    let name = std::ffi::CString::new(name.as_bytes())
+        .map_err(|_| Error::of("statx", nix::errno::Errno::EINVAL))?;
+    // SAFETY: statx is plain integers; all-zero is a valid value.
+    let mut st: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: `name` is NUL-terminated and `st` is writable; both outlive the call.
+    let rc = unsafe {
+        libc::statx(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW | libc::AT_NO_AUTOMOUNT | libc::AT_STATX_SYNC_AS_STAT,
+            libc::STATX_BASIC_STATS,
+            &mut st,
+        )
+    };
+    if rc != 0 {
+        return Err(Error::of("statx", nix::errno::Errno::last()));
+    }
+    let mount_root = libc::STATX_ATTR_MOUNT_ROOT as u64;
+    Ok(EntryStat {
+        file_type: u32::from(st.stx_mode) & libc::S_IFMT,
+        dev: libc::makedev(st.stx_dev_major, st.stx_dev_minor),
+        ino: st.stx_ino,
+        size: st.stx_size,
+        blocks_512: st.stx_blocks,
+        mtime: st.stx_mtime.tv_sec,
+        maybe_mount_root: st.stx_attributes & mount_root != 0
+            || st.stx_attributes_mask & mount_root == 0,
+    })
 }
