@@ -224,6 +224,20 @@ fn prepare(
         resume_at,
     );
     let file_runs = inspected.map.physical_runs_in(&ranges);
+    // A resumed job whose rest already lies in one piece gains nothing from
+    // moving that rest alone: the file is done, or, where it is still in
+    // pieces as a whole (the moved part here, the rest there), it starts
+    // over from its first block.
+    if resume_at > 0 && file_runs <= 1 {
+        if before.is_contiguous() {
+            return Err(SkipReason::AlreadyContiguous {
+                extents: before.extents,
+                ideal: before.ideal_extents,
+            }
+            .into());
+        }
+        return prepare(target, inspected, options, 0);
+    }
     if ranges.is_empty() {
         return Err(SkipReason::AlreadyContiguous {
             extents: before.extents,
@@ -450,7 +464,7 @@ fn run(
         if supervisor.before_chunk(bytes) == Control::Stop {
             cache.finish_all();
             // What was moved must be on disk before anyone resumes after it.
-            if let Err(e) = ext4::sync_all(file) {
+            if let Err(e) = commit(file, donor) {
                 return failed(FailReason::Kernel(e), moved_bytes);
             }
             return Outcome::Interrupted {
@@ -497,7 +511,15 @@ fn run(
         let durable = if due || last {
             since_checkpoint = 0;
             last_checkpoint = std::time::Instant::now();
-            ext4::sync_all(file).is_ok()
+            match commit(file, donor) {
+                Ok(()) => true,
+                // The job is done only once it is all committed.
+                Err(e) if last => {
+                    cache.finish_all();
+                    return failed(FailReason::Kernel(e), moved_bytes);
+                }
+                Err(_) => false,
+            }
         } else {
             false
         };
@@ -533,6 +555,13 @@ fn run(
         bytes_moved: moved_bytes,
         converted: false,
     })
+}
+
+/// Makes the moves so far survive a power cut: the file's data written to
+/// its new blocks, then the journal, with the extent swaps, committed.
+fn commit(file: BorrowedFd<'_>, donor: BorrowedFd<'_>) -> ext4::Result<()> {
+    ext4::sync_all(file)?;
+    ext4::commit_journal(donor)
 }
 
 /// The file is committed (fsync) after this much is moved, or this much

@@ -39,6 +39,21 @@ pub fn sync_all(fd: std::os::fd::BorrowedFd<'_>) -> Result<()> {
     nix::unistd::fsync(fd).map_err(|errno| Error::of("fsync", errno))
 }
 
+/// Commits the journal's running transaction, and with it every metadata
+/// change made before: MOVE_EXT's extent swaps among them. fsync of the
+/// moved file alone does not always do that: where its extent tree is
+/// deeper than the inode, a swap dirties only tree blocks, the inode's own
+/// mark of its last transaction stays behind, and fsync finds nothing to
+/// commit (a power cut after such an fsync undid moves in the crash soak).
+/// Touching `scratch` (the donor: ours and unlinked, so its times matter
+/// to nobody) puts an inode in the running transaction; its fsync commits it.
+pub fn commit_journal(scratch: std::os::fd::BorrowedFd<'_>) -> Result<()> {
+    use nix::sys::time::TimeSpec;
+    nix::sys::stat::futimens(scratch, &TimeSpec::UTIME_NOW, &TimeSpec::UTIME_NOW)
+        .map_err(|errno| Error::of("futimens", errno))?;
+    sync_all(scratch)
+}
+
 /// syncfs(2): commits the whole filesystem, so that work the kernel split
 /// over several journal transactions (a conversion to extents) is all on
 /// disk.
