@@ -19,16 +19,30 @@ pub fn tempdir() -> tempfile::TempDir {
 
 /// Unmounts `mnt` (a mount this test made): a few polite tries, then lazy.
 fn unmount_dir(mnt: &Path) {
-    for attempt in 0..5 {
+    // Up to 15 s: a process this test started may still be exiting. A lazy
+    // unmount is the last resort only, since the filesystem then stays
+    // live (journal unreplayed) until its last user goes, and an e2fsck of
+    // the image right after it reports a dirty filesystem.
+    for attempt in 0..50 {
         let (ok, _, err) = sh_status("umount", [mnt]);
         if ok {
             return;
         }
-        eprintln!(
-            "umount {} failed (try {attempt}): {}",
-            mnt.display(),
-            err.trim()
-        );
+        if attempt % 10 == 0 {
+            // Who holds it (fuser, from psmisc, if present): for the log.
+            let users = Command::new("fuser")
+                .arg("-vm")
+                .arg(mnt)
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+                .unwrap_or_default();
+            eprintln!(
+                "umount {} failed (try {attempt}): {}; users:\n{}",
+                mnt.display(),
+                err.trim(),
+                users.trim()
+            );
+        }
         sleep(Duration::from_millis(300));
     }
     let (ok, _, err) = sh_status("umount", [OsStr::new("-l"), mnt.as_os_str()]);
