@@ -28,6 +28,10 @@ const RETRY_AFTER_SECS: i64 = 600;
 const PRESSURE_RETRY_SECS: i64 = 10;
 /// How long a job whose file was busy under a writer waits: it passes soon.
 const BUSY_RETRY_SECS: i64 = 30;
+/// How long a job waits after an I/O error or a read-only filesystem: most
+/// often the filesystem was shut down or remounted, and the next attempt
+/// finds it back (or finds it gone and drops the job).
+const FS_TROUBLE_RETRY_SECS: i64 = 30;
 /// Attempts before a failing job is given up.
 const MAX_ATTEMPTS: u32 = 5;
 /// How long a move held back by I/O pressure waits in one go, before it
@@ -337,6 +341,16 @@ fn record(shared: &Shared, job: &Job, path: &std::path::Path, outcome: Outcome, 
                 escaped(&path)
             );
             retry(shared, job, "busy", BUSY_RETRY_SECS);
+        }
+        Outcome::Failed {
+            reason: FailReason::Kernel(e @ (crate::ext4::Error::Io | crate::ext4::Error::ReadOnly)),
+            ..
+        } => {
+            tracing::warn!(
+                "{}: {e}; trying again in {FS_TROUBLE_RETRY_SECS} s",
+                escaped(&path)
+            );
+            retry(shared, job, "filesystem trouble", FS_TROUBLE_RETRY_SECS);
         }
         Outcome::Skipped {
             reason: SkipReason::RecentlyWritten { ago_secs },
