@@ -260,6 +260,9 @@ fn prepare(
             &ranges,
             need,
             options.reserve_percent,
+            // A resumed job most often follows a crash or a stop: the blocks
+            // its last donor held are free only once the journal commits.
+            resume_at > 0,
         )
     };
     let (mut donor, mut donor_runs) = build()?;
@@ -304,9 +307,13 @@ fn build_donor(
     ranges: &[BlockRange],
     need: u64,
     reserve_percent: f64,
+    commit_first: bool,
 ) -> Result<(OwnedFd, u64), Refusal> {
     let block_size = u64::from(inspected.fs.superblock.block_size);
     let donor = ext4::create_donor(target.dir.as_fd())?;
+    if commit_first {
+        ext4::commit_journal(donor.as_fd())?;
+    }
     layout
         .allocate(donor.as_fd(), ranges, block_size)
         .map_err(|e| match e {
