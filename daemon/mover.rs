@@ -9,7 +9,9 @@
 use std::collections::VecDeque;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
-use crate::assess::{clip_to_eof, ideal_extents, Assessment, BlockRange, ExtentMap, MapProblem};
+use crate::assess::{
+    clip_to_eof, ideal_extents, Assessment, BlockRange, ExtentMap, MapProblem, MAX_EXTENT_BLOCKS,
+};
 use crate::ext4::{self, Access, Flush, Residency, Wait};
 use crate::inspect::{inspect, Filesystems, Inspected, Refusal, Settle, Target};
 use crate::outcome::{FailReason, Moved, Outcome, Size, SkipReason};
@@ -246,13 +248,13 @@ fn prepare(
         .into());
     }
     let layout = DonorLayout::for_ranges(&ranges);
-    let need = layout.allocated_blocks(&ranges) * block_size;
+    let need = layout.allocated_blocks(&ranges, None) * block_size;
     check_free_space(inspected.file.as_fd(), need, options.reserve_percent)?;
     if options.dry_run {
         return Ok(None);
     }
     let file = open_for_writing(inspected)?;
-    let build = || {
+    let build = |guided: bool| {
         build_donor(
             target,
             inspected,
@@ -260,27 +262,36 @@ fn prepare(
             &ranges,
             need,
             options.reserve_percent,
-            // A resumed job most often follows a crash or a stop: the blocks
-            // its last donor held are free only once the journal commits.
-            resume_at > 0,
+            Build {
+                // A resumed job most often follows a crash or a stop: the
+                // blocks its last donor held are free only once the journal
+                // commits. (A guided build follows a commit anyway.)
+                commit_first: resume_at > 0 && !guided,
+                guided,
+            },
         )
     };
-    let (mut donor, mut donor_runs) = build()?;
-    // Blocks freed by a move only become free for the allocator once the
-    // journal commits (a few seconds later): a move right after another one
-    // (a resumed job, the next file) gets scattered space. When the donor is
-    // far from ideal, commit and try once more, keeping the better one.
-    // Only where two donors fit above the reserve; a failed second try
-    // keeps the first.
-    let room_for_two =
-        check_free_space(inspected.file.as_fd(), need, options.reserve_percent).is_ok();
-    if donor_runs > 1 && donor_runs > 2 * ideal_extents(&ranges) && room_for_two {
-        ext4::sync_all(donor.as_fd())?;
-        if let Ok((second, second_runs)) = build() {
-            if second_runs < donor_runs {
-                (donor, donor_runs) = (second, second_runs);
-            }
-        }
+    let (mut donor, mut donor_runs) = build(false)?;
+    // When the donor is far from ideal, and from what the free space allows,
+    // let it go, commit, and make another one guided by the free space map
+    // (the plain one comes first: it keeps what served well before). The
+    // commit helps: blocks freed by a move (or by the first donor) only
+    // become free for the allocator once the journal commits, so a move
+    // right after another one (a resumed job, the next file) gets scattered
+    // space. So does the map: see `FreeSpace`. The first is not kept beside
+    // the second: it holds the best space, and the second would get what is
+    // left.
+    if donor_runs > 1
+        && donor_runs > 2 * ideal_extents(&ranges)
+        && worth_another(inspected, donor.as_fd(), &ranges, donor_runs)
+    {
+        let end = ranges.last().map_or(0, |r| r.end()) * block_size;
+        ext4::punch_hole(donor.as_fd(), 0, end)?;
+        ext4::commit_journal(donor.as_fd())?;
+        (donor, donor_runs) = match build(true) {
+            Ok(second) => second,
+            Err(_) => build(false)?,
+        };
     }
     if donor_runs >= file_runs {
         return Err(SkipReason::NoContiguousFreeSpace {
@@ -298,6 +309,45 @@ fn prepare(
     }))
 }
 
+/// Whether a donor for `ranges` in `runs` pieces is more than twice as
+/// scattered as the free space allows (its own blocks counted free), so
+/// that another one is worth making. Reading the free space map also helps
+/// the next one along (see `FreeSpace`).
+fn worth_another(
+    inspected: &Inspected,
+    donor: BorrowedFd<'_>,
+    ranges: &[BlockRange],
+    runs: u64,
+) -> bool {
+    let block_size = u64::from(inspected.fs.superblock.block_size);
+    let Ok(raw) = ext4::fiemap(donor, Flush::No) else {
+        return true;
+    };
+    let mut held: Vec<BlockRange> = ExtentMap::from_fiemap(&raw, block_size)
+        .extents
+        .iter()
+        .map(|e| BlockRange {
+            start: e.physical,
+            len: e.len,
+        })
+        .collect();
+    held.sort_by_key(|r| r.start);
+    let data = ranges.iter().map(|r| r.len).sum();
+    let allows = FreeSpace::read(inspected, data, &held).and_then(|f| f.fewest(data));
+    allows.map_or(true, |allows| runs > 2 * allows.max(ideal_extents(ranges)))
+}
+
+/// How a donor is built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Build {
+    /// Commit the journal first, so that blocks freed a moment ago are free
+    /// for the allocator.
+    commit_first: bool,
+    /// Read the free space map first and ask for each area the way the
+    /// allocator serves it best.
+    guided: bool,
+}
+
 /// Creates a donor beside the file, allocated over `ranges`, and counts
 /// its physical runs there.
 fn build_donor(
@@ -307,15 +357,25 @@ fn build_donor(
     ranges: &[BlockRange],
     need: u64,
     reserve_percent: f64,
-    commit_first: bool,
+    how: Build,
 ) -> Result<(OwnedFd, u64), Refusal> {
     let block_size = u64::from(inspected.fs.superblock.block_size);
+    let data: u64 = ranges.iter().map(|r| r.len).sum();
     let donor = ext4::create_donor(target.dir.as_fd())?;
-    if commit_first {
+    if how.commit_first {
         ext4::commit_journal(donor.as_fd())?;
     }
-    layout
-        .allocate(donor.as_fd(), ranges, block_size)
+    // Read right before allocating: it also lets the allocator see all of
+    // the free space (see `FreeSpace`).
+    let mut free = how
+        .guided
+        .then(|| FreeSpace::read(inspected, data, &[]))
+        .flatten();
+    let geometry = Geometry::of(&inspected.fs.superblock);
+    let padded_need = layout.allocated_blocks(ranges, Some(&geometry)) * block_size;
+    let pad = check_free_space(inspected.file.as_fd(), padded_need, reserve_percent).is_ok();
+    let calls = layout
+        .allocate(donor.as_fd(), ranges, free.as_mut(), pad, block_size)
         .map_err(|e| match e {
             // Another writer took the space since the check: say how much is left.
             ext4::Error::NoSpace => {
@@ -336,6 +396,12 @@ fn build_donor(
         ))));
     }
     let runs = donor_map.physical_runs_in(ranges);
+    let allows = free.and_then(|f| f.fewest(data));
+    tracing::debug!(
+        "donor: {runs} runs in {calls} fallocate calls (ideal {}{})",
+        ideal_extents(ranges),
+        allows.map_or(String::new(), |n| format!(", the free space allows {n}")),
+    );
     Ok((donor, runs))
 }
 
@@ -364,37 +430,507 @@ impl DonorLayout {
         }
     }
 
-    /// Blocks allocated at the most while the donor is built.
-    fn allocated_blocks(self, ranges: &[BlockRange]) -> u64 {
+    /// The areas allocated, before holes are punched out of a span.
+    fn areas(self, ranges: &[BlockRange]) -> Vec<BlockRange> {
         match (self, ranges.first(), ranges.last()) {
-            (DonorLayout::Span, Some(first), Some(last)) => last.end() - first.start,
-            _ => ranges.iter().map(|r| r.len).sum(),
+            (DonorLayout::Span, Some(first), Some(last)) => vec![BlockRange {
+                start: first.start,
+                len: last.end() - first.start,
+            }],
+            _ => ranges.to_vec(),
         }
     }
 
+    /// Blocks allocated at the most while the donor is built: the areas,
+    /// and with `padding` the padding of one request at a time.
+    fn allocated_blocks(self, ranges: &[BlockRange], padding: Option<&Geometry>) -> u64 {
+        let areas = self.areas(ranges);
+        let padding = padding.and_then(|g| areas.iter().map(|a| g.padded(a.len) - a.len).max());
+        areas.iter().map(|a| a.len).sum::<u64>() + padding.unwrap_or(0)
+    }
+
+    /// Allocates the donor's blocks and returns how many fallocate calls
+    /// it took. Knowing nothing of the free space, one call per area; else
+    /// each area is asked for the way ext4 serves best (see
+    /// `NO_NORMALIZE_MAX`), padded only if `pad`.
     fn allocate(
         self,
         donor: BorrowedFd<'_>,
         ranges: &[BlockRange],
+        mut free: Option<&mut FreeSpace>,
+        pad: bool,
         block_size: u64,
-    ) -> ext4::Result<()> {
+    ) -> ext4::Result<usize> {
         let bytes = |blocks: u64| blocks * block_size;
-        match (self, ranges.first(), ranges.last()) {
-            (DonorLayout::Span, Some(first), Some(last)) => {
-                ext4::allocate(donor, bytes(first.start), bytes(last.end() - first.start))?;
-                for pair in ranges.windows(2) {
-                    ext4::punch_hole(
-                        donor,
-                        bytes(pair[0].end()),
-                        bytes(pair[1].start - pair[0].end()),
-                    )?;
-                }
-                Ok(())
+        let mut calls = 0;
+        let mut send = |r: &Request| {
+            calls += 1;
+            ext4::allocate(donor, bytes(r.allocate.start), bytes(r.allocate.len))?;
+            // At once, so that the padding of one request at a time is
+            // held (statfs counts punched blocks free right away).
+            match r.trim {
+                Some(t) => ext4::punch_hole(donor, bytes(t.start), bytes(t.len)),
+                None => Ok(()),
             }
-            _ => ranges
-                .iter()
-                .try_for_each(|r| ext4::allocate(donor, bytes(r.start), bytes(r.len))),
+        };
+        let areas = self.areas(ranges);
+        for (i, area) in areas.iter().enumerate() {
+            // Padding must not reach into the next area.
+            let room = match areas.get(i + 1) {
+                _ if !pad => area.len,
+                Some(next) => next.start - area.start,
+                None => u64::MAX,
+            };
+            let requests = match free.as_deref_mut().map(|f| (f.chunks.plan(*area, room), f)) {
+                None => vec![Request::exact(*area)],
+                Some((Plan::Requests(requests), _)) => requests,
+                Some((Plan::Try, f)) => {
+                    let mut at = area.start;
+                    while at < area.end() {
+                        let slice = BlockRange {
+                            start: at,
+                            len: (area.end() - at).min(NO_NORMALIZE_MAX),
+                        };
+                        send(&Request::exact(slice))?;
+                        let raw = ext4::fiemap(donor, Flush::No)?;
+                        let runs =
+                            ExtentMap::from_fiemap(&raw, block_size).physical_runs_in(&[slice]);
+                        if runs > 2 * f.fewest(slice.len).unwrap_or(0).max(1) {
+                            ext4::punch_hole(donor, bytes(slice.start), bytes(slice.len))?;
+                            // Commit, so that the blocks just punched out are
+                            // free for the allocator again.
+                            ext4::commit_journal(donor)?;
+                            break;
+                        }
+                        at = slice.end();
+                    }
+                    let rest = BlockRange {
+                        start: at,
+                        len: area.end() - at,
+                    };
+                    match rest.len {
+                        0 => Vec::new(),
+                        _ => f
+                            .chunks
+                            .fallback(rest, room.saturating_sub(at - area.start)),
+                    }
+                }
+            };
+            for r in &requests {
+                send(r)?;
+            }
         }
+        if self == DonorLayout::Span {
+            for pair in ranges.windows(2) {
+                ext4::punch_hole(
+                    donor,
+                    bytes(pair[0].end()),
+                    bytes(pair[1].start - pair[0].end()),
+                )?;
+            }
+        }
+        Ok(calls)
+    }
+}
+
+/// How one area is asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Plan {
+    Requests(Vec<Request>),
+    /// Plainly, in requests of at most `NO_NORMALIZE_MAX` blocks, each
+    /// kept when it comes back in one piece or in at most twice as many as
+    /// the free space allows (the allocator's own search serves well where
+    /// free runs are few and long). At the first that does not, that one
+    /// is punched out again and the rest asked for as
+    /// `BuddyChunks::fallback` says.
+    Try,
+}
+
+/// One fallocate call, and the padding to punch out right after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Request {
+    allocate: BlockRange,
+    trim: Option<BlockRange>,
+}
+
+impl Request {
+    fn exact(area: BlockRange) -> Self {
+        Request {
+            allocate: area,
+            trim: None,
+        }
+    }
+
+    /// `area` asked for as `len` blocks, the rest punched out after.
+    fn padded(area: BlockRange, len: u64) -> Self {
+        Request {
+            allocate: BlockRange {
+                start: area.start,
+                len,
+            },
+            trim: (len > area.len).then(|| BlockRange {
+                start: area.end(),
+                len: len - area.len,
+            }),
+        }
+    }
+}
+
+/// The longest fallocate ext4 serves without "normalizing" its requests
+/// (EXT_UNWRITTEN_MAX_LEN). A longer one is served in 8 MiB windows, each
+/// placed right after the one before when the space there is free: it
+/// follows long free runs. A shorter one is served as one request: whole
+/// from one aligned free chunk when it is a power of two up to
+/// `Geometry::max_order` that the buddy allocator can meet, else by a
+/// search that, in fragmented free space, settles for the best of the
+/// first couple of hundred small pieces it finds (measured on 6.18: a
+/// 20 MiB fallocate in 144 pieces where a 32 MiB chunk was free).
+const NO_NORMALIZE_MAX: u64 = 32767;
+
+/// What the free space holds right before a donor is made, read with
+/// GETFSMAP. Reading it also changes where ext4 allocates: to answer, it
+/// loads the buddy bitmap of every block group, which it otherwise does
+/// only for groups it has searched since the mount, and for all of them
+/// about a minute after it (its background prefetch). Until then its fast
+/// searches skip the others and a large donor gets small pieces: on a
+/// fresh mount 120 extents for 500 MiB where, once the map was read (or a
+/// minute later), the same call got 14.
+#[derive(Debug, Clone)]
+struct FreeSpace {
+    /// The largest free runs, cut at ext4's longest extent, longest first:
+    /// just enough to hold the data. None when the free space cannot hold
+    /// it or is too scattered to count.
+    largest: Option<Vec<u64>>,
+    chunks: BuddyChunks,
+}
+
+impl FreeSpace {
+    /// The fewest extents any placement of `blocks` could have.
+    fn fewest(&self, blocks: u64) -> Option<u64> {
+        let mut held = 0;
+        let mut count = 0;
+        for &len in self.largest.as_ref()? {
+            if held >= blocks {
+                break;
+            }
+            held += len;
+            count += 1;
+        }
+        (held >= blocks).then_some(count)
+    }
+
+    /// Reads the free space of the filesystem `inspected` lives on, with
+    /// the blocks of `freeing` (sorted) counted free. None when GETFSMAP is
+    /// not there (kernels before 4.12) or fails: the donor is then
+    /// allocated as if nothing were known.
+    fn read(inspected: &Inspected, data_blocks: u64, freeing: &[BlockRange]) -> Option<FreeSpace> {
+        let sb = &inspected.fs.superblock;
+        let block_size = u64::from(sb.block_size);
+        let mut runs = Runs {
+            chunks: BuddyChunks::new(Geometry::of(sb)),
+            largest: LargestRuns::new(data_blocks),
+            current: None,
+        };
+        let mut freeing = freeing.iter().peekable();
+        let read = ext4::free_extents(inspected.file.as_fd(), |e| {
+            let start = e.physical / block_size;
+            while let Some(r) = freeing.next_if(|r| r.start < start) {
+                runs.add(*r);
+            }
+            runs.add(BlockRange {
+                start,
+                len: e.length / block_size,
+            });
+        });
+        if let Err(e) = read {
+            tracing::debug!("free space map not available, the donor is allocated blind: {e}");
+            return None;
+        }
+        freeing.for_each(|r| runs.add(*r));
+        Some(runs.finish())
+    }
+}
+
+/// Free runs in disk order, joined where they touch (ext4 reports a run
+/// crossing a block group edge in pieces), counted as they come.
+struct Runs {
+    chunks: BuddyChunks,
+    largest: LargestRuns,
+    current: Option<BlockRange>,
+}
+
+impl Runs {
+    fn add(&mut self, r: BlockRange) {
+        match self.current.as_mut() {
+            Some(current) if current.end() == r.start => current.len += r.len,
+            _ => {
+                if let Some(done) = self.current.replace(r) {
+                    self.count(done);
+                }
+            }
+        }
+    }
+
+    fn count(&mut self, run: BlockRange) {
+        self.chunks.add_run(run);
+        self.largest.add(run.len);
+    }
+
+    fn finish(mut self) -> FreeSpace {
+        if let Some(done) = self.current.take() {
+            self.count(done);
+        }
+        FreeSpace {
+            largest: self.largest.into_longest_first(),
+            chunks: self.chunks,
+        }
+    }
+}
+
+/// The block group layout, as the allocator's buddy bitmaps see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Geometry {
+    /// The first block of group 0 (1 on filesystems of 1 KiB blocks).
+    first_block: u64,
+    blocks_per_group: u64,
+    groups_per_flex: u64,
+    /// The largest power-of-two request (2^order blocks) the buddy
+    /// allocator serves: 2^(block bits + 1), 32 MiB with 4 KiB blocks.
+    max_order: u32,
+    /// Requests are not cut in pieces smaller than 1 MiB (2^order blocks)
+    /// unless what is left is that small.
+    min_piece_order: u32,
+    /// Whether the windows of a normalized request (8 MiB) are power-of-two
+    /// requests the buddy allocator serves whole: not with 1 KiB blocks,
+    /// whose 8 MiB windows are searched for like any odd size.
+    windows_fit: bool,
+}
+
+impl Geometry {
+    fn of(sb: &ext4::Superblock) -> Geometry {
+        let block_bits = sb.block_size.max(2).ilog2();
+        let blocks_per_group = u64::from(sb.blocks_per_group).max(1);
+        let max_order = block_bits + 1;
+        let window = ((8u64 << 20) >> block_bits).min(blocks_per_group);
+        Geometry {
+            first_block: u64::from(sb.block_size == 1024),
+            blocks_per_group,
+            groups_per_flex: u64::from(sb.groups_per_flex.unwrap_or(1)),
+            max_order,
+            min_piece_order: 20u32.saturating_sub(block_bits),
+            windows_fit: window <= 1 << max_order,
+        }
+    }
+
+    /// The largest request one free chunk serves whole.
+    fn largest_chunk(&self) -> u64 {
+        (1u64 << self.max_order).min(NO_NORMALIZE_MAX)
+    }
+
+    /// What an area of `len` blocks is best asked for as, when the free
+    /// space allows: the next power of two when one free chunk can serve
+    /// that, else (where normalized windows serve well) one block past
+    /// `NO_NORMALIZE_MAX`, else as it is.
+    fn padded(&self, len: u64) -> u64 {
+        match len {
+            _ if len > NO_NORMALIZE_MAX => len,
+            _ if len.next_power_of_two() <= self.largest_chunk() => len.next_power_of_two(),
+            _ if self.windows_fit => NO_NORMALIZE_MAX + 1,
+            _ => len,
+        }
+    }
+
+    /// Whether the allocator takes power-of-two data requests from
+    /// `group`: it keeps the first group of each flex group (of 4 or more)
+    /// for metadata.
+    fn serves_data(&self, group: u64) -> bool {
+        self.groups_per_flex < 4 || group % self.groups_per_flex != 0
+    }
+}
+
+/// The free aligned chunks (2^order blocks, aligned to their size within
+/// their block group) of the groups that serve data, counted by order:
+/// what ext4's buddy allocator hands out whole to a power-of-two request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct BuddyChunks {
+    geometry: Geometry,
+    by_order: Vec<u64>,
+}
+
+impl BuddyChunks {
+    fn new(geometry: Geometry) -> Self {
+        BuddyChunks {
+            geometry,
+            by_order: vec![0; geometry.max_order as usize + 1],
+        }
+    }
+
+    /// Counts the chunks of a free run, cut at block group edges.
+    fn add_run(&mut self, run: BlockRange) {
+        let g = self.geometry;
+        let mut at = run.start.max(g.first_block);
+        while at < run.end() {
+            let group = (at - g.first_block) / g.blocks_per_group;
+            let group_start = g.first_block + group * g.blocks_per_group;
+            let end = run.end().min(group_start + g.blocks_per_group);
+            let offset = at - group_start;
+            let order = offset
+                .trailing_zeros()
+                .min((end - at).ilog2())
+                .min(g.max_order);
+            if g.serves_data(group) {
+                self.by_order[order as usize] += 1;
+            }
+            at += 1 << order;
+        }
+    }
+
+    /// How to ask for `area`, which has `room` blocks from its start
+    /// before the next area: padded to a power of two when a free chunk
+    /// can serve that whole; else plainly first (see `Plan::Try`), except
+    /// with 1 KiB blocks, where nothing was seen to serve a large area
+    /// better than one call.
+    fn plan(&mut self, area: BlockRange, room: u64) -> Plan {
+        let g = self.geometry;
+        let padded = g.padded(area.len);
+        if area.len < 2 {
+            return Plan::Requests(vec![Request::exact(area)]);
+        }
+        let chunk = padded.is_power_of_two() && padded <= g.largest_chunk();
+        if chunk && padded <= room && self.has_chunk(padded.ilog2()) {
+            self.take(padded.ilog2());
+            return Plan::Requests(vec![Request::padded(area, padded)]);
+        }
+        if area.len <= g.largest_chunk() || g.windows_fit {
+            return Plan::Try;
+        }
+        Plan::Requests(vec![Request::exact(area)])
+    }
+
+    /// How to ask for what is left of an area when a plain request for it
+    /// came back in pieces: in normalized windows (padded past
+    /// `NO_NORMALIZE_MAX` if need be) when it is larger than a chunk and
+    /// they serve well, else in pieces.
+    fn fallback(&mut self, area: BlockRange, room: u64) -> Vec<Request> {
+        let g = self.geometry;
+        let normalized = NO_NORMALIZE_MAX + 1;
+        if area.len > NO_NORMALIZE_MAX {
+            return vec![Request::exact(area)];
+        }
+        if area.len > g.largest_chunk() && g.windows_fit && normalized <= room {
+            return vec![Request::padded(area, normalized)];
+        }
+        self.pieces(area).into_iter().map(Request::exact).collect()
+    }
+
+    fn has_chunk(&self, order: u32) -> bool {
+        self.by_order
+            .get(order as usize..)
+            .is_some_and(|larger| larger.iter().any(|&n| n > 0))
+    }
+
+    /// Cuts `area` into requests, largest first: each a power of two for
+    /// which a free chunk at least as large remains (then counted as
+    /// taken). What is left when only chunks much smaller than it remain
+    /// goes in one request: the allocator's own search takes whole free
+    /// runs, where chunks would cut each run in several pieces.
+    fn pieces(&mut self, area: BlockRange) -> Vec<BlockRange> {
+        let mut pieces = Vec::new();
+        let mut at = area.start;
+        while at < area.end() {
+            let left = area.end() - at;
+            let wanted = left.ilog2();
+            let order = match self.by_order.iter().rposition(|&n| n > 0) {
+                // The allocator serves requests of 2 blocks and more so.
+                Some(largest) if wanted >= 1 => (largest as u32).min(wanted),
+                _ => 0,
+            };
+            if order == 0 || (order < wanted && order < self.geometry.min_piece_order) {
+                pieces.push(BlockRange {
+                    start: at,
+                    len: left,
+                });
+                break;
+            }
+            self.take(order);
+            pieces.push(BlockRange {
+                start: at,
+                len: 1 << order,
+            });
+            at += 1 << order;
+        }
+        pieces
+    }
+
+    /// Takes a chunk of `order` out of the smallest free chunk that holds
+    /// it, as the buddy allocator does: the rest of that chunk splits into
+    /// one chunk of each order in between.
+    fn take(&mut self, order: u32) {
+        let from = order as usize;
+        if let Some(found) = (from..self.by_order.len()).find(|&o| self.by_order[o] > 0) {
+            self.by_order[found] -= 1;
+            for o in from..found {
+                self.by_order[o] += 1;
+            }
+        }
+    }
+}
+
+/// The largest free runs, each cut at ext4's longest extent, just enough
+/// of them to hold `need` blocks: their number is the fewest extents any
+/// placement of that many blocks could have.
+#[derive(Debug, Clone)]
+struct LargestRuns {
+    need: u64,
+    /// Lengths, smallest on top.
+    held: std::collections::BinaryHeap<std::cmp::Reverse<u64>>,
+    total: u64,
+    /// More than LIMIT runs would be needed.
+    too_many: bool,
+}
+
+impl LargestRuns {
+    /// Past this many runs the count stops being useful (and its memory
+    /// bounded): the free space is just too scattered.
+    const LIMIT: usize = 1 << 16;
+
+    fn new(need: u64) -> Self {
+        LargestRuns {
+            need,
+            held: std::collections::BinaryHeap::new(),
+            total: 0,
+            too_many: false,
+        }
+    }
+
+    fn add(&mut self, len: u64) {
+        // More whole pieces than would hold `need` never count.
+        let whole = (len / MAX_EXTENT_BLOCKS).min(self.need.div_ceil(MAX_EXTENT_BLOCKS));
+        let pieces = std::iter::repeat(MAX_EXTENT_BLOCKS)
+            .take(whole as usize)
+            .chain(Some(len % MAX_EXTENT_BLOCKS).filter(|&rest| rest > 0));
+        for piece in pieces {
+            self.held.push(std::cmp::Reverse(piece));
+            self.total += piece;
+            while let Some(&std::cmp::Reverse(smallest)) = self.held.peek() {
+                let over_limit = self.held.len() > Self::LIMIT;
+                if self.total - smallest < self.need && !over_limit {
+                    break;
+                }
+                self.too_many |= over_limit && self.total - smallest < self.need;
+                self.held.pop();
+                self.total -= smallest;
+            }
+        }
+    }
+
+    fn into_longest_first(self) -> Option<Vec<u64>> {
+        if self.total < self.need || self.too_many {
+            return None;
+        }
+        let mut runs: Vec<u64> = self.held.into_iter().map(|r| r.0).collect();
+        runs.sort_unstable_by(|a, b| b.cmp(a));
+        Some(runs)
     }
 }
 
@@ -786,7 +1322,7 @@ mod tests {
             DonorLayout::Span
         );
         assert_eq!(
-            DonorLayout::allocated_blocks(DonorLayout::Span, &[r(0, 10), r(15, 10)]),
+            DonorLayout::allocated_blocks(DonorLayout::Span, &[r(0, 10), r(15, 10)], None),
             25
         );
         assert_eq!(
@@ -794,8 +1330,180 @@ mod tests {
             DonorLayout::PerRange
         );
         assert_eq!(
-            DonorLayout::allocated_blocks(DonorLayout::PerRange, &[r(0, 10), r(100, 10)]),
+            DonorLayout::allocated_blocks(DonorLayout::PerRange, &[r(0, 10), r(100, 10)], None),
             20
+        );
+    }
+
+    fn r(start: u64, len: u64) -> BlockRange {
+        BlockRange { start, len }
+    }
+
+    /// 4 KiB blocks, 32768 per group, 16 groups per flex group.
+    fn superblock() -> ext4::Superblock {
+        ext4::Superblock {
+            uuid: ext4::FsUuid([0; 16]),
+            block_size: 4096,
+            blocks_per_group: 32768,
+            groups_per_flex: Some(16),
+            has_extents: true,
+            bigalloc: false,
+            inline_data: false,
+            encryption: false,
+        }
+    }
+
+    fn geometry() -> Geometry {
+        Geometry::of(&superblock())
+    }
+
+    /// Chunks with `counts[order]` free chunks of each order.
+    fn chunks(counts: &[(u32, u64)]) -> BuddyChunks {
+        let mut c = BuddyChunks::new(geometry());
+        for &(order, n) in counts {
+            c.by_order[order as usize] = n;
+        }
+        c
+    }
+
+    #[test]
+    fn geometry_follows_the_block_size() {
+        let g = geometry();
+        assert_eq!((g.first_block, g.max_order, g.min_piece_order), (0, 13, 8));
+        assert!(g.windows_fit);
+        assert!(!g.serves_data(0) && g.serves_data(1) && !g.serves_data(16));
+        assert_eq!(g.padded(1), 1);
+        assert_eq!(g.padded(5000), 8192);
+        assert_eq!(g.padded(8192), 8192);
+        assert_eq!(g.padded(8193), 32768);
+        assert_eq!(g.padded(32767), 32768);
+        assert_eq!(g.padded(40000), 40000);
+    }
+
+    #[test]
+    fn free_runs_count_as_aligned_chunks_of_the_groups_that_serve_data() {
+        let mut c = BuddyChunks::new(geometry());
+        c.add_run(r(32768 + 100, 1000));
+        let expected = [0, 0, 2, 2, 1, 0, 1, 1, 1, 1, 0, 0, 0, 0];
+        assert_eq!(c.by_order, expected);
+        // Group 0 and 16 keep metadata: not counted.
+        c.add_run(r(0, 32768));
+        c.add_run(r(16 * 32768, 8192));
+        assert_eq!(c.by_order, expected);
+        // Cut at the group edge: 8192 on each side.
+        c.add_run(r(2 * 32768 - 8192, 16384));
+        assert_eq!(c.by_order[13], 2);
+    }
+
+    #[test]
+    fn taking_a_chunk_splits_the_smallest_that_holds_it() {
+        let mut c = chunks(&[(13, 1), (10, 1)]);
+        c.take(11);
+        assert_eq!(c.by_order[10..], [1, 1, 1, 0]);
+        c.take(10);
+        assert_eq!(c.by_order[10..], [0, 1, 1, 0]);
+    }
+
+    #[test]
+    fn pieces_are_powers_of_two_that_free_chunks_can_serve() {
+        let mut c = chunks(&[(13, 1), (11, 1), (9, 4)]);
+        assert_eq!(
+            c.pieces(r(100, 12000)),
+            [8192, 2048, 512, 512, 512, 128, 64, 32]
+                .iter()
+                .scan(100, |at, &len| {
+                    *at += len;
+                    Some(r(*at - len, len))
+                })
+                .collect::<Vec<_>>()
+        );
+        // Only small chunks left: the rest in one request.
+        let mut c = chunks(&[(4, 100)]);
+        assert_eq!(c.pieces(r(0, 5000)), vec![r(0, 5000)]);
+        // ... unless the rest is that small itself.
+        assert_eq!(c.pieces(r(0, 20)), vec![r(0, 16), r(16, 4)]);
+        assert_eq!(c.pieces(r(0, 1)), vec![r(0, 1)]);
+    }
+
+    #[test]
+    fn areas_are_asked_for_the_way_ext4_serves_best() {
+        let pad = |area, len| Plan::Requests(vec![Request::padded(area, len)]);
+        let exact = |area| Plan::Requests(vec![Request::exact(area)]);
+        // A power of two a free chunk can serve, then the rest punched.
+        let mut c = chunks(&[(13, 1)]);
+        assert_eq!(c.plan(r(0, 5000), u64::MAX), pad(r(0, 5000), 8192));
+        assert_eq!(Request::padded(r(0, 5000), 8192).trim, Some(r(5000, 3192)));
+        // That chunk is taken now: plainly first.
+        assert_eq!(c.plan(r(0, 5000), u64::MAX), Plan::Try);
+        // Too small to matter: as it is.
+        assert_eq!(c.plan(r(7, 1), 0), exact(r(7, 1)));
+        // Large: plainly first, then normalized.
+        assert_eq!(c.plan(r(0, 40000), 0), Plan::Try);
+        assert_eq!(
+            c.fallback(r(0, 40000), 0),
+            vec![Request::exact(r(0, 40000))]
+        );
+        // Not with 1 KiB blocks.
+        let mut sb = ext4::Superblock {
+            block_size: 1024,
+            blocks_per_group: 8192,
+            ..superblock()
+        };
+        let mut small = BuddyChunks::new(Geometry::of(&sb));
+        assert!(!small.geometry.windows_fit);
+        assert_eq!(small.plan(r(0, 40000), 0), exact(r(0, 40000)));
+        sb.block_size = 2048;
+        assert!(Geometry::of(&sb).windows_fit);
+        // No room to pad before the next area: plainly first.
+        assert_eq!(chunks(&[(13, 1)]).plan(r(0, 5000), 6000), Plan::Try);
+        // Past the largest chunk: plainly, then padded past what ext4
+        // serves unnormalized, or in pieces where that does not fit.
+        let mut c = chunks(&[(13, 1), (5, 1)]);
+        assert_eq!(c.plan(r(0, 9000), u64::MAX), Plan::Try);
+        assert_eq!(
+            c.fallback(r(0, 9000), u64::MAX),
+            vec![Request::padded(r(0, 9000), 32768)]
+        );
+        assert_eq!(
+            c.fallback(r(0, 9000), 9000),
+            vec![Request::exact(r(0, 8192)), Request::exact(r(8192, 808))]
+        );
+        // The most ever allocated: the areas and one padding.
+        let ranges = [r(0, 5000), r(6000, 100)];
+        assert_eq!(
+            DonorLayout::PerRange.allocated_blocks(&ranges, Some(&geometry())),
+            5100 + 3192
+        );
+        assert_eq!(DonorLayout::PerRange.allocated_blocks(&ranges, None), 5100);
+    }
+
+    #[test]
+    fn the_largest_runs_count_the_fewest_extents_possible() {
+        let fewest = |need, runs: &[u64]| {
+            let mut l = LargestRuns::new(need);
+            runs.iter().for_each(|&len| l.add(len));
+            let free = FreeSpace {
+                largest: l.into_longest_first(),
+                chunks: chunks(&[]),
+            };
+            free.fewest(need)
+        };
+        assert_eq!(fewest(100, &[30, 50, 10, 40, 70]), Some(2));
+        assert_eq!(fewest(100, &[10, 10, 100]), Some(1));
+        assert_eq!(fewest(100, &[60, 39]), None);
+        // Cut at ext4's longest extent.
+        assert_eq!(fewest(70000, &[100_000]), Some(3));
+        assert_eq!(fewest(65536, &[1 << 40]), Some(2));
+        // And for part of the data.
+        let mut l = LargestRuns::new(120);
+        [70, 10, 50].iter().for_each(|&len| l.add(len));
+        let free = FreeSpace {
+            largest: l.into_longest_first(),
+            chunks: chunks(&[]),
+        };
+        assert_eq!(
+            (free.fewest(60), free.fewest(120), free.fewest(121)),
+            (Some(1), Some(2), None)
         );
     }
 

@@ -2,13 +2,22 @@
 foreground reader, then a file written into fragmented free space.
 
     fragment.py MOUNT BIG_MIB READ_MIB
+    fragment.py --free-space IMAGE FILE_BYTES
 
 Recipe (shared/TESTING.md): fill most of the free space with 64 KiB files,
 delete every other one, write the file under test 64 KiB at a time with
 fsync (each piece lands in a hole), then delete the rest of the filler so
 contiguous free space exists for the defragmenter. Prints the filler count.
+
+--free-space: what the free space of an unmounted image allows a file of
+FILE_BYTES, as JSON (read with dumpe2fs): the fewest extents any placement
+could reach, its largest free runs, each cut at ext4's longest extent
+(32768 blocks), taken until they hold the file.
 """
+import json
 import os
+import re
+import subprocess
 import sys
 
 CHUNK = 64 * 1024
@@ -60,5 +69,58 @@ def main():
     print(n)
 
 
+# ext4's longest extent, in blocks.
+MAX_EXTENT_BLOCKS = 32768
+
+
+def free_runs(image):
+    """The free runs of an ext4 image, (start, length) in blocks, in disk
+    order, joined across block group edges; and the block size."""
+    out = subprocess.run(["dumpe2fs", image], capture_output=True, text=True, check=True).stdout
+    block_size = int(re.search(r"^Block size:\s+(\d+)", out, re.M).group(1))
+    runs = []
+    for line in out.splitlines():
+        line = line.strip()
+        if not line.startswith("Free blocks: "):
+            continue
+        for part in line[len("Free blocks: "):].split(","):
+            if not part.strip():
+                continue
+            first, _, last = part.strip().partition("-")
+            start, end = int(first), int(last or first) + 1
+            if runs and runs[-1][0] + runs[-1][1] == start:
+                runs[-1][1] += end - start
+            else:
+                runs.append([start, end - start])
+    return runs, block_size
+
+
+def free_space(image, file_bytes):
+    runs, block_size = free_runs(image)
+    need = -(-file_bytes // block_size)
+    pieces = []
+    for _, length in runs:
+        whole, rest = divmod(length, MAX_EXTENT_BLOCKS)
+        pieces += [MAX_EXTENT_BLOCKS] * whole + ([rest] if rest else [])
+    pieces.sort(reverse=True)
+    held = fewest = 0
+    for piece in pieces:
+        if held >= need:
+            break
+        held += piece
+        fewest += 1
+    return {
+        "block_size": block_size,
+        "file_blocks": need,
+        "free_blocks": sum(length for _, length in runs),
+        "free_runs": len(runs),
+        "largest_run_blocks": max((length for _, length in runs), default=0),
+        "fewest_extents": fewest if held >= need else None,
+    }
+
+
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["--free-space"]:
+        print(json.dumps(free_space(sys.argv[2], int(sys.argv[3]))))
+    else:
+        main()

@@ -164,11 +164,18 @@ def move_part(fig, goals):
     da, ea = dd.get("extents_after"), e4.get("extents_after")
     goals.add(part, "defragd extents after <= e4defrag's", fmt(da),
               da is not None and ea is not None and da <= ea, f"e4defrag: {fmt(ea)}", da, ea)
-    goals.add(part, f"defragd extents after <= 2 x ideal ({2 * ideal})", fmt(da),
-              da is not None and da <= 2 * ideal, f"e4defrag: {fmt(ea)}", da, 2 * ideal)
+    # What the free space allows: no placement of the file has fewer extents.
+    free = move.get("free_space") or {}
+    allows = free.get("fewest_extents")
+    res["free_space"] = free
+    target = 2 * max(ideal, allows or ideal)
+    goals.add(part, f"defragd extents after <= 2 x max(ideal {ideal}, free space allows "
+              f"{fmt(allows)}) ({target})", fmt(da), da is not None and da <= target,
+              f"e4defrag: {fmt(ea)}", da, target)
 
     lines = [f"== 1. Moving one file: {size / MIB:.0f} MiB in {fmt(move.get('extents_golden'))} "
-             f"extents (ideal {ideal}), caches dropped before each run"]
+             f"extents (ideal {ideal}, its free space allows {fmt(allows)}), caches dropped "
+             f"before each run"]
     rows = []
     for label, m, extents in (
         ("device copy (dd, direct)", device, False),
@@ -188,8 +195,47 @@ def move_part(fig, goals):
     lines.append(f"(MOVE_EXT: one call, {fmt(kres.get('donor_extents'))}-extent donor, "
                  f"seconds = the call alone; copy: dd of the fragmented file, 4 MiB direct "
                  f"reads and writes)")
+    lines.append(free_space_note(free))
+    lines.append("(each run is on a fresh mount: ext4 indexes a block group's free space when "
+                 "it first searches it, and all of it about a minute after mounting; until then "
+                 "a large fallocate gets small pieces. defragd, when its first donor is poor, "
+                 "reads the free space map (GETFSMAP), which indexes it all, and tries again; "
+                 "e4defrag does not)")
+    roomy = move.get("roomy")
+    if roomy:
+        res["roomy"] = roomy
+        lines += roomy_lines(roomy, ideal, goals, part)
     lines += goals.lines(part)
     return res, lines
+
+
+def free_space_note(free):
+    if not free:
+        return "(free space: not measured)"
+    return (f"(free space allows: the fewest extents any placement could reach, its largest "
+            f"free runs cut at {MAX_EXTENT_BLOCKS} blocks until they hold the file; "
+            f"{fmt(free.get('free_runs'))} free runs, the largest "
+            f"{fmt(free.get('largest_run_blocks'))} blocks; from dumpe2fs)")
+
+
+def roomy_lines(roomy, ideal, goals, part):
+    """The same file on an image twice as large: free space to spare."""
+    allows = (roomy.get("free_space") or {}).get("fewest_extents")
+    before = roomy.get("extents_before")
+    rows = []
+    for name in ("e4defrag", "defragd"):
+        m = roomy.get(name) or {}
+        rows.append([name, f"{fmt(before)} -> {fmt(m.get('extents_after'))}",
+                     fmt(m.get("data_unchanged"))])
+    da = (roomy.get("defragd") or {}).get("extents_after")
+    ea = (roomy.get("e4defrag") or {}).get("extents_after")
+    goals.add(part, f"on a {roomy.get('image_size')} image: defragd extents after <= "
+              f"2 x ideal ({2 * ideal})", fmt(da), da is not None and da <= 2 * ideal,
+              f"free space allows {fmt(allows)}; e4defrag: {fmt(ea)}", da, 2 * ideal)
+    lines = [f"the same recipe on a {roomy.get('image_size')} image (ideal {ideal}, its free "
+             f"space allows {fmt(allows)}):"]
+    lines += table(["", "extents", "data same"], rows)
+    return lines
 
 
 SCENARIOS = (
