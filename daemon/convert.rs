@@ -12,7 +12,7 @@ use std::path::Path;
 
 use crate::ext4;
 use crate::inspect::{Filesystems, Inspected, Target};
-use crate::mover::{defragment, refuse_unmovable, MoveOptions, Supervisor};
+use crate::mover::{defragment, refuse_in_use, refuse_unmovable, MoveOptions, Supervisor};
 use crate::outcome::{FailReason, Moved, Outcome, SkipReason};
 
 /// What is about to be converted, for the supervisor's record.
@@ -96,18 +96,7 @@ fn convert(
     if !inspected.fs.superblock.has_extents {
         return Err(Refusal::Skip(SkipReason::NoExtentFeature));
     }
-    if ext4::is_active_swapfile(inspected.dev, inspected.ino) {
-        return Err(Refusal::Skip(SkipReason::Swapfile));
-    }
-    if let Some(quiet) = options.quiet_period {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let ago_secs = now.saturating_sub(u64::try_from(inspected.mtime).unwrap_or(0));
-        if ago_secs < quiet.as_secs() {
-            return Err(Refusal::Skip(SkipReason::RecentlyWritten { ago_secs }));
-        }
-    }
+    refuse_in_use(inspected, options).map_err(Refusal::Skip)?;
     if options.dry_run {
         return Ok(());
     }

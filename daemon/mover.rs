@@ -143,6 +143,24 @@ pub fn defragment(
     run(&inspected, &prepared, options, supervisor)
 }
 
+/// Refuses a file in use: an active swapfile, or one written within the
+/// quiet period. Shared by a move and a conversion.
+pub fn refuse_in_use(inspected: &Inspected, options: &MoveOptions) -> Result<(), SkipReason> {
+    if ext4::is_active_swapfile(inspected.dev, inspected.ino) {
+        return Err(SkipReason::Swapfile);
+    }
+    if let Some(quiet) = options.quiet_period {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let ago_secs = now.saturating_sub(u64::try_from(inspected.mtime).unwrap_or(0));
+        if ago_secs < quiet.as_secs() {
+            return Err(SkipReason::RecentlyWritten { ago_secs });
+        }
+    }
+    Ok(())
+}
+
 /// Why a file cannot be moved, from its flags and its filesystem.
 pub fn refuse_unmovable(inspected: &Inspected) -> Result<(), SkipReason> {
     let (fs, flags) = (&inspected.fs, inspected.flags);
@@ -199,18 +217,7 @@ fn prepare(
     resume_at: u64,
 ) -> Result<Option<Prepared>, Refusal> {
     refuse_unmovable(inspected)?;
-    if ext4::is_active_swapfile(inspected.dev, inspected.ino) {
-        return Err(SkipReason::Swapfile.into());
-    }
-    if let Some(quiet) = options.quiet_period {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let ago_secs = now.saturating_sub(u64::try_from(inspected.mtime).unwrap_or(0));
-        if ago_secs < quiet.as_secs() {
-            return Err(SkipReason::RecentlyWritten { ago_secs }.into());
-        }
-    }
+    refuse_in_use(inspected, options)?;
     let before = &inspected.assessment;
     if resume_at == 0 && before.is_contiguous() {
         return Err(SkipReason::AlreadyContiguous {
