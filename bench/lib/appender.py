@@ -10,7 +10,12 @@ something holds the file's or the journal's locks (MOVE_EXT holds the
 inode lock for the whole call; a chunked mover for one chunk). So that a
 long run cannot fill the filesystem, the file is truncated to 0 whenever it
 reaches 16 MiB; that truncate is not timed.
+
+The three longest stalls are listed with the wall-clock time they began
+(UTC, as the service's log lines are stamped), to find what caused them.
 """
+import datetime
+import heapq
 import json
 import os
 import signal
@@ -35,16 +40,21 @@ def main():
     size = 0
     truncates = 0
     stalls = []
+    worst = []  # a min-heap of (seconds, wall-clock start), the longest few
     started = time.monotonic()
     counting = started + skip
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     try:
         while not stop:
-            t0 = time.monotonic()
+            t0, wall0 = time.monotonic(), time.time()
             os.write(fd, block)
             os.fsync(fd)
             if t0 >= counting:
-                stalls.append(time.monotonic() - t0)
+                took = time.monotonic() - t0
+                stalls.append(took)
+                heapq.heappush(worst, (took, wall0))
+                if len(worst) > 3:
+                    heapq.heappop(worst)
             size += len(block)
             if size >= wrap:
                 os.ftruncate(fd, 0)
@@ -63,6 +73,13 @@ def main():
         "p50_ms": pick(0.50),
         "p99_ms": pick(0.99),
         "max_stall_ms": pick(1.0),
+        "longest": [
+            {
+                "ms": took * 1e3,
+                "at": datetime.datetime.fromtimestamp(wall, datetime.timezone.utc).isoformat(),
+            }
+            for took, wall in sorted(worst, reverse=True)
+        ],
     }
     with open(out, "w") as f:
         json.dump(result, f)

@@ -538,6 +538,15 @@ unsafe fn swapper_child(
     };
     // Die with the test.
     libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+    // Keep nothing but `dir` and stdio. The fork copied every descriptor
+    // the test process had open, those of tests running in other threads
+    // too: held here, their files would keep those tests' filesystems
+    // busy ("target is busy" at their unmount) for as long as this runs.
+    let keep = libc::c_uint::try_from(dir).unwrap_or(0);
+    if keep > 3 {
+        libc::close_range(3, keep - 1, 0);
+    }
+    libc::close_range(keep.max(2) + 1, libc::c_uint::MAX, 0);
     let id = NOBODY;
     if libc::setgroups(0, std::ptr::null()) != 0
         || libc::setresgid(id, id, id) != 0
