@@ -1026,7 +1026,9 @@ fn run(
         if let Some(next) = chunks.get(index + 1) {
             cache.prepare(next);
         }
+        let started = std::time::Instant::now();
         let result = move_chunk(file, donor, chunk, block_size);
+        note_if_slow("moving the chunk at block", chunk.start, started);
         let moved_blocks = match &result {
             Ok(moved) => *moved,
             Err(failure) => failure.moved_blocks,
@@ -1061,7 +1063,13 @@ fn run(
         let durable = if due || last {
             since_checkpoint = 0;
             last_checkpoint = std::time::Instant::now();
-            match commit(file, donor) {
+            let committed = commit(file, donor);
+            note_if_slow(
+                "committing after the chunk at block",
+                chunk.start,
+                last_checkpoint,
+            );
+            match committed {
                 Ok(()) => true,
                 // The job is done only once it is all committed.
                 Err(e) if last => {
@@ -1106,6 +1114,17 @@ fn run(
         converted: false,
     })
 }
+
+/// Logs (at debug) a step that took long enough for a writer beside it to
+/// notice: what to look at when a workload feels the mover.
+fn note_if_slow(what: &str, block: u64, started: std::time::Instant) {
+    let took = started.elapsed();
+    if took >= SLOW_STEP {
+        tracing::debug!("{what} {block} took {} ms", took.as_millis());
+    }
+}
+
+const SLOW_STEP: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// Makes the moves so far survive a power cut: the file's data written to
 /// its new blocks, then the journal, with the extent swaps, committed.
