@@ -22,45 +22,56 @@ pub struct Covered {
     pub info: FsInfo,
 }
 
+/// A mount point that is not covered, and why.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{}: {why}", .path.display())]
+pub struct Ineligible {
+    pub path: PathBuf,
+    pub why: Why,
+}
+
 /// Why a mount point is not covered.
 #[derive(Debug, Clone, thiserror::Error)]
-pub enum Ineligible {
-    #[error("{0}: cannot open it: {1}")]
-    Open(PathBuf, ext4::Error),
-    #[error("{0}: not a mount point (name the filesystem's mount point)")]
-    NotMountPoint(PathBuf),
-    #[error("{0}: {1}")]
-    Probe(PathBuf, FsError),
-    #[error("{0}: mounted read-only")]
-    ReadOnly(PathBuf),
-    #[error("{0}: a bigalloc filesystem; the kernel cannot move extents there")]
-    Bigalloc(PathBuf),
-    #[error("{0}: mounted with DAX; the kernel cannot move extents there")]
-    Dax(PathBuf),
-    #[error("{0}: mounted with data=journal; the kernel cannot move extents there")]
-    DataJournal(PathBuf),
+pub enum Why {
+    #[error("cannot open it: {0}")]
+    Open(ext4::Error),
+    #[error("not a mount point (name the filesystem's mount point)")]
+    NotMountPoint,
+    #[error("{0}")]
+    Probe(FsError),
+    #[error("mounted read-only")]
+    ReadOnly,
+    #[error("a bigalloc filesystem; the kernel cannot move extents there")]
+    Bigalloc,
+    #[error("mounted with DAX; the kernel cannot move extents there")]
+    Dax,
+    #[error("mounted with data=journal; the kernel cannot move extents there")]
+    DataJournal,
 }
 
 /// Opens and checks the filesystem mounted at `mount_point`.
 pub fn cover(mount_point: &Path) -> Result<Covered, Ineligible> {
+    let refuse = |why| Ineligible {
+        path: mount_point.to_path_buf(),
+        why,
+    };
     let root = open_root(mount_point)?;
-    let stat = ext4::stat(root.as_fd()).map_err(|e| Ineligible::Open(mount_point.into(), e))?;
+    let stat = ext4::stat(root.as_fd()).map_err(|e| refuse(Why::Open(e)))?;
     if stat.st_ino != crate::walk::EXT4_ROOT_INO {
-        return Err(Ineligible::NotMountPoint(mount_point.into()));
+        return Err(refuse(Why::NotMountPoint));
     }
-    let info = ext4::probe(root.as_fd()).map_err(|e| Ineligible::Probe(mount_point.into(), e))?;
-    let path = || mount_point.to_path_buf();
+    let info = ext4::probe(root.as_fd()).map_err(|e| refuse(Why::Probe(e)))?;
     if info.read_only {
-        return Err(Ineligible::ReadOnly(path()));
+        return Err(refuse(Why::ReadOnly));
     }
     if info.superblock.bigalloc {
-        return Err(Ineligible::Bigalloc(path()));
+        return Err(refuse(Why::Bigalloc));
     }
     if info.dax {
-        return Err(Ineligible::Dax(path()));
+        return Err(refuse(Why::Dax));
     }
     if info.data_journal {
-        return Err(Ineligible::DataJournal(path()));
+        return Err(refuse(Why::DataJournal));
     }
     Ok(Covered {
         uuid: info.superblock.uuid.to_string(),
@@ -75,7 +86,10 @@ pub fn cover(mount_point: &Path) -> Result<Covered, Ineligible> {
 /// filesystem there (it may have been unmounted, leaving the bare
 /// directory underneath).
 pub fn open_root(mount_point: &Path) -> Result<OwnedFd, Ineligible> {
-    ext4::open_dir(mount_point).map_err(|e| Ineligible::Open(mount_point.into(), e))
+    ext4::open_dir(mount_point).map_err(|e| Ineligible {
+        path: mount_point.to_path_buf(),
+        why: Why::Open(e),
+    })
 }
 
 /// Opens `covered`'s root if it is still mounted where it was.

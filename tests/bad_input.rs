@@ -37,10 +37,6 @@ use defragd::control::protocol::{
 use defragd::control::ControlSocket;
 use tokio::sync::watch;
 
-fn secs(n: u64) -> Duration {
-    Duration::from_secs(n)
-}
-
 /// The least time each short phase of hostile clients lasts, so that the
 /// probe sees it several times.
 const PHASE: Duration = Duration::from_secs(3);

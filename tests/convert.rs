@@ -43,10 +43,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde::Deserialize;
 
-fn secs(n: u64) -> Duration {
-    Duration::from_secs(n)
-}
-
 // ---------------------------------------------------------------------------
 // Images with block-mapped files.
 

@@ -51,10 +51,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-fn secs(n: u64) -> Duration {
-    Duration::from_secs(n)
-}
-
 const IMAGE_MIB: u64 = 320;
 /// (path under the mount point, size, seed).
 const FILES: [(&str, u64, u64); 3] = [
@@ -142,28 +138,6 @@ fn first_unmoved_block(orig: &[Extent], now: &[Extent]) -> Option<u64> {
         }
     }
     first
-}
-
-/// The ideal extent count of PATH as `defragd check` computes it.
-fn ideal_extents(path: &Path) -> u64 {
-    check_json(false, &[path]).files[0].ideal_extents
-}
-
-/// About its ideal extent count, or (for a donor the allocator split even
-/// beside a large free extent) at least 16 times fewer than before: the
-/// verdict of tests/service.rs.
-fn defragmented_verdict(path: &Path, before: u64) -> Result<u64, String> {
-    let after = filefrag_extents(path);
-    let ideal = ideal_extents(path);
-    let bound = (ideal + 2).max(before / 16);
-    if after <= bound {
-        Ok(after)
-    } else {
-        Err(format!(
-            "{}: {after} extents at the end (before {before}, ideal {ideal}, allowed {bound})",
-            path.display()
-        ))
-    }
 }
 
 struct Template {
@@ -272,14 +246,6 @@ fn service_config(root: &Path, mib_per_s: u64) -> ServiceConfig {
     cfg
 }
 
-fn defragmenting(path: &Path) -> String {
-    format!("defragmenting {} (", path.display())
-}
-
-fn defragmented_line(path: &Path) -> String {
-    format!("defragmented {}: ", path.display())
-}
-
 /// One trial; panics (caught by the caller) on any failure. `stats` is
 /// filled as the trial goes, so a failed trial's counts are kept too.
 fn trial(
@@ -334,7 +300,7 @@ fn trial(
             }
             let log = svc.log();
             for (i, p) in paths.iter().enumerate() {
-                done_before[i] = log.contains(&defragmented_line(p));
+                done_before[i] = log.contains(&defragmented(p));
                 if !done_before[i] && log.contains(&defragmenting(p)) {
                     moving = Some(i);
                 }
@@ -491,7 +457,7 @@ fn trial(
                     &format!("the end of {}'s job", p.display()),
                     secs(60),
                     |l| {
-                        l.contains(&defragmented_line(p))
+                        l.contains(&defragmented(p))
                             || l.contains(&format!("failed {}", p.display()))
                             || l.contains(&format!("skipped {}: ", p.display()))
                             || (l.contains("dropped job ")
@@ -518,7 +484,7 @@ fn trial(
                 if let Some(first) = prefix_end[i].filter(|first| at > *first) {
                     let done = log
                         .lines()
-                        .find(|l| l.contains(&defragmented_line(&paths[i])))
+                        .find(|l| l.contains(&defragmented(&paths[i])))
                         .unwrap_or("(no line)");
                     problems.push(format!(
                         "run 2 resumed {} at block {at}, but after recovery its blocks from {first} on were in their old places (the {} undid moves the store's cursor had counted): blocks {first}..{at} are never moved again; run 2 then said: {done}",
@@ -532,7 +498,7 @@ fn trial(
                 // is found contiguous by the resumed job: also a success.
                 let found_done =
                     log.contains(&format!("skipped {}: is already contiguous", p.display()));
-                if !done_before[i] && !log.contains(&defragmented_line(p)) && !found_done {
+                if !done_before[i] && !log.contains(&defragmented(p)) && !found_done {
                     problems.push(format!(
                         "run 2 did not defragment {}: {}",
                         p.display(),

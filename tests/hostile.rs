@@ -41,17 +41,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-fn secs(n: u64) -> Duration {
-    Duration::from_secs(n)
-}
-
-/// `defragctl --socket SOCKET ARGS...` as root, bounded in time.
-fn defragctl(socket: &Path, args: &[&OsStr], limit: Duration) -> (Output, Duration) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_defragctl"));
-    cmd.arg("--socket").arg(socket).args(args);
-    run_timed(&mut cmd, limit)
-}
-
 /// Runs `cmd` for at most `limit`; kills it (by PID: our own child) and
 /// returns None past that.
 fn run_bounded(cmd: &mut Command, limit: Duration) -> (Option<Output>, Duration) {

@@ -55,20 +55,8 @@ use nix::fcntl::{fallocate, FallocateFlags};
 
 use common::*;
 
-fn secs(n: u64) -> Duration {
-    Duration::from_secs(n)
-}
-
 const THROTTLE_MIB_PER_S: u64 = 16;
 const TARGET_SIZE: u64 = 24 * MIB;
-
-fn defragmenting(path: &Path) -> String {
-    format!("defragmenting {} (", path.display())
-}
-
-fn defragmented_line(path: &Path) -> String {
-    format!("defragmented {}: ", path.display())
-}
 
 /// Whether a service log line ends the job of `path` for now: done,
 /// skipped, dropped, failed (a failed job is retried only 10 minutes
@@ -80,11 +68,6 @@ fn ends_job(line: &str, path: &Path) -> bool {
         || line.contains(&format!("failed {p} "))
         || line.contains(&format!("failed {p}:"))
         || (line.contains("dropped job ") && line.contains(&format!(" {p}: ")))
-}
-
-/// The ideal extent count of PATH as `defragd check` computes it.
-fn ideal_extents(path: &Path) -> u64 {
-    check_json(false, &[path]).files[0].ideal_extents
 }
 
 // ---------------------------------------------------------------------------
@@ -531,7 +514,7 @@ fn writer_round(kind: Writer, round: u64, tot: &mut WriterTotals) {
                 let took = started.elapsed();
                 sleep(Duration::from_millis(300));
                 let report = stop_writer(w);
-                let moved = end.contains(&defragmented_line(&t.path));
+                let moved = end.contains(&defragmented(&t.path));
                 if !moved {
                     problems.push(format!(
                         "{label}: the service's job ended without a move: {end}"

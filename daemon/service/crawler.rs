@@ -42,8 +42,10 @@ pub fn run(shared: Arc<Shared>, uuid: String) {
                 let due = c.pass_started_at + i64::try_from(interval.as_secs()).unwrap_or(i64::MAX);
                 let now = unix_now();
                 if now < due {
-                    // Woken early by a reload, at most once a minute.
-                    shared.sleep(Duration::from_secs(
+                    // Looks again at least once a minute, and at once on
+                    // a reload or a change of the covered filesystems (a
+                    // remount may have made the next pass due now).
+                    shared.idle(Duration::from_secs(
                         u64::try_from(due - now).unwrap_or(1).min(60),
                     ));
                     continue;

@@ -244,6 +244,14 @@ async fn serve(shared: Arc<Shared>, config_path: Option<std::path::PathBuf>) -> 
                     tracing::warn!("test switch: the main loop hangs now");
                     std::thread::sleep(Duration::MAX);
                 }
+                for (path, held) in shared.new_stalls() {
+                    tracing::warn!(
+                        "{}: the kernel has held the move for {}: the filesystem may be frozen \
+                         (`fsfreeze -u` thaws it) or its disk stalled; the move goes on when it can",
+                        escaped(&path),
+                        status::human_duration(held)
+                    );
+                }
                 let report = status::report(&shared);
                 update_gauges(&shared, &report);
                 let summary = report.summary;
@@ -370,13 +378,20 @@ fn refresh_covered(shared: &Shared) -> bool {
         mounts::ext4_mount_points()
     };
     let mut covered = HashMap::new();
+    let mut refused = HashMap::new();
     for path in candidates {
         match mounts::cover(&path) {
             Ok(fs) => {
                 covered.insert(fs.uuid.clone(), fs);
             }
-            Err(e) if configured => tracing::warn!("not covering {}", escaped_display(&e)),
-            Err(e) => tracing::debug!("not covering {}", escaped_display(&e)),
+            Err(e) => {
+                if configured {
+                    tracing::warn!("not covering {}", escaped_display(&e));
+                } else {
+                    tracing::debug!("not covering {}", escaped_display(&e));
+                }
+                refused.insert(e.path, e.why);
+            }
         }
     }
     let before = shared.covered();
@@ -391,8 +406,15 @@ fn refresh_covered(shared: &Shared) -> bool {
     }
     for (uuid, fs) in &before {
         if !covered.contains_key(uuid) {
+            let why = refused
+                .get(&fs.mount_point)
+                .filter(|why| !matches!(why, mounts::Why::NotMountPoint | mounts::Why::Open(_)))
+                .map_or_else(
+                    || "unmounted".to_string(),
+                    |why| escaped_display(why).to_string(),
+                );
             tracing::info!(
-                "{} is gone (unmounted or no longer eligible); dropping its queued work",
+                "{} is gone ({why}); dropping its queued work (a crawl finds it again once it is back)",
                 escaped(&fs.mount_point)
             );
             if let Err(e) = shared.store().forget_filesystem(uuid) {

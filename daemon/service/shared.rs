@@ -20,7 +20,38 @@ pub struct MovingNow {
     pub path: std::path::PathBuf,
     pub moved_bytes: u64,
     pub total_bytes: u64,
+    /// Since when the kernel has had the file (a chunk, a commit, the
+    /// donor); None while the worker itself waits (the throttle). A frozen
+    /// filesystem holds it there until it is thawed.
+    pub in_kernel_since: Option<Instant>,
+    /// Whether that wait was reported as a stall.
+    pub stall_reported: bool,
 }
+
+impl MovingNow {
+    /// A move just handed to the kernel.
+    pub fn starting(path: std::path::PathBuf, moved_bytes: u64, total_bytes: u64) -> Self {
+        MovingNow {
+            path,
+            moved_bytes,
+            total_bytes,
+            in_kernel_since: Some(Instant::now()),
+            stall_reported: false,
+        }
+    }
+
+    /// How long the kernel has held the move, when that is `STALLED` or more.
+    pub fn stalled_for(&self) -> Option<Duration> {
+        self.in_kernel_since
+            .map(|since| since.elapsed())
+            .filter(|held| *held >= STALLED)
+    }
+}
+
+/// How long the kernel may hold one step of a move before the status says
+/// so and the log warns: a chunk takes milliseconds, a commit under heavy
+/// load a second or two; a frozen filesystem holds it until thawed.
+pub const STALLED: Duration = Duration::from_secs(10);
 
 /// Whether the operator paused moving.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -206,6 +237,42 @@ impl Shared {
             Some(now) => moving.insert(disk.clone(), now),
             None => moving.remove(disk),
         };
+    }
+
+    /// `disk`'s worker hands the next step of its move to the kernel.
+    pub fn kernel_has_it(&self, disk: &DiskId) {
+        if let Some(m) = lock(&self.moving).get_mut(disk) {
+            m.in_kernel_since = Some(Instant::now());
+            m.stall_reported = false;
+        }
+    }
+
+    /// `disk`'s worker got its move back from the kernel, `moved_bytes`
+    /// into the file. Returns how long the kernel had held it when that was
+    /// reported as a stall.
+    pub fn chunk_done(&self, disk: &DiskId, moved_bytes: u64) -> Option<Duration> {
+        let mut moving = lock(&self.moving);
+        let m = moving.get_mut(disk)?;
+        m.moved_bytes = moved_bytes;
+        let held = m.in_kernel_since.take().map(|since| since.elapsed());
+        std::mem::take(&mut m.stall_reported)
+            .then_some(held)
+            .flatten()
+    }
+
+    /// Moves the kernel has held for `STALLED` or more that were not yet
+    /// reported; they count as reported from now on.
+    pub fn new_stalls(&self) -> Vec<(std::path::PathBuf, Duration)> {
+        let mut moving = lock(&self.moving);
+        moving
+            .values_mut()
+            .filter(|m| !m.stall_reported)
+            .filter_map(|m| {
+                let held = m.stalled_for()?;
+                m.stall_reported = true;
+                Some((m.path.clone(), held))
+            })
+            .collect()
     }
 
     pub fn reload_error(&self) -> Option<String> {

@@ -114,12 +114,19 @@ fn moving_line(m: &MovingNow, workers: usize) -> String {
     } else {
         String::new()
     };
-    format!(
+    let mut line = format!(
         "defragmenting {} {percent}% ({} of {}){more}",
         escaped(&m.path),
         Size(m.moved_bytes),
         Size(m.total_bytes)
-    )
+    );
+    if let Some(held) = m.stalled_for() {
+        line.push_str(&format!(
+            ", waiting for the kernel for {} (is the filesystem frozen?)",
+            human_duration(held)
+        ));
+    }
+    line
 }
 
 fn idle_line(next_crawl: Option<i64>) -> String {
@@ -173,15 +180,25 @@ mod tests {
 
     #[test]
     fn a_move_shows_path_percent_and_sizes() {
-        let m = MovingNow {
-            path: "/srv/db/x.ibd".into(),
-            moved_bytes: 43 << 20,
-            total_bytes: 100 << 20,
-        };
+        let m = MovingNow::starting("/srv/db/x.ibd".into(), 43 << 20, 100 << 20);
         assert_eq!(
             moving_line(&m, 1),
             "defragmenting /srv/db/x.ibd 43% (43.00 MiB of 100.00 MiB)"
         );
         assert!(moving_line(&m, 3).ends_with("(and 2 more)"));
+    }
+
+    #[test]
+    fn a_move_the_kernel_holds_says_so() {
+        let mut m = MovingNow::starting("/srv/x".into(), 0, 100 << 20);
+        m.in_kernel_since = std::time::Instant::now().checked_sub(Duration::from_secs(75));
+        assert!(
+            moving_line(&m, 1)
+                .ends_with(", waiting for the kernel for 1m 15s (is the filesystem frozen?)"),
+            "{}",
+            moving_line(&m, 1)
+        );
+        m.in_kernel_since = None;
+        assert!(!moving_line(&m, 1).contains("waiting"));
     }
 }

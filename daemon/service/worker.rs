@@ -18,6 +18,7 @@ use crate::store::{FileId, Finished, HistoryOutcome, Job};
 
 use super::candidates::target_for;
 use super::shared::{MovingNow, Shared};
+use super::status::human_duration;
 use super::unix_now;
 
 /// How long an idle worker sleeps when nothing wakes it.
@@ -32,7 +33,12 @@ const BUSY_RETRY_SECS: i64 = 30;
 /// often the filesystem was shut down or remounted, and the next attempt
 /// finds it back (or finds it gone and drops the job).
 const FS_TROUBLE_RETRY_SECS: i64 = 30;
-/// Attempts before a failing job is given up.
+/// How long a job waits when the filesystem is short of free space (another
+/// writer filled it): space often comes back soon, a log rotated, a
+/// temporary file deleted.
+const SPACE_RETRY_SECS: i64 = 30;
+/// Attempts before a failing job is given up (and a job short of space
+/// recorded as skipped; the next crawl finds the file again).
 const MAX_ATTEMPTS: u32 = 5;
 /// How long a move held back by I/O pressure waits in one go, before it
 /// gives its file back and tries again later.
@@ -153,11 +159,7 @@ fn run_job(shared: &Shared, disk: &DiskId, job: Job) {
     let total_bytes = job.size_bytes;
     shared.set_moving(
         disk,
-        Some(MovingNow {
-            path: path.clone(),
-            moved_bytes: 0,
-            total_bytes,
-        }),
+        Some(MovingNow::starting(path.clone(), 0, total_bytes)),
     );
     let outcome = defragment(
         &target,
@@ -234,6 +236,7 @@ impl Supervisor for JobSupervisor<'_> {
         if self.shared.shutting_down() {
             Control::Stop
         } else {
+            self.shared.kernel_has_it(self.disk);
             Control::Continue
         }
     }
@@ -272,14 +275,14 @@ impl Supervisor for JobSupervisor<'_> {
     fn after_chunk(&mut self, progress: &Progress) {
         self.shared.add_moved(progress.chunk_bytes);
         // Shown as how far through the file the move is, resumed or not.
-        self.shared.set_moving(
-            self.disk,
-            Some(MovingNow {
-                path: self.path.to_path_buf(),
-                moved_bytes: progress.offset_bytes.min(self.job.size_bytes),
-                total_bytes: self.job.size_bytes,
-            }),
-        );
+        let moved = progress.offset_bytes.min(self.job.size_bytes);
+        if let Some(held) = self.shared.chunk_done(self.disk, moved) {
+            tracing::info!(
+                "{}: moving again; the kernel held it for {}",
+                escaped(&self.path),
+                human_duration(held)
+            );
+        }
         // Only a committed position is saved: after a power cut, moves past
         // it may be undone, and a resume must redo them.
         if progress.durable {
@@ -352,6 +355,26 @@ fn record(shared: &Shared, job: &Job, path: &std::path::Path, outcome: Outcome, 
             );
             retry(shared, job, "filesystem trouble", FS_TROUBLE_RETRY_SECS);
         }
+        // Remounted read-only since the job was queued: most often for a
+        // while (maintenance, an error the operator is looking at).
+        Outcome::Skipped {
+            reason: SkipReason::ReadOnly,
+            ..
+        } => {
+            tracing::warn!(
+                "{}: the filesystem is mounted read-only; trying again in {FS_TROUBLE_RETRY_SECS} s",
+                escaped(&path)
+            );
+            retry(shared, job, "read-only", FS_TROUBLE_RETRY_SECS);
+        }
+        Outcome::Skipped {
+            reason: reason @ SkipReason::NotEnoughFreeSpace { .. },
+            ..
+        } if job.attempts < MAX_ATTEMPTS => short_of_space(shared, job, path, &reason),
+        Outcome::Failed {
+            reason: reason @ FailReason::Kernel(crate::ext4::Error::NoSpace),
+            ..
+        } if job.attempts < MAX_ATTEMPTS => short_of_space(shared, job, path, &reason),
         Outcome::Skipped {
             reason: SkipReason::RecentlyWritten { ago_secs },
             ..
@@ -470,12 +493,30 @@ fn finish(
     }
 }
 
+/// The filesystem is short of space now (another writer filled it): the
+/// job waits for it to come back, a few times.
+fn short_of_space(shared: &Shared, job: &Job, path: &std::path::Path, why: &dyn std::fmt::Display) {
+    tracing::warn!(
+        "{}: {}; trying again in {SPACE_RETRY_SECS} s (attempt {} of {MAX_ATTEMPTS})",
+        escaped(&path),
+        escaped_display(why),
+        job.attempts
+    );
+    retry(shared, job, "short of free space", SPACE_RETRY_SECS);
+}
+
 fn retry(shared: &Shared, job: &Job, why: &str, after_secs: i64) {
-    if let Err(e) = shared
+    match shared
         .store()
         .retry_later(job.id, why, unix_now() + after_secs)
     {
-        tracing::error!("job {}: cannot put it back in the queue: {e}", job.id);
+        Ok(()) => {}
+        // Its filesystem was dropped meanwhile (unmounted, remounted
+        // read-only): its queue went with it.
+        Err(crate::store::StoreError::JobGone(_)) => {
+            tracing::debug!("job {}: gone from the queue meanwhile", job.id);
+        }
+        Err(e) => tracing::error!("job {}: cannot put it back in the queue: {e}", job.id),
     }
 }
 

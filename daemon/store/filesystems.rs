@@ -61,7 +61,9 @@ impl Store {
     /// Drops the filesystem's queued jobs, recording each as dropped, and
     /// returns how many. A running job is left to its worker, whose move
     /// fails and reports through `finish_job` or `retry_later`. The crawl
-    /// cursor is kept so a remount resumes the pass.
+    /// cursor is kept so a remount resumes the pass; where the pass was
+    /// over and jobs were dropped, the next one is due at once, so that a
+    /// remount finds their files again.
     pub fn forget_filesystem(&self, uuid: &str) -> Result<u64, StoreError> {
         let doing = "forgetting a filesystem's jobs";
         let now = self.now();
@@ -78,6 +80,14 @@ impl Store {
         let why = dropped(Some("filesystem_unmounted"), "filesystem unmounted");
         for job in &departed {
             history::append(&tx, job, &why, now).doing(doing)?;
+        }
+        if !departed.is_empty() {
+            tx.execute(
+                "UPDATE crawl_cursors SET pass_started_at = 0
+                 WHERE fs_uuid = ?1 AND pass_finished_at IS NOT NULL",
+                [uuid],
+            )
+            .doing(doing)?;
         }
         history::prune(&tx, self.history_limit).doing(doing)?;
         tx.commit().doing(doing)?;
@@ -137,5 +147,35 @@ mod tests {
             assert_eq!(entry.finished_at, 500);
             assert_eq!(entry.file.fs_uuid, FS_A);
         }
+    }
+
+    #[test]
+    fn forgetting_dropped_jobs_makes_a_finished_crawl_due_again() {
+        let (store, _) = memory_store(100);
+        store.start_pass(FS_A, 100).unwrap();
+        store.finish_pass(FS_A, 150).unwrap();
+        store.start_pass(FS_B, 100).unwrap();
+        store.finish_pass(FS_B, 150).unwrap();
+        // Nothing queued on FS_B: nothing lost, its next pass stays due later.
+        assert_eq!(store.forget_filesystem(FS_B).unwrap(), 0);
+        assert_eq!(
+            store.crawl_cursor(FS_B).unwrap().unwrap().pass_started_at,
+            100
+        );
+
+        store.enqueue(&new_job(FS_A, 1, 1.0)).unwrap();
+        assert_eq!(store.forget_filesystem(FS_A).unwrap(), 1);
+        let cursor = store.crawl_cursor(FS_A).unwrap().unwrap();
+        assert_eq!(cursor.pass_started_at, 0, "the next pass is due at once");
+        assert!(cursor.is_finished());
+
+        // A pass under way is resumed where it was, whatever was dropped.
+        store.start_pass(FS_A, 200).unwrap();
+        store.enqueue(&new_job(FS_A, 2, 1.0)).unwrap();
+        store.forget_filesystem(FS_A).unwrap();
+        assert_eq!(
+            store.crawl_cursor(FS_A).unwrap().unwrap().pass_started_at,
+            200
+        );
     }
 }

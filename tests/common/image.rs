@@ -416,3 +416,43 @@ impl Drop for ChattrGuard {
         }
     }
 }
+
+/// A filesystem this test froze (`fsfreeze -f`); Drop thaws it, so that a
+/// failing test never leaves a frozen filesystem (whose unmount would hang).
+/// Declare it after the LoopImage, so it is dropped first.
+pub struct FreezeGuard {
+    mount_point: PathBuf,
+    frozen: bool,
+}
+
+impl FreezeGuard {
+    pub fn freeze(mount_point: &Path) -> FreezeGuard {
+        sh("fsfreeze", [OsStr::new("-f"), mount_point.as_os_str()]);
+        FreezeGuard {
+            mount_point: mount_point.to_path_buf(),
+            frozen: true,
+        }
+    }
+
+    pub fn thaw(&mut self) {
+        if std::mem::take(&mut self.frozen) {
+            sh("fsfreeze", [OsStr::new("-u"), self.mount_point.as_os_str()]);
+        }
+    }
+}
+
+impl Drop for FreezeGuard {
+    fn drop(&mut self) {
+        if !self.frozen {
+            return;
+        }
+        let (ok, _, err) = sh_status("fsfreeze", [OsStr::new("-u"), self.mount_point.as_os_str()]);
+        if !ok {
+            eprintln!(
+                "fsfreeze -u {} failed: {}",
+                self.mount_point.display(),
+                err.trim()
+            );
+        }
+    }
+}

@@ -16,12 +16,15 @@ mod faults;
 mod fixture;
 mod hostile;
 mod image;
+mod jobs;
 mod judge;
 mod service;
 
 // Not every test binary uses every part.
 #[allow(unused_imports)]
-pub use {cmd::*, defragd::*, faults::*, fixture::*, hostile::*, image::*, judge::*, service::*};
+pub use {
+    cmd::*, defragd::*, faults::*, fixture::*, hostile::*, image::*, jobs::*, judge::*, service::*,
+};
 
 pub const KIB: u64 = 1024;
 pub const MIB: u64 = 1024 * 1024;

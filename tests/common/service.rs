@@ -388,6 +388,24 @@ impl Service {
         self.wait_for_line(&format!("{pattern:?}"), timeout, |l| l.contains(pattern))
     }
 
+    /// Waits until `n` log lines contain `pattern`; returns the n-th.
+    pub fn wait_for_nth(&mut self, pattern: &str, n: usize, timeout: Duration) -> String {
+        let t = Instant::now();
+        loop {
+            if let Some(line) = self.lines_with(pattern).into_iter().nth(n - 1) {
+                return line;
+            }
+            if t.elapsed() > timeout || !self.is_running() {
+                panic!(
+                    "{} did not log {pattern:?} {n} times within {timeout:?}; log tail:\n{}",
+                    self.name,
+                    self.tail(80)
+                );
+            }
+            sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Sends SIGTERM to the process (by its PID).
     pub fn sigterm(&mut self) {
         self.signal(nix::libc::SIGTERM);
