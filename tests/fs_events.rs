@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use common::*;
 
 /// How fast the service moves here: slow enough that each event lands in
-/// the middle of a job.
+/// the middle of a job (48 MiB: 6 s).
 const MIB_PER_S: u64 = 8;
 
 /// A service caught in the middle of moving `path`. Fields drop in order:
@@ -32,7 +32,12 @@ struct MidJob {
 /// An image of `spec` with one fragmented file of `mib` MiB (and, with
 /// `others`, more files of that size), and the service started on it and
 /// seen moving one of them.
-fn mid_job(spec: ImageSpec, mib: u64, others: usize) -> (MidJob, Vec<(PathBuf, String)>) {
+fn mid_job(
+    spec: ImageSpec,
+    mib: u64,
+    others: usize,
+    mib_per_s: u64,
+) -> (MidJob, Vec<(PathBuf, String)>) {
     let mut img = LoopImage::create(spec);
     let root = img.root().to_path_buf();
     let names: Vec<PathBuf> = (0..=others)
@@ -52,14 +57,19 @@ fn mid_job(spec: ImageSpec, mib: u64, others: usize) -> (MidJob, Vec<(PathBuf, S
 
     let home = ServiceHome::new();
     let mut cfg = ServiceConfig::new(&root, &[]);
-    cfg.max_mib_per_s = MIB_PER_S;
+    cfg.max_mib_per_s = mib_per_s;
     home.write_config(&cfg);
     let mut svc = home.start(&[]);
-    let line = svc.wait_for_log("defragmenting ", secs(60));
-    let i = names
+    // "defragmenting PATH (job …": the job's start (the status line says
+    // "defragmenting PATH 0% (…" too).
+    let starts: Vec<String> = names.iter().map(|p| defragmenting(p)).collect();
+    let line = svc.wait_for_line("a job's start", secs(60), |l| {
+        starts.iter().any(|s| l.contains(s.as_str()))
+    });
+    let i = starts
         .iter()
-        .position(|p| line.contains(&defragmenting(p)))
-        .unwrap_or_else(|| panic!("the service moves a file the test did not make: {line}"));
+        .position(|s| line.contains(s.as_str()))
+        .expect("the line names one of them");
     wait_for_progress(&names[i], &maps[i], 4 * MIB, secs(30));
     let (path, sum) = sums[i].clone();
     let rest = sums.into_iter().filter(|(p, _)| *p != path).collect();
@@ -133,7 +143,7 @@ fn the_kernel_remounting_read_only_mid_job_is_waited_out() {
         return;
     }
     let spec = ImageSpec::ext4(256).mount_opts("errors=remount-ro");
-    let (mut job, _) = mid_job(spec, 48, 0);
+    let (mut job, _) = mid_job(spec, 48, 0, MIB_PER_S);
     // An ext4 error, as a failing disk would cause: with errors=remount-ro
     // the kernel aborts the journal and remounts read-only at once.
     fs::write(ext4_sysfs(&job.img).join("trigger_fs_error"), "1").expect("trigger_fs_error");
@@ -183,7 +193,7 @@ fn an_operator_remount_read_only_and_back_is_waited_out() {
     if !require_root() {
         return;
     }
-    let (mut job, _) = mid_job(ImageSpec::ext4(256), 48, 0);
+    let (mut job, _) = mid_job(ImageSpec::ext4(256), 48, 0, MIB_PER_S);
     // The job holds the file open for writing, which a remount read-only
     // refuses ("busy"): pausing makes the worker let go at its next chunk.
     let (out, _) = defragctl(&job.home.control_socket(), &[OsStr::new("pause")], secs(10));
@@ -220,7 +230,9 @@ fn a_disk_filled_mid_job_is_waited_out_and_work_goes_on_once_space_is_back() {
     if !require_root() {
         return;
     }
-    let (mut job, others) = mid_job(ImageSpec::ext4(256), 48, 1);
+    // Two files, and room for both to be moved once the disk is not full;
+    // moved slowly enough (12 s each) that the disk fills mid job.
+    let (mut job, others) = mid_job(ImageSpec::ext4(512), 48, 1, 4);
     // Another process fills the disk (as root: the reserved blocks too).
     let filler = job.img.root().join("filler");
     let (filled, _, err) = sh_status(
@@ -259,7 +271,7 @@ fn a_frozen_filesystem_holds_the_job_and_the_service_still_answers() {
     if !require_root() {
         return;
     }
-    let (mut job, _) = mid_job(ImageSpec::ext4(256), 48, 0);
+    let (mut job, _) = mid_job(ImageSpec::ext4(256), 48, 0, MIB_PER_S);
     let mut frozen = FreezeGuard::freeze(job.img.root());
     let t = Instant::now();
     // The worker waits in the kernel; everything else goes on.
