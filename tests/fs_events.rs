@@ -105,6 +105,24 @@ impl MidJob {
         first
     }
 
+    /// `defragctl COMMAND`, which must succeed.
+    fn control(&self, command: &str) {
+        let (out, _) = defragctl(
+            &self.home.control_socket(),
+            &[OsStr::new(command)],
+            secs(10),
+        );
+        assert!(out.status.success(), "defragctl {command}: {out:?}");
+    }
+
+    /// Waits until the service covers the filesystem a second time (it
+    /// covered it at its start).
+    fn wait_covered_again(&mut self) {
+        let covering = format!("covering {} (", self.img.root().display());
+        let back = self.svc.wait_for_nth(&covering, 2, secs(30));
+        eprintln!("{back}");
+    }
+
     fn assert_running(&mut self, when: &str) {
         assert!(
             self.svc.is_running(),
@@ -175,12 +193,7 @@ fn the_kernel_remounting_read_only_mid_job_is_waited_out() {
     assert_eq!(md5(&job.path), job.sum, "content changed");
     job.assert_running("while the filesystem was repaired");
 
-    let back = job.svc.wait_for_nth(
-        &format!("covering {} (", job.img.root().display()),
-        2,
-        secs(30),
-    );
-    eprintln!("{back}");
+    job.wait_covered_again();
     // Its queued job was dropped with the filesystem; a crawl pass, due at
     // once, finds the file again.
     job.svc.wait_for_nth("starting pass", 2, secs(10));
@@ -196,8 +209,7 @@ fn an_operator_remount_read_only_and_back_is_waited_out() {
     let (mut job, _) = mid_job(ImageSpec::ext4(256), 48, 0, MIB_PER_S);
     // The job holds the file open for writing, which a remount read-only
     // refuses ("busy"): pausing makes the worker let go at its next chunk.
-    let (out, _) = defragctl(&job.home.control_socket(), &[OsStr::new("pause")], secs(10));
-    assert!(out.status.success(), "defragctl pause: {out:?}");
+    job.control("pause");
     job.svc.wait_for_log(" stopped at block ", secs(10));
     job.img.remount("ro");
     let gone = job
@@ -208,18 +220,8 @@ fn an_operator_remount_read_only_and_back_is_waited_out() {
     job.status();
 
     job.img.remount("rw");
-    let back = job.svc.wait_for_nth(
-        &format!("covering {} (", job.img.root().display()),
-        2,
-        secs(30),
-    );
-    eprintln!("{back}");
-    let (out, _) = defragctl(
-        &job.home.control_socket(),
-        &[OsStr::new("resume")],
-        secs(10),
-    );
-    assert!(out.status.success(), "defragctl resume: {out:?}");
+    job.wait_covered_again();
+    job.control("resume");
     job.svc.wait_for_nth("starting pass", 2, secs(10));
     job.assert_finishes(secs(60));
     job.finish();
