@@ -247,17 +247,22 @@ impl Shared {
         }
     }
 
-    /// `disk`'s worker got its move back from the kernel, `moved_bytes`
-    /// into the file. Returns how long the kernel had held it when that was
-    /// reported as a stall.
-    pub fn chunk_done(&self, disk: &DiskId, moved_bytes: u64) -> Option<Duration> {
+    /// `disk`'s worker got its move back from the kernel. Returns how long
+    /// the kernel had held it when that was reported as a stall.
+    pub fn back_from_kernel(&self, disk: &DiskId) -> Option<Duration> {
         let mut moving = lock(&self.moving);
         let m = moving.get_mut(disk)?;
-        m.moved_bytes = moved_bytes;
         let held = m.in_kernel_since.take().map(|since| since.elapsed());
         std::mem::take(&mut m.stall_reported)
             .then_some(held)
             .flatten()
+    }
+
+    /// `disk`'s worker is `moved_bytes` into its file.
+    pub fn set_moved(&self, disk: &DiskId, moved_bytes: u64) {
+        if let Some(m) = lock(&self.moving).get_mut(disk) {
+            m.moved_bytes = moved_bytes;
+        }
     }
 
     /// Moves the kernel has held for `STALLED` or more that were not yet

@@ -192,8 +192,25 @@ struct JobSupervisor<'a> {
     path: &'a std::path::Path,
 }
 
+impl JobSupervisor<'_> {
+    /// The kernel let go of the move (a chunk, a commit, the donor's
+    /// allocation); says so when its wait was reported as a stall.
+    fn back_from_kernel(&self) {
+        if let Some(held) = self.shared.back_from_kernel(self.disk) {
+            tracing::info!(
+                "{}: moving again; the kernel held it for {}",
+                escaped(&self.path),
+                human_duration(held)
+            );
+        }
+    }
+}
+
 impl Supervisor for JobSupervisor<'_> {
     fn before_chunk(&mut self, bytes: u64) -> Control {
+        // What follows (the throttle, a pressure hold) is the worker's own
+        // wait, not the kernel's.
+        self.back_from_kernel();
         if !self.announced {
             self.announced = true;
             let job = self.job;
@@ -274,15 +291,10 @@ impl Supervisor for JobSupervisor<'_> {
 
     fn after_chunk(&mut self, progress: &Progress) {
         self.shared.add_moved(progress.chunk_bytes);
+        self.back_from_kernel();
         // Shown as how far through the file the move is, resumed or not.
-        let moved = progress.offset_bytes.min(self.job.size_bytes);
-        if let Some(held) = self.shared.chunk_done(self.disk, moved) {
-            tracing::info!(
-                "{}: moving again; the kernel held it for {}",
-                escaped(&self.path),
-                human_duration(held)
-            );
-        }
+        self.shared
+            .set_moved(self.disk, progress.offset_bytes.min(self.job.size_bytes));
         // Only a committed position is saved: after a power cut, moves past
         // it may be undone, and a resume must redo them.
         if progress.durable {
