@@ -21,6 +21,7 @@ use super::unix_now;
 /// longer covered.
 pub fn run(shared: Arc<Shared>, uuid: String) {
     while !shared.shutting_down() {
+        let ticket = shared.wake_ticket();
         let Some(fs) = shared.covered_fs(&uuid) else {
             return;
         };
@@ -45,9 +46,10 @@ pub fn run(shared: Arc<Shared>, uuid: String) {
                     // Looks again at least once a minute, and at once on
                     // a reload or a change of the covered filesystems (a
                     // remount may have made the next pass due now).
-                    shared.idle(Duration::from_secs(
-                        u64::try_from(due - now).unwrap_or(1).min(60),
-                    ));
+                    shared.idle_since(
+                        ticket,
+                        Duration::from_secs(u64::try_from(due - now).unwrap_or(1).min(60)),
+                    );
                     continue;
                 }
                 None

@@ -338,14 +338,28 @@ impl Shared {
 
     /// Sleeps up to `timeout`, or until woken or shutting down.
     pub fn idle(&self, timeout: Duration) {
+        self.idle_since(self.wake_ticket(), timeout);
+    }
+
+    /// Where the wake-ups stand: taken before looking for work, and given
+    /// to `idle_since`, so that a wake-up between the look and the sleep
+    /// (work queued just then) is not lost.
+    pub fn wake_ticket(&self) -> u64 {
+        *lock(&self.wake.0)
+    }
+
+    /// Sleeps up to `timeout`, or until woken after `ticket` was taken
+    /// (at once if that already happened), or shutting down.
+    pub fn idle_since(&self, ticket: u64, timeout: Duration) {
         let (count, condvar) = &self.wake;
         let guard = lock(count);
-        let seen = *guard;
         if self.shutting_down() {
             return;
         }
         let _ = condvar
-            .wait_timeout_while(guard, timeout, |now| *now == seen && !self.shutting_down())
+            .wait_timeout_while(guard, timeout, |now| {
+                *now == ticket && !self.shutting_down()
+            })
             .unwrap_or_else(PoisonError::into_inner);
     }
 }
@@ -377,4 +391,60 @@ pub fn local_midnight() -> i64 {
 fn bucket_for(settings: &Settings) -> TokenBucket {
     let t = &settings.throttle;
     TokenBucket::new(t.max_bytes_per_s.get(), t.chunk_bytes.get(), Instant::now())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared() -> Arc<Shared> {
+        Shared::new(
+            Store::open_in_memory().expect("in-memory store"),
+            Settings::default(),
+        )
+    }
+
+    #[test]
+    fn a_wake_between_the_look_and_the_sleep_is_not_lost() {
+        let shared = shared();
+        let ticket = shared.wake_ticket();
+        // Work queued after the worker looked, before it sleeps.
+        shared.wake_all();
+        let t = Instant::now();
+        shared.idle_since(ticket, Duration::from_secs(30));
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "slept {:?}",
+            t.elapsed()
+        );
+    }
+
+    #[test]
+    fn without_a_wake_idle_sleeps_its_time() {
+        let shared = shared();
+        let t = Instant::now();
+        shared.idle_since(shared.wake_ticket(), Duration::from_millis(200));
+        assert!(t.elapsed() >= Duration::from_millis(200));
+    }
+
+    #[test]
+    fn a_stall_is_reported_once_and_its_end_once() {
+        let shared = shared();
+        let disk = DiskId("7:0".into());
+        shared.set_moving(&disk, Some(MovingNow::starting("/f".into(), 0, 1 << 20)));
+        assert!(shared.new_stalls().is_empty(), "a fresh move is no stall");
+        if let Some(m) = lock(&shared.moving).get_mut(&disk) {
+            m.in_kernel_since = Instant::now().checked_sub(STALLED);
+        }
+        let stalls = shared.new_stalls();
+        assert_eq!(stalls.len(), 1);
+        assert!(stalls[0].1 >= STALLED);
+        assert!(shared.new_stalls().is_empty(), "reported once");
+        assert!(shared
+            .back_from_kernel(&disk)
+            .is_some_and(|held| held >= STALLED));
+        assert_eq!(shared.back_from_kernel(&disk), None, "its end is told once");
+        // The worker's own wait (in_kernel_since None) is never a stall.
+        assert!(shared.new_stalls().is_empty());
+    }
 }

@@ -53,6 +53,7 @@ pub fn run(shared: Arc<Shared>, disk: DiskId) {
         );
     }
     while !shared.shutting_down() {
+        let ticket = shared.wake_ticket();
         if shared.paused() {
             shared.idle(Duration::from_secs(1));
             continue;
@@ -83,7 +84,7 @@ pub fn run(shared: Arc<Shared>, disk: DiskId) {
         };
         match job {
             Some(job) => run_job(&shared, &disk, job),
-            None => shared.idle(until_next_due(&shared, &uuids)),
+            None => shared.idle_since(ticket, until_next_due(&shared, &uuids)),
         }
     }
 }
