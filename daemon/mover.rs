@@ -293,12 +293,28 @@ fn prepare(
         && worth_another(inspected, donor.as_fd(), &ranges, donor_runs)
     {
         let end = ranges.last().map_or(0, |r| r.end()) * block_size;
-        ext4::punch_hole(donor.as_fd(), 0, end)?;
-        ext4::commit_journal(donor.as_fd())?;
+        let let_go = |donor: &OwnedFd| -> Result<(), Refusal> {
+            ext4::punch_hole(donor.as_fd(), 0, end)?;
+            ext4::commit_journal(donor.as_fd())?;
+            Ok(())
+        };
+        let first_runs = donor_runs;
+        let_go(&donor)?;
         (donor, donor_runs) = match build(true) {
             Ok(second) => second,
             Err(_) => build(false)?,
         };
+        // The map says what is free, not where fallocate will look: the
+        // guided donor came out worse than the plain one in about one
+        // resumed job in six (95 pieces against 29). Never keep a worse
+        // one: make a plain one again.
+        if donor_runs > first_runs {
+            tracing::debug!(
+                "the guided donor has {donor_runs} runs, the plain one had {first_runs}: a plain one again"
+            );
+            let_go(&donor)?;
+            (donor, donor_runs) = build(false)?;
+        }
     }
     if donor_runs >= file_runs {
         return Err(SkipReason::NoContiguousFreeSpace {

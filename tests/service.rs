@@ -815,6 +815,9 @@ fn sigterm_stops_a_job_at_a_chunk_and_a_restart_resumes_it() {
     let home = ServiceHome::new();
     let mut cfg = ServiceConfig::new(&root, &[]);
     cfg.max_mib_per_s = 8;
+    // The donors' placement is logged at debug: what to read when the
+    // resumed job ends scattered.
+    cfg.log_level = "debug".into();
     home.write_config(&cfg);
     let orig = fiemap(&path);
     wait_until_quiet(&[&path]);

@@ -55,13 +55,13 @@ pub fn run(shared: Arc<Shared>, disk: DiskId) {
     while !shared.shutting_down() {
         let ticket = shared.wake_ticket();
         if shared.paused() {
-            shared.idle(Duration::from_secs(1));
+            shared.idle_since(ticket, Duration::from_secs(1));
             continue;
         }
         // Outside the maintenance windows the service only watches and queues.
         let closed_for = shared.until_window();
         if !closed_for.is_zero() {
-            shared.idle(closed_for.min(Duration::from_secs(60)));
+            shared.idle_since(ticket, closed_for.min(Duration::from_secs(60)));
             continue;
         }
         let uuids: Vec<String> = shared
@@ -78,7 +78,7 @@ pub fn run(shared: Arc<Shared>, disk: DiskId) {
             Ok(job) => job,
             Err(e) => {
                 tracing::error!("worker {}: cannot read the queue: {e}", disk.0);
-                shared.idle(IDLE);
+                shared.idle_since(ticket, IDLE);
                 continue;
             }
         };
