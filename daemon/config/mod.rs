@@ -191,4 +191,6 @@ fn is_defragd_variable(name: &[u8]) -> bool {
 }
 
 #[cfg(test)]
+mod properties;
+#[cfg(test)]
 mod tests;
