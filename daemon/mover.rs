@@ -357,7 +357,7 @@ fn worth_another(
     held.sort_by_key(|r| r.start);
     let data = ranges.iter().map(|r| r.len).sum();
     let allows = FreeSpace::read(inspected, data, &held).and_then(|f| f.fewest(data));
-    allows.map_or(true, |allows| runs > 2 * allows.max(ideal_extents(ranges)))
+    allows.is_none_or(|allows| runs > 2 * allows.max(ideal_extents(ranges)))
 }
 
 /// How a donor is built.
@@ -767,7 +767,7 @@ impl Geometry {
     /// `group`: it keeps the first group of each flex group (of 4 or more)
     /// for metadata.
     fn serves_data(&self, group: u64) -> bool {
-        self.groups_per_flex < 4 || group % self.groups_per_flex != 0
+        self.groups_per_flex < 4 || !group.is_multiple_of(self.groups_per_flex)
     }
 }
 
@@ -929,8 +929,7 @@ impl LargestRuns {
     fn add(&mut self, len: u64) {
         // More whole pieces than would hold `need` never count.
         let whole = (len / MAX_EXTENT_BLOCKS).min(self.need.div_ceil(MAX_EXTENT_BLOCKS));
-        let pieces = std::iter::repeat(MAX_EXTENT_BLOCKS)
-            .take(whole as usize)
+        let pieces = std::iter::repeat_n(MAX_EXTENT_BLOCKS, whole as usize)
             .chain(Some(len % MAX_EXTENT_BLOCKS).filter(|&rest| rest > 0));
         for piece in pieces {
             self.held.push(std::cmp::Reverse(piece));

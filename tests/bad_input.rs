@@ -61,7 +61,7 @@ fn harmless_requests(small_file: &Path) -> Vec<String> {
 }
 
 /// One byte flipped, inserted or deleted, 1 to 3 times.
-fn mutate_bytes(rng: &mut XorShift, line: &[u8]) -> Vec<u8> {
+fn mutate_bytes(rng: &mut Seeded, line: &[u8]) -> Vec<u8> {
     let mut v = line.to_vec();
     for _ in 0..rng.range(1, 3) {
         let at = rng.below(v.len() as u64 + 1) as usize;
@@ -80,7 +80,7 @@ fn mutate_bytes(rng: &mut XorShift, line: &[u8]) -> Vec<u8> {
 /// A stream of request lines: random bytes, mutated requests and valid
 /// ones. Returns the bytes, the number of lines the server must answer,
 /// and which of them (by index) are valid requests whose answer must be ok.
-fn random_stream(rng: &mut XorShift, valid: &[String]) -> (Vec<u8>, usize, Vec<usize>) {
+fn random_stream(rng: &mut Seeded, valid: &[String]) -> (Vec<u8>, usize, Vec<usize>) {
     let mut data = Vec::new();
     let mut lines = 0;
     let mut must_be_ok = Vec::new();
@@ -383,7 +383,7 @@ fn the_service_survives_hostile_control_clients_and_keeps_moving() {
         return;
     }
     let seed = fuzz_seed("bad_input/service");
-    let mut rng = XorShift::new(seed);
+    let mut rng = Seeded::new(seed);
     let mut tally = Tally::new("bad_input/service", Some(seed));
 
     let mut img = LoopImage::create(ImageSpec::ext4(256));
@@ -932,7 +932,7 @@ impl Drop for InProcess {
 #[test]
 fn every_request_line_gets_exactly_one_response_line() {
     let seed = fuzz_seed("bad_input/socket_in_process");
-    let mut rng = XorShift::new(seed);
+    let mut rng = Seeded::new(seed);
     let mut tally = Tally::new("bad_input/socket_in_process", Some(seed));
     let server = InProcess::start(secs(5));
     let mut valid = harmless_requests(Path::new("/srv/file"));
@@ -961,7 +961,7 @@ fn every_request_line_gets_exactly_one_response_line() {
                                         .filter(|i| {
                                             text.split('\n')
                                                 .nth(*i)
-                                                .map_or(true, |l| !l.contains("reload"))
+                                                .is_none_or(|l| !l.contains("reload"))
                                         })
                                         .collect();
                                     judge_stream(&ex, *lines, &ok)
@@ -1021,7 +1021,7 @@ const FIXED_ANSWERS: &[(&[u8], &[&str])] = &[
 
 /// A random answer: random bytes, a fixed answer with bytes changed, or a
 /// fixed one as is.
-fn hostile_answer(rng: &mut XorShift) -> Vec<u8> {
+fn hostile_answer(rng: &mut Seeded) -> Vec<u8> {
     match rng.below(6) {
         0 => {
             let n = rng.below(500) as usize;
@@ -1046,7 +1046,7 @@ fn hostile_answer(rng: &mut XorShift) -> Vec<u8> {
 #[test]
 fn defragctl_never_panics_whatever_the_socket_answers() {
     let seed = fuzz_seed("bad_input/defragctl_vs_hostile_socket");
-    let mut rng = XorShift::new(seed);
+    let mut rng = Seeded::new(seed);
     let mut tally = Tally::new("bad_input/defragctl_vs_hostile_socket", Some(seed));
     let dir = tempfile::tempdir().expect("temp dir");
     let socket = dir.path().join("evil.sock");

@@ -1,9 +1,15 @@
-//! Property tests over random inputs (no root needed): thousands of seeded
-//! cases each, the seed printed (replay one with DEFRAGD_FUZZ_SEED=0x...).
+//! Property tests over random inputs (no root needed), run under proptest:
+//! thousands of cases a part, drawn from strategies by a runner keyed by
+//! the part's seed, which is printed (replay a run with
+//! DEFRAGD_FUZZ_SEED=0x...; DEFRAGD_FUZZ_SCALE=N runs N times the cases).
+//! A property stops at its first failing case and shrinks it: proptest
+//! simplifies the input (fewer extents, smaller numbers, fewer edits) while
+//! it still fails, and the part fails with that minimal input.
 //! Each part ends in one `SUMMARY part seed=.. cases=N faults=M failures=F`
 //! line; `faults` counts the malformed inputs among the cases (unsorted,
 //! overlapping, zero-length or absurd extents, mutated config files, bad
-//! environment values, hostile responses).
+//! environment values, hostile responses); the runs of the shrinker are not
+//! cases.
 //!
 //! Parts:
 //! - `ExtentMap::from_fiemap` on random FIEMAP lists never panics, and its
@@ -21,14 +27,16 @@
 
 mod common;
 
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeSet;
 use std::ffi::OsString;
+use std::fmt;
 use std::num::NonZeroU64;
 use std::os::unix::ffi::OsStringExt;
 use std::path::PathBuf;
 use std::process::Command;
 
-use common::{catch, fuzz_seed, quiet_panics, Tally, XorShift};
+use common::{catch, fuzz_seed, quiet_panics, Seeded, Tally};
 use defragd::assess::{clip_to_eof, e4defrag_best, Assessment, BlockRange, ExtentMap};
 use defragd::config::{self, ConfigErrors, Origin};
 use defragd::control::protocol::{
@@ -38,6 +46,12 @@ use defragd::control::protocol::{
 use defragd::control::{client, format};
 use defragd::ext4::{Extent, ExtentFlags};
 use defragd::plan::{chunk_blocks, chunks};
+use proptest::arbitrary::any;
+use proptest::collection::vec;
+use proptest::sample::{select, Index};
+use proptest::strategy::{BoxedStrategy, Just, Strategy};
+use proptest::test_runner::{Config, TestCaseError, TestError, TestRunner};
+use proptest::{prop_compose, prop_oneof};
 
 /// Case counts, scaled by DEFRAGD_FUZZ_SCALE (default 1).
 fn cases(base: u64) -> u64 {
@@ -48,7 +62,96 @@ fn cases(base: u64) -> u64 {
     base * scale.max(1)
 }
 
-const BLOCK_SIZES: [u64; 5] = [1024, 2048, 4096, 16384, 65536];
+/// One part of the suite: the tally behind its SUMMARY line, and the
+/// generator that keys the runner of each of its properties.
+struct Part {
+    tally: RefCell<Tally>,
+    rng: RefCell<Seeded>,
+    /// Set at a property's first failing case: the runs after it are
+    /// proptest shrinking that case, not new cases.
+    shrinking: Cell<bool>,
+}
+
+impl Part {
+    fn new(name: &str) -> Part {
+        let seed = fuzz_seed(name);
+        Part {
+            tally: RefCell::new(Tally::new(name, Some(seed))),
+            rng: RefCell::new(Seeded::new(seed)),
+            shrinking: Cell::new(false),
+        }
+    }
+
+    /// Counts a new case, and a fault when its input is malformed. False,
+    /// and nothing counted, on a run of the shrinker.
+    fn new_case(&self, fault: bool) -> bool {
+        if self.shrinking.get() {
+            return false;
+        }
+        let mut tally = self.tally.borrow_mut();
+        tally.cases += 1;
+        if fault {
+            tally.faults += 1;
+        }
+        true
+    }
+
+    /// Checks `property` on `cases` inputs drawn from `inputs`; it returns
+    /// what it found broken, nothing when the case passes. The first failing
+    /// input is shrunk and becomes this part's failure, with the minimal
+    /// input; a panic anywhere in the property is a failure that says so.
+    fn check<S: Strategy>(
+        &self,
+        cases: u64,
+        inputs: S,
+        property: impl Fn(S::Value) -> Vec<String>,
+    ) {
+        let config = Config {
+            cases: u32::try_from(cases).unwrap_or(u32::MAX),
+            failure_persistence: None,
+            ..Config::default()
+        };
+        let mut runner = TestRunner::new_with_rng(config, self.rng.borrow_mut().fork().0);
+        let outcome = quiet_panics(|| {
+            runner.run(&inputs, |input| {
+                let bad = catch(|| property(input))
+                    .unwrap_or_else(|p| vec![format!("the property panicked: {p}")]);
+                if bad.is_empty() {
+                    return Ok(());
+                }
+                self.shrinking.set(true);
+                Err(TestCaseError::fail(bad.join("; ")))
+            })
+        });
+        self.shrinking.set(false);
+        let mut tally = self.tally.borrow_mut();
+        match outcome {
+            Ok(()) => {}
+            Err(TestError::Fail(reason, minimal)) => {
+                tally.kind(reason.message());
+                tally.fail(format!(
+                    "{reason}\n    minimal failing input (shrunk): {minimal:?}"
+                ));
+            }
+            Err(TestError::Abort(why)) => tally.fail(format!("proptest gave up: {why}")),
+        }
+    }
+
+    fn note(&self, key: &str, value: impl fmt::Display) {
+        self.tally.borrow_mut().note(key, value);
+    }
+
+    fn finish(self) {
+        self.tally.into_inner().finish();
+    }
+}
+
+/// Any u64, of any magnitude (uniform bits would almost always be huge).
+fn any_magnitude() -> impl Strategy<Value = u64> {
+    (any::<u64>(), 0..64u32).prop_map(|(bits, shift)| bits >> shift)
+}
+
+const BLOCK_SIZES: &[u64] = &[1024, 2048, 4096, 16384, 65536];
 
 // ---------------------------------------------------------------------------
 // 1. ExtentMap::from_fiemap
@@ -73,7 +176,7 @@ enum MapKind {
     Noise,
 }
 
-const MAP_KINDS: [MapKind; 7] = [
+const MAP_KINDS: &[MapKind] = &[
     MapKind::Realistic,
     MapKind::Unsorted,
     MapKind::Overlapping,
@@ -83,80 +186,144 @@ const MAP_KINDS: [MapKind; 7] = [
     MapKind::Noise,
 ];
 
-fn realistic_map(rng: &mut XorShift, bs: u64, n: usize) -> Vec<Extent> {
-    let mut out = Vec::with_capacity(n);
-    let mut logical = rng.below(4) * rng.below(1000);
-    let mut physical = rng.range(1, 1 << 28);
-    for i in 0..n {
-        let max = if rng.chance(1, 20) { 32768 } else { 300 };
-        let len = rng.range(1, max);
-        if rng.chance(1, 3) {
-            physical = rng.range(1, 1 << 28); // elsewhere on disk
-        }
-        let mut flags = 0;
-        if rng.chance(1, 8) {
-            flags |= ExtentFlags::UNWRITTEN;
-        }
-        if rng.chance(1, 30) {
-            flags |= ExtentFlags::MERGED;
-        }
-        if i + 1 == n {
-            flags |= ExtentFlags::LAST;
-        }
-        out.push(Extent {
-            logical: logical * bs,
-            physical: physical * bs,
-            length: len * bs,
-            flags: ExtentFlags::from_bits(flags),
-        });
-        logical += len;
-        physical += len;
-        if rng.chance(1, 4) {
-            logical += rng.range(1, 5000); // a hole
-        }
-    }
-    out
+/// One random FIEMAP list, with how it was made.
+#[derive(Clone, Debug)]
+struct FiemapCase {
+    kind: MapKind,
+    block_size: u64,
+    extents: Vec<Extent>,
 }
 
-fn random_map(rng: &mut XorShift, kind: MapKind, bs: u64) -> Vec<Extent> {
-    let n = match rng.below(10) {
-        0 => 0,
-        1 => 1,
-        2..=7 => rng.range(2, 40) as usize,
-        _ => rng.range(40, 600) as usize,
-    };
-    let mut v = realistic_map(rng, bs, n);
+/// One extent of a realistic map before it is laid out.
+#[derive(Clone, Debug)]
+struct Step {
+    /// In blocks.
+    len: u64,
+    /// Where it starts on disk, when not right after the one before.
+    moved_to: Option<u64>,
+    unwritten: bool,
+    merged: bool,
+    /// Blocks of hole after it.
+    hole: Option<u64>,
+}
+
+prop_compose! {
+    fn step()(
+        len in prop_oneof![19 => 1..=300u64, 1 => 1..=32768u64],
+        moved_to in proptest::option::weighted(1.0 / 3.0, 1..=1u64 << 28),
+        unwritten in proptest::bool::weighted(1.0 / 8.0),
+        merged in proptest::bool::weighted(1.0 / 30.0),
+        hole in proptest::option::weighted(0.25, 1..=5000u64),
+    ) -> Step {
+        Step { len, moved_to, unwritten, merged, hole }
+    }
+}
+
+/// The steps as ext4 reports them: in bytes, sorted by logical offset, the
+/// last one flagged LAST.
+fn lay_out(bs: u64, mut logical: u64, mut physical: u64, steps: &[Step]) -> Vec<Extent> {
+    steps
+        .iter()
+        .enumerate()
+        .map(|(i, step)| {
+            physical = step.moved_to.unwrap_or(physical);
+            let mut flags = 0;
+            if step.unwritten {
+                flags |= ExtentFlags::UNWRITTEN;
+            }
+            if step.merged {
+                flags |= ExtentFlags::MERGED;
+            }
+            if i + 1 == steps.len() {
+                flags |= ExtentFlags::LAST;
+            }
+            let extent = Extent {
+                logical: logical * bs,
+                physical: physical * bs,
+                length: step.len * bs,
+                flags: ExtentFlags::from_bits(flags),
+            };
+            logical += step.len + step.hole.unwrap_or(0);
+            physical += step.len;
+            extent
+        })
+        .collect()
+}
+
+/// A list made by `element`: mostly a few elements, sometimes none or one,
+/// sometimes hundreds. Every size range starts at `min`, so that a failing
+/// list shrinks down to its fewest elements.
+fn few_or_many<S: Strategy>(
+    min: usize,
+    element: impl Fn() -> S,
+) -> impl Strategy<Value = Vec<S::Value>> {
+    prop_oneof![
+        2 => vec(element(), min..=min.max(1)),
+        6 => vec(element(), min..=40),
+        2 => vec(element(), min..=600),
+    ]
+}
+
+/// A realistic map of at least `min` extents, each then changed by
+/// `change` with a value drawn from `values` for it.
+fn changed_map<V>(
+    bs: u64,
+    min: usize,
+    values: V,
+    change: impl Fn(&mut Extent, V::Value) + 'static,
+) -> BoxedStrategy<Vec<Extent>>
+where
+    V: Strategy + Clone + 'static,
+{
+    let start = (prop_oneof![Just(0), 0..3000u64], 1..=1u64 << 28);
+    (start, few_or_many(min, move || (step(), values.clone())))
+        .prop_map(move |((logical, physical), list)| {
+            let (steps, values): (Vec<Step>, Vec<V::Value>) = list.into_iter().unzip();
+            let mut map = lay_out(bs, logical, physical, &steps);
+            for (extent, value) in map.iter_mut().zip(values) {
+                change(extent, value);
+            }
+            map
+        })
+        .boxed()
+}
+
+/// A map as ext4 reports it, of at least `min` extents.
+fn realistic_map(bs: u64, min: usize) -> BoxedStrategy<Vec<Extent>> {
+    changed_map(bs, min, Just(()), |_, ()| {})
+}
+
+/// FIEMAP lists of one kind, in blocks of `bs` bytes.
+fn map_of(kind: MapKind, bs: u64) -> BoxedStrategy<Vec<Extent>> {
     match kind {
-        MapKind::Realistic => {}
-        MapKind::Unsorted => {
-            for i in (1..v.len()).rev() {
-                let j = rng.below(i as u64 + 1) as usize;
-                v.swap(i, j);
-            }
-        }
-        MapKind::Overlapping => {
-            for e in &mut v {
-                e.logical = rng.below(200) * bs;
-                e.length = rng.range(1, 400) * bs;
-            }
-        }
+        MapKind::Realistic => realistic_map(bs, 0),
+        MapKind::Unsorted => realistic_map(bs, 0).prop_shuffle().boxed(),
+        MapKind::Overlapping => changed_map(bs, 0, (0..200u64, 1..=400u64), move |e, (at, len)| {
+            e.logical = at * bs;
+            e.length = len * bs;
+        }),
         MapKind::ZeroLength => {
-            for e in &mut v {
-                if rng.chance(1, 3) {
+            changed_map(bs, 0, proptest::bool::weighted(1.0 / 3.0), |e, empty| {
+                if empty {
                     e.length = 0;
                 }
-            }
+            })
         }
         MapKind::Extreme => {
-            for e in &mut v {
-                e.logical = rng.below(1 << 32) * bs;
-                e.length = rng.range(1, 1 << 32) * bs;
-                e.physical = rng.below(1 << 48) * bs;
-            }
-            v.sort_by_key(|e| e.logical);
+            let values = (0..1u64 << 32, 1..=1u64 << 32, 0..1u64 << 48);
+            changed_map(bs, 0, values, move |e, (at, len, disk)| {
+                e.logical = at * bs;
+                e.length = len * bs;
+                e.physical = disk * bs;
+            })
+            .prop_map(|mut map| {
+                map.sort_by_key(|e| e.logical);
+                map
+            })
+            .boxed()
         }
         MapKind::Absurd => {
-            let pool = [
+            let pool = vec![
                 0,
                 1,
                 bs - 1,
@@ -166,31 +333,53 @@ fn random_map(rng: &mut XorShift, kind: MapKind, bs: u64) -> Vec<Extent> {
                 1 << 63,
                 u64::MAX / 2,
             ];
-            for e in &mut v {
-                for field in [&mut e.logical, &mut e.physical, &mut e.length] {
-                    *field = if rng.chance(1, 2) {
-                        *rng.pick(&pool)
-                    } else {
-                        rng.next_u64()
-                    };
-                }
-                e.flags = ExtentFlags::from_bits(rng.next_u64() as u32);
-            }
+            let value = prop_oneof![select(pool), any::<u64>()];
+            let values = (value.clone(), value.clone(), value, any::<u32>());
+            changed_map(bs, 0, values, |e, (logical, physical, length, flags)| {
+                *e = Extent {
+                    logical,
+                    physical,
+                    length,
+                    flags: ExtentFlags::from_bits(flags),
+                };
+            })
         }
         MapKind::Noise => {
-            for e in &mut v {
-                e.flags = ExtentFlags::from_bits(rng.next_u64() as u32);
-                if rng.chance(1, 4) {
-                    e.length += rng.below(bs);
+            let values = (
+                any::<u32>(),
+                proptest::option::weighted(0.25, 0..bs),
+                proptest::option::weighted(0.25, (0..bs, 0..bs)),
+            );
+            changed_map(bs, 0, values, |e, (flags, longer, shifted)| {
+                e.flags = ExtentFlags::from_bits(flags);
+                e.length += longer.unwrap_or(0);
+                if let Some((logical, physical)) = shifted {
+                    e.logical += logical;
+                    e.physical += physical;
                 }
-                if rng.chance(1, 4) {
-                    e.logical += rng.below(bs);
-                    e.physical += rng.below(bs);
-                }
-            }
+            })
         }
     }
-    v
+}
+
+fn fiemap_cases() -> impl Strategy<Value = FiemapCase> {
+    (select(MAP_KINDS), select(BLOCK_SIZES)).prop_flat_map(|(kind, block_size)| {
+        map_of(kind, block_size).prop_map(move |extents| FiemapCase {
+            kind,
+            block_size,
+            extents,
+        })
+    })
+}
+
+/// The figures e4defrag computes its best count from: any block count, the
+/// group sizes a filesystem may report.
+fn e4defrag_figures() -> impl Strategy<Value = (u64, u32, Option<u32>)> {
+    (
+        any_magnitude(),
+        select(vec![0u32, 1, 8192, 32768, u32::MAX]),
+        select(vec![None, Some(0u32), Some(1), Some(16), Some(u32::MAX)]),
+    )
 }
 
 /// The flags that make a map unmovable as it is.
@@ -406,387 +595,433 @@ fn check_map(raw: &[Extent], bs: u64) -> Vec<String> {
 
 #[test]
 fn from_fiemap_never_panics_and_keeps_its_invariants() {
-    let seed = fuzz_seed("fuzz/from_fiemap");
-    let mut rng = XorShift::new(seed);
-    let mut tally = Tally::new("fuzz/from_fiemap", Some(seed));
-    let mut per_kind = [0u64; MAP_KINDS.len()];
-    let mut failed_kinds = BTreeSet::new();
-    quiet_panics(|| {
-        for case in 0..cases(20_000) {
-            let k = rng.below(MAP_KINDS.len() as u64) as usize;
-            let kind = MAP_KINDS[k];
-            let bs = *rng.pick(&BLOCK_SIZES);
-            let raw = random_map(&mut rng, kind, bs);
-            tally.cases += 1;
-            per_kind[k] += 1;
-            if kind != MapKind::Realistic {
-                tally.faults += 1;
-            }
-            let bad = check_map(&raw, bs);
-            for b in &bad {
-                tally.kind(&format!("{kind:?} {b}"));
-            }
-            if !bad.is_empty() {
-                failed_kinds.insert(format!("{kind:?}"));
-                let shown: Vec<&Extent> = raw.iter().take(6).collect();
-                tally.fail(format!(
-                    "case {case} ({kind:?}, block size {bs}, {} extents, first {shown:?}): {}",
-                    raw.len(),
-                    bad.join("; ")
-                ));
-            }
-            // e4defrag's best count, on any figures.
-            let blocks = rng.next_u64() >> rng.below(64);
-            let bpg = [0u32, 1, 8192, 32768, u32::MAX][rng.below(5) as usize];
-            let gpf = [None, Some(0u32), Some(1), Some(16), Some(u32::MAX)][rng.below(5) as usize];
-            if let Err(p) = catch(|| e4defrag_best(blocks, bpg, gpf)) {
-                tally.fail(format!(
-                    "e4defrag_best({blocks}, {bpg}, {gpf:?}) panicked: {p}"
-                ));
-            }
+    let part = Part::new("fuzz/from_fiemap");
+    let per_kind: [Cell<u64>; MAP_KINDS.len()] = Default::default();
+    // The kinds of the inputs found failing, the shrinker's included.
+    let failing_kinds = RefCell::new(BTreeSet::new());
+    let inputs = (fiemap_cases(), e4defrag_figures());
+    part.check(cases(20_000), inputs, |(case, figures)| {
+        let kind = case.kind;
+        if part.new_case(kind != MapKind::Realistic) {
+            let n = &per_kind[kind as usize];
+            n.set(n.get() + 1);
         }
+        let mut bad: Vec<String> = check_map(&case.extents, case.block_size)
+            .into_iter()
+            .map(|b| format!("{kind:?} {b}"))
+            .collect();
+        if !bad.is_empty() {
+            failing_kinds.borrow_mut().insert(format!("{kind:?}"));
+        }
+        // e4defrag's best count, on any figures.
+        let (blocks, per_group, groups_per_flex) = figures;
+        if let Err(p) = catch(|| e4defrag_best(blocks, per_group, groups_per_flex)) {
+            bad.push(format!(
+                "e4defrag_best({blocks}, {per_group}, {groups_per_flex:?}) panicked: {p}"
+            ));
+        }
+        bad
     });
     let kinds: Vec<String> = MAP_KINDS
         .iter()
-        .zip(per_kind)
-        .map(|(k, n)| format!("{k:?}:{n}"))
+        .zip(&per_kind)
+        .map(|(k, n)| format!("{k:?}:{}", n.get()))
         .collect();
-    tally.note("per_kind", kinds.join(","));
-    tally.note(
+    part.note("per_kind", kinds.join(","));
+    part.note(
         "kinds_failing",
-        failed_kinds.into_iter().collect::<Vec<_>>().join(","),
+        failing_kinds
+            .into_inner()
+            .into_iter()
+            .collect::<Vec<_>>()
+            .join(","),
     );
-    tally.finish();
+    part.finish();
+}
+
+/// Ranges laid out from `start`, each given as (length, gap after it).
+fn ranges_from(start: u64, runs: &[(u64, u64)]) -> Vec<BlockRange> {
+    let mut at = start;
+    runs.iter()
+        .map(|&(len, gap)| {
+            let range = BlockRange { start: at, len };
+            at += len + gap;
+            range
+        })
+        .collect()
 }
 
 /// The realistic map of a file as a plain list; used by the later parts.
-fn realistic_ranges(rng: &mut XorShift) -> Vec<BlockRange> {
-    let n = rng.range(0, 30) as usize;
-    let mut out = Vec::with_capacity(n);
-    let mut at = rng.below(3) * rng.below(5000);
-    for _ in 0..n {
-        let max = if rng.chance(1, 5) { 100_000 } else { 2000 };
-        let len = rng.range(1, max);
-        out.push(BlockRange { start: at, len });
-        at += len + rng.range(1, 3000);
-    }
-    out
+fn realistic_ranges() -> impl Strategy<Value = Vec<BlockRange>> {
+    let run = (
+        prop_oneof![4 => 1..=2000u64, 1 => 1..=100_000u64],
+        1..=3000u64,
+    );
+    (prop_oneof![Just(0), 0..10_000u64], vec(run, 0..=30))
+        .prop_map(|(start, runs)| ranges_from(start, &runs))
 }
 
 // ---------------------------------------------------------------------------
 // 2. plan::chunks
 
+/// Ranges laid out downwards, the last one ending at `end`, each given as
+/// (length, gap before it); as many as fit well above block 0.
+fn ranges_ending_at(mut end: u64, runs: &[(u64, u64)]) -> Vec<BlockRange> {
+    let mut out = Vec::new();
+    for &(len, gap) in runs {
+        let start = end - len;
+        out.push(BlockRange { start, len });
+        if start < gap + (1 << 21) {
+            break;
+        }
+        end = start - gap;
+    }
+    out.reverse();
+    out
+}
+
 /// Sorted, disjoint, non-empty ranges apart from each other, as
 /// `data_ranges` makes them; sometimes up against u64::MAX.
-fn well_formed_ranges(rng: &mut XorShift) -> Vec<BlockRange> {
-    match rng.below(4) {
-        0 | 1 => realistic_ranges(rng),
-        2 => {
-            // Large values.
-            let n = rng.range(1, 12);
-            let mut at = rng.below(1 << 40);
-            let mut out = Vec::new();
-            for _ in 0..n {
-                let len = rng.range(1, 1 << 36);
-                out.push(BlockRange { start: at, len });
-                at += len + rng.range(1, 1 << 30);
-            }
-            out
-        }
-        _ => {
-            // Ending at (or near) u64::MAX.
-            let n = rng.range(1, 6);
-            let mut out = Vec::new();
-            let mut end = u64::MAX - rng.below(3);
-            for _ in 0..n {
-                let len = rng.range(1, 1 << 20);
-                let start = end - len;
-                out.push(BlockRange { start, len });
-                let gap = rng.range(1, 1 << 20);
-                if start < gap + (1 << 21) {
-                    break;
-                }
-                end = start - gap;
-            }
-            out.reverse();
-            out
-        }
-    }
+fn well_formed_ranges() -> BoxedStrategy<Vec<BlockRange>> {
+    let large = (0..1u64 << 40, vec((1..=1u64 << 36, 1..=1u64 << 30), 1..=12))
+        .prop_map(|(start, runs)| ranges_from(start, &runs));
+    let near_max = (0..3u64, vec((1..=1u64 << 20, 1..=1u64 << 20), 1..=6))
+        .prop_map(|(short, runs)| ranges_ending_at(u64::MAX - short, &runs));
+    prop_oneof![2 => realistic_ranges(), 1 => large, 1 => near_max].boxed()
 }
 
 /// Ranges as no caller should pass them: unsorted, overlapping, empty.
-fn malformed_ranges(rng: &mut XorShift) -> Vec<BlockRange> {
-    let n = rng.range(1, 20);
-    (0..n)
-        .map(|_| BlockRange {
-            start: rng.below(5000),
-            len: if rng.chance(1, 4) { 0 } else { rng.below(3000) },
-        })
-        .collect()
+fn malformed_ranges() -> impl Strategy<Value = Vec<BlockRange>> {
+    let range = (0..5000u64, prop_oneof![1 => Just(0), 3 => 0..3000u64])
+        .prop_map(|(start, len)| BlockRange { start, len });
+    vec(range, 1..=20)
 }
 
-fn random_chunk_blocks(rng: &mut XorShift) -> NonZeroU64 {
-    let v = match rng.below(6) {
-        0 => 1,
-        1 => 256,
-        2 => rng.range(1, 64),
-        3 => rng.range(1, 100_000),
-        4 => u64::MAX,
-        _ => 1 << rng.below(64),
-    };
-    NonZeroU64::new(v).unwrap_or(NonZeroU64::MIN)
+fn chunk_sizes() -> impl Strategy<Value = NonZeroU64> {
+    prop_oneof![
+        Just(1),
+        Just(256),
+        1..=64u64,
+        1..=100_000u64,
+        Just(u64::MAX),
+        (0..64u32).prop_map(|shift| 1 << shift),
+    ]
+    .prop_map(|n| NonZeroU64::new(n).unwrap_or(NonZeroU64::MIN))
 }
 
-fn random_resume(rng: &mut XorShift, ranges: &[BlockRange]) -> u64 {
-    match (rng.below(6), ranges.first(), ranges.last()) {
-        (0, _, _) => 0,
-        (1, _, _) => u64::MAX,
-        (2, Some(_), Some(_)) => {
-            // Inside a range.
-            let r = rng.pick(ranges);
-            r.start + rng.below(r.len)
-        }
-        (3, Some(_), Some(_)) => {
-            // At a range's start or end (a hole after it).
-            let r = rng.pick(ranges);
-            if rng.chance(1, 2) {
-                r.start
+/// A block relative to a list of ranges, found by `at` once the list is
+/// known: an `Index` picks a range or a block in one whatever the list's
+/// length, and shrinks toward the first.
+#[derive(Clone, Copy, Debug)]
+enum Point {
+    Zero,
+    Max,
+    /// Inside a range.
+    Inside(Index, Index),
+    /// At a range's start.
+    Start(Index),
+    /// At a range's end (a hole after it).
+    End(Index),
+    /// Between the first range's start and the last one's end.
+    Between(Index),
+    /// At the last range's end.
+    EndOfLast,
+    Anywhere(u64),
+}
+
+impl Point {
+    fn at(self, ranges: &[BlockRange]) -> u64 {
+        let end = |r: &BlockRange| r.start + r.len;
+        // A block in [0, n); 0 when there is none.
+        let below = |i: Index, n: u64| {
+            if n == 0 {
+                0
             } else {
-                r.start + r.len
+                i.index(n as usize) as u64
             }
+        };
+        let (Some(first), Some(last)) = (ranges.first(), ranges.last()) else {
+            return match self {
+                Point::Max => u64::MAX,
+                Point::Anywhere(n) => n,
+                _ => 0,
+            };
+        };
+        match self {
+            Point::Zero => 0,
+            Point::Max => u64::MAX,
+            Point::Inside(r, offset) => {
+                let r = r.get(ranges);
+                r.start + below(offset, r.len)
+            }
+            Point::Start(r) => r.get(ranges).start,
+            Point::End(r) => end(r.get(ranges)),
+            Point::Between(offset) => {
+                first.start + below(offset, end(last).saturating_sub(first.start))
+            }
+            Point::EndOfLast => end(last),
+            Point::Anywhere(n) => n,
         }
-        (4, Some(first), Some(last)) => rng.range(first.start, last.start + last.len),
-        _ => rng.next_u64() >> rng.below(64),
     }
+}
+
+fn resume_points() -> BoxedStrategy<Point> {
+    prop_oneof![
+        2 => Just(Point::Zero),
+        2 => Just(Point::Max),
+        2 => (any::<Index>(), any::<Index>()).prop_map(|(r, offset)| Point::Inside(r, offset)),
+        1 => any::<Index>().prop_map(Point::Start),
+        1 => any::<Index>().prop_map(Point::End),
+        2 => any::<Index>().prop_map(Point::Between),
+        2 => any_magnitude().prop_map(Point::Anywhere),
+    ]
+    .boxed()
+}
+
+#[derive(Clone, Debug)]
+struct ChunksCase {
+    /// Ranges as no caller should pass them.
+    malformed: bool,
+    ranges: Vec<BlockRange>,
+    chunk_blocks: NonZeroU64,
+    resume_at: u64,
+}
+
+fn chunks_cases() -> impl Strategy<Value = ChunksCase> {
+    let ranges = prop_oneof![
+        4 => well_formed_ranges().prop_map(|r| (false, r)),
+        1 => malformed_ranges().prop_map(|r| (true, r)),
+    ];
+    (ranges, chunk_sizes(), resume_points()).prop_map(
+        |((malformed, ranges), chunk_blocks, resume)| ChunksCase {
+            malformed,
+            resume_at: resume.at(&ranges),
+            ranges,
+            chunk_blocks,
+        },
+    )
 }
 
 #[test]
 fn chunks_cover_exactly_the_ranges_from_resume_never_across_a_hole() {
-    let seed = fuzz_seed("fuzz/plan_chunks");
-    let mut rng = XorShift::new(seed);
-    let mut tally = Tally::new("fuzz/plan_chunks", Some(seed));
-    quiet_panics(|| {
-        for case in 0..cases(20_000) {
-            let malformed = rng.chance(1, 5);
-            let ranges = if malformed {
-                tally.faults += 1;
-                malformed_ranges(&mut rng)
-            } else {
-                well_formed_ranges(&mut rng)
-            };
-            let mut cb = random_chunk_blocks(&mut rng);
-            let resume = random_resume(&mut rng, &ranges);
-            // At most ~100k chunks a case (memory and time), by larger chunks.
-            let due: u128 = ranges
-                .iter()
-                .map(|r| {
-                    (u128::from(r.start) + u128::from(r.len))
-                        .saturating_sub(u128::from(r.start.max(resume)))
-                })
-                .sum();
-            if due / u128::from(cb.get()) > 100_000 {
-                let min = u64::try_from(due / 100_000 + 1).unwrap_or(u64::MAX);
-                cb = NonZeroU64::new(min.max(cb.get())).unwrap_or(NonZeroU64::MIN);
+    let part = Part::new("fuzz/plan_chunks");
+    part.check(cases(20_000), chunks_cases(), |case| {
+        part.new_case(case.malformed);
+        let ChunksCase {
+            malformed,
+            ranges,
+            chunk_blocks: mut cb,
+            resume_at: resume,
+        } = case;
+        // At most ~100k chunks a case (memory and time), by larger chunks.
+        let due: u128 = ranges
+            .iter()
+            .map(|r| {
+                (u128::from(r.start) + u128::from(r.len))
+                    .saturating_sub(u128::from(r.start.max(resume)))
+            })
+            .sum();
+        if due / u128::from(cb.get()) > 100_000 {
+            let min = u64::try_from(due / 100_000 + 1).unwrap_or(u64::MAX);
+            cb = NonZeroU64::new(min.max(cb.get())).unwrap_or(NonZeroU64::MIN);
+        }
+        let got = match catch(|| chunks(&ranges, cb, resume)) {
+            Ok(c) => c,
+            Err(p) => return vec![format!("chunks(.., {cb}, {resume}) panicked: {p}")],
+        };
+        let mut bad = Vec::new();
+        for c in &got {
+            if c.len.get() > cb.get() {
+                bad.push(format!("chunk {c:?} longer than {cb}"));
             }
-            tally.cases += 1;
-            let got = match catch(|| chunks(&ranges, cb, resume)) {
-                Ok(c) => c,
-                Err(p) => {
-                    tally.fail(format!(
-                        "case {case}: chunks({ranges:?}, {cb}, {resume}) panicked: {p}"
-                    ));
-                    continue;
-                }
-            };
-            let mut bad = Vec::new();
-            for c in &got {
-                if c.len.get() > cb.get() {
-                    bad.push(format!("chunk {c:?} longer than {cb}"));
-                }
-                if c.start < resume {
-                    bad.push(format!("chunk {c:?} before resume_at {resume}"));
-                }
-                let inside = ranges.iter().any(|r| {
-                    c.start >= r.start
-                        && u128::from(c.start) + u128::from(c.len.get())
-                            <= u128::from(r.start) + u128::from(r.len)
-                });
-                if !inside {
-                    bad.push(format!(
-                        "chunk {c:?} is not inside one range (crosses a hole)"
-                    ));
-                }
+            if c.start < resume {
+                bad.push(format!("chunk {c:?} before resume_at {resume}"));
             }
-            if !malformed {
-                for w in got.windows(2) {
-                    if u128::from(w[0].start) + u128::from(w[0].len.get()) > u128::from(w[1].start)
-                    {
-                        bad.push(format!(
-                            "chunks overlap or go backwards: {:?} {:?}",
-                            w[0], w[1]
-                        ));
-                    }
-                }
-                let covered: u128 = got.iter().map(|c| u128::from(c.len.get())).sum();
-                let due: u128 = ranges
-                    .iter()
-                    .map(|r| {
-                        let end = u128::from(r.start) + u128::from(r.len);
-                        end.saturating_sub(u128::from(r.start.max(resume)))
-                    })
-                    .sum();
-                if covered != due {
-                    bad.push(format!(
-                        "chunks cover {covered} blocks; {due} are at or after resume_at"
-                    ));
-                }
-                let fewest: u128 = ranges
-                    .iter()
-                    .map(|r| {
-                        let end = u128::from(r.start) + u128::from(r.len);
-                        end.saturating_sub(u128::from(r.start.max(resume)))
-                            .div_ceil(u128::from(cb.get()))
-                    })
-                    .sum();
-                if got.len() as u128 != fewest {
-                    bad.push(format!("{} chunks where {fewest} suffice", got.len()));
-                }
-            }
-            if !bad.is_empty() {
-                tally.fail(format!(
-                    "case {case}: chunks({:?}, {cb}, {resume}): {}",
-                    ranges.iter().take(5).collect::<Vec<_>>(),
-                    bad.join("; ")
+            let inside = ranges.iter().any(|r| {
+                c.start >= r.start
+                    && u128::from(c.start) + u128::from(c.len.get())
+                        <= u128::from(r.start) + u128::from(r.len)
+            });
+            if !inside {
+                bad.push(format!(
+                    "chunk {c:?} is not inside one range (crosses a hole)"
                 ));
             }
         }
-        // chunk_blocks: never zero, whatever the sizes.
-        for _ in 0..cases(2000) {
-            let bytes = rng.next_u64() >> rng.below(64);
-            let bs = [0u64, 1, 1024, 4096, 65536, u64::MAX][rng.below(6) as usize];
-            tally.cases += 1;
-            match catch(|| chunk_blocks(bytes, bs)) {
-                Ok(n) => tally.check(n.get() == (bytes / bs.max(1)).max(1), || {
-                    format!("chunk_blocks({bytes}, {bs}) = {n}")
-                }),
-                Err(p) => tally.fail(format!("chunk_blocks({bytes}, {bs}) panicked: {p}")),
+        if !malformed {
+            for w in got.windows(2) {
+                if u128::from(w[0].start) + u128::from(w[0].len.get()) > u128::from(w[1].start) {
+                    bad.push(format!(
+                        "chunks overlap or go backwards: {:?} {:?}",
+                        w[0], w[1]
+                    ));
+                }
+            }
+            let covered: u128 = got.iter().map(|c| u128::from(c.len.get())).sum();
+            if covered != due {
+                bad.push(format!(
+                    "chunks cover {covered} blocks; {due} are at or after resume_at"
+                ));
+            }
+            let fewest: u128 = ranges
+                .iter()
+                .map(|r| {
+                    let end = u128::from(r.start) + u128::from(r.len);
+                    end.saturating_sub(u128::from(r.start.max(resume)))
+                        .div_ceil(u128::from(cb.get()))
+                })
+                .sum();
+            if got.len() as u128 != fewest {
+                bad.push(format!("{} chunks where {fewest} suffice", got.len()));
             }
         }
+        bad
     });
-    tally.finish();
+    // chunk_blocks: never zero, whatever the sizes.
+    let sizes = (
+        any_magnitude(),
+        select(vec![0u64, 1, 1024, 4096, 65536, u64::MAX]),
+    );
+    part.check(cases(2000), sizes, |(bytes, bs)| {
+        part.new_case(false);
+        match catch(|| chunk_blocks(bytes, bs)) {
+            Ok(n) if n.get() == (bytes / bs.max(1)).max(1) => Vec::new(),
+            Ok(n) => vec![format!("chunk_blocks({bytes}, {bs}) = {n}")],
+            Err(p) => vec![format!("chunk_blocks({bytes}, {bs}) panicked: {p}")],
+        }
+    });
+    part.finish();
 }
 
 // ---------------------------------------------------------------------------
 // 3. clip_to_eof
 
+#[derive(Clone, Debug)]
+struct ClipCase {
+    ranges: Vec<BlockRange>,
+    eof: u64,
+}
+
+fn clip_cases() -> impl Strategy<Value = ClipCase> {
+    let eof = prop_oneof![
+        Just(Point::Zero),
+        Just(Point::Max),
+        resume_points(),
+        Just(Point::EndOfLast),
+        any_magnitude().prop_map(Point::Anywhere),
+    ];
+    (well_formed_ranges(), eof).prop_map(|(ranges, eof)| ClipCase {
+        eof: eof.at(&ranges),
+        ranges,
+    })
+}
+
+/// A case of the mover's pipeline: a realistic map, its data ranges
+/// clipped at EOF, chunked from a resume point. EOF and the resume point are
+/// picked once the map's end is known.
+#[derive(Clone, Debug)]
+struct PipelineCase {
+    block_size: u64,
+    extents: Vec<Extent>,
+    chunk_blocks: NonZeroU64,
+    eof: Index,
+    resume_at: Index,
+}
+
+fn pipeline_cases() -> impl Strategy<Value = PipelineCase> {
+    let map = select(BLOCK_SIZES).prop_flat_map(|bs| (Just(bs), realistic_map(bs, 1)));
+    let chunk_blocks = (1..=600u64).prop_map(|n| NonZeroU64::new(n).unwrap_or(NonZeroU64::MIN));
+    (map, chunk_blocks, any::<Index>(), any::<Index>()).prop_map(
+        |((block_size, extents), chunk_blocks, eof, resume_at)| PipelineCase {
+            block_size,
+            extents,
+            chunk_blocks,
+            eof,
+            resume_at,
+        },
+    )
+}
+
 #[test]
 fn clip_to_eof_keeps_exactly_what_lies_below_eof() {
-    let seed = fuzz_seed("fuzz/clip_to_eof");
-    let mut rng = XorShift::new(seed);
-    let mut tally = Tally::new("fuzz/clip_to_eof", Some(seed));
-    quiet_panics(|| {
-        for case in 0..cases(10_000) {
-            let ranges = well_formed_ranges(&mut rng);
-            let eof = match rng.below(5) {
-                0 => 0,
-                1 => u64::MAX,
-                2 => random_resume(&mut rng, &ranges),
-                3 => ranges.last().map_or(0, |r| r.start + r.len),
-                _ => rng.next_u64() >> rng.below(64),
-            };
-            tally.cases += 1;
-            let got = match catch(|| clip_to_eof(&ranges, eof)) {
-                Ok(g) => g,
-                Err(p) => {
-                    tally.fail(format!("case {case}: clip_to_eof panicked: {p}"));
-                    continue;
-                }
-            };
-            let mut bad = Vec::new();
-            for r in &got {
-                if r.len == 0 {
-                    bad.push(format!("empty range {r:?}"));
-                }
-                if u128::from(r.start) + u128::from(r.len) > u128::from(eof) {
-                    bad.push(format!("{r:?} reaches past eof {eof}"));
-                }
-                if !ranges.iter().any(|s| s.start == r.start && r.len <= s.len) {
-                    bad.push(format!("{r:?} is not the head of an input range"));
-                }
+    let part = Part::new("fuzz/clip_to_eof");
+    part.check(cases(10_000), clip_cases(), |ClipCase { ranges, eof }| {
+        part.new_case(false);
+        let got = match catch(|| clip_to_eof(&ranges, eof)) {
+            Ok(g) => g,
+            Err(p) => return vec![format!("clip_to_eof panicked: {p}")],
+        };
+        let mut bad = Vec::new();
+        for r in &got {
+            if r.len == 0 {
+                bad.push(format!("empty range {r:?}"));
             }
-            let want: Vec<(u128, u128)> = ranges
-                .iter()
-                .filter(|r| r.start < eof)
-                .map(|r| {
-                    let end = (u128::from(r.start) + u128::from(r.len)).min(u128::from(eof));
-                    (u128::from(r.start), end)
-                })
-                .collect();
-            let have: Vec<(u128, u128)> = got
-                .iter()
-                .map(|r| (u128::from(r.start), u128::from(r.start) + u128::from(r.len)))
-                .collect();
-            if want != have {
-                bad.push(format!("kept {have:?}, want {want:?}"));
+            if u128::from(r.start) + u128::from(r.len) > u128::from(eof) {
+                bad.push(format!("{r:?} reaches past eof {eof}"));
             }
-            if !bad.is_empty() {
-                tally.fail(format!(
-                    "case {case}: clip_to_eof({:?}, {eof}): {}",
-                    ranges.iter().take(5).collect::<Vec<_>>(),
-                    bad.join("; ")
-                ));
+            if !ranges.iter().any(|s| s.start == r.start && r.len <= s.len) {
+                bad.push(format!("{r:?} is not the head of an input range"));
             }
         }
-
-        // The mover's pipeline on real-looking maps: data_ranges → clip at
-        // EOF → chunks from a resume point. Every chunk lies on mapped
-        // blocks below EOF; every such block at or after resume is in one.
-        for case in 0..cases(5000) {
-            let bs = *rng.pick(&BLOCK_SIZES);
-            let n = rng.range(1, 80) as usize;
-            let raw = random_map(&mut rng, MapKind::Realistic, bs);
-            let raw = if raw.is_empty() {
-                realistic_map(&mut rng, bs, n)
-            } else {
-                raw
-            };
-            tally.cases += 1;
-            let map = ExtentMap::from_fiemap(&raw, bs);
-            let ranges = map.data_ranges();
-            let last_end = ranges.last().map_or(0, |r| r.start + r.len);
-            // EOF anywhere, including inside preallocation past the data.
-            let eof = rng.range(0, last_end + 10);
-            let clipped = clip_to_eof(&ranges, eof);
-            let cb = NonZeroU64::new(rng.range(1, 600)).unwrap_or(NonZeroU64::MIN);
-            let resume = rng.range(0, last_end + 1);
-            let got = chunks(&clipped, cb, resume);
-            let mapped = |b: u64| ranges.iter().any(|r| b >= r.start && b < r.start + r.len);
-            let mut covered: u64 = 0;
-            let mut bad = None;
-            for c in &got {
-                if !(mapped(c.start) && mapped(c.end() - 1)) || c.end() > eof {
-                    bad = Some(format!("chunk {c:?} on a hole or past eof {eof}"));
-                    break;
-                }
-                covered += c.len.get();
-            }
-            let due: u64 = ranges
-                .iter()
-                .map(|r| {
-                    let lo = r.start.max(resume);
-                    let hi = (r.start + r.len).min(eof);
-                    hi.saturating_sub(lo)
-                })
-                .sum();
-            if bad.is_none() && covered != due {
-                bad = Some(format!("chunks cover {covered} blocks of {due}"));
-            }
-            if let Some(b) = bad {
-                tally.fail(format!("pipeline case {case}: {b}"));
-            }
+        let want: Vec<(u128, u128)> = ranges
+            .iter()
+            .filter(|r| r.start < eof)
+            .map(|r| {
+                let end = (u128::from(r.start) + u128::from(r.len)).min(u128::from(eof));
+                (u128::from(r.start), end)
+            })
+            .collect();
+        let have: Vec<(u128, u128)> = got
+            .iter()
+            .map(|r| (u128::from(r.start), u128::from(r.start) + u128::from(r.len)))
+            .collect();
+        if want != have {
+            bad.push(format!("kept {have:?}, want {want:?}"));
         }
+        bad
     });
-    tally.finish();
+
+    // The mover's pipeline on real-looking maps: data_ranges → clip at
+    // EOF → chunks from a resume point. Every chunk lies on mapped
+    // blocks below EOF; every such block at or after resume is in one.
+    part.check(cases(5000), pipeline_cases(), |case| {
+        part.new_case(false);
+        let map = ExtentMap::from_fiemap(&case.extents, case.block_size);
+        let ranges = map.data_ranges();
+        let last_end = ranges.last().map_or(0, |r| r.start + r.len);
+        // EOF anywhere in 0..=last_end + 10, including inside preallocation
+        // past the data; resume anywhere in 0..=last_end + 1.
+        let eof = case.eof.index(last_end as usize + 11) as u64;
+        let resume = case.resume_at.index(last_end as usize + 2) as u64;
+        let cb = case.chunk_blocks;
+        let clipped = clip_to_eof(&ranges, eof);
+        let got = chunks(&clipped, cb, resume);
+        let mapped = |b: u64| ranges.iter().any(|r| b >= r.start && b < r.start + r.len);
+        let mut covered: u64 = 0;
+        for c in &got {
+            if !(mapped(c.start) && mapped(c.end() - 1)) || c.end() > eof {
+                return vec![format!(
+                    "chunk {c:?} on a hole or past eof {eof} (resume {resume})"
+                )];
+            }
+            covered += c.len.get();
+        }
+        let due: u64 = ranges
+            .iter()
+            .map(|r| {
+                let lo = r.start.max(resume);
+                let hi = (r.start + r.len).min(eof);
+                hi.saturating_sub(lo)
+            })
+            .sum();
+        if covered != due {
+            return vec![format!(
+                "chunks cover {covered} blocks of {due} (eof {eof}, resume {resume})"
+            )];
+        }
+        Vec::new()
+    });
+    part.finish();
 }
 
 // ---------------------------------------------------------------------------
@@ -825,244 +1060,360 @@ const KEYS: &[&str] = &[
     "policy",
 ];
 
-/// A value as TOML text: valid ones for some key, and everything else.
-fn toml_value(rng: &mut XorShift) -> String {
-    let pool: &[&str] = &[
-        "0",
-        "1",
-        "64",
-        "-1",
-        "100000",
-        "100001",
-        "9223372036854775807",
-        "-9223372036854775808",
-        "18446744073709551615",
-        "99999999999999999999999999",
-        "1.5",
-        "1e308",
-        "-0.0",
-        "nan",
-        "inf",
-        "-inf",
-        "true",
-        "false",
-        "\"\"",
-        "\"30s\"",
-        "\"0s\"",
-        "\"7d\"",
-        "\"8d\"",
-        "\"1h 30m\"",
-        "\"1MiB\"",
-        "\"1 MB\"",
-        "\"-1MiB\"",
-        "\"99999999999999999999EiB\"",
-        "\"info\"",
-        "\"trace\"",
-        "\"loud\"",
-        "\"/srv\"",
-        "\"relative/path\"",
-        "\"/\"",
-        "\"/run/defragd/control.sock\"",
-        "\"unix:/run/m.sock\"",
-        "\"127.0.0.1:9321\"",
-        "\"[::1]:9321\"",
-        "\"0.0.0.0:80\"",
-        "\"wheel\"",
-        "\"no-such-group-xyz\"",
-        "\"4242\"",
-        "[]",
-        "[\"01:00-05:00\"]",
-        "[\"22:00-06:00\", \"12:00-13:00\"]",
-        "[\"24:00-01:00\"]",
-        "[\"1:00-2:00\"]",
-        "[\"01:00-01:00\"]",
-        "[\"*.tmp\", \"/srv/**\"]",
-        "[\"[\"]",
-        "[\"relative/**\"]",
-        "[1, 2]",
-        "[[]]",
-        "{}",
-        "{ path = \"/srv\" }",
-        "[{ path = \"/srv\", watch = [\"/srv/db\"] }]",
-        "[{ path = \"/srv\" }, { path = \"/srv\" }]",
-        "[{ path = 5 }]",
-        "[{ nope = 1 }]",
-        "1979-05-27T07:32:00Z",
-        "07:32:00",
-        "'''multi\nline'''",
-        "\"\\u0000\"",
-        "\"\\u001b[31mred\"",
-        "\"a\\nb\"",
-    ];
-    match rng.below(10) {
-        0 => format!("\"{}\"", random_text(rng, 40).replace(['"', '\\'], "")),
-        1 => format!("{}", rng.next_u64() as i64),
-        2 => format!("[{}]", {
-            let n = rng.below(4);
-            (0..n)
-                .map(|_| rng.pick(pool).to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        }),
-        _ => rng.pick(pool).to_string(),
-    }
+/// Values as TOML text: valid ones for some key, and everything else.
+const TOML_VALUES: &[&str] = &[
+    "0",
+    "1",
+    "64",
+    "-1",
+    "100000",
+    "100001",
+    "9223372036854775807",
+    "-9223372036854775808",
+    "18446744073709551615",
+    "99999999999999999999999999",
+    "1.5",
+    "1e308",
+    "-0.0",
+    "nan",
+    "inf",
+    "-inf",
+    "true",
+    "false",
+    "\"\"",
+    "\"30s\"",
+    "\"0s\"",
+    "\"7d\"",
+    "\"8d\"",
+    "\"1h 30m\"",
+    "\"1MiB\"",
+    "\"1 MB\"",
+    "\"-1MiB\"",
+    "\"99999999999999999999EiB\"",
+    "\"info\"",
+    "\"trace\"",
+    "\"loud\"",
+    "\"/srv\"",
+    "\"relative/path\"",
+    "\"/\"",
+    "\"/run/defragd/control.sock\"",
+    "\"unix:/run/m.sock\"",
+    "\"127.0.0.1:9321\"",
+    "\"[::1]:9321\"",
+    "\"0.0.0.0:80\"",
+    "\"wheel\"",
+    "\"no-such-group-xyz\"",
+    "\"4242\"",
+    "[]",
+    "[\"01:00-05:00\"]",
+    "[\"22:00-06:00\", \"12:00-13:00\"]",
+    "[\"24:00-01:00\"]",
+    "[\"1:00-2:00\"]",
+    "[\"01:00-01:00\"]",
+    "[\"*.tmp\", \"/srv/**\"]",
+    "[\"[\"]",
+    "[\"relative/**\"]",
+    "[1, 2]",
+    "[[]]",
+    "{}",
+    "{ path = \"/srv\" }",
+    "[{ path = \"/srv\", watch = [\"/srv/db\"] }]",
+    "[{ path = \"/srv\" }, { path = \"/srv\" }]",
+    "[{ path = 5 }]",
+    "[{ nope = 1 }]",
+    "1979-05-27T07:32:00Z",
+    "07:32:00",
+    "'''multi\nline'''",
+    "\"\\u0000\"",
+    "\"\\u001b[31mred\"",
+    "\"a\\nb\"",
+];
+
+/// A value as TOML text.
+fn toml_values() -> BoxedStrategy<String> {
+    prop_oneof![
+        7 => select(TOML_VALUES).prop_map(str::to_string),
+        1 => random_text(40).prop_map(|t| format!("\"{}\"", t.replace(['"', '\\'], ""))),
+        1 => any::<i64>().prop_map(|n| n.to_string()),
+        1 => vec(select(TOML_VALUES), 0..4).prop_map(|v| format!("[{}]", v.join(", "))),
+    ]
+    .boxed()
 }
 
 /// Text with a bit of everything: ASCII, controls, quotes, unicode.
-fn random_text(rng: &mut XorShift, max: u64) -> String {
-    let n = rng.below(max + 1);
-    (0..n)
-        .map(|_| match rng.below(10) {
-            0 => char::from_u32(rng.below(32) as u32).unwrap_or('x'),
-            1 => *rng.pick(&['"', '\\', '\'', '[', ']', '=', '#', '.', '\n', '\u{7f}']),
-            2 => *rng.pick(&['é', '€', '𝄞', '\u{202e}', '\u{feff}', 'ß']),
-            _ => (b'a' + rng.below(26) as u8) as char,
-        })
-        .collect()
+fn random_text(max: usize) -> BoxedStrategy<String> {
+    let char = prop_oneof![
+        7 => proptest::char::range('a', 'z'),
+        1 => proptest::char::range('\0', '\u{1f}'),
+        1 => select(vec!['"', '\\', '\'', '[', ']', '=', '#', '.', '\n', '\u{7f}']),
+        1 => select(vec!['é', '€', '𝄞', '\u{202e}', '\u{feff}', 'ß']),
+    ];
+    vec(char, 0..=max).prop_map(String::from_iter).boxed()
 }
+
+/// Section headers of a random document ("[filesystem]" in brackets makes
+/// the [[filesystem]] header).
+const SECTIONS: &[&str] = &[
+    "",
+    "throttle",
+    "policy",
+    "crawl",
+    "watch",
+    "service",
+    "control",
+    "metrics",
+    "[filesystem]",
+    "bogus",
+    "throttle.sub",
+    "\"quoted key\"",
+];
+
+/// Keys of a random document: the real ones, in any section, and others.
+const DOCUMENT_KEYS: &[&str] = &[
+    "state_dir",
+    "max_mib_per_s",
+    "chunk_mib",
+    "pressure_percent",
+    "windows",
+    "quiet_period",
+    "min_size",
+    "min_excess_extents",
+    "min_score",
+    "exclude",
+    "reserve_percent",
+    "convert_block_mapped",
+    "interval",
+    "files_per_second",
+    "max_watches",
+    "log_level",
+    "socket",
+    "group",
+    "listen",
+    "path",
+    "watch",
+    "filesystem",
+    "\"x[99999999]\"",
+    "a.b.c",
+    "typo_key",
+];
 
 /// A random TOML-ish document built from sections, keys and values.
-fn random_toml(rng: &mut XorShift) -> String {
-    let sections = [
-        "",
-        "throttle",
-        "policy",
-        "crawl",
-        "watch",
-        "service",
-        "control",
-        "metrics",
-        "[filesystem]",
-        "bogus",
-        "throttle.sub",
-        "\"quoted key\"",
-    ];
-    let keys = [
-        "state_dir",
-        "max_mib_per_s",
-        "chunk_mib",
-        "pressure_percent",
-        "windows",
-        "quiet_period",
-        "min_size",
-        "min_excess_extents",
-        "min_score",
-        "exclude",
-        "reserve_percent",
-        "convert_block_mapped",
-        "interval",
-        "files_per_second",
-        "max_watches",
-        "log_level",
-        "socket",
-        "group",
-        "listen",
-        "path",
-        "watch",
-        "filesystem",
-        "\"x[99999999]\"",
-        "a.b.c",
-        "typo_key",
-    ];
-    let mut out = String::new();
-    for _ in 0..rng.range(0, 8) {
-        let s = rng.pick(&sections);
-        // "[filesystem]" in brackets makes the [[filesystem]] header.
-        if !s.is_empty() {
-            out.push_str(&format!("[{s}]\n"));
-        }
-        for _ in 0..rng.range(0, 5) {
-            out.push_str(&format!("{} = {}\n", rng.pick(&keys), toml_value(rng)));
-        }
-    }
-    out
-}
-
-/// The shipped file, changed a little.
-fn mutate(text: &str, rng: &mut XorShift) -> String {
-    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
-    let rounds = rng.range(1, 4);
-    for _ in 0..rounds {
-        let n = lines.len().max(1) as u64;
-        let i = rng.below(n) as usize;
-        match rng.below(12) {
-            0 if !lines.is_empty() => {
-                lines.remove(i);
-            }
-            1 if !lines.is_empty() => {
-                let l = lines[i].clone();
-                lines.insert(i, l);
-            }
-            2 if !lines.is_empty() => {
-                // Uncomment a line (enables the [[filesystem]] example).
-                lines[i] = lines[i].trim_start_matches(['#', ' ']).to_string();
-            }
-            3 if !lines.is_empty() => {
-                // A new value for a `key = value` line.
-                if let Some((k, _)) = lines[i].split_once(" = ") {
-                    lines[i] = format!("{k} = {}", toml_value(rng));
+fn random_toml() -> BoxedStrategy<String> {
+    let line = (select(DOCUMENT_KEYS), toml_values());
+    vec((select(SECTIONS), vec(line, 0..=5)), 0..=8)
+        .prop_map(|sections| {
+            let mut out = String::new();
+            for (section, lines) in sections {
+                if !section.is_empty() {
+                    out.push_str(&format!("[{section}]\n"));
+                }
+                for (key, value) in lines {
+                    out.push_str(&format!("{key} = {value}\n"));
                 }
             }
-            4 => {
-                let k = rng.pick(KEYS);
-                let line = match k.split_once('.') {
-                    Some((s, key)) => format!("[{s}]\n{key} = {}", toml_value(rng)),
-                    None => format!("{k} = {}", toml_value(rng)),
+            out
+        })
+        .boxed()
+}
+
+/// One byte of a text changed, as a flipped bit or a bad copy would. The
+/// `Index` picks a place in the text whatever its length.
+#[derive(Clone, Copy, Debug)]
+enum ByteEdit {
+    Set(Index, u8),
+    Xor(Index, u8),
+    Insert(Index, u8),
+    Remove(Index),
+}
+
+impl ByteEdit {
+    fn apply(self, bytes: &mut Vec<u8>) {
+        // A place in 0..=len: an insert may append; the others need a byte.
+        let len = bytes.len();
+        let at = |i: Index| i.index(len + 1);
+        match self {
+            ByteEdit::Set(i, b) => {
+                if let Some(byte) = bytes.get_mut(at(i)) {
+                    *byte = b;
+                }
+            }
+            ByteEdit::Xor(i, b) => {
+                if let Some(byte) = bytes.get_mut(at(i)) {
+                    *byte ^= b;
+                }
+            }
+            ByteEdit::Insert(i, b) => bytes.insert(at(i), b),
+            ByteEdit::Remove(i) => {
+                if at(i) < len {
+                    bytes.remove(at(i));
+                }
+            }
+        }
+    }
+}
+
+/// One change to the shipped file. Lines are numbered in the file as the
+/// edits before left it; a number past its end means the last line (or,
+/// to insert, the end).
+#[derive(Clone, Debug)]
+enum Edit {
+    Remove(usize),
+    Duplicate(usize),
+    /// Uncomment a line (enables the [[filesystem]] example).
+    Uncomment(usize),
+    /// A new value for a `key = value` line.
+    Revalue(usize, String),
+    /// A `key = value` line for any key, under its section's header.
+    Insert(usize, &'static str, String),
+    Swap(usize, usize),
+    /// A random document after the end.
+    Append(String),
+    /// Cut anywhere (a half-written file).
+    Truncate(Index),
+    /// A byte of a line flipped, inserted or deleted.
+    Byte(usize, ByteEdit),
+    /// A line of random text.
+    InsertText(usize, String),
+    /// A line's value in another type: a number quoted, a string bare.
+    Retype(usize),
+}
+
+fn edits(lines: usize) -> BoxedStrategy<Edit> {
+    let line = 0..lines.max(1);
+    let byte = prop_oneof![
+        (any::<Index>(), 0..7u32).prop_map(|(at, bit)| ByteEdit::Xor(at, 1 << bit)),
+        (any::<Index>(), 0..0x80u8).prop_map(|(at, b)| ByteEdit::Insert(at, b)),
+        any::<Index>().prop_map(ByteEdit::Remove),
+    ];
+    prop_oneof![
+        1 => line.clone().prop_map(Edit::Remove),
+        1 => line.clone().prop_map(Edit::Duplicate),
+        1 => line.clone().prop_map(Edit::Uncomment),
+        1 => (line.clone(), toml_values()).prop_map(|(i, v)| Edit::Revalue(i, v)),
+        1 => (line.clone(), select(KEYS), toml_values()).prop_map(|(i, k, v)| Edit::Insert(i, k, v)),
+        1 => (line.clone(), line.clone()).prop_map(|(i, j)| Edit::Swap(i, j)),
+        1 => random_toml().prop_map(Edit::Append),
+        1 => any::<Index>().prop_map(Edit::Truncate),
+        1 => (line.clone(), byte).prop_map(|(i, e)| Edit::Byte(i, e)),
+        1 => (line.clone(), random_text(60)).prop_map(|(i, t)| Edit::InsertText(i, t)),
+        2 => line.prop_map(Edit::Retype),
+    ]
+    .boxed()
+}
+
+/// `text` changed by `edits`, with or without a newline at the end.
+fn edited(text: &str, edits: &[Edit], newline: bool) -> String {
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    for edit in edits {
+        // The line numbered `i`, if the file has any; the place to insert
+        // before it.
+        let line = |i: usize| lines.len().checked_sub(1).map(|last| i.min(last));
+        let place = |i: usize| i.min(lines.len());
+        match edit {
+            Edit::Remove(i) => {
+                if let Some(i) = line(*i) {
+                    lines.remove(i);
+                }
+            }
+            Edit::Duplicate(i) => {
+                if let Some(i) = line(*i) {
+                    lines.insert(i, lines[i].clone());
+                }
+            }
+            Edit::Uncomment(i) => {
+                if let Some(i) = line(*i) {
+                    lines[i] = lines[i].trim_start_matches(['#', ' ']).to_string();
+                }
+            }
+            Edit::Revalue(i, value) => {
+                if let Some(i) = line(*i) {
+                    if let Some((key, _)) = lines[i].split_once(" = ") {
+                        lines[i] = format!("{key} = {value}");
+                    }
+                }
+            }
+            Edit::Insert(i, key, value) => {
+                let new = match key.split_once('.') {
+                    Some((section, key)) => format!("[{section}]\n{key} = {value}"),
+                    None => format!("{key} = {value}"),
                 };
-                lines.insert(i.min(lines.len()), line);
+                lines.insert(place(*i), new);
             }
-            5 if lines.len() > 1 => {
-                let j = rng.below(n) as usize;
-                lines.swap(i, j);
+            Edit::Swap(i, j) => {
+                if let (Some(i), Some(j)) = (line(*i), line(*j)) {
+                    lines.swap(i, j);
+                }
             }
-            6 => lines.push(random_toml(rng)),
-            7 => {
-                // Truncate anywhere (a half-written file).
+            Edit::Append(document) => lines.push(document.clone()),
+            Edit::Truncate(cut) => {
                 let text = lines.join("\n");
-                let cut = rng.below(text.len() as u64 + 1) as usize;
+                let cut = cut.index(text.len() + 1);
                 let cut = (0..=cut)
                     .rev()
                     .find(|c| text.is_char_boundary(*c))
                     .unwrap_or(0);
                 lines = text[..cut].lines().map(str::to_string).collect();
             }
-            8 if !lines.is_empty() => {
-                // Flip, insert or delete one byte of a line.
-                let mut bytes = lines[i].clone().into_bytes();
-                let at = rng.below(bytes.len() as u64 + 1) as usize;
-                match rng.below(3) {
-                    0 if at < bytes.len() => bytes[at] ^= 1 << rng.below(7),
-                    1 => bytes.insert(at, rng.next_u64() as u8 & 0x7f),
-                    _ if at < bytes.len() => {
-                        bytes.remove(at);
+            Edit::Byte(i, change) => {
+                if let Some(i) = line(*i) {
+                    let mut bytes = lines[i].clone().into_bytes();
+                    change.apply(&mut bytes);
+                    lines[i] = String::from_utf8_lossy(&bytes).into_owned();
+                }
+            }
+            Edit::InsertText(i, text) => lines.insert(place(*i), text.clone()),
+            Edit::Retype(i) => {
+                if let Some(i) = line(*i) {
+                    if let Some((key, value)) = lines[i].clone().split_once(" = ") {
+                        let value = value.trim();
+                        lines[i] = match value.strip_prefix('"').and_then(|s| s.strip_suffix('"')) {
+                            Some(inner) => format!("{key} = {inner}"),
+                            None => format!("{key} = \"{value}\""),
+                        };
                     }
-                    _ => {}
-                }
-                lines[i] = String::from_utf8_lossy(&bytes).into_owned();
-            }
-            9 => lines.insert(i.min(lines.len()), random_text(rng, 60)),
-            _ if !lines.is_empty() => {
-                // A line's value in another type: a number quoted, a
-                // string bare.
-                if let Some((k, v)) = lines[i].clone().split_once(" = ") {
-                    let v = v.trim();
-                    lines[i] = if let Some(inner) =
-                        v.strip_prefix('"').and_then(|s| s.strip_suffix('"'))
-                    {
-                        format!("{k} = {inner}")
-                    } else {
-                        format!("{k} = \"{v}\"")
-                    };
                 }
             }
-            _ => {}
         }
     }
     let mut out = lines.join("\n");
-    if rng.chance(3, 4) {
+    if newline {
         out.push('\n');
     }
     out
+}
+
+/// A config file: the shipped one, the shipped one edited, a random
+/// document, or random bytes (not even UTF-8).
+#[derive(Clone, Debug)]
+enum ConfigText {
+    Shipped,
+    Edited { edits: Vec<Edit>, newline: bool },
+    Document(String),
+    Bytes(Vec<u8>),
+}
+
+impl ConfigText {
+    fn bytes(&self, shipped: &str) -> Vec<u8> {
+        match self {
+            ConfigText::Shipped => shipped.as_bytes().to_vec(),
+            ConfigText::Edited { edits, newline } => edited(shipped, edits, *newline).into_bytes(),
+            ConfigText::Document(text) => text.as_bytes().to_vec(),
+            ConfigText::Bytes(bytes) => bytes.clone(),
+        }
+    }
+}
+
+/// Config files; `lines`: the shipped file's.
+fn config_texts(lines: usize) -> BoxedStrategy<ConfigText> {
+    let edited = (vec(edits(lines), 1..=3), proptest::bool::weighted(0.75))
+        .prop_map(|(edits, newline)| ConfigText::Edited { edits, newline });
+    prop_oneof![
+        1 => Just(ConfigText::Shipped),
+        6 => edited,
+        2 => random_toml().prop_map(ConfigText::Document),
+        1 => vec(any::<u8>(), 0..300).prop_map(ConfigText::Bytes),
+    ]
+    .boxed()
 }
 
 /// The environment variable name of a key.
@@ -1070,44 +1421,43 @@ fn env_name(key: &str) -> String {
     format!("DEFRAGD__{}", key.replace('.', "__").to_uppercase())
 }
 
-fn random_env(rng: &mut XorShift) -> Vec<(String, String)> {
-    let n = match rng.below(4) {
-        0 => 0,
-        1 => 1,
-        _ => rng.range(1, 6),
-    };
-    (0..n)
-        .map(|_| {
-            let name = match rng.below(10) {
-                0 => env_name(rng.pick::<&str>(KEYS)).to_lowercase(),
-                1 => "DEFRAGD__".to_string(),
-                2 => "DEFRAGD____THROTTLE".to_string(),
-                3 => format!("DEFRAGD__{}", random_text(rng, 12)),
-                4 => "DEFRAGD_LOG".to_string(),
-                5 => "PATH".to_string(),
-                6 => "DEFRAGD__THROTTLE__CHUNK_MIB__EXTRA".to_string(),
-                _ => env_name(rng.pick::<&str>(KEYS)),
-            };
-            let value = match rng.below(6) {
-                0 => random_text(rng, 30),
-                1 => String::new(),
-                2 => format!("{}", rng.next_u64()),
-                3 => [
-                    "[",
-                    "[[",
-                    "]",
-                    "[\"a\", 1]",
-                    "[{ path = \"/srv\" }]",
-                    "[1,",
-                    "{}",
-                    "\u{0}",
-                ][rng.below(8) as usize]
-                    .to_string(),
-                _ => toml_value(rng).trim_matches('"').to_string(),
-            };
-            (name, value)
-        })
-        .collect()
+/// Environments: none, or a few DEFRAGD__ variables (and a few others)
+/// with good and bad values.
+fn environments() -> BoxedStrategy<Vec<(String, String)>> {
+    let name = prop_oneof![
+        3 => select(KEYS).prop_map(env_name),
+        1 => select(KEYS).prop_map(|k| env_name(k).to_lowercase()),
+        1 => Just("DEFRAGD__".to_string()),
+        1 => Just("DEFRAGD____THROTTLE".to_string()),
+        1 => random_text(12).prop_map(|t| format!("DEFRAGD__{t}")),
+        1 => Just("DEFRAGD_LOG".to_string()),
+        1 => Just("PATH".to_string()),
+        1 => Just("DEFRAGD__THROTTLE__CHUNK_MIB__EXTRA".to_string()),
+    ];
+    let broken = vec![
+        "[",
+        "[[",
+        "]",
+        "[\"a\", 1]",
+        "[{ path = \"/srv\" }]",
+        "[1,",
+        "{}",
+        "\u{0}",
+    ];
+    let value = prop_oneof![
+        2 => toml_values().prop_map(|v| v.trim_matches('"').to_string()),
+        1 => random_text(30),
+        1 => Just(String::new()),
+        1 => any::<u64>().prop_map(|n| n.to_string()),
+        1 => select(broken).prop_map(str::to_string),
+    ];
+    let variable = (name, value);
+    prop_oneof![
+        1 => Just(Vec::new()),
+        1 => vec(variable.clone(), 1..=1),
+        2 => vec(variable, 1..=6),
+    ]
+    .boxed()
 }
 
 /// Whether every error names its source and is one line. `sources`: the
@@ -1167,108 +1517,92 @@ impl ConfigCase {
     }
 }
 
-/// A random config file's bytes: mutated shipped file, random TOML, or
-/// random bytes (not even UTF-8).
-fn random_config_bytes(rng: &mut XorShift, shipped: &str) -> (Vec<u8>, bool) {
-    match rng.below(10) {
-        0 => (shipped.as_bytes().to_vec(), false),
-        1 => {
-            let n = rng.below(300) as usize;
-            (rng.bytes(n), true)
-        }
-        2 | 3 => (random_toml(rng).into_bytes(), true),
-        _ => (mutate(shipped, rng).into_bytes(), true),
+/// What `config::load_from` is given: a main file, maybe a drop-in, an
+/// environment.
+#[derive(Clone, Debug)]
+struct ConfigInput {
+    main: ConfigText,
+    drop_in: Option<ConfigText>,
+    env: Vec<(String, String)>,
+}
+
+impl ConfigInput {
+    fn is_malformed(&self) -> bool {
+        !matches!(self.main, ConfigText::Shipped) || self.drop_in.is_some() || !self.env.is_empty()
     }
+
+    /// The files written for it.
+    fn files(&self, shipped: &str) -> ConfigCase {
+        let drop_in = self.drop_in.as_ref().map(|d| d.bytes(shipped));
+        ConfigCase::new(&self.main.bytes(shipped), drop_in.as_deref())
+    }
+}
+
+/// Config inputs, with a drop-in at odds `drop_in`.
+fn config_inputs(shipped: &str, drop_in: f64) -> impl Strategy<Value = ConfigInput> {
+    let lines = shipped.lines().count();
+    (
+        config_texts(lines),
+        proptest::option::weighted(drop_in, config_texts(lines)),
+        environments(),
+    )
+        .prop_map(|(main, drop_in, env)| ConfigInput { main, drop_in, env })
 }
 
 #[test]
 fn config_load_never_panics_and_names_the_source_of_every_error() {
-    let seed = fuzz_seed("fuzz/config_load");
-    let mut rng = XorShift::new(seed);
-    let mut tally = Tally::new("fuzz/config_load", Some(seed));
+    let part = Part::new("fuzz/config_load");
     let shipped = shipped();
-    let (mut loaded, mut refused) = (0u64, 0u64);
-    quiet_panics(|| {
-        for case in 0..cases(2500) {
-            let (main, main_fault) = random_config_bytes(&mut rng, &shipped);
-            let drop_in = rng
-                .chance(1, 4)
-                .then(|| random_config_bytes(&mut rng, &shipped).0);
-            let env = random_env(&mut rng);
-            tally.cases += 1;
-            if main_fault || drop_in.is_some() || !env.is_empty() {
-                tally.faults += 1;
+    let (loaded, refused) = (Cell::new(0u64), Cell::new(0u64));
+    part.check(cases(2500), config_inputs(&shipped, 0.25), |input| {
+        let new = part.new_case(input.is_malformed());
+        let count = |n: &Cell<u64>| n.set(n.get() + u64::from(new));
+        let c = input.files(&shipped);
+        match catch(|| config::load_from(Some(&c.main), input.env.clone())) {
+            Err(p) => vec![format!("load_from panicked: {p}")],
+            Ok(Ok(settings)) => {
+                count(&loaded);
+                // What loads renders to a file that loads the same.
+                let text = settings.render();
+                let again = ConfigCase::new(text.as_bytes(), None);
+                match catch(|| config::load_from(Some(&again.main), Vec::new())) {
+                    Ok(Ok(back)) if back == settings => Vec::new(),
+                    Ok(Ok(back)) => vec![format!(
+                        "rendered settings load back different: {settings:?} vs {back:?}"
+                    )],
+                    Ok(Err(e)) => vec![format!("rendered settings do not load ({e}):\n{text}")],
+                    Err(p) => vec![format!("reloading the render panicked: {p}")],
+                }
             }
-            let c = ConfigCase::new(&main, drop_in.as_deref());
-            let result = catch(|| config::load_from(Some(&c.main), env.clone()));
-            let describe = || {
-                format!(
-                    "case {case}: main {:?}, drop-in {:?}, env {env:?}",
-                    String::from_utf8_lossy(&main)
-                        .chars()
-                        .take(400)
-                        .collect::<String>(),
-                    drop_in
-                        .as_ref()
-                        .map(|d| String::from_utf8_lossy(d).into_owned())
-                )
-            };
-            match result {
-                Err(p) => tally.fail(format!("load_from panicked ({p}); {}", describe())),
-                Ok(Ok(settings)) => {
-                    loaded += 1;
-                    // What loads renders to a file that loads the same.
-                    let text = settings.render();
-                    let again = ConfigCase::new(text.as_bytes(), None);
-                    match catch(|| config::load_from(Some(&again.main), Vec::new())) {
-                        Ok(Ok(back)) if back == settings => {}
-                        Ok(Ok(back)) => tally.fail(format!(
-                            "rendered settings load back different: {settings:?} vs {back:?}; {}",
-                            describe()
-                        )),
-                        Ok(Err(e)) => tally.fail(format!(
-                            "rendered settings do not load ({e}):\n{text}\n{}",
-                            describe()
-                        )),
-                        Err(p) => tally.fail(format!("reloading the render panicked: {p}")),
-                    }
-                }
-                Ok(Err(errors)) => {
-                    refused += 1;
-                    let bad = check_errors(&errors, &c.sources(&env));
-                    for b in &bad {
-                        tally.kind(b);
-                    }
-                    if !bad.is_empty() {
-                        tally.fail(format!("{}; {}", bad.join("; "), describe()));
-                    }
-                }
+            Ok(Err(errors)) => {
+                count(&refused);
+                check_errors(&errors, &c.sources(&input.env))
             }
         }
     });
-    tally.note("loaded", loaded);
-    tally.note("refused", refused);
-    tally.finish();
+    part.note("loaded", loaded.get());
+    part.note("refused", refused.get());
+    part.finish();
 }
 
 // ---------------------------------------------------------------------------
 // 5. `defragd config check FILE` as a process.
 
-#[test]
-fn config_check_exits_0_or_78_and_never_panics() {
-    let seed = fuzz_seed("fuzz/config_check_process");
-    let mut rng = XorShift::new(seed);
-    let shipped = shipped();
-    let n = cases(300);
-    // Inputs made up front, run on two threads.
-    let mut inputs = Vec::new();
-    for _ in 0..n {
-        let (main, fault) = random_config_bytes(&mut rng, &shipped);
-        let drop_in = rng
-            .chance(1, 5)
-            .then(|| random_config_bytes(&mut rng, &shipped).0);
-        let mut env: Vec<(OsString, OsString)> = random_env(&mut rng)
-            .into_iter()
+#[derive(Clone, Debug)]
+struct ProcessCase {
+    config: ConfigInput,
+    /// A DEFRAGD__ variable that is not UTF-8: the loader must refuse it,
+    /// not skip it.
+    non_utf8_variable: bool,
+}
+
+impl ProcessCase {
+    /// The environment as a process can be given it.
+    fn env(&self) -> Vec<(OsString, OsString)> {
+        let mut env: Vec<(OsString, OsString)> = self
+            .config
+            .env
+            .iter()
             // A NUL cannot be passed to a process at all.
             .filter(|(k, v)| {
                 !k.contains('\0') && !v.contains('\0') && !k.is_empty() && !k.contains('=')
@@ -1277,60 +1611,51 @@ fn config_check_exits_0_or_78_and_never_panics() {
             .filter(|(k, _)| k != "PATH")
             .map(|(k, v)| (OsString::from(k), OsString::from(v)))
             .collect();
-        if rng.chance(1, 10) {
-            // Not UTF-8: the loader must refuse it, not skip it.
+        if self.non_utf8_variable {
             env.push((
                 OsString::from("DEFRAGD__THROTTLE__CHUNK_MIB"),
                 OsString::from_vec(vec![b'4', 0xff, 0xfe]),
             ));
         }
-        inputs.push((main, fault, drop_in, env));
+        env
     }
-    let results: Vec<Vec<Result<i32, String>>> = std::thread::scope(|s| {
-        let halves: Vec<_> = inputs
-            .chunks(inputs.len().div_ceil(2).max(1))
-            .map(|part| {
-                s.spawn(move || {
-                    part.iter()
-                        .enumerate()
-                        .map(|(i, (main, _, drop_in, env))| {
-                            run_config_check(i, main, drop_in.as_deref(), env)
-                        })
-                        .collect::<Vec<Result<i32, String>>>()
-                })
-            })
-            .collect();
-        halves
-            .into_iter()
-            .map(|h| h.join().expect("thread"))
-            .collect()
-    });
-    let mut tally = Tally::new("fuzz/config_check_process", Some(seed));
-    tally.cases = inputs.len() as u64;
-    tally.faults = inputs
-        .iter()
-        .filter(|(_, fault, drop_in, env)| *fault || drop_in.is_some() || !env.is_empty())
-        .count() as u64;
-    let (mut valid, mut invalid) = (0, 0);
-    for result in results.into_iter().flatten() {
-        match result {
-            Ok(0) => valid += 1,
-            Ok(_) => invalid += 1,
-            Err(failure) => tally.fail(failure),
-        }
-    }
-    tally.note("exit0", valid);
-    tally.note("exit78", invalid);
-    tally.finish();
 }
 
-fn run_config_check(
-    i: usize,
-    main: &[u8],
-    drop_in: Option<&[u8]>,
-    env: &[(OsString, OsString)],
-) -> Result<i32, String> {
-    let c = ConfigCase::new(main, drop_in);
+#[test]
+fn config_check_exits_0_or_78_and_never_panics() {
+    let part = Part::new("fuzz/config_check_process");
+    let shipped = shipped();
+    let (valid, invalid) = (Cell::new(0u64), Cell::new(0u64));
+    let inputs = (config_inputs(&shipped, 0.2), proptest::bool::weighted(0.1)).prop_map(
+        |(config, non_utf8_variable)| ProcessCase {
+            config,
+            non_utf8_variable,
+        },
+    );
+    part.check(cases(300), inputs, |case| {
+        let env = case.env();
+        let config = &case.config;
+        let malformed = !matches!(config.main, ConfigText::Shipped)
+            || config.drop_in.is_some()
+            || !env.is_empty();
+        let new = part.new_case(malformed);
+        match run_config_check(&config.files(&shipped), &env) {
+            Ok(code) => {
+                let n = if code == 0 { &valid } else { &invalid };
+                n.set(n.get() + u64::from(new));
+                Vec::new()
+            }
+            Err(failure) => vec![failure],
+        }
+    });
+    part.note("exit0", valid.get());
+    part.note("exit78", invalid.get());
+    part.finish();
+}
+
+/// Runs `defragd config check` on the files of `c`: its exit status, or
+/// what is wrong with what it did.
+fn run_config_check(c: &ConfigCase, env: &[(OsString, OsString)]) -> Result<i32, String> {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_defragd"));
     cmd.args(["config", "check"]).arg(&c.main);
     for (k, _) in std::env::vars_os() {
@@ -1351,11 +1676,7 @@ fn run_config_check(
     let stdout = String::from_utf8_lossy(&out.stdout);
     let describe = || {
         format!(
-            "input {i}: exit {code:?}; env {env:?}; config {:?}; stderr {:?}",
-            String::from_utf8_lossy(main)
-                .chars()
-                .take(300)
-                .collect::<String>(),
+            "exit {code:?}; stderr {:?}",
             stderr.chars().take(600).collect::<String>()
         )
     };
@@ -1413,105 +1734,115 @@ fn run_config_check(
 // ---------------------------------------------------------------------------
 // 6. What defragctl does with whatever comes back.
 
-fn random_path(rng: &mut XorShift) -> PathBuf {
-    let mut s = String::from("/");
-    s.push_str(&random_text(rng, 30));
-    if rng.chance(1, 4) {
-        s.push_str("\ndefragmented /etc/shadow: forged");
-    }
-    PathBuf::from(s)
+fn text() -> BoxedStrategy<String> {
+    random_text(40)
 }
 
-fn extreme_u64(rng: &mut XorShift) -> u64 {
-    match rng.below(4) {
-        0 => 0,
-        1 => u64::MAX,
-        2 => rng.below(1 << 40),
-        _ => rng.next_u64(),
+/// A path as the service may send it, sometimes with a forged line in it.
+fn paths() -> impl Strategy<Value = PathBuf> {
+    (random_text(30), proptest::bool::weighted(0.25)).prop_map(|(name, forged)| {
+        let mut s = format!("/{name}");
+        if forged {
+            s.push_str("\ndefragmented /etc/shadow: forged");
+        }
+        PathBuf::from(s)
+    })
+}
+
+fn extreme_u64() -> impl Strategy<Value = u64> {
+    prop_oneof![Just(0), Just(u64::MAX), 0..1u64 << 40, any::<u64>()]
+}
+
+fn extreme_i64() -> impl Strategy<Value = i64> {
+    prop_oneof![
+        Just(0),
+        Just(i64::MAX),
+        Just(i64::MIN),
+        1_700_000_000..1_700_000_000 + (1i64 << 30),
+        any::<i64>(),
+    ]
+}
+
+prop_compose! {
+    fn moving()(path in paths(), moved_bytes in extreme_u64(), total_bytes in extreme_u64()) -> Moving {
+        Moving { path, moved_bytes, total_bytes }
     }
 }
 
-fn extreme_i64(rng: &mut XorShift) -> i64 {
-    match rng.below(5) {
-        0 => 0,
-        1 => i64::MAX,
-        2 => i64::MIN,
-        3 => 1_700_000_000 + rng.below(1 << 30) as i64,
-        _ => rng.next_u64() as i64,
+prop_compose! {
+    fn covered_fs()(mount_point in paths(), uuid in text(), disk in text()) -> CoveredFs {
+        CoveredFs { mount_point, uuid, disk }
     }
 }
 
-fn random_data(rng: &mut XorShift) -> ResponseData {
-    let text = |rng: &mut XorShift| random_text(rng, 40);
-    match rng.below(5) {
-        0 => ResponseData::Status(StatusReport {
-            state: [
-                "moving".to_string(),
-                "idle".into(),
-                "paused".into(),
-                text(rng),
-            ][rng.below(4) as usize]
-                .clone(),
-            summary: text(rng),
-            paused_until: rng.chance(1, 2).then(|| extreme_i64(rng)),
-            moving: (0..rng.below(3))
-                .map(|_| Moving {
-                    path: random_path(rng),
-                    moved_bytes: extreme_u64(rng),
-                    total_bytes: extreme_u64(rng),
-                })
-                .collect(),
-            queued: extreme_u64(rng),
-            bytes_moved_today: extreme_u64(rng),
-            filesystems: (0..rng.below(3))
-                .map(|_| CoveredFs {
-                    mount_point: random_path(rng),
-                    uuid: text(rng),
-                    disk: text(rng),
-                })
-                .collect(),
-        }),
-        1 => ResponseData::Queue(
-            (0..rng.below(5))
-                .map(|_| QueueEntry {
-                    id: extreme_i64(rng),
-                    path: random_path(rng),
-                    size_bytes: extreme_u64(rng),
-                    extents: extreme_u64(rng),
-                    ideal_extents: extreme_u64(rng),
-                    score: [f64::NAN, f64::INFINITY, -1.0, 50.0, 1e300][rng.below(5) as usize],
-                    priority: rng.next_u64() as f64,
-                    state: text(rng),
-                    next_block: extreme_u64(rng),
-                    attempts: rng.next_u64() as u32,
-                })
-                .collect(),
-        ),
-        2 => ResponseData::History(
-            (0..rng.below(5))
-                .map(|_| HistoryLine {
-                    path: random_path(rng),
-                    outcome: text(rng),
-                    reason_code: rng.chance(1, 2).then(|| text(rng)),
-                    reason: rng.chance(1, 2).then(|| text(rng)),
-                    extents_before: extreme_u64(rng),
-                    extents_after: rng.chance(1, 2).then(|| extreme_u64(rng)),
-                    bytes_moved: extreme_u64(rng),
-                    finished_at: extreme_i64(rng),
-                })
-                .collect(),
-        ),
-        3 => ResponseData::Defrag(
-            (0..rng.below(5))
-                .map(|_| DefragReply {
-                    path: random_path(rng),
-                    result: text(rng),
-                    message: text(rng),
-                })
-                .collect(),
-        ),
-        _ => ResponseData::Done(Done { message: text(rng) }),
+prop_compose! {
+    fn status()(
+        state in prop_oneof![
+            select(vec!["moving", "idle", "paused"]).prop_map(str::to_string),
+            text(),
+        ],
+        summary in text(),
+        paused_until in proptest::option::of(extreme_i64()),
+        moving in vec(moving(), 0..3),
+        queued in extreme_u64(),
+        bytes_moved_today in extreme_u64(),
+        filesystems in vec(covered_fs(), 0..3),
+    ) -> StatusReport {
+        StatusReport { state, summary, paused_until, moving, queued, bytes_moved_today, filesystems }
     }
+}
+
+prop_compose! {
+    fn queue_entry()(
+        id in extreme_i64(),
+        path in paths(),
+        size_bytes in extreme_u64(),
+        extents in extreme_u64(),
+        ideal_extents in extreme_u64(),
+        score in select(vec![f64::NAN, f64::INFINITY, -1.0, 50.0, 1e300]),
+        priority in any::<u64>().prop_map(|n| n as f64),
+        state in text(),
+        next_block in extreme_u64(),
+        attempts in any::<u32>(),
+    ) -> QueueEntry {
+        QueueEntry {
+            id, path, size_bytes, extents, ideal_extents, score, priority, state, next_block, attempts,
+        }
+    }
+}
+
+prop_compose! {
+    fn history_line()(
+        path in paths(),
+        outcome in text(),
+        reason_code in proptest::option::of(text()),
+        reason in proptest::option::of(text()),
+        extents_before in extreme_u64(),
+        extents_after in proptest::option::of(extreme_u64()),
+        bytes_moved in extreme_u64(),
+        finished_at in extreme_i64(),
+    ) -> HistoryLine {
+        HistoryLine {
+            path, outcome, reason_code, reason, extents_before, extents_after, bytes_moved, finished_at,
+        }
+    }
+}
+
+prop_compose! {
+    fn defrag_reply()(path in paths(), result in text(), message in text()) -> DefragReply {
+        DefragReply { path, result, message }
+    }
+}
+
+/// What a service may answer, with the most hostile text and figures.
+fn response_data() -> impl Strategy<Value = ResponseData> {
+    prop_oneof![
+        text().prop_map(|message| ResponseData::Done(Done { message })),
+        status().prop_map(ResponseData::Status),
+        vec(queue_entry(), 0..5).prop_map(ResponseData::Queue),
+        vec(history_line(), 0..5).prop_map(ResponseData::History),
+        vec(defrag_reply(), 0..5).prop_map(ResponseData::Defrag),
+    ]
 }
 
 /// Lines `format::human` must print for `data`: one per item, whatever
@@ -1530,49 +1861,89 @@ fn expected_lines(data: &ResponseData) -> usize {
     }
 }
 
-fn random_response_line(rng: &mut XorShift) -> Vec<u8> {
-    let templates: &[&str] = &[
-        r#"{"ok":true,"data":{}}"#,
-        r#"{"ok":true,"data":[]}"#,
-        r#"{"ok":true,"data":null}"#,
-        r#"{"ok":true}"#,
-        r#"{"ok":false}"#,
-        r#"{"ok":false,"error":5}"#,
-        r#"{"ok":false,"error":"permission denied: x"}"#,
-        r#"{"ok":"yes","data":1}"#,
-        r#"[]"#,
-        r#"null"#,
-        r#"{"ok":true,"data":{"state":"moving","summary":"s","paused_until":9223372036854775807,"moving":[],"queued":1,"bytes_moved_today":2,"filesystems":[]}}"#,
-        r#"{"ok":true,"data":[{"id":1,"path":"/x","size_bytes":1,"extents":1,"ideal_extents":1,"score":1.0,"priority":1.0,"state":"q","next_block":0,"attempts":0}]}"#,
-        r#"{"ok":true,"data":{"message":"m"}}"#,
+/// Response lines a socket may send: well-formed ones, some a few bytes
+/// off, and random bytes.
+const RESPONSE_LINES: &[&str] = &[
+    r#"{"ok":true,"data":{}}"#,
+    r#"{"ok":true,"data":[]}"#,
+    r#"{"ok":true,"data":null}"#,
+    r#"{"ok":true}"#,
+    r#"{"ok":false}"#,
+    r#"{"ok":false,"error":5}"#,
+    r#"{"ok":false,"error":"permission denied: x"}"#,
+    r#"{"ok":"yes","data":1}"#,
+    r#"[]"#,
+    r#"null"#,
+    r#"{"ok":true,"data":{"state":"moving","summary":"s","paused_until":9223372036854775807,"moving":[],"queued":1,"bytes_moved_today":2,"filesystems":[]}}"#,
+    r#"{"ok":true,"data":[{"id":1,"path":"/x","size_bytes":1,"extents":1,"ideal_extents":1,"score":1.0,"priority":1.0,"state":"q","next_block":0,"attempts":0}]}"#,
+    r#"{"ok":true,"data":{"message":"m"}}"#,
+];
+
+/// A line of bytes (shown as text, where it is text).
+#[derive(Clone)]
+struct Line(Vec<u8>);
+
+impl fmt::Debug for Line {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", String::from_utf8_lossy(&self.0))
+    }
+}
+
+fn response_lines() -> impl Strategy<Value = Line> {
+    let byte = prop_oneof![
+        (any::<Index>(), any::<u8>()).prop_map(|(at, b)| ByteEdit::Set(at, b)),
+        (any::<Index>(), any::<u8>()).prop_map(|(at, b)| ByteEdit::Insert(at, b)),
+        any::<Index>().prop_map(ByteEdit::Remove),
     ];
-    let mut line = rng.pick(templates).as_bytes().to_vec();
-    if rng.chance(1, 2) {
-        for _ in 0..rng.range(1, 4) {
-            let at = rng.below(line.len() as u64 + 1) as usize;
-            match rng.below(3) {
-                0 if at < line.len() => line[at] = rng.next_u64() as u8,
-                1 => line.insert(at, rng.next_u64() as u8),
-                _ if at < line.len() => {
-                    line.remove(at);
-                }
-                _ => {}
+    let edited = (
+        select(RESPONSE_LINES),
+        proptest::option::of(vec(byte, 1..=3)),
+    )
+        .prop_map(|(line, edits)| {
+            let mut line = line.as_bytes().to_vec();
+            for edit in edits.into_iter().flatten() {
+                edit.apply(&mut line);
             }
-        }
-    }
-    if rng.chance(1, 10) {
-        let n = rng.below(200) as usize;
-        line = rng.bytes(n);
-    }
-    line
+            line
+        });
+    prop_oneof![9 => edited, 1 => vec(any::<u8>(), 0..200)].prop_map(Line)
 }
 
 #[test]
 fn defragctl_output_never_panics_and_cannot_be_forged() {
-    let seed = fuzz_seed("fuzz/control_format");
-    let mut rng = XorShift::new(seed);
-    let mut tally = Tally::new("fuzz/control_format", Some(seed));
-    let requests = [
+    let part = Part::new("fuzz/control_format");
+    part.check(cases(5000), (response_data(), extreme_i64()), |(data, now)| {
+        part.new_case(true);
+        let mut bad = Vec::new();
+        match catch(|| format::human(&data, now)) {
+            Err(p) => bad.push(format!("format::human panicked: {p}")),
+            Ok(text) => {
+                let lines = text.lines().count();
+                let want = expected_lines(&data);
+                if lines != want {
+                    bad.push(format!(
+                        "human output has more lines than items: {lines} lines printed for {want} items (a forged line?): {text:?}"
+                    ));
+                }
+                if text.chars().any(|c| c.is_control() && c != '\n') {
+                    bad.push(format!(
+                        "a raw control character reaches the terminal: {text:?}"
+                    ));
+                }
+            }
+        }
+        match catch(|| format::json(&data)) {
+            Err(p) => bad.push(format!("format::json panicked: {p}")),
+            Ok(text) => {
+                if serde_json::from_str::<serde_json::Value>(&text).is_err() {
+                    bad.push(format!("--json output is not JSON: {text}"));
+                }
+            }
+        }
+        bad
+    });
+    // A response line as any socket might send it.
+    let requests = vec![
         Request::Status,
         Request::Queue { limit: None },
         Request::History { limit: Some(3) },
@@ -1582,66 +1953,24 @@ fn defragctl_output_never_panics_and_cannot_be_forged() {
         Request::Pause { for_secs: None },
         Request::Reload,
     ];
-    quiet_panics(|| {
-        for case in 0..cases(5000) {
-            let data = random_data(&mut rng);
-            let now = extreme_i64(&mut rng);
-            tally.cases += 1;
-            tally.faults += 1;
-            match catch(|| format::human(&data, now)) {
-                Err(p) => {
-                    tally.kind(&format!("format::human panicked: {p}"));
-                    tally.fail(format!(
-                        "case {case}: format::human panicked ({p}) on {data:?} at now={now}"
-                    ))
-                }
-                Ok(text) => {
-                    let lines = text.lines().count();
-                    let want = expected_lines(&data);
-                    if lines != want {
-                        tally.kind("human output has more lines than items");
-                    }
-                    tally.check(lines == want, || {
-                        format!("case {case}: {lines} lines printed for {want} items (a forged line?): {text:?}")
-                    });
-                    tally.check(!text.chars().any(|c| c.is_control() && c != '\n'), || {
-                        format!(
-                            "case {case}: a raw control character reaches the terminal: {text:?}"
-                        )
-                    });
-                }
-            }
-            match catch(|| format::json(&data)) {
-                Err(p) => tally.fail(format!("case {case}: format::json panicked: {p}")),
-                Ok(text) => tally.check(
-                    serde_json::from_str::<serde_json::Value>(&text).is_ok(),
-                    || format!("case {case}: --json output is not JSON: {text}"),
-                ),
-            }
-            // A response line as any socket might send it.
-            let line = random_response_line(&mut rng);
-            let req = rng.pick(&requests).clone();
-            tally.cases += 1;
-            tally.faults += 1;
-            match catch(|| client::decode_response(&req, &line)) {
-                Err(p) => tally.fail(format!(
-                    "case {case}: decode_response panicked ({p}) on {:?}",
-                    String::from_utf8_lossy(&line)
-                )),
+    part.check(
+        cases(5000),
+        (response_lines(), select(requests)),
+        |(line, req)| {
+            part.new_case(true);
+            match catch(|| client::decode_response(&req, &line.0)) {
+                Err(p) => vec![format!("decode_response panicked: {p}")],
                 Ok(Ok(defragd::control::Response::Ok { data, .. })) => {
-                    if let Err(p) = catch(|| format::human(&data, 1_700_000_000)) {
-                        tally.kind(&format!(
-                            "a decoded response makes format::human panic: {p}"
-                        ));
-                        tally.fail(format!(
-                            "case {case}: a decoded response ({}) makes format::human panic: {p}",
-                            String::from_utf8_lossy(&line)
-                        ));
+                    match catch(|| format::human(&data, 1_700_000_000)) {
+                        Err(p) => {
+                            vec![format!("a decoded response makes format::human panic: {p}")]
+                        }
+                        Ok(_) => Vec::new(),
                     }
                 }
-                Ok(_) => {}
+                Ok(_) => Vec::new(),
             }
-        }
-    });
-    tally.finish();
+        },
+    );
+    part.finish();
 }

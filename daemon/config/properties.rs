@@ -206,9 +206,9 @@ fn random_keys_and_values_never_panic() {
 /// A time of day written near the edges of what is valid, so that many
 /// windows are valid and many are not.
 fn edgy_time() -> impl Strategy<Value = String> {
-    let hours = select(&["00", "01", "09", "12", "22", "23", "24", "25", "1"][..]);
-    let minutes = select(&["00", "01", "30", "59", "60", "5"][..]);
-    let colon = select(&[":", ":", ":", "."][..]);
+    let hours = select(&["00", "01", "09", "12", "22", "23", "23", "24", "25", "1"][..]);
+    let minutes = select(&["00", "00", "01", "30", "59", "60", "5"][..]);
+    let colon = select(&[":", ":", ":", ":", ":", "."][..]);
     (hours, colon, minutes).prop_map(|(h, c, m)| format!("{h}{c}{m}"))
 }
 
@@ -216,7 +216,7 @@ fn edgy_time() -> impl Strategy<Value = String> {
 fn random_windows_never_panic_and_the_file_and_environment_agree() {
     let window = (
         edgy_time(),
-        select(&["-", "-", "-", " - ", ""][..]),
+        select(&["-", "-", "-", "-", "-", "-", " - ", ""][..]),
         edgy_time(),
     )
         .prop_map(|(start, dash, end)| format!("{start}{dash}{end}"));

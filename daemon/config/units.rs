@@ -23,11 +23,11 @@ pub fn format_duration(duration: Duration) -> String {
     }
     // Days only from two on, so that a day reads "24h", as the shipped
     // file writes the crawl interval.
-    if secs >= 2 * DAY && secs % DAY == 0 {
+    if secs >= 2 * DAY && secs.is_multiple_of(DAY) {
         format!("{}d", secs / DAY)
-    } else if secs != 0 && secs % HOUR == 0 {
+    } else if secs != 0 && secs.is_multiple_of(HOUR) {
         format!("{}h", secs / HOUR)
-    } else if secs != 0 && secs % MINUTE == 0 {
+    } else if secs != 0 && secs.is_multiple_of(MINUTE) {
         format!("{}m", secs / MINUTE)
     } else {
         format!("{secs}s")
@@ -53,7 +53,7 @@ pub fn format_size(bytes: u64) -> String {
     ];
     for (name, shift) in UNITS {
         let unit = 1u64 << shift;
-        if bytes != 0 && bytes % unit == 0 {
+        if bytes != 0 && bytes.is_multiple_of(unit) {
             return format!("{}{name}", bytes / unit);
         }
     }

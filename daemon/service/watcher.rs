@@ -158,9 +158,9 @@ impl RescanGate {
         if !self.wanted {
             return Gate::Quiet;
         }
-        let due = self.last_start.map_or(true, |last| {
-            now.saturating_duration_since(last) >= self.every
-        });
+        let due = self
+            .last_start
+            .is_none_or(|last| now.saturating_duration_since(last) >= self.every);
         if due && !running {
             self.wanted = false;
             self.told = false;

@@ -23,6 +23,8 @@ use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use nix::libc;
+use proptest::prelude::{Rng, RngExt};
+use proptest::test_runner::{RngAlgorithm, TestRng};
 
 use super::cmd::sh;
 use super::faults::print_summary;
@@ -34,58 +36,46 @@ use super::MIB;
 // ---------------------------------------------------------------------------
 // Seeded randomness.
 
-/// xorshift64*: tiny, seeded, deterministic; never stuck at 0.
+/// The suite's seeded generator: proptest's ChaCha20 (from rand), keyed by
+/// a part's seed, with the draws the tests make. It only delegates to rand.
 #[derive(Clone, Debug)]
-pub struct XorShift(u64);
+pub struct Seeded(pub TestRng);
 
-impl XorShift {
-    pub fn new(seed: u64) -> XorShift {
-        // splitmix the seed once so that seeds 1, 2, 3 start far apart.
-        let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^= z >> 31;
-        XorShift(if z == 0 { 0x2545_f491_4f6c_dd1d } else { z })
+impl Seeded {
+    pub fn new(seed: u64) -> Seeded {
+        let mut key = [0; 32];
+        key[..8].copy_from_slice(&seed.to_le_bytes());
+        Seeded(TestRng::from_seed(RngAlgorithm::ChaCha, &key))
     }
     pub fn next_u64(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        self.0.next_u64()
     }
     /// Uniform in 0..n (n > 0).
     pub fn below(&mut self, n: u64) -> u64 {
-        if n == 0 {
-            0
-        } else {
-            self.next_u64() % n
-        }
+        self.0.random_range(0..n)
     }
-    /// Uniform in lo..=hi.
+    /// Uniform in lo..=hi (lo <= hi).
     pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        if hi <= lo {
-            return lo;
-        }
-        match (hi - lo).checked_add(1) {
-            Some(span) => lo + self.next_u64() % span,
-            None => self.next_u64(),
-        }
+        self.0.random_range(lo..=hi)
     }
     /// True with probability num/den.
-    pub fn chance(&mut self, num: u64, den: u64) -> bool {
-        self.below(den) < num
+    pub fn chance(&mut self, num: u32, den: u32) -> bool {
+        self.0.random_ratio(num, den)
     }
     pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len() as u64) as usize]
+        &items[self.0.random_range(0..items.len())]
     }
     pub fn bytes(&mut self, len: usize) -> Vec<u8> {
-        (0..len).map(|_| self.next_u64() as u8).collect()
+        let mut v = vec![0; len];
+        self.0.fill_bytes(&mut v);
+        v
     }
-    /// A derived generator (for one case, one thread).
-    pub fn fork(&mut self) -> XorShift {
-        XorShift::new(self.next_u64())
+    /// A derived generator (for one case, one thread, one property).
+    pub fn fork(&mut self) -> Seeded {
+        Seeded(TestRng::from_seed(
+            RngAlgorithm::ChaCha,
+            &self.0.random::<[u8; 32]>(),
+        ))
     }
 }
 
