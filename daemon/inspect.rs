@@ -57,6 +57,7 @@ impl From<ext4::Error> for Refusal {
             ext4::Error::Symlink => Refusal::Skip(SkipReason::Symlink),
             ext4::Error::CrossesMount => Refusal::Skip(SkipReason::OtherFilesystem),
             ext4::Error::ReadOnly => Refusal::Skip(SkipReason::ReadOnly),
+            ext4::Error::NotFound => Refusal::Skip(SkipReason::Vanished),
             other => Refusal::Fail(FailReason::Kernel(other)),
         }
     }
@@ -297,6 +298,18 @@ fn refuse_unless_regular(file_type: u32) -> Result<(), Refusal> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_gone_before_it_is_opened_is_skipped_not_failed() {
+        assert_eq!(
+            Refusal::from(ext4::Error::NotFound),
+            Refusal::Skip(SkipReason::Vanished)
+        );
+        assert!(matches!(
+            Refusal::from(ext4::Error::NoSpace),
+            Refusal::Fail(FailReason::Kernel(ext4::Error::NoSpace))
+        ));
+    }
 
     fn superblock(inline_data: bool) -> ext4::Superblock {
         ext4::Superblock {

@@ -71,6 +71,10 @@ pub enum SkipReason {
     RecentlyWritten { ago_secs: u64 },
     #[error("is no longer the file that was queued (deleted, or replaced by another file at the same path)")]
     Replaced,
+    /// Gone between being found (listed in its directory, or queued) and
+    /// being opened: ordinary churn, such as a log rotated away.
+    #[error("was deleted or renamed after it was found; nothing to do")]
+    Vanished,
 }
 
 impl SkipReason {
@@ -99,6 +103,7 @@ impl SkipReason {
             SkipReason::Busy(_) => "busy",
             SkipReason::RecentlyWritten { .. } => "recently_written",
             SkipReason::Replaced => "replaced",
+            SkipReason::Vanished => "vanished",
         }
     }
 }
@@ -255,6 +260,7 @@ mod tests {
             SkipReason::Busy(String::new()),
             SkipReason::RecentlyWritten { ago_secs: 1 },
             SkipReason::Replaced,
+            SkipReason::Vanished,
         ];
         let mut codes: Vec<_> = reasons.iter().map(SkipReason::code).collect();
         codes.sort_unstable();

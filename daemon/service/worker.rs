@@ -401,12 +401,8 @@ fn record(shared: &Shared, job: &Job, path: &std::path::Path, outcome: Outcome, 
             );
             retry(shared, job, "recently written", wait);
         }
-        Outcome::Failed {
-            reason: FailReason::Kernel(crate::ext4::Error::NotFound),
-            ..
-        }
-        | Outcome::Skipped {
-            reason: SkipReason::Replaced,
+        Outcome::Skipped {
+            reason: SkipReason::Vanished | SkipReason::Replaced,
             ..
         } => {
             drop_job(
