@@ -21,7 +21,7 @@ const MAGIC: &[u8; 8] = b"DFRGREC!";
 
 /// Record `i`: magic, counter, then bytes that depend on the counter.
 fn record(i: u64) -> Vec<u8> {
-    let mut r = Rng::new(i ^ 0x5eed_0000_0000_0000).bytes(RECORD);
+    let mut r = Seeded::new(i ^ 0x5eed_0000_0000_0000).bytes(RECORD);
     r[..8].copy_from_slice(MAGIC);
     r[8..16].copy_from_slice(&i.to_le_bytes());
     r

@@ -65,12 +65,12 @@ fn spec(rel: &str, size: u64, seed: u64) -> Spec {
 /// each append followed by fsync: in fragmented free space each file lands
 /// in many pieces.
 fn write_interleaved(paths: &[PathBuf], files: &[Spec], piece: u64) {
-    let mut open: Vec<(File, Rng, u64)> = paths
+    let mut open: Vec<(File, Seeded, u64)> = paths
         .iter()
         .zip(files)
         .map(|(p, s)| {
             let f = File::create(p).unwrap_or_else(|e| panic!("create {}: {e}", p.display()));
-            (f, Rng::new(s.seed), s.size)
+            (f, Seeded::new(s.seed), s.size)
         })
         .collect();
     let mut buf = vec![0u8; piece as usize];
@@ -927,7 +927,7 @@ fn crash_trial(
     template: &mut LoopImage,
     rels: &[PathBuf],
     md5s: &[String],
-    rng: &mut Rng,
+    rng: &mut Seeded,
 ) -> Trial {
     let mut img = template.duplicate();
     let root = img.root().to_path_buf();
@@ -1167,8 +1167,8 @@ fn a_power_cut_during_a_conversion_loses_no_data_and_is_reported() {
     eprintln!(
         "crash trials: {trials} (DEFRAGD_CONVERT_CRASH_TRIALS), seed {seed} (DEFRAGD_CONVERT_CRASH_SEED)"
     );
-    let mut rng = Rng::new(seed);
-    let mut sizes = Rng::new(0xc4a5_0000);
+    let mut rng = Seeded::new(seed);
+    let mut sizes = Seeded::new(0xc4a5_0000);
     let specs: Vec<Spec> = (0..32)
         .map(|i| {
             spec(

@@ -253,7 +253,7 @@ fn trial(
     n: u64,
     fault: Fault,
     mode: Mode,
-    rng: &mut Rng,
+    rng: &mut Seeded,
     stats: &mut TrialStats,
 ) {
     let t = Instant::now();
@@ -590,7 +590,7 @@ fn crash_mid_move_then_recover_and_finish() {
     eprintln!(
         "crash: {trials} trials, seed {seed:#x} (DEFRAGD_CRASH_SEED={seed:#x} repeats the moments)"
     );
-    let mut rng = Rng::new(seed);
+    let mut rng = Seeded::new(seed);
     let mut tpl = build_template();
 
     let mut by_kind = [0u64; 3];

@@ -324,7 +324,7 @@ fn file_below_one_block_is_skipped_as_too_small() {
     }
     let mut img = LoopImage::create(ImageSpec::ext4(256));
     let path = img.root().join("tiny");
-    write_fsynced(&path, &Rng::new(3).bytes(100), 100);
+    write_fsynced(&path, &Seeded::new(3).bytes(100), 100);
     assert_skipped(&path, "too_small", &[], Unchanged::ContentAndLayout);
     img.unmount_and_fsck();
 }

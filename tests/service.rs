@@ -63,7 +63,7 @@ fn max_free_extent(img: &LoopImage) -> String {
 // Writing files the way fragmenting writers do.
 
 /// Appends `piece` bytes from `rng` to `f` and fsyncs.
-fn append_synced(f: &mut File, rng: &mut Rng, piece: usize) {
+fn append_synced(f: &mut File, rng: &mut Seeded, piece: usize) {
     f.write_all(&rng.bytes(piece)).expect("append");
     f.sync_all().expect("fsync");
 }
@@ -78,7 +78,7 @@ fn open_append(path: &Path) -> File {
 
 /// Writes `size` bytes to each of `files`, interleaved: `piece` bytes to
 /// each in turn, fsync after every piece. Returns the open handles.
-fn interleaved_writes(files: &[PathBuf], size: u64, piece: usize, rng: &mut Rng) -> Vec<File> {
+fn interleaved_writes(files: &[PathBuf], size: u64, piece: usize, rng: &mut Seeded) -> Vec<File> {
     let mut handles: Vec<File> = files.iter().map(|p| open_append(p)).collect();
     for _ in 0..size / piece as u64 {
         for f in handles.iter_mut() {
@@ -97,7 +97,7 @@ fn delete_filler_while_writing(
     filler: Filler,
     root: &Path,
     handles: &mut [File],
-    rng: &mut Rng,
+    rng: &mut Seeded,
     piece: usize,
     every: Duration,
     settle: Duration,
@@ -164,7 +164,7 @@ fn watched_files_are_defragmented_after_their_quiet_period_without_a_crawl() {
     let files: Vec<PathBuf> = (0..3)
         .map(|i| watched.join(format!("table{i}.db")))
         .collect();
-    let mut rng = Rng::new(0x5e41);
+    let mut rng = Seeded::new(0x5e41);
     let piece = 16 * KIB as usize;
     let t = Instant::now();
     let mut handles = interleaved_writes(&files, 4 * MIB, piece, &mut rng);
@@ -252,7 +252,7 @@ fn a_file_being_written_is_left_alone_until_it_is_quiet() {
     // 300 ms for 6 s. quiet_period is 2 s, so the file is never quiet
     // until the writer stops.
     let path = watched.join("app.log");
-    let mut rng = Rng::new(0xa99e);
+    let mut rng = Seeded::new(0xa99e);
     let piece = 16 * KIB as usize;
     let started = Instant::now();
     let mut handles = interleaved_writes(std::slice::from_ref(&path), 4 * MIB, piece, &mut rng);
@@ -612,7 +612,7 @@ fn a_file_deleted_or_replaced_while_queued_is_dropped_never_moved() {
     // While the big job runs: replace one queued file (new content under a
     // temp name, renamed over it) and delete the other.
     let tmp = root.join(".b-replaced.bin.tmp");
-    let mut rng = Rng::new(0xee);
+    let mut rng = Seeded::new(0xee);
     write_fsynced(&tmp, &rng.bytes(6 * MIB as usize), 256 * KIB as usize);
     fs::rename(&tmp, &replaced).expect("rename over");
     fs::remove_file(&deleted).expect("delete");
@@ -893,7 +893,7 @@ fn a_recently_written_file_is_moved_once_its_quiet_period_ends() {
     img.settle();
     // One more write right now: the crawl at start finds the file inside
     // its quiet period, so the worker must wait for it, about 2 s.
-    append_synced(&mut open_append(&path), &mut Rng::new(0xf6), 4096);
+    append_synced(&mut open_append(&path), &mut Seeded::new(0xf6), 4096);
     let written = Instant::now();
     let before = filefrag_extents(&path);
     let sum = md5(&path);

@@ -197,7 +197,7 @@ const MAGIC: &[u8; 8] = b"WRTRREC!";
 /// Record `i` of the appender with tag `tag`: magic, tag, counter, then
 /// bytes that depend on both.
 fn record(tag: u64, i: u64) -> Vec<u8> {
-    let mut r = Rng::new(tag.rotate_left(32) ^ i ^ 0xa99e_0000_0000_0000).bytes(RECORD);
+    let mut r = Seeded::new(tag.rotate_left(32) ^ i ^ 0xa99e_0000_0000_0000).bytes(RECORD);
     r[..8].copy_from_slice(MAGIC);
     r[8..16].copy_from_slice(&tag.to_le_bytes());
     r[16..24].copy_from_slice(&i.to_le_bytes());
@@ -778,7 +778,7 @@ fn job_state(log: &str, path: &Path) -> Seen {
 }
 
 /// Does `f.act` to its file; sets what the file must hold afterwards.
-fn act_on(f: &mut ChurnFile, spare: &Path, rng: &mut Rng) {
+fn act_on(f: &mut ChurnFile, spare: &Path, rng: &mut Seeded) {
     let p = f.path.clone();
     let orig = f.expect.clone().expect("original content known");
     match f.act {
@@ -873,7 +873,7 @@ fn churn_while_the_service_works_through_its_queue() {
     let rounds = env_count("DEFRAGD_WRITERS_ROUNDS", 1);
     let seed = env_seed("DEFRAGD_WRITERS_SEED");
     eprintln!("churn: seed {seed:#x} (DEFRAGD_WRITERS_SEED={seed:#x} repeats the choices)");
-    let mut rng = Rng::new(seed);
+    let mut rng = Seeded::new(seed);
     let mut failures: Vec<String> = Vec::new();
     let mut acts: BTreeMap<(&'static str, &'static str), u64> = BTreeMap::new();
     let mut counts = ChurnCounts::default();
@@ -932,7 +932,7 @@ struct ChurnCounts {
 
 fn churn_round(
     round: u64,
-    rng: &mut Rng,
+    rng: &mut Seeded,
     acts: &mut BTreeMap<(&'static str, &'static str), u64>,
     counts: &mut ChurnCounts,
 ) -> Vec<String> {

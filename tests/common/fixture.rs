@@ -13,38 +13,8 @@ use nix::fcntl::{fallocate, FallocateFlags};
 use super::cmd::sync_fs;
 use super::image::LoopImage;
 use super::judge::{filefrag_extents, free_bytes, fs_bytes};
+use super::seeded::Seeded;
 use super::{KIB, MIB};
-
-/// splitmix64: tiny, seeded, deterministic.
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed)
-    }
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    /// Uniform in lo..=hi.
-    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next_u64() % (hi - lo + 1)
-    }
-    pub fn fill(&mut self, buf: &mut [u8]) {
-        for chunk in buf.chunks_mut(8) {
-            let v = self.next_u64().to_le_bytes();
-            chunk.copy_from_slice(&v[..chunk.len()]);
-        }
-    }
-    pub fn bytes(&mut self, len: usize) -> Vec<u8> {
-        let mut v = vec![0u8; len];
-        self.fill(&mut v);
-        v
-    }
-}
 
 pub const FILLER_FILE: u64 = 64 * KIB;
 
@@ -126,7 +96,7 @@ pub fn write_fsynced(path: &Path, data: &[u8], piece: usize) {
 /// Writes a seeded file of `size` bytes in 256 KiB fsync'd pieces. Run it
 /// inside fragmented free space and it lands in many extents.
 pub fn write_seeded_file(path: &Path, size: u64, seed: u64) {
-    let mut rng = Rng::new(seed);
+    let mut rng = Seeded::new(seed);
     let mut f = File::create(path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
     let piece = 256 * KIB;
     let mut left = size;
@@ -201,7 +171,7 @@ pub fn build_fixture(img: &mut LoopImage, spec: &FixtureSpec) -> Fixture {
     let root = img.root().to_path_buf();
     let root = root.as_path();
     let t = Instant::now();
-    let mut rng = Rng::new(spec.seed);
+    let mut rng = Seeded::new(spec.seed);
     let filler = fragment_free_space(root, 2 * MIB);
     let dir = PathBuf::from("data");
     fs::create_dir_all(root.join(&dir)).expect("create data dir");

@@ -1,5 +1,5 @@
 //! Helpers for the reliability suite (tests/fuzz.rs, tests/bad_input.rs,
-//! tests/hostile.rs): a seeded generator, failure tallies that end in one
+//! tests/hostile.rs): fuzz seeds, failure tallies that end in one
 //! `SUMMARY` line per part, an attacker process running as another user,
 //! a canary filesystem that tells whether anything outside the tree under
 //! test was touched, inotify open detection, and raw control-socket
@@ -23,8 +23,6 @@ use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use nix::libc;
-use proptest::prelude::{Rng, RngExt};
-use proptest::test_runner::{RngAlgorithm, TestRng};
 
 use super::cmd::sh;
 use super::faults::print_summary;
@@ -34,50 +32,7 @@ use super::judge::{fiemap, md5, Extent};
 use super::MIB;
 
 // ---------------------------------------------------------------------------
-// Seeded randomness.
-
-/// The suite's seeded generator: proptest's ChaCha20 (from rand), keyed by
-/// a part's seed, with the draws the tests make. It only delegates to rand.
-#[derive(Clone, Debug)]
-pub struct Seeded(pub TestRng);
-
-impl Seeded {
-    pub fn new(seed: u64) -> Seeded {
-        let mut key = [0; 32];
-        key[..8].copy_from_slice(&seed.to_le_bytes());
-        Seeded(TestRng::from_seed(RngAlgorithm::ChaCha, &key))
-    }
-    pub fn next_u64(&mut self) -> u64 {
-        self.0.next_u64()
-    }
-    /// Uniform in 0..n (n > 0).
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.0.random_range(0..n)
-    }
-    /// Uniform in lo..=hi (lo <= hi).
-    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        self.0.random_range(lo..=hi)
-    }
-    /// True with probability num/den.
-    pub fn chance(&mut self, num: u32, den: u32) -> bool {
-        self.0.random_ratio(num, den)
-    }
-    pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.0.random_range(0..items.len())]
-    }
-    pub fn bytes(&mut self, len: usize) -> Vec<u8> {
-        let mut v = vec![0; len];
-        self.0.fill_bytes(&mut v);
-        v
-    }
-    /// A derived generator (for one case, one thread, one property).
-    pub fn fork(&mut self) -> Seeded {
-        Seeded(TestRng::from_seed(
-            RngAlgorithm::ChaCha,
-            &self.0.random::<[u8; 32]>(),
-        ))
-    }
-}
+// Seeds.
 
 /// The seed of a fuzz part: `DEFRAGD_FUZZ_SEED` (decimal or 0x-hex) when
 /// set, so that a failure can be replayed, else one from the clock. Printed

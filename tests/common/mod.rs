@@ -18,12 +18,14 @@ mod hostile;
 mod image;
 mod jobs;
 mod judge;
+mod seeded;
 mod service;
 
 // Not every test binary uses every part.
 #[allow(unused_imports)]
 pub use {
-    cmd::*, defragd::*, faults::*, fixture::*, hostile::*, image::*, jobs::*, judge::*, service::*,
+    cmd::*, defragd::*, faults::*, fixture::*, hostile::*, image::*, jobs::*, judge::*, seeded::*,
+    service::*,
 };
 
 pub const KIB: u64 = 1024;
