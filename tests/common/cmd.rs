@@ -17,11 +17,27 @@ fn describe(cmd: &Command) -> String {
     s
 }
 
+/// The packages whose tools the tests run (as .ci/run installs them).
+pub const TEST_PACKAGES: &str = "e2fsprogs util-linux xfsprogs fio python3 acl attr psmisc";
+
+/// The panic message for a command that could not be started, saying what
+/// to install when the program is missing.
+pub fn cannot_start(cmd: &Command, e: &std::io::Error) -> String {
+    let hint = match e.kind() {
+        std::io::ErrorKind::NotFound => format!(
+            "; is it installed? The tests need `apt-get install {TEST_PACKAGES}` \
+             (bash .ci/run installs them)"
+        ),
+        _ => String::new(),
+    };
+    format!("cannot run `{}`: {e}{hint}", describe(cmd))
+}
+
 /// Runs a command and returns its output whatever its status.
 pub fn run_raw(cmd: &mut Command) -> Output {
     cmd.stdin(Stdio::null())
         .output()
-        .unwrap_or_else(|e| panic!("cannot run `{}`: {e}", describe(cmd)))
+        .unwrap_or_else(|e| panic!("{}", cannot_start(cmd, &e)))
 }
 
 /// Runs a command, asserts exit status 0, returns stdout.
@@ -95,7 +111,7 @@ pub fn run_timed(cmd: &mut Command, limit: Duration) -> (Output, Duration) {
     let t = Instant::now();
     let child = cmd
         .spawn()
-        .unwrap_or_else(|e| panic!("cannot run `{}`: {e}", describe(cmd)));
+        .unwrap_or_else(|e| panic!("{}", cannot_start(cmd, &e)));
     let mut guard = ChildGuard(Some(child));
     let child = guard.0.as_mut().expect("child");
     let mut out_pipe = child.stdout.take().expect("stdout pipe");

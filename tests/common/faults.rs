@@ -14,7 +14,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use super::cmd::{sh_status, sync_fs};
+use super::cmd::{cannot_start, sh_status, sync_fs};
 use super::image::LoopImage;
 
 // ---------------------------------------------------------------------------
@@ -170,7 +170,7 @@ impl Proc {
             .stderr(File::create(&stderr_path).expect("create stderr file"));
         let child = cmd
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+            .unwrap_or_else(|e| panic!("{}", cannot_start(&cmd, &e)));
         Proc {
             pid: child.id(),
             child: Some(child),
