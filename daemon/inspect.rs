@@ -332,6 +332,7 @@ mod tests {
             size,
             blocks_512,
             mtime: 0,
+            ctime: 0,
             maybe_mount_root: false,
         }
     }

@@ -15,5 +15,6 @@ pub mod plan;
 pub mod policy;
 pub mod service;
 pub mod store;
+pub mod sys;
 pub mod throttle;
 pub mod walk;

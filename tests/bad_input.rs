@@ -844,6 +844,8 @@ impl Controller for Fake {
                 mount_point: "/srv".into(),
                 uuid: "u".into(),
                 disk: "8:0".into(),
+                tracking: "crawl".into(),
+                tracking_note: Some("no CAP_SYS_ADMIN".into()),
             }],
         }
     }

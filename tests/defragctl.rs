@@ -94,6 +94,8 @@ impl Controller for Fake {
                 mount_point: "/srv".into(),
                 uuid: "0f0e-uuid".into(),
                 disk: "sdb".into(),
+                tracking: "fanotify".into(),
+                tracking_note: None,
             }],
         }
     }
@@ -213,7 +215,7 @@ fn status_is_shown_for_people_and_for_scripts() {
          moving       sdb  50%  1.00 GiB of 2.00 GiB  /srv/db/big.ibd\n\
          queued       3 files\n\
          moved today  5.00 GiB\n\
-         filesystems  /srv  sdb  0f0e-uuid\n"
+         filesystems  /srv  sdb  0f0e-uuid  writes tracked on the whole filesystem\n"
     );
 
     let output = defragctl(&server.socket, &["--json", "status"]);
@@ -222,6 +224,7 @@ fn status_is_shown_for_people_and_for_scripts() {
     assert_eq!(json["state"], "moving");
     assert_eq!(json["moving"][0]["moved_bytes"], 1u64 << 30);
     assert_eq!(json["filesystems"][0]["disk"], "sdb");
+    assert_eq!(json["filesystems"][0]["tracking"], "fanotify");
 }
 
 #[test]

@@ -1770,8 +1770,14 @@ prop_compose! {
 }
 
 prop_compose! {
-    fn covered_fs()(mount_point in paths(), uuid in text(), disk in text()) -> CoveredFs {
-        CoveredFs { mount_point, uuid, disk }
+    fn covered_fs()(
+        mount_point in paths(),
+        uuid in text(),
+        disk in text(),
+        tracking in text(),
+        tracking_note in proptest::option::of(text()),
+    ) -> CoveredFs {
+        CoveredFs { mount_point, uuid, disk, tracking, tracking_note }
     }
 }
 

@@ -159,7 +159,7 @@ fn watched_files_are_defragmented_after_their_quiet_period_without_a_crawl() {
     // The one crawl pass ends before the files exist (interval 24h: no
     // second pass), so only the watcher can find them.
     svc.wait_for_log(&format!("crawl of {}: pass done", root.display()), secs(60));
-    svc.wait_for_log("watching 1 directories", secs(30));
+    svc.wait_for_log(TRACKING_WRITES, secs(30));
 
     let files: Vec<PathBuf> = (0..3)
         .map(|i| watched.join(format!("table{i}.db")))
@@ -212,7 +212,7 @@ fn watched_files_are_defragmented_after_their_quiet_period_without_a_crawl() {
     // Found by the watcher, not the crawl: the crawl's only pass ended
     // (queueing nothing) before the files existed and before any job.
     let pass_done = assert_one_crawl_pass(&svc, &root, 0);
-    let watching = svc.line_index("watching 1 directories").expect("watching");
+    let watching = svc.line_index(TRACKING_WRITES).expect("watching");
     for p in &files {
         let job = svc
             .line_index(&defragmenting(p))
@@ -245,7 +245,7 @@ fn a_file_being_written_is_left_alone_until_it_is_quiet() {
     home.write_config(&ServiceConfig::new(&root, &[&watched]));
     let mut svc = home.start(&[]);
     svc.wait_for_log(&format!("crawl of {}: pass done", root.display()), secs(60));
-    svc.wait_for_log("watching 1 directories", secs(30));
+    svc.wait_for_log(TRACKING_WRITES, secs(30));
 
     // The writer: 4 MiB in 16 KiB fsync'd appends into the fragmented free
     // space, then (while the filler is deleted) one 16 KiB append every
@@ -692,7 +692,7 @@ fn umount_of_a_covered_filesystem_works_while_the_service_runs() {
     let mut svc = home.start(&[]);
     // Idle: the crawl's pass is over and its one job is done.
     svc.wait_for_log(&format!("crawl of {}: pass done", root.display()), secs(60));
-    svc.wait_for_log("watching 1 directories", secs(30));
+    svc.wait_for_log(TRACKING_WRITES, secs(30));
     svc.wait_for_log(&defragmented(&path), secs(60));
     assert_one_crawl_pass(&svc, &root, 1);
     sleep(secs(1));

@@ -84,9 +84,16 @@ pub fn status(report: &StatusReport, now: i64) -> String {
         let rows: Vec<Vec<String>> = report
             .filesystems
             .iter()
-            .map(|fs| vec![show_path(&fs.mount_point), clean(&fs.disk), clean(&fs.uuid)])
+            .map(|fs| {
+                vec![
+                    show_path(&fs.mount_point),
+                    clean(&fs.disk),
+                    clean(&fs.uuid),
+                    tracking_words(&fs.tracking),
+                ]
+            })
             .collect();
-        columns(&[Align::Left, Align::Left, Align::Left], &rows)
+        columns(&[Align::Left, Align::Left, Align::Left, Align::Left], &rows)
     };
     sections.push(("filesystems", filesystems));
 
@@ -242,6 +249,17 @@ fn columns(aligns: &[Align], rows: &[Vec<String>]) -> Vec<String> {
 
 /// The disk of the filesystem that holds `path`: the deepest mount point
 /// it lies under.
+/// How written files are found on a filesystem, in words.
+fn tracking_words(mode: &str) -> String {
+    match mode {
+        "fanotify" => "writes tracked on the whole filesystem".to_string(),
+        "inotify" => "writes tracked in the `watch` trees (inotify)".to_string(),
+        "crawl" => "writes found by the crawl only".to_string(),
+        "" => String::new(),
+        other => clean(other),
+    }
+}
+
 fn disk_of<'a>(path: &Path, filesystems: &'a [CoveredFs]) -> Option<&'a str> {
     filesystems
         .iter()
@@ -322,11 +340,15 @@ mod tests {
                     mount_point: "/".into(),
                     uuid: "11111111-2222".into(),
                     disk: "nvme0n1".into(),
+                    tracking: "fanotify".into(),
+                    tracking_note: None,
                 },
                 CoveredFs {
                     mount_point: "/srv".into(),
                     uuid: "33333333-4444".into(),
                     disk: "sda".into(),
+                    tracking: "fanotify".into(),
+                    tracking_note: None,
                 },
             ],
         }
@@ -341,8 +363,8 @@ mod tests {
              moving       sda  44%  1.20 GiB of 2.70 GiB  /srv/db/big.ibd\n\
              queued       1,234 files\n\
              moved today  3.00 GiB\n\
-             filesystems  /     nvme0n1  11111111-2222\n\
-             \x20            /srv  sda      33333333-4444"
+             filesystems  /     nvme0n1  11111111-2222  writes tracked on the whole filesystem\n\
+             \x20            /srv  sda      33333333-4444  writes tracked on the whole filesystem"
         );
     }
 

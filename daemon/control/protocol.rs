@@ -146,6 +146,14 @@ pub struct CoveredFs {
     pub mount_point: PathBuf,
     pub uuid: String,
     pub disk: String,
+    /// How written files are found there: "fanotify" (the whole
+    /// filesystem), "inotify" (the `watch` trees) or "crawl" (the
+    /// background crawl only).
+    #[serde(default)]
+    pub tracking: String,
+    /// Why fanotify is not used there, where it is not.
+    #[serde(default)]
+    pub tracking_note: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

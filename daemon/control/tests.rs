@@ -63,6 +63,8 @@ fn canned_status() -> StatusReport {
             mount_point: "/srv".into(),
             uuid: "u-1".into(),
             disk: "sda".into(),
+            tracking: "fanotify".into(),
+            tracking_note: None,
         }],
     }
 }

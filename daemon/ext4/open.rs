@@ -91,6 +91,9 @@ pub struct EntryStat {
     pub blocks_512: u64,
     /// Last data change, seconds since the epoch.
     pub mtime: i64,
+    /// Last inode change, seconds since the epoch: any write moves it, and
+    /// unlike mtime no user can set it back.
+    pub ctime: i64,
     /// Something is mounted on this entry, or the kernel cannot say (it
     /// predates STATX_ATTR_MOUNT_ROOT): either way, not on the parent's
     /// mount for certain.
@@ -130,6 +133,7 @@ pub fn stat_beneath(dir: BorrowedFd<'_>, name: &std::ffi::OsStr) -> Result<Entry
         size: st.stx_size,
         blocks_512: st.stx_blocks,
         mtime: st.stx_mtime.tv_sec,
+        ctime: st.stx_ctime.tv_sec,
         maybe_mount_root: st.stx_attributes & mount_root != 0
             || st.stx_attributes_mask & mount_root == 0,
     })

@@ -1,8 +1,11 @@
-//! Considering one file found by the crawl or the watcher: measure it,
-//! ask the policy, and queue it if it is worth a move.
+//! Considering one file found by the crawl, the write tracker or the
+//! operator: measure it, ask the policy, and queue it if it is worth a
+//! move. A file the service is done with (moved, or judged not worth it)
+//! and unchanged since is not considered again on a write event: the
+//! service's own opens raise such events.
 
 use std::ffi::OsStr;
-use std::os::fd::BorrowedFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -12,7 +15,8 @@ use crate::mounts::Covered;
 use crate::mover::refuse_unmovable;
 use crate::outcome::SkipReason;
 use crate::policy::{self, Decision, Heat, Thresholds};
-use crate::store::{FileId, NewJob};
+use crate::store::{FileId, NewJob, SettledWhy};
+use crate::sys::{open_by_handle, FileHandle, HandleError};
 
 use super::shared::Shared;
 
@@ -71,17 +75,86 @@ pub fn consider_file(
     urgency: Urgency,
     now: i64,
 ) -> Considered {
-    let target = match target_for(fs, root, rel) {
+    match target_for(fs, root, rel) {
+        Ok(target) => consider_target(shared, fs, &target, rel, urgency, now),
+        Err(ext4::Error::NotFound) => Considered::Gone,
+        Err(e) => Considered::Failed(e.to_string()),
+    }
+}
+
+/// Considers the file that fanotify named by `handle`: reached by its
+/// handle, so no rename or symlink can redirect it; its current name is
+/// only used to reach it again safely, checked to be the same inode.
+pub fn consider_handle(
+    shared: &Shared,
+    fs: &Covered,
+    root: BorrowedFd<'_>,
+    handle: &FileHandle,
+    now: i64,
+) -> Considered {
+    let pinned = match open_by_handle(root, handle, nix::libc::O_PATH) {
+        Ok(fd) => fd,
+        Err(HandleError::Gone) => return Considered::Gone,
+        Err(e) => return Considered::Failed(e.to_string()),
+    };
+    let Ok(stat) = ext4::stat(pinned.as_fd()) else {
+        return Considered::Gone;
+    };
+    let regular = stat.st_mode & nix::libc::S_IFMT == nix::libc::S_IFREG;
+    if !regular || stat.st_dev != fs.dev {
+        return Considered::Left("not a regular file of this filesystem".into());
+    }
+    let generation = match ext4::reopen(pinned.as_fd(), ext4::Access::ReadOnly)
+        .and_then(|file| ext4::generation(file.as_fd()))
+    {
+        Ok(generation) => generation,
+        Err(ext4::Error::NotFound) => return Considered::Gone,
+        Err(e) => return Considered::Failed(e.to_string()),
+    };
+    // The pin keeps the inode alive, so the name read here is its own (a
+    // deleted file has none left).
+    let link = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&pinned));
+    let Ok(path) = std::fs::read_link(link) else {
+        return Considered::Gone;
+    };
+    if stat.st_nlink == 0 || path.as_os_str().as_encoded_bytes().ends_with(b" (deleted)") {
+        return Considered::Gone;
+    }
+    let Ok(rel) = path.strip_prefix(&fs.mount_point) else {
+        return Considered::Left("reachable only outside its mount point".into());
+    };
+    let mut target = match target_for(fs, root, rel) {
         Ok(target) => target,
         Err(ext4::Error::NotFound) => return Considered::Gone,
         Err(e) => return Considered::Failed(e.to_string()),
     };
+    target.expected_identity = Some((stat.st_ino, generation));
+    consider_target(shared, fs, &target, rel, Urgency::Written, now)
+}
+
+fn consider_target(
+    shared: &Shared,
+    fs: &Covered,
+    target: &Target,
+    rel: &Path,
+    urgency: Urgency,
+    now: i64,
+) -> Considered {
     let mut filesystems = Filesystems::seeded(fs.dev, fs.info.clone());
-    let inspected = match inspect(&target, &mut filesystems, Settle::AsIs) {
+    let inspected = match inspect(target, &mut filesystems, Settle::AsIs) {
         Ok(inspected) => inspected,
+        Err(Refusal::Skip(SkipReason::Vanished | SkipReason::Replaced)) => return Considered::Gone,
         Err(Refusal::Skip(reason)) => return Considered::Left(reason.to_string()),
         Err(Refusal::Fail(reason)) => return Considered::Failed(reason.to_string()),
     };
+    let file = FileId {
+        fs_uuid: fs.uuid.clone(),
+        ino: inspected.ino,
+        generation: inspected.generation,
+    };
+    if let Some(why) = settled_since(shared, &file, &inspected, urgency) {
+        return Considered::Left(why.into());
+    }
     let settings = shared.settings();
     match refuse_unmovable(&inspected) {
         // Block-mapped files are converted first where the operator allows it.
@@ -121,11 +194,7 @@ pub fn consider_file(
         Decision::Leave(reason) => Considered::Left(reason.to_string()),
         Decision::Queue { priority } => {
             let job = NewJob {
-                file: FileId {
-                    fs_uuid: fs.uuid.clone(),
-                    ino: inspected.ino,
-                    generation: inspected.generation,
-                },
+                file,
                 path_hint: rel.to_path_buf(),
                 size_bytes: a.size_bytes,
                 extents_before: a.extents,
@@ -142,5 +211,31 @@ pub fn consider_file(
                 Err(e) => Considered::Failed(format!("cannot queue it: {e}")),
             }
         }
+    }
+}
+
+/// Why `file` needs no look now, if the service is done with it and
+/// nobody wrote it since. The operator's word always gets a look; a crawl
+/// pass looks again at files judged not worth a move, since the free space
+/// they lacked may be there now.
+fn settled_since(
+    shared: &Shared,
+    file: &FileId,
+    inspected: &crate::inspect::Inspected,
+    urgency: Urgency,
+) -> Option<&'static str> {
+    if urgency == Urgency::Operator {
+        return None;
+    }
+    let settled = shared.store().settled(file).ok().flatten()?;
+    if !settled.unchanged(inspected.mtime, inspected.size) {
+        return None;
+    }
+    match (settled.why, urgency) {
+        (SettledWhy::Moved, _) => Some("unchanged since the service moved it"),
+        (SettledWhy::NoGain, Urgency::Written) => {
+            Some("unchanged since it was judged not worth a move")
+        }
+        (SettledWhy::NoGain, _) => None,
     }
 }

@@ -147,6 +147,9 @@ fn crawl_pass(shared: &Shared, fs: &Covered, after: Option<(PathBuf, u64)>) {
         started.elapsed().as_secs_f64()
     );
     shared.metrics.last_crawl_timestamp.set(unix_now());
+    if let Err(e) = shared.store().prune_settled(crate::store::MAX_SETTLED) {
+        tracing::warn!("cannot prune the record of settled files: {e}");
+    }
     if let Err(e) = shared.store().finish_pass(&fs.uuid, unix_now()) {
         tracing::warn!(
             "crawl of {}: cannot record the end of the pass: {e}",

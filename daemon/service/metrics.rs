@@ -24,6 +24,12 @@ pub struct Metrics {
     /// The rate moves may go at now, after I/O pressure.
     pub throttle_rate: Gauge,
     pub last_crawl_timestamp: Gauge,
+    /// 1 for each covered filesystem's write tracking mode.
+    pub write_tracking: Family<OutcomeLabels, Gauge>,
+    /// Write events read from fanotify (the service's own not counted).
+    pub write_events: Counter,
+    /// Catch-up scans after a lost event queue or a restart.
+    pub catch_ups: Counter,
 }
 
 impl Default for Metrics {
@@ -36,6 +42,9 @@ impl Default for Metrics {
         let throttle_state = Gauge::default();
         let throttle_rate = Gauge::default();
         let last_crawl_timestamp = Gauge::default();
+        let write_tracking = Family::<OutcomeLabels, Gauge>::default();
+        let write_events = Counter::default();
+        let catch_ups = Counter::default();
         registry.register(
             "moved_bytes",
             "Bytes moved by MOVE_EXT",
@@ -71,8 +80,26 @@ impl Default for Metrics {
             "When the last crawl pass finished (unix time)",
             last_crawl_timestamp.clone(),
         );
+        registry.register(
+            "write_tracking",
+            "1 for how writes are found on each covered filesystem: fanotify (the whole filesystem), inotify (the `watch` trees) or crawl (the background crawl only)",
+            write_tracking.clone(),
+        );
+        registry.register(
+            "write_events",
+            "Write events read from fanotify, the service's own left out",
+            write_events.clone(),
+        );
+        registry.register(
+            "catch_up_scans",
+            "Scans for files changed while writes were not seen (a lost event queue, a restart)",
+            catch_ups.clone(),
+        );
         Metrics {
             registry,
+            write_tracking,
+            write_events,
+            catch_ups,
             bytes_moved,
             files,
             extents_removed,
@@ -94,6 +121,22 @@ impl Metrics {
         self.files.get_or_create(&labels).inc();
     }
 
+    /// Shows `mode` as the filesystem's write tracking.
+    pub fn set_tracking(&self, uuid: &str, mode: &str) {
+        for other in ["fanotify", "inotify", "crawl"] {
+            if other != mode {
+                self.clear_tracking(uuid, other);
+            }
+        }
+        self.write_tracking
+            .get_or_create(&tracking_labels(uuid, mode))
+            .set(1);
+    }
+
+    pub fn clear_tracking(&self, uuid: &str, mode: &str) {
+        self.write_tracking.remove(&tracking_labels(uuid, mode));
+    }
+
     /// The exposition text.
     pub fn render(&self) -> String {
         let mut text = String::new();
@@ -102,6 +145,13 @@ impl Metrics {
         }
         text
     }
+}
+
+fn tracking_labels(uuid: &str, mode: &str) -> OutcomeLabels {
+    vec![
+        ("filesystem".to_string(), uuid.to_string()),
+        ("mode".to_string(), mode.to_string()),
+    ]
 }
 
 #[cfg(test)]
@@ -126,5 +176,20 @@ mod tests {
             "{text}"
         );
         assert!(text.trim_end().ends_with("# EOF"), "{text}");
+    }
+
+    #[test]
+    fn a_filesystem_shows_one_tracking_mode_at_a_time() {
+        let m = Metrics::default();
+        m.set_tracking("u1", "inotify");
+        m.set_tracking("u1", "fanotify");
+        let text = m.render();
+        assert!(
+            text.contains(r#"defragd_write_tracking{filesystem="u1",mode="fanotify"} 1"#),
+            "{text}"
+        );
+        assert!(!text.contains(r#"mode="inotify""#), "{text}");
+        m.clear_tracking("u1", "fanotify");
+        assert!(!m.render().contains("u1"));
     }
 }

@@ -5,13 +5,16 @@
 //! SIGHUP reloads the config (a bad one keeps the running config).
 
 mod candidates;
+mod catch_up;
 mod controller;
 mod crawler;
 mod exposition;
 mod metrics;
+mod pending;
 mod shared;
 mod status;
 mod systemd;
+mod tracker;
 mod watcher;
 mod worker;
 
@@ -25,9 +28,9 @@ use std::time::{Duration, Instant};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
-use crate::config::{self, Settings};
+use crate::config;
 use crate::escape::{escaped, escaped_display};
-use crate::mounts::{self, Covered, DiskId};
+use crate::mounts::{self, DiskId};
 use crate::store::Store;
 
 use shared::Shared;
@@ -193,6 +196,13 @@ async fn serve(shared: Arc<Shared>, config_path: Option<std::path::PathBuf>) -> 
     refresh_covered(&shared);
     let mut threads = Threads::default();
     threads.sync(&shared);
+    let tracker = Arc::new(tracker::Tracker::new());
+    tracker.sync(&shared);
+    let (stop_tracker, tracker_stopped) = watch::channel(false);
+    {
+        let (tracker, shared) = (Arc::clone(&tracker), Arc::clone(&shared));
+        tokio::spawn(async move { tracker.run(shared, tracker_stopped).await });
+    }
     let mut watcher = start_watcher(&shared);
     let mut mounts = MountChanges::new();
     let reloaded = Arc::new(tokio::sync::Notify::new());
@@ -226,15 +236,18 @@ async fn serve(shared: Arc<Shared>, config_path: Option<std::path::PathBuf>) -> 
             _ = hup.recv() => {
                 // A refused config is logged and shown in the status.
                 let _ = reload(&shared, config_path.as_deref());
+                tracker.sync(&shared);
                 watcher = restart_watcher(&shared, watcher);
                 threads.sync(&shared);
             }
             _ = reloaded.notified() => {
+                tracker.sync(&shared);
                 watcher = restart_watcher(&shared, watcher);
                 threads.sync(&shared);
             }
             _ = mounts.changed() => {
                 if refresh_covered(&shared) {
+                    tracker.sync(&shared);
                     watcher = restart_watcher(&shared, watcher);
                 }
                 threads.sync(&shared);
@@ -268,6 +281,8 @@ async fn serve(shared: Arc<Shared>, config_path: Option<std::path::PathBuf>) -> 
     tracing::info!("stopping: finishing the current chunk");
     systemd::stopping();
     shared.begin_shutdown();
+    tracker.save_seen(&shared);
+    let _ = stop_tracker.send(true);
     let _ = watcher.send(true);
     let _ = stop_control.send(true);
     threads.join(Instant::now() + SHUTDOWN_GRACE).await;
@@ -439,13 +454,19 @@ fn refresh_covered(shared: &Shared) -> bool {
     true
 }
 
-/// The watched trees of the covered filesystems.
-fn watch_trees(settings: &Settings, covered: &HashMap<String, Covered>) -> Vec<watcher::Tree> {
+/// The `watch` trees of the covered filesystems whose writes fanotify
+/// does not track: there, inotify watches them.
+fn watch_trees(shared: &Shared) -> Vec<watcher::Tree> {
+    let (settings, covered) = (shared.settings(), shared.covered());
     settings
         .filesystems
         .iter()
         .flat_map(|f| {
-            let fs = covered.values().find(|c| c.mount_point == f.path).cloned();
+            let fs = covered
+                .values()
+                .find(|c| c.mount_point == f.path)
+                .filter(|c| shared.tracking(&c.uuid) != tracker::Tracking::Fanotify)
+                .cloned();
             f.watch.iter().filter_map(move |path| {
                 fs.clone().map(|fs| watcher::Tree {
                     fs,
@@ -458,7 +479,7 @@ fn watch_trees(settings: &Settings, covered: &HashMap<String, Covered>) -> Vec<w
 
 fn start_watcher(shared: &Arc<Shared>) -> watch::Sender<bool> {
     let (stop, stopped) = watch::channel(false);
-    let trees = watch_trees(&shared.settings(), &shared.covered());
+    let trees = watch_trees(shared);
     tokio::spawn(watcher::run(Arc::clone(shared), trees, stopped));
     stop
 }

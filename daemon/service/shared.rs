@@ -13,6 +13,7 @@ use crate::store::Store;
 use crate::throttle::{paced_rate, PressureGauge, TokenBucket};
 
 use super::metrics::Metrics;
+use super::tracker::Tracking;
 
 /// What one worker is moving right now.
 #[derive(Debug, Clone, PartialEq)]
@@ -86,6 +87,8 @@ pub struct Shared {
     moving: Mutex<HashMap<DiskId, MovingNow>>,
     /// Why the last reload was refused, until a reload succeeds.
     reload_error: Mutex<Option<String>>,
+    /// How writes are found on each covered filesystem, by uuid.
+    tracking: Mutex<HashMap<String, Tracking>>,
     /// Bytes moved since the local midnight it names (unix time).
     moved_today: Mutex<(i64, u64)>,
     pub metrics: Metrics,
@@ -116,6 +119,7 @@ impl Shared {
             moving: Mutex::new(HashMap::new()),
             moved_today: Mutex::new((0, 0)),
             reload_error: Mutex::new(None),
+            tracking: Mutex::new(HashMap::new()),
             metrics: Metrics::default(),
             wake: (Mutex::new(0), Condvar::new()),
         })
@@ -278,6 +282,28 @@ impl Shared {
                 Some((m.path.clone(), held))
             })
             .collect()
+    }
+
+    /// How writes are found on the filesystem `uuid` (crawl only until
+    /// the tracker has said otherwise).
+    pub fn tracking(&self, uuid: &str) -> Tracking {
+        lock(&self.tracking)
+            .get(uuid)
+            .cloned()
+            .unwrap_or(Tracking::CrawlOnly {
+                why: "write tracking has not started".into(),
+            })
+    }
+
+    pub fn set_tracking(&self, uuid: &str, tracking: Tracking) {
+        self.metrics.set_tracking(uuid, tracking.mode());
+        lock(&self.tracking).insert(uuid.to_string(), tracking);
+    }
+
+    pub fn forget_tracking(&self, uuid: &str) {
+        if let Some(old) = lock(&self.tracking).remove(uuid) {
+            self.metrics.clear_tracking(uuid, old.mode());
+        }
     }
 
     pub fn reload_error(&self) -> Option<String> {

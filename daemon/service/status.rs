@@ -71,6 +71,7 @@ pub fn report(shared: &Shared) -> StatusReport {
         "{headline}, {queued} queued, {} moved today",
         Size(moved_today)
     );
+    summary.push_str(&tracking_summary(shared));
     if shared.reload_error().is_some() {
         summary.push_str(
             "; the last reload failed (see the log); running on the previous configuration",
@@ -96,13 +97,46 @@ pub fn report(shared: &Shared) -> StatusReport {
         filesystems: shared
             .covered()
             .into_values()
-            .map(|fs| CoveredFs {
-                mount_point: fs.mount_point,
-                uuid: fs.uuid,
-                disk: fs.disk.0,
+            .map(|fs| {
+                let tracking = shared.tracking(&fs.uuid);
+                CoveredFs {
+                    mount_point: fs.mount_point,
+                    uuid: fs.uuid,
+                    disk: fs.disk.0,
+                    tracking: tracking.mode().to_string(),
+                    tracking_note: tracking.why().map(str::to_string),
+                }
             })
             .collect(),
     }
+}
+
+/// "; writes tracked on 2 filesystems", or where some fall back, which.
+fn tracking_summary(shared: &Shared) -> String {
+    let covered = shared.covered();
+    if covered.is_empty() {
+        return String::new();
+    }
+    let mut fallback: Vec<String> = covered
+        .values()
+        .filter_map(|fs| match shared.tracking(&fs.uuid) {
+            super::tracker::Tracking::Fanotify => None,
+            other => Some(format!("{} on {}", other.mode(), escaped(&fs.mount_point))),
+        })
+        .collect();
+    fallback.sort();
+    let whole = covered.len() - fallback.len();
+    let mut line = String::new();
+    if whole > 0 {
+        line.push_str(&format!(
+            "; writes tracked on {whole} whole filesystem{}",
+            if whole == 1 { "" } else { "s" }
+        ));
+    }
+    if !fallback.is_empty() {
+        line.push_str(&format!("; write tracking: {}", fallback.join(", ")));
+    }
+    line
 }
 
 fn moving_line(m: &MovingNow, workers: usize) -> String {

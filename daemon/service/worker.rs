@@ -14,7 +14,7 @@ use crate::inspect::Filesystems;
 use crate::mounts::{reopen_root, DiskId};
 use crate::mover::{defragment, Control, MoveOptions, Progress, Supervisor};
 use crate::outcome::{FailReason, Outcome, SkipReason};
-use crate::store::{FileId, Finished, HistoryOutcome, Job};
+use crate::store::{FileId, Finished, HistoryOutcome, Job, SettledWhy};
 
 use super::candidates::target_for;
 use super::shared::{MovingNow, Shared};
@@ -157,6 +157,11 @@ fn run_job(shared: &Shared, disk: &DiskId, job: Job) {
         disk,
         path: &path,
     };
+    // The file as it was before the service opened it: if nobody writes it
+    // after the move, it is not considered again (see `settle`).
+    let before_open = crate::ext4::stat_beneath(target.dir.as_fd(), &target.name)
+        .ok()
+        .filter(|stat| stat.ino == job.file.ino);
     let total_bytes = job.size_bytes;
     shared.set_moving(
         disk,
@@ -171,6 +176,9 @@ fn run_job(shared: &Shared, disk: &DiskId, job: Job) {
     );
     shared.set_moving(disk, None);
     shared.clear_slowed();
+    if let Some(stat) = before_open {
+        settle(shared, &job, &stat, &outcome);
+    }
     record(
         shared,
         &job,
@@ -178,6 +186,29 @@ fn run_job(shared: &Shared, disk: &DiskId, job: Job) {
         outcome,
         settings.policy.quiet_period.as_secs(),
     );
+}
+
+/// Records that the service is done with the file after `outcome`, as it
+/// was (`stat`) before the service opened it: its own open for writing and
+/// its move raise write events, and a file unchanged since is not looked
+/// at again until someone writes it (or, for a file not worth a move, the
+/// next crawl pass).
+fn settle(shared: &Shared, job: &Job, stat: &crate::ext4::EntryStat, outcome: &Outcome) {
+    let why = match outcome {
+        Outcome::Defragmented(_) => SettledWhy::Moved,
+        Outcome::Skipped {
+            reason: SkipReason::AlreadyContiguous { .. } | SkipReason::NoContiguousFreeSpace { .. },
+            ..
+        }
+        | Outcome::Failed {
+            reason: FailReason::NoImprovement { .. },
+            ..
+        } => SettledWhy::NoGain,
+        _ => return,
+    };
+    if let Err(e) = shared.store().settle(&job.file, stat.mtime, stat.size, why) {
+        tracing::warn!("job {}: cannot record that it is settled: {e}", job.id);
+    }
 }
 
 /// Paces one job's chunks and saves its cursor after each.

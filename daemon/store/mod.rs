@@ -20,6 +20,7 @@ mod history;
 mod jobs;
 mod open;
 mod schema;
+mod settled;
 
 use std::fmt;
 use std::path::Path;
@@ -34,6 +35,7 @@ pub use error::StoreError;
 pub use filesystems::Filesystem;
 pub use history::{Finished, HistoryEntry, HistoryOutcome};
 pub use jobs::{Job, JobState, NewJob};
+pub use settled::{Settled, SettledWhy, MAX_SETTLED};
 
 /// The database's file name inside the state directory.
 pub const DB_FILE_NAME: &str = "state.db";

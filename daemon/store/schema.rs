@@ -6,7 +6,7 @@
 use rusqlite::{Connection, TransactionBehavior};
 
 /// Migration `i` takes the schema from version `i` to `i + 1`.
-pub(super) const MIGRATIONS: &[&str] = &[V1_INITIAL, V2_CONVERSIONS];
+pub(super) const MIGRATIONS: &[&str] = &[V1_INITIAL, V2_CONVERSIONS, V3_WRITE_TRACKING];
 
 /// The newest schema version this code understands.
 pub(super) const KNOWN_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -85,6 +85,25 @@ CREATE TABLE conversions (
     started_at  INTEGER NOT NULL,
     finished_at INTEGER
 );
+";
+
+/// Write tracking: files the service is done with until someone writes
+/// them again (so that its own opens and moves never queue them anew), and
+/// per filesystem the time up to which every write is known to have been
+/// seen (so that a restart looks only at files changed since).
+const V3_WRITE_TRACKING: &str = "
+CREATE TABLE settled (
+    fs_uuid     TEXT NOT NULL,
+    ino         INTEGER NOT NULL,
+    generation  INTEGER NOT NULL,
+    mtime       INTEGER NOT NULL,
+    size_bytes  INTEGER NOT NULL,
+    why         TEXT NOT NULL CHECK (why IN ('moved', 'no_gain')),
+    settled_at  INTEGER NOT NULL,
+    PRIMARY KEY (fs_uuid, ino, generation)
+);
+CREATE INDEX settled_by_age ON settled (settled_at);
+ALTER TABLE filesystems ADD COLUMN tracked_until INTEGER;
 ";
 
 /// The schema version recorded in the file (0 for a new, empty one).

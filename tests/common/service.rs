@@ -15,6 +15,9 @@ use std::time::{Duration, Instant};
 use super::defragd::defragd_bin;
 use super::image::tempdir;
 
+/// Logged once a filesystem's writes are tracked whole (fanotify).
+pub const TRACKING_WRITES: &str = "tracking writes on the whole filesystem";
+
 /// One `[[filesystem]]` table.
 #[derive(Clone, Debug)]
 pub struct FsConfig {
