@@ -21,8 +21,7 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::thread::sleep;
@@ -57,70 +56,6 @@ fn max_free_extent(img: &LoopImage) -> String {
         .unwrap_or("no Max. free extent line")
         .trim()
         .to_string()
-}
-
-// ---------------------------------------------------------------------------
-// Writing files the way fragmenting writers do.
-
-/// Appends `piece` bytes from `rng` to `f` and fsyncs.
-fn append_synced(f: &mut File, rng: &mut Seeded, piece: usize) {
-    f.write_all(&rng.bytes(piece)).expect("append");
-    f.sync_all().expect("fsync");
-}
-
-fn open_append(path: &Path) -> File {
-    OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()))
-}
-
-/// Writes `size` bytes to each of `files`, interleaved: `piece` bytes to
-/// each in turn, fsync after every piece. Returns the open handles.
-fn interleaved_writes(files: &[PathBuf], size: u64, piece: usize, rng: &mut Seeded) -> Vec<File> {
-    let mut handles: Vec<File> = files.iter().map(|p| open_append(p)).collect();
-    for _ in 0..size / piece as u64 {
-        for f in handles.iter_mut() {
-            append_synced(f, rng, piece);
-        }
-    }
-    handles
-}
-
-/// Deletes the filler in a thread while `handles` keep being appended to
-/// (one `piece` each every `every`), until the filler is gone and `settle`
-/// more has passed (ext4 hands freed blocks back lazily). The files stay
-/// "being written" all along, so the service cannot judge them before
-/// contiguous free space exists. Returns the number of rounds of appends.
-fn delete_filler_while_writing(
-    filler: Filler,
-    root: &Path,
-    handles: &mut [File],
-    rng: &mut Seeded,
-    piece: usize,
-    every: Duration,
-    settle: Duration,
-) -> u64 {
-    let root2 = root.to_path_buf();
-    let deleter = std::thread::spawn(move || filler.delete_all(&root2));
-    let mut deleted_at: Option<Instant> = None;
-    let mut rounds = 0;
-    loop {
-        if deleted_at.is_none() && deleter.is_finished() {
-            deleted_at = Some(Instant::now());
-        }
-        if deleted_at.is_some_and(|t| t.elapsed() >= settle) {
-            break;
-        }
-        sleep(every);
-        for f in handles.iter_mut() {
-            append_synced(f, rng, piece);
-        }
-        rounds += 1;
-    }
-    deleter.join().expect("filler deleter");
-    rounds
 }
 
 /// Asserts the service logged exactly one crawl pass over `root`, done

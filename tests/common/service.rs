@@ -200,11 +200,25 @@ impl ServiceHome {
     /// (no DEFRAGD_LOG, DEFRAGD__*, NOTIFY_SOCKET or JOURNAL_STREAM from
     /// the test's own, NO_COLOR=1).
     pub fn start(&self, env: &[(&str, &str)]) -> Service {
+        self.start_under(&[], env)
+    }
+
+    /// `start`, with the service run by `wrapper` (a program and its
+    /// arguments, such as `setpriv --bounding-set=-sys_admin`), which
+    /// must exec it so that the PID is the service's.
+    pub fn start_under(&self, wrapper: &[&str], env: &[(&str, &str)]) -> Service {
         let n = self.runs.get() + 1;
         self.runs.set(n);
         let log = self.path().join(format!("run-{n}.log"));
         let out = self.path().join(format!("run-{n}.stdout"));
-        let mut cmd = Command::new(defragd_bin());
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg(defragd_bin());
+                cmd
+            }
+            None => Command::new(defragd_bin()),
+        };
         cmd.arg("--config").arg(self.config_path());
         for (k, _) in std::env::vars_os() {
             let name = k.to_string_lossy();
