@@ -382,12 +382,18 @@ impl EventLoop {
             }
         }
         for uuid in lost {
-            tracing::warn!(
-                "write events were lost (the kernel's event queue overflowed, or too many files wait); \
-                 scanning for files changed since then"
-            );
-            let since = self.last_read_unix;
-            books.catch_ups.want(&uuid, since);
+            // Said once per catch-up: a flood overflows the queue again and again.
+            if books.catch_ups.since(&uuid).is_none() {
+                let at = self
+                    .shared
+                    .covered_fs(&uuid)
+                    .map_or_else(|| uuid.clone(), |fs| escaped(&fs.mount_point).to_string());
+                tracing::warn!(
+                    "{at}: write events were lost (the kernel's event queue overflowed, or too many \
+                     files wait); scanning for files changed since then"
+                );
+            }
+            books.catch_ups.want(&uuid, self.last_read_unix);
         }
         self.last_read_unix = now_unix;
         false
