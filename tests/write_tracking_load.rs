@@ -291,7 +291,7 @@ fn a_lost_event_queue_is_caught_up_without_a_crawl_and_a_file_written_meanwhile_
     let filler = fragment_free_space(&root, 2 * MIB);
     let mut rng = Seeded::new(0xf100d);
     let piece = 16 * KIB as usize;
-    let mut handles = interleaved_writes(&[path.clone()], 4 * MIB, piece, &mut rng);
+    let mut handles = interleaved_writes(std::slice::from_ref(&path), 4 * MIB, piece, &mut rng);
     delete_filler_while_writing(
         filler,
         &root,
