@@ -1234,6 +1234,15 @@ fn defragctl_drives_the_service_systemd_runs() {
         Some(&*root.to_string_lossy()),
         "{json}"
     );
+    // The unit's sandbox leaves fanotify what it needs (CAP_SYS_ADMIN and
+    // its three syscalls): writes are tracked on the whole filesystem.
+    assert_eq!(json["filesystems"][0]["tracking"], "fanotify", "{json}");
+    assert!(
+        svc.prop("StatusText")
+            .contains("writes tracked on 1 whole filesystem"),
+        "{}",
+        svc.prop("StatusText")
+    );
 
     // pause: the status says so, for defragctl and for systemd.
     let said = svc.defragctl_ok(&["pause"]);
