@@ -121,7 +121,14 @@ fn tracking_summary(shared: &Shared) -> String {
         .values()
         .filter_map(|fs| match shared.tracking(&fs.uuid) {
             super::tracker::Tracking::Fanotify => None,
-            other => Some(format!("{} on {}", other.mode(), escaped(&fs.mount_point))),
+            other => Some(format!(
+                "{} on {}",
+                match other {
+                    super::tracker::Tracking::CrawlOnly { .. } => "crawl only",
+                    _ => other.mode(),
+                },
+                escaped(&fs.mount_point)
+            )),
         })
         .collect();
     fallback.sort();
