@@ -10,6 +10,7 @@ mod fiemap;
 mod filesystem;
 mod fsmap;
 mod inode;
+mod layout;
 mod ioprio;
 mod move_ext;
 mod open;
@@ -20,7 +21,10 @@ pub use convert::{migrate_to_extents, take_read_lease, ReadLease};
 pub use donor::{allocate, create_donor, punch_hole};
 pub use error::{Call, Error, Result};
 pub use fiemap::{fiemap, Extent, ExtentFlags, Flush};
-pub use filesystem::{free_space, mounts, probe, FreeSpace, FsError, FsInfo, FsUuid, Superblock};
+pub use filesystem::{
+    free_space, mounts, probe, FreeSpace, FsError, FsInfo, FsUuid, Layout, Superblock,
+};
+pub use layout::Guess;
 pub use fsmap::{free_extents, FreeExtent};
 pub use inode::{generation, inode_flags, InodeFlags};
 pub use ioprio::set_current_thread_idle;
