@@ -130,10 +130,10 @@ impl FsInfo {
             format!("guessed: {}", list.join(", "))
         };
         Some(format!(
-            "{}: the block device cannot be read ({unreadable}), so the layout comes from the \
-             kernel instead ({guesses}); every file is still measured; only e4defrag's score and \
-             where a new copy is placed use these figures (to read the device, give defragd read \
-             access to it)",
+            "{}: its block device cannot be read ({unreadable}), so its layout comes from the \
+             kernel instead ({guesses}); files are still measured and moved, and only e4defrag's \
+             score and where new copies are placed use the guessed figures (give defragd read \
+             access to the device to have them exact)",
             crate::escape::escaped(&self.mount_point)
         ))
     }

@@ -1,0 +1,156 @@
+//! What a new user meets first (issue 13): `check` on a filesystem whose
+//! block device cannot be read, and on a real tree nobody here made; what
+//! `config check` says it read; errors reported all together; each
+//! command's help; defragctl's advice; what the two scores in `check`
+//! measure.
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+struct Filesystem {
+    mount_point: String,
+    files: u64,
+    layout: String,
+    layout_note: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Report {
+    files: Vec<CheckFile>,
+    filesystems: Vec<Filesystem>,
+    total: CheckTotal,
+}
+
+/// Lines of `stderr` that speak of the superblock or the block device.
+fn device_lines(stderr: &str) -> Vec<&str> {
+    stderr
+        .lines()
+        .filter(|l| l.contains("superblock") || l.contains("block device"))
+        .collect()
+}
+
+/// `defragd ARGS...` in a mount namespace of its own where /dev is an
+/// empty tmpfs: no block device node can be opened, as in containers. The
+/// namespace, and the tmpfs with it, go when the process exits.
+fn defragd_without_dev(args: &[&str]) -> DefragdRun {
+    let script = r#"mount -t tmpfs -o size=1m,mode=755 defragd-test-nodev /dev && exec "$@""#;
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "sh", "-c", script, "sh"])
+        .arg(defragd_bin())
+        .args(args);
+    let (out, elapsed) = run_timed(&mut cmd, RUN_LIMIT);
+    DefragdRun {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        elapsed,
+    }
+}
+
+#[test]
+fn check_reports_every_file_when_the_block_device_cannot_be_read() {
+    if !require_root() {
+        return;
+    }
+    let img = LoopImage::create(ImageSpec::ext4(256));
+    let tree = img.root().join("tree");
+    for d in 0..5 {
+        let dir = tree.join(format!("d{d}"));
+        fs::create_dir_all(&dir).expect("create dir");
+        for f in 0..40u64 {
+            // Empty, one block, and several blocks written in pieces.
+            let size = [0, 100, 4096, 70_000, 300_000][(f % 5) as usize];
+            write_fsynced(&dir.join(format!("f{f}")), &vec![b'x'; size], 8192);
+        }
+    }
+    sync_fs(img.root());
+    let tree_arg = tree.to_str().expect("utf-8 temp path");
+
+    let blind = defragd_without_dev(&["check", "-r", "--json", "--all", tree_arg]);
+    blind.assert_code(0);
+    let report: Report = blind.json();
+    assert_eq!(
+        report.total.files, 200,
+        "every file is reported; stderr:\n{}",
+        blind.stderr
+    );
+    assert_eq!(report.files.len(), 200);
+    let fs_entry = &report.filesystems[0];
+    assert_eq!(
+        fs_entry.layout, "kernel",
+        "in a namespace without /dev the device cannot have been read: {fs_entry:?}"
+    );
+    assert_eq!(fs_entry.files, 200);
+    assert!(fs_entry.layout_note.is_some(), "{fs_entry:?}");
+    let lines = device_lines(&blind.stderr);
+    assert_eq!(
+        lines.len(),
+        1,
+        "one line about the device, not one per file:\n{}",
+        blind.stderr
+    );
+    assert!(
+        lines[0].contains(&fs_entry.mount_point),
+        "the line names the filesystem: {}",
+        lines[0]
+    );
+    assert!(
+        blind.stderr.lines().count() <= 2,
+        "stderr:\n{}",
+        blind.stderr
+    );
+
+    // The same tree where the device can be read: the same figures, file
+    // by file, and the same e4defrag score (the layout the kernel gave
+    // was the superblock's).
+    let seen = defragd(["check", "-r", "--json", "--all", tree_arg]);
+    seen.assert_code(0);
+    let exact: Report = seen.json();
+    assert_eq!(exact.filesystems[0].layout, "superblock");
+    assert!(device_lines(&seen.stderr).is_empty(), "{}", seen.stderr);
+    let figures = |r: &Report| {
+        let mut v: Vec<(String, u64, u64, u64)> = r
+            .files
+            .iter()
+            .map(|f| (f.path.clone(), f.extents, f.physical_runs, f.ideal_extents))
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(figures(&report), figures(&exact));
+    assert_eq!(report.total.e4defrag_score, exact.total.e4defrag_score);
+}
+
+/// A large tree no test made: every regular file of /usr is reported, with
+/// at most a few lines on stderr (read-only; nothing is opened for writing).
+#[test]
+fn check_reports_every_regular_file_of_usr() {
+    if !require_root() {
+        return;
+    }
+    let usr = Path::new("/usr");
+    let run = defragd(["check", "-r", "--json", "/usr"]);
+    let report: Report = run.json();
+    let find = run_ok(Command::new("find").args(["/usr", "-xdev", "-type", "f"]));
+    let regular = find.lines().count() as u64;
+    assert!(regular > 0, "find saw no files under {}", usr.display());
+    assert_eq!(
+        report.total.files, regular,
+        "check -r /usr reports {} files, find -xdev -type f counts {regular}; stderr:\n{}",
+        report.total.files, run.stderr
+    );
+    assert!(
+        run.stderr.lines().count() <= 3,
+        "at most a few lines on stderr, got {}:\n{}",
+        run.stderr.lines().count(),
+        run.stderr.lines().take(20).collect::<Vec<_>>().join("\n")
+    );
+    run.assert_code(0);
+}
