@@ -42,9 +42,17 @@ fn device_lines(stderr: &str) -> Vec<&str> {
 fn defragd_without_dev(args: &[&str]) -> DefragdRun {
     let script = r#"mount -t tmpfs -o size=1m,mode=755 defragd-test-nodev /dev && exec "$@""#;
     let mut cmd = Command::new("unshare");
-    cmd.args(["--mount", "--propagation", "private", "sh", "-c", script, "sh"])
-        .arg(defragd_bin())
-        .args(args);
+    cmd.args([
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        script,
+        "sh",
+    ])
+    .arg(defragd_bin())
+    .args(args);
     let (out, elapsed) = run_timed(&mut cmd, RUN_LIMIT);
     DefragdRun {
         code: out.status.code().unwrap_or(-1),

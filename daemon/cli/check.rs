@@ -4,8 +4,8 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
-use std::sync::Mutex;
 use std::process::ExitCode;
+use std::sync::Mutex;
 
 use serde::Serialize;
 
@@ -237,7 +237,9 @@ pub fn run(args: &CheckArgs) -> ExitCode {
             if *files == 1 { "" } else { "s" }
         );
     }
-    let notes = notes.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let notes = notes
+        .into_inner()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     for (mount_point, note) in notes {
         eprintln!("defragd: note: {note}");
         if let Some(fs) = per_fs.get_mut(&mount_point) {

@@ -174,10 +174,14 @@ fn write_docs(dir: &std::path::Path) -> ExitCode {
 
 /// `defragd config check`: like `nginx -t`.
 fn config_check(file: Option<&std::path::Path>) -> ExitCode {
-    match crate::config::load(file) {
+    let (result, sources) = crate::config::load_telling_sources(file);
+    match result {
         Ok(settings) => {
             print!("{}", settings.render());
-            eprintln!("defragd: the configuration is valid");
+            eprintln!(
+                "defragd: {}; the configuration is valid",
+                sources.describe()
+            );
             ExitCode::SUCCESS
         }
         Err(errors) => {

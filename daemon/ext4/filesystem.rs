@@ -164,7 +164,14 @@ pub fn probe(fd: BorrowedFd<'_>) -> std::result::Result<FsInfo, FsError> {
         Err(unreadable) => {
             let (superblock, guessed) = layout::from_kernel(fd, &statfs);
             let device = PathBuf::from(mount.mount_source.clone().unwrap_or_default());
-            (device, superblock, Layout::Kernel { unreadable, guessed })
+            (
+                device,
+                superblock,
+                Layout::Kernel {
+                    unreadable,
+                    guessed,
+                },
+            )
         }
     };
     let has = |options: &std::collections::HashMap<String, Option<String>>,

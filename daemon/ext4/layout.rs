@@ -166,8 +166,14 @@ mod tests {
     fn ioctl_arguments_match_the_kernel_abi() {
         assert_eq!(std::mem::size_of::<TuneSbParams>(), 232);
         // _IOR('f', 45, 232 bytes), _IOR('f', 44, 8 bytes)
-        assert_eq!((2u32 << 30) | (232 << 16) | (u32::from(b'f') << 8) | 45, 0x80E8_662D);
-        assert_eq!((2u32 << 30) | (8 << 16) | (u32::from(b'f') << 8) | 44, 0x8008_662C);
+        assert_eq!(
+            (2u32 << 30) | (232 << 16) | (u32::from(b'f') << 8) | 45,
+            0x80E8_662D
+        );
+        assert_eq!(
+            (2u32 << 30) | (8 << 16) | (u32::from(b'f') << 8) | 44,
+            0x8008_662C
+        );
         assert_eq!(std::mem::offset_of!(TuneSbParams, feature_incompat), 68);
     }
 }

@@ -10,8 +10,8 @@ mod fiemap;
 mod filesystem;
 mod fsmap;
 mod inode;
-mod layout;
 mod ioprio;
+mod layout;
 mod move_ext;
 mod open;
 mod pagecache;
@@ -24,10 +24,10 @@ pub use fiemap::{fiemap, Extent, ExtentFlags, Flush};
 pub use filesystem::{
     free_space, mounts, probe, FreeSpace, FsError, FsInfo, FsUuid, Layout, Superblock,
 };
-pub use layout::Guess;
 pub use fsmap::{free_extents, FreeExtent};
 pub use inode::{generation, inode_flags, InodeFlags};
 pub use ioprio::set_current_thread_idle;
+pub use layout::Guess;
 pub use move_ext::{move_extents, MoveFailed};
 pub use open::{open_dir, open_dir_beneath, pin_beneath, reopen, stat_beneath, Access, EntryStat};
 pub use pagecache::{drop_cached, page_size, read_ahead, residency, write_back, Residency, Wait};
