@@ -6,6 +6,7 @@
 
 mod common;
 
+use std::ffi::OsStr;
 use std::fs;
 use std::path::Path;
 use std::process::Command;
@@ -161,4 +162,105 @@ fn check_reports_every_regular_file_of_usr() {
         run.stderr.lines().take(20).collect::<Vec<_>>().join("\n")
     );
     run.assert_code(0);
+}
+
+#[test]
+fn config_check_says_which_files_it_read() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let main = dir.path().join("defragd.toml");
+    // A named file that is there: it is read, and said to be.
+    fs::write(&main, "[throttle]\nmax_mib_per_s = 20\n").expect("write config");
+    let run = defragd([OsStr::new("config"), OsStr::new("check"), main.as_os_str()]);
+    run.assert_code(0);
+    assert!(
+        run.stderr.contains(&format!(
+            "read {}; the configuration is valid",
+            main.display()
+        )),
+        "{}",
+        run.stderr
+    );
+    // The same through the service's option.
+    let run = defragd([
+        OsStr::new("--config"),
+        main.as_os_str(),
+        OsStr::new("config"),
+        OsStr::new("check"),
+    ]);
+    run.assert_code(0);
+    assert!(
+        run.stderr.contains(&format!("read {}", main.display())),
+        "{}",
+        run.stderr
+    );
+
+    // No file at all: the default path, whatever this machine has there.
+    let run = defragd(["config", "check"]);
+    let default = Path::new("/etc/defragd/defragd.toml");
+    if default.exists() {
+        assert!(
+            run.stderr.contains("read /etc/defragd/defragd.toml"),
+            "{}",
+            run.stderr
+        );
+    } else if run.code == 0 {
+        assert!(
+            run.stderr.contains(
+                "/etc/defragd/defragd.toml does not exist and nothing else sets a key: \
+                 the defaults apply; the configuration is valid"
+            ) || run
+                .stderr
+                .contains("/etc/defragd/defragd.toml does not exist; read "),
+            "{}",
+            run.stderr
+        );
+    }
+    assert!(
+        !run.stderr
+            .starts_with("defragd: the configuration is valid"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn an_unknown_table_is_reported_with_every_other_error() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let main = dir.path().join("defragd.toml");
+    fs::write(
+        &main,
+        "[polcy]\nmin_size = 1\n[throttle]\nmax_mib_per_s = 0\n[crawl]\nfiles_per_second = -1\n",
+    )
+    .expect("write config");
+    let run = defragd([OsStr::new("config"), OsStr::new("check"), main.as_os_str()]);
+    run.assert_code(78);
+    let main = main.display().to_string();
+    for error in [
+        format!("{main}: unknown key `polcy`"),
+        format!("{main}: throttle.max_mib_per_s = 0: "),
+        format!("{main}: crawl.files_per_second = -1: "),
+    ] {
+        assert!(
+            run.stderr.contains(&error),
+            "no {error:?} in:\n{}",
+            run.stderr
+        );
+    }
+}
+
+/// Global options appear only on the commands that use them.
+#[test]
+fn check_and_defrag_help_list_no_config_option() {
+    for command in ["check", "defrag"] {
+        let run = defragd([command, "--help"]);
+        run.assert_code(0);
+        assert!(run.stdout.contains("Usage: defragd"), "{}", run.stdout);
+        assert!(
+            !run.stdout.contains("--config"),
+            "`defragd {command} --help` lists --config, which it does not read:\n{}",
+            run.stdout
+        );
+    }
+    let run = defragd(["--help"]);
+    assert!(run.stdout.contains("--config"), "{}", run.stdout);
 }

@@ -55,7 +55,10 @@ pub const EXIT_SOME_FAILED: u8 = 1;
 )]
 pub struct Cli {
     /// The service's config file (drop-ins are read from conf.d/ beside it).
-    #[arg(long, value_name = "FILE", global = true)]
+    // Not `global`: only the service and `config check` (as
+    // `defragd --config FILE config check`) read a config; `check` and
+    // `defrag` would list an option that does nothing.
+    #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Option<Command>,
