@@ -10,6 +10,7 @@ use std::ffi::OsStr;
 use std::fs;
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 use common::*;
 use serde::Deserialize;
@@ -263,4 +264,122 @@ fn check_and_defrag_help_list_no_config_option() {
     }
     let run = defragd(["--help"]);
     assert!(run.stdout.contains("--config"), "{}", run.stdout);
+}
+
+#[derive(Debug, Deserialize)]
+struct Moving {
+    path: String,
+    moved_bytes: u64,
+}
+
+#[derive(Debug, Deserialize)]
+struct Status {
+    state: String,
+    summary: String,
+    moving: Vec<Moving>,
+}
+
+fn status(socket: &Path) -> Status {
+    let (out, _) = defragctl(
+        socket,
+        &[OsStr::new("--json"), OsStr::new("status")],
+        secs(30),
+    );
+    assert!(out.status.success(), "defragctl status: {out:?}");
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("defragctl --json status: {e}: {out:?}"))
+}
+
+/// After a SIGKILL mid-job, the restarted service takes the interrupted
+/// job back; until its move is really under way (every check passed, the
+/// first chunk handed to the kernel) the status must not say it is
+/// defragmenting the file, and once it is, it shows the move from where
+/// it resumes, not from 0%. A frozen filesystem holds the restarted job in
+/// its checks for as long as the test needs to look.
+#[test]
+fn after_a_crash_the_status_shows_only_what_really_moves() {
+    if !require_root() {
+        return;
+    }
+    let size = 128 * MIB;
+    let mut img = LoopImage::create(ImageSpec::ext4(512));
+    let root = img.root().to_path_buf();
+    let path = root.join("journal.db");
+    make_fragmented_files(&root, &[(&path, size, 0x13)], 2 * MIB).delete_all(&root);
+    img.settle();
+    let home = ServiceHome::new();
+    let mut cfg = ServiceConfig::new(&root, &[]);
+    cfg.max_mib_per_s = 16;
+    home.write_config(&cfg);
+    let orig = fiemap(&path);
+    wait_until_quiet(&[&path]);
+
+    let mut svc = home.start(&[]);
+    svc.wait_for_log(&defragmenting(&path), secs(60));
+    wait_for_progress(&path, &orig, 8 * MIB, secs(30));
+    // The cursor is saved once moves are committed (at least every second).
+    std::thread::sleep(Duration::from_millis(1500));
+    svc.sigkill();
+    assert!(
+        svc.lines_with("defragmented ").is_empty(),
+        "the job finished before the kill; the test needs a slower throttle"
+    );
+    drop(svc);
+
+    // Declared before the freeze, so that the thaw (dropped first) comes
+    // before the service is killed and waited for.
+    let mut restarted: Option<Service> = None;
+    let mut frozen = FreezeGuard::freeze(&root);
+    let svc = restarted.insert(home.start(&[]));
+    let line = svc.wait_for_log("was interrupted at block", secs(30));
+    let block = number_after(&line, "was interrupted at block ");
+    assert!(block > 0, "{line}");
+    let resumed_at = block * 4096;
+
+    // The worker takes the job and checks the file; the frozen filesystem
+    // holds it there. Whatever the status says meanwhile, it is not a move.
+    let deadline = std::time::Instant::now() + secs(60);
+    let held = loop {
+        let s = status(&home.control_socket());
+        assert!(
+            s.state != "moving" && !s.summary.contains("defragmenting") && s.moving.is_empty(),
+            "the status claims a move nothing has started: {s:?}"
+        );
+        if s.state == "checking" && s.summary.contains(&path.display().to_string()) {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the restarted service never took the interrupted job: {s:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    eprintln!("while frozen: {}", held.summary);
+
+    frozen.thaw();
+    let deadline = std::time::Instant::now() + secs(60);
+    let mut seen_moving = false;
+    while svc.lines_with(&defragmented(&path)).is_empty() {
+        let s = status(&home.control_socket());
+        if s.state == "moving" {
+            seen_moving = true;
+            let m = &s.moving[0];
+            assert_eq!(Path::new(&m.path), path);
+            assert!(
+                m.moved_bytes >= resumed_at,
+                "the resumed move shows {} bytes done, less than the {resumed_at} before the crash: {s:?}",
+                m.moved_bytes
+            );
+            assert!(!s.summary.contains(" 0% "), "{s:?}");
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the resumed job did not finish: {s:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!("resumed at block {block}; a move under way was seen: {seen_moving}");
+    svc.stop(secs(10));
+    drop(restarted);
+    img.unmount_and_fsck();
 }
