@@ -383,3 +383,55 @@ fn after_a_crash_the_status_shows_only_what_really_moves() {
     drop(restarted);
     img.unmount_and_fsck();
 }
+
+/// defragd's score column and e4defrag's score measure different things:
+/// e4defrag's is printed only on request, labelled as its own measure,
+/// and --json keeps it as it was.
+#[test]
+fn check_prints_e4defrags_score_only_when_asked_and_says_what_it_measures() {
+    if !require_root() {
+        return;
+    }
+    let img = LoopImage::create(ImageSpec::ext4(256));
+    let root = img.root().to_path_buf();
+    let path = root.join("big");
+    make_fragmented_files(&root, &[(&path, 32 * MIB, 0x7)], 2 * MIB).delete_all(&root);
+    sync_fs(&root);
+    let file = path.to_str().expect("utf-8 temp path");
+
+    let plain = defragd(["check", file]);
+    plain.assert_code(0);
+    assert!(
+        !plain.stdout.contains("e4defrag"),
+        "e4defrag's score is shown unasked:\n{}",
+        plain.stdout
+    );
+    assert!(
+        plain
+            .stdout
+            .contains("score: the share of a file's extents that are excess"),
+        "the score column is not explained:\n{}",
+        plain.stdout
+    );
+
+    let asked = defragd(["check", "--e4defrag-score", file]);
+    asked.assert_code(0);
+    let line = asked
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("e4defrag -c fragmentation score: "))
+        .unwrap_or_else(|| panic!("no e4defrag score line:\n{}", asked.stdout));
+    assert!(line.contains("[0-30 no problem"), "{line}");
+    assert!(
+        asked.stdout.contains("e4defrag's own measure")
+            && asked.stdout.contains("not the score column"),
+        "e4defrag's score is not labelled as a different measure:\n{}",
+        asked.stdout
+    );
+
+    let json = defragd(["check", "--json", file]);
+    json.assert_code(0);
+    let value: serde_json::Value = serde_json::from_str(&json.stdout).expect("JSON");
+    assert!(value["total"]["e4defrag_score"].is_number(), "{value}");
+    assert!(value["files"][0]["score"].is_number(), "{value}");
+}

@@ -1,5 +1,5 @@
-//! `defragd check`: a fragmentation report, per file and in total, with
-//! e4defrag's own score beside ours so the two compare one to one.
+//! `defragd check`: a fragmentation report, per file and in total, and on
+//! request e4defrag's own score, labelled as the different measure it is.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::num::NonZeroUsize;
@@ -348,8 +348,22 @@ fn print_human(report: &Report, args: &CheckArgs) {
         );
     }
     println!(
-        "e4defrag fragmentation score: {:.0} [0-30 no problem: 31-55 a little bit fragmented: 56- needs defrag]",
-        t.e4defrag_score
+        "score: the share of a file's extents that are excess, from 0 (the file is in its ideal \
+         shape) towards 100 (nearly every extent is excess)"
     );
-    println!("score per file: 0 = ideal, towards 100 as more of its extents are excess");
+    if args.e4defrag_score {
+        // e4defrag's figure weighs excess extents against the size of
+        // everything checked: a large file in many extents can score 99.9
+        // above and still leave this low. Both are right; they measure
+        // different things, which the label must say.
+        println!(
+            "e4defrag -c fragmentation score: {:.0} [0-30 no problem: 31-55 a little bit \
+             fragmented: 56- needs defrag]",
+            t.e4defrag_score
+        );
+        println!(
+            "  (e4defrag's own measure over everything checked: excess extents per 100 blocks of \
+             data, so large files in many extents can still score low; not the score column)"
+        );
+    }
 }

@@ -103,6 +103,10 @@ pub struct CheckArgs {
     /// List every file, not only the 20 worst of a tree.
     #[arg(long)]
     pub all: bool,
+    /// Also print e4defrag -c's fragmentation score of everything checked,
+    /// by its own formula (always in --json as e4defrag_score).
+    #[arg(long)]
+    pub e4defrag_score: bool,
     /// Files or directories.
     #[arg(required = true)]
     pub paths: Vec<PathBuf>,
