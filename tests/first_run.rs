@@ -38,6 +38,19 @@ fn device_lines(stderr: &str) -> Vec<&str> {
         .collect()
 }
 
+/// Runs its arguments in a mount namespace of its own where /dev is an
+/// empty tmpfs (exec'd: the PID stays the program's).
+const WITHOUT_DEV: [&str; 8] = [
+    "unshare",
+    "--mount",
+    "--propagation",
+    "private",
+    "sh",
+    "-c",
+    r#"mount -t tmpfs -o size=1m,mode=755 defragd-test-nodev /dev && exec "$@""#,
+    "sh",
+];
+
 /// `defragd ARGS...` in a mount namespace of its own where /dev is an
 /// empty tmpfs: no block device node can be opened, as in containers. The
 /// namespace, and the tmpfs with it, go when the process exits.
@@ -136,6 +149,40 @@ fn check_reports_every_file_when_the_block_device_cannot_be_read() {
     };
     assert_eq!(figures(&report), figures(&exact));
     assert_eq!(report.total.e4defrag_score, exact.total.e4defrag_score);
+}
+
+/// The service covering a filesystem whose block device it cannot read
+/// says so once, and defragments it all the same.
+#[test]
+fn the_service_says_once_what_it_cannot_read_and_does_the_rest() {
+    if !require_root() {
+        return;
+    }
+    let mut img = LoopImage::create(ImageSpec::ext4(256));
+    let root = img.root().to_path_buf();
+    let path = root.join("data.bin");
+    make_fragmented_files(&root, &[(&path, 16 * MIB, 0x5e)], 2 * MIB).delete_all(&root);
+    img.settle();
+    let before = filefrag_extents(&path);
+    let sum = md5(&path);
+    wait_until_quiet(&[&path]);
+    let home = ServiceHome::new();
+    home.write_config(&ServiceConfig::new(&root, &[]));
+    let mut svc = home.start_through(&WITHOUT_DEV, &[]);
+    svc.wait_for_log(&defragmented(&path), secs(60));
+    let notes = svc.lines_with("block device cannot be read");
+    assert_eq!(notes.len(), 1, "said once per filesystem:\n{}", svc.log());
+    assert!(
+        notes[0].contains(&root.display().to_string()),
+        "{}",
+        notes[0]
+    );
+    assert!(notes[0].contains("WARN"), "{}", notes[0]);
+    svc.stop(secs(10));
+    drop(svc);
+    assert_eq!(md5(&path), sum, "content changed");
+    assert_defragmented(&path, before);
+    img.unmount_and_fsck();
 }
 
 /// A large tree no test made: every regular file of /usr is reported, with

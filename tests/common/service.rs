@@ -197,11 +197,25 @@ impl ServiceHome {
     /// (no DEFRAGD_LOG, DEFRAGD__*, NOTIFY_SOCKET or JOURNAL_STREAM from
     /// the test's own, NO_COLOR=1).
     pub fn start(&self, env: &[(&str, &str)]) -> Service {
+        self.start_through(&[], env)
+    }
+
+    /// [`start`](Self::start), with defragd run through `wrapper` (a
+    /// command that ends by exec'ing its arguments, so that the PID is
+    /// defragd's: `unshare ... sh -c '...; exec "$@"' sh`).
+    pub fn start_through(&self, wrapper: &[&str], env: &[(&str, &str)]) -> Service {
         let n = self.runs.get() + 1;
         self.runs.set(n);
         let log = self.path().join(format!("run-{n}.log"));
         let out = self.path().join(format!("run-{n}.stdout"));
-        let mut cmd = Command::new(defragd_bin());
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg(defragd_bin());
+                cmd
+            }
+            None => Command::new(defragd_bin()),
+        };
         cmd.arg("--config").arg(self.config_path());
         for (k, _) in std::env::vars_os() {
             let name = k.to_string_lossy();
