@@ -274,11 +274,16 @@ pub fn from_toml_reporting_all(
         let dropped = unknown_field(&message)
             .is_some_and(|(field, _)| remove_key(&mut table, section.as_deref(), field));
         errors.push(to_config_error(origin, section, &message));
-        if !dropped {
+        // Every round copies the table: past a screenful of unknown keys
+        // the file is refused without looking for more.
+        if !dropped || errors.len() >= MAX_UNKNOWN_KEYS {
             return (None, errors);
         }
     }
 }
+
+/// The most unknown keys reported from one file.
+const MAX_UNKNOWN_KEYS: usize = 50;
 
 /// Removes `field` from the table at `section` ("throttle",
 /// "filesystem[1]"; None for the top level); false when it is not there.
