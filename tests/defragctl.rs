@@ -41,11 +41,17 @@ fn a_missing_service_exits_3_and_says_how_to_start_it() {
     assert_eq!(output.status.code(), Some(3), "{output:?}");
     let text = stderr(&output);
     assert!(
-        text.contains("the defragd service is not running"),
+        text.contains("defragd is not running on this socket"),
         "{text}"
     );
     assert!(text.contains(&socket.display().to_string()), "{text}");
-    assert!(text.contains("systemctl start defragd"), "{text}");
+    // A socket of one's own is not the system service's: starting that
+    // one would not make this socket answer (issue 13).
+    assert!(!text.contains("systemctl"), "{text}");
+    assert!(
+        text.contains(&format!("[control] socket = \"{}\"", socket.display())),
+        "{text}"
+    );
     assert!(output.stdout.is_empty());
 
     // --json: the error as JSON on stdout, same status.

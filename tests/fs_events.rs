@@ -61,7 +61,7 @@ fn mid_job(
     home.write_config(&cfg);
     let mut svc = home.start(&[]);
     // "defragmenting PATH (job …": the job's start (the status line says
-    // "defragmenting PATH 0% (…" too).
+    // "defragmenting PATH 0% (…" too, once the move is under way).
     let starts: Vec<String> = names.iter().map(|p| defragmenting(p)).collect();
     let line = svc.wait_for_line("a job's start", secs(60), |l| {
         starts.iter().any(|s| l.contains(s.as_str()))

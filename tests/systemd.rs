@@ -946,7 +946,7 @@ fn a_real_systemd_runs_the_unit() {
         .find(|l| l.trim_start().starts_with("Status: \""))
         .unwrap_or_else(|| panic!("no Status: line in systemctl status:\n{status}"));
     assert!(
-        ["idle", "moving", "defragmenting", "crawling"]
+        ["idle", "moving", "defragmenting", "checking", "crawling"]
             .iter()
             .any(|w| status_line.contains(w))
             && status_line.contains("queued"),

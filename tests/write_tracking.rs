@@ -330,7 +330,7 @@ fn without_cap_sys_admin_inotify_on_the_watch_trees_takes_over_and_says_so() {
     let home = ServiceHome::new();
     home.write_config(&ServiceConfig::new(&root, &[&watched]));
     // setpriv execs the service with CAP_SYS_ADMIN out of its bounding set.
-    let mut svc = home.start_under(&["setpriv", "--bounding-set=-sys_admin"], &[]);
+    let mut svc = home.start_through(&["setpriv", "--bounding-set=-sys_admin"], &[]);
     let said = svc.wait_for_log("cannot track writes on the whole filesystem", secs(30));
     assert!(said.contains("CAP_SYS_ADMIN"), "{said}");
     assert!(said.contains("inotify"), "{said}");

@@ -1,9 +1,11 @@
-//! `defragd check`: a fragmentation report, per file and in total, with
-//! e4defrag's own score beside ours so the two compare one to one.
+//! `defragd check`: a fragmentation report, per file and in total, and on
+//! request e4defrag's own score, labelled as the different measure it is.
 
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Mutex;
 
 use serde::Serialize;
 
@@ -11,8 +13,9 @@ use super::table::{render, Align};
 use super::CheckArgs;
 use crate::assess::{e4defrag_best, E4defragScore};
 use crate::escape::{escaped, escaped_display};
+use crate::ext4::Layout;
 use crate::inspect::{measure, Filesystems, Refusal, Target};
-use crate::outcome::Size;
+use crate::outcome::{FailReason, Size};
 use crate::walk::{walk_parallel, Depth, Found};
 
 /// How many files a tree's report lists unless --all.
@@ -46,6 +49,11 @@ struct PerFilesystem {
     mount_point: PathBuf,
     files: u64,
     block_mapped: u64,
+    /// Where its layout came from: "superblock" (the block device), or
+    /// "kernel" (the device could not be read; see `layout_note`).
+    layout: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    layout_note: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -60,6 +68,7 @@ enum Row {
     File {
         report: FileReport,
         mount_point: PathBuf,
+        layout: &'static str,
         /// e4defrag's best extent count for it, 0 for a file with no blocks.
         e4defrag_best: u64,
         blocks: u64,
@@ -69,15 +78,39 @@ enum Row {
     /// Passed over without a word: not a file to measure, in a tree.
     PassedOver,
     Failed(String),
+    /// Not measured because its filesystem cannot be worked on: said once
+    /// per filesystem, not once per file.
+    FilesystemFailed(String),
 }
 
-fn row(target: Target, filesystems: &mut Filesystems) -> Row {
-    match measure(&target, filesystems) {
+/// One walking thread's state.
+#[derive(Default)]
+struct Scan {
+    filesystems: Filesystems,
+    /// Devices whose layout note this thread has already handed in.
+    noted: HashSet<u64>,
+}
+
+/// What is said once per filesystem, whichever thread meets it first:
+/// mount point -> note.
+type Notes = Mutex<BTreeMap<PathBuf, String>>;
+
+fn row(target: Target, scan: &mut Scan, notes: &Notes) -> Row {
+    match measure(&target, &mut scan.filesystems) {
         Ok(m) => {
+            if matches!(m.fs.layout, Layout::Kernel { .. }) && scan.noted.insert(m.dev) {
+                if let (Some(note), Ok(mut notes)) = (m.fs.layout_note(), notes.lock()) {
+                    notes.entry(m.fs.mount_point.clone()).or_insert(note);
+                }
+            }
             let a = m.assessment;
             let sb = &m.fs.superblock;
             Row::File {
                 mount_point: m.fs.mount_point.clone(),
+                layout: match m.fs.layout {
+                    Layout::Superblock => "superblock",
+                    Layout::Kernel { .. } => "kernel",
+                },
                 e4defrag_best: e4defrag_best(a.blocks, sb.blocks_per_group, sb.groups_per_flex),
                 blocks: a.blocks,
                 report: FileReport {
@@ -99,6 +132,7 @@ fn row(target: Target, filesystems: &mut Filesystems) -> Row {
             escaped_display(&reason)
         )),
         Err(Refusal::Skip(_)) => Row::PassedOver,
+        Err(Refusal::Fail(FailReason::Filesystem(reason))) => Row::FilesystemFailed(reason),
         Err(Refusal::Fail(reason)) => Row::Failed(format!(
             "{}: {}",
             escaped(&target.path),
@@ -127,18 +161,23 @@ pub fn run(args: &CheckArgs) -> ExitCode {
     let mut files = Vec::new();
     let mut e4defrag = E4defragScore::default();
     let mut errors = 0u64;
-    let mut per_fs: std::collections::BTreeMap<PathBuf, PerFilesystem> = Default::default();
+    let mut per_fs: BTreeMap<PathBuf, PerFilesystem> = Default::default();
+    let notes = Notes::default();
+    // Filesystem failure -> files it kept from being measured, in the
+    // order first met.
+    let mut fs_failures: Vec<(String, u64)> = Vec::new();
+    let mut fs_failure_index: HashMap<String, usize> = HashMap::new();
     for root in &args.paths {
         let rows = walk_parallel(
             root,
             depth,
             threads,
-            Filesystems::default,
-            |fs, found| match found {
+            Scan::default,
+            |scan, found| match found {
                 Found::Refused { path, reason } => {
                     Row::Skipped(format!("{}: {}", escaped(&path), escaped_display(&reason)))
                 }
-                Found::File(target) => row(target, fs),
+                Found::File(target) => row(target, scan, &notes),
             },
         );
         let rows = match rows {
@@ -154,6 +193,7 @@ pub fn run(args: &CheckArgs) -> ExitCode {
                 Row::File {
                     report,
                     mount_point,
+                    layout,
                     e4defrag_best,
                     blocks,
                 } => {
@@ -164,6 +204,7 @@ pub fn run(args: &CheckArgs) -> ExitCode {
                         .entry(mount_point)
                         .or_insert_with_key(|m| PerFilesystem {
                             mount_point: m.clone(),
+                            layout,
                             ..PerFilesystem::default()
                         });
                     fs.files += 1;
@@ -176,7 +217,33 @@ pub fn run(args: &CheckArgs) -> ExitCode {
                     errors += 1;
                     eprintln!("{word}");
                 }
+                Row::FilesystemFailed(reason) => {
+                    errors += 1;
+                    match fs_failure_index.get(&reason) {
+                        Some(&i) => fs_failures[i].1 += 1,
+                        None => {
+                            fs_failure_index.insert(reason.clone(), fs_failures.len());
+                            fs_failures.push((reason, 1));
+                        }
+                    }
+                }
             }
+        }
+    }
+    for (reason, files) in &fs_failures {
+        eprintln!(
+            "defragd: {} (so {files} file{} could not be measured)",
+            escaped_display(reason),
+            if *files == 1 { "" } else { "s" }
+        );
+    }
+    let notes = notes
+        .into_inner()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    for (mount_point, note) in notes {
+        eprintln!("defragd: note: {note}");
+        if let Some(fs) = per_fs.get_mut(&mount_point) {
+            fs.layout_note = Some(note);
         }
     }
     files.sort_by(|a, b| {
@@ -281,8 +348,22 @@ fn print_human(report: &Report, args: &CheckArgs) {
         );
     }
     println!(
-        "e4defrag fragmentation score: {:.0} [0-30 no problem: 31-55 a little bit fragmented: 56- needs defrag]",
-        t.e4defrag_score
+        "score: the share of a file's extents that are excess, from 0 (the file is in its ideal \
+         shape) towards 100 (nearly every extent is excess)"
     );
-    println!("score per file: 0 = ideal, towards 100 as more of its extents are excess");
+    if args.e4defrag_score {
+        // e4defrag's figure weighs excess extents against the size of
+        // everything checked: a large file in many extents can score 99.9
+        // above and still leave this low. Both are right; they measure
+        // different things, which the label must say.
+        println!(
+            "e4defrag -c fragmentation score: {:.0} [0-30 no problem: 31-55 a little bit \
+             fragmented: 56- needs defrag]",
+            t.e4defrag_score
+        );
+        println!(
+            "  (e4defrag's own measure over everything checked: excess extents per 100 blocks of \
+             data, so large files in many extents can still score low; not the score column)"
+        );
+    }
 }

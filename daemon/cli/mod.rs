@@ -55,7 +55,10 @@ pub const EXIT_SOME_FAILED: u8 = 1;
 )]
 pub struct Cli {
     /// The service's config file (drop-ins are read from conf.d/ beside it).
-    #[arg(long, value_name = "FILE", global = true)]
+    // Not `global`: only the service and `config check` (as
+    // `defragd --config FILE config check`) read a config; `check` and
+    // `defrag` would list an option that does nothing.
+    #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -100,6 +103,10 @@ pub struct CheckArgs {
     /// List every file, not only the 20 worst of a tree.
     #[arg(long)]
     pub all: bool,
+    /// Also print e4defrag -c's fragmentation score of everything checked,
+    /// by its own formula (always in --json as e4defrag_score).
+    #[arg(long)]
+    pub e4defrag_score: bool,
     /// Files or directories.
     #[arg(required = true)]
     pub paths: Vec<PathBuf>,
@@ -174,10 +181,14 @@ fn write_docs(dir: &std::path::Path) -> ExitCode {
 
 /// `defragd config check`: like `nginx -t`.
 fn config_check(file: Option<&std::path::Path>) -> ExitCode {
-    match crate::config::load(file) {
+    let (result, sources) = crate::config::load_telling_sources(file);
+    match result {
         Ok(settings) => {
             print!("{}", settings.render());
-            eprintln!("defragd: the configuration is valid");
+            eprintln!(
+                "defragd: {}; the configuration is valid",
+                sources.describe()
+            );
             ExitCode::SUCCESS
         }
         Err(errors) => {

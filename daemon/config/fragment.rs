@@ -237,15 +237,85 @@ fn filesystem_list<'de, D: Deserializer<'de>>(
     deserializer.deserialize_seq(ListVisitor).map(Some)
 }
 
-/// The fragment of one TOML file's text.
+/// The fragment of one TOML file's text; the first error when it has any.
+#[cfg(test)]
 pub fn from_toml(text: &str, origin: &Origin) -> Result<Fragment, ConfigError> {
+    let (fragment, mut errors) = from_toml_reporting_all(text, origin);
+    match fragment {
+        Some(fragment) if errors.is_empty() => Ok(fragment),
+        _ if !errors.is_empty() => Err(errors.remove(0)),
+        _ => unreachable!("no fragment is always reported with an error"),
+    }
+}
+
+/// The fragment of one TOML file's text, and every error in it: unknown
+/// keys and tables are reported and left out, so that one typo does not
+/// hide the rest of the file (whose values `validate` then checks). No
+/// fragment when the file is not TOML or a section has the wrong shape.
+pub fn from_toml_reporting_all(
+    text: &str,
+    origin: &Origin,
+) -> (Option<Fragment>, Vec<ConfigError>) {
     // `collect` on the source, not a `Config` builder: the builder would
     // read each top-level key as a path expression, so a quoted key such as
     // "x[99999999]" would grow a huge array.
-    let table = File::from_str(text, FileFormat::Toml)
-        .collect()
-        .map_err(|error| syntax_error(origin, &error))?;
-    deserialize(table, origin)
+    let mut table = match File::from_str(text, FileFormat::Toml).collect() {
+        Ok(table) => table,
+        Err(error) => return (None, vec![syntax_error(origin, &error)]),
+    };
+    let mut errors = Vec::new();
+    // Each round either succeeds, or drops one unknown key, or stops.
+    loop {
+        let value = Value::new(None, ValueKind::Table(table.clone()));
+        let (section, message) = match Fragment::deserialize(value) {
+            Ok(fragment) => return (Some(fragment), errors),
+            Err(error) => split_error(error),
+        };
+        let dropped = unknown_field(&message)
+            .is_some_and(|(field, _)| remove_key(&mut table, section.as_deref(), field));
+        errors.push(to_config_error(origin, section, &message));
+        // Every round copies the table: past a screenful of unknown keys
+        // the file is refused without looking for more.
+        if !dropped || errors.len() >= MAX_UNKNOWN_KEYS {
+            return (None, errors);
+        }
+    }
+}
+
+/// The most unknown keys reported from one file.
+const MAX_UNKNOWN_KEYS: usize = 50;
+
+/// Removes `field` from the table at `section` ("throttle",
+/// "filesystem[1]"; None for the top level); false when it is not there.
+fn remove_key(table: &mut Map<String, Value>, section: Option<&str>, field: &str) -> bool {
+    let mut current = table;
+    for segment in section.into_iter().flat_map(|s| s.split('.')) {
+        let (name, index) = match segment.split_once('[') {
+            Some((name, rest)) => (
+                name,
+                rest.strip_suffix(']').and_then(|i| i.parse::<usize>().ok()),
+            ),
+            None => (segment, None),
+        };
+        let Some(value) = current.get_mut(name) else {
+            return false;
+        };
+        let value = match index {
+            None => value,
+            Some(i) => match &mut value.kind {
+                ValueKind::Array(items) => match items.get_mut(i) {
+                    Some(item) => item,
+                    None => return false,
+                },
+                _ => return false,
+            },
+        };
+        current = match &mut value.kind {
+            ValueKind::Table(inner) => inner,
+            _ => return false,
+        };
+    }
+    current.remove(field).is_some()
 }
 
 /// The fragment of one environment variable, or `None` when the variable is
@@ -359,6 +429,12 @@ fn is_excerpt_line(line: &str) -> bool {
 /// `key` ("throttle", "filesystem[1]"), and serde names the field in the
 /// message.
 fn shape_error(origin: &Origin, error: ::config::ConfigError) -> ConfigError {
+    let (section, message) = split_error(error);
+    to_config_error(origin, section, &message)
+}
+
+/// The section a serde error happened in, and its message.
+fn split_error(error: ::config::ConfigError) -> (Option<String>, String) {
     use ::config::ConfigError as E;
     let (section, message) = match error {
         E::At { error, key, .. } => (key, error.to_string()),
@@ -373,8 +449,11 @@ fn shape_error(origin: &Origin, error: ::config::ConfigError) -> ConfigError {
         ),
         other => (None, other.to_string()),
     };
-    let section = section.filter(|key| !key.is_empty());
-    if let Some((field, expected)) = unknown_field(&message) {
+    (section.filter(|key| !key.is_empty()), message)
+}
+
+fn to_config_error(origin: &Origin, section: Option<String>, message: &str) -> ConfigError {
+    if let Some((field, expected)) = unknown_field(message) {
         let key = match &section {
             Some(section) => format!("{section}.{field}"),
             None => field.to_owned(),
@@ -388,7 +467,7 @@ fn shape_error(origin: &Origin, error: ::config::ConfigError) -> ConfigError {
     ConfigError::Shape {
         origin: origin.clone(),
         key: printable(section.as_deref().unwrap_or("(top level)")),
-        message: printable(&message),
+        message: printable(message),
     }
 }
 

@@ -47,8 +47,45 @@ const DROP_IN_DIR: &str = "conf.d";
 /// Loads the configuration: `path` or [`DEFAULT_PATH`], its drop-ins, and
 /// the process's `DEFRAGD__*` environment variables.
 pub fn load(path: Option<&Path>) -> Result<Settings, ConfigErrors> {
+    load_telling_sources(path).0
+}
+
+/// What a load read, for an operator to see which files counted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sources {
+    /// The main file, whether or not it exists.
+    pub main: PathBuf,
+    /// The files read, in the order they were applied.
+    pub files: Vec<PathBuf>,
+    /// The `DEFRAGD__*` variables applied, by name.
+    pub env: Vec<String>,
+}
+
+impl Sources {
+    /// One line: what was read, or that nothing was and the defaults apply.
+    pub fn describe(&self) -> String {
+        let mut read: Vec<String> = self
+            .files
+            .iter()
+            .map(|f| crate::escape::escaped(f).to_string())
+            .collect();
+        read.extend(self.env.iter().map(|name| format!("${name}")));
+        let main_missing = !self.files.contains(&self.main);
+        let missing = format!("{} does not exist", crate::escape::escaped(&self.main));
+        match (read.is_empty(), main_missing) {
+            (true, _) => format!("{missing} and nothing else sets a key: the defaults apply"),
+            (false, true) => format!("{missing}; read {} over the defaults", read.join(", ")),
+            (false, false) => format!("read {}", read.join(", ")),
+        }
+    }
+}
+
+/// [`load`], and which sources it read.
+pub fn load_telling_sources(path: Option<&Path>) -> (Result<Settings, ConfigErrors>, Sources) {
     let (env, errors) = process_environment();
-    load_with(path, env, errors)
+    let mut sources = Sources::default();
+    let result = load_with(path, env, errors, &mut sources);
+    (result, sources)
 }
 
 /// [`load`] with the environment given, so tests (and callers with their
@@ -57,18 +94,24 @@ pub fn load_from(
     path: Option<&Path>,
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<Settings, ConfigErrors> {
-    load_with(path, env.into_iter().collect(), Vec::new())
+    load_with(
+        path,
+        env.into_iter().collect(),
+        Vec::new(),
+        &mut Sources::default(),
+    )
 }
 
 fn load_with(
     path: Option<&Path>,
     env: Vec<(String, String)>,
     errors: Vec<ConfigError>,
+    sources: &mut Sources,
 ) -> Result<Settings, ConfigErrors> {
     // A fresh install without the default file runs on the defaults, but a
     // file named on the command line that is not there is a mistake.
     let main = path.unwrap_or(Path::new(DEFAULT_PATH));
-    load_sources(main, path.is_some(), env, errors)
+    load_sources(main, path.is_some(), env, errors, sources)
 }
 
 fn load_sources(
@@ -76,7 +119,9 @@ fn load_sources(
     main_must_exist: bool,
     mut env: Vec<(String, String)>,
     mut errors: Vec<ConfigError>,
+    sources: &mut Sources,
 ) -> Result<Settings, ConfigErrors> {
+    sources.main = main.to_path_buf();
     let mut settings = Settings::default();
     let mut files = vec![(main.to_path_buf(), main_must_exist)];
     if let Some(dir) = main.parent() {
@@ -86,8 +131,14 @@ fn load_sources(
     }
     for (file, must_exist) in files {
         match read_file(&file, must_exist) {
-            Ok(Some(fragment)) => {
-                validate::apply(&mut settings, fragment, &Origin::File(file), &mut errors)
+            Ok(Some(text)) => {
+                sources.files.push(file.clone());
+                let origin = Origin::File(file);
+                let (fragment, found) = fragment::from_toml_reporting_all(&text, &origin);
+                errors.extend(found);
+                if let Some(fragment) = fragment {
+                    validate::apply(&mut settings, fragment, &origin, &mut errors)
+                }
             }
             Ok(None) => {}
             Err(error) => errors.push(error),
@@ -98,6 +149,7 @@ fn load_sources(
     for (name, value) in env {
         match fragment::from_env(&name, &value) {
             Ok(Some(fragment)) => {
+                sources.env.push(name.clone());
                 validate::apply(&mut settings, fragment, &Origin::Env(name), &mut errors)
             }
             Ok(None) => {}
@@ -111,11 +163,11 @@ fn load_sources(
     }
 }
 
-/// The fragment of one file; `None` when it does not exist and need not.
-fn read_file(path: &Path, must_exist: bool) -> Result<Option<fragment::Fragment>, ConfigError> {
+/// The text of one file; `None` when it does not exist and need not.
+fn read_file(path: &Path, must_exist: bool) -> Result<Option<String>, ConfigError> {
     let origin = Origin::File(path.to_path_buf());
     match std::fs::read_to_string(path) {
-        Ok(text) => fragment::from_toml(&text, &origin).map(Some),
+        Ok(text) => Ok(Some(text)),
         Err(error) if error.kind() == io::ErrorKind::NotFound && !must_exist => Ok(None),
         Err(error) => Err(unreadable(origin, &error)),
     }

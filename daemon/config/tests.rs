@@ -74,7 +74,14 @@ fn the_shipped_file_has_every_key() {
 #[test]
 fn a_missing_default_file_means_the_defaults() {
     let dir = ConfigDir::new(None);
-    let settings = load_sources(&dir.main(), false, Vec::new(), Vec::new()).unwrap();
+    let settings = load_sources(
+        &dir.main(),
+        false,
+        Vec::new(),
+        Vec::new(),
+        &mut Sources::default(),
+    )
+    .unwrap();
     assert_eq!(settings, Settings::default());
 }
 
@@ -82,8 +89,72 @@ fn a_missing_default_file_means_the_defaults() {
 fn drop_ins_apply_even_without_the_main_file() {
     let dir = ConfigDir::new(None);
     dir.drop_in("10-rate.toml", "[throttle]\nmax_mib_per_s = 8\n");
-    let settings = load_sources(&dir.main(), false, Vec::new(), Vec::new()).unwrap();
+    let settings = load_sources(
+        &dir.main(),
+        false,
+        Vec::new(),
+        Vec::new(),
+        &mut Sources::default(),
+    )
+    .unwrap();
     assert_eq!(settings.throttle.max_bytes_per_s.get(), 8 * MIB);
+}
+
+#[test]
+fn sources_say_what_was_read_or_that_the_defaults_apply() {
+    let dir = ConfigDir::new(None);
+    let mut sources = Sources::default();
+    load_sources(&dir.main(), false, Vec::new(), Vec::new(), &mut sources).unwrap();
+    let main = dir.main().display().to_string();
+    assert_eq!(
+        sources.describe(),
+        format!("{main} does not exist and nothing else sets a key: the defaults apply")
+    );
+    let drop_in = dir.drop_in("10-rate.toml", "[throttle]\nmax_mib_per_s = 8\n");
+    let env = vec![(
+        "DEFRAGD__CRAWL__FILES_PER_SECOND".to_string(),
+        "9".to_string(),
+    )];
+    let mut sources = Sources::default();
+    load_sources(&dir.main(), false, env, Vec::new(), &mut sources).unwrap();
+    assert_eq!(
+        sources.describe(),
+        format!(
+            "{main} does not exist; read {}, $DEFRAGD__CRAWL__FILES_PER_SECOND over the defaults",
+            drop_in.display()
+        )
+    );
+    fs::write(dir.main(), "").unwrap();
+    let mut sources = Sources::default();
+    load_sources(&dir.main(), true, Vec::new(), Vec::new(), &mut sources).unwrap();
+    assert_eq!(
+        sources.describe(),
+        format!("read {main}, {}", drop_in.display())
+    );
+}
+
+#[test]
+fn an_unknown_table_hides_no_other_error_in_its_file() {
+    let dir = ConfigDir::new(Some(
+        "[polcy]\nmin_size = 1\n[throttle]\nmax_mib_per_sec = 3\nchunk_mib = 0\n\
+         [[filesystem]]\npath = \"/srv\"\nwatchh = []\n[crawl]\nfiles_per_second = -1\n",
+    ));
+    let errors = dir.errors(&[]);
+    let main = dir.main().display().to_string();
+    let expect = [
+        format!("{main}: unknown key `polcy` ("),
+        format!("{main}: unknown key `throttle.max_mib_per_sec` ("),
+        format!("{main}: unknown key `filesystem[0].watchh` ("),
+        format!("{main}: throttle.chunk_mib = 0: "),
+        format!("{main}: crawl.files_per_second = -1: "),
+    ];
+    assert_eq!(errors.len(), expect.len(), "{errors:#?}");
+    for start in expect {
+        assert!(
+            errors.iter().any(|e| e.starts_with(&start)),
+            "no error starts with {start:?}: {errors:#?}"
+        );
+    }
 }
 
 #[test]

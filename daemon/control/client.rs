@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use thiserror::Error;
 
-use super::protocol::{Request, Response, MAX_REQUEST_BYTES, PERMISSION_DENIED};
+use super::protocol::{Request, Response, DEFAULT_SOCKET, MAX_REQUEST_BYTES, PERMISSION_DENIED};
 
 /// defragctl's exit status when the service answered with an error (or the
 /// exchange with it failed).
@@ -24,13 +24,30 @@ pub const EXIT_PERMISSION_DENIED: u8 = 4;
 /// The largest response read; a queue of `MAX_LIST_LIMIT` lines is far less.
 const MAX_RESPONSE_BYTES: u64 = 256 * 1024 * 1024;
 
+/// What to do when nothing answers on `socket`: start the system service
+/// when it is the system service's socket; else say what would listen there.
+fn not_running_advice(socket: &Path) -> String {
+    if socket == Path::new(DEFAULT_SOCKET) {
+        "start it with `systemctl start defragd`".into()
+    } else {
+        format!(
+            "a service listens there only when its config says `[control] socket = \"{}\"`: \
+             start defragd with that config (defragd --config FILE), or leave out --socket to \
+             reach the system service at {DEFAULT_SOCKET}",
+            crate::escape::escaped(socket)
+        )
+    }
+}
+
 /// Why a request got no usable response.
 #[derive(Debug, Error)]
 pub enum ClientError {
     #[error(
-        "the defragd service is not running ({} {}); start it with `systemctl start defragd`",
+        "{} ({} {}); {}",
+        if socket == Path::new(DEFAULT_SOCKET) { "the defragd service is not running" } else { "defragd is not running on this socket" },
         if *stale { "nothing listens on" } else { "no socket at" },
-        socket.display()
+        crate::escape::escaped(socket),
+        not_running_advice(socket)
     )]
     NotRunning {
         socket: PathBuf,
@@ -278,7 +295,14 @@ mod tests {
         let text = err.to_string();
         assert!(text.contains("not running"), "{text}");
         assert!(text.contains(&socket.display().to_string()), "{text}");
-        assert!(text.contains("systemctl start defragd"), "{text}");
+        assert!(!text.contains("systemctl"), "{text}");
+        assert!(text.contains("[control] socket"), "{text}");
+        let default = ClientError::NotRunning {
+            socket: PathBuf::from(DEFAULT_SOCKET),
+            stale: false,
+        }
+        .to_string();
+        assert!(default.contains("systemctl start defragd"), "{default}");
     }
 
     #[test]

@@ -120,7 +120,8 @@ pub struct Done {
 /// What the service is doing, as `defragctl status` and STATUS= show it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StatusReport {
-    /// "moving", "idle", "paused" (by the operator), "pressure" (held
+    /// "moving", "checking" (a file is checked before a move, which may
+    /// not happen), "idle", "paused" (by the operator), "pressure" (held
     /// back by full I/O pressure) or "window" (outside the maintenance windows).
     pub state: String,
     /// The one-line summary (the same text as systemd's STATUS=).

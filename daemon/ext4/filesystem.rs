@@ -1,6 +1,7 @@
 //! Facts about the filesystem a file lives on: is it ext4 (statfs), its
-//! layout (the superblock, read from the block device) and how it is
-//! mounted (/proc/self/mountinfo). Free space is read fresh each time.
+//! layout (the superblock, read from the block device; where the device
+//! cannot be read, what the kernel tells of it, see `layout`) and how it
+//! is mounted (/proc/self/mountinfo). Free space is read fresh each time.
 
 use std::fmt;
 use std::fs::File;
@@ -15,6 +16,7 @@ use procfs_core::process::{MountInfo, MountInfos};
 use procfs_core::FromBufRead;
 
 use super::error::{Error, Result};
+use super::layout::{self, Guess};
 
 const EXT4_SUPER_MAGIC: i64 = 0xEF53;
 const SUPERBLOCK_OFFSET: u64 = 1024;
@@ -58,7 +60,7 @@ impl Superblock {
             raw.get(o..o + 4)
                 .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
         };
-        if u16_at(0x38)? != 0xEF53 {
+        if u16_at(0x38)? != EXT4_SUPER_MAGIC as u16 {
             return None;
         }
         let log_block_size = u32_at(0x18)?;
@@ -67,16 +69,16 @@ impl Superblock {
         let ro_compat = u32_at(0x64)?;
         let uuid: [u8; 16] = raw.get(0x68..0x78)?.try_into().ok()?;
         let log_groups_per_flex = u32::from(*raw.get(0x174)?);
-        let flex_bg = incompat & 0x0200 != 0;
+        let flex_bg = incompat & layout::INCOMPAT_FLEX_BG != 0;
         Some(Superblock {
             uuid: FsUuid(uuid),
             block_size,
             blocks_per_group: u32_at(0x20)?,
             groups_per_flex: flex_bg.then(|| 1u32.checked_shl(log_groups_per_flex).unwrap_or(1)),
-            has_extents: incompat & 0x0040 != 0,
-            bigalloc: ro_compat & 0x0200 != 0,
-            inline_data: incompat & 0x8000 != 0,
-            encryption: incompat & 0x10000 != 0,
+            has_extents: incompat & layout::INCOMPAT_EXTENTS != 0,
+            bigalloc: ro_compat & layout::RO_COMPAT_BIGALLOC != 0,
+            inline_data: incompat & layout::INCOMPAT_INLINE_DATA != 0,
+            encryption: incompat & layout::INCOMPAT_ENCRYPT != 0,
         })
     }
 }
@@ -89,9 +91,52 @@ pub struct FsInfo {
     pub mount_point: PathBuf,
     pub device: PathBuf,
     pub superblock: Superblock,
+    /// Where `superblock` came from.
+    pub layout: Layout,
     pub read_only: bool,
     pub data_journal: bool,
     pub dax: bool,
+}
+
+/// Where a filesystem's layout facts came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Layout {
+    /// The superblock, read from the block device.
+    Superblock,
+    /// The kernel (statfs, ioctls), because the block device could not be
+    /// read; with what had to be guessed.
+    Kernel {
+        unreadable: String,
+        guessed: Vec<Guess>,
+    },
+}
+
+impl FsInfo {
+    /// What an operator should hear, once per filesystem, when the layout
+    /// is not the superblock's: what could not be read and what that
+    /// changes. None when the superblock was read.
+    pub fn layout_note(&self) -> Option<String> {
+        let Layout::Kernel {
+            unreadable,
+            guessed,
+        } = &self.layout
+        else {
+            return None;
+        };
+        let guesses = if guessed.is_empty() {
+            "nothing had to be guessed".to_string()
+        } else {
+            let list: Vec<&str> = guessed.iter().map(|g| g.describe()).collect();
+            format!("guessed: {}", list.join(", "))
+        };
+        Some(format!(
+            "{}: its block device cannot be read ({unreadable}), so its layout comes from the \
+             kernel instead ({guesses}); files are still measured and moved, and only e4defrag's \
+             score and where new copies are placed use the guessed figures (give defragd read \
+             access to the device to have them exact)",
+            crate::escape::escaped(&self.mount_point)
+        ))
+    }
 }
 
 /// Why a filesystem cannot be worked on at all.
@@ -101,11 +146,6 @@ pub enum FsError {
     NotExt4(i64),
     #[error("the mount for device {0} is not in /proc/self/mountinfo: is /proc mounted?")]
     MountNotFound(String),
-    #[error(
-        "cannot read the ext4 superblock of device {device} ({reason}); defragd needs read \
-         access to the block device to learn the filesystem's layout"
-    )]
-    Superblock { device: String, reason: String },
     #[error(transparent)]
     Call(#[from] Error),
 }
@@ -119,7 +159,21 @@ pub fn probe(fd: BorrowedFd<'_>) -> std::result::Result<FsInfo, FsError> {
     }
     let dev = fstat(fd).map_err(|errno| Error::of("fstat", errno))?.st_dev;
     let mount = find_mount(dev)?;
-    let (device, superblock) = read_superblock(mount.mount_source.as_deref(), dev)?;
+    let (device, superblock, layout) = match read_superblock(mount.mount_source.as_deref(), dev) {
+        Ok((device, superblock)) => (device, superblock, Layout::Superblock),
+        Err(unreadable) => {
+            let (superblock, guessed) = layout::from_kernel(fd, &statfs);
+            let device = PathBuf::from(mount.mount_source.clone().unwrap_or_default());
+            (
+                device,
+                superblock,
+                Layout::Kernel {
+                    unreadable,
+                    guessed,
+                },
+            )
+        }
+    };
     let has = |options: &std::collections::HashMap<String, Option<String>>,
                key: &str,
                value: Option<&str>| {
@@ -138,6 +192,7 @@ pub fn probe(fd: BorrowedFd<'_>) -> std::result::Result<FsInfo, FsError> {
             || has(super_opts, "dax", Some("always"))
             || has(super_opts, "dax", Some("inode")),
         superblock,
+        layout,
     })
 }
 
@@ -176,7 +231,7 @@ fn find_mount(dev: u64) -> std::result::Result<MountInfo, FsError> {
 fn read_superblock(
     mount_source: Option<&str>,
     dev: u64,
-) -> std::result::Result<(PathBuf, Superblock), FsError> {
+) -> std::result::Result<(PathBuf, Superblock), String> {
     let id = majmin(dev);
     let mut candidates: Vec<PathBuf> = mount_source.map(PathBuf::from).into_iter().collect();
     candidates.push(PathBuf::from(format!("/dev/block/{id}")));
@@ -185,6 +240,8 @@ fn read_superblock(
             candidates.push(PathBuf::from("/dev").join(name));
         }
     }
+    let mut seen = std::collections::HashSet::new();
+    candidates.retain(|path| seen.insert(path.clone()));
     let mut reasons = Vec::new();
     for path in &candidates {
         match superblock_from(path, dev) {
@@ -192,10 +249,7 @@ fn read_superblock(
             Err(reason) => reasons.push(format!("{}: {reason}", path.display())),
         }
     }
-    Err(FsError::Superblock {
-        device: id,
-        reason: reasons.join("; "),
-    })
+    Err(format!("device {id}: {}", reasons.join("; ")))
 }
 
 fn superblock_from(path: &std::path::Path, dev: u64) -> std::result::Result<Superblock, String> {

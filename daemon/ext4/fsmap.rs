@@ -103,6 +103,44 @@ pub fn free_extents(fd: BorrowedFd<'_>, mut visit: impl FnMut(FreeExtent)) -> Re
     }
 }
 
+/// `fmr_owner` of ext4's block bitmaps: FMR_OWNER('f', 3).
+const EXT4_FMR_OWN_BLKBM: u64 = (0x66 << 32) | 3;
+/// Records read to find the first block bitmaps: they follow the
+/// superblock, the group descriptors and their reserve.
+const FIRST_RECORDS: usize = 16;
+
+/// The length in bytes of the first run of block bitmaps on the
+/// filesystem `fd` lives on (ext4 merges adjacent metadata of one kind
+/// into one record), or None when the first records hold none.
+pub fn first_block_bitmap_run(fd: BorrowedFd<'_>) -> Result<Option<u64>> {
+    // SAFETY: FsmapRequest is plain integers; all-zero is a valid value.
+    let mut request: Box<FsmapRequest> = Box::new(unsafe { std::mem::zeroed() });
+    request.head = FsmapHead {
+        fmh_count: FIRST_RECORDS as u32,
+        fmh_keys: [
+            Fsmap::default(),
+            Fsmap {
+                fmr_device: u32::MAX,
+                fmr_flags: u32::MAX,
+                fmr_physical: u64::MAX,
+                fmr_owner: u64::MAX,
+                fmr_offset: u64::MAX,
+                ..Fsmap::default()
+            },
+        ],
+        ..FsmapHead::default()
+    };
+    // SAFETY: the pointer covers a head followed by BATCH (more than
+    // FIRST_RECORDS) records, and fmh_count tells the kernel how many.
+    unsafe { fs_ioc_getfsmap(fd.as_raw_fd(), &mut request.head) }
+        .map_err(|errno| Error::of("GETFSMAP", errno))?;
+    let entries = (request.head.fmh_entries as usize).min(FIRST_RECORDS);
+    Ok(request.records[..entries]
+        .iter()
+        .find(|r| r.fmr_flags & FMR_OF_SPECIAL_OWNER != 0 && r.fmr_owner == EXT4_FMR_OWN_BLKBM)
+        .map(|r| r.fmr_length))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

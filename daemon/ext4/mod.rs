@@ -11,6 +11,7 @@ mod filesystem;
 mod fsmap;
 mod inode;
 mod ioprio;
+mod layout;
 mod move_ext;
 mod open;
 mod pagecache;
@@ -20,10 +21,13 @@ pub use convert::{migrate_to_extents, take_read_lease, ReadLease};
 pub use donor::{allocate, create_donor, punch_hole};
 pub use error::{Call, Error, Result};
 pub use fiemap::{fiemap, Extent, ExtentFlags, Flush};
-pub use filesystem::{free_space, mounts, probe, FreeSpace, FsError, FsInfo, FsUuid, Superblock};
+pub use filesystem::{
+    free_space, mounts, probe, FreeSpace, FsError, FsInfo, FsUuid, Layout, Superblock,
+};
 pub use fsmap::{free_extents, FreeExtent};
 pub use inode::{generation, inode_flags, InodeFlags};
 pub use ioprio::set_current_thread_idle;
+pub use layout::Guess;
 pub use move_ext::{move_extents, MoveFailed};
 pub use open::{open_dir, open_dir_beneath, pin_beneath, reopen, stat_beneath, Access, EntryStat};
 pub use pagecache::{drop_cached, page_size, read_ahead, residency, write_back, Residency, Wait};

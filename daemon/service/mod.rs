@@ -445,6 +445,9 @@ fn refresh_covered(shared: &Shared) -> bool {
                 fs.uuid,
                 fs.disk.0
             );
+            if let Some(note) = fs.info.layout_note() {
+                tracing::warn!("{note}");
+            }
         }
         if let Err(e) = shared.store().upsert_filesystem(&fs.uuid, &fs.mount_point) {
             tracing::warn!("cannot record {}: {e}", escaped(&fs.mount_point));

@@ -27,6 +27,11 @@ pub struct MovingNow {
     pub in_kernel_since: Option<Instant>,
     /// Whether that wait was reported as a stall.
     pub stall_reported: bool,
+    /// Whether the move is under way: every check passed and the first
+    /// chunk went to the kernel. Until then the worker only checks the
+    /// file (which it may well leave alone: written too recently, replaced,
+    /// ...), and the status must not say it is defragmenting it.
+    pub under_way: bool,
 }
 
 impl MovingNow {
@@ -38,6 +43,16 @@ impl MovingNow {
             total_bytes,
             in_kernel_since: Some(Instant::now()),
             stall_reported: false,
+            under_way: true,
+        }
+    }
+
+    /// A job just taken: its file is being checked, nothing moves yet.
+    /// `moved_bytes` is where a resumed move will go on from.
+    pub fn checking(path: std::path::PathBuf, moved_bytes: u64, total_bytes: u64) -> Self {
+        MovingNow {
+            under_way: false,
+            ..MovingNow::starting(path, moved_bytes, total_bytes)
         }
     }
 
@@ -241,6 +256,13 @@ impl Shared {
             Some(now) => moving.insert(disk.clone(), now),
             None => moving.remove(disk),
         };
+    }
+
+    /// `disk`'s worker passed every check and starts moving.
+    pub fn move_under_way(&self, disk: &DiskId) {
+        if let Some(m) = lock(&self.moving).get_mut(disk) {
+            m.under_way = true;
+        }
     }
 
     /// `disk`'s worker hands the next step of its move to the kernel.

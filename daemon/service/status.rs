@@ -31,7 +31,11 @@ pub fn report(shared: &Shared) -> StatusReport {
             .min();
         (queued, next_crawl)
     };
-    let moving = shared.moving();
+    // Only moves under way are moves: a job just taken (after a restart,
+    // the one a crash interrupted) is still being checked, and may well be
+    // left alone.
+    let (moving, checking): (Vec<MovingNow>, Vec<MovingNow>) =
+        shared.moving().into_iter().partition(|m| m.under_way);
     let pause = shared.pause();
     let slowed = shared.slowed();
     let (state, headline) = match (pause, slowed, moving.first()) {
@@ -65,7 +69,10 @@ pub fn report(shared: &Shared) -> StatusReport {
             }
             ("moving", line)
         }
-        (Pause::Running, _, None) => ("idle", idle_line(next_crawl)),
+        (Pause::Running, _, None) => match checking.first() {
+            Some(m) => ("checking", checking_line(m)),
+            None => ("idle", idle_line(next_crawl)),
+        },
     };
     let mut summary = format!(
         "{headline}, {queued} queued, {} moved today",
@@ -170,6 +177,17 @@ fn moving_line(m: &MovingNow, workers: usize) -> String {
     line
 }
 
+fn checking_line(m: &MovingNow) -> String {
+    let mut line = format!("checking {} before moving it", escaped(&m.path));
+    if let Some(held) = m.stalled_for() {
+        line.push_str(&format!(
+            ", waiting for the kernel for {} (is the filesystem frozen?)",
+            human_duration(held)
+        ));
+    }
+    line
+}
+
 fn idle_line(next_crawl: Option<i64>) -> String {
     match next_crawl {
         Some(0) => "idle, crawling".to_string(),
@@ -227,6 +245,37 @@ mod tests {
             "defragmenting /srv/db/x.ibd 43% (43.00 MiB of 100.00 MiB)"
         );
         assert!(moving_line(&m, 3).ends_with("(and 2 more)"));
+    }
+
+    #[test]
+    fn a_job_taken_but_not_under_way_is_not_called_a_move() {
+        let shared = Shared::new(
+            crate::store::Store::open_in_memory().expect("in-memory store"),
+            crate::config::Settings::default(),
+        );
+        let disk = crate::mounts::DiskId("7:0".into());
+        shared.set_moving(
+            &disk,
+            Some(MovingNow::checking("/srv/db/journal.db".into(), 0, 1 << 20)),
+        );
+        let r = report(&shared);
+        assert_eq!(r.state, "checking");
+        assert!(
+            r.summary
+                .starts_with("checking /srv/db/journal.db before moving it"),
+            "{}",
+            r.summary
+        );
+        assert!(r.moving.is_empty(), "{:?}", r.moving);
+        shared.move_under_way(&disk);
+        let r = report(&shared);
+        assert_eq!(r.state, "moving");
+        assert!(
+            r.summary.starts_with("defragmenting /srv/db/journal.db 0%"),
+            "{}",
+            r.summary
+        );
+        assert_eq!(r.moving.len(), 1);
     }
 
     #[test]

@@ -163,9 +163,19 @@ fn run_job(shared: &Shared, disk: &DiskId, job: Job) {
         .ok()
         .filter(|stat| stat.ino == job.file.ino);
     let total_bytes = job.size_bytes;
+    // A resumed move goes on from its cursor: the status shows that much
+    // as done once it is under way, not 0%.
+    let resumed_bytes = job
+        .next_block
+        .saturating_mul(u64::from(fs.info.superblock.block_size))
+        .min(total_bytes);
     shared.set_moving(
         disk,
-        Some(MovingNow::starting(path.clone(), 0, total_bytes)),
+        Some(MovingNow::checking(
+            path.clone(),
+            resumed_bytes,
+            total_bytes,
+        )),
     );
     let outcome = defragment(
         &target,
@@ -245,6 +255,7 @@ impl Supervisor for JobSupervisor<'_> {
         self.back_from_kernel();
         if !self.announced {
             self.announced = true;
+            self.shared.move_under_way(self.disk);
             let job = self.job;
             if job.next_block > 0 {
                 tracing::info!(

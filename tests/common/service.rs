@@ -200,13 +200,14 @@ impl ServiceHome {
     /// (no DEFRAGD_LOG, DEFRAGD__*, NOTIFY_SOCKET or JOURNAL_STREAM from
     /// the test's own, NO_COLOR=1).
     pub fn start(&self, env: &[(&str, &str)]) -> Service {
-        self.start_under(&[], env)
+        self.start_through(&[], env)
     }
 
-    /// `start`, with the service run by `wrapper` (a program and its
-    /// arguments, such as `setpriv --bounding-set=-sys_admin`), which
-    /// must exec it so that the PID is the service's.
-    pub fn start_under(&self, wrapper: &[&str], env: &[(&str, &str)]) -> Service {
+    /// [`start`](Self::start), with defragd run through `wrapper` (a
+    /// command that ends by exec'ing its arguments, so that the PID is
+    /// defragd's: `unshare ... sh -c '...; exec "$@"' sh`, or `setpriv
+    /// --bounding-set=-sys_admin`).
+    pub fn start_through(&self, wrapper: &[&str], env: &[(&str, &str)]) -> Service {
         let n = self.runs.get() + 1;
         self.runs.set(n);
         let log = self.path().join(format!("run-{n}.log"));
