@@ -127,6 +127,19 @@ pub enum FailReason {
          the free space during the move; the data is intact"
     )]
     NoImprovement { before: u64, after: u64 },
+    /// Not the kernel failing: a writer appended to the file during the
+    /// move faster than its tail could be moved after it, and the file as
+    /// a whole ended no better than it started.
+    #[error(
+        "a writer appended {appended} during the move and the file ended in {after} extents \
+         against {before} before; the data is intact; it is worth moving again once the \
+         writer is quiet"
+    )]
+    WriterOutpaced {
+        before: u64,
+        after: u64,
+        appended: Size,
+    },
 }
 
 impl FailReason {
@@ -137,6 +150,16 @@ impl FailReason {
             FailReason::ShortMove { .. } => "short_move",
             FailReason::DonorMismatch(_) => "donor_mismatch",
             FailReason::NoImprovement { .. } => "no_improvement",
+            FailReason::WriterOutpaced { .. } => "writer_outpaced",
+        }
+    }
+
+    /// The file's extents at the end of the move, where the reason knows
+    /// them (a move that ran to its end and was measured).
+    pub fn extents_after(&self) -> Option<u64> {
+        match self {
+            FailReason::WriterOutpaced { after, .. } => Some(*after),
+            _ => None,
         }
     }
 }
