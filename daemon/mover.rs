@@ -264,19 +264,56 @@ fn prepare(
         return Ok(None);
     }
     let file = open_for_writing(inspected)?;
+    // A resumed job most often follows a crash or a stop: the blocks its
+    // last donor held are free only once the journal commits.
+    let (donor, donor_runs) = best_donor(
+        target,
+        inspected,
+        &ranges,
+        need,
+        options.reserve_percent,
+        resume_at > 0,
+    )?;
+    if donor_runs >= file_runs {
+        return Err(SkipReason::NoContiguousFreeSpace {
+            file_runs,
+            donor_runs,
+        }
+        .into());
+    }
+    Ok(Some(Prepared {
+        file,
+        donor,
+        ranges,
+        file_runs,
+        resume_at,
+    }))
+}
+
+/// Builds a donor over `ranges` and, when it is far from ideal and from
+/// what the free space allows, one more guided by the free space map;
+/// keeps the better. Its physical runs with it.
+fn best_donor(
+    target: &Target,
+    inspected: &Inspected,
+    ranges: &[BlockRange],
+    need: u64,
+    reserve_percent: f64,
+    commit_first: bool,
+) -> Result<(OwnedFd, u64), Refusal> {
+    let block_size = u64::from(inspected.fs.superblock.block_size);
+    let layout = DonorLayout::for_ranges(ranges);
     let build = |guided: bool| {
         build_donor(
             target,
             inspected,
             layout,
-            &ranges,
+            ranges,
             need,
-            options.reserve_percent,
+            reserve_percent,
             Build {
-                // A resumed job most often follows a crash or a stop: the
-                // blocks its last donor held are free only once the journal
-                // commits. (A guided build follows a commit anyway.)
-                commit_first: resume_at > 0 && !guided,
+                // (A guided build follows a commit anyway.)
+                commit_first: commit_first && !guided,
                 guided,
             },
         )
@@ -292,8 +329,8 @@ fn prepare(
     // the second: it holds the best space, and the second would get what is
     // left.
     if donor_runs > 1
-        && donor_runs > 2 * ideal_extents(&ranges)
-        && worth_another(inspected, donor.as_fd(), &ranges, donor_runs)
+        && donor_runs > 2 * ideal_extents(ranges)
+        && worth_another(inspected, donor.as_fd(), ranges, donor_runs)
     {
         let end = ranges.last().map_or(0, |r| r.end()) * block_size;
         let let_go = |donor: &OwnedFd| -> Result<(), Refusal> {
@@ -319,20 +356,7 @@ fn prepare(
             (donor, donor_runs) = build(false)?;
         }
     }
-    if donor_runs >= file_runs {
-        return Err(SkipReason::NoContiguousFreeSpace {
-            file_runs,
-            donor_runs,
-        }
-        .into());
-    }
-    Ok(Some(Prepared {
-        file,
-        donor,
-        ranges,
-        file_runs,
-        resume_at,
-    }))
+    Ok((donor, donor_runs))
 }
 
 /// Whether a donor for `ranges` in `runs` pieces is more scattered than

@@ -13,7 +13,7 @@
 
 use std::os::fd::AsFd;
 
-use super::{build_donor, check_free_space, Build, DonorLayout, Halt, Pass};
+use super::{best_donor, check_free_space, DonorLayout, Halt, Pass};
 use crate::assess::{clip_to_eof, ideal_extents, BlockRange, ExtentMap};
 use crate::ext4::{self, Flush};
 use crate::inspect::{Inspected, Target};
@@ -159,20 +159,11 @@ impl Tail<'_> {
             crate::inspect::Refusal::Fail(reason) => reason.to_string(),
         };
         check_free_space(self.inspected.file.as_fd(), need, reserve).map_err(refusal)?;
-        let how = Build {
-            commit_first: false,
-            guided: false,
-        };
-        let (donor, donor_runs) = build_donor(
-            self.target,
-            self.inspected,
-            layout,
-            ranges,
-            need,
-            reserve,
-            how,
-        )
-        .map_err(refusal)?;
+        // Committed first: blocks freed since the move began (the writer's
+        // own churn, a file deleted) are free for the allocator only then.
+        let (donor, donor_runs) =
+            best_donor(self.target, self.inspected, ranges, need, reserve, true)
+                .map_err(refusal)?;
         if donor_runs >= runs {
             return Err(format!(
                 "the best donor for it has {donor_runs} pieces, the tail has {runs}"
