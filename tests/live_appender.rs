@@ -590,3 +590,70 @@ fn the_service_history_shows_the_extents_before_and_after_a_move_under_an_append
     drop(svc);
     s.img.unmount_and_fsck();
 }
+
+#[test]
+fn the_service_history_counts_extents_at_the_start_of_the_move_not_as_queued() {
+    if !require_root() {
+        return;
+    }
+    // Queued by the crawl inside its quiet period, then appended to in
+    // scattered space before the move: the queued count is stale by then.
+    let mut s = setup_with(0x7a11_0005, 16, FILLER_FILE, 100);
+    let root = s.img.root().to_path_buf();
+    let queued = s.extents;
+    let file = OpenOptions::new()
+        .append(true)
+        .open(&s.path)
+        .expect("open for append");
+    file.set_modified(std::time::SystemTime::now())
+        .expect("touch");
+    let home = ServiceHome::new();
+    let mut cfg = ServiceConfig::new(&root, &[]);
+    cfg.quiet_period = "8s".into();
+    home.write_config(&cfg);
+    let mut svc = home.start(&[]);
+    svc.wait_for_log(&format!("crawl of {}: pass done", root.display()), secs(60));
+    let scatter = scatter_free_space(&root);
+    let mut file = file;
+    let records = 256u64;
+    for i in 0..records {
+        file.write_all(&record(i)).expect("append record");
+        file.sync_all().expect("fsync record");
+    }
+    drop(file);
+    fs::remove_file(&scatter).expect("delete the scatter file");
+    sync_fs(&root);
+    let at_start = filefrag_extents(&s.path);
+    assert!(
+        svc.lines_with(&defragmenting(&s.path)).is_empty(),
+        "the move began before the file was appended to: the test needs a longer quiet period"
+    );
+    svc.wait_for_line("the end of the move", secs(120), |l| {
+        l.contains(&defragmented(&s.path)) || l.contains("not defragmented ")
+    });
+    let entry = history_entry(&home.control_socket(), &s.path)
+        .unwrap_or_else(|| panic!("no history entry for {}", s.path.display()));
+    let at_end = filefrag_extents(&s.path);
+    eprintln!(
+        "FIGURES service, stale queue: queued with {queued} extents, {at_start} at the start \
+         of the move, {at_end} at the end; history: {entry}"
+    );
+    if let Err(e) = check_intact(&s.path, s.size, &s.md5, records) {
+        panic!("after the service's move: {e}");
+    }
+    assert!(
+        at_start > queued,
+        "fixture: the appends did not add extents ({queued} -> {at_start})"
+    );
+    assert_eq!(
+        entry["extents_before"].as_u64(),
+        Some(at_start),
+        "history's extents_before is not the file at the start of the move (queued with \
+         {queued}): {entry}"
+    );
+    assert_eq!(entry["extents_after"].as_u64(), Some(at_end), "{entry}");
+    assert_eq!(entry["outcome"].as_str(), Some("defragmented"), "{entry}");
+    svc.stop(secs(30));
+    drop(svc);
+    s.img.unmount_and_fsck();
+}
