@@ -451,7 +451,7 @@ fn a_writer_that_leaves_the_file_worse_than_it_started_is_said_so_not_called_def
     // and no donor for it can do better.
     let mut s = setup_with(0x7a11_0003, 16, 512 * KIB, 8);
     let orig_blocks = s.size / 4096;
-    let run = defrag_in_background_at(&s.path, 2);
+    let run = defrag_in_background_at(&s.path, 1);
     wait_for_moved(&s.path, &s.orig, orig_blocks, 2 * MIB, secs(60));
     scatter_free_space(s.img.root());
     let appender = Appender::start(&s.path);
