@@ -249,6 +249,35 @@ mod tests {
     }
 
     #[test]
+    fn failure_codes_are_distinct_and_only_a_measured_failure_has_an_after() {
+        let reasons = [
+            FailReason::Kernel(ext4::Error::Io),
+            FailReason::Filesystem(String::new()),
+            FailReason::ShortMove {
+                at: 0,
+                asked: 2,
+                moved: 1,
+            },
+            FailReason::DonorMismatch(String::new()),
+            FailReason::NoImprovement {
+                before: 3,
+                after: 3,
+            },
+            FailReason::WriterOutpaced {
+                before: 3,
+                after: 5,
+                appended: Size(1 << 20),
+            },
+        ];
+        let mut codes: Vec<_> = reasons.iter().map(FailReason::code).collect();
+        codes.sort_unstable();
+        codes.dedup();
+        assert_eq!(codes.len(), reasons.len());
+        let afters: Vec<_> = reasons.iter().map(FailReason::extents_after).collect();
+        assert_eq!(afters, [None, None, None, None, None, Some(5)]);
+    }
+
+    #[test]
     fn codes_are_distinct() {
         let reasons = [
             SkipReason::Symlink,

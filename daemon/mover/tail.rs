@@ -16,8 +16,9 @@ use std::os::fd::AsFd;
 use super::{best_donor, check_free_space, DonorLayout, Halt, Pass};
 use crate::assess::{clip_to_eof, ideal_extents, BlockRange, ExtentMap};
 use crate::ext4::{self, Flush};
-use crate::inspect::{Inspected, Target};
+use crate::inspect::{Inspected, Refusal, Target};
 use crate::mover::{MoveOptions, Supervisor};
+use crate::outcome::{FailReason, SkipReason};
 use crate::plan;
 
 /// Rounds of tail moves after the planned chunks: each moves what was
@@ -62,6 +63,17 @@ pub(super) enum LeftBehind {
     Unsettled,
 }
 
+/// How one round ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Round {
+    /// Nothing was appended past the end already handled.
+    NothingNew,
+    /// Blocks up to this one are handled: moved, or fine as they are.
+    Handled(u64),
+    /// The tail stays as it is.
+    LeftBehind(LeftBehind),
+}
+
 /// The tail's part of one move.
 pub(super) struct Tail<'a> {
     pub target: &'a Target,
@@ -84,15 +96,15 @@ impl Tail<'_> {
         let mut handled = planned_end;
         for round in 1..=MAX_ROUNDS {
             match self.round(pass, handled, supervisor)? {
-                Ok(Some(end)) => {
+                Round::Handled(end) => {
                     tracing::debug!(
                         "{}: tail round {round} handled blocks {handled}..{end}",
-                        self.target.path.display()
+                        crate::escape::escaped(&self.target.path)
                     );
                     handled = end;
                 }
-                Ok(None) => return Ok(()),
-                Err(left) => {
+                Round::NothingNew => return Ok(()),
+                Round::LeftBehind(left) => {
                     self.note_left_behind(pass, handled, &left);
                     return Ok(());
                 }
@@ -105,21 +117,19 @@ impl Tail<'_> {
         Ok(())
     }
 
-    /// One round: `Ok(Ok(Some(end)))` when blocks up to `end` are handled,
-    /// `Ok(Ok(None))` when nothing was appended past `handled`.
-    #[allow(clippy::type_complexity)]
+    /// One round over what lies past block `handled`.
     fn round(
         &self,
         pass: &mut Pass<'_>,
         handled: u64,
         supervisor: &mut dyn Supervisor,
-    ) -> Result<Result<Option<u64>, LeftBehind>, Halt> {
+    ) -> Result<Round, Halt> {
         let (file, block_size) = (pass.file, pass.block_size);
         // The size first: what was written before the fdatasync has its
         // blocks after it; what comes later is the next round's.
         let eof_block = self.size(pass).map_err(kernel)?.div_ceil(block_size);
         if eof_block <= handled {
-            return Ok(Ok(None));
+            return Ok(Round::NothingNew);
         }
         ext4::sync_data(file).map_err(kernel)?;
         let raw = ext4::fiemap(file, Flush::No).map_err(kernel)?;
@@ -130,46 +140,57 @@ impl Tail<'_> {
             }
         });
         if unsettled {
-            return Ok(Err(LeftBehind::Unsettled));
+            return Ok(Round::LeftBehind(LeftBehind::Unsettled));
         }
         let map = ExtentMap::from_fiemap(&raw, block_size);
         let (ranges, runs) = match look(&map, handled, eof_block) {
-            Look::Nothing => return Ok(Ok(None)),
-            Look::Fine => return Ok(Ok(Some(eof_block))),
+            Look::Nothing => return Ok(Round::NothingNew),
+            Look::Fine => return Ok(Round::Handled(eof_block)),
             Look::Move { ranges, runs } => (ranges, runs),
         };
-        let donor = match self.donor(&ranges, runs) {
+        let donor = match self.donor(&ranges, runs)? {
             Ok(donor) => donor,
-            Err(why) => return Ok(Err(LeftBehind::NoBetterSpace(why))),
+            Err(why) => return Ok(Round::LeftBehind(LeftBehind::NoBetterSpace(why))),
         };
         let chunks = plan::chunks(&ranges, self.chunk_blocks, 0);
         pass.move_chunks(donor.as_fd(), &chunks, supervisor)?;
-        Ok(Ok(Some(eof_block)))
+        Ok(Round::Handled(eof_block))
     }
 
     /// A donor over exactly `ranges` (holes stay holes), within the same
-    /// free-space reserve as the file's, in fewer pieces than `runs`.
-    fn donor(&self, ranges: &[BlockRange], runs: u64) -> Result<std::os::fd::OwnedFd, String> {
+    /// free-space reserve as the file's, in fewer pieces than `runs`; or
+    /// why there is none. The filesystem failing (EIO, read-only) halts
+    /// the move: that is no tail's business.
+    fn donor(
+        &self,
+        ranges: &[BlockRange],
+        runs: u64,
+    ) -> Result<Result<std::os::fd::OwnedFd, String>, Halt> {
         let block_size = u64::from(self.inspected.fs.superblock.block_size);
         let layout = DonorLayout::for_ranges(ranges);
         let need = layout.allocated_blocks(ranges, None) * block_size;
         let reserve = self.options.reserve_percent;
-        let refusal = |r: crate::inspect::Refusal| match r {
-            crate::inspect::Refusal::Skip(reason) => reason.to_string(),
-            crate::inspect::Refusal::Fail(reason) => reason.to_string(),
-        };
-        check_free_space(self.inspected.file.as_fd(), need, reserve).map_err(refusal)?;
-        // Committed first: blocks freed since the move began (the writer's
-        // own churn, a file deleted) are free for the allocator only then.
-        let (donor, donor_runs) =
+        let built = check_free_space(self.inspected.file.as_fd(), need, reserve).and_then(|()| {
+            // Committed first: blocks freed since the move began (the
+            // writer's own churn, a file deleted) are free for the
+            // allocator only then.
             best_donor(self.target, self.inspected, ranges, need, reserve, true)
-                .map_err(refusal)?;
-        if donor_runs >= runs {
-            return Err(format!(
+        });
+        match built {
+            Ok((donor, donor_runs)) if donor_runs < runs => Ok(Ok(donor)),
+            Ok((_, donor_runs)) => Ok(Err(format!(
                 "the best donor for it has {donor_runs} pieces, the tail has {runs}"
-            ));
+            ))),
+            Err(Refusal::Fail(FailReason::Kernel(e))) if halts(&e) => {
+                Err(Halt::Failed(FailReason::Kernel(e)))
+            }
+            // (An EROFS comes back as this skip.)
+            Err(Refusal::Skip(SkipReason::ReadOnly)) => {
+                Err(Halt::Failed(FailReason::Kernel(ext4::Error::ReadOnly)))
+            }
+            Err(Refusal::Skip(reason)) => Ok(Err(reason.to_string())),
+            Err(Refusal::Fail(reason)) => Ok(Err(reason.to_string())),
         }
-        Ok(donor)
     }
 
     fn size(&self, pass: &Pass<'_>) -> ext4::Result<u64> {
@@ -194,8 +215,13 @@ impl Tail<'_> {
     }
 }
 
+/// Errors that say the filesystem itself is in trouble, not this donor.
+fn halts(e: &ext4::Error) -> bool {
+    matches!(e, ext4::Error::Io | ext4::Error::ReadOnly)
+}
+
 fn kernel(e: ext4::Error) -> Halt {
-    Halt::Failed(crate::outcome::FailReason::Kernel(e))
+    Halt::Failed(FailReason::Kernel(e))
 }
 
 #[cfg(test)]
