@@ -145,6 +145,10 @@ struct Setup {
     md5: String,
     extents: u64,
     orig: Vec<Extent>,
+    /// A large file made before the free space was fragmented, for the
+    /// test to delete during the move: contiguous room for the tail's
+    /// donor (as when a log is rotated away).
+    spare: PathBuf,
 }
 
 /// Fallocates `mib` MiB at `path` (one contiguous run on a fresh image).
@@ -162,17 +166,21 @@ fn reserve(path: &Path, mib: u64) {
 /// The file in about a thousand extents, and contiguous free space for its
 /// donor.
 fn setup(seed: u64) -> Setup {
-    setup_with(seed, FILE_MIB, FILLER_FILE, 200)
+    setup_with(seed, FILE_MIB, FILLER_FILE, 200, 32)
 }
 
 /// A file of `mib` MiB written into free space cut in holes of about
-/// `piece` bytes (at least `min_extents` extents), and contiguous free
-/// space for its donor.
-fn setup_with(seed: u64, mib: u64, piece: u64, min_extents: u64) -> Setup {
+/// `piece` bytes (at least `min_extents` extents), contiguous free space
+/// for its donor, and a spare file of `spare_mib` (none if 0).
+fn setup_with(seed: u64, mib: u64, piece: u64, min_extents: u64, spare_mib: u64) -> Setup {
     let mut img = LoopImage::create(ImageSpec::ext4(768));
     let root = img.root().to_path_buf();
     let room = root.join("room.bin");
     reserve(&room, mib + 4);
+    let spare = root.join("spare.bin");
+    if spare_mib > 0 {
+        reserve(&spare, spare_mib);
+    }
     sync_fs(&root);
     let _filler = fragment_free_space_with(&root, "filler", piece, 2 * MIB);
     fs::create_dir_all(root.join("srv")).expect("mkdir");
@@ -198,16 +206,16 @@ fn setup_with(seed: u64, mib: u64, piece: u64, min_extents: u64) -> Setup {
         md5,
         extents,
         orig,
+        spare,
     }
 }
 
-/// Takes all free space but a few MiB, then frees every other 64 KiB of
-/// it: where a writer allocates from now on, it gets 64 KiB pieces (ext4
-/// otherwise serves fsync'd appends from a preallocation in one run).
-/// Deleting the returned file makes the space contiguous again.
-fn scatter_free_space(root: &Path) -> PathBuf {
+/// Takes all free space but a few MiB, then frees every other `piece` of
+/// it: where a writer allocates from now on, it gets pieces that small
+/// (ext4 otherwise serves fsync'd appends from a preallocation in one
+/// run). Deleting the returned file gives the space back.
+fn scatter_free_space(root: &Path, piece: u64) -> PathBuf {
     let path = root.join("scatter.bin");
-    let piece = 64 * KIB;
     let f = OpenOptions::new()
         .create(true)
         .truncate(true)
@@ -316,13 +324,14 @@ fn defrag_moves_the_tail_appended_during_the_move_and_reports_what_filefrag_says
     let orig_blocks = s.size / 4096;
     let run = defrag_in_background(&s.path);
     wait_for_moved(&s.path, &s.orig, orig_blocks, 4 * MIB, secs(60));
-    let scatter = scatter_free_space(s.img.root());
+    let scatter = scatter_free_space(s.img.root(), 64 * KIB);
     let appender = Appender::start(&s.path);
     wait_for_moved(&s.path, &s.orig, orig_blocks, 24 * MIB, secs(60));
     let records = appender.stop();
     let tail_written = extents_from(&fiemap(&s.path), orig_blocks);
     // Room for the tail's donor, as when a log is rotated away.
     fs::remove_file(&scatter).expect("delete the scatter file");
+    fs::remove_file(&s.spare).expect("delete the spare file");
     sync_fs(s.img.root());
     let still_moving = !run.is_finished();
     let run = run.join().expect("defragd thread");
@@ -374,10 +383,11 @@ fn defrag_moves_the_tail_appended_during_the_move_and_reports_what_filefrag_says
         "fixture: the appended tail was written in only {tail_written} extents; the test \
          needs a scattered tail"
     );
-    // How few pieces its donor gets is the allocator's business (1 to 6
-    // for 30-40 seen here, once 32 for 42, in space freed a moment before).
+    // How few pieces its donor gets is the allocator's business (1 for
+    // about 20 in every run seen, 9 for the plain donor before the guided
+    // one): at most a quarter, where leaving it would keep them all.
     assert!(
-        tail_end < tail_written,
+        tail_end * 4 <= tail_written,
         "the appended tail is in {tail_end} extents at the end (written in {tail_written}): \
          it was not moved"
     );
@@ -393,7 +403,7 @@ fn defrag_under_an_appender_that_never_stops_never_calls_a_worse_file_defragment
     let orig_blocks = s.size / 4096;
     let run = defrag_in_background(&s.path);
     wait_for_moved(&s.path, &s.orig, orig_blocks, 4 * MIB, secs(60));
-    scatter_free_space(s.img.root());
+    scatter_free_space(s.img.root(), 64 * KIB);
     let appender = Appender::start(&s.path);
     let run = run.join().expect("defragd thread");
     let records = appender.stop();
@@ -446,14 +456,14 @@ fn a_writer_that_leaves_the_file_worse_than_it_started_is_said_so_not_called_def
         return;
     }
     // A file in a few dozen pieces; during its move the free space is cut
-    // in 64 KiB holes and stays so, and the appender writes for the whole
-    // move: its tail ends in more pieces than the file had at the start,
-    // and no donor for it can do better.
-    let mut s = setup_with(0x7a11_0003, 16, 512 * KIB, 8);
+    // in 4 KiB holes and stays so (each record its own extent), and the
+    // appender writes for the whole move: its tail ends in more pieces than
+    // the file had at the start, and no donor for it can do better.
+    let mut s = setup_with(0x7a11_0003, 16, 512 * KIB, 8, 0);
     let orig_blocks = s.size / 4096;
-    let run = defrag_in_background_at(&s.path, 1);
+    let run = defrag_in_background_at(&s.path, 2);
     wait_for_moved(&s.path, &s.orig, orig_blocks, 2 * MIB, secs(60));
-    scatter_free_space(s.img.root());
+    scatter_free_space(s.img.root(), 4 * KIB);
     let appender = Appender::start(&s.path);
     let run = run.join().expect("defragd thread");
     let records = appender.stop();
@@ -530,12 +540,13 @@ fn the_service_history_shows_the_extents_before_and_after_a_move_under_an_append
     // The crawl's pass is over before any file is made that it could queue.
     svc.wait_for_log(&format!("crawl of {}: pass done", root.display()), secs(60));
     wait_for_moved(&s.path, &s.orig, orig_blocks, 4 * MIB, secs(60));
-    let scatter = scatter_free_space(&root);
+    let scatter = scatter_free_space(&root, 64 * KIB);
     let appender = Appender::start(&s.path);
     wait_for_moved(&s.path, &s.orig, orig_blocks, 24 * MIB, secs(60));
     let records = appender.stop();
     let tail_written = extents_from(&fiemap(&s.path), orig_blocks);
     fs::remove_file(&scatter).expect("delete the scatter file");
+    fs::remove_file(&s.spare).expect("delete the spare file");
     sync_fs(&root);
     assert!(
         svc.lines_with(&defragmented(&s.path)).is_empty(),
@@ -582,7 +593,7 @@ fn the_service_history_shows_the_extents_before_and_after_a_move_under_an_append
     assert_eq!(entry["outcome"].as_str(), Some("defragmented"), "{entry}");
     assert!(filefrag_after < s.extents, "{entry}");
     assert!(
-        tail_written > 4 && tail_end < tail_written,
+        tail_written > 4 && tail_end * 4 <= tail_written,
         "the appended tail: {tail_written} extents as written, {tail_end} at the end: it was \
          not moved"
     );
@@ -598,7 +609,7 @@ fn the_service_history_counts_extents_at_the_start_of_the_move_not_as_queued() {
     }
     // Queued by the crawl inside its quiet period, then appended to in
     // scattered space before the move: the queued count is stale by then.
-    let mut s = setup_with(0x7a11_0005, 16, FILLER_FILE, 100);
+    let mut s = setup_with(0x7a11_0005, 16, FILLER_FILE, 100, 0);
     let root = s.img.root().to_path_buf();
     let queued = s.extents;
     let file = OpenOptions::new()
@@ -613,7 +624,7 @@ fn the_service_history_counts_extents_at_the_start_of_the_move_not_as_queued() {
     home.write_config(&cfg);
     let mut svc = home.start(&[]);
     svc.wait_for_log(&format!("crawl of {}: pass done", root.display()), secs(60));
-    let scatter = scatter_free_space(&root);
+    let scatter = scatter_free_space(&root, 64 * KIB);
     let mut file = file;
     let records = 256u64;
     for i in 0..records {
