@@ -68,8 +68,11 @@ pub(super) enum LeftBehind {
 enum Round {
     /// Nothing was appended past the end already handled.
     NothingNew,
-    /// Blocks up to this one are handled: moved, or fine as they are.
-    Handled(u64),
+    /// What was appended was already in as few pieces as it can be: the
+    /// writer's blocks land well, no need to chase them.
+    Fine,
+    /// Blocks up to this one were moved.
+    Moved(u64),
     /// The tail stays as it is.
     LeftBehind(LeftBehind),
 }
@@ -84,9 +87,11 @@ pub(super) struct Tail<'a> {
 
 impl Tail<'_> {
     /// Moves what was appended past `planned_end` (a block) in up to
-    /// `MAX_ROUNDS` rounds. A halt (stop requested, a kernel failure) is
-    /// the move's; anything else that keeps the tail as it is is logged,
-    /// and the whole file's measure judges the move.
+    /// `MAX_ROUNDS` rounds, each over what was appended during the one
+    /// before; it stops at a round that finds nothing new, or finds it in
+    /// as few pieces as it can be. A halt (stop requested, a kernel
+    /// failure) is the move's; anything else that keeps the tail as it is
+    /// is logged, and the whole file's measure judges the move.
     pub(super) fn follow(
         &self,
         pass: &mut Pass<'_>,
@@ -96,14 +101,14 @@ impl Tail<'_> {
         let mut handled = planned_end;
         for round in 1..=MAX_ROUNDS {
             match self.round(pass, handled, supervisor)? {
-                Round::Handled(end) => {
+                Round::Moved(end) => {
                     tracing::debug!(
-                        "{}: tail round {round} handled blocks {handled}..{end}",
+                        "{}: tail round {round} moved blocks {handled}..{end}",
                         crate::escape::escaped(&self.target.path)
                     );
                     handled = end;
                 }
-                Round::NothingNew => return Ok(()),
+                Round::NothingNew | Round::Fine => return Ok(()),
                 Round::LeftBehind(left) => {
                     self.note_left_behind(pass, handled, &left);
                     return Ok(());
@@ -145,7 +150,7 @@ impl Tail<'_> {
         let map = ExtentMap::from_fiemap(&raw, block_size);
         let (ranges, runs) = match look(&map, handled, eof_block) {
             Look::Nothing => return Ok(Round::NothingNew),
-            Look::Fine => return Ok(Round::Handled(eof_block)),
+            Look::Fine => return Ok(Round::Fine),
             Look::Move { ranges, runs } => (ranges, runs),
         };
         let donor = match self.donor(&ranges, runs)? {
@@ -154,7 +159,7 @@ impl Tail<'_> {
         };
         let chunks = plan::chunks(&ranges, self.chunk_blocks, 0);
         pass.move_chunks(donor.as_fd(), &chunks, supervisor)?;
-        Ok(Round::Handled(eof_block))
+        Ok(Round::Moved(eof_block))
     }
 
     /// A donor over exactly `ranges` (holes stay holes), within the same
