@@ -222,14 +222,15 @@ fn scatter_free_space(root: &Path, piece: u64) -> PathBuf {
         .write(true)
         .open(&path)
         .expect("create the scatter file");
-    // Its extent tree needs blocks too: ask for less until it fits.
-    let mut len = free_bytes(root).saturating_sub(8 * MIB) / (2 * piece) * (2 * piece);
+    // Its extent tree needs blocks too: ask for less until it fits. What
+    // is left unallocated is the smallest scraps, at most a MiB.
+    let mut len = free_bytes(root).saturating_sub(MIB) / (2 * piece) * (2 * piece);
     while let Err(e) = fallocate(&f, FallocateFlags::empty(), 0, len as i64) {
         assert!(
             e == nix::errno::Errno::ENOSPC && len > 16 * MIB,
             "fallocate {len} bytes: {e}"
         );
-        len -= 8 * MIB;
+        len -= MIB;
     }
     let mut at = 0;
     while at < len {
@@ -249,17 +250,22 @@ fn scatter_free_space(root: &Path, piece: u64) -> PathBuf {
 
 /// `defragd defrag --json --max-mib-per-s N PATH` in a thread of its own.
 fn defrag_in_background(path: &Path) -> thread::JoinHandle<DefragdRun> {
-    defrag_in_background_at(path, MOVE_MIB_PER_S)
+    defrag_in_background_with(path, MOVE_MIB_PER_S, &[])
 }
 
-fn defrag_in_background_at(path: &Path, mib_per_s: u64) -> thread::JoinHandle<DefragdRun> {
-    let args: Vec<OsString> = vec![
+fn defrag_in_background_with(
+    path: &Path,
+    mib_per_s: u64,
+    extra: &[String],
+) -> thread::JoinHandle<DefragdRun> {
+    let mut args: Vec<OsString> = vec![
         "defrag".into(),
         "--json".into(),
         "--max-mib-per-s".into(),
         mib_per_s.to_string().into(),
-        path.into(),
     ];
+    args.extend(extra.iter().map(OsString::from));
+    args.push(path.into());
     thread::spawn(move || defragd(args))
 }
 
@@ -456,12 +462,18 @@ fn a_writer_that_leaves_the_file_worse_than_it_started_is_said_so_not_called_def
         return;
     }
     // A file in a few dozen pieces; during its move the free space is cut
-    // in 4 KiB holes and stays so (each record its own extent), and the
-    // appender writes for the whole move: its tail ends in more pieces than
-    // the file had at the start, and no donor for it can do better.
+    // in 4 KiB holes (each record its own extent) and shrinks below the
+    // reserve, so that the tail cannot have a donor; the appender writes
+    // for the whole move: the tail ends in more pieces than the file had at
+    // the start. The reserve: three quarters of what is free now (the
+    // file's donor fits above it; once the free space is cut, half of it
+    // is left, and the tail's does not).
     let mut s = setup_with(0x7a11_0003, 16, 512 * KIB, 8, 0);
     let orig_blocks = s.size / 4096;
-    let run = defrag_in_background_at(&s.path, 2);
+    let root = s.img.root().to_path_buf();
+    let reserve = 75.0 * free_bytes(&root) as f64 / fs_bytes(&root) as f64;
+    let extra = ["--reserve-percent".to_string(), format!("{reserve:.1}")];
+    let run = defrag_in_background_with(&s.path, 1, &extra);
     wait_for_moved(&s.path, &s.orig, orig_blocks, 2 * MIB, secs(60));
     scatter_free_space(s.img.root(), 4 * KIB);
     let appender = Appender::start(&s.path);
