@@ -9,7 +9,9 @@
 //!
 //! It never fails a move that went well for a tail it cannot improve (no
 //! room, a donor no better, a writer still writing): the tail is left as
-//! it is and the whole file's result says what came of it.
+//! it is, the log says why, and the whole file's result says what came of
+//! it. Only a stop request or the filesystem failing (EIO, read-only)
+//! ends the move here.
 
 use std::os::fd::AsFd;
 
