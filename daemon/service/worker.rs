@@ -423,9 +423,10 @@ fn record(shared: &Shared, job: &Job, path: &std::path::Path, outcome: Outcome, 
                 0,
             );
         }
-        // Recorded at once, with what the move did: trying again while the
-        // writer appends would only move the file again for nothing; a
-        // write to it queues it again, for after its quiet period.
+        // Recorded at once, with what the move did: trying again on a timer
+        // while the writer appends would only move the file again for
+        // nothing. The next write the service sees (or the next crawl)
+        // queues it again, for after its quiet period.
         Outcome::Failed {
             reason: reason @ FailReason::WriterOutpaced { .. },
             before,
