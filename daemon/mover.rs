@@ -10,12 +10,18 @@ use std::collections::VecDeque;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use crate::assess::{
-    clip_to_eof, ideal_extents, Assessment, BlockRange, ExtentMap, MapProblem, MAX_EXTENT_BLOCKS,
+    clip_to_eof, ideal_extents, BlockRange, ExtentMap, MapProblem, MAX_EXTENT_BLOCKS,
 };
 use crate::ext4::{self, Access, Flush, Residency, Wait};
 use crate::inspect::{inspect, Filesystems, Inspected, Refusal, Settle, Target};
 use crate::outcome::{FailReason, Moved, Outcome, Size, SkipReason};
 use crate::plan::{self, Chunk};
+
+mod pass;
+mod tail;
+mod verdict;
+
+use pass::{Halt, Pass};
 
 /// 1 MiB chunks: a writer to the same file waits at most one chunk (about
 /// 20 ms at MOVE_EXT's pace) where a whole-file call stalls it for seconds,
@@ -140,7 +146,7 @@ pub fn defragment(
     let Some(prepared) = prepared else {
         return Outcome::WouldDefragment(before);
     };
-    run(&inspected, &prepared, options, supervisor)
+    run(target, &inspected, &prepared, options, supervisor)
 }
 
 /// Refuses a file in use: an active swapfile, or one written within the
@@ -261,19 +267,56 @@ fn prepare(
         return Ok(None);
     }
     let file = open_for_writing(inspected)?;
+    // A resumed job most often follows a crash or a stop: the blocks its
+    // last donor held are free only once the journal commits.
+    let (donor, donor_runs) = best_donor(
+        target,
+        inspected,
+        &ranges,
+        need,
+        options.reserve_percent,
+        resume_at > 0,
+    )?;
+    if donor_runs >= file_runs {
+        return Err(SkipReason::NoContiguousFreeSpace {
+            file_runs,
+            donor_runs,
+        }
+        .into());
+    }
+    Ok(Some(Prepared {
+        file,
+        donor,
+        ranges,
+        file_runs,
+        resume_at,
+    }))
+}
+
+/// Builds a donor over `ranges` and, when it is far from ideal and from
+/// what the free space allows, one more guided by the free space map;
+/// keeps the better. Its physical runs with it.
+fn best_donor(
+    target: &Target,
+    inspected: &Inspected,
+    ranges: &[BlockRange],
+    need: u64,
+    reserve_percent: f64,
+    commit_first: bool,
+) -> Result<(OwnedFd, u64), Refusal> {
+    let block_size = u64::from(inspected.fs.superblock.block_size);
+    let layout = DonorLayout::for_ranges(ranges);
     let build = |guided: bool| {
         build_donor(
             target,
             inspected,
             layout,
-            &ranges,
+            ranges,
             need,
-            options.reserve_percent,
+            reserve_percent,
             Build {
-                // A resumed job most often follows a crash or a stop: the
-                // blocks its last donor held are free only once the journal
-                // commits. (A guided build follows a commit anyway.)
-                commit_first: resume_at > 0 && !guided,
+                // (A guided build follows a commit anyway.)
+                commit_first: commit_first && !guided,
                 guided,
             },
         )
@@ -289,8 +332,8 @@ fn prepare(
     // the second: it holds the best space, and the second would get what is
     // left.
     if donor_runs > 1
-        && donor_runs > 2 * ideal_extents(&ranges)
-        && worth_another(inspected, donor.as_fd(), &ranges, donor_runs)
+        && donor_runs > 2 * ideal_extents(ranges)
+        && worth_another(inspected, donor.as_fd(), ranges, donor_runs)
     {
         let end = ranges.last().map_or(0, |r| r.end()) * block_size;
         let let_go = |donor: &OwnedFd| -> Result<(), Refusal> {
@@ -316,20 +359,7 @@ fn prepare(
             (donor, donor_runs) = build(false)?;
         }
     }
-    if donor_runs >= file_runs {
-        return Err(SkipReason::NoContiguousFreeSpace {
-            file_runs,
-            donor_runs,
-        }
-        .into());
-    }
-    Ok(Some(Prepared {
-        file,
-        donor,
-        ranges,
-        file_runs,
-        resume_at,
-    }))
+    Ok((donor, donor_runs))
 }
 
 /// Whether a donor for `ranges` in `runs` pieces is more scattered than
@@ -1011,6 +1041,7 @@ fn open_for_writing(inspected: &Inspected) -> Result<OwnedFd, Refusal> {
 }
 
 fn run(
+    target: &Target,
     inspected: &Inspected,
     prepared: &Prepared,
     options: &MoveOptions,
@@ -1020,125 +1051,55 @@ fn run(
     let block_size = u64::from(inspected.fs.superblock.block_size);
     let chunk_blocks = plan::chunk_blocks(options.chunk_bytes, block_size);
     let chunks = plan::chunks(&prepared.ranges, chunk_blocks, prepared.resume_at);
-    let total_bytes = chunks.iter().map(|c| c.len.get()).sum::<u64>() * block_size;
-    let (file, donor) = (prepared.file.as_fd(), prepared.donor.as_fd());
-    let mut cache = CacheKeeper::new(file, block_size);
-    let mut moved_bytes = 0;
-    let mut since_checkpoint = 0u64;
-    let mut last_checkpoint = std::time::Instant::now();
-    let failed = |reason: FailReason, moved_bytes| Outcome::Failed {
-        reason,
-        before: Some(before),
-        bytes_moved: moved_bytes,
+    let file = prepared.file.as_fd();
+    let mut pass = Pass::new(file, block_size);
+    let halted = |halt: Halt, moved_bytes| match halt {
+        Halt::Stopped { next_block } => Outcome::Interrupted {
+            before,
+            next_block,
+            bytes_moved: moved_bytes,
+        },
+        Halt::Failed(reason) => Outcome::Failed {
+            reason,
+            before: Some(before),
+            bytes_moved: moved_bytes,
+        },
     };
-
-    if let Some(first) = chunks.first() {
-        cache.prepare(first);
+    if let Err(halt) = pass.move_chunks(prepared.donor.as_fd(), &chunks, supervisor) {
+        return halted(halt, pass.moved_bytes);
     }
-    for (index, chunk) in chunks.iter().enumerate() {
-        let bytes = chunk.len.get() * block_size;
-        if supervisor.before_chunk(bytes) == Control::Stop {
-            cache.finish_all();
-            // What was moved must be on disk before anyone resumes after it.
-            if let Err(e) = commit(file, donor) {
-                return failed(FailReason::Kernel(e), moved_bytes);
-            }
-            return Outcome::Interrupted {
-                before,
-                next_block: chunk.start,
-                bytes_moved: moved_bytes,
-            };
-        }
-        if let Some(next) = chunks.get(index + 1) {
-            cache.prepare(next);
-        }
-        let started = std::time::Instant::now();
-        let result = move_chunk(file, donor, chunk, block_size);
-        note_if_slow("moving the chunk at block", chunk.start, started);
-        let moved_blocks = match &result {
-            Ok(moved) => *moved,
-            Err(failure) => failure.moved_blocks,
-        };
-        moved_bytes += moved_blocks.min(chunk.len.get()) * block_size;
-        cache.moved(chunk);
-        match result {
-            Err(failure) => {
-                cache.finish_all();
-                return failed(FailReason::Kernel(failure.error), moved_bytes);
-            }
-            Ok(moved) if moved != chunk.len.get() => {
-                cache.finish_all();
-                return failed(
-                    FailReason::ShortMove {
-                        at: chunk.start,
-                        asked: chunk.len.get(),
-                        moved,
-                    },
-                    moved_bytes,
-                );
-            }
-            Ok(_) => {}
-        }
-        // A cursor is only worth saving once the moves before it are
-        // committed: a power cut reverts uncommitted moves, and a resume
-        // after a reverted cursor would skip blocks that are back in place.
-        since_checkpoint += bytes;
-        let last = index + 1 == chunks.len();
-        let due =
-            since_checkpoint >= CHECKPOINT_BYTES || last_checkpoint.elapsed() >= CHECKPOINT_EVERY;
-        let durable = if due || last {
-            since_checkpoint = 0;
-            last_checkpoint = std::time::Instant::now();
-            let committed = commit(file, donor);
-            note_if_slow(
-                "committing after the chunk at block",
-                chunk.start,
-                last_checkpoint,
-            );
-            match committed {
-                Ok(()) => true,
-                // The job is done only once it is all committed.
-                Err(e) if last => {
-                    cache.finish_all();
-                    return failed(FailReason::Kernel(e), moved_bytes);
-                }
-                Err(_) => false,
-            }
-        } else {
-            false
-        };
-        supervisor.after_chunk(&Progress {
-            chunk_bytes: moved_blocks * block_size,
-            moved_bytes,
-            total_bytes,
-            next_block: chunk.end(),
-            offset_bytes: chunk.end() * block_size,
-            durable,
-        });
-    }
-    cache.finish_all();
-
-    let after_map = match ext4::fiemap(file, Flush::No) {
-        Ok(raw) => ExtentMap::from_fiemap(&raw, block_size),
-        Err(e) => return failed(FailReason::Kernel(e), moved_bytes),
+    // What a writer appended meanwhile lies past the planned end: move it
+    // too, or the whole file may end worse than it started.
+    let planned_end = inspected.size.div_ceil(block_size);
+    let tail = tail::Tail {
+        target,
+        inspected,
+        options,
+        chunk_blocks,
     };
-    let after = Assessment::of(&after_map, inspected.size.max(before.size_bytes));
-    let after_runs = after_map.physical_runs_in(&prepared.ranges);
-    if after_runs >= prepared.file_runs {
-        return failed(
-            FailReason::NoImprovement {
-                before: prepared.file_runs,
-                after: after_runs,
-            },
-            moved_bytes,
-        );
+    if let Err(halt) = tail.follow(&mut pass, planned_end, supervisor) {
+        return halted(halt, pass.moved_bytes);
     }
-    Outcome::Defragmented(Moved {
-        before,
-        after,
-        bytes_moved: moved_bytes,
-        converted: false,
-    })
+
+    let measured = match verdict::measure(file, block_size) {
+        Ok(measured) => measured,
+        Err(e) => return halted(Halt::Failed(FailReason::Kernel(e)), pass.moved_bytes),
+    };
+    let judged = verdict::judge(&verdict::Layouts {
+        before: &before,
+        after: &measured.assessment,
+        planned_before: prepared.file_runs,
+        planned_after: measured.map.physical_runs_in(&prepared.ranges),
+    });
+    match judged {
+        Ok(()) => Outcome::Defragmented(Moved {
+            before,
+            after: measured.assessment,
+            bytes_moved: pass.moved_bytes,
+            converted: false,
+        }),
+        Err(reason) => halted(Halt::Failed(reason), pass.moved_bytes),
+    }
 }
 
 /// Logs (at debug) a step that took long enough for a writer beside it to

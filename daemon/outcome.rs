@@ -127,6 +127,19 @@ pub enum FailReason {
          the free space during the move; the data is intact"
     )]
     NoImprovement { before: u64, after: u64 },
+    /// Not the kernel failing: a writer appended to the file during the
+    /// move faster than its tail could be moved after it, and the file as
+    /// a whole ended no better than it started.
+    #[error(
+        "a writer appended {appended} during the move and the file ended in {after} extents \
+         against {before} before; the data is intact; it is worth moving again once the \
+         writer is quiet"
+    )]
+    WriterOutpaced {
+        before: u64,
+        after: u64,
+        appended: Size,
+    },
 }
 
 impl FailReason {
@@ -137,6 +150,16 @@ impl FailReason {
             FailReason::ShortMove { .. } => "short_move",
             FailReason::DonorMismatch(_) => "donor_mismatch",
             FailReason::NoImprovement { .. } => "no_improvement",
+            FailReason::WriterOutpaced { .. } => "writer_outpaced",
+        }
+    }
+
+    /// The file's extents at the end of the move, where the reason knows
+    /// them (a move that ran to its end and was measured).
+    pub fn extents_after(&self) -> Option<u64> {
+        match self {
+            FailReason::WriterOutpaced { after, .. } => Some(*after),
+            _ => None,
         }
     }
 }
@@ -223,6 +246,35 @@ mod tests {
             "{text}"
         );
         assert_eq!(r.code(), "not_enough_free_space");
+    }
+
+    #[test]
+    fn failure_codes_are_distinct_and_only_a_measured_failure_has_an_after() {
+        let reasons = [
+            FailReason::Kernel(ext4::Error::Io),
+            FailReason::Filesystem(String::new()),
+            FailReason::ShortMove {
+                at: 0,
+                asked: 2,
+                moved: 1,
+            },
+            FailReason::DonorMismatch(String::new()),
+            FailReason::NoImprovement {
+                before: 3,
+                after: 3,
+            },
+            FailReason::WriterOutpaced {
+                before: 3,
+                after: 5,
+                appended: Size(1 << 20),
+            },
+        ];
+        let mut codes: Vec<_> = reasons.iter().map(FailReason::code).collect();
+        codes.sort_unstable();
+        codes.dedup();
+        assert_eq!(codes.len(), reasons.len());
+        let afters: Vec<_> = reasons.iter().map(FailReason::extents_after).collect();
+        assert_eq!(afters, [None, None, None, None, None, Some(5)]);
     }
 
     #[test]

@@ -230,6 +230,7 @@ fn file_report(path: PathBuf, outcome: &Outcome, elapsed: Duration) -> FileRepor
         } => {
             report.reason = Some(reason.to_string());
             report.reason_code = Some(reason.code());
+            report.extents_after = reason.extents_after();
             report.bytes_moved = *bytes_moved;
             *before
         }

@@ -377,7 +377,7 @@ fn record(shared: &Shared, job: &Job, path: &std::path::Path, outcome: Outcome, 
                 HistoryOutcome::Defragmented,
                 None,
                 None,
-                Some(moved.after.extents),
+                (Some(moved.before.extents), Some(moved.after.extents)),
                 moved.bytes_moved,
             );
         }
@@ -453,7 +453,7 @@ fn record(shared: &Shared, job: &Job, path: &std::path::Path, outcome: Outcome, 
                 "the file was deleted or replaced since it was queued",
             );
         }
-        Outcome::Skipped { reason, .. } => {
+        Outcome::Skipped { reason, before } => {
             tracing::info!("skipped {}: {}", escaped(&path), escaped_display(&reason));
             finish(
                 shared,
@@ -461,14 +461,38 @@ fn record(shared: &Shared, job: &Job, path: &std::path::Path, outcome: Outcome, 
                 HistoryOutcome::Skipped,
                 Some(reason.code()),
                 Some(reason.to_string()),
-                None,
+                (before.map(|b| b.extents), None),
                 0,
+            );
+        }
+        // Recorded at once, with what the move did: trying again on a timer
+        // while the writer appends would only move the file again for
+        // nothing. The next write the service sees (or the next crawl)
+        // queues it again, for after its quiet period.
+        Outcome::Failed {
+            reason: reason @ FailReason::WriterOutpaced { .. },
+            before,
+            bytes_moved,
+        } => {
+            tracing::warn!(
+                "not defragmented {}: {}",
+                escaped(&path),
+                escaped_display(&reason)
+            );
+            finish(
+                shared,
+                job,
+                HistoryOutcome::Failed,
+                Some(reason.code()),
+                Some(reason.to_string()),
+                (before.map(|b| b.extents), reason.extents_after()),
+                bytes_moved,
             );
         }
         Outcome::Failed {
             reason,
+            before,
             bytes_moved,
-            ..
         } => {
             if job.attempts >= MAX_ATTEMPTS {
                 tracing::warn!(
@@ -482,7 +506,7 @@ fn record(shared: &Shared, job: &Job, path: &std::path::Path, outcome: Outcome, 
                     HistoryOutcome::Failed,
                     Some(reason.code()),
                     Some(reason.to_string()),
-                    None,
+                    (before.map(|b| b.extents), reason.extents_after()),
                     bytes_moved,
                 );
             } else {
@@ -495,7 +519,7 @@ fn record(shared: &Shared, job: &Job, path: &std::path::Path, outcome: Outcome, 
                 retry(shared, job, &reason.to_string(), RETRY_AFTER_SECS);
             }
         }
-        Outcome::Converted { reason, .. } => {
+        Outcome::Converted { reason, before } => {
             tracing::info!(
                 "converted {} to extents; not defragmented: it {}",
                 escaped(&path),
@@ -508,7 +532,7 @@ fn record(shared: &Shared, job: &Job, path: &std::path::Path, outcome: Outcome, 
                 HistoryOutcome::Skipped,
                 Some("converted_only"),
                 Some(why),
-                None,
+                (Some(before.extents), None),
                 0,
             );
         }
@@ -516,26 +540,32 @@ fn record(shared: &Shared, job: &Job, path: &std::path::Path, outcome: Outcome, 
     }
 }
 
+/// Records a finished job. `extents` are the file's extents at the start
+/// of the attempt and at its end, as the move measured them (`None` where
+/// it did not: the job's queued count stands in for the start).
 fn finish(
     shared: &Shared,
     job: &Job,
     outcome: HistoryOutcome,
     reason_code: Option<&str>,
     reason: Option<String>,
-    extents_after: Option<u64>,
+    extents: (Option<u64>, Option<u64>),
     bytes_moved: u64,
 ) {
+    let (extents_before, extents_after) = extents;
     shared.metrics.count_file(outcome.as_str(), reason_code);
     if let Some(after) = extents_after {
-        shared
-            .metrics
-            .extents_removed
-            .inc_by(job.extents_before.saturating_sub(after));
+        shared.metrics.extents_removed.inc_by(
+            extents_before
+                .unwrap_or(job.extents_before)
+                .saturating_sub(after),
+        );
     }
     let finished = Finished {
         outcome,
         reason_code: reason_code.map(str::to_string),
         reason,
+        extents_before,
         extents_after,
         bytes_moved,
     };

@@ -71,6 +71,10 @@ pub struct Finished {
     pub reason_code: Option<String>,
     /// The sentence an operator reads.
     pub reason: Option<String>,
+    /// The file's extents as the attempt found them at its start; `None`
+    /// when it was not measured (the count the job was queued with is
+    /// recorded then).
+    pub extents_before: Option<u64>,
     /// `None` when the file was not measured after the attempt.
     pub extents_after: Option<u64>,
     pub bytes_moved: u64,
@@ -138,7 +142,7 @@ pub(super) fn append(
         finished.outcome,
         finished.reason_code,
         finished.reason,
-        Uint(departed.extents_before),
+        Uint(finished.extents_before.unwrap_or(departed.extents_before)),
         finished.extents_after.map(Uint),
         Uint(finished.bytes_moved),
         now,

@@ -338,6 +338,7 @@ pub(super) fn dropped(reason_code: Option<&str>, reason: &str) -> Finished {
         outcome: HistoryOutcome::Dropped,
         reason_code: reason_code.map(str::to_owned),
         reason: Some(reason.to_owned()),
+        extents_before: None,
         extents_after: None,
         bytes_moved: 0,
     }
@@ -567,6 +568,26 @@ mod tests {
             store.finish_job(id, &defragmented(0)),
             Err(StoreError::JobGone(_))
         ));
+    }
+
+    #[test]
+    fn history_keeps_the_extents_the_move_measured_not_the_queued_ones() {
+        // Queued with 40 extents; by the time the move started the file
+        // had 96 (written meanwhile), and it ended in 191.
+        let (store, _) = memory_store(100);
+        let id = store.enqueue(&new_job(FS_A, 1, 1.0)).unwrap();
+        store.next_job(&filesystems(&[FS_A]), 100).unwrap();
+        let finished = Finished {
+            outcome: HistoryOutcome::Failed,
+            reason_code: Some("writer_outpaced".into()),
+            reason: Some("a writer appended".into()),
+            extents_before: Some(96),
+            extents_after: Some(191),
+            bytes_moved: 1 << 20,
+        };
+        store.finish_job(id, &finished).unwrap();
+        let entry = &store.recent_history(1).unwrap()[0];
+        assert_eq!((entry.extents_before, entry.extents_after), (96, Some(191)));
     }
 
     #[test]

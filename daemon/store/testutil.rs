@@ -55,6 +55,7 @@ pub fn defragmented(bytes_moved: u64) -> Finished {
         outcome: HistoryOutcome::Defragmented,
         reason_code: None,
         reason: None,
+        extents_before: None,
         extents_after: Some(1),
         bytes_moved,
     }

@@ -1,0 +1,157 @@
+//! The chunk loop of one move, shared by the planned chunks and the
+//! tail's: each chunk paced by the supervisor, moved with `moved_len`
+//! checked, its page cache kept as it was found, and committed at
+//! checkpoints, so that a cursor handed to the supervisor as durable never
+//! names a block whose move a power cut could undo.
+
+use std::os::fd::BorrowedFd;
+
+use super::{
+    commit, move_chunk, note_if_slow, CacheKeeper, Control, Progress, Supervisor, CHECKPOINT_BYTES,
+    CHECKPOINT_EVERY,
+};
+use crate::ext4;
+use crate::outcome::FailReason;
+use crate::plan::Chunk;
+
+/// Why a pass of chunks ended before its last.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum Halt {
+    /// Stopped on request between chunks; `next_block` is where to resume.
+    Stopped {
+        next_block: u64,
+    },
+    Failed(FailReason),
+}
+
+/// One move's chunks, the planned ones and the tail's, and what they share:
+/// the byte counts and the checkpoint clock.
+pub(super) struct Pass<'fd> {
+    pub file: BorrowedFd<'fd>,
+    pub block_size: u64,
+    pub moved_bytes: u64,
+    total_bytes: u64,
+    since_checkpoint: u64,
+    last_checkpoint: std::time::Instant,
+}
+
+impl<'fd> Pass<'fd> {
+    pub(super) fn new(file: BorrowedFd<'fd>, block_size: u64) -> Self {
+        Pass {
+            file,
+            block_size,
+            moved_bytes: 0,
+            total_bytes: 0,
+            since_checkpoint: 0,
+            last_checkpoint: std::time::Instant::now(),
+        }
+    }
+
+    /// Moves `chunks` into `donor`'s blocks one by one, paced by the
+    /// supervisor, checking `moved_len` after every call and committing at
+    /// checkpoints and after the last chunk.
+    pub(super) fn move_chunks(
+        &mut self,
+        donor: BorrowedFd<'_>,
+        chunks: &[Chunk],
+        supervisor: &mut dyn Supervisor,
+    ) -> Result<(), Halt> {
+        let (file, block_size) = (self.file, self.block_size);
+        self.total_bytes += chunks.iter().map(|c| c.len.get()).sum::<u64>() * block_size;
+        let mut cache = CacheKeeper::new(file, block_size);
+        if let Some(first) = chunks.first() {
+            cache.prepare(first);
+        }
+        for (index, chunk) in chunks.iter().enumerate() {
+            let bytes = chunk.len.get() * block_size;
+            if supervisor.before_chunk(bytes) == Control::Stop {
+                cache.finish_all();
+                // What was moved must be on disk before anyone resumes after it.
+                commit(file, donor).map_err(|e| Halt::Failed(FailReason::Kernel(e)))?;
+                return Err(Halt::Stopped {
+                    next_block: chunk.start,
+                });
+            }
+            if let Some(next) = chunks.get(index + 1) {
+                cache.prepare(next);
+            }
+            let started = std::time::Instant::now();
+            let result = move_chunk(file, donor, chunk, block_size);
+            note_if_slow("moving the chunk at block", chunk.start, started);
+            let moved_blocks = match &result {
+                Ok(moved) => *moved,
+                Err(failure) => failure.moved_blocks,
+            };
+            self.moved_bytes += moved_blocks.min(chunk.len.get()) * block_size;
+            cache.moved(chunk);
+            match result {
+                Err(failure) => {
+                    cache.finish_all();
+                    return Err(Halt::Failed(FailReason::Kernel(failure.error)));
+                }
+                Ok(moved) if moved != chunk.len.get() => {
+                    cache.finish_all();
+                    return Err(Halt::Failed(FailReason::ShortMove {
+                        at: chunk.start,
+                        asked: chunk.len.get(),
+                        moved,
+                    }));
+                }
+                Ok(_) => {}
+            }
+            let last = index + 1 == chunks.len();
+            let durable = match self.checkpoint(donor, bytes, last, chunk.start) {
+                Ok(durable) => durable,
+                Err(e) => {
+                    cache.finish_all();
+                    return Err(Halt::Failed(FailReason::Kernel(e)));
+                }
+            };
+            supervisor.after_chunk(&Progress {
+                chunk_bytes: moved_blocks * block_size,
+                moved_bytes: self.moved_bytes,
+                total_bytes: self.total_bytes,
+                next_block: chunk.end(),
+                offset_bytes: chunk.end() * block_size,
+                durable,
+            });
+        }
+        cache.finish_all();
+        Ok(())
+    }
+
+    /// Commits when one is due, and always after a pass's last chunk: a
+    /// cursor is only worth saving once the moves before it are committed
+    /// (a power cut reverts uncommitted moves, and a resume after a
+    /// reverted cursor would skip blocks that are back in place). Whether
+    /// everything moved so far is committed; an error only where the
+    /// commit was the last one.
+    fn checkpoint(
+        &mut self,
+        donor: BorrowedFd<'_>,
+        bytes: u64,
+        last: bool,
+        at_block: u64,
+    ) -> ext4::Result<bool> {
+        self.since_checkpoint += bytes;
+        let due = self.since_checkpoint >= CHECKPOINT_BYTES
+            || self.last_checkpoint.elapsed() >= CHECKPOINT_EVERY;
+        if !due && !last {
+            return Ok(false);
+        }
+        self.since_checkpoint = 0;
+        self.last_checkpoint = std::time::Instant::now();
+        let committed = commit(self.file, donor);
+        note_if_slow(
+            "committing after the chunk at block",
+            at_block,
+            self.last_checkpoint,
+        );
+        match committed {
+            Ok(()) => Ok(true),
+            // The pass is done only once it is all committed.
+            Err(e) if last => Err(e),
+            Err(_) => Ok(false),
+        }
+    }
+}
