@@ -15,7 +15,7 @@ use crate::mounts::Covered;
 use crate::mover::refuse_unmovable;
 use crate::outcome::SkipReason;
 use crate::policy::{self, Decision, Heat, Thresholds};
-use crate::store::{FileId, NewJob, SettledWhy};
+use crate::store::{Enqueued, FileId, NewJob, SettledWhy};
 use crate::sys::{open_by_handle, FileHandle, HandleError};
 
 use super::shared::Shared;
@@ -23,7 +23,11 @@ use super::shared::Shared;
 /// What became of a considered file.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Considered {
-    Queued { priority: f64 },
+    Queued {
+        priority: f64,
+    },
+    /// Its job is running: what was written now is looked at after it.
+    Running,
     Left(String),
     Gone,
     Failed(String),
@@ -203,8 +207,10 @@ fn consider_target(
                 priority,
                 not_before: now,
             };
-            match shared.store().enqueue(&job) {
-                Ok(_) => {
+            let enqueued = shared.store().enqueue_unless_running(&job);
+            match enqueued {
+                Ok(Enqueued::Running(_)) => Considered::Running,
+                Ok(Enqueued::Queued(_)) => {
                     shared.wake_all();
                     Considered::Queued { priority }
                 }

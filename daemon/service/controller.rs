@@ -157,6 +157,9 @@ impl Controller for ServiceController {
                         queued += 1;
                         last = Some(("queued", "queued at the highest priority".into()));
                     }
+                    Considered::Running => {
+                        last = Some(("left", "it is being moved right now".into()))
+                    }
                     Considered::Left(why) => last = Some(("left", why)),
                     Considered::Gone => last = Some(("error", "no such file".into())),
                     Considered::Failed(why) => last = Some(("error", why)),

@@ -29,7 +29,7 @@ use crate::escape::escaped;
 use crate::mounts::{reopen_root, Covered};
 use crate::sys::{fs_id, Event, Fanotify, FanotifyError, FsId};
 
-use super::candidates::{consider_file, consider_handle, Urgency};
+use super::candidates::{consider_file, consider_handle, Considered, Urgency};
 use super::catch_up;
 use super::pending::{Key, Noted, Pending, Written};
 use super::shared::{lock, Shared};
@@ -419,9 +419,9 @@ impl EventLoop {
         if ready.is_empty() {
             return;
         }
-        let shared = Arc::clone(&self.shared);
+        let (shared, books) = (Arc::clone(&self.shared), Arc::clone(&self.books));
         // Measuring files is blocking I/O: off the event loop.
-        tokio::task::spawn_blocking(move || consider_all(&shared, ready));
+        tokio::task::spawn_blocking(move || consider_all(&shared, &books, ready));
     }
 
     fn start_catch_ups(&mut self) {
@@ -466,7 +466,7 @@ fn save_seen(shared: &Shared, books: &Mutex<Books>) {
 }
 
 /// Measures each file and queues those worth it.
-fn consider_all(shared: &Shared, ready: Vec<Key>) {
+fn consider_all(shared: &Shared, books: &Mutex<Books>, ready: Vec<Key>) {
     for (uuid, written) in ready {
         let Some(fs) = shared.covered_fs(&uuid) else {
             continue;
@@ -482,6 +482,12 @@ fn consider_all(shared: &Shared, ready: Vec<Key>) {
             }
         };
         tracing::debug!("written file quiet, considered: {outcome:?}");
+        // Written during its own move: looked at again once the move is
+        // over (the job left as it was cannot take this write in).
+        if outcome == Considered::Running {
+            let (at, at_unix) = (Instant::now(), unix_now());
+            lock(books).pending.note((uuid, written), at, at_unix);
+        }
     }
 }
 

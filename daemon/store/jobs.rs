@@ -121,6 +121,14 @@ fn job_from_row(row: &Row<'_>) -> rusqlite::Result<Job> {
     })
 }
 
+/// What `enqueue_unless_running` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enqueued {
+    Queued(JobId),
+    /// The file's job is running: left as it is.
+    Running(JobId),
+}
+
 /// Inserts, or refreshes a queued job for the same file. A file written
 /// again must wait out its new quiet period, so the later `not_before`
 /// wins; and a file found urgent once stays urgent, so the higher priority
@@ -147,6 +155,14 @@ impl Store {
     /// Queues a file, or updates its queued job (see `UPSERT`). Returns the
     /// job's id, also when the file is already running and nothing changed.
     pub fn enqueue(&self, job: &NewJob) -> Result<JobId, StoreError> {
+        self.enqueue_unless_running(job).map(|queued| match queued {
+            Enqueued::Queued(id) | Enqueued::Running(id) => id,
+        })
+    }
+
+    /// `enqueue`, saying whether the file's job is running (and so was
+    /// left as it is: a write seen now must be looked at again after it).
+    pub fn enqueue_unless_running(&self, job: &NewJob) -> Result<Enqueued, StoreError> {
         let doing = "queueing a job";
         let now = self.now();
         let tx = self.write_tx().doing(doing)?;
@@ -171,18 +187,19 @@ impl Store {
             )
             .optional()
             .doing(doing)?;
-        let id = match written {
-            Some(id) => id,
-            None => tx
-                .query_row(
+        let queued = match written {
+            Some(id) => Enqueued::Queued(JobId(id)),
+            None => Enqueued::Running(JobId(
+                tx.query_row(
                     "SELECT id FROM jobs WHERE fs_uuid = ?1 AND ino = ?2 AND generation = ?3",
                     params![file.fs_uuid, Uint(file.ino), file.generation],
                     |row| row.get(0),
                 )
                 .doing(doing)?,
+            )),
         };
         tx.commit().doing(doing)?;
-        Ok(JobId(id))
+        Ok(queued)
     }
 
     /// Takes the next job for a worker serving these filesystems: the
@@ -379,6 +396,28 @@ mod tests {
         assert_eq!(job.extents_before, 90);
         assert_eq!(job.path_hint, PathBuf::from("moved/here"));
         assert_eq!((job.queued_at, job.updated_at), (100, 200));
+    }
+
+    #[test]
+    fn a_file_whose_job_runs_is_said_to_be_running_and_left_as_it_is() {
+        let (store, _) = memory_store(100);
+        let id = match store
+            .enqueue_unless_running(&new_job(FS_A, 1, 5.0))
+            .unwrap()
+        {
+            Enqueued::Queued(id) => id,
+            other => panic!("{other:?}"),
+        };
+        store.next_job(&filesystems(&[FS_A]), 100).unwrap();
+        let mut again = new_job(FS_A, 1, 9.0);
+        again.extents_before = 77;
+        assert_eq!(
+            store.enqueue_unless_running(&again).unwrap(),
+            Enqueued::Running(id)
+        );
+        let job = store.job(id).unwrap().unwrap();
+        assert_eq!(job.state, JobState::Running);
+        assert_ne!(job.extents_before, 77, "a running job is left as it is");
     }
 
     #[test]

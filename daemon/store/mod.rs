@@ -34,7 +34,7 @@ pub use crawl::CrawlCursor;
 pub use error::StoreError;
 pub use filesystems::Filesystem;
 pub use history::{Finished, HistoryEntry, HistoryOutcome};
-pub use jobs::{Job, JobState, NewJob};
+pub use jobs::{Enqueued, Job, JobState, NewJob};
 pub use settled::{Settled, SettledWhy, MAX_SETTLED};
 
 /// The database's file name inside the state directory.
