@@ -844,7 +844,12 @@ impl Controller for Fake {
                 mount_point: "/srv".into(),
                 uuid: "u".into(),
                 disk: "8:0".into(),
+                fragmentation: None,
+                today: Default::default(),
+                total: Default::default(),
             }],
+            today: Default::default(),
+            total: Default::default(),
         }
     }
     fn pause(&self, _for_secs: Option<u64>) -> Result<Done, String> {

@@ -94,7 +94,12 @@ impl Controller for Fake {
                 mount_point: "/srv".into(),
                 uuid: "0f0e-uuid".into(),
                 disk: "sdb".into(),
+                fragmentation: None,
+                today: Default::default(),
+                total: Default::default(),
             }],
+            today: Default::default(),
+            total: Default::default(),
         }
     }
     fn pause(&self, for_secs: Option<u64>) -> Result<Done, String> {

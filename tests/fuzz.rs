@@ -40,8 +40,8 @@ use common::{catch, fuzz_seed, quiet_panics, Seeded, Tally};
 use defragd::assess::{clip_to_eof, e4defrag_best, Assessment, BlockRange, ExtentMap};
 use defragd::config::{self, ConfigErrors, Origin};
 use defragd::control::protocol::{
-    CoveredFs, DefragReply, Done, HistoryLine, Moving, QueueEntry, Request, ResponseData,
-    StatusReport,
+    ActivityReport, CoveredFs, DefragReply, Done, FragmentationReport, HistoryLine, Moving,
+    QueueEntry, Request, ResponseData, StatusReport,
 };
 use defragd::control::{client, format};
 use defragd::ext4::{Extent, ExtentFlags};
@@ -1770,8 +1770,37 @@ prop_compose! {
 }
 
 prop_compose! {
-    fn covered_fs()(mount_point in paths(), uuid in text(), disk in text()) -> CoveredFs {
-        CoveredFs { mount_point, uuid, disk }
+    fn activity()(files_defragmented in extreme_u64(), bytes_moved in extreme_u64()) -> ActivityReport {
+        ActivityReport { files_defragmented, bytes_moved }
+    }
+}
+
+prop_compose! {
+    fn fragmentation()(
+        score in select(vec![f64::NAN, f64::INFINITY, -1.0, 12.5, 1e300]),
+        files in extreme_u64(),
+        extents in extreme_u64(),
+        ideal_extents in extreme_u64(),
+        measured_at in extreme_i64(),
+        previous_score in proptest::option::of(select(vec![f64::NAN, f64::NEG_INFINITY, 0.0, 99.9])),
+        previous_measured_at in proptest::option::of(extreme_i64()),
+    ) -> FragmentationReport {
+        FragmentationReport {
+            score, files, extents, ideal_extents, measured_at, previous_score, previous_measured_at,
+        }
+    }
+}
+
+prop_compose! {
+    fn covered_fs()(
+        mount_point in paths(),
+        uuid in text(),
+        disk in text(),
+        fragmentation in proptest::option::of(fragmentation()),
+        today in activity(),
+        total in activity(),
+    ) -> CoveredFs {
+        CoveredFs { mount_point, uuid, disk, fragmentation, today, total }
     }
 }
 
@@ -1787,8 +1816,12 @@ prop_compose! {
         queued in extreme_u64(),
         bytes_moved_today in extreme_u64(),
         filesystems in vec(covered_fs(), 0..3),
+        today in activity(),
+        total in activity(),
     ) -> StatusReport {
-        StatusReport { state, summary, paused_until, moving, queued, bytes_moved_today, filesystems }
+        StatusReport {
+            state, summary, paused_until, moving, queued, bytes_moved_today, filesystems, today, total,
+        }
     }
 }
 

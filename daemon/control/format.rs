@@ -10,7 +10,8 @@ use indicatif::{BinaryBytes, HumanCount};
 use crate::escape::escaped;
 
 use super::protocol::{
-    CoveredFs, DefragReply, Done, HistoryLine, QueueEntry, ResponseData, StatusReport,
+    ActivityReport, CoveredFs, DefragReply, Done, FragmentationReport, HistoryLine, QueueEntry,
+    ResponseData, StatusReport,
 };
 
 /// The human text for a response's data.
@@ -74,19 +75,48 @@ pub fn status(report: &StatusReport, now: i64) -> String {
     };
     sections.push(("moving", moving));
     sections.push(("queued", vec![count(report.queued, "file", "files")]));
+    // Bytes as the worker moves them (a job under way included); files
+    // as jobs finish.
     sections.push((
         "moved today",
-        vec![BinaryBytes(report.bytes_moved_today).to_string()],
+        vec![format!(
+            "{}, {} defragmented",
+            BinaryBytes(report.bytes_moved_today),
+            count(report.today.files_defragmented, "file", "files")
+        )],
     ));
+    sections.push(("in all", vec![activity(&report.total)]));
     let filesystems = if report.filesystems.is_empty() {
         vec!["none".to_string()]
     } else {
         let rows: Vec<Vec<String>> = report
             .filesystems
             .iter()
-            .map(|fs| vec![show_path(&fs.mount_point), clean(&fs.disk), clean(&fs.uuid)])
+            .map(|fs| {
+                let (score, change) = fragmentation(fs.fragmentation.as_ref());
+                vec![
+                    show_path(&fs.mount_point),
+                    clean(&fs.disk),
+                    clean(&fs.uuid),
+                    score,
+                    change,
+                    format!("today {}", activity(&fs.today)),
+                    format!("in all {}", activity(&fs.total)),
+                ]
+            })
             .collect();
-        columns(&[Align::Left, Align::Left, Align::Left], &rows)
+        columns(
+            &[
+                Align::Left,
+                Align::Left,
+                Align::Left,
+                Align::Left,
+                Align::Left,
+                Align::Left,
+                Align::Left,
+            ],
+            &rows,
+        )
     };
     sections.push(("filesystems", filesystems));
 
@@ -104,6 +134,31 @@ pub fn status(report: &StatusReport, now: i64) -> String {
         }
     }
     out
+}
+
+/// "12 files, 1.20 GiB": what finished jobs did.
+fn activity(a: &ActivityReport) -> String {
+    format!(
+        "{}, {}",
+        count(a.files_defragmented, "file", "files"),
+        BinaryBytes(a.bytes_moved)
+    )
+}
+
+/// A filesystem's score and how it changed since the pass before, in
+/// points and over how long: "score 12.5", "+3.1 in 1d 0h".
+fn fragmentation(f: Option<&FragmentationReport>) -> (String, String) {
+    let Some(f) = f else {
+        return ("score not measured yet".to_string(), String::new());
+    };
+    let change = match (f.change(), f.previous_measured_at) {
+        (Some(change), Some(before)) => format!(
+            "{change:+.1} in {}",
+            span(f.measured_at.saturating_sub(before))
+        ),
+        _ => "first pass".to_string(),
+    };
+    (format!("score {:.1}", f.score), change)
 }
 
 /// The queue as a table, highest priority first as the service sent it.
@@ -322,13 +377,41 @@ mod tests {
                     mount_point: "/".into(),
                     uuid: "11111111-2222".into(),
                     disk: "nvme0n1".into(),
+                    fragmentation: None,
+                    today: ActivityReport::default(),
+                    total: ActivityReport::default(),
                 },
                 CoveredFs {
                     mount_point: "/srv".into(),
                     uuid: "33333333-4444".into(),
                     disk: "sda".into(),
+                    fragmentation: Some(FragmentationReport {
+                        score: 12.5,
+                        files: 40_000,
+                        extents: 80_000,
+                        ideal_extents: 70_000,
+                        measured_at: NOW - 3600,
+                        previous_score: Some(15.625),
+                        previous_measured_at: Some(NOW - 3600 - 86_400),
+                    }),
+                    today: ActivityReport {
+                        files_defragmented: 3,
+                        bytes_moved: 1 << 30,
+                    },
+                    total: ActivityReport {
+                        files_defragmented: 1234,
+                        bytes_moved: 56 << 30,
+                    },
                 },
             ],
+            today: ActivityReport {
+                files_defragmented: 3,
+                bytes_moved: 1 << 30,
+            },
+            total: ActivityReport {
+                files_defragmented: 1234,
+                bytes_moved: 56 << 30,
+            },
         }
     }
 
@@ -340,9 +423,25 @@ mod tests {
              state        moving\n\
              moving       sda  44%  1.20 GiB of 2.70 GiB  /srv/db/big.ibd\n\
              queued       1,234 files\n\
-             moved today  3.00 GiB\n\
-             filesystems  /     nvme0n1  11111111-2222\n\
-             \x20            /srv  sda      33333333-4444"
+             moved today  3.00 GiB, 3 files defragmented\n\
+             in all       1,234 files, 56.00 GiB\n\
+             filesystems  /     nvme0n1  11111111-2222  score not measured yet                 today 0 files, 0 B       in all 0 files, 0 B\n\
+             \x20            /srv  sda      33333333-4444  score 12.5              -3.1 in 1d 0h  today 3 files, 1.00 GiB  in all 1,234 files, 56.00 GiB"
+        );
+    }
+
+    #[test]
+    fn a_first_pass_has_no_change_to_show() {
+        let mut r = report();
+        if let Some(f) = r.filesystems[1].fragmentation.as_mut() {
+            f.previous_score = None;
+            f.previous_measured_at = None;
+            f.score = 30.0;
+        }
+        assert!(
+            status(&r, NOW).contains("score 30.0              first pass"),
+            "{}",
+            status(&r, NOW)
         );
     }
 

@@ -63,7 +63,12 @@ fn canned_status() -> StatusReport {
             mount_point: "/srv".into(),
             uuid: "u-1".into(),
             disk: "sda".into(),
+            fragmentation: None,
+            today: Default::default(),
+            total: Default::default(),
         }],
+        today: Default::default(),
+        total: Default::default(),
     }
 }
 

@@ -7,12 +7,12 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::ext4;
-use crate::inspect::{inspect, Filesystems, Refusal, Settle, Target};
+use crate::inspect::{inspect, Filesystems, Inspected, Refusal, Settle, Target};
 use crate::mounts::Covered;
 use crate::mover::refuse_unmovable;
 use crate::outcome::SkipReason;
 use crate::policy::{self, Decision, Heat, Thresholds};
-use crate::store::{FileId, NewJob};
+use crate::store::{FileId, NewJob, Tally};
 
 use super::shared::Shared;
 
@@ -71,19 +71,52 @@ pub fn consider_file(
     urgency: Urgency,
     now: i64,
 ) -> Considered {
+    consider_and_measure(shared, fs, root, rel, urgency, now).0
+}
+
+/// `consider_file`, and what was measured of the file (None when it could
+/// not be mapped): the crawl adds it up into the filesystem's tally.
+pub fn consider_and_measure(
+    shared: &Shared,
+    fs: &Covered,
+    root: BorrowedFd<'_>,
+    rel: &Path,
+    urgency: Urgency,
+    now: i64,
+) -> (Considered, Option<Tally>) {
     let target = match target_for(fs, root, rel) {
         Ok(target) => target,
-        Err(ext4::Error::NotFound) => return Considered::Gone,
-        Err(e) => return Considered::Failed(e.to_string()),
+        Err(ext4::Error::NotFound) => return (Considered::Gone, None),
+        Err(e) => return (Considered::Failed(e.to_string()), None),
     };
     let mut filesystems = Filesystems::seeded(fs.dev, fs.info.clone());
     let inspected = match inspect(&target, &mut filesystems, Settle::AsIs) {
         Ok(inspected) => inspected,
-        Err(Refusal::Skip(reason)) => return Considered::Left(reason.to_string()),
-        Err(Refusal::Fail(reason)) => return Considered::Failed(reason.to_string()),
+        Err(Refusal::Skip(reason)) => return (Considered::Left(reason.to_string()), None),
+        Err(Refusal::Fail(reason)) => return (Considered::Failed(reason.to_string()), None),
     };
+    let measured = Some(Tally::of_file(
+        inspected.assessment.extents,
+        inspected.assessment.ideal_extents,
+    ));
+    (
+        decide_and_queue(shared, fs, rel, urgency, now, &inspected, &target),
+        measured,
+    )
+}
+
+/// The policy's verdict on a measured file, carried out.
+fn decide_and_queue(
+    shared: &Shared,
+    fs: &Covered,
+    rel: &Path,
+    urgency: Urgency,
+    now: i64,
+    inspected: &Inspected,
+    target: &Target,
+) -> Considered {
     let settings = shared.settings();
-    match refuse_unmovable(&inspected) {
+    match refuse_unmovable(inspected) {
         // Block-mapped files are converted first where the operator allows it.
         Err(SkipReason::BlockMapped) if settings.policy.convert_block_mapped => {}
         Err(reason) => return Considered::Left(reason.to_string()),

@@ -6,7 +6,7 @@
 use rusqlite::{Connection, TransactionBehavior};
 
 /// Migration `i` takes the schema from version `i` to `i + 1`.
-pub(super) const MIGRATIONS: &[&str] = &[V1_INITIAL, V2_CONVERSIONS];
+pub(super) const MIGRATIONS: &[&str] = &[V1_INITIAL, V2_CONVERSIONS, V3_FRAGMENTATION];
 
 /// The newest schema version this code understands.
 pub(super) const KNOWN_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -84,6 +84,33 @@ CREATE TABLE conversions (
     device      BLOB NOT NULL,
     started_at  INTEGER NOT NULL,
     finished_at INTEGER
+);
+";
+
+/// Each filesystem's fragmentation as crawl passes measured it (the running
+/// pass's tally beside its cursor, so a restart keeps it), and what the
+/// service did there each local day (`day`: unix seconds of its midnight).
+const V3_FRAGMENTATION: &str = "
+ALTER TABLE crawl_cursors ADD COLUMN files_measured INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE crawl_cursors ADD COLUMN extents INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE crawl_cursors ADD COLUMN ideal_extents INTEGER NOT NULL DEFAULT 0;
+
+CREATE TABLE fragmentation (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    fs_uuid       TEXT NOT NULL,
+    measured_at   INTEGER NOT NULL,
+    files         INTEGER NOT NULL,
+    extents       INTEGER NOT NULL,
+    ideal_extents INTEGER NOT NULL
+);
+CREATE INDEX fragmentation_by_fs ON fragmentation (fs_uuid, id);
+
+CREATE TABLE activity (
+    fs_uuid            TEXT NOT NULL,
+    day                INTEGER NOT NULL,
+    files_defragmented INTEGER NOT NULL DEFAULT 0,
+    bytes_moved        INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (fs_uuid, day)
 );
 ";
 
