@@ -93,13 +93,11 @@ pub fn status(report: &StatusReport, now: i64) -> String {
             .filesystems
             .iter()
             .map(|fs| {
-                let (score, change) = fragmentation(fs.fragmentation.as_ref());
                 vec![
                     show_path(&fs.mount_point),
                     clean(&fs.disk),
                     clean(&fs.uuid),
-                    score,
-                    change,
+                    fragmentation(fs.fragmentation.as_ref()),
                     format!("today {}", activity(&fs.today)),
                     format!("in all {}", activity(&fs.total)),
                 ]
@@ -107,7 +105,6 @@ pub fn status(report: &StatusReport, now: i64) -> String {
             .collect();
         columns(
             &[
-                Align::Left,
                 Align::Left,
                 Align::Left,
                 Align::Left,
@@ -146,19 +143,19 @@ fn activity(a: &ActivityReport) -> String {
 }
 
 /// A filesystem's score and how it changed since the pass before, in
-/// points and over how long: "score 12.5", "+3.1 in 1d 0h".
-fn fragmentation(f: Option<&FragmentationReport>) -> (String, String) {
+/// points and over how long: "score 12.5, -3.1 in 1d 0h".
+fn fragmentation(f: Option<&FragmentationReport>) -> String {
     let Some(f) = f else {
-        return ("score not measured yet".to_string(), String::new());
+        return "score not measured yet".to_string();
     };
-    let change = match (f.change(), f.previous_measured_at) {
+    match (f.change(), f.previous_measured_at) {
         (Some(change), Some(before)) => format!(
-            "{change:+.1} in {}",
+            "score {:.1}, {change:+.1} in {}",
+            f.score,
             span(f.measured_at.saturating_sub(before))
         ),
-        _ => "first pass".to_string(),
-    };
-    (format!("score {:.1}", f.score), change)
+        _ => format!("score {:.1} (first pass)", f.score),
+    }
 }
 
 /// The queue as a table, highest priority first as the service sent it.
@@ -425,8 +422,8 @@ mod tests {
              queued       1,234 files\n\
              moved today  3.00 GiB, 3 files defragmented\n\
              in all       1,234 files, 56.00 GiB\n\
-             filesystems  /     nvme0n1  11111111-2222  score not measured yet                 today 0 files, 0 B       in all 0 files, 0 B\n\
-             \x20            /srv  sda      33333333-4444  score 12.5              -3.1 in 1d 0h  today 3 files, 1.00 GiB  in all 1,234 files, 56.00 GiB"
+             filesystems  /     nvme0n1  11111111-2222  score not measured yet     today 0 files, 0 B       in all 0 files, 0 B\n\
+             \x20            /srv  sda      33333333-4444  score 12.5, -3.1 in 1d 0h  today 3 files, 1.00 GiB  in all 1,234 files, 56.00 GiB"
         );
     }
 
@@ -439,7 +436,7 @@ mod tests {
             f.score = 30.0;
         }
         assert!(
-            status(&r, NOW).contains("score 30.0              first pass"),
+            status(&r, NOW).contains("score 30.0 (first pass)  today"),
             "{}",
             status(&r, NOW)
         );
