@@ -1882,8 +1882,9 @@ fn response_data() -> impl Strategy<Value = ResponseData> {
 /// newlines the service's text holds.
 fn expected_lines(data: &ResponseData) -> usize {
     match data {
+        // Summary, state, moving, queued, moved today, in all, filesystems.
         ResponseData::Status(s) => {
-            1 + 1 + s.moving.len().max(1) + 1 + 1 + s.filesystems.len().max(1)
+            1 + 1 + s.moving.len().max(1) + 1 + 1 + 1 + s.filesystems.len().max(1)
         }
         ResponseData::Queue(q) if q.is_empty() => 1,
         ResponseData::Queue(q) => 1 + q.len(),
