@@ -21,6 +21,8 @@ FISHDIR  ?= $(PREFIX)/share/fish/vendor_completions.d
 DOCS     := target/docs
 # What the packages take besides the binaries, laid out by kind.
 PKG      := target/package
+# --fast: quicker, larger .deb (packaging/check uses it; releases should not).
+CARGO_DEB_FLAGS ?=
 
 .PHONY: all build docs install uninstall package-files deb rpm
 
@@ -83,7 +85,7 @@ package-files: docs
 	install -m 0644 $(DOCS)/defragd.fish $(DOCS)/defragctl.fish $(PKG)/fish/
 
 deb: package-files
-	cargo deb --no-build --dbgsym
+	cargo deb --no-build --dbgsym $(CARGO_DEB_FLAGS)
 
 rpm: package-files
 	cargo generate-rpm
