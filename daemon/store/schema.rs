@@ -196,6 +196,31 @@ mod tests {
     }
 
     #[test]
+    fn a_crawl_under_way_keeps_its_cursor_through_version_3() {
+        // A store from before fragmentation was recorded, as a package
+        // upgrade finds it: the pass goes on with an empty tally.
+        let mut conn = Connection::open_in_memory().unwrap();
+        migrate(&mut conn, &MIGRATIONS[..2]).unwrap();
+        conn.execute(
+            "INSERT INTO crawl_cursors (fs_uuid, pass_id, pass_started_at, cursor, files_assessed)
+             VALUES ('u', 3, 100, x'61', 7)",
+            [],
+        )
+        .unwrap();
+        migrate(&mut conn, MIGRATIONS).unwrap();
+        let row: (i64, i64, i64, i64) = conn
+            .query_row(
+                "SELECT pass_id, files_assessed, files_measured, extents FROM crawl_cursors",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .unwrap();
+        assert_eq!(row, (3, 7, 0, 0));
+        assert!(tables(&conn).iter().any(|t| t == "fragmentation"));
+        assert!(tables(&conn).iter().any(|t| t == "activity"));
+    }
+
+    #[test]
     fn migrating_again_is_a_no_op() {
         let mut conn = Connection::open_in_memory().unwrap();
         migrate(&mut conn, MIGRATIONS).unwrap();
