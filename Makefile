@@ -3,6 +3,10 @@
 #   sudo make install          install (PREFIX=/usr/local, DESTDIR= for packaging)
 #   sudo make uninstall        remove what install put in place (config and
 #                              state are kept; PURGE=1 removes them too)
+#   make deb                   target/debian/defragd_*.deb (needs cargo-deb)
+#   make rpm                   target/generate-rpm/defragd-*.rpm (needs
+#                              cargo-generate-rpm)
+#   sudo packaging/check       build both, lint, install, verify, purge
 # After install: systemctl daemon-reload && systemctl enable --now defragd
 
 PREFIX   ?= /usr/local
@@ -15,8 +19,12 @@ BASHDIR  ?= $(PREFIX)/share/bash-completion/completions
 ZSHDIR   ?= $(PREFIX)/share/zsh/site-functions
 FISHDIR  ?= $(PREFIX)/share/fish/vendor_completions.d
 DOCS     := target/docs
+# What the packages take besides the binaries, laid out by kind.
+PKG      := target/package
+# --fast: quicker, larger .deb (packaging/check uses it; releases should not).
+CARGO_DEB_FLAGS ?=
 
-.PHONY: all build docs install uninstall
+.PHONY: all build docs install uninstall package-files deb rpm
 
 all: build
 
@@ -58,3 +66,26 @@ uninstall:
 ifeq ($(PURGE),1)
 	rm -rf $(DESTDIR)$(CONFDIR) $(DESTDIR)/var/lib/defragd
 endif
+
+# The unit with the packages' paths, man pages gzipped (as Debian policy
+# and lintian want; man reads them on every distribution), completions, and
+# stripped binaries for the rpm (cargo-deb strips its own, keeping the
+# symbols in a -dbgsym package).
+package-files: docs
+	rm -rf $(PKG)
+	install -d $(PKG)/bin $(PKG)/man8 $(PKG)/bash $(PKG)/zsh $(PKG)/fish
+	strip -o $(PKG)/bin/defragd target/release/defragd
+	strip -o $(PKG)/bin/defragctl target/release/defragctl
+	sed 's|/usr/local/bin/|/usr/bin/|g; s|^# Installed by `make install`.*|# Installed by the defragd package.|' \
+		systemd/defragd.service > $(PKG)/defragd.service
+	for page in $(DOCS)/*.8; do gzip -9n < $$page > $(PKG)/man8/$${page##*/}.gz; done
+	install -m 0644 $(DOCS)/defragd.bash $(PKG)/bash/defragd
+	install -m 0644 $(DOCS)/defragctl.bash $(PKG)/bash/defragctl
+	install -m 0644 $(DOCS)/_defragd $(DOCS)/_defragctl $(PKG)/zsh/
+	install -m 0644 $(DOCS)/defragd.fish $(DOCS)/defragctl.fish $(PKG)/fish/
+
+deb: package-files
+	cargo deb --no-build --dbgsym $(CARGO_DEB_FLAGS)
+
+rpm: package-files
+	cargo generate-rpm

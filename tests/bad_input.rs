@@ -846,7 +846,12 @@ impl Controller for Fake {
                 disk: "8:0".into(),
                 tracking: "crawl".into(),
                 tracking_note: Some("no CAP_SYS_ADMIN".into()),
+                fragmentation: None,
+                today: Default::default(),
+                total: Default::default(),
             }],
+            today: Default::default(),
+            total: Default::default(),
         }
     }
     fn pause(&self, _for_secs: Option<u64>) -> Result<Done, String> {

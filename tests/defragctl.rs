@@ -102,7 +102,12 @@ impl Controller for Fake {
                 disk: "sdb".into(),
                 tracking: "fanotify".into(),
                 tracking_note: None,
+                fragmentation: None,
+                today: Default::default(),
+                total: Default::default(),
             }],
+            today: Default::default(),
+            total: Default::default(),
         }
     }
     fn pause(&self, for_secs: Option<u64>) -> Result<Done, String> {
@@ -220,8 +225,9 @@ fn status_is_shown_for_people_and_for_scripts() {
          state        moving\n\
          moving       sdb  50%  1.00 GiB of 2.00 GiB  /srv/db/big.ibd\n\
          queued       3 files\n\
-         moved today  5.00 GiB\n\
-         filesystems  /srv  sdb  0f0e-uuid  writes tracked on the whole filesystem\n"
+         moved today  5.00 GiB, 0 files defragmented\n\
+         in all       0 files, 0 B\n\
+         filesystems  /srv  sdb  0f0e-uuid  score not measured yet  today 0 files, 0 B  in all 0 files, 0 B  writes: whole filesystem\n"
     );
 
     let output = defragctl(&server.socket, &["--json", "status"]);
@@ -231,6 +237,13 @@ fn status_is_shown_for_people_and_for_scripts() {
     assert_eq!(json["moving"][0]["moved_bytes"], 1u64 << 30);
     assert_eq!(json["filesystems"][0]["disk"], "sdb");
     assert_eq!(json["filesystems"][0]["tracking"], "fanotify");
+    // Added fields, present for scripts before anything was measured.
+    assert_eq!(
+        json["filesystems"][0]["fragmentation"],
+        serde_json::Value::Null
+    );
+    assert_eq!(json["total"]["files_defragmented"], 0);
+    assert_eq!(json["filesystems"][0]["today"]["bytes_moved"], 0);
 }
 
 #[test]

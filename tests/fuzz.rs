@@ -40,8 +40,8 @@ use common::{catch, fuzz_seed, quiet_panics, Seeded, Tally};
 use defragd::assess::{clip_to_eof, e4defrag_best, Assessment, BlockRange, ExtentMap};
 use defragd::config::{self, ConfigErrors, Origin};
 use defragd::control::protocol::{
-    CoveredFs, DefragReply, Done, HistoryLine, Moving, QueueEntry, Request, ResponseData,
-    StatusReport,
+    ActivityReport, CoveredFs, DefragReply, Done, FragmentationReport, HistoryLine, Moving,
+    QueueEntry, Request, ResponseData, StatusReport,
 };
 use defragd::control::{client, format};
 use defragd::ext4::{Extent, ExtentFlags};
@@ -1770,14 +1770,39 @@ prop_compose! {
 }
 
 prop_compose! {
+    fn activity()(files_defragmented in extreme_u64(), bytes_moved in extreme_u64()) -> ActivityReport {
+        ActivityReport { files_defragmented, bytes_moved }
+    }
+}
+
+prop_compose! {
+    fn fragmentation()(
+        score in select(vec![f64::NAN, f64::INFINITY, -1.0, 12.5, 1e300]),
+        files in extreme_u64(),
+        extents in extreme_u64(),
+        ideal_extents in extreme_u64(),
+        measured_at in extreme_i64(),
+        previous_score in proptest::option::of(select(vec![f64::NAN, f64::NEG_INFINITY, 0.0, 99.9])),
+        previous_measured_at in proptest::option::of(extreme_i64()),
+    ) -> FragmentationReport {
+        FragmentationReport {
+            score, files, extents, ideal_extents, measured_at, previous_score, previous_measured_at,
+        }
+    }
+}
+
+prop_compose! {
     fn covered_fs()(
         mount_point in paths(),
         uuid in text(),
         disk in text(),
+        fragmentation in proptest::option::of(fragmentation()),
+        today in activity(),
+        total in activity(),
         tracking in text(),
         tracking_note in proptest::option::of(text()),
     ) -> CoveredFs {
-        CoveredFs { mount_point, uuid, disk, tracking, tracking_note }
+        CoveredFs { mount_point, uuid, disk, fragmentation, today, total, tracking, tracking_note }
     }
 }
 
@@ -1793,8 +1818,12 @@ prop_compose! {
         queued in extreme_u64(),
         bytes_moved_today in extreme_u64(),
         filesystems in vec(covered_fs(), 0..3),
+        today in activity(),
+        total in activity(),
     ) -> StatusReport {
-        StatusReport { state, summary, paused_until, moving, queued, bytes_moved_today, filesystems }
+        StatusReport {
+            state, summary, paused_until, moving, queued, bytes_moved_today, filesystems, today, total,
+        }
     }
 }
 
@@ -1855,8 +1884,9 @@ fn response_data() -> impl Strategy<Value = ResponseData> {
 /// newlines the service's text holds.
 fn expected_lines(data: &ResponseData) -> usize {
     match data {
+        // Summary, state, moving, queued, moved today, in all, filesystems.
         ResponseData::Status(s) => {
-            1 + 1 + s.moving.len().max(1) + 1 + 1 + s.filesystems.len().max(1)
+            1 + 1 + s.moving.len().max(1) + 1 + 1 + 1 + s.filesystems.len().max(1)
         }
         ResponseData::Queue(q) if q.is_empty() => 1,
         ResponseData::Queue(q) => 1 + q.len(),

@@ -32,21 +32,6 @@ fn parse_sample(line: &str) -> Result<(String, f64), String> {
     Ok((name.to_string(), value))
 }
 
-fn scrape(socket: &std::path::Path) -> String {
-    let mut stream = UnixStream::connect(socket).expect("connect to the metrics socket");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("timeout");
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        .expect("send the request");
-    let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .expect("read the response");
-    response
-}
-
 #[test]
 fn the_metrics_endpoint_serves_prometheus_text() {
     if !require_root() {
@@ -58,10 +43,7 @@ fn the_metrics_endpoint_serves_prometheus_text() {
     let socket = home.path().join("metrics.sock");
     let mut text =
         ServiceConfig::new(&root, &[]).to_toml(&home.state_dir(), &home.control_socket());
-    text.push_str(&format!(
-        "\n[metrics]\nlisten = {}\n",
-        toml_str(&format!("unix:{}", socket.display()))
-    ));
+    text.push_str(&metrics_config(&socket));
     home.write_config_text(&text);
     let mut svc = home.start(&[]);
     svc.wait_for_log("serving metrics on", Duration::from_secs(30));
@@ -114,7 +96,11 @@ fn the_metrics_endpoint_serves_prometheus_text() {
         "defragd_extents_removed_total",
         "defragd_queue_length",
         "defragd_throttle_state",
+        "defragd_throttle_rate_bytes_per_second",
         "defragd_last_crawl_timestamp_seconds",
+        "defragd_io_pressure_ratio",
+        "defragd_moves_in_progress",
+        "defragd_kernel_hold_seconds",
     ] {
         assert!(samples.contains_key(name), "{name} missing:\n{body}");
     }

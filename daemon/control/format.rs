@@ -10,7 +10,8 @@ use indicatif::{BinaryBytes, HumanCount};
 use crate::escape::escaped;
 
 use super::protocol::{
-    CoveredFs, DefragReply, Done, HistoryLine, QueueEntry, ResponseData, StatusReport,
+    ActivityReport, CoveredFs, DefragReply, Done, FragmentationReport, HistoryLine, QueueEntry,
+    ResponseData, StatusReport,
 };
 
 /// The human text for a response's data.
@@ -74,10 +75,17 @@ pub fn status(report: &StatusReport, now: i64) -> String {
     };
     sections.push(("moving", moving));
     sections.push(("queued", vec![count(report.queued, "file", "files")]));
+    // Bytes as the worker moves them (a job under way included); files
+    // as jobs finish.
     sections.push((
         "moved today",
-        vec![BinaryBytes(report.bytes_moved_today).to_string()],
+        vec![format!(
+            "{}, {} defragmented",
+            BinaryBytes(report.bytes_moved_today),
+            count(report.today.files_defragmented, "file", "files")
+        )],
     ));
+    sections.push(("in all", vec![activity(&report.total)]));
     let filesystems = if report.filesystems.is_empty() {
         vec!["none".to_string()]
     } else {
@@ -89,11 +97,25 @@ pub fn status(report: &StatusReport, now: i64) -> String {
                     show_path(&fs.mount_point),
                     clean(&fs.disk),
                     clean(&fs.uuid),
+                    fragmentation(fs.fragmentation.as_ref()),
+                    format!("today {}", activity(&fs.today)),
+                    format!("in all {}", activity(&fs.total)),
                     tracking_words(&fs.tracking),
                 ]
             })
             .collect();
-        columns(&[Align::Left, Align::Left, Align::Left, Align::Left], &rows)
+        columns(
+            &[
+                Align::Left,
+                Align::Left,
+                Align::Left,
+                Align::Left,
+                Align::Left,
+                Align::Left,
+                Align::Left,
+            ],
+            &rows,
+        )
     };
     sections.push(("filesystems", filesystems));
 
@@ -111,6 +133,31 @@ pub fn status(report: &StatusReport, now: i64) -> String {
         }
     }
     out
+}
+
+/// "12 files, 1.20 GiB": what finished jobs did.
+fn activity(a: &ActivityReport) -> String {
+    format!(
+        "{}, {}",
+        count(a.files_defragmented, "file", "files"),
+        BinaryBytes(a.bytes_moved)
+    )
+}
+
+/// A filesystem's score and how it changed since the pass before, in
+/// points and over how long: "score 12.5, -3.1 in 1d 0h".
+fn fragmentation(f: Option<&FragmentationReport>) -> String {
+    let Some(f) = f else {
+        return "score not measured yet".to_string();
+    };
+    match (f.change(), f.previous_measured_at) {
+        (Some(change), Some(before)) => format!(
+            "score {:.1}, {change:+.1} in {}",
+            f.score,
+            span(f.measured_at.saturating_sub(before))
+        ),
+        _ => format!("score {:.1} (first pass)", f.score),
+    }
 }
 
 /// The queue as a table, highest priority first as the service sent it.
@@ -252,9 +299,9 @@ fn columns(aligns: &[Align], rows: &[Vec<String>]) -> Vec<String> {
 /// How written files are found on a filesystem, in words.
 fn tracking_words(mode: &str) -> String {
     match mode {
-        "fanotify" => "writes tracked on the whole filesystem".to_string(),
-        "inotify" => "writes tracked in the `watch` trees (inotify)".to_string(),
-        "crawl" => "writes found by the crawl only".to_string(),
+        "fanotify" => "writes: whole filesystem".to_string(),
+        "inotify" => "writes: watch trees (inotify)".to_string(),
+        "crawl" => "writes: crawl only".to_string(),
         "" => String::new(),
         other => clean(other),
     }
@@ -342,6 +389,9 @@ mod tests {
                     disk: "nvme0n1".into(),
                     tracking: "fanotify".into(),
                     tracking_note: None,
+                    fragmentation: None,
+                    today: ActivityReport::default(),
+                    total: ActivityReport::default(),
                 },
                 CoveredFs {
                     mount_point: "/srv".into(),
@@ -349,8 +399,33 @@ mod tests {
                     disk: "sda".into(),
                     tracking: "fanotify".into(),
                     tracking_note: None,
+                    fragmentation: Some(FragmentationReport {
+                        score: 12.5,
+                        files: 40_000,
+                        extents: 80_000,
+                        ideal_extents: 70_000,
+                        measured_at: NOW - 3600,
+                        previous_score: Some(15.625),
+                        previous_measured_at: Some(NOW - 3600 - 86_400),
+                    }),
+                    today: ActivityReport {
+                        files_defragmented: 3,
+                        bytes_moved: 1 << 30,
+                    },
+                    total: ActivityReport {
+                        files_defragmented: 1234,
+                        bytes_moved: 56 << 30,
+                    },
                 },
             ],
+            today: ActivityReport {
+                files_defragmented: 3,
+                bytes_moved: 1 << 30,
+            },
+            total: ActivityReport {
+                files_defragmented: 1234,
+                bytes_moved: 56 << 30,
+            },
         }
     }
 
@@ -362,9 +437,25 @@ mod tests {
              state        moving\n\
              moving       sda  44%  1.20 GiB of 2.70 GiB  /srv/db/big.ibd\n\
              queued       1,234 files\n\
-             moved today  3.00 GiB\n\
-             filesystems  /     nvme0n1  11111111-2222  writes tracked on the whole filesystem\n\
-             \x20            /srv  sda      33333333-4444  writes tracked on the whole filesystem"
+             moved today  3.00 GiB, 3 files defragmented\n\
+             in all       1,234 files, 56.00 GiB\n\
+             filesystems  /     nvme0n1  11111111-2222  score not measured yet     today 0 files, 0 B       in all 0 files, 0 B            writes: whole filesystem\n\
+             \x20            /srv  sda      33333333-4444  score 12.5, -3.1 in 1d 0h  today 3 files, 1.00 GiB  in all 1,234 files, 56.00 GiB  writes: whole filesystem"
+        );
+    }
+
+    #[test]
+    fn a_first_pass_has_no_change_to_show() {
+        let mut r = report();
+        if let Some(f) = r.filesystems[1].fragmentation.as_mut() {
+            f.previous_score = None;
+            f.previous_measured_at = None;
+            f.score = 30.0;
+        }
+        assert!(
+            status(&r, NOW).contains("score 30.0 (first pass)  today"),
+            "{}",
+            status(&r, NOW)
         );
     }
 

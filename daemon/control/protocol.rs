@@ -131,6 +131,44 @@ pub struct StatusReport {
     pub queued: u64,
     pub bytes_moved_today: u64,
     pub filesystems: Vec<CoveredFs>,
+    /// Jobs that finished since local midnight, on every filesystem.
+    #[serde(default)]
+    pub today: ActivityReport,
+    /// Jobs that finished since the store was made, on every filesystem.
+    #[serde(default)]
+    pub total: ActivityReport,
+}
+
+/// What finished jobs did: files defragmented, bytes moved.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActivityReport {
+    pub files_defragmented: u64,
+    pub bytes_moved: u64,
+}
+
+/// A filesystem's fragmentation as the last crawl pass measured it and
+/// moves since changed it, beside the pass before.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FragmentationReport {
+    /// 0 when every mapped file is in its ideal shape, towards 100 as more
+    /// of their extents are excess (`defragd check`'s score, over them all).
+    pub score: f64,
+    /// Files the pass mapped, their extents and the fewest they fit in.
+    pub files: u64,
+    pub extents: u64,
+    pub ideal_extents: u64,
+    /// When that pass ended (unix seconds).
+    pub measured_at: i64,
+    /// The pass before: its score as moves had left it, and when it ended.
+    pub previous_score: Option<f64>,
+    pub previous_measured_at: Option<i64>,
+}
+
+impl FragmentationReport {
+    /// Points gained (positive: more fragmented) since the pass before.
+    pub fn change(&self) -> Option<f64> {
+        self.previous_score.map(|before| self.score - before)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -155,6 +193,13 @@ pub struct CoveredFs {
     /// Why fanotify is not used there, where it is not.
     #[serde(default)]
     pub tracking_note: Option<String>,
+    /// None until its first crawl pass ends.
+    #[serde(default)]
+    pub fragmentation: Option<FragmentationReport>,
+    #[serde(default)]
+    pub today: ActivityReport,
+    #[serde(default)]
+    pub total: ActivityReport,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -65,7 +65,12 @@ fn canned_status() -> StatusReport {
             disk: "sda".into(),
             tracking: "fanotify".into(),
             tracking_note: None,
+            fragmentation: None,
+            today: Default::default(),
+            total: Default::default(),
         }],
+        today: Default::default(),
+        total: Default::default(),
     }
 }
 

@@ -10,12 +10,12 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::ext4;
-use crate::inspect::{inspect, Filesystems, Refusal, Settle, Target};
+use crate::inspect::{inspect, Filesystems, Inspected, Refusal, Settle, Target};
 use crate::mounts::Covered;
 use crate::mover::refuse_unmovable;
 use crate::outcome::SkipReason;
 use crate::policy::{self, Decision, Heat, Thresholds};
-use crate::store::{Enqueued, FileId, NewJob, SettledWhy};
+use crate::store::{Enqueued, FileId, NewJob, SettledWhy, Tally};
 use crate::sys::{open_by_handle, FileHandle, HandleError};
 
 use super::shared::Shared;
@@ -79,10 +79,23 @@ pub fn consider_file(
     urgency: Urgency,
     now: i64,
 ) -> Considered {
+    consider_and_measure(shared, fs, root, rel, urgency, now).0
+}
+
+/// `consider_file`, and what was measured of the file (None when it could
+/// not be mapped): the crawl adds it up into the filesystem's tally.
+pub fn consider_and_measure(
+    shared: &Shared,
+    fs: &Covered,
+    root: BorrowedFd<'_>,
+    rel: &Path,
+    urgency: Urgency,
+    now: i64,
+) -> (Considered, Option<Tally>) {
     match target_for(fs, root, rel) {
         Ok(target) => consider_target(shared, fs, &target, rel, urgency, now),
-        Err(ext4::Error::NotFound) => Considered::Gone,
-        Err(e) => Considered::Failed(e.to_string()),
+        Err(ext4::Error::NotFound) => (Considered::Gone, None),
+        Err(e) => (Considered::Failed(e.to_string()), None),
     }
 }
 
@@ -133,7 +146,7 @@ pub fn consider_handle(
         Err(e) => return Considered::Failed(e.to_string()),
     };
     target.expected_identity = Some((stat.st_ino, generation));
-    consider_target(shared, fs, &target, rel, Urgency::Written, now)
+    consider_target(shared, fs, &target, rel, Urgency::Written, now).0
 }
 
 fn consider_target(
@@ -143,24 +156,46 @@ fn consider_target(
     rel: &Path,
     urgency: Urgency,
     now: i64,
-) -> Considered {
+) -> (Considered, Option<Tally>) {
     let mut filesystems = Filesystems::seeded(fs.dev, fs.info.clone());
     let inspected = match inspect(target, &mut filesystems, Settle::AsIs) {
         Ok(inspected) => inspected,
-        Err(Refusal::Skip(SkipReason::Vanished | SkipReason::Replaced)) => return Considered::Gone,
-        Err(Refusal::Skip(reason)) => return Considered::Left(reason.to_string()),
-        Err(Refusal::Fail(reason)) => return Considered::Failed(reason.to_string()),
+        Err(Refusal::Skip(SkipReason::Vanished | SkipReason::Replaced)) => {
+            return (Considered::Gone, None)
+        }
+        Err(Refusal::Skip(reason)) => return (Considered::Left(reason.to_string()), None),
+        Err(Refusal::Fail(reason)) => return (Considered::Failed(reason.to_string()), None),
     };
+    let measured = Some(Tally::of_file(
+        inspected.assessment.extents,
+        inspected.assessment.ideal_extents,
+    ));
     let file = FileId {
         fs_uuid: fs.uuid.clone(),
         ino: inspected.ino,
         generation: inspected.generation,
     };
     if let Some(why) = settled_since(shared, &file, &inspected, urgency) {
-        return Considered::Left(why.into());
+        return (Considered::Left(why.into()), measured);
     }
+    (
+        decide_and_queue(shared, file, rel, urgency, now, &inspected, target),
+        measured,
+    )
+}
+
+/// The policy's verdict on a measured file, carried out.
+fn decide_and_queue(
+    shared: &Shared,
+    file: FileId,
+    rel: &Path,
+    urgency: Urgency,
+    now: i64,
+    inspected: &Inspected,
+    target: &Target,
+) -> Considered {
     let settings = shared.settings();
-    match refuse_unmovable(&inspected) {
+    match refuse_unmovable(inspected) {
         // Block-mapped files are converted first where the operator allows it.
         Err(SkipReason::BlockMapped) if settings.policy.convert_block_mapped => {}
         Err(reason) => return Considered::Left(reason.to_string()),
@@ -227,7 +262,7 @@ fn consider_target(
 fn settled_since(
     shared: &Shared,
     file: &FileId,
-    inspected: &crate::inspect::Inspected,
+    inspected: &Inspected,
     urgency: Urgency,
 ) -> Option<&'static str> {
     if urgency == Urgency::Operator {

@@ -1,8 +1,10 @@
 //! The background crawl of one filesystem: a pass walks every file in a
 //! fixed order, measures it and queues those worth moving, paced in files
 //! per second; its cursor is saved after every file, so a restarted
-//! service continues the pass instead of starting over. A new pass starts
-//! every `crawl.interval`. No file descriptor is held while it sleeps.
+//! service continues the pass instead of starting over. What it maps adds
+//! up to the filesystem's fragmentation, recorded when the pass ends. A
+//! new pass starts every `crawl.interval`. No file descriptor is held
+//! while it sleeps.
 
 use std::os::fd::AsFd;
 use std::path::PathBuf;
@@ -13,7 +15,7 @@ use crate::crawl_cursor::TreeCursor;
 use crate::escape::escaped;
 use crate::mounts::{reopen_root, Covered};
 
-use super::candidates::{consider_file, Considered, Urgency};
+use super::candidates::{consider_and_measure, Considered, Urgency};
 use super::shared::Shared;
 use super::unix_now;
 
@@ -114,7 +116,8 @@ fn crawl_pass(shared: &Shared, fs: &Covered, after: Option<(PathBuf, u64)>) {
         let Some(rel) = walk.next_file(root.as_fd()) else {
             break;
         };
-        let outcome = consider_file(shared, fs, root.as_fd(), &rel, Urgency::Crawl, unix_now());
+        let (outcome, measured) =
+            consider_and_measure(shared, fs, root.as_fd(), &rel, Urgency::Crawl, unix_now());
         drop(root);
         assessed += 1;
         match &outcome {
@@ -127,7 +130,11 @@ fn crawl_pass(shared: &Shared, fs: &Covered, after: Option<(PathBuf, u64)>) {
             }
             other => tracing::debug!("crawl: assessed {}: {other:?}", escaped(&rel)),
         }
-        if let Err(e) = shared.store().save_crawl_cursor(&fs.uuid, &rel, assessed) {
+        let measured = measured.unwrap_or_default();
+        if let Err(e) = shared
+            .store()
+            .save_crawl_cursor(&fs.uuid, &rel, assessed, &measured)
+        {
             tracing::warn!(
                 "crawl of {}: cannot save its cursor: {e}",
                 escaped(&fs.mount_point)

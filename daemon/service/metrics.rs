@@ -1,6 +1,13 @@
 //! The service's counters and gauges, exposed in the Prometheus text
 //! format: bytes moved, files by outcome and reason, extents removed,
-//! queue length, throttle state, last crawl time.
+//! queue length, throttle state and rate, I/O pressure, moves under way and
+//! how long the kernel has held one, last crawl time, and each
+//! filesystem's fragmentation. Names follow Prometheus' conventions (base
+//! units, `_total` on counters, added by prometheus-client);
+//! monitoring/ queries them, and tests/monitoring.rs checks it queries
+//! nothing else.
+
+use std::sync::atomic::AtomicU64;
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -8,8 +15,17 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use crate::store::Tally;
+
 /// Labels of the per-outcome counter.
 pub type OutcomeLabels = Vec<(String, String)>;
+
+/// Labels of a per-filesystem gauge: `mountpoint` (as node_exporter names
+/// it, so the two join) and `uuid`.
+pub type FsLabels = Vec<(String, String)>;
+
+/// A gauge of a fraction or of seconds.
+pub type FloatGauge = Gauge<f64, AtomicU64>;
 
 /// Everything the service counts.
 pub struct Metrics {
@@ -30,6 +46,17 @@ pub struct Metrics {
     pub write_events: Counter,
     /// Catch-up scans after a lost event queue or a restart.
     pub catch_ups: Counter,
+    /// I/O pressure over the last seconds, 0 to 1 (/proc/pressure/io "some").
+    pub io_pressure: FloatGauge,
+    /// Workers moving a file now.
+    pub moves_in_progress: Gauge,
+    /// The longest the kernel has held a step of a move under way; 0 when
+    /// none is in the kernel. A frozen filesystem makes it grow.
+    pub kernel_hold: FloatGauge,
+    /// Per filesystem: the share of its files' extents beyond the ideal.
+    pub fs_fragmentation: Family<FsLabels, FloatGauge>,
+    /// Per filesystem: extents beyond the ideal, in all.
+    pub fs_excess_extents: Family<FsLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -45,6 +72,11 @@ impl Default for Metrics {
         let write_tracking = Family::<OutcomeLabels, Gauge>::default();
         let write_events = Counter::default();
         let catch_ups = Counter::default();
+        let io_pressure = FloatGauge::default();
+        let moves_in_progress = Gauge::default();
+        let kernel_hold = FloatGauge::default();
+        let fs_fragmentation = Family::<FsLabels, FloatGauge>::default();
+        let fs_excess_extents = Family::<FsLabels, Gauge>::default();
         registry.register(
             "moved_bytes",
             "Bytes moved by MOVE_EXT",
@@ -95,6 +127,31 @@ impl Default for Metrics {
             "Scans for files changed while writes were not seen (a lost event queue, a restart)",
             catch_ups.clone(),
         );
+        registry.register(
+            "io_pressure_ratio",
+            "Share of the last seconds some process waited for I/O (/proc/pressure/io some), 0 to 1",
+            io_pressure.clone(),
+        );
+        registry.register(
+            "moves_in_progress",
+            "Files being moved now (one worker per disk)",
+            moves_in_progress.clone(),
+        );
+        registry.register(
+            "kernel_hold_seconds",
+            "The longest the kernel has held a step of a move under way (0: none); a frozen filesystem makes it grow",
+            kernel_hold.clone(),
+        );
+        registry.register(
+            "filesystem_fragmentation_ratio",
+            "Share of the extents of the files the last crawl pass mapped that are beyond their ideal count, lowered by moves since; 0 to 1",
+            fs_fragmentation.clone(),
+        );
+        registry.register(
+            "filesystem_excess_extents",
+            "Extents beyond the ideal count over the files the last crawl pass mapped, lowered by moves since",
+            fs_excess_extents.clone(),
+        );
         Metrics {
             registry,
             write_tracking,
@@ -107,6 +164,11 @@ impl Default for Metrics {
             throttle_state,
             throttle_rate,
             last_crawl_timestamp,
+            io_pressure,
+            moves_in_progress,
+            kernel_hold,
+            fs_fragmentation,
+            fs_excess_extents,
         }
     }
 }
@@ -137,6 +199,31 @@ impl Metrics {
         self.write_tracking.remove(&tracking_labels(uuid, mode));
     }
 
+    /// Shows the fragmentation of exactly these filesystems (mount point,
+    /// UUID, measurement): one that left coverage leaves the exposition.
+    pub fn set_fragmentation<'a>(
+        &self,
+        filesystems: impl IntoIterator<Item = (&'a std::path::Path, &'a str, Tally)>,
+    ) {
+        self.fs_fragmentation.clear();
+        self.fs_excess_extents.clear();
+        for (mount_point, uuid, tally) in filesystems {
+            let labels = vec![
+                (
+                    "mountpoint".to_string(),
+                    mount_point.to_string_lossy().into_owned(),
+                ),
+                ("uuid".to_string(), uuid.to_string()),
+            ];
+            self.fs_fragmentation
+                .get_or_create(&labels)
+                .set(tally.ratio());
+            self.fs_excess_extents
+                .get_or_create(&labels)
+                .set(i64::try_from(tally.excess_extents()).unwrap_or(i64::MAX));
+        }
+    }
+
     /// The exposition text.
     pub fn render(&self) -> String {
         let mut text = String::new();
@@ -149,7 +236,7 @@ impl Metrics {
 
 fn tracking_labels(uuid: &str, mode: &str) -> OutcomeLabels {
     vec![
-        ("filesystem".to_string(), uuid.to_string()),
+        ("uuid".to_string(), uuid.to_string()),
         ("mode".to_string(), mode.to_string()),
     ]
 }
@@ -185,11 +272,39 @@ mod tests {
         m.set_tracking("u1", "fanotify");
         let text = m.render();
         assert!(
-            text.contains(r#"defragd_write_tracking{filesystem="u1",mode="fanotify"} 1"#),
+            text.contains(r#"defragd_write_tracking{uuid="u1",mode="fanotify"} 1"#),
             "{text}"
         );
         assert!(!text.contains(r#"mode="inotify""#), "{text}");
         m.clear_tracking("u1", "fanotify");
         assert!(!m.render().contains("u1"));
+    }
+
+    #[test]
+    fn fragmentation_is_shown_for_the_covered_filesystems_only() {
+        let m = Metrics::default();
+        let srv = std::path::Path::new("/srv");
+        let tally = Tally {
+            files: 2,
+            extents: 100,
+            ideal_extents: 25,
+        };
+        m.set_fragmentation([
+            (srv, "u-1", tally),
+            (std::path::Path::new("/var"), "u-2", tally),
+        ]);
+        let text = m.render();
+        assert!(
+            text.contains(
+                r#"defragd_filesystem_fragmentation_ratio{mountpoint="/srv",uuid="u-1"} 0.75"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"defragd_filesystem_excess_extents{mountpoint="/var",uuid="u-2"} 75"#),
+            "{text}"
+        );
+        m.set_fragmentation([(srv, "u-1", tally)]);
+        assert!(!m.render().contains("/var"), "{}", m.render());
     }
 }

@@ -351,6 +351,28 @@ fn update_gauges(shared: &Shared, report: &crate::control::protocol::StatusRepor
     let max = shared.settings().throttle.max_bytes_per_s.get();
     let rate = shared.slowed().map_or(max, |s| s.bytes_per_s);
     m.throttle_rate.set(i64::try_from(rate).unwrap_or(i64::MAX));
+    // Read here too, not only while moving: pressure is worth a graph
+    // beside the moves it holds back.
+    m.io_pressure
+        .set(shared.io_pressure().map_or(0.0, |percent| percent / 100.0));
+    let moving = shared.moving();
+    m.moves_in_progress
+        .set(i64::try_from(moving.len()).unwrap_or(i64::MAX));
+    let held = moving
+        .iter()
+        .filter_map(|mv| mv.in_kernel_since.map(|since| since.elapsed()))
+        .max()
+        .unwrap_or_default();
+    m.kernel_hold.set(held.as_secs_f64());
+    m.set_fragmentation(report.filesystems.iter().filter_map(|fs| {
+        let f = fs.fragmentation.as_ref()?;
+        let tally = crate::store::Tally {
+            files: f.files,
+            extents: f.extents,
+            ideal_extents: f.ideal_extents,
+        };
+        Some((fs.mount_point.as_path(), fs.uuid.as_str(), tally))
+    }));
 }
 
 /// Reloads the config: a bad one is refused and the running one kept.

@@ -235,6 +235,12 @@ impl Shared {
         rate
     }
 
+    /// I/O pressure over the last second or so, in percent (None without
+    /// PSI). Shares the pace's readings.
+    pub fn io_pressure(&self) -> Option<f64> {
+        lock(&self.gauge).percent(Instant::now())
+    }
+
     /// How I/O pressure slows moves now (None: full speed, or no move).
     pub fn slowed(&self) -> Option<Slowed> {
         *lock(&self.slowed)

@@ -1,20 +1,26 @@
 //! What the service is doing, in one line a person reads at a glance (the
 //! systemd STATUS= text and the first line of `defragctl status`), and in
-//! full for `defragctl status --json`.
+//! full for `defragctl status --json`: with each filesystem's fragmentation
+//! and what the service did today and in all, from the store.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
-use crate::control::protocol::{CoveredFs, Moving, StatusReport};
+use crate::control::protocol::{
+    ActivityReport, CoveredFs, FragmentationReport, Moving, StatusReport,
+};
 use crate::escape::escaped;
 use crate::outcome::Size;
+use crate::store::{Activity, FsActivity, FsFragmentation};
 
-use super::shared::{MovingNow, Pause, Shared};
+use super::shared::{local_midnight, MovingNow, Pause, Shared};
 use super::unix_now;
 
 /// The full status.
 pub fn report(shared: &Shared) -> StatusReport {
     let moved_today = shared.moved_today();
-    let (queued, next_crawl) = {
+    let covered = shared.covered();
+    let (queued, next_crawl, fragmentation, activity) = {
         let store = shared.store();
         let queued = store.queue_len().unwrap_or(0);
         let interval = shared.settings().crawl.interval;
@@ -29,7 +35,17 @@ pub fn report(shared: &Shared) -> StatusReport {
                 }
             })
             .min();
-        (queued, next_crawl)
+        let fragmentation: HashMap<String, FsFragmentation> = covered
+            .keys()
+            .filter_map(|uuid| Some((uuid.clone(), store.fragmentation(uuid).ok().flatten()?)))
+            .collect();
+        let activity: HashMap<String, FsActivity> = store
+            .activity(local_midnight())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|a| (a.fs_uuid.clone(), a))
+            .collect();
+        (queued, next_crawl, fragmentation, activity)
     };
     // Only moves under way are moves: a job just taken (after a restart,
     // the one a crash interrupted) is still being checked, and may well be
@@ -101,12 +117,18 @@ pub fn report(shared: &Shared) -> StatusReport {
             .collect(),
         queued,
         bytes_moved_today: moved_today,
-        filesystems: shared
-            .covered()
+        // Every filesystem the store knows, covered now or not.
+        today: sum(activity.values().map(|a| a.today)),
+        total: sum(activity.values().map(|a| a.total)),
+        filesystems: covered
             .into_values()
             .map(|fs| {
                 let tracking = shared.tracking(&fs.uuid);
+                let done = activity.get(&fs.uuid);
                 CoveredFs {
+                    fragmentation: fragmentation.get(&fs.uuid).map(fragmentation_report),
+                    today: done.map_or_else(ActivityReport::default, |a| report_of(a.today)),
+                    total: done.map_or_else(ActivityReport::default, |a| report_of(a.total)),
                     mount_point: fs.mount_point,
                     uuid: fs.uuid,
                     disk: fs.disk.0,
@@ -151,6 +173,34 @@ fn tracking_summary(shared: &Shared) -> String {
         line.push_str(&format!("; write tracking: {}", fallback.join(", ")));
     }
     line
+}
+
+fn report_of(a: Activity) -> ActivityReport {
+    ActivityReport {
+        files_defragmented: a.files_defragmented,
+        bytes_moved: a.bytes_moved,
+    }
+}
+
+fn sum(all: impl Iterator<Item = Activity>) -> ActivityReport {
+    all.fold(ActivityReport::default(), |sum, a| ActivityReport {
+        files_defragmented: sum.files_defragmented + a.files_defragmented,
+        bytes_moved: sum.bytes_moved + a.bytes_moved,
+    })
+}
+
+/// The newest measurement as the status shows it, with the one before.
+pub fn fragmentation_report(f: &FsFragmentation) -> FragmentationReport {
+    let t = f.latest.tally;
+    FragmentationReport {
+        score: t.score(),
+        files: t.files,
+        extents: t.extents,
+        ideal_extents: t.ideal_extents,
+        measured_at: f.latest.measured_at,
+        previous_score: f.previous.map(|p| p.tally.score()),
+        previous_measured_at: f.previous.map(|p| p.measured_at),
+    }
 }
 
 fn moving_line(m: &MovingNow, workers: usize) -> String {

@@ -14,10 +14,10 @@ use crate::inspect::Filesystems;
 use crate::mounts::{reopen_root, DiskId};
 use crate::mover::{defragment, Control, MoveOptions, Progress, Supervisor};
 use crate::outcome::{FailReason, Outcome, SkipReason};
-use crate::store::{FileId, Finished, HistoryOutcome, Job, SettledWhy};
+use crate::store::{Activity, FileId, Finished, HistoryOutcome, Job, SettledWhy};
 
 use super::candidates::target_for;
-use super::shared::{MovingNow, Shared};
+use super::shared::{local_midnight, MovingNow, Shared};
 use super::status::human_duration;
 use super::unix_now;
 
@@ -554,13 +554,13 @@ fn finish(
 ) {
     let (extents_before, extents_after) = extents;
     shared.metrics.count_file(outcome.as_str(), reason_code);
-    if let Some(after) = extents_after {
-        shared.metrics.extents_removed.inc_by(
-            extents_before
-                .unwrap_or(job.extents_before)
-                .saturating_sub(after),
-        );
-    }
+    let removed = extents_after.map_or(0, |after| {
+        extents_before
+            .unwrap_or(job.extents_before)
+            .saturating_sub(after)
+    });
+    shared.metrics.extents_removed.inc_by(removed);
+    record_activity(shared, job, outcome, removed, bytes_moved);
     let finished = Finished {
         outcome,
         reason_code: reason_code.map(str::to_string),
@@ -571,6 +571,34 @@ fn finish(
     };
     if let Err(e) = shared.store().finish_job(job.id, &finished) {
         tracing::error!("job {}: cannot record its outcome: {e}", job.id);
+    }
+}
+
+/// What a finished job did to its filesystem: its fragmentation record
+/// falls by the extents removed, and the day's activity counts it. These
+/// are figures for people: one lost in a crash costs nothing.
+fn record_activity(
+    shared: &Shared,
+    job: &Job,
+    outcome: HistoryOutcome,
+    removed_extents: u64,
+    bytes_moved: u64,
+) {
+    let store = shared.store();
+    if let Err(e) = store.extents_removed(&job.file.fs_uuid, &job.path_hint, removed_extents) {
+        tracing::warn!(
+            "job {}: cannot update the fragmentation record: {e}",
+            job.id
+        );
+    }
+    let done = Activity {
+        files_defragmented: u64::from(outcome == HistoryOutcome::Defragmented),
+        bytes_moved,
+    };
+    if done != Activity::default() {
+        if let Err(e) = store.count_activity(&job.file.fs_uuid, local_midnight(), &done) {
+            tracing::warn!("job {}: cannot count it in the day's activity: {e}", job.id);
+        }
     }
 }
 

@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use super::codec::{blob_to_path, get_u64, path_to_blob, serialize_path_lossy, Uint};
 use super::error::Doing;
+use super::fragmentation::{add_to_pass, record_pass, Tally};
 use super::{Store, StoreError};
 
 const CURSOR_COLUMNS: &str =
@@ -68,7 +69,10 @@ impl Store {
                  pass_started_at = excluded.pass_started_at,
                  cursor = x'',
                  files_assessed = 0,
-                 pass_finished_at = NULL
+                 pass_finished_at = NULL,
+                 files_measured = 0,
+                 extents = 0,
+                 ideal_extents = 0
              RETURNING {CURSOR_COLUMNS}"
         );
         self.conn
@@ -76,38 +80,49 @@ impl Store {
             .doing("starting a crawl pass")
     }
 
-    /// Records that everything up to `cursor_path` (inclusive) is assessed.
+    /// Records that everything up to `cursor_path` (inclusive) is assessed,
+    /// and adds what was mapped of it to the pass's tally.
     pub fn save_crawl_cursor(
         &self,
         fs_uuid: &str,
         cursor_path: &Path,
         files_assessed: u64,
+        measured: &Tally,
     ) -> Result<(), StoreError> {
-        let mut stmt = self
-            .conn
+        let doing = "saving a crawl cursor";
+        let tx = self.write_tx().doing(doing)?;
+        let changed = tx
             .prepare_cached(
                 "UPDATE crawl_cursors SET cursor = ?2, files_assessed = ?3 WHERE fs_uuid = ?1",
             )
-            .doing("saving a crawl cursor")?;
-        let changed = stmt
-            .execute(params![
-                fs_uuid,
-                path_to_blob(cursor_path),
-                Uint(files_assessed)
-            ])
-            .doing("saving a crawl cursor")?;
-        pass_must_exist(fs_uuid, changed)
+            .and_then(|mut stmt| {
+                stmt.execute(params![
+                    fs_uuid,
+                    path_to_blob(cursor_path),
+                    Uint(files_assessed)
+                ])
+            })
+            .doing(doing)?;
+        pass_must_exist(fs_uuid, changed)?;
+        if measured.files > 0 {
+            add_to_pass(&tx, fs_uuid, measured).doing(doing)?;
+        }
+        tx.commit().doing(doing)
     }
 
+    /// Ends the pass and records what it measured.
     pub fn finish_pass(&self, fs_uuid: &str, now: i64) -> Result<(), StoreError> {
-        let changed = self
-            .conn
+        let doing = "finishing a crawl pass";
+        let tx = self.write_tx().doing(doing)?;
+        let changed = tx
             .execute(
                 "UPDATE crawl_cursors SET pass_finished_at = ?2 WHERE fs_uuid = ?1",
                 params![fs_uuid, now],
             )
-            .doing("finishing a crawl pass")?;
-        pass_must_exist(fs_uuid, changed)
+            .doing(doing)?;
+        pass_must_exist(fs_uuid, changed)?;
+        record_pass(&tx, fs_uuid, now).doing(doing)?;
+        tx.commit().doing(doing)
     }
 }
 
@@ -138,7 +153,7 @@ mod tests {
         assert!(!first.is_finished());
 
         store
-            .save_crawl_cursor(FS_A, Path::new("home/a/b.log"), 42)
+            .save_crawl_cursor(FS_A, Path::new("home/a/b.log"), 42, &Tally::default())
             .unwrap();
         store.finish_pass(FS_A, 900).unwrap();
         let done = store.crawl_cursor(FS_A).unwrap().unwrap();
@@ -161,7 +176,9 @@ mod tests {
         store.start_pass(FS_A, 100).unwrap();
         store.start_pass(FS_A, 200).unwrap();
         assert_eq!(store.start_pass(FS_B, 300).unwrap().pass_id, 1);
-        store.save_crawl_cursor(FS_B, Path::new("x"), 1).unwrap();
+        store
+            .save_crawl_cursor(FS_B, Path::new("x"), 1, &Tally::default())
+            .unwrap();
         assert_eq!(store.crawl_cursor(FS_A).unwrap().unwrap().files_assessed, 0);
     }
 
@@ -169,7 +186,7 @@ mod tests {
     fn a_cursor_needs_a_started_pass() {
         let (store, _) = memory_store(0);
         let err = store
-            .save_crawl_cursor(FS_A, Path::new("a"), 1)
+            .save_crawl_cursor(FS_A, Path::new("a"), 1, &Tally::default())
             .unwrap_err();
         assert!(
             matches!(&err, StoreError::NoCrawlPass(fs) if fs == FS_A),

@@ -1,6 +1,7 @@
 //! Durable state in SQLite (WAL) at `<state_dir>/state.db`: filesystems,
 //! queued and running jobs with their chunk cursor, crawl cursors, and a
-//! bounded history. The store only saves work: it is never the truth about
+//! bounded history, each filesystem's measured fragmentation and daily
+//! activity. The store only saves work: it is never the truth about
 //! data (the mover re-checks every file), and redoing a chunk of a move is
 //! always safe, so a damaged database is moved aside and replaced rather
 //! than repaired, and a crash may lose the last cursor update.
@@ -16,6 +17,7 @@ mod conversions;
 mod crawl;
 mod error;
 mod filesystems;
+mod fragmentation;
 mod history;
 mod jobs;
 mod open;
@@ -33,6 +35,7 @@ pub use conversions::Unfinished;
 pub use crawl::CrawlCursor;
 pub use error::StoreError;
 pub use filesystems::Filesystem;
+pub use fragmentation::{Activity, FsActivity, FsFragmentation, Measurement, Tally};
 pub use history::{Finished, HistoryEntry, HistoryOutcome};
 pub use jobs::{Enqueued, Job, JobState, NewJob};
 pub use settled::{Settled, SettledWhy, MAX_SETTLED};

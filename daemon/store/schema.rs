@@ -6,7 +6,12 @@
 use rusqlite::{Connection, TransactionBehavior};
 
 /// Migration `i` takes the schema from version `i` to `i + 1`.
-pub(super) const MIGRATIONS: &[&str] = &[V1_INITIAL, V2_CONVERSIONS, V3_WRITE_TRACKING];
+pub(super) const MIGRATIONS: &[&str] = &[
+    V1_INITIAL,
+    V2_CONVERSIONS,
+    V3_WRITE_TRACKING,
+    V4_FRAGMENTATION,
+];
 
 /// The newest schema version this code understands.
 pub(super) const KNOWN_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -106,6 +111,33 @@ CREATE INDEX settled_by_age ON settled (settled_at);
 ALTER TABLE filesystems ADD COLUMN tracked_until INTEGER;
 ";
 
+/// Each filesystem's fragmentation as crawl passes measured it (the running
+/// pass's tally beside its cursor, so a restart keeps it), and what the
+/// service did there each local day (`day`: unix seconds of its midnight).
+const V4_FRAGMENTATION: &str = "
+ALTER TABLE crawl_cursors ADD COLUMN files_measured INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE crawl_cursors ADD COLUMN extents INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE crawl_cursors ADD COLUMN ideal_extents INTEGER NOT NULL DEFAULT 0;
+
+CREATE TABLE fragmentation (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    fs_uuid       TEXT NOT NULL,
+    measured_at   INTEGER NOT NULL,
+    files         INTEGER NOT NULL,
+    extents       INTEGER NOT NULL,
+    ideal_extents INTEGER NOT NULL
+);
+CREATE INDEX fragmentation_by_fs ON fragmentation (fs_uuid, id);
+
+CREATE TABLE activity (
+    fs_uuid            TEXT NOT NULL,
+    day                INTEGER NOT NULL,
+    files_defragmented INTEGER NOT NULL DEFAULT 0,
+    bytes_moved        INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (fs_uuid, day)
+);
+";
+
 /// The schema version recorded in the file (0 for a new, empty one).
 pub(super) fn user_version(conn: &Connection) -> rusqlite::Result<i64> {
     conn.pragma_query_value(None, "user_version", |row| row.get(0))
@@ -185,6 +217,31 @@ mod tests {
                 "{table} missing: {names:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_crawl_under_way_keeps_its_cursor_through_version_3() {
+        // A store from before fragmentation was recorded, as a package
+        // upgrade finds it: the pass goes on with an empty tally.
+        let mut conn = Connection::open_in_memory().unwrap();
+        migrate(&mut conn, &MIGRATIONS[..2]).unwrap();
+        conn.execute(
+            "INSERT INTO crawl_cursors (fs_uuid, pass_id, pass_started_at, cursor, files_assessed)
+             VALUES ('u', 3, 100, x'61', 7)",
+            [],
+        )
+        .unwrap();
+        migrate(&mut conn, MIGRATIONS).unwrap();
+        let row: (i64, i64, i64, i64) = conn
+            .query_row(
+                "SELECT pass_id, files_assessed, files_measured, extents FROM crawl_cursors",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .unwrap();
+        assert_eq!(row, (3, 7, 0, 0));
+        assert!(tables(&conn).iter().any(|t| t == "fragmentation"));
+        assert!(tables(&conn).iter().any(|t| t == "activity"));
     }
 
     #[test]

@@ -101,7 +101,9 @@ fn reopening_keeps_everything() {
         let store = Store::open(tmp.path()).unwrap();
         store.upsert_filesystem(FS_A, Path::new("/srv")).unwrap();
         store.start_pass(FS_A, 100).unwrap();
-        store.save_crawl_cursor(FS_A, Path::new("a/b"), 12).unwrap();
+        store
+            .save_crawl_cursor(FS_A, Path::new("a/b"), 12, &Tally::default())
+            .unwrap();
         let done = store.enqueue(&new_job(FS_A, 1, 1.0)).unwrap();
         store.next_job(&filesystems(&[FS_A]), 100).unwrap();
         store.finish_job(done, &defragmented(4096)).unwrap();
@@ -246,7 +248,9 @@ fn paths_that_are_not_utf8_round_trip_through_the_file() {
         let store = Store::open(tmp.path()).unwrap();
         store.upsert_filesystem(FS_A, mount).unwrap();
         store.start_pass(FS_A, 100).unwrap();
-        store.save_crawl_cursor(FS_A, odd, 1).unwrap();
+        store
+            .save_crawl_cursor(FS_A, odd, 1, &Tally::default())
+            .unwrap();
         let mut job = new_job(FS_A, 5, 1.0);
         job.path_hint = odd.to_owned();
         store.enqueue(&job).unwrap();

@@ -18,7 +18,8 @@ fn describe(cmd: &Command) -> String {
 }
 
 /// The packages whose tools the tests run (as .ci/run installs them).
-pub const TEST_PACKAGES: &str = "e2fsprogs util-linux xfsprogs fio python3 acl attr psmisc";
+pub const TEST_PACKAGES: &str =
+    "e2fsprogs util-linux xfsprogs fio python3 acl attr psmisc prometheus";
 
 /// The panic message for a command that could not be started, saying what
 /// to install when the program is missing.

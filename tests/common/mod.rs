@@ -18,14 +18,15 @@ mod hostile;
 mod image;
 mod jobs;
 mod judge;
+mod scrape;
 mod seeded;
 mod service;
 
 // Not every test binary uses every part.
 #[allow(unused_imports)]
 pub use {
-    cmd::*, defragd::*, faults::*, fixture::*, hostile::*, image::*, jobs::*, judge::*, seeded::*,
-    service::*,
+    cmd::*, defragd::*, faults::*, fixture::*, hostile::*, image::*, jobs::*, judge::*, scrape::*,
+    seeded::*, service::*,
 };
 
 pub const KIB: u64 = 1024;
