@@ -30,6 +30,17 @@ struct Report {
     total: CheckTotal,
 }
 
+/// The tests that mount an image take turns. A mount namespace made by
+/// `unshare` holds a copy of every mount there is at that moment, and keeps
+/// it alive after the test that made it unmounts it (the host's mounts are
+/// private, so the unmount does not reach the copy): that test's e2fsck
+/// would then find its filesystem still in use.
+static IMAGES: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_image_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    IMAGES.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Lines of `stderr` that speak of the superblock or the block device.
 fn device_lines(stderr: &str) -> Vec<&str> {
     stderr
@@ -82,6 +93,7 @@ fn check_reports_every_file_when_the_block_device_cannot_be_read() {
     if !require_root() {
         return;
     }
+    let _turn = one_image_at_a_time();
     let img = LoopImage::create(ImageSpec::ext4(256));
     let tree = img.root().join("tree");
     for d in 0..5 {
@@ -158,6 +170,7 @@ fn the_service_says_once_what_it_cannot_read_and_does_the_rest() {
     if !require_root() {
         return;
     }
+    let _turn = one_image_at_a_time();
     let mut img = LoopImage::create(ImageSpec::ext4(256));
     let root = img.root().to_path_buf();
     let path = root.join("data.bin");
@@ -349,6 +362,7 @@ fn after_a_crash_the_status_shows_only_what_really_moves() {
         return;
     }
     let size = 128 * MIB;
+    let _turn = one_image_at_a_time();
     let mut img = LoopImage::create(ImageSpec::ext4(512));
     let root = img.root().to_path_buf();
     let path = root.join("journal.db");
@@ -439,6 +453,7 @@ fn check_prints_e4defrags_score_only_when_asked_and_says_what_it_measures() {
     if !require_root() {
         return;
     }
+    let _turn = one_image_at_a_time();
     let img = LoopImage::create(ImageSpec::ext4(256));
     let root = img.root().to_path_buf();
     let path = root.join("big");
