@@ -126,7 +126,9 @@ def main():
             if s.get("found_s") is None:
                 return "not found in 60 s"
             how = "by tracking" if s["found_by_tracking"] else "BY THE CRAWL"
-            return f"{s['found_s']:.2f} s ({s['target_extents']} extents, {how})"
+            tries = s.get("target_tries", 1)
+            again = f", written {tries} times to fragment it" if tries > 1 else ""
+            return f"{s['found_s']:.2f} s ({s['target_extents']} extents{again}, {how})"
         rows.append((
             "last write of a fragmented file deep in the tree → its move (quiet period 2 s)",
             f"{label(big)}: {fmt_found(big)}; {label(small)}: {fmt_found(small)}",
