@@ -38,7 +38,9 @@ struct Report {
 static IMAGES: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn one_image_at_a_time() -> std::sync::MutexGuard<'static, ()> {
-    IMAGES.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    IMAGES
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Lines of `stderr` that speak of the superblock or the block device.
