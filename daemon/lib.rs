@@ -8,6 +8,7 @@ pub mod escape;
 pub mod ext4;
 pub mod inspect;
 pub mod logging;
+pub mod medium;
 pub mod mounts;
 pub mod mover;
 pub mod outcome;

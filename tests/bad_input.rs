@@ -846,6 +846,8 @@ impl Controller for Fake {
                 disk: "8:0".into(),
                 tracking: "crawl".into(),
                 tracking_note: Some("no CAP_SYS_ADMIN".into()),
+                medium: "ssd".into(),
+                medium_source: "sysfs".into(),
             }],
         }
     }

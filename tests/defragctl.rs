@@ -102,6 +102,8 @@ impl Controller for Fake {
                 disk: "sdb".into(),
                 tracking: "fanotify".into(),
                 tracking_note: None,
+                medium: "ssd".into(),
+                medium_source: "sysfs".into(),
             }],
         }
     }

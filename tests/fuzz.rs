@@ -1776,8 +1776,10 @@ prop_compose! {
         disk in text(),
         tracking in text(),
         tracking_note in proptest::option::of(text()),
+        medium in text(),
+        medium_source in text(),
     ) -> CoveredFs {
-        CoveredFs { mount_point, uuid, disk, tracking, tracking_note }
+        CoveredFs { mount_point, uuid, disk, tracking, tracking_note, medium, medium_source }
     }
 }
 

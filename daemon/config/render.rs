@@ -27,6 +27,7 @@ struct FileView<'a> {
 struct FilesystemView {
     path: String,
     watch: Vec<String>,
+    medium: &'static str,
 }
 
 #[derive(Serialize)]
@@ -47,6 +48,9 @@ struct PolicyView<'a> {
     exclude: &'a [String],
     reserve_percent: f64,
     convert_block_mapped: bool,
+    boundary_ms_hdd: f64,
+    boundary_ms_ssd: f64,
+    min_saved_ms_per_gib: f64,
 }
 
 #[derive(Serialize)]
@@ -92,6 +96,7 @@ impl Settings {
                 .map(|fs| FilesystemView {
                     path: path(&fs.path),
                     watch: fs.watch.iter().map(|w| path(w)).collect(),
+                    medium: fs.medium.as_str(),
                 })
                 .collect(),
             throttle: ThrottleView {
@@ -114,6 +119,9 @@ impl Settings {
                 exclude: &self.policy.exclude,
                 reserve_percent: self.policy.reserve_percent,
                 convert_block_mapped: self.policy.convert_block_mapped,
+                boundary_ms_hdd: self.policy.boundary_ms_hdd,
+                boundary_ms_ssd: self.policy.boundary_ms_ssd,
+                min_saved_ms_per_gib: self.policy.min_saved_ms_per_gib,
             },
             crawl: CrawlView {
                 interval: format_duration(self.crawl.interval),
@@ -153,6 +161,7 @@ impl Settings {
             lines.push("[[filesystem]]".into());
             lines.push(format!("path = {}", quote(&fs.path)));
             lines.push(format!("watch = {}", array(&fs.watch)));
+            lines.push(format!("medium = {}", quote(fs.medium)));
         }
         lines.extend([
             String::new(),
@@ -171,6 +180,12 @@ impl Settings {
             format!("exclude = {}", array(v.policy.exclude)),
             format!("reserve_percent = {}", number(v.policy.reserve_percent)),
             format!("convert_block_mapped = {}", v.policy.convert_block_mapped),
+            format!("boundary_ms_hdd = {}", number(v.policy.boundary_ms_hdd)),
+            format!("boundary_ms_ssd = {}", number(v.policy.boundary_ms_ssd)),
+            format!(
+                "min_saved_ms_per_gib = {}",
+                number(v.policy.min_saved_ms_per_gib)
+            ),
             String::new(),
             "[crawl]".into(),
             format!("interval = {}", quote(&v.crawl.interval)),

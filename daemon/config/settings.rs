@@ -13,6 +13,9 @@ use std::time::Duration;
 
 use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
 
+use crate::medium::{Medium, MediumChoice};
+use crate::policy::Benefit;
+
 pub(super) const MIB: u64 = 1 << 20;
 
 // Evaluated at compile time (they are only used in consts), so a zero here
@@ -60,6 +63,8 @@ pub struct FilesystemSettings {
     pub path: PathBuf,
     /// Trees under `path` to watch for writes: absolute, normalised.
     pub watch: Vec<PathBuf>,
+    /// What its device is: from the kernel's rotational flag, or as set.
+    pub medium: MediumChoice,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -187,6 +192,13 @@ pub struct PolicySettings {
     /// The kernel's conversion is not crash-safe (a crash during it can
     /// leave an inode for `e2fsck` to reclaim), so it is off by default.
     pub convert_block_mapped: bool,
+    /// What one extent boundary costs a full read on a disk (a seek), in ms.
+    pub boundary_ms_hdd: f64,
+    /// What one extent boundary costs a full read on flash (one more
+    /// request), in ms.
+    pub boundary_ms_ssd: f64,
+    /// A move must save at least this much read time per GiB it writes.
+    pub min_saved_ms_per_gib: f64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -294,6 +306,9 @@ impl Default for PolicySettings {
             excluded: GlobSet::empty(),
             reserve_percent: 5.0,
             convert_block_mapped: false,
+            boundary_ms_hdd: 8.0,
+            boundary_ms_ssd: 0.1,
+            min_saved_ms_per_gib: 100.0,
         }
     }
 }
@@ -342,6 +357,9 @@ impl PartialEq for PolicySettings {
             && self.exclude == other.exclude
             && self.reserve_percent == other.reserve_percent
             && self.convert_block_mapped == other.convert_block_mapped
+            && self.boundary_ms_hdd == other.boundary_ms_hdd
+            && self.boundary_ms_ssd == other.boundary_ms_ssd
+            && self.min_saved_ms_per_gib == other.min_saved_ms_per_gib
     }
 }
 
@@ -357,6 +375,18 @@ pub struct ExcludeError {
 }
 
 impl PolicySettings {
+    /// The benefit model's figures for a filesystem on `medium`.
+    pub fn benefit(&self, medium: Medium) -> Benefit {
+        Benefit {
+            medium,
+            boundary_ms: match medium {
+                Medium::Hdd => self.boundary_ms_hdd,
+                Medium::Ssd => self.boundary_ms_ssd,
+            },
+            min_saved_ms_per_gib: self.min_saved_ms_per_gib,
+        }
+    }
+
     /// Whether `path` (absolute) matches one of the exclude patterns.
     pub fn is_excluded(&self, path: &Path) -> bool {
         self.excluded.is_match(path)

@@ -88,12 +88,22 @@ pub fn status(report: &StatusReport, now: i64) -> String {
                 vec![
                     show_path(&fs.mount_point),
                     clean(&fs.disk),
+                    medium_words(&fs.medium, &fs.medium_source),
                     clean(&fs.uuid),
                     tracking_words(&fs.tracking),
                 ]
             })
             .collect();
-        columns(&[Align::Left, Align::Left, Align::Left, Align::Left], &rows)
+        columns(
+            &[
+                Align::Left,
+                Align::Left,
+                Align::Left,
+                Align::Left,
+                Align::Left,
+            ],
+            &rows,
+        )
     };
     sections.push(("filesystems", filesystems));
 
@@ -249,6 +259,16 @@ fn columns(aligns: &[Align], rows: &[Vec<String>]) -> Vec<String> {
 
 /// The disk of the filesystem that holds `path`: the deepest mount point
 /// it lies under.
+/// "ssd (sysfs)": the medium and who decided it; nothing from a service
+/// that does not say.
+fn medium_words(medium: &str, source: &str) -> String {
+    match (clean(medium), clean(source)) {
+        (medium, _) if medium.is_empty() => String::new(),
+        (medium, source) if source.is_empty() => medium,
+        (medium, source) => format!("{medium} ({source})"),
+    }
+}
+
 /// How written files are found on a filesystem, in words.
 fn tracking_words(mode: &str) -> String {
     match mode {
@@ -342,6 +362,8 @@ mod tests {
                     disk: "nvme0n1".into(),
                     tracking: "fanotify".into(),
                     tracking_note: None,
+                    medium: "ssd".into(),
+                    medium_source: "sysfs".into(),
                 },
                 CoveredFs {
                     mount_point: "/srv".into(),
@@ -349,6 +371,8 @@ mod tests {
                     disk: "sda".into(),
                     tracking: "fanotify".into(),
                     tracking_note: None,
+                    medium: "hdd".into(),
+                    medium_source: "config".into(),
                 },
             ],
         }
@@ -363,8 +387,8 @@ mod tests {
              moving       sda  44%  1.20 GiB of 2.70 GiB  /srv/db/big.ibd\n\
              queued       1,234 files\n\
              moved today  3.00 GiB\n\
-             filesystems  /     nvme0n1  11111111-2222  writes tracked on the whole filesystem\n\
-             \x20            /srv  sda      33333333-4444  writes tracked on the whole filesystem"
+             filesystems  /     nvme0n1  ssd (sysfs)   11111111-2222  writes tracked on the whole filesystem\n\
+             \x20            /srv  sda      hdd (config)  33333333-4444  writes tracked on the whole filesystem"
         );
     }
 

@@ -155,6 +155,13 @@ pub struct CoveredFs {
     /// Why fanotify is not used there, where it is not.
     #[serde(default)]
     pub tracking_note: Option<String>,
+    /// What its device is taken to be: "ssd" or "hdd" (empty from a
+    /// service that does not say).
+    #[serde(default)]
+    pub medium: String,
+    /// Who said so: "config", "sysfs" (the rotational flag) or "assumed".
+    #[serde(default)]
+    pub medium_source: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

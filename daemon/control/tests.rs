@@ -65,6 +65,8 @@ fn canned_status() -> StatusReport {
             disk: "sda".into(),
             tracking: "fanotify".into(),
             tracking_note: None,
+            medium: "ssd".into(),
+            medium_source: "sysfs".into(),
         }],
     }
 }

@@ -15,7 +15,7 @@ use crate::mounts::Covered;
 use crate::mover::refuse_unmovable;
 use crate::outcome::SkipReason;
 use crate::policy::{self, Decision, Heat, Thresholds};
-use crate::store::{FileId, NewJob, SettledWhy};
+use crate::store::{FileId, Finished, HistoryOutcome, NewJob, SettledWhy};
 use crate::sys::{open_by_handle, FileHandle, HandleError};
 
 use super::shared::Shared;
@@ -168,6 +168,7 @@ fn consider_target(
         min_excess_extents: p.min_excess_extents,
         min_score: p.min_score,
         quiet_period: p.quiet_period,
+        benefit: p.benefit(shared.medium(fs).medium),
     };
     let a = inspected.assessment;
     let decision = match urgency {
@@ -191,6 +192,10 @@ fn consider_target(
         }
     };
     match decision {
+        Decision::Leave(reason @ policy::LeaveReason::NoBenefit { .. }) => {
+            record_no_benefit(shared, &file, &inspected, rel, &reason);
+            Considered::Left(reason.to_string())
+        }
         Decision::Leave(reason) => Considered::Left(reason.to_string()),
         Decision::Queue { priority } => {
             let job = NewJob {
@@ -211,6 +216,41 @@ fn consider_target(
                 Err(e) => Considered::Failed(format!("cannot queue it: {e}")),
             }
         }
+    }
+}
+
+/// Records in the history, once per version of the file, that the policy
+/// left it because moving it would not pay on its medium, and settles it
+/// so that its own write events do not bring it back.
+fn record_no_benefit(
+    shared: &Shared,
+    file: &FileId,
+    inspected: &crate::inspect::Inspected,
+    rel: &Path,
+    reason: &policy::LeaveReason,
+) {
+    let store = shared.store();
+    let known = store.settled(file).ok().flatten().is_some_and(|s| {
+        s.why == SettledWhy::NoGain && s.unchanged(inspected.mtime, inspected.size)
+    });
+    if known {
+        return;
+    }
+    let finished = Finished {
+        outcome: HistoryOutcome::Skipped,
+        reason_code: Some(reason.code().to_string()),
+        reason: Some(reason.to_string()),
+        extents_after: None,
+        bytes_moved: 0,
+    };
+    let recorded = store
+        .record_left(file, rel, inspected.assessment.extents, &finished)
+        .and_then(|()| store.settle(file, inspected.mtime, inspected.size, SettledWhy::NoGain));
+    if let Err(e) = recorded {
+        tracing::warn!(
+            "cannot record that {} was left: {e}",
+            crate::escape::escaped(rel)
+        );
     }
 }
 

@@ -9,6 +9,7 @@ mod catch_up;
 mod controller;
 mod crawler;
 mod exposition;
+mod media;
 mod metrics;
 mod pending;
 mod shared;

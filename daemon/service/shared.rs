@@ -12,6 +12,7 @@ use crate::mounts::{Covered, DiskId};
 use crate::store::Store;
 use crate::throttle::{paced_rate, PressureGauge, TokenBucket};
 
+use super::media::Media;
 use super::metrics::Metrics;
 use super::tracker::Tracking;
 
@@ -107,6 +108,8 @@ pub struct Shared {
     /// Bytes moved since the local midnight it names (unix time).
     moved_today: Mutex<(i64, u64)>,
     pub metrics: Metrics,
+    /// Each covered filesystem's medium, decided once.
+    media: Media,
     /// Bumped whenever there may be new work or a state change; threads
     /// that idle wait on it.
     wake: (Mutex<u64>, Condvar),
@@ -136,6 +139,7 @@ impl Shared {
             reload_error: Mutex::new(None),
             tracking: Mutex::new(HashMap::new()),
             metrics: Metrics::default(),
+            media: Media::default(),
             wake: (Mutex::new(0), Condvar::new()),
         })
     }
@@ -155,6 +159,7 @@ impl Shared {
             .settings
             .write()
             .unwrap_or_else(PoisonError::into_inner) = Arc::new(settings);
+        self.media.forget();
         self.wake_all();
     }
 
@@ -175,12 +180,18 @@ impl Shared {
 
     pub fn set_covered(&self, covered: HashMap<String, Covered>) {
         *self.covered.write().unwrap_or_else(PoisonError::into_inner) = covered;
+        self.media.forget();
         self.wake_all();
     }
 
     /// How long to wait before moving `bytes` (all workers share one rate).
     pub fn throttle(&self, bytes: u64) -> Duration {
         lock(&self.bucket).take(bytes, Instant::now())
+    }
+
+    /// `fs`'s medium: as the config says, else its disk's rotational flag.
+    pub fn medium(&self, fs: &Covered) -> crate::medium::MediumDecided {
+        self.media.of(&self.settings(), fs)
     }
 
     pub fn shutting_down(&self) -> bool {

@@ -106,7 +106,10 @@ pub fn report(shared: &Shared) -> StatusReport {
             .into_values()
             .map(|fs| {
                 let tracking = shared.tracking(&fs.uuid);
+                let medium = shared.medium(&fs);
                 CoveredFs {
+                    medium: medium.medium.as_str().to_string(),
+                    medium_source: medium.source.as_str().to_string(),
                     mount_point: fs.mount_point,
                     uuid: fs.uuid,
                     disk: fs.disk.0,

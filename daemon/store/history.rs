@@ -191,6 +191,27 @@ impl Store {
         rows.collect::<rusqlite::Result<_>>().doing(doing)
     }
 
+    /// Records a file the policy left alone without queueing it (so with
+    /// no job), for the operator to see in the history.
+    pub fn record_left(
+        &self,
+        file: &FileId,
+        path: &std::path::Path,
+        extents: u64,
+        finished: &Finished,
+    ) -> Result<(), StoreError> {
+        let doing = "recording a file left alone";
+        let departed = Departed {
+            file: file.clone(),
+            path: path.to_path_buf(),
+            extents_before: extents,
+        };
+        let tx = self.write_tx().doing(doing)?;
+        append(&tx, &departed, finished, self.now()).doing(doing)?;
+        prune(&tx, self.history_limit).doing(doing)?;
+        tx.commit().doing(doing)
+    }
+
     /// Bytes moved by jobs that finished at or after `since` (unix seconds),
     /// counting only the history still kept.
     pub fn bytes_moved_since(&self, since: i64) -> Result<u64, StoreError> {
