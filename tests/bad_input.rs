@@ -848,6 +848,8 @@ impl Controller for Fake {
                 tracking_note: Some("no CAP_SYS_ADMIN".into()),
                 medium: "ssd".into(),
                 medium_source: "sysfs".into(),
+                write_budget_bytes: None,
+                written_today_bytes: 0,
             }],
         }
     }

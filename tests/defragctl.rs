@@ -104,6 +104,8 @@ impl Controller for Fake {
                 tracking_note: None,
                 medium: "ssd".into(),
                 medium_source: "sysfs".into(),
+                write_budget_bytes: None,
+                written_today_bytes: 0,
             }],
         }
     }

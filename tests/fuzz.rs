@@ -1778,8 +1778,13 @@ prop_compose! {
         tracking_note in proptest::option::of(text()),
         medium in text(),
         medium_source in text(),
+        write_budget_bytes in proptest::option::of(any::<u64>()),
+        written_today_bytes in any::<u64>(),
     ) -> CoveredFs {
-        CoveredFs { mount_point, uuid, disk, tracking, tracking_note, medium, medium_source }
+        CoveredFs {
+            mount_point, uuid, disk, tracking, tracking_note, medium, medium_source,
+            write_budget_bytes, written_today_bytes,
+        }
     }
 }
 

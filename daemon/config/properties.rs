@@ -100,6 +100,8 @@ const KEYS: &[&str] = &[
     "throttle.pressure_percent",
     "throttle.min_mib_per_s",
     "throttle.windows",
+    "throttle.write_budget_ssd",
+    "throttle.write_budget_hdd",
     "policy.quiet_period",
     "policy.min_size",
     "policy.min_excess_extents",

@@ -37,6 +37,8 @@ struct ThrottleView {
     pressure_percent: f64,
     min_mib_per_s: u64,
     windows: Vec<String>,
+    write_budget_ssd: String,
+    write_budget_hdd: String,
 }
 
 #[derive(Serialize)]
@@ -110,6 +112,8 @@ impl Settings {
                     .iter()
                     .map(ToString::to_string)
                     .collect(),
+                write_budget_ssd: budget(self.throttle.write_budget_ssd),
+                write_budget_hdd: budget(self.throttle.write_budget_hdd),
             },
             policy: PolicyView {
                 quiet_period: format_duration(self.policy.quiet_period),
@@ -171,6 +175,8 @@ impl Settings {
             format!("pressure_percent = {}", number(v.throttle.pressure_percent)),
             format!("min_mib_per_s = {}", v.throttle.min_mib_per_s),
             format!("windows = {}", array(&v.throttle.windows)),
+            format!("write_budget_ssd = {}", quote(&v.throttle.write_budget_ssd)),
+            format!("write_budget_hdd = {}", quote(&v.throttle.write_budget_hdd)),
             String::new(),
             "[policy]".into(),
             format!("quiet_period = {}", quote(&v.policy.quiet_period)),
@@ -235,6 +241,11 @@ fn number(x: f64) -> String {
         // Display never uses exponents, so this is always a TOML float.
         format!("{x}")
     }
+}
+
+/// A daily write budget as the file writes it: "0" for none.
+fn budget(bytes: Option<std::num::NonZeroU64>) -> String {
+    bytes.map_or_else(|| "0".to_string(), |b| format_size(b.get()))
 }
 
 #[cfg(test)]

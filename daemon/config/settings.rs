@@ -36,6 +36,9 @@ const fn non_zero_u32(n: u32) -> NonZeroU32 {
 
 const DEFAULT_MAX_BYTES_PER_S: NonZeroU64 = non_zero_u64(64 * MIB);
 const DEFAULT_MIN_BYTES_PER_S: u64 = 4 * MIB;
+/// A 1 TB TLC drive rated for 600 TB written over 5 years takes about
+/// 330 GB a day; defragmentation gets a small share of that.
+const DEFAULT_WRITE_BUDGET_SSD: NonZeroU64 = non_zero_u64(16 * 1024 * MIB);
 const DEFAULT_CHUNK_BYTES: NonZeroU64 = non_zero_u64(MIB);
 const DEFAULT_FILES_PER_SECOND: NonZeroU32 = non_zero_u32(500);
 const DEFAULT_MAX_WATCHES: NonZeroU32 = non_zero_u32(65_536);
@@ -84,6 +87,22 @@ pub struct ThrottleSettings {
     /// of them (see [`within_windows`]); outside, the service only watches
     /// and queues. Empty (the default) means moving is always allowed.
     pub windows: Vec<TimeWindow>,
+    /// Bytes moves may write to one flash device in one local day; `None`
+    /// for no limit.
+    pub write_budget_ssd: Option<NonZeroU64>,
+    /// The same for a disk; `None` (the default) for no limit.
+    pub write_budget_hdd: Option<NonZeroU64>,
+}
+
+impl ThrottleSettings {
+    /// The daily write budget of a device on `medium`, in bytes.
+    pub fn write_budget(&self, medium: Medium) -> Option<u64> {
+        match medium {
+            Medium::Ssd => self.write_budget_ssd,
+            Medium::Hdd => self.write_budget_hdd,
+        }
+        .map(NonZeroU64::get)
+    }
 }
 
 /// The minutes in a day, and the end of a window that lasts until midnight.
@@ -291,6 +310,8 @@ impl Default for ThrottleSettings {
             pressure_percent: Some(20.0),
             min_bytes_per_s: DEFAULT_MIN_BYTES_PER_S,
             windows: Vec::new(),
+            write_budget_ssd: Some(DEFAULT_WRITE_BUDGET_SSD),
+            write_budget_hdd: None,
         }
     }
 }

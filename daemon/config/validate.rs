@@ -98,6 +98,12 @@ fn throttle(settings: &mut ThrottleSettings, f: ThrottleFragment, check: &mut Ch
     if let Some(windows) = check.windows("throttle.windows", f.windows) {
         settings.windows = windows;
     }
+    if let Some(bytes) = check.size("throttle.write_budget_ssd", f.write_budget_ssd) {
+        settings.write_budget_ssd = NonZeroU64::new(bytes);
+    }
+    if let Some(bytes) = check.size("throttle.write_budget_hdd", f.write_budget_hdd) {
+        settings.write_budget_hdd = NonZeroU64::new(bytes);
+    }
 }
 
 fn policy(settings: &mut PolicySettings, f: PolicyFragment, check: &mut Check) {

@@ -89,6 +89,7 @@ pub fn status(report: &StatusReport, now: i64) -> String {
                     show_path(&fs.mount_point),
                     clean(&fs.disk),
                     medium_words(&fs.medium, &fs.medium_source),
+                    budget_words(fs.written_today_bytes, fs.write_budget_bytes),
                     clean(&fs.uuid),
                     tracking_words(&fs.tracking),
                 ]
@@ -96,6 +97,7 @@ pub fn status(report: &StatusReport, now: i64) -> String {
             .collect();
         columns(
             &[
+                Align::Left,
                 Align::Left,
                 Align::Left,
                 Align::Left,
@@ -269,6 +271,14 @@ fn medium_words(medium: &str, source: &str) -> String {
     }
 }
 
+/// "1.00 GiB of 16.0 GiB today": a device's daily write budget; nothing
+/// where there is none.
+fn budget_words(written: u64, budget: Option<u64>) -> String {
+    budget.map_or_else(String::new, |budget| {
+        format!("{} of {} today", BinaryBytes(written), BinaryBytes(budget))
+    })
+}
+
 /// How written files are found on a filesystem, in words.
 fn tracking_words(mode: &str) -> String {
     match mode {
@@ -364,6 +374,8 @@ mod tests {
                     tracking_note: None,
                     medium: "ssd".into(),
                     medium_source: "sysfs".into(),
+                    write_budget_bytes: Some(16 << 30),
+                    written_today_bytes: 1 << 30,
                 },
                 CoveredFs {
                     mount_point: "/srv".into(),
@@ -373,6 +385,8 @@ mod tests {
                     tracking_note: None,
                     medium: "hdd".into(),
                     medium_source: "config".into(),
+                    write_budget_bytes: None,
+                    written_today_bytes: 0,
                 },
             ],
         }
@@ -387,8 +401,8 @@ mod tests {
              moving       sda  44%  1.20 GiB of 2.70 GiB  /srv/db/big.ibd\n\
              queued       1,234 files\n\
              moved today  3.00 GiB\n\
-             filesystems  /     nvme0n1  ssd (sysfs)   11111111-2222  writes tracked on the whole filesystem\n\
-             \x20            /srv  sda      hdd (config)  33333333-4444  writes tracked on the whole filesystem"
+             filesystems  /     nvme0n1  ssd (sysfs)   1.00 GiB of 16.00 GiB today  11111111-2222  writes tracked on the whole filesystem\n\
+             \x20            /srv  sda      hdd (config)                               33333333-4444  writes tracked on the whole filesystem"
         );
     }
 

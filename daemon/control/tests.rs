@@ -67,6 +67,8 @@ fn canned_status() -> StatusReport {
             tracking_note: None,
             medium: "ssd".into(),
             medium_source: "sysfs".into(),
+            write_budget_bytes: None,
+            written_today_bytes: 0,
         }],
     }
 }

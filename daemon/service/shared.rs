@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
+use crate::budget::{self, Ledgers, Standing};
 use crate::config::Settings;
+use crate::medium::Medium;
 use crate::mounts::{Covered, DiskId};
 use crate::store::Store;
 use crate::throttle::{paced_rate, PressureGauge, TokenBucket};
@@ -110,6 +112,10 @@ pub struct Shared {
     pub metrics: Metrics,
     /// Each covered filesystem's medium, decided once.
     media: Media,
+    /// Bytes moved on each device today, against its write budget.
+    ledgers: Mutex<Ledgers>,
+    /// Today's local midnight and the next (unix time); a test's own.
+    day: DayClock,
     /// Bumped whenever there may be new work or a state change; threads
     /// that idle wait on it.
     wake: (Mutex<u64>, Condvar),
@@ -140,6 +146,8 @@ impl Shared {
             tracking: Mutex::new(HashMap::new()),
             metrics: Metrics::default(),
             media: Media::default(),
+            ledgers: Mutex::new(Ledgers::default()),
+            day: Arc::new(local_day),
             wake: (Mutex::new(0), Condvar::new()),
         })
     }
@@ -359,12 +367,70 @@ impl Shared {
         }
     }
 
-    /// Counts bytes just moved (today's total and the metrics).
-    pub fn add_moved(&self, bytes: u64) {
+    /// Counts bytes just moved on `disk` (today's total, the device's
+    /// budget and the metrics).
+    pub fn add_moved(&self, disk: &DiskId, bytes: u64) {
+        let (today, _) = (self.day)();
+        self.seed_ledger(disk, today);
+        lock(&self.ledgers).spend(disk, bytes, today);
         self.metrics.bytes_moved.inc_by(bytes);
         let mut today = lock(&self.moved_today);
         self.roll_day(&mut today);
         today.1 += bytes;
+    }
+
+    /// Uses another clock for the day (tests: the day turns at will).
+    #[cfg(test)]
+    pub fn set_day_clock(&mut self, day: DayClock) {
+        self.day = day;
+    }
+
+    /// `disk`'s daily write budget (None: unlimited), what was moved on it
+    /// today, and where that leaves it. The budget follows the medium of
+    /// its filesystems; flash if any of them is.
+    pub fn budget(&self, disk: &DiskId) -> (Option<u64>, u64, Standing) {
+        let settings = self.settings();
+        let flash = self
+            .covered()
+            .values()
+            .filter(|fs| &fs.disk == disk)
+            .any(|fs| self.media.of(&settings, fs).medium == Medium::Ssd);
+        let medium = if flash { Medium::Ssd } else { Medium::Hdd };
+        let limit = settings.throttle.write_budget(medium);
+        let (today, next) = (self.day)();
+        self.seed_ledger(disk, today);
+        let spent = lock(&self.ledgers).spent(disk, today);
+        (limit, spent, budget::standing(limit, spent, next))
+    }
+
+    /// Until when moves on `disk` wait for its budget, if it is spent.
+    pub fn budget_spent_until(&self, disk: &DiskId) -> Option<i64> {
+        match self.budget(disk).2 {
+            Standing::Spent { until } => Some(until),
+            _ => None,
+        }
+    }
+
+    /// The first count of a day after a start takes what the history
+    /// recorded on `disk`'s filesystems since midnight.
+    fn seed_ledger(&self, disk: &DiskId, today: i64) {
+        if lock(&self.ledgers).knows(disk, today) {
+            return;
+        }
+        let uuids: Vec<String> = self
+            .covered()
+            .into_values()
+            .filter(|fs| &fs.disk == disk)
+            .map(|fs| fs.uuid)
+            .collect();
+        let recorded = self
+            .store()
+            .bytes_moved_since_on(today, &uuids)
+            .unwrap_or(0);
+        let mut ledgers = lock(&self.ledgers);
+        if !ledgers.knows(disk, today) {
+            ledgers.spend(disk, recorded, today);
+        }
     }
 
     /// Bytes moved since the last local midnight.
@@ -438,6 +504,22 @@ impl Shared {
     }
 }
 
+/// Today's start and the next day's (unix time of local midnights).
+pub type DayClock = Arc<dyn Fn() -> (i64, i64) + Send + Sync>;
+
+/// The local day now: its midnight and the next (a day may be 23 or 25
+/// hours long where clocks change).
+fn local_day() -> (i64, i64) {
+    let today = local_midnight();
+    let next = chrono::Local::now()
+        .date_naive()
+        .succ_opt()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .and_then(|m| m.and_local_timezone(chrono::Local).earliest())
+        .map_or(today + 86_400, |m| m.timestamp());
+    (today, next)
+}
+
 /// Unix time of the last local midnight: "today" for people.
 pub fn local_midnight() -> i64 {
     let now = chrono::Local::now();
@@ -505,5 +587,43 @@ mod tests {
         assert_eq!(shared.back_from_kernel(&disk), None, "its end is told once");
         // The worker's own wait (in_kernel_since None) is never a stall.
         assert!(shared.new_stalls().is_empty());
+    }
+
+    #[test]
+    fn a_spent_budget_holds_moves_until_the_day_turns() {
+        const MIB: u64 = 1 << 20;
+        const DAY0: i64 = 1_700_006_400;
+        let mut settings = Settings::default();
+        settings.throttle.write_budget_hdd = std::num::NonZeroU64::new(4 * MIB);
+        let mut shared = Shared::new(Store::open_in_memory().expect("store"), settings);
+        let day = Arc::new(std::sync::atomic::AtomicI64::new(DAY0));
+        let clock = Arc::clone(&day);
+        Arc::get_mut(&mut shared)
+            .expect("not shared yet")
+            .set_day_clock(Arc::new(move || {
+                let today = clock.load(Ordering::SeqCst);
+                (today, today + 86_400)
+            }));
+        let disk = DiskId("7:0".into());
+        let other = DiskId("7:1".into());
+        assert_eq!(
+            shared.budget(&disk),
+            (Some(4 * MIB), 0, Standing::Left(4 * MIB))
+        );
+        shared.add_moved(&disk, 3 * MIB);
+        assert_eq!(shared.budget_spent_until(&disk), None, "1 MiB left");
+        shared.add_moved(&disk, MIB);
+        assert_eq!(shared.budget_spent_until(&disk), Some(DAY0 + 86_400));
+        assert_eq!(shared.budget_spent_until(&other), None, "per device");
+        // An hour later, the same day: still spent.
+        assert_eq!(shared.budget_spent_until(&disk), Some(DAY0 + 86_400));
+        // The day turns: moves go on, from a fresh budget.
+        day.store(DAY0 + 86_400, Ordering::SeqCst);
+        assert_eq!(shared.budget_spent_until(&disk), None);
+        assert_eq!(shared.budget(&disk).1, 0);
+        // Disks have no budget unless one is set.
+        let unlimited = Shared::new(Store::open_in_memory().expect("store"), Settings::default());
+        unlimited.add_moved(&disk, 1 << 40);
+        assert_eq!(unlimited.budget(&disk).2, Standing::Unlimited);
     }
 }

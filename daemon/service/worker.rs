@@ -64,6 +64,15 @@ pub fn run(shared: Arc<Shared>, disk: DiskId) {
             shared.idle_since(ticket, closed_for.min(Duration::from_secs(60)));
             continue;
         }
+        // With the device's write budget spent, moves wait for the next day.
+        if let Some(until) = shared.budget_spent_until(&disk) {
+            let left = u64::try_from(until - unix_now()).unwrap_or(0).max(1);
+            shared.idle_since(
+                ticket,
+                Duration::from_secs(left).min(Duration::from_secs(60)),
+            );
+            continue;
+        }
         let uuids: Vec<String> = shared
             .covered()
             .into_values()
@@ -276,6 +285,7 @@ impl Supervisor for JobSupervisor<'_> {
         if self.shared.shutting_down()
             || self.shared.paused()
             || !self.shared.until_window().is_zero()
+            || self.shared.budget_spent_until(self.disk).is_some()
         {
             return Control::Stop;
         }
@@ -333,7 +343,7 @@ impl Supervisor for JobSupervisor<'_> {
     }
 
     fn after_chunk(&mut self, progress: &Progress) {
-        self.shared.add_moved(progress.chunk_bytes);
+        self.shared.add_moved(self.disk, progress.chunk_bytes);
         self.back_from_kernel();
         // Shown as how far through the file the move is, resumed or not.
         self.shared
