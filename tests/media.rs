@@ -224,3 +224,68 @@ fn on_flash_large_pieces_are_left_with_a_reason_and_on_a_disk_both_are_moved() {
     disk.unmount_and_fsck();
     flash.unmount_and_fsck();
 }
+
+#[test]
+fn a_spent_write_budget_holds_moves_and_the_status_says_so() {
+    if !require_root() {
+        return;
+    }
+    let mut img = LoopImage::create(ImageSpec::ext4(512));
+    let root = img.root().to_path_buf();
+    let file = root.join("big.bin");
+    make_fragmented_files(&root, &[(&file, 64 * MIB, 0xb0d)], 2 * MIB).delete_all(&root);
+    img.settle();
+    let before = filefrag_extents(&file);
+    let _hdd = RotationalGuard::set(&img, true);
+    wait_until_quiet(&[&file]);
+
+    let home = ServiceHome::new();
+    home.write_config(&ServiceConfig::new(&root, &[]));
+    // 4 MiB a day on a disk: the move stops after a few 1 MiB chunks.
+    let mut svc = home.start(&[("DEFRAGD__THROTTLE__WRITE_BUDGET_HDD", "4MiB")]);
+    svc.wait_for_log(&defragmenting(&file), secs(120));
+    let socket = home.control_socket();
+    let args: [&OsStr; 2] = ["--json".as_ref(), "status".as_ref()];
+    let t = std::time::Instant::now();
+    let status = loop {
+        let (out, _) = defragctl(&socket, &args, secs(20));
+        assert!(out.status.success(), "defragctl status: {out:?}");
+        let value: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status JSON");
+        let value = value.get("data").cloned().unwrap_or(value);
+        if value["state"] == "budget" {
+            break value;
+        }
+        assert!(
+            t.elapsed() < secs(60),
+            "the status never said the budget was spent: {value}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    eprintln!("status: {status:#}");
+    let summary = status["summary"].as_str().unwrap_or_default();
+    assert!(
+        summary.contains("daily write budget spent on") && summary.contains("next day"),
+        "{summary}"
+    );
+    let fs = &status["filesystems"][0];
+    assert_eq!(fs["write_budget_bytes"], 4 * MIB);
+    let written = fs["written_today_bytes"].as_u64().unwrap_or_default();
+    assert!(
+        (4 * MIB..64 * MIB).contains(&written),
+        "written today: {written}"
+    );
+    assert!(
+        status["queued"].as_u64().unwrap_or_default() >= 1,
+        "the job waits in the queue"
+    );
+    // Nothing more moves: the job is not finished a few seconds later.
+    std::thread::sleep(secs(3));
+    assert!(
+        svc.lines_with(&defragmented(&file)).is_empty(),
+        "the file was finished despite the spent budget"
+    );
+    svc.stop(secs(30));
+    assert!(filefrag_extents(&file) <= before);
+    drop(_hdd);
+    img.unmount_and_fsck();
+}

@@ -626,6 +626,8 @@ mod tests {
             chunk_mib = 64
             pressure_percent = 0
             windows = ["01:00-05:00", "22:00-06:00", "12:00-24:00"]
+            write_budget_ssd = 0
+            write_budget_hdd = "1TiB"
             [policy]
             quiet_period = "1h 30m"
             min_size = "4KiB"
@@ -678,6 +680,11 @@ mod tests {
         assert_eq!(
             s.throttle.windows,
             [window(60, 300), window(1320, 360), window(720, 1440)]
+        );
+        assert_eq!(s.throttle.write_budget_ssd, None);
+        assert_eq!(
+            s.throttle.write_budget(crate::medium::Medium::Hdd),
+            Some(1 << 40)
         );
         assert_eq!(s.policy.quiet_period, Duration::from_secs(5400));
         assert_eq!(s.policy.min_size_bytes, 4096);
