@@ -15,6 +15,7 @@ pub mod mover;
 pub mod outcome;
 pub mod plan;
 pub mod policy;
+pub mod ramp;
 pub mod service;
 pub mod store;
 pub mod sys;
