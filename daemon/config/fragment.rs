@@ -164,6 +164,7 @@ pub struct ThrottleFragment {
     pub pressure_percent: Option<Raw>,
     pub min_mib_per_s: Option<Raw>,
     pub windows: Option<Raw>,
+    pub start_mib_per_s: Option<Raw>,
     pub write_budget_ssd: Option<Raw>,
     pub write_budget_hdd: Option<Raw>,
 }

@@ -100,6 +100,7 @@ const KEYS: &[&str] = &[
     "throttle.pressure_percent",
     "throttle.min_mib_per_s",
     "throttle.windows",
+    "throttle.start_mib_per_s",
     "throttle.write_budget_ssd",
     "throttle.write_budget_hdd",
     "policy.quiet_period",

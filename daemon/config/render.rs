@@ -37,6 +37,7 @@ struct ThrottleView {
     pressure_percent: f64,
     min_mib_per_s: u64,
     windows: Vec<String>,
+    start_mib_per_s: u64,
     write_budget_ssd: String,
     write_budget_hdd: String,
 }
@@ -112,6 +113,7 @@ impl Settings {
                     .iter()
                     .map(ToString::to_string)
                     .collect(),
+                start_mib_per_s: self.throttle.start_bytes_per_s.div_ceil(MIB),
                 write_budget_ssd: budget(self.throttle.write_budget_ssd),
                 write_budget_hdd: budget(self.throttle.write_budget_hdd),
             },
@@ -175,6 +177,7 @@ impl Settings {
             format!("pressure_percent = {}", number(v.throttle.pressure_percent)),
             format!("min_mib_per_s = {}", v.throttle.min_mib_per_s),
             format!("windows = {}", array(&v.throttle.windows)),
+            format!("start_mib_per_s = {}", v.throttle.start_mib_per_s),
             format!("write_budget_ssd = {}", quote(&v.throttle.write_budget_ssd)),
             format!("write_budget_hdd = {}", quote(&v.throttle.write_budget_hdd)),
             String::new(),

@@ -87,6 +87,10 @@ pub struct ThrottleSettings {
     /// of them (see [`within_windows`]); outside, the service only watches
     /// and queues. Empty (the default) means moving is always allowed.
     pub windows: Vec<TimeWindow>,
+    /// The rate each job starts at, in bytes per second, before the ramp
+    /// (see [`crate::ramp`]) speeds it up while the disk keeps its latency;
+    /// 0 starts at `max_bytes_per_s` with no ramp.
+    pub start_bytes_per_s: u64,
     /// Bytes moves may write to one flash device in one local day; `None`
     /// for no limit.
     pub write_budget_ssd: Option<NonZeroU64>,
@@ -310,6 +314,7 @@ impl Default for ThrottleSettings {
             pressure_percent: Some(20.0),
             min_bytes_per_s: DEFAULT_MIN_BYTES_PER_S,
             windows: Vec::new(),
+            start_bytes_per_s: 4 * MIB,
             write_budget_ssd: Some(DEFAULT_WRITE_BUDGET_SSD),
             write_budget_hdd: None,
         }

@@ -98,6 +98,9 @@ fn throttle(settings: &mut ThrottleSettings, f: ThrottleFragment, check: &mut Ch
     if let Some(windows) = check.windows("throttle.windows", f.windows) {
         settings.windows = windows;
     }
+    if let Some(start) = check.whole("throttle.start_mib_per_s", f.start_mib_per_s, 0, 100_000) {
+        settings.start_bytes_per_s = start.saturating_mul(MIB);
+    }
     if let Some(bytes) = check.size("throttle.write_budget_ssd", f.write_budget_ssd) {
         settings.write_budget_ssd = NonZeroU64::new(bytes);
     }
@@ -626,6 +629,7 @@ mod tests {
             chunk_mib = 64
             pressure_percent = 0
             windows = ["01:00-05:00", "22:00-06:00", "12:00-24:00"]
+            start_mib_per_s = 0
             write_budget_ssd = 0
             write_budget_hdd = "1TiB"
             [policy]
@@ -682,6 +686,7 @@ mod tests {
             [window(60, 300), window(1320, 360), window(720, 1440)]
         );
         assert_eq!(s.throttle.write_budget_ssd, None);
+        assert_eq!(s.throttle.start_bytes_per_s, 0);
         assert_eq!(
             s.throttle.write_budget(crate::medium::Medium::Hdd),
             Some(1 << 40)

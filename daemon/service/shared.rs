@@ -11,6 +11,7 @@ use crate::budget::{self, Ledgers, Standing};
 use crate::config::Settings;
 use crate::medium::Medium;
 use crate::mounts::{Covered, DiskId};
+use crate::ramp::{self, Ramp, Verdict};
 use crate::store::Store;
 use crate::throttle::{paced_rate, PressureGauge, TokenBucket};
 
@@ -112,6 +113,8 @@ pub struct Shared {
     pub metrics: Metrics,
     /// Each covered filesystem's medium, decided once.
     media: Media,
+    /// Each moving disk's ramp: the job's rate, following the disk's latency.
+    ramps: Mutex<HashMap<DiskId, Ramp>>,
     /// Bytes moved on each device today, against its write budget.
     ledgers: Mutex<Ledgers>,
     /// Today's local midnight and the next (unix time); a test's own.
@@ -147,6 +150,7 @@ impl Shared {
             metrics: Metrics::default(),
             media: Media::default(),
             ledgers: Mutex::new(Ledgers::default()),
+            ramps: Mutex::new(HashMap::new()),
             day: Arc::new(local_day),
             wake: (Mutex::new(0), Condvar::new()),
         })
@@ -251,6 +255,64 @@ impl Shared {
             lock(&self.bucket).set_rate(rate, now);
         }
         *lock(&self.slowed) = slowed;
+        rate
+    }
+
+    /// A job on `disk` starts: slow, unless the ramp is off.
+    pub fn start_ramp(&self, disk: &DiskId) {
+        let t = &self.settings().throttle;
+        let mut ramps = lock(&self.ramps);
+        if t.start_bytes_per_s == 0 {
+            ramps.remove(disk);
+            return;
+        }
+        let ramp = Ramp::new(
+            t.start_bytes_per_s,
+            t.min_bytes_per_s,
+            t.max_bytes_per_s.get(),
+        );
+        ramps.insert(disk.clone(), ramp);
+    }
+
+    /// The job on `disk` ended.
+    pub fn end_ramp(&self, disk: &DiskId) {
+        lock(&self.ramps).remove(disk);
+    }
+
+    /// [`pace`](Self::pace) for a move on `disk`: the rate I/O pressure
+    /// allows, no faster than the disk's ramp, which samples the disk's
+    /// counters once an interval. 0 holds moves back.
+    pub fn pace_on(&self, disk: &DiskId) -> u64 {
+        let paced = self.pace();
+        if paced == 0 {
+            return 0;
+        }
+        let max = self.settings().throttle.max_bytes_per_s.get();
+        let now = Instant::now();
+        let rate = {
+            let mut ramps = lock(&self.ramps);
+            let Some(ramp) = ramps.get_mut(disk) else {
+                return paced;
+            };
+            if ramp.due(now) {
+                if let Some(sample) = ramp::read_stat(disk) {
+                    let (_, verdict) = ramp.observe(sample, paced < max);
+                    if let Verdict::Latency {
+                        mean_ms,
+                        baseline_ms,
+                    } = verdict
+                    {
+                        tracing::debug!(
+                            "disk {}: latency {mean_ms:.1} ms against {baseline_ms:.1} ms; moves slow to {} B/s",
+                            disk.0,
+                            ramp.rate()
+                        );
+                    }
+                }
+            }
+            ramp.rate().min(paced)
+        };
+        lock(&self.bucket).set_rate(rate, now);
         rate
     }
 

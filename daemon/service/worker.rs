@@ -186,6 +186,7 @@ fn run_job(shared: &Shared, disk: &DiskId, job: Job) {
             total_bytes,
         )),
     );
+    shared.start_ramp(disk);
     let outcome = defragment(
         &target,
         &mut filesystems,
@@ -193,6 +194,7 @@ fn run_job(shared: &Shared, disk: &DiskId, job: Job) {
         job.next_block,
         &mut supervisor,
     );
+    shared.end_ramp(disk);
     shared.set_moving(disk, None);
     shared.clear_slowed();
     if let Some(stat) = before_open {
@@ -292,7 +294,7 @@ impl Supervisor for JobSupervisor<'_> {
         // Slowed by I/O pressure through the shared rate; held back
         // entirely only where the floor is 0 and pressure is full.
         let mut waited = Duration::ZERO;
-        while self.shared.pace() == 0 {
+        while self.shared.pace_on(self.disk) == 0 {
             if waited >= PRESSURE_WAIT || self.shared.shutting_down() || self.shared.paused() {
                 return Control::Stop;
             }
