@@ -11,10 +11,11 @@ use serde::{Deserialize, Serialize};
 use crate::mounts::DiskId;
 
 /// What a filesystem's device is, as far as fragmentation is concerned.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Medium {
     /// A spinning disk: every extent boundary costs a seek.
+    #[default]
     Hdd,
     /// Flash: a boundary costs at most one more, smaller request.
     Ssd,

@@ -120,6 +120,34 @@ fn build(img: &mut LoopImage) -> Files {
     files
 }
 
+/// `defragd check --json` on the two files: each file's medium and read
+/// cost (its excess extents × `boundary_ms`), and the total.
+fn assert_check_costs(root: &Path, files: &Files, medium: &str, boundary_ms: f64) {
+    let large = root.join(&files.large_pieces);
+    let small = root.join(&files.small_pieces);
+    let run = defragd([
+        OsStr::new("check"),
+        OsStr::new("--json"),
+        large.as_os_str(),
+        small.as_os_str(),
+    ]);
+    let report: serde_json::Value = run.json();
+    let mut total = 0.0;
+    for f in report["files"].as_array().expect("files") {
+        let excess = f["extents"].as_u64().unwrap_or(0) - f["ideal_extents"].as_u64().unwrap_or(0);
+        let cost = f["read_cost_ms"].as_f64().expect("read_cost_ms");
+        assert_eq!(f["medium"], medium, "{f}");
+        assert!((cost - excess as f64 * boundary_ms).abs() < 1e-6, "{f}");
+        total += cost;
+    }
+    let reported = report["total"]["read_cost_ms"]
+        .as_f64()
+        .expect("total read cost");
+    assert!((reported - total).abs() < 1e-6, "{report}");
+    assert_eq!(report["filesystems"][0]["medium"], medium);
+    eprintln!("check on {medium}: total read cost {reported:.1} ms");
+}
+
 /// Starts the default service on `img`, waits for its crawl pass and for
 /// the moves it makes; returns the history and the status's medium.
 fn serve(img: &LoopImage, files: &Files, expect_moved: &[&Path]) -> (Vec<Row>, (String, String)) {
@@ -166,6 +194,7 @@ fn on_flash_large_pieces_are_left_with_a_reason_and_on_a_disk_both_are_moved() {
     let small_before = filefrag_extents(&root.join(&files.small_pieces));
     let (rows, medium) = {
         let _ssd = RotationalGuard::set(&flash, false);
+        assert_check_costs(&root, &files, "ssd", 0.1);
         serve(&flash, &files, &[&files.small_pieces])
     };
     eprintln!("flash history: {rows:#?}");
@@ -206,6 +235,7 @@ fn on_flash_large_pieces_are_left_with_a_reason_and_on_a_disk_both_are_moved() {
     let large_before = filefrag_extents(&root.join(&files.large_pieces));
     let (rows, medium) = {
         let _hdd = RotationalGuard::set(&disk, true);
+        assert_check_costs(&root, &files, "hdd", 8.0);
         serve(&disk, &files, &[&files.small_pieces, &files.large_pieces])
     };
     eprintln!("disk history: {rows:#?}");
