@@ -314,7 +314,9 @@ impl Default for ThrottleSettings {
             pressure_percent: Some(20.0),
             min_bytes_per_s: DEFAULT_MIN_BYTES_PER_S,
             windows: Vec::new(),
-            start_bytes_per_s: 4 * MIB,
+            // Off until the ramp's in-service behaviour is understood (see
+            // the commit that set this).
+            start_bytes_per_s: 0,
             write_budget_ssd: Some(DEFAULT_WRITE_BUDGET_SSD),
             write_budget_hdd: None,
         }

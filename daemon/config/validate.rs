@@ -629,7 +629,7 @@ mod tests {
             chunk_mib = 64
             pressure_percent = 0
             windows = ["01:00-05:00", "22:00-06:00", "12:00-24:00"]
-            start_mib_per_s = 0
+            start_mib_per_s = 8
             write_budget_ssd = 0
             write_budget_hdd = "1TiB"
             [policy]
@@ -686,7 +686,7 @@ mod tests {
             [window(60, 300), window(1320, 360), window(720, 1440)]
         );
         assert_eq!(s.throttle.write_budget_ssd, None);
-        assert_eq!(s.throttle.start_bytes_per_s, 0);
+        assert_eq!(s.throttle.start_bytes_per_s, 8 * MIB);
         assert_eq!(
             s.throttle.write_budget(crate::medium::Medium::Hdd),
             Some(1 << 40)
