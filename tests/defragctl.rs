@@ -225,7 +225,7 @@ fn status_is_shown_for_people_and_for_scripts() {
          moving       sdb  50%  1.00 GiB of 2.00 GiB  /srv/db/big.ibd\n\
          queued       3 files\n\
          moved today  5.00 GiB\n\
-         filesystems  /srv  sdb  0f0e-uuid  writes tracked on the whole filesystem\n"
+         filesystems  /srv  sdb  ssd (sysfs)  0f0e-uuid  writes tracked on the whole filesystem\n"
     );
 
     let output = defragctl(&server.socket, &["--json", "status"]);

@@ -88,8 +88,14 @@ pub fn status(report: &StatusReport, now: i64) -> String {
                 vec![
                     show_path(&fs.mount_point),
                     clean(&fs.disk),
-                    medium_words(&fs.medium, &fs.medium_source),
-                    budget_words(fs.written_today_bytes, fs.write_budget_bytes),
+                    [
+                        medium_words(&fs.medium, &fs.medium_source),
+                        budget_words(fs.written_today_bytes, fs.write_budget_bytes),
+                    ]
+                    .into_iter()
+                    .filter(|words| !words.is_empty())
+                    .collect::<Vec<_>>()
+                    .join(", "),
                     clean(&fs.uuid),
                     tracking_words(&fs.tracking),
                 ]
@@ -97,7 +103,6 @@ pub fn status(report: &StatusReport, now: i64) -> String {
             .collect();
         columns(
             &[
-                Align::Left,
                 Align::Left,
                 Align::Left,
                 Align::Left,
@@ -401,8 +406,8 @@ mod tests {
              moving       sda  44%  1.20 GiB of 2.70 GiB  /srv/db/big.ibd\n\
              queued       1,234 files\n\
              moved today  3.00 GiB\n\
-             filesystems  /     nvme0n1  ssd (sysfs)   1.00 GiB of 16.00 GiB today  11111111-2222  writes tracked on the whole filesystem\n\
-             \x20            /srv  sda      hdd (config)                               33333333-4444  writes tracked on the whole filesystem"
+             filesystems  /     nvme0n1  ssd (sysfs), 1.00 GiB of 16.00 GiB today  11111111-2222  writes tracked on the whole filesystem\n\
+             \x20            /srv  sda      hdd (config)                              33333333-4444  writes tracked on the whole filesystem"
         );
     }
 
