@@ -105,6 +105,10 @@ impl Controller for Fake {
                 fragmentation: None,
                 today: Default::default(),
                 total: Default::default(),
+                medium: "ssd".into(),
+                medium_source: "sysfs".into(),
+                write_budget_bytes: None,
+                written_today_bytes: 0,
             }],
             today: Default::default(),
             total: Default::default(),
@@ -227,7 +231,7 @@ fn status_is_shown_for_people_and_for_scripts() {
          queued       3 files\n\
          moved today  5.00 GiB, 0 files defragmented\n\
          in all       0 files, 0 B\n\
-         filesystems  /srv  sdb  0f0e-uuid  score not measured yet  today 0 files, 0 B  in all 0 files, 0 B  writes: whole filesystem\n"
+         filesystems  /srv  sdb  ssd (sysfs)  0f0e-uuid  score not measured yet  today 0 files, 0 B  in all 0 files, 0 B  writes: whole filesystem\n"
     );
 
     let output = defragctl(&server.socket, &["--json", "status"]);

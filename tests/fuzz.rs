@@ -1801,8 +1801,15 @@ prop_compose! {
         total in activity(),
         tracking in text(),
         tracking_note in proptest::option::of(text()),
+        medium in text(),
+        medium_source in text(),
+        write_budget_bytes in proptest::option::of(any::<u64>()),
+        written_today_bytes in any::<u64>(),
     ) -> CoveredFs {
-        CoveredFs { mount_point, uuid, disk, fragmentation, today, total, tracking, tracking_note }
+        CoveredFs {
+            mount_point, uuid, disk, fragmentation, today, total, tracking, tracking_note,
+            medium, medium_source, write_budget_bytes, written_today_bytes,
+        }
     }
 }
 

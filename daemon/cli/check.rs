@@ -12,10 +12,13 @@ use serde::Serialize;
 use super::table::{render, Align};
 use super::CheckArgs;
 use crate::assess::{e4defrag_best, E4defragScore};
+use crate::config::PolicySettings;
 use crate::escape::{escaped, escaped_display};
 use crate::ext4::Layout;
 use crate::inspect::{measure, Filesystems, Refusal, Target};
+use crate::medium::{self, Medium, MediumChoice};
 use crate::outcome::{FailReason, Size};
+use crate::policy::read_cost_ms;
 use crate::walk::{walk_parallel, Depth, Found};
 
 /// How many files a tree's report lists unless --all.
@@ -30,6 +33,11 @@ struct FileReport {
     ideal_extents: u64,
     score: f64,
     block_mapped: bool,
+    /// What its device is taken to be ("ssd" or "hdd"), from the kernel's
+    /// rotational flag.
+    medium: Medium,
+    /// What its excess extents cost one full read of it there, in ms.
+    read_cost_ms: f64,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -41,6 +49,8 @@ struct Total {
     ideal_extents: u64,
     block_mapped: u64,
     e4defrag_score: f64,
+    /// What the fragmentation costs one full read of every file, in ms.
+    read_cost_ms: f64,
 }
 
 /// Per filesystem: how many files, how many still block-mapped.
@@ -54,6 +64,8 @@ struct PerFilesystem {
     layout: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     layout_note: Option<String>,
+    /// Its device as `read_cost_ms` takes it: "ssd" or "hdd".
+    medium: Medium,
 }
 
 #[derive(Debug, Serialize)]
@@ -89,6 +101,8 @@ struct Scan {
     filesystems: Filesystems,
     /// Devices whose layout note this thread has already handed in.
     noted: HashSet<u64>,
+    /// Each device's medium, decided once.
+    media: HashMap<u64, Medium>,
 }
 
 /// What is said once per filesystem, whichever thread meets it first:
@@ -105,6 +119,11 @@ fn row(target: Target, scan: &mut Scan, notes: &Notes) -> Row {
             }
             let a = m.assessment;
             let sb = &m.fs.superblock;
+            let medium = *scan.media.entry(m.dev).or_insert_with(|| {
+                let disk = crate::mounts::disk_of(m.dev);
+                medium::decide(MediumChoice::Auto, medium::rotational_flag(&disk)).medium
+            });
+            let boundary_ms = PolicySettings::default().benefit(medium).boundary_ms;
             Row::File {
                 mount_point: m.fs.mount_point.clone(),
                 layout: match m.fs.layout {
@@ -121,6 +140,8 @@ fn row(target: Target, scan: &mut Scan, notes: &Notes) -> Row {
                     ideal_extents: a.ideal_extents,
                     score: a.score,
                     block_mapped: m.block_mapped,
+                    medium,
+                    read_cost_ms: read_cost_ms(&a, boundary_ms),
                 },
             }
         }
@@ -205,6 +226,7 @@ pub fn run(args: &CheckArgs) -> ExitCode {
                         .or_insert_with_key(|m| PerFilesystem {
                             mount_point: m.clone(),
                             layout,
+                            medium: report.medium,
                             ..PerFilesystem::default()
                         });
                     fs.files += 1;
@@ -261,6 +283,7 @@ pub fn run(args: &CheckArgs) -> ExitCode {
         ideal_extents: files.iter().map(|f| f.ideal_extents).sum(),
         block_mapped: files.iter().filter(|f| f.block_mapped).count() as u64,
         e4defrag_score: (e4defrag.score() * 10.0).round() / 10.0,
+        read_cost_ms: files.iter().map(|f| f.read_cost_ms).sum(),
     };
     let report = Report {
         files,
@@ -298,6 +321,7 @@ fn print_human(report: &Report, args: &CheckArgs) {
                 f.physical_runs.to_string(),
                 f.ideal_extents.to_string(),
                 format!("{:.1}", f.score),
+                format!("{} {}", milliseconds(f.read_cost_ms), f.medium),
                 if f.block_mapped {
                     "block-mapped".into()
                 } else {
@@ -313,6 +337,7 @@ fn print_human(report: &Report, args: &CheckArgs) {
         ("runs", Align::Right),
         ("ideal", Align::Right),
         ("score", Align::Right),
+        ("read cost", Align::Right),
         ("", Align::Left),
     ];
     if !rows.is_empty() {
@@ -338,6 +363,12 @@ fn print_human(report: &Report, args: &CheckArgs) {
         } else {
             String::new()
         }
+    );
+    println!(
+        "read cost: about {} more per full read of these files than in their ideal shape \
+         (each excess extent a seek on hdd, one more request on ssd; the medium from the \
+         kernel's rotational flag)",
+        milliseconds(t.read_cost_ms)
     );
     for fs in report.filesystems.iter().filter(|fs| fs.block_mapped > 0) {
         println!(
@@ -365,5 +396,29 @@ fn print_human(report: &Report, args: &CheckArgs) {
             "  (e4defrag's own measure over everything checked: excess extents per 100 blocks of \
              data, so large files in many extents can still score low; not the score column)"
         );
+    }
+}
+
+/// "0.4 ms", "12 ms", "3.2 s".
+fn milliseconds(ms: f64) -> String {
+    if ms >= 1000.0 {
+        format!("{:.1} s", ms / 1000.0)
+    } else if ms >= 10.0 {
+        format!("{ms:.0} ms")
+    } else {
+        format!("{ms:.1} ms")
+    }
+}
+
+#[cfg(test)]
+mod read_cost_tests {
+    use super::milliseconds;
+
+    #[test]
+    fn read_costs_are_shown_in_a_readable_unit() {
+        assert_eq!(milliseconds(0.0), "0.0 ms");
+        assert_eq!(milliseconds(0.45), "0.5 ms");
+        assert_eq!(milliseconds(183.1), "183 ms");
+        assert_eq!(milliseconds(14_656.0), "14.7 s");
     }
 }

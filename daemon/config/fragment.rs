@@ -153,6 +153,7 @@ pub struct Fragment {
 pub struct FilesystemFragment {
     pub path: Option<Raw>,
     pub watch: Option<Raw>,
+    pub medium: Option<Raw>,
 }
 
 #[derive(Debug, Default, PartialEq, serde::Deserialize)]
@@ -163,6 +164,9 @@ pub struct ThrottleFragment {
     pub pressure_percent: Option<Raw>,
     pub min_mib_per_s: Option<Raw>,
     pub windows: Option<Raw>,
+    pub start_mib_per_s: Option<Raw>,
+    pub write_budget_ssd: Option<Raw>,
+    pub write_budget_hdd: Option<Raw>,
 }
 
 #[derive(Debug, Default, PartialEq, serde::Deserialize)]
@@ -175,6 +179,9 @@ pub struct PolicyFragment {
     pub exclude: Option<Raw>,
     pub reserve_percent: Option<Raw>,
     pub convert_block_mapped: Option<Raw>,
+    pub boundary_ms_hdd: Option<Raw>,
+    pub boundary_ms_ssd: Option<Raw>,
+    pub min_saved_ms_per_gib: Option<Raw>,
 }
 
 #[derive(Debug, Default, PartialEq, serde::Deserialize)]

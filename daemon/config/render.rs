@@ -27,6 +27,7 @@ struct FileView<'a> {
 struct FilesystemView {
     path: String,
     watch: Vec<String>,
+    medium: &'static str,
 }
 
 #[derive(Serialize)]
@@ -36,6 +37,9 @@ struct ThrottleView {
     pressure_percent: f64,
     min_mib_per_s: u64,
     windows: Vec<String>,
+    start_mib_per_s: u64,
+    write_budget_ssd: String,
+    write_budget_hdd: String,
 }
 
 #[derive(Serialize)]
@@ -47,6 +51,9 @@ struct PolicyView<'a> {
     exclude: &'a [String],
     reserve_percent: f64,
     convert_block_mapped: bool,
+    boundary_ms_hdd: f64,
+    boundary_ms_ssd: f64,
+    min_saved_ms_per_gib: f64,
 }
 
 #[derive(Serialize)]
@@ -92,6 +99,7 @@ impl Settings {
                 .map(|fs| FilesystemView {
                     path: path(&fs.path),
                     watch: fs.watch.iter().map(|w| path(w)).collect(),
+                    medium: fs.medium.as_str(),
                 })
                 .collect(),
             throttle: ThrottleView {
@@ -105,6 +113,9 @@ impl Settings {
                     .iter()
                     .map(ToString::to_string)
                     .collect(),
+                start_mib_per_s: self.throttle.start_bytes_per_s.div_ceil(MIB),
+                write_budget_ssd: budget(self.throttle.write_budget_ssd),
+                write_budget_hdd: budget(self.throttle.write_budget_hdd),
             },
             policy: PolicyView {
                 quiet_period: format_duration(self.policy.quiet_period),
@@ -114,6 +125,9 @@ impl Settings {
                 exclude: &self.policy.exclude,
                 reserve_percent: self.policy.reserve_percent,
                 convert_block_mapped: self.policy.convert_block_mapped,
+                boundary_ms_hdd: self.policy.boundary_ms_hdd,
+                boundary_ms_ssd: self.policy.boundary_ms_ssd,
+                min_saved_ms_per_gib: self.policy.min_saved_ms_per_gib,
             },
             crawl: CrawlView {
                 interval: format_duration(self.crawl.interval),
@@ -153,6 +167,7 @@ impl Settings {
             lines.push("[[filesystem]]".into());
             lines.push(format!("path = {}", quote(&fs.path)));
             lines.push(format!("watch = {}", array(&fs.watch)));
+            lines.push(format!("medium = {}", quote(fs.medium)));
         }
         lines.extend([
             String::new(),
@@ -162,6 +177,9 @@ impl Settings {
             format!("pressure_percent = {}", number(v.throttle.pressure_percent)),
             format!("min_mib_per_s = {}", v.throttle.min_mib_per_s),
             format!("windows = {}", array(&v.throttle.windows)),
+            format!("start_mib_per_s = {}", v.throttle.start_mib_per_s),
+            format!("write_budget_ssd = {}", quote(&v.throttle.write_budget_ssd)),
+            format!("write_budget_hdd = {}", quote(&v.throttle.write_budget_hdd)),
             String::new(),
             "[policy]".into(),
             format!("quiet_period = {}", quote(&v.policy.quiet_period)),
@@ -171,6 +189,12 @@ impl Settings {
             format!("exclude = {}", array(v.policy.exclude)),
             format!("reserve_percent = {}", number(v.policy.reserve_percent)),
             format!("convert_block_mapped = {}", v.policy.convert_block_mapped),
+            format!("boundary_ms_hdd = {}", number(v.policy.boundary_ms_hdd)),
+            format!("boundary_ms_ssd = {}", number(v.policy.boundary_ms_ssd)),
+            format!(
+                "min_saved_ms_per_gib = {}",
+                number(v.policy.min_saved_ms_per_gib)
+            ),
             String::new(),
             "[crawl]".into(),
             format!("interval = {}", quote(&v.crawl.interval)),
@@ -220,6 +244,11 @@ fn number(x: f64) -> String {
         // Display never uses exponents, so this is always a TOML float.
         format!("{x}")
     }
+}
+
+/// A daily write budget as the file writes it: "0" for none.
+fn budget(bytes: Option<std::num::NonZeroU64>) -> String {
+    bytes.map_or_else(|| "0".to_string(), |b| format_size(b.get()))
 }
 
 #[cfg(test)]

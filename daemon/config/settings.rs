@@ -13,6 +13,9 @@ use std::time::Duration;
 
 use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
 
+use crate::medium::{Medium, MediumChoice};
+use crate::policy::Benefit;
+
 pub(super) const MIB: u64 = 1 << 20;
 
 // Evaluated at compile time (they are only used in consts), so a zero here
@@ -33,6 +36,9 @@ const fn non_zero_u32(n: u32) -> NonZeroU32 {
 
 const DEFAULT_MAX_BYTES_PER_S: NonZeroU64 = non_zero_u64(64 * MIB);
 const DEFAULT_MIN_BYTES_PER_S: u64 = 4 * MIB;
+/// A 1 TB TLC drive rated for 600 TB written over 5 years takes about
+/// 330 GB a day; defragmentation gets a small share of that.
+const DEFAULT_WRITE_BUDGET_SSD: NonZeroU64 = non_zero_u64(16 * 1024 * MIB);
 const DEFAULT_CHUNK_BYTES: NonZeroU64 = non_zero_u64(MIB);
 const DEFAULT_FILES_PER_SECOND: NonZeroU32 = non_zero_u32(500);
 const DEFAULT_MAX_WATCHES: NonZeroU32 = non_zero_u32(65_536);
@@ -60,6 +66,8 @@ pub struct FilesystemSettings {
     pub path: PathBuf,
     /// Trees under `path` to watch for writes: absolute, normalised.
     pub watch: Vec<PathBuf>,
+    /// What its device is: from the kernel's rotational flag, or as set.
+    pub medium: MediumChoice,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -79,6 +87,26 @@ pub struct ThrottleSettings {
     /// of them (see [`within_windows`]); outside, the service only watches
     /// and queues. Empty (the default) means moving is always allowed.
     pub windows: Vec<TimeWindow>,
+    /// The rate each job starts at, in bytes per second, before the ramp
+    /// (see [`crate::ramp`]) speeds it up while the disk keeps its latency;
+    /// 0 starts at `max_bytes_per_s` with no ramp.
+    pub start_bytes_per_s: u64,
+    /// Bytes moves may write to one flash device in one local day; `None`
+    /// for no limit.
+    pub write_budget_ssd: Option<NonZeroU64>,
+    /// The same for a disk; `None` (the default) for no limit.
+    pub write_budget_hdd: Option<NonZeroU64>,
+}
+
+impl ThrottleSettings {
+    /// The daily write budget of a device on `medium`, in bytes.
+    pub fn write_budget(&self, medium: Medium) -> Option<u64> {
+        match medium {
+            Medium::Ssd => self.write_budget_ssd,
+            Medium::Hdd => self.write_budget_hdd,
+        }
+        .map(NonZeroU64::get)
+    }
 }
 
 /// The minutes in a day, and the end of a window that lasts until midnight.
@@ -187,6 +215,13 @@ pub struct PolicySettings {
     /// The kernel's conversion is not crash-safe (a crash during it can
     /// leave an inode for `e2fsck` to reclaim), so it is off by default.
     pub convert_block_mapped: bool,
+    /// What one extent boundary costs a full read on a disk (a seek), in ms.
+    pub boundary_ms_hdd: f64,
+    /// What one extent boundary costs a full read on flash (one more
+    /// request), in ms.
+    pub boundary_ms_ssd: f64,
+    /// A move must save at least this much read time per GiB it writes.
+    pub min_saved_ms_per_gib: f64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -279,6 +314,11 @@ impl Default for ThrottleSettings {
             pressure_percent: Some(20.0),
             min_bytes_per_s: DEFAULT_MIN_BYTES_PER_S,
             windows: Vec::new(),
+            // Off: the disk's counters include the move's own requests,
+            // which alone tripped the latency test (see etc/defragd.toml).
+            start_bytes_per_s: 0,
+            write_budget_ssd: Some(DEFAULT_WRITE_BUDGET_SSD),
+            write_budget_hdd: None,
         }
     }
 }
@@ -294,6 +334,9 @@ impl Default for PolicySettings {
             excluded: GlobSet::empty(),
             reserve_percent: 5.0,
             convert_block_mapped: false,
+            boundary_ms_hdd: 8.0,
+            boundary_ms_ssd: 0.1,
+            min_saved_ms_per_gib: 100.0,
         }
     }
 }
@@ -342,6 +385,9 @@ impl PartialEq for PolicySettings {
             && self.exclude == other.exclude
             && self.reserve_percent == other.reserve_percent
             && self.convert_block_mapped == other.convert_block_mapped
+            && self.boundary_ms_hdd == other.boundary_ms_hdd
+            && self.boundary_ms_ssd == other.boundary_ms_ssd
+            && self.min_saved_ms_per_gib == other.min_saved_ms_per_gib
     }
 }
 
@@ -357,6 +403,18 @@ pub struct ExcludeError {
 }
 
 impl PolicySettings {
+    /// The benefit model's figures for a filesystem on `medium`.
+    pub fn benefit(&self, medium: Medium) -> Benefit {
+        Benefit {
+            medium,
+            boundary_ms: match medium {
+                Medium::Hdd => self.boundary_ms_hdd,
+                Medium::Ssd => self.boundary_ms_ssd,
+            },
+            min_saved_ms_per_gib: self.min_saved_ms_per_gib,
+        }
+    }
+
     /// Whether `path` (absolute) matches one of the exclude patterns.
     pub fn is_excluded(&self, path: &Path) -> bool {
         self.excluded.is_match(path)

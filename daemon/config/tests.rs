@@ -201,7 +201,35 @@ fn a_later_filesystem_list_replaces_the_earlier_one() {
         [FilesystemSettings {
             path: "/data".into(),
             watch: vec!["/data/db".into()],
+            medium: crate::medium::MediumChoice::Auto,
         }]
+    );
+}
+
+#[test]
+fn a_filesystem_medium_is_auto_ssd_or_hdd() {
+    use crate::medium::{Medium, MediumChoice};
+    let dir = ConfigDir::new(Some(
+        "[[filesystem]]\npath = \"/srv\"\nmedium = \"hdd\"\n[[filesystem]]\npath = \"/data\"\n",
+    ));
+    let settings = dir.load(&[]).unwrap();
+    let media: Vec<_> = settings.filesystems.iter().map(|fs| fs.medium).collect();
+    assert_eq!(media, [MediumChoice::Is(Medium::Hdd), MediumChoice::Auto]);
+    // Printed back, it reads the same.
+    let again = ConfigDir::new(Some(&settings.render()));
+    assert_eq!(again.load(&[]).unwrap(), settings);
+
+    let bad = ConfigDir::new(Some(
+        "[[filesystem]]\npath = \"/srv\"\nmedium = \"nvme\"\n[[filesystem]]\npath = \"/data\"\nmedium = 0\n",
+    ));
+    let main = bad.main();
+    let f = main.display();
+    assert_eq!(
+        bad.errors(&[]),
+        [
+            format!("{f}: filesystem[0].medium = \"nvme\": must be \"auto\", \"ssd\" or \"hdd\""),
+            format!("{f}: filesystem[1].medium = 0: must be \"auto\", \"ssd\" or \"hdd\""),
+        ]
     );
 }
 

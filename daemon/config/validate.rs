@@ -26,6 +26,7 @@ use super::settings::{
     WatchSettings, LOG_LEVELS, MIB, MINUTES_PER_DAY, UNIX_PREFIX,
 };
 use super::units::{format_duration, parse_duration, parse_size};
+use crate::medium::MediumChoice;
 
 const SECOND: Duration = Duration::from_secs(1);
 const MINUTE: Duration = Duration::from_secs(60);
@@ -97,6 +98,15 @@ fn throttle(settings: &mut ThrottleSettings, f: ThrottleFragment, check: &mut Ch
     if let Some(windows) = check.windows("throttle.windows", f.windows) {
         settings.windows = windows;
     }
+    if let Some(start) = check.whole("throttle.start_mib_per_s", f.start_mib_per_s, 0, 100_000) {
+        settings.start_bytes_per_s = start.saturating_mul(MIB);
+    }
+    if let Some(bytes) = check.size("throttle.write_budget_ssd", f.write_budget_ssd) {
+        settings.write_budget_ssd = NonZeroU64::new(bytes);
+    }
+    if let Some(bytes) = check.size("throttle.write_budget_hdd", f.write_budget_hdd) {
+        settings.write_budget_hdd = NonZeroU64::new(bytes);
+    }
 }
 
 fn policy(settings: &mut PolicySettings, f: PolicyFragment, check: &mut Check) {
@@ -126,6 +136,16 @@ fn policy(settings: &mut PolicySettings, f: PolicyFragment, check: &mut Check) {
     let key = "policy.convert_block_mapped";
     if let Some(convert) = check.boolean(key, f.convert_block_mapped) {
         settings.convert_block_mapped = convert;
+    }
+    if let Some(ms) = check.number("policy.boundary_ms_hdd", f.boundary_ms_hdd, 0.0, 1000.0) {
+        settings.boundary_ms_hdd = ms;
+    }
+    if let Some(ms) = check.number("policy.boundary_ms_ssd", f.boundary_ms_ssd, 0.0, 1000.0) {
+        settings.boundary_ms_ssd = ms;
+    }
+    let key = "policy.min_saved_ms_per_gib";
+    if let Some(ms) = check.number(key, f.min_saved_ms_per_gib, 0.0, 1e9) {
+        settings.min_saved_ms_per_gib = ms;
     }
 }
 
@@ -222,6 +242,16 @@ impl Check<'_> {
     /// Only a TOML boolean: a quoted "true", "yes" or 1 is refused rather
     /// than guessed at. (In the environment, "true" and "false" are read as
     /// booleans before they get here.)
+    fn medium(&mut self, key: &str, raw: Option<Raw>) -> Option<MediumChoice> {
+        self.value(key, raw, |raw| {
+            match raw {
+                Raw::Str(word) => MediumChoice::parse(word),
+                _ => None,
+            }
+            .ok_or_else(|| "must be \"auto\", \"ssd\" or \"hdd\"".into())
+        })
+    }
+
     fn boolean(&mut self, key: &str, raw: Option<Raw>) -> Option<bool> {
         self.value(key, raw, |raw| match raw {
             Raw::Bool(b) => Ok(*b),
@@ -394,7 +424,11 @@ impl Check<'_> {
                 Some(raw) => self.path_list(&format!("{key}.watch"), Some(raw)),
                 None => Some(Vec::new()),
             };
-            let (Some(path), Some(watch)) = (path, watch) else {
+            let medium = match entry.medium {
+                Some(raw) => self.medium(&format!("{key}.medium"), Some(raw)),
+                None => Some(MediumChoice::Auto),
+            };
+            let (Some(path), Some(watch), Some(medium)) = (path, watch, medium) else {
                 continue;
             };
             if let Some(first) = filesystems.iter().position(|fs| fs.path == path) {
@@ -405,7 +439,11 @@ impl Check<'_> {
                 self.invalid(&path_key, &quote(&path.to_string_lossy()), allowed);
             }
             self.watch_under_path(&key, &path, &watch);
-            filesystems.push(FilesystemSettings { path, watch });
+            filesystems.push(FilesystemSettings {
+                path,
+                watch,
+                medium,
+            });
         }
         (self.errors.len() == before).then_some(filesystems)
     }
@@ -583,6 +621,7 @@ mod tests {
             [[filesystem]]
             path = "/srv"
             watch = ["/srv/db", "/srv//logs/"]
+            medium = "ssd"
             [[filesystem]]
             path = "/home"
             [throttle]
@@ -590,6 +629,9 @@ mod tests {
             chunk_mib = 64
             pressure_percent = 0
             windows = ["01:00-05:00", "22:00-06:00", "12:00-24:00"]
+            start_mib_per_s = 8
+            write_budget_ssd = 0
+            write_budget_hdd = "1TiB"
             [policy]
             quiet_period = "1h 30m"
             min_size = "4KiB"
@@ -598,6 +640,9 @@ mod tests {
             exclude = ["/srv/scratch/**", "*.tmp"]
             reserve_percent = 90
             convert_block_mapped = true
+            boundary_ms_hdd = 12
+            boundary_ms_ssd = 0.25
+            min_saved_ms_per_gib = 0
             [crawl]
             interval = "1m"
             files_per_second = 1000000
@@ -620,10 +665,12 @@ mod tests {
                 FilesystemSettings {
                     path: "/srv".into(),
                     watch: vec!["/srv/db".into(), "/srv/logs".into()],
+                    medium: MediumChoice::Is(crate::medium::Medium::Ssd),
                 },
                 FilesystemSettings {
                     path: "/home".into(),
                     watch: vec![],
+                    medium: MediumChoice::Auto,
                 },
             ]
         );
@@ -638,6 +685,12 @@ mod tests {
             s.throttle.windows,
             [window(60, 300), window(1320, 360), window(720, 1440)]
         );
+        assert_eq!(s.throttle.write_budget_ssd, None);
+        assert_eq!(s.throttle.start_bytes_per_s, 8 * MIB);
+        assert_eq!(
+            s.throttle.write_budget(crate::medium::Medium::Hdd),
+            Some(1 << 40)
+        );
         assert_eq!(s.policy.quiet_period, Duration::from_secs(5400));
         assert_eq!(s.policy.min_size_bytes, 4096);
         assert_eq!(s.policy.min_excess_extents, 0);
@@ -646,6 +699,9 @@ mod tests {
         assert!(s.policy.is_excluded(Path::new("/srv/scratch/x")));
         assert_eq!(s.policy.reserve_percent, 90.0);
         assert!(s.policy.convert_block_mapped);
+        assert_eq!(s.policy.boundary_ms_hdd, 12.0);
+        assert_eq!(s.policy.boundary_ms_ssd, 0.25);
+        assert_eq!(s.policy.min_saved_ms_per_gib, 0.0);
         assert_eq!(s.crawl.interval, MINUTE);
         assert_eq!(s.crawl.files_per_second.get(), 1_000_000);
         assert_eq!(s.watch.max_watches.get(), 1);
@@ -676,6 +732,9 @@ mod tests {
             exclude = ["srv/*.log", "/a/[", 7]
             reserve_percent = 95
             convert_block_mapped = "yes"
+            boundary_ms_hdd = -1
+            boundary_ms_ssd = "fast"
+            min_saved_ms_per_gib = nan
             [crawl]
             interval = "30s"
             files_per_second = 1000001
@@ -711,6 +770,9 @@ mod tests {
                 format!("{f}: policy.exclude[2] = 7: must be a quoted glob pattern, like \"*.tmp\""),
                 format!("{f}: policy.reserve_percent = 95: must be a number from 0 to 90"),
                 format!("{f}: policy.convert_block_mapped = \"yes\": must be true or false"),
+                format!("{f}: policy.boundary_ms_hdd = -1: must be a number from 0 to 1000"),
+                format!("{f}: policy.boundary_ms_ssd = \"fast\": must be a number from 0 to 1000"),
+                format!("{f}: policy.min_saved_ms_per_gib = nan: must be a number from 0 to 1000000000"),
                 format!("{f}: crawl.interval = \"30s\": must be a duration from 1m to 30d, like \"30s\", \"15m\" or \"2h\""),
                 format!("{f}: crawl.files_per_second = 1000001: must be a whole number from 1 to 1000000"),
                 format!("{f}: watch.max_watches = true: must be a whole number from 1 to 1000000"),

@@ -96,6 +96,14 @@ pub fn status(report: &StatusReport, now: i64) -> String {
                 vec![
                     show_path(&fs.mount_point),
                     clean(&fs.disk),
+                    [
+                        medium_words(&fs.medium, &fs.medium_source),
+                        budget_words(fs.written_today_bytes, fs.write_budget_bytes),
+                    ]
+                    .into_iter()
+                    .filter(|words| !words.is_empty())
+                    .collect::<Vec<_>>()
+                    .join(", "),
                     clean(&fs.uuid),
                     fragmentation(fs.fragmentation.as_ref()),
                     format!("today {}", activity(&fs.today)),
@@ -106,6 +114,7 @@ pub fn status(report: &StatusReport, now: i64) -> String {
             .collect();
         columns(
             &[
+                Align::Left,
                 Align::Left,
                 Align::Left,
                 Align::Left,
@@ -296,6 +305,24 @@ fn columns(aligns: &[Align], rows: &[Vec<String>]) -> Vec<String> {
 
 /// The disk of the filesystem that holds `path`: the deepest mount point
 /// it lies under.
+/// "ssd (sysfs)": the medium and who decided it; nothing from a service
+/// that does not say.
+fn medium_words(medium: &str, source: &str) -> String {
+    match (clean(medium), clean(source)) {
+        (medium, _) if medium.is_empty() => String::new(),
+        (medium, source) if source.is_empty() => medium,
+        (medium, source) => format!("{medium} ({source})"),
+    }
+}
+
+/// "1.00 GiB of 16.0 GiB today": a device's daily write budget; nothing
+/// where there is none.
+fn budget_words(written: u64, budget: Option<u64>) -> String {
+    budget.map_or_else(String::new, |budget| {
+        format!("{} of {} today", BinaryBytes(written), BinaryBytes(budget))
+    })
+}
+
 /// How written files are found on a filesystem, in words.
 fn tracking_words(mode: &str) -> String {
     match mode {
@@ -392,6 +419,10 @@ mod tests {
                     fragmentation: None,
                     today: ActivityReport::default(),
                     total: ActivityReport::default(),
+                    medium: "ssd".into(),
+                    medium_source: "sysfs".into(),
+                    write_budget_bytes: Some(16 << 30),
+                    written_today_bytes: 1 << 30,
                 },
                 CoveredFs {
                     mount_point: "/srv".into(),
@@ -416,6 +447,10 @@ mod tests {
                         files_defragmented: 1234,
                         bytes_moved: 56 << 30,
                     },
+                    medium: "hdd".into(),
+                    medium_source: "config".into(),
+                    write_budget_bytes: None,
+                    written_today_bytes: 0,
                 },
             ],
             today: ActivityReport {
@@ -439,8 +474,8 @@ mod tests {
              queued       1,234 files\n\
              moved today  3.00 GiB, 3 files defragmented\n\
              in all       1,234 files, 56.00 GiB\n\
-             filesystems  /     nvme0n1  11111111-2222  score not measured yet     today 0 files, 0 B       in all 0 files, 0 B            writes: whole filesystem\n\
-             \x20            /srv  sda      33333333-4444  score 12.5, -3.1 in 1d 0h  today 3 files, 1.00 GiB  in all 1,234 files, 56.00 GiB  writes: whole filesystem"
+             filesystems  /     nvme0n1  ssd (sysfs), 1.00 GiB of 16.00 GiB today  11111111-2222  score not measured yet     today 0 files, 0 B       in all 0 files, 0 B            writes: whole filesystem\n\
+             \x20            /srv  sda      hdd (config)                              33333333-4444  score 12.5, -3.1 in 1d 0h  today 3 files, 1.00 GiB  in all 1,234 files, 56.00 GiB  writes: whole filesystem"
         );
     }
 

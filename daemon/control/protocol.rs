@@ -200,6 +200,19 @@ pub struct CoveredFs {
     pub today: ActivityReport,
     #[serde(default)]
     pub total: ActivityReport,
+    /// What its device is taken to be: "ssd" or "hdd" (empty from a
+    /// service that does not say).
+    #[serde(default)]
+    pub medium: String,
+    /// Who said so: "config", "sysfs" (the rotational flag) or "assumed".
+    #[serde(default)]
+    pub medium_source: String,
+    /// Its device's daily write budget in bytes; None for no limit.
+    #[serde(default)]
+    pub write_budget_bytes: Option<u64>,
+    /// Bytes moved on its device since the last local midnight.
+    #[serde(default)]
+    pub written_today_bytes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

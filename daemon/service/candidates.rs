@@ -15,7 +15,7 @@ use crate::mounts::Covered;
 use crate::mover::refuse_unmovable;
 use crate::outcome::SkipReason;
 use crate::policy::{self, Decision, Heat, Thresholds};
-use crate::store::{Enqueued, FileId, NewJob, SettledWhy, Tally};
+use crate::store::{Enqueued, FileId, Finished, HistoryOutcome, NewJob, SettledWhy, Tally};
 use crate::sys::{open_by_handle, FileHandle, HandleError};
 
 use super::shared::Shared;
@@ -179,14 +179,16 @@ fn consider_target(
         return (Considered::Left(why.into()), measured);
     }
     (
-        decide_and_queue(shared, file, rel, urgency, now, &inspected, target),
+        decide_and_queue(shared, fs, file, rel, urgency, now, &inspected, target),
         measured,
     )
 }
 
 /// The policy's verdict on a measured file, carried out.
+#[allow(clippy::too_many_arguments)]
 fn decide_and_queue(
     shared: &Shared,
+    fs: &Covered,
     file: FileId,
     rel: &Path,
     urgency: Urgency,
@@ -207,6 +209,7 @@ fn decide_and_queue(
         min_excess_extents: p.min_excess_extents,
         min_score: p.min_score,
         quiet_period: p.quiet_period,
+        benefit: p.benefit(shared.medium(fs).medium),
     };
     let a = inspected.assessment;
     let decision = match urgency {
@@ -230,6 +233,10 @@ fn decide_and_queue(
         }
     };
     match decision {
+        Decision::Leave(reason @ policy::LeaveReason::NoBenefit { .. }) => {
+            record_no_benefit(shared, &file, inspected, rel, &reason);
+            Considered::Left(reason.to_string())
+        }
         Decision::Leave(reason) => Considered::Left(reason.to_string()),
         Decision::Queue { priority } => {
             let job = NewJob {
@@ -252,6 +259,42 @@ fn decide_and_queue(
                 Err(e) => Considered::Failed(format!("cannot queue it: {e}")),
             }
         }
+    }
+}
+
+/// Records in the history, once per version of the file, that the policy
+/// left it because moving it would not pay on its medium, and settles it
+/// so that its own write events do not bring it back.
+fn record_no_benefit(
+    shared: &Shared,
+    file: &FileId,
+    inspected: &Inspected,
+    rel: &Path,
+    reason: &policy::LeaveReason,
+) {
+    let store = shared.store();
+    let known = store.settled(file).ok().flatten().is_some_and(|s| {
+        s.why == SettledWhy::NoGain && s.unchanged(inspected.mtime, inspected.size)
+    });
+    if known {
+        return;
+    }
+    let finished = Finished {
+        outcome: HistoryOutcome::Skipped,
+        reason_code: Some(reason.code().to_string()),
+        reason: Some(reason.to_string()),
+        extents_before: Some(inspected.assessment.extents),
+        extents_after: None,
+        bytes_moved: 0,
+    };
+    let recorded = store
+        .record_left(file, rel, inspected.assessment.extents, &finished)
+        .and_then(|()| store.settle(file, inspected.mtime, inspected.size, SettledWhy::NoGain));
+    if let Err(e) = recorded {
+        tracing::warn!(
+            "cannot record that {} was left: {e}",
+            crate::escape::escaped(rel)
+        );
     }
 }
 

@@ -35,7 +35,7 @@ pub struct Metrics {
     pub extents_removed: Counter,
     pub queue_length: Gauge,
     /// 0 free to move, 1 paused by the operator, 2 held back by I/O pressure,
-    /// 3 outside the maintenance windows.
+    /// 3 outside the maintenance windows, 4 a daily write budget spent.
     pub throttle_state: Gauge,
     /// The rate moves may go at now, after I/O pressure.
     pub throttle_rate: Gauge,
@@ -57,6 +57,9 @@ pub struct Metrics {
     pub fs_fragmentation: Family<FsLabels, FloatGauge>,
     /// Per filesystem: extents beyond the ideal, in all.
     pub fs_excess_extents: Family<FsLabels, Gauge>,
+    /// Bytes moved today and the daily write budget (absent: none), by disk.
+    pub written_today: Family<OutcomeLabels, Gauge>,
+    pub write_budget: Family<OutcomeLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -77,6 +80,18 @@ impl Default for Metrics {
         let kernel_hold = FloatGauge::default();
         let fs_fragmentation = Family::<FsLabels, FloatGauge>::default();
         let fs_excess_extents = Family::<FsLabels, Gauge>::default();
+        let written_today = Family::<OutcomeLabels, Gauge>::default();
+        let write_budget = Family::<OutcomeLabels, Gauge>::default();
+        registry.register(
+            "written_today_bytes",
+            "Bytes moved on each disk since the last local midnight",
+            written_today.clone(),
+        );
+        registry.register(
+            "write_budget_bytes",
+            "Each disk's daily write budget (no series: no limit); moves wait for the next day once it is spent",
+            write_budget.clone(),
+        );
         registry.register(
             "moved_bytes",
             "Bytes moved by MOVE_EXT",
@@ -99,7 +114,7 @@ impl Default for Metrics {
         );
         registry.register(
             "throttle_state",
-            "0 free to move, 1 paused by the operator, 2 held back by I/O pressure, 3 outside the maintenance windows",
+            "0 free to move, 1 paused by the operator, 2 held back by I/O pressure, 3 outside the maintenance windows, 4 the daily write budget of a disk spent",
             throttle_state.clone(),
         );
         registry.register(
@@ -153,6 +168,8 @@ impl Default for Metrics {
             fs_excess_extents.clone(),
         );
         Metrics {
+            written_today,
+            write_budget,
             registry,
             write_tracking,
             write_events,

@@ -9,6 +9,7 @@ mod catch_up;
 mod controller;
 mod crawler;
 mod exposition;
+mod media;
 mod metrics;
 mod pending;
 mod shared;
@@ -346,8 +347,24 @@ fn update_gauges(shared: &Shared, report: &crate::control::protocol::StatusRepor
         "paused" => 1,
         "pressure" => 2,
         "window" => 3,
+        "budget" => 4,
         _ => 0,
     });
+    for fs in &report.filesystems {
+        let labels = vec![("disk".to_string(), fs.disk.clone())];
+        let gauge = |bytes: u64| i64::try_from(bytes).unwrap_or(i64::MAX);
+        m.written_today
+            .get_or_create(&labels)
+            .set(gauge(fs.written_today_bytes));
+        match fs.write_budget_bytes {
+            Some(budget) => {
+                m.write_budget.get_or_create(&labels).set(gauge(budget));
+            }
+            None => {
+                m.write_budget.remove(&labels);
+            }
+        }
+    }
     let max = shared.settings().throttle.max_bytes_per_s.get();
     let rate = shared.slowed().map_or(max, |s| s.bytes_per_s);
     m.throttle_rate.set(i64::try_from(rate).unwrap_or(i64::MAX));

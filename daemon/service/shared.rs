@@ -7,11 +7,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
+use crate::budget::{self, Ledgers, Standing};
 use crate::config::Settings;
+use crate::medium::Medium;
 use crate::mounts::{Covered, DiskId};
+use crate::ramp::{self, Ramp, Verdict};
 use crate::store::Store;
 use crate::throttle::{paced_rate, PressureGauge, TokenBucket};
 
+use super::media::Media;
 use super::metrics::Metrics;
 use super::tracker::Tracking;
 
@@ -107,6 +111,14 @@ pub struct Shared {
     /// Bytes moved since the local midnight it names (unix time).
     moved_today: Mutex<(i64, u64)>,
     pub metrics: Metrics,
+    /// Each covered filesystem's medium, decided once.
+    media: Media,
+    /// Each moving disk's ramp: the job's rate, following the disk's latency.
+    ramps: Mutex<HashMap<DiskId, Ramp>>,
+    /// Bytes moved on each device today, against its write budget.
+    ledgers: Mutex<Ledgers>,
+    /// Today's local midnight and the next (unix time); a test's own.
+    day: DayClock,
     /// Bumped whenever there may be new work or a state change; threads
     /// that idle wait on it.
     wake: (Mutex<u64>, Condvar),
@@ -136,6 +148,10 @@ impl Shared {
             reload_error: Mutex::new(None),
             tracking: Mutex::new(HashMap::new()),
             metrics: Metrics::default(),
+            media: Media::default(),
+            ledgers: Mutex::new(Ledgers::default()),
+            ramps: Mutex::new(HashMap::new()),
+            day: Arc::new(local_day),
             wake: (Mutex::new(0), Condvar::new()),
         })
     }
@@ -155,6 +171,7 @@ impl Shared {
             .settings
             .write()
             .unwrap_or_else(PoisonError::into_inner) = Arc::new(settings);
+        self.media.forget();
         self.wake_all();
     }
 
@@ -175,12 +192,18 @@ impl Shared {
 
     pub fn set_covered(&self, covered: HashMap<String, Covered>) {
         *self.covered.write().unwrap_or_else(PoisonError::into_inner) = covered;
+        self.media.forget();
         self.wake_all();
     }
 
     /// How long to wait before moving `bytes` (all workers share one rate).
     pub fn throttle(&self, bytes: u64) -> Duration {
         lock(&self.bucket).take(bytes, Instant::now())
+    }
+
+    /// `fs`'s medium: as the config says, else its disk's rotational flag.
+    pub fn medium(&self, fs: &Covered) -> crate::medium::MediumDecided {
+        self.media.of(&self.settings(), fs)
     }
 
     pub fn shutting_down(&self) -> bool {
@@ -239,6 +262,64 @@ impl Shared {
     /// PSI). Shares the pace's readings.
     pub fn io_pressure(&self) -> Option<f64> {
         lock(&self.gauge).percent(Instant::now())
+    }
+
+    /// A job on `disk` starts: slow, unless the ramp is off.
+    pub fn start_ramp(&self, disk: &DiskId) {
+        let t = &self.settings().throttle;
+        let mut ramps = lock(&self.ramps);
+        if t.start_bytes_per_s == 0 {
+            ramps.remove(disk);
+            return;
+        }
+        let ramp = Ramp::new(
+            t.start_bytes_per_s,
+            t.min_bytes_per_s,
+            t.max_bytes_per_s.get(),
+        );
+        ramps.insert(disk.clone(), ramp);
+    }
+
+    /// The job on `disk` ended.
+    pub fn end_ramp(&self, disk: &DiskId) {
+        lock(&self.ramps).remove(disk);
+    }
+
+    /// [`pace`](Self::pace) for a move on `disk`: the rate I/O pressure
+    /// allows, no faster than the disk's ramp, which samples the disk's
+    /// counters once an interval. 0 holds moves back.
+    pub fn pace_on(&self, disk: &DiskId) -> u64 {
+        let paced = self.pace();
+        if paced == 0 {
+            return 0;
+        }
+        let max = self.settings().throttle.max_bytes_per_s.get();
+        let now = Instant::now();
+        let rate = {
+            let mut ramps = lock(&self.ramps);
+            let Some(ramp) = ramps.get_mut(disk) else {
+                return paced;
+            };
+            if ramp.due(now) {
+                if let Some(sample) = ramp::read_stat(disk) {
+                    let (_, verdict) = ramp.observe(sample, paced < max);
+                    if let Verdict::Latency {
+                        mean_ms,
+                        baseline_ms,
+                    } = verdict
+                    {
+                        tracing::debug!(
+                            "disk {}: latency {mean_ms:.1} ms against {baseline_ms:.1} ms; moves slow to {} B/s",
+                            disk.0,
+                            ramp.rate()
+                        );
+                    }
+                }
+            }
+            ramp.rate().min(paced)
+        };
+        lock(&self.bucket).set_rate(rate, now);
+        rate
     }
 
     /// How I/O pressure slows moves now (None: full speed, or no move).
@@ -354,12 +435,70 @@ impl Shared {
         }
     }
 
-    /// Counts bytes just moved (today's total and the metrics).
-    pub fn add_moved(&self, bytes: u64) {
+    /// Counts bytes just moved on `disk` (today's total, the device's
+    /// budget and the metrics).
+    pub fn add_moved(&self, disk: &DiskId, bytes: u64) {
+        let (today, _) = (self.day)();
+        self.seed_ledger(disk, today);
+        lock(&self.ledgers).spend(disk, bytes, today);
         self.metrics.bytes_moved.inc_by(bytes);
         let mut today = lock(&self.moved_today);
         self.roll_day(&mut today);
         today.1 += bytes;
+    }
+
+    /// Uses another clock for the day (tests: the day turns at will).
+    #[cfg(test)]
+    pub fn set_day_clock(&mut self, day: DayClock) {
+        self.day = day;
+    }
+
+    /// `disk`'s daily write budget (None: unlimited), what was moved on it
+    /// today, and where that leaves it. The budget follows the medium of
+    /// its filesystems; flash if any of them is.
+    pub fn budget(&self, disk: &DiskId) -> (Option<u64>, u64, Standing) {
+        let settings = self.settings();
+        let flash = self
+            .covered()
+            .values()
+            .filter(|fs| &fs.disk == disk)
+            .any(|fs| self.media.of(&settings, fs).medium == Medium::Ssd);
+        let medium = if flash { Medium::Ssd } else { Medium::Hdd };
+        let limit = settings.throttle.write_budget(medium);
+        let (today, next) = (self.day)();
+        self.seed_ledger(disk, today);
+        let spent = lock(&self.ledgers).spent(disk, today);
+        (limit, spent, budget::standing(limit, spent, next))
+    }
+
+    /// Until when moves on `disk` wait for its budget, if it is spent.
+    pub fn budget_spent_until(&self, disk: &DiskId) -> Option<i64> {
+        match self.budget(disk).2 {
+            Standing::Spent { until } => Some(until),
+            _ => None,
+        }
+    }
+
+    /// The first count of a day after a start takes what the history
+    /// recorded on `disk`'s filesystems since midnight.
+    fn seed_ledger(&self, disk: &DiskId, today: i64) {
+        if lock(&self.ledgers).knows(disk, today) {
+            return;
+        }
+        let uuids: Vec<String> = self
+            .covered()
+            .into_values()
+            .filter(|fs| &fs.disk == disk)
+            .map(|fs| fs.uuid)
+            .collect();
+        let recorded = self
+            .store()
+            .bytes_moved_since_on(today, &uuids)
+            .unwrap_or(0);
+        let mut ledgers = lock(&self.ledgers);
+        if !ledgers.knows(disk, today) {
+            ledgers.spend(disk, recorded, today);
+        }
     }
 
     /// Bytes moved since the last local midnight.
@@ -433,6 +572,22 @@ impl Shared {
     }
 }
 
+/// Today's start and the next day's (unix time of local midnights).
+pub type DayClock = Arc<dyn Fn() -> (i64, i64) + Send + Sync>;
+
+/// The local day now: its midnight and the next (a day may be 23 or 25
+/// hours long where clocks change).
+fn local_day() -> (i64, i64) {
+    let today = local_midnight();
+    let next = chrono::Local::now()
+        .date_naive()
+        .succ_opt()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .and_then(|m| m.and_local_timezone(chrono::Local).earliest())
+        .map_or(today + 86_400, |m| m.timestamp());
+    (today, next)
+}
+
 /// Unix time of the last local midnight: "today" for people.
 pub fn local_midnight() -> i64 {
     let now = chrono::Local::now();
@@ -500,5 +655,43 @@ mod tests {
         assert_eq!(shared.back_from_kernel(&disk), None, "its end is told once");
         // The worker's own wait (in_kernel_since None) is never a stall.
         assert!(shared.new_stalls().is_empty());
+    }
+
+    #[test]
+    fn a_spent_budget_holds_moves_until_the_day_turns() {
+        const MIB: u64 = 1 << 20;
+        const DAY0: i64 = 1_700_006_400;
+        let mut settings = Settings::default();
+        settings.throttle.write_budget_hdd = std::num::NonZeroU64::new(4 * MIB);
+        let mut shared = Shared::new(Store::open_in_memory().expect("store"), settings);
+        let day = Arc::new(std::sync::atomic::AtomicI64::new(DAY0));
+        let clock = Arc::clone(&day);
+        Arc::get_mut(&mut shared)
+            .expect("not shared yet")
+            .set_day_clock(Arc::new(move || {
+                let today = clock.load(Ordering::SeqCst);
+                (today, today + 86_400)
+            }));
+        let disk = DiskId("7:0".into());
+        let other = DiskId("7:1".into());
+        assert_eq!(
+            shared.budget(&disk),
+            (Some(4 * MIB), 0, Standing::Left(4 * MIB))
+        );
+        shared.add_moved(&disk, 3 * MIB);
+        assert_eq!(shared.budget_spent_until(&disk), None, "1 MiB left");
+        shared.add_moved(&disk, MIB);
+        assert_eq!(shared.budget_spent_until(&disk), Some(DAY0 + 86_400));
+        assert_eq!(shared.budget_spent_until(&other), None, "per device");
+        // An hour later, the same day: still spent.
+        assert_eq!(shared.budget_spent_until(&disk), Some(DAY0 + 86_400));
+        // The day turns: moves go on, from a fresh budget.
+        day.store(DAY0 + 86_400, Ordering::SeqCst);
+        assert_eq!(shared.budget_spent_until(&disk), None);
+        assert_eq!(shared.budget(&disk).1, 0);
+        // Disks have no budget unless one is set.
+        let unlimited = Shared::new(Store::open_in_memory().expect("store"), Settings::default());
+        unlimited.add_moved(&disk, 1 << 40);
+        assert_eq!(unlimited.budget(&disk).2, Standing::Unlimited);
     }
 }

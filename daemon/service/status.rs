@@ -54,6 +54,7 @@ pub fn report(shared: &Shared) -> StatusReport {
         shared.moving().into_iter().partition(|m| m.under_way);
     let pause = shared.pause();
     let slowed = shared.slowed();
+    let spent = budget_spent_line(shared);
     let (state, headline) = match (pause, slowed, moving.first()) {
         (Pause::Indefinitely, _, _) => ("paused", "paused by operator".to_string()),
         (Pause::Until(_, until), _, _) => {
@@ -74,6 +75,7 @@ pub fn report(shared: &Shared) -> StatusReport {
                 human_duration(shared.until_window())
             ),
         ),
+        (Pause::Running, _, None) if spent.is_some() => ("budget", spent.unwrap_or_default()),
         (Pause::Running, slowed, Some(m)) => {
             let mut line = moving_line(m, moving.len());
             if let Some(s) = slowed {
@@ -125,10 +127,16 @@ pub fn report(shared: &Shared) -> StatusReport {
             .map(|fs| {
                 let tracking = shared.tracking(&fs.uuid);
                 let done = activity.get(&fs.uuid);
+                let medium = shared.medium(&fs);
+                let (budget, spent, _) = shared.budget(&fs.disk);
                 CoveredFs {
                     fragmentation: fragmentation.get(&fs.uuid).map(fragmentation_report),
                     today: done.map_or_else(ActivityReport::default, |a| report_of(a.today)),
                     total: done.map_or_else(ActivityReport::default, |a| report_of(a.total)),
+                    write_budget_bytes: budget,
+                    written_today_bytes: spent,
+                    medium: medium.medium.as_str().to_string(),
+                    medium_source: medium.source.as_str().to_string(),
                     mount_point: fs.mount_point,
                     uuid: fs.uuid,
                     disk: fs.disk.0,
@@ -268,9 +276,63 @@ pub fn human_duration(d: Duration) -> String {
     parts.join(" ")
 }
 
+/// Says which devices have spent their daily write budget and when moves
+/// go on; None when none has.
+fn budget_spent_line(shared: &Shared) -> Option<String> {
+    let mut disks: Vec<_> = shared.covered().into_values().map(|fs| fs.disk).collect();
+    disks.sort_by(|a, b| a.0.cmp(&b.0));
+    disks.dedup();
+    let spent: Vec<(String, u64, i64)> = disks
+        .iter()
+        .filter_map(|disk| match shared.budget(disk) {
+            (Some(limit), _, crate::budget::Standing::Spent { until }) => {
+                Some((disk.0.clone(), limit, until))
+            }
+            _ => None,
+        })
+        .collect();
+    budget_spent_words(&spent, unix_now())
+}
+
+/// "daily write budget spent on 8:0 (16.0 GiB/day); moves wait for the
+/// next day (in 5h 3m)", for the devices in `spent` (disk, budget, until
+/// when), at `now`; None when there are none.
+fn budget_spent_words(spent: &[(String, u64, i64)], now: i64) -> Option<String> {
+    let until = spent.iter().map(|s| s.2).min()?;
+    let which: Vec<String> = spent
+        .iter()
+        .map(|(disk, limit, _)| format!("{} ({}/day)", escaped(disk), Size(*limit)))
+        .collect();
+    let left = Duration::from_secs(u64::try_from(until - now).unwrap_or(0));
+    Some(format!(
+        "daily write budget spent on {}; moves wait for the next day (in {})",
+        which.join(", "),
+        human_duration(left)
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_spent_budget_says_which_device_and_when_moves_go_on() {
+        assert_eq!(budget_spent_words(&[], 0), None);
+        let spent = [
+            ("8:0".to_string(), 16u64 << 30, 7_200),
+            ("8:16".to_string(), 1 << 30, 3_600),
+        ];
+        let line = budget_spent_words(&spent, 0).unwrap_or_default();
+        assert!(
+            line.starts_with("daily write budget spent on 8:0 ("),
+            "{line}"
+        );
+        assert!(line.contains("8:16 ("), "{line}");
+        assert!(
+            line.ends_with("moves wait for the next day (in 1h)"),
+            "{line}"
+        );
+    }
 
     #[test]
     fn durations_read_at_a_glance() {

@@ -64,6 +64,15 @@ pub fn run(shared: Arc<Shared>, disk: DiskId) {
             shared.idle_since(ticket, closed_for.min(Duration::from_secs(60)));
             continue;
         }
+        // With the device's write budget spent, moves wait for the next day.
+        if let Some(until) = shared.budget_spent_until(&disk) {
+            let left = u64::try_from(until - unix_now()).unwrap_or(0).max(1);
+            shared.idle_since(
+                ticket,
+                Duration::from_secs(left).min(Duration::from_secs(60)),
+            );
+            continue;
+        }
         let uuids: Vec<String> = shared
             .covered()
             .into_values()
@@ -177,6 +186,7 @@ fn run_job(shared: &Shared, disk: &DiskId, job: Job) {
             total_bytes,
         )),
     );
+    shared.start_ramp(disk);
     let outcome = defragment(
         &target,
         &mut filesystems,
@@ -184,6 +194,7 @@ fn run_job(shared: &Shared, disk: &DiskId, job: Job) {
         job.next_block,
         &mut supervisor,
     );
+    shared.end_ramp(disk);
     shared.set_moving(disk, None);
     shared.clear_slowed();
     if let Some(stat) = before_open {
@@ -276,13 +287,14 @@ impl Supervisor for JobSupervisor<'_> {
         if self.shared.shutting_down()
             || self.shared.paused()
             || !self.shared.until_window().is_zero()
+            || self.shared.budget_spent_until(self.disk).is_some()
         {
             return Control::Stop;
         }
         // Slowed by I/O pressure through the shared rate; held back
         // entirely only where the floor is 0 and pressure is full.
         let mut waited = Duration::ZERO;
-        while self.shared.pace() == 0 {
+        while self.shared.pace_on(self.disk) == 0 {
             if waited >= PRESSURE_WAIT || self.shared.shutting_down() || self.shared.paused() {
                 return Control::Stop;
             }
@@ -333,7 +345,7 @@ impl Supervisor for JobSupervisor<'_> {
     }
 
     fn after_chunk(&mut self, progress: &Progress) {
-        self.shared.add_moved(progress.chunk_bytes);
+        self.shared.add_moved(self.disk, progress.chunk_bytes);
         self.back_from_kernel();
         // Shown as how far through the file the move is, resumed or not.
         self.shared

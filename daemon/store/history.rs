@@ -195,6 +195,47 @@ impl Store {
         rows.collect::<rusqlite::Result<_>>().doing(doing)
     }
 
+    /// Records a file the policy left alone without queueing it (so with
+    /// no job), for the operator to see in the history.
+    pub fn record_left(
+        &self,
+        file: &FileId,
+        path: &std::path::Path,
+        extents: u64,
+        finished: &Finished,
+    ) -> Result<(), StoreError> {
+        let doing = "recording a file left alone";
+        let departed = Departed {
+            file: file.clone(),
+            path: path.to_path_buf(),
+            extents_before: extents,
+        };
+        let tx = self.write_tx().doing(doing)?;
+        append(&tx, &departed, finished, self.now()).doing(doing)?;
+        prune(&tx, self.history_limit).doing(doing)?;
+        tx.commit().doing(doing)
+    }
+
+    /// Bytes moved on the filesystems `uuids` by jobs that finished at or
+    /// after `since`, counting only the history still kept.
+    pub fn bytes_moved_since_on(&self, since: i64, uuids: &[String]) -> Result<u64, StoreError> {
+        let mut total = 0u64;
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT COALESCE(SUM(bytes_moved), 0) FROM history
+                 WHERE finished_at >= ?1 AND fs_uuid = ?2",
+            )
+            .doing("adding up today's moves")?;
+        for uuid in uuids {
+            let bytes = stmt
+                .query_row(params![since, uuid], |row| row.get::<_, Uint>(0))
+                .doing("adding up today's moves")?;
+            total = total.saturating_add(bytes.0);
+        }
+        Ok(total)
+    }
+
     /// Bytes moved by jobs that finished at or after `since` (unix seconds),
     /// counting only the history still kept.
     pub fn bytes_moved_since(&self, since: i64) -> Result<u64, StoreError> {
