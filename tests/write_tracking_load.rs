@@ -276,12 +276,24 @@ fn a_lost_event_queue_is_caught_up_without_a_crawl_and_a_file_written_meanwhile_
     let flood = {
         let (stop, dir) = (Arc::clone(&stop), flood_dir.clone());
         std::thread::spawn(move || {
+            // Overwritten in place (no truncation, so no new block once a
+            // file has one): the filler below fills the disk meanwhile,
+            // and a file it leaves no block for is passed over.
+            use std::os::unix::fs::FileExt;
             let mut writes = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 for i in 0..4000 {
-                    fs::write(dir.join(format!("f{i}")), writes.to_le_bytes())
-                        .expect("flood write");
-                    writes += 1;
+                    let written = fs::OpenOptions::new()
+                        .write(true)
+                        .create(true)
+                        .truncate(false)
+                        .open(dir.join(format!("f{i}")))
+                        .and_then(|f| f.write_all_at(&writes.to_le_bytes(), 0));
+                    match written {
+                        Ok(()) => writes += 1,
+                        Err(e) if e.raw_os_error() == Some(nix::libc::ENOSPC) => {}
+                        Err(e) => panic!("flood write: {e}"),
+                    }
                 }
             }
             writes
