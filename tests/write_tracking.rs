@@ -58,6 +58,20 @@ fn wait_for_crawl(svc: &mut Service, root: &Path) {
     svc.wait_for_log(&format!("crawl of {}: pass done", root.display()), secs(60));
 }
 
+/// A new 256 MiB image and the service covering it, with only the
+/// filesystem in its config, once it tracks writes there and its first
+/// crawl pass (over a filesystem still empty) is over.
+fn a_tracked_filesystem() -> (LoopImage, PathBuf, ServiceHome, Service) {
+    let img = LoopImage::create(ImageSpec::ext4(256));
+    let root = img.root().to_path_buf();
+    let home = ServiceHome::new();
+    home.write_config(&ServiceConfig::new(&root, &[]));
+    let mut svc = home.start(&[]);
+    svc.wait_for_log(TRACKING_WRITES, secs(30));
+    wait_for_crawl(&mut svc, &root);
+    (img, root, home, svc)
+}
+
 /// Writes `path` (`size` bytes) into fragmented free space, then frees
 /// the filler while still appending to it, so that it is written until
 /// contiguous free space exists; returns when it was last written.
@@ -90,13 +104,7 @@ fn a_file_written_deep_in_a_new_tree_is_found_within_the_quiet_period_and_10_s()
     if !require_root() {
         return;
     }
-    let mut img = LoopImage::create(ImageSpec::ext4(256));
-    let root = img.root().to_path_buf();
-    let home = ServiceHome::new();
-    home.write_config(&ServiceConfig::new(&root, &[]));
-    let mut svc = home.start(&[]);
-    svc.wait_for_log(TRACKING_WRITES, secs(30));
-    wait_for_crawl(&mut svc, &root);
+    let (mut img, root, _home, mut svc) = a_tracked_filesystem();
 
     // 3,000 directories, made after the service started.
     let t = Instant::now();
@@ -146,13 +154,7 @@ fn a_file_written_while_the_service_was_down_is_found_at_start_without_a_crawl()
     if !require_root() {
         return;
     }
-    let mut img = LoopImage::create(ImageSpec::ext4(256));
-    let root = img.root().to_path_buf();
-    let home = ServiceHome::new();
-    home.write_config(&ServiceConfig::new(&root, &[]));
-    let mut svc = home.start(&[]);
-    svc.wait_for_log(TRACKING_WRITES, secs(30));
-    wait_for_crawl(&mut svc, &root);
+    let (mut img, root, home, mut svc) = a_tracked_filesystem();
     svc.stop(secs(10));
 
     let path = root.join("written-while-down.db");
@@ -277,13 +279,7 @@ fn the_services_own_moves_and_skips_never_queue_a_file_again() {
     if !require_root() {
         return;
     }
-    let mut img = LoopImage::create(ImageSpec::ext4(256));
-    let root = img.root().to_path_buf();
-    let home = ServiceHome::new();
-    home.write_config(&ServiceConfig::new(&root, &[]));
-    let mut svc = home.start(&[]);
-    svc.wait_for_log(TRACKING_WRITES, secs(30));
-    wait_for_crawl(&mut svc, &root);
+    let (mut img, root, home, mut svc) = a_tracked_filesystem();
     let socket = home.control_socket();
 
     // One file the service moves.
