@@ -16,16 +16,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-const RECORD: usize = 4096;
-const MAGIC: &[u8; 8] = b"DFRGREC!";
-
-/// Record `i`: magic, counter, then bytes that depend on the counter.
-fn record(i: u64) -> Vec<u8> {
-    let mut r = Seeded::new(i ^ 0x5eed_0000_0000_0000).bytes(RECORD);
-    r[..8].copy_from_slice(MAGIC);
-    r[8..16].copy_from_slice(&i.to_le_bytes());
-    r
-}
+const RECORDS: Records = Records::new(b"DFRGREC!", 0x5eed_0000_0000_0000);
 
 struct Sample {
     start: Instant,
@@ -50,7 +41,7 @@ fn start_appender(path: &Path) -> Appender {
         let mut samples = Vec::new();
         let mut i = 0u64;
         while !stop2.load(Ordering::Relaxed) {
-            let rec = record(i);
+            let rec = RECORDS.record(i);
             let start = Instant::now();
             f.write_all(&rec).expect("append record");
             f.sync_all().expect("fsync record");
@@ -115,27 +106,7 @@ fn with_appender<R>(
         .max()
         .unwrap_or_default();
 
-    let intact = (|| {
-        let data = read_all(path);
-        let want = orig_size + records * RECORD as u64;
-        if data.len() as u64 != want {
-            return Err(format!(
-                "file is {} bytes, want {want} ({records} records)",
-                data.len()
-            ));
-        }
-        let prefix = md5_prefix(path, orig_size);
-        if prefix != orig_md5 {
-            return Err(format!("original data changed: md5 {prefix} != {orig_md5}"));
-        }
-        for i in 0..records {
-            let off = (orig_size + i * RECORD as u64) as usize;
-            if data[off..off + RECORD] != record(i)[..] {
-                return Err(format!("record {i} at offset {off} is damaged"));
-            }
-        }
-        Ok(())
-    })();
+    let intact = RECORDS.check_intact(path, orig_size, orig_md5, records);
     (
         r,
         Outcome {
@@ -270,7 +241,7 @@ fn appender_keeps_every_record_while_the_file_is_moved() {
     for i in 0..d.records {
         let off = (orig_size + i * RECORD as u64) as usize;
         assert!(
-            data[off..off + RECORD] == record(i)[..],
+            data[off..off + RECORD] == RECORDS.record(i)[..],
             "record {i} damaged after a remount"
         );
     }

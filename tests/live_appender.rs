@@ -26,18 +26,10 @@ use std::time::{Duration, Instant};
 use common::*;
 use nix::fcntl::{fallocate, FallocateFlags};
 
-const RECORD: usize = 4096;
-const MAGIC: &[u8; 8] = b"TAILREC!";
+const RECORDS: Records = Records::new(b"TAILREC!", 0x7a11_0000_0000_0000);
 const FILE_MIB: u64 = 64;
 /// Slow enough that the appender writes a few MiB during the move.
 const MOVE_MIB_PER_S: u64 = 8;
-
-fn record(i: u64) -> Vec<u8> {
-    let mut r = Seeded::new(i ^ 0x7a11_0000_0000_0000).bytes(RECORD);
-    r[..8].copy_from_slice(MAGIC);
-    r[8..16].copy_from_slice(&i.to_le_bytes());
-    r
-}
 
 /// Appends fsync'd records to a file until stopped.
 struct Appender {
@@ -56,7 +48,7 @@ impl Appender {
         let handle = thread::spawn(move || {
             let mut i = 0u64;
             while !stop2.load(Ordering::Relaxed) {
-                f.write_all(&record(i)).expect("append record");
+                f.write_all(&RECORDS.record(i)).expect("append record");
                 f.sync_all().expect("fsync record");
                 i += 1;
                 sleep(Duration::from_millis(2));
@@ -71,29 +63,6 @@ impl Appender {
         self.stop.store(true, Ordering::Relaxed);
         self.handle.join().expect("appender thread panicked")
     }
-}
-
-/// The original data unchanged and every record present and intact.
-fn check_intact(path: &Path, orig_size: u64, orig_md5: &str, records: u64) -> Result<(), String> {
-    let data = read_all(path);
-    let want = orig_size + records * RECORD as u64;
-    if data.len() as u64 != want {
-        return Err(format!(
-            "file is {} bytes, want {want} ({records} records)",
-            data.len()
-        ));
-    }
-    let prefix = md5_prefix(path, orig_size);
-    if prefix != orig_md5 {
-        return Err(format!("original data changed: md5 {prefix} != {orig_md5}"));
-    }
-    for i in 0..records {
-        let off = (orig_size + i * RECORD as u64) as usize;
-        if data[off..off + RECORD] != record(i)[..] {
-            return Err(format!("record {i} at offset {off} is damaged"));
-        }
-    }
-    Ok(())
 }
 
 /// Extents (filefrag's way of counting: a new one wherever the physical
@@ -362,7 +331,7 @@ fn defrag_moves_the_tail_appended_during_the_move_and_reports_what_filefrag_says
          written, {tail_end} at the end ({records} records)"
     );
 
-    if let Err(e) = check_intact(&s.path, s.size, &s.md5, records) {
+    if let Err(e) = RECORDS.check_intact(&s.path, s.size, &s.md5, records) {
         panic!("after defragd under an appender: {e}");
     }
     // Under load (2 cores, other tests) it wrote 58 in one run; what matters
@@ -429,7 +398,7 @@ fn defrag_under_an_appender_that_never_stops_never_calls_a_worse_file_defragment
         f.reason
     );
 
-    if let Err(e) = check_intact(&s.path, s.size, &s.md5, records) {
+    if let Err(e) = RECORDS.check_intact(&s.path, s.size, &s.md5, records) {
         panic!("after defragd under an appender: {e}");
     }
     assert_eq!(f.extents_before, Some(s.extents), "{f:?}");
@@ -495,7 +464,7 @@ fn a_writer_that_leaves_the_file_worse_than_it_started_is_said_so_not_called_def
         f.reason, run.code
     );
 
-    if let Err(e) = check_intact(&s.path, s.size, &s.md5, records) {
+    if let Err(e) = RECORDS.check_intact(&s.path, s.size, &s.md5, records) {
         panic!("after defragd under an appender: {e}");
     }
     assert_eq!(f.extents_before, Some(s.extents), "{f:?}");
@@ -591,7 +560,7 @@ fn the_service_history_shows_the_extents_before_and_after_a_move_under_an_append
     {
         eprintln!("LOG {l}");
     }
-    if let Err(e) = check_intact(&s.path, s.size, &s.md5, records) {
+    if let Err(e) = RECORDS.check_intact(&s.path, s.size, &s.md5, records) {
         panic!("after the service's move under an appender: {e}");
     }
     assert_eq!(
@@ -642,7 +611,7 @@ fn the_service_history_counts_extents_at_the_start_of_the_move_not_as_queued() {
     let mut file = file;
     let records = 256u64;
     for i in 0..records {
-        file.write_all(&record(i)).expect("append record");
+        file.write_all(&RECORDS.record(i)).expect("append record");
         file.sync_all().expect("fsync record");
     }
     drop(file);
@@ -663,7 +632,7 @@ fn the_service_history_counts_extents_at_the_start_of_the_move_not_as_queued() {
         "FIGURES service, stale queue: queued with {queued} extents, {at_start} at the start \
          of the move, {at_end} at the end; history: {entry}"
     );
-    if let Err(e) = check_intact(&s.path, s.size, &s.md5, records) {
+    if let Err(e) = RECORDS.check_intact(&s.path, s.size, &s.md5, records) {
         panic!("after the service's move: {e}");
     }
     assert!(

@@ -18,6 +18,7 @@ mod hostile;
 mod image;
 mod jobs;
 mod judge;
+mod records;
 mod scrape;
 mod seeded;
 mod service;
@@ -25,8 +26,8 @@ mod service;
 // Not every test binary uses every part.
 #[allow(unused_imports)]
 pub use {
-    cmd::*, defragd::*, faults::*, fixture::*, hostile::*, image::*, jobs::*, judge::*, scrape::*,
-    seeded::*, service::*,
+    cmd::*, defragd::*, faults::*, fixture::*, hostile::*, image::*, jobs::*, judge::*, records::*,
+    scrape::*, seeded::*, service::*,
 };
 
 pub const KIB: u64 = 1024;
