@@ -6,7 +6,7 @@ use std::num::NonZeroU64;
 
 use serde::Serialize;
 
-use crate::ext4::Extent;
+use crate::sys::Extent;
 
 /// The longest extent ext4 can record (written extents; unwritten ones are
 /// one block shorter).
@@ -327,7 +327,7 @@ impl E4defragScore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ext4::ExtentFlags;
+    use crate::sys::ExtentFlags;
 
     fn ext(logical: u64, physical: u64, len: u64) -> BlockExtent {
         BlockExtent {

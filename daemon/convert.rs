@@ -14,6 +14,7 @@ use crate::ext4;
 use crate::inspect::{Filesystems, Inspected, Target};
 use crate::mover::{defragment, refuse_in_use, refuse_unmovable, MoveOptions, Supervisor};
 use crate::outcome::{FailReason, Moved, Outcome, SkipReason};
+use crate::sys;
 
 /// What is about to be converted, for the supervisor's record.
 #[derive(Debug, Clone, Copy)]
@@ -100,16 +101,16 @@ fn convert(
     if options.dry_run {
         return Ok(());
     }
-    let kernel = |e: ext4::Error| Refusal::Fail(FailReason::Kernel(e));
+    let kernel = |e: sys::Error| Refusal::Fail(FailReason::Kernel(e));
     // Granted only if nobody has the file open for writing; a writer that
     // comes while it is held waits for it.
     let lease = ext4::take_read_lease(inspected.file.as_fd()).map_err(|e| match e {
-        ext4::Error::OpenForWriting => Refusal::Skip(SkipReason::Busy(
+        sys::Error::OpenForWriting => Refusal::Skip(SkipReason::Busy(
             "it is open for writing by another process, so it is not converted to extents".into(),
         )),
         other => kernel(other),
     })?;
-    ext4::sync_data(inspected.file.as_fd()).map_err(kernel)?;
+    sys::sync_data(inspected.file.as_fd()).map_err(kernel)?;
     supervisor.converting(&Converting {
         ino: inspected.ino,
         generation: inspected.generation,
@@ -121,13 +122,13 @@ fn convert(
     // (and after any failure but a clean refusal) the record stays open,
     // so that a crash is reported after the restart.
     let result = ext4::migrate_to_extents(inspected.file.as_fd())
-        .and_then(|()| ext4::sync_filesystem(inspected.file.as_fd()));
-    if matches!(result, Ok(()) | Err(ext4::Error::CannotConvert)) {
+        .and_then(|()| sys::sync_filesystem(inspected.file.as_fd()));
+    if matches!(result, Ok(()) | Err(sys::Error::CannotConvert)) {
         supervisor.converted();
     }
     drop(lease);
     result.map_err(|e| match e {
-        ext4::Error::CannotConvert => Refusal::Skip(SkipReason::NoExtentFeature),
+        sys::Error::CannotConvert => Refusal::Skip(SkipReason::NoExtentFeature),
         other => kernel(other),
     })
 }

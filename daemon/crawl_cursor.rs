@@ -11,7 +11,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
 use crate::escape::escaped;
-use crate::ext4;
+use crate::sys;
 use crate::walk::{read_entries, EntryKind};
 
 /// Where a crawl pass stands: the directories being walked, outermost
@@ -59,13 +59,13 @@ impl TreeCursor {
     fn push_dir(&mut self, root: BorrowedFd<'_>, rel: PathBuf) {
         let at_root = rel.as_os_str().is_empty();
         let opened = if at_root {
-            ext4::open_dir_beneath(root, Path::new("."))
+            sys::open_dir_beneath(root, Path::new("."))
         } else {
-            ext4::open_dir_beneath(root, &rel)
+            sys::open_dir_beneath(root, &rel)
         };
         let dir = match opened {
             Ok(dir) => dir,
-            Err(ext4::Error::CrossesMount) => return,
+            Err(sys::Error::CrossesMount) => return,
             // The root failing means the whole filesystem goes uncrawled:
             // say so loudly.
             Err(e) if at_root => {
@@ -136,7 +136,7 @@ mod tests {
     }
 
     fn all(cursor: &mut TreeCursor, root: &Path) -> Vec<String> {
-        let fd = ext4::open_dir(root).expect("open root");
+        let fd = sys::open_dir(root).expect("open root");
         std::iter::from_fn(|| cursor.next_file(fd.as_fd()))
             .map(|p| p.display().to_string())
             .collect()

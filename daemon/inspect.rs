@@ -14,7 +14,8 @@ use std::sync::Arc;
 use nix::sys::stat::SFlag;
 
 use crate::assess::{Assessment, ExtentMap};
-use crate::ext4::{self, Access, Flush, FsError, FsInfo, InodeFlags};
+use crate::ext4::{self, FsError, FsInfo, InodeFlags};
+use crate::sys::{self, Access, Flush};
 
 /// What to do before mapping a file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,13 +52,13 @@ impl From<SkipReason> for Refusal {
     }
 }
 
-impl From<ext4::Error> for Refusal {
-    fn from(e: ext4::Error) -> Self {
+impl From<sys::Error> for Refusal {
+    fn from(e: sys::Error) -> Self {
         match e {
-            ext4::Error::Symlink => Refusal::Skip(SkipReason::Symlink),
-            ext4::Error::CrossesMount => Refusal::Skip(SkipReason::OtherFilesystem),
-            ext4::Error::ReadOnly => Refusal::Skip(SkipReason::ReadOnly),
-            ext4::Error::NotFound => Refusal::Skip(SkipReason::Vanished),
+            sys::Error::Symlink => Refusal::Skip(SkipReason::Symlink),
+            sys::Error::CrossesMount => Refusal::Skip(SkipReason::OtherFilesystem),
+            sys::Error::ReadOnly => Refusal::Skip(SkipReason::ReadOnly),
+            sys::Error::NotFound => Refusal::Skip(SkipReason::Vanished),
             other => Refusal::Fail(FailReason::Kernel(other)),
         }
     }
@@ -128,8 +129,8 @@ pub fn inspect(
     filesystems: &mut Filesystems,
     settle: Settle,
 ) -> Result<Inspected, Refusal> {
-    let pinned = ext4::pin_beneath(target.dir.as_fd(), Path::new(&target.name))?;
-    let stat = ext4::stat(pinned.as_fd())?;
+    let pinned = sys::pin_beneath(target.dir.as_fd(), Path::new(&target.name))?;
+    let stat = sys::stat(pinned.as_fd())?;
     let kind = SFlag::from_bits_truncate(stat.st_mode & SFlag::S_IFMT.bits());
     match kind {
         SFlag::S_IFREG => {}
@@ -143,10 +144,10 @@ pub fn inspect(
         return Err(SkipReason::OtherFilesystem.into());
     }
     let fs = filesystems.get(stat.st_dev, pinned.as_fd())?.clone();
-    let file = ext4::reopen(pinned.as_fd(), Access::ReadOnly)?;
+    let file = sys::reopen(pinned.as_fd(), Access::ReadOnly)?;
     // The pin and the reopened fd are the same inode by construction; check
     // anyway, it costs one fstat.
-    let reopened = ext4::stat(file.as_fd())?;
+    let reopened = sys::stat(file.as_fd())?;
     if (reopened.st_dev, reopened.st_ino) != (stat.st_dev, stat.st_ino) {
         return Err(Refusal::Fail(FailReason::Filesystem(
             "the file changed identity while being opened".into(),
@@ -162,9 +163,9 @@ pub fn inspect(
     }
     let size = u64::try_from(reopened.st_size).unwrap_or(0);
     if settle == Settle::SyncData {
-        ext4::sync_data(file.as_fd())?;
+        sys::sync_data(file.as_fd())?;
     }
-    let raw = ext4::fiemap(file.as_fd(), Flush::No)?;
+    let raw = sys::fiemap(file.as_fd(), Flush::No)?;
     let map = ExtentMap::from_fiemap(&raw, u64::from(fs.superblock.block_size));
     let assessment = Assessment::of(&map, size);
     Ok(Inspected {
@@ -212,7 +213,7 @@ pub fn measure<'a>(
     target: &Target,
     filesystems: &'a mut Filesystems,
 ) -> Result<Measured<'a>, Refusal> {
-    let entry = ext4::stat_beneath(target.dir.as_fd(), &target.name)?;
+    let entry = sys::stat_beneath(target.dir.as_fd(), &target.name)?;
     refuse_unless_regular(entry.file_type)?;
     if entry.maybe_mount_root || target.expected_dev.is_some_and(|dev| dev != entry.dev) {
         return Err(SkipReason::OtherFilesystem.into());
@@ -230,17 +231,17 @@ pub fn measure<'a>(
             assessment: Assessment::of(&map, entry.size),
         });
     }
-    let pinned = ext4::pin_beneath(target.dir.as_fd(), Path::new(&target.name))?;
-    let stat = ext4::stat(pinned.as_fd())?;
+    let pinned = sys::pin_beneath(target.dir.as_fd(), Path::new(&target.name))?;
+    let stat = sys::stat(pinned.as_fd())?;
     // The name may have changed hands since the statx: what is pinned is
     // what gets measured.
     refuse_unless_regular(stat.st_mode & SFlag::S_IFMT.bits())?;
     if target.expected_dev.is_some_and(|dev| dev != stat.st_dev) || stat.st_dev != entry.dev {
         return Err(SkipReason::OtherFilesystem.into());
     }
-    let file = ext4::reopen(pinned.as_fd(), Access::ReadOnly)?;
+    let file = sys::reopen(pinned.as_fd(), Access::ReadOnly)?;
     let flags = ext4::inode_flags(file.as_fd())?;
-    let raw = ext4::fiemap(file.as_fd(), Flush::No)?;
+    let raw = sys::fiemap(file.as_fd(), Flush::No)?;
     let map = ExtentMap::from_fiemap(&raw, u64::from(sb.block_size));
     let size = u64::try_from(stat.st_size).unwrap_or(0);
     Ok(Measured {
@@ -255,7 +256,7 @@ pub fn measure<'a>(
 
 /// The map of a file that statx alone shows to have at most one extent,
 /// or None when it takes FIEMAP to know.
-fn at_most_one_extent(entry: &ext4::EntryStat, sb: &ext4::Superblock) -> Option<ExtentMap> {
+fn at_most_one_extent(entry: &sys::EntryStat, sb: &ext4::Superblock) -> Option<ExtentMap> {
     let allocated = entry.blocks_512.saturating_mul(512);
     let block = u64::from(sb.block_size);
     if allocated == 0 {
@@ -302,12 +303,12 @@ mod tests {
     #[test]
     fn a_file_gone_before_it_is_opened_is_skipped_not_failed() {
         assert_eq!(
-            Refusal::from(ext4::Error::NotFound),
+            Refusal::from(sys::Error::NotFound),
             Refusal::Skip(SkipReason::Vanished)
         );
         assert!(matches!(
-            Refusal::from(ext4::Error::NoSpace),
-            Refusal::Fail(FailReason::Kernel(ext4::Error::NoSpace))
+            Refusal::from(sys::Error::NoSpace),
+            Refusal::Fail(FailReason::Kernel(sys::Error::NoSpace))
         ));
     }
 
@@ -324,8 +325,8 @@ mod tests {
         }
     }
 
-    fn entry(size: u64, blocks_512: u64) -> ext4::EntryStat {
-        ext4::EntryStat {
+    fn entry(size: u64, blocks_512: u64) -> sys::EntryStat {
+        sys::EntryStat {
             file_type: SFlag::S_IFREG.bits(),
             dev: 1,
             ino: 12,

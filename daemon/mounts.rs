@@ -7,6 +7,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use crate::ext4::{self, FsError, FsInfo};
+use crate::sys;
 
 /// A block device that moves are serialised on (a partition's disk).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -34,7 +35,7 @@ pub struct Ineligible {
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum Why {
     #[error("cannot open it: {0}")]
-    Open(ext4::Error),
+    Open(sys::Error),
     #[error("not a mount point (name the filesystem's mount point)")]
     NotMountPoint,
     #[error("{0}")]
@@ -56,7 +57,7 @@ pub fn cover(mount_point: &Path) -> Result<Covered, Ineligible> {
         why,
     };
     let root = open_root(mount_point)?;
-    let stat = ext4::stat(root.as_fd()).map_err(|e| refuse(Why::Open(e)))?;
+    let stat = sys::stat(root.as_fd()).map_err(|e| refuse(Why::Open(e)))?;
     if stat.st_ino != crate::walk::EXT4_ROOT_INO {
         return Err(refuse(Why::NotMountPoint));
     }
@@ -86,7 +87,7 @@ pub fn cover(mount_point: &Path) -> Result<Covered, Ineligible> {
 /// filesystem there (it may have been unmounted, leaving the bare
 /// directory underneath).
 pub fn open_root(mount_point: &Path) -> Result<OwnedFd, Ineligible> {
-    ext4::open_dir(mount_point).map_err(|e| Ineligible {
+    sys::open_dir(mount_point).map_err(|e| Ineligible {
         path: mount_point.to_path_buf(),
         why: Why::Open(e),
     })
@@ -95,7 +96,7 @@ pub fn open_root(mount_point: &Path) -> Result<OwnedFd, Ineligible> {
 /// Opens `covered`'s root if it is still mounted where it was.
 pub fn reopen_root(covered: &Covered) -> Option<OwnedFd> {
     let root = open_root(&covered.mount_point).ok()?;
-    let stat = ext4::stat(root.as_fd()).ok()?;
+    let stat = sys::stat(root.as_fd()).ok()?;
     (stat.st_dev == covered.dev && stat.st_ino == crate::walk::EXT4_ROOT_INO).then_some(root)
 }
 

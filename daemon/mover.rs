@@ -12,10 +12,11 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use crate::assess::{
     clip_to_eof, ideal_extents, BlockRange, ExtentMap, MapProblem, MAX_EXTENT_BLOCKS,
 };
-use crate::ext4::{self, Access, Flush, Residency, Wait};
+use crate::ext4;
 use crate::inspect::{inspect, Filesystems, Inspected, Refusal, Settle, Target};
 use crate::outcome::{FailReason, Moved, Outcome, Size, SkipReason};
 use crate::plan::{self, Chunk};
+use crate::sys::{self, Access, Flush, Residency, Wait};
 
 mod pass;
 mod tail;
@@ -152,7 +153,7 @@ pub fn defragment(
 /// Refuses a file in use: an active swapfile, or one written within the
 /// quiet period. Shared by a move and a conversion.
 pub fn refuse_in_use(inspected: &Inspected, options: &MoveOptions) -> Result<(), SkipReason> {
-    if ext4::is_active_swapfile(inspected.dev, inspected.ino) {
+    if sys::is_active_swapfile(inspected.dev, inspected.ino) {
         return Err(SkipReason::Swapfile);
     }
     if let Some(quiet) = options.quiet_period {
@@ -337,7 +338,7 @@ fn best_donor(
     {
         let end = ranges.last().map_or(0, |r| r.end()) * block_size;
         let let_go = |donor: &OwnedFd| -> Result<(), Refusal> {
-            ext4::punch_hole(donor.as_fd(), 0, end)?;
+            sys::punch_hole(donor.as_fd(), 0, end)?;
             ext4::commit_journal(donor.as_fd())?;
             Ok(())
         };
@@ -375,7 +376,7 @@ fn worth_another(
     runs: u64,
 ) -> bool {
     let block_size = u64::from(inspected.fs.superblock.block_size);
-    let Ok(raw) = ext4::fiemap(donor, Flush::No) else {
+    let Ok(raw) = sys::fiemap(donor, Flush::No) else {
         return true;
     };
     let mut held: Vec<BlockRange> = ExtentMap::from_fiemap(&raw, block_size)
@@ -416,7 +417,7 @@ fn build_donor(
 ) -> Result<(OwnedFd, u64), Refusal> {
     let block_size = u64::from(inspected.fs.superblock.block_size);
     let data: u64 = ranges.iter().map(|r| r.len).sum();
-    let donor = ext4::create_donor(target.dir.as_fd())?;
+    let donor = sys::create_tmpfile(target.dir.as_fd())?;
     if how.commit_first {
         ext4::commit_journal(donor.as_fd())?;
     }
@@ -433,15 +434,15 @@ fn build_donor(
         .allocate(donor.as_fd(), ranges, free.as_mut(), pad, block_size)
         .map_err(|e| match e {
             // Another writer took the space since the check: say how much is left.
-            ext4::Error::NoSpace => {
+            sys::Error::NoSpace => {
                 match check_free_space(inspected.file.as_fd(), need, reserve_percent) {
                     Err(refusal) => refusal,
-                    Ok(()) => Refusal::Fail(FailReason::Kernel(ext4::Error::NoSpace)),
+                    Ok(()) => Refusal::Fail(FailReason::Kernel(sys::Error::NoSpace)),
                 }
             }
             other => Refusal::from(other),
         })?;
-    let donor_map = ExtentMap::from_fiemap(&ext4::fiemap(donor.as_fd(), Flush::No)?, block_size);
+    let donor_map = ExtentMap::from_fiemap(&sys::fiemap(donor.as_fd(), Flush::No)?, block_size);
     let donor_ranges = donor_map.data_ranges();
     if donor_ranges != ranges {
         return Err(Refusal::Fail(FailReason::DonorMismatch(format!(
@@ -515,16 +516,16 @@ impl DonorLayout {
         mut free: Option<&mut FreeSpace>,
         pad: bool,
         block_size: u64,
-    ) -> ext4::Result<usize> {
+    ) -> sys::Result<usize> {
         let bytes = |blocks: u64| blocks * block_size;
         let mut calls = 0;
         let mut send = |r: &Request| {
             calls += 1;
-            ext4::allocate(donor, bytes(r.allocate.start), bytes(r.allocate.len))?;
+            sys::allocate(donor, bytes(r.allocate.start), bytes(r.allocate.len))?;
             // At once, so that the padding of one request at a time is
             // held (statfs counts punched blocks free right away).
             match r.trim {
-                Some(t) => ext4::punch_hole(donor, bytes(t.start), bytes(t.len)),
+                Some(t) => sys::punch_hole(donor, bytes(t.start), bytes(t.len)),
                 None => Ok(()),
             }
         };
@@ -547,11 +548,11 @@ impl DonorLayout {
                             len: (area.end() - at).min(NO_NORMALIZE_MAX),
                         };
                         send(&Request::exact(slice))?;
-                        let raw = ext4::fiemap(donor, Flush::No)?;
+                        let raw = sys::fiemap(donor, Flush::No)?;
                         let runs =
                             ExtentMap::from_fiemap(&raw, block_size).physical_runs_in(&[slice]);
                         if runs > 2 * f.fewest(slice.len).unwrap_or(0).max(1) {
-                            ext4::punch_hole(donor, bytes(slice.start), bytes(slice.len))?;
+                            sys::punch_hole(donor, bytes(slice.start), bytes(slice.len))?;
                             // Commit, so that the blocks just punched out are
                             // free for the allocator again.
                             ext4::commit_journal(donor)?;
@@ -577,7 +578,7 @@ impl DonorLayout {
         }
         if self == DonorLayout::Span {
             for pair in ranges.windows(2) {
-                ext4::punch_hole(
+                sys::punch_hole(
                     donor,
                     bytes(pair[0].end()),
                     bytes(pair[1].start - pair[0].end()),
@@ -687,7 +688,7 @@ impl FreeSpace {
             current: None,
         };
         let mut freeing = freeing.iter().peekable();
-        let read = ext4::free_extents(inspected.file.as_fd(), |e| {
+        let read = sys::free_extents(inspected.file.as_fd(), |e| {
             let start = e.physical / block_size;
             while let Some(r) = freeing.next_if(|r| r.start < start) {
                 runs.add(*r);
@@ -1013,7 +1014,7 @@ fn from_block(ranges: &[BlockRange], start: u64) -> Vec<BlockRange> {
 }
 
 fn check_free_space(fd: BorrowedFd<'_>, need: u64, reserve_percent: f64) -> Result<(), Refusal> {
-    let free = ext4::free_space(fd)?;
+    let free = sys::free_space(fd)?;
     let reserve = (free.total_bytes as f64 * reserve_percent / 100.0) as u64;
     if free.available_bytes < need.saturating_add(reserve) {
         return Err(SkipReason::NotEnoughFreeSpace {
@@ -1027,13 +1028,13 @@ fn check_free_space(fd: BorrowedFd<'_>, need: u64, reserve_percent: f64) -> Resu
 }
 
 fn open_for_writing(inspected: &Inspected) -> Result<OwnedFd, Refusal> {
-    match ext4::reopen(inspected.pinned.as_fd(), Access::ReadWrite) {
+    match sys::reopen(inspected.pinned.as_fd(), Access::ReadWrite) {
         Ok(fd) => Ok(fd),
-        Err(ext4::Error::TextBusy) if ext4::is_active_swapfile(inspected.dev, inspected.ino) => {
+        Err(sys::Error::TextBusy) if sys::is_active_swapfile(inspected.dev, inspected.ino) => {
             Err(SkipReason::Swapfile.into())
         }
-        Err(ext4::Error::TextBusy) => Err(SkipReason::Busy("it is being executed".into()).into()),
-        Err(ext4::Error::PermissionDenied { .. }) if inspected.flags.immutable() => {
+        Err(sys::Error::TextBusy) => Err(SkipReason::Busy("it is being executed".into()).into()),
+        Err(sys::Error::PermissionDenied { .. }) if inspected.flags.immutable() => {
             Err(SkipReason::Immutable.into())
         }
         Err(other) => Err(other.into()),
@@ -1115,8 +1116,8 @@ const SLOW_STEP: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// Makes the moves so far survive a power cut: the file's data written to
 /// its new blocks, then the journal, with the extent swaps, committed.
-fn commit(file: BorrowedFd<'_>, donor: BorrowedFd<'_>) -> ext4::Result<()> {
-    ext4::sync_all(file)?;
+fn commit(file: BorrowedFd<'_>, donor: BorrowedFd<'_>) -> sys::Result<()> {
+    sys::sync_all(file)?;
     ext4::commit_journal(donor)
 }
 
@@ -1146,14 +1147,14 @@ fn move_chunk(
         };
         match ext4::move_extents(file, donor, chunk.start + done, len) {
             Ok(moved) => return Ok(done + moved),
-            Err(failure) if failure.error == ext4::Error::Busy && attempt < BUSY_RETRIES => {
+            Err(failure) if failure.error == sys::Error::Busy && attempt < BUSY_RETRIES => {
                 done += failure.moved_blocks.min(remaining);
                 attempt += 1;
                 let (offset, bytes) = (
                     (chunk.start + done) * block_size,
                     (chunk.len.get() - done) * block_size,
                 );
-                let _ = ext4::write_back(file, offset, bytes, Wait::Yes);
+                let _ = sys::write_back(file, offset, bytes, Wait::Yes);
                 std::thread::sleep(std::time::Duration::from_millis(
                     (20 * u64::from(attempt)).min(200),
                 ));
@@ -1224,7 +1225,7 @@ impl<'fd> CacheKeeper<'fd> {
         self.reshape(offset, offset + len);
         let residency = self.resident_before(offset, len);
         // A hint: if it fails the move just reads the pages itself.
-        let _ = ext4::read_ahead(self.fd, offset, len);
+        let _ = sys::read_ahead(self.fd, offset, len);
         self.pending.push_back((*chunk, residency, false));
     }
 
@@ -1240,17 +1241,17 @@ impl<'fd> CacheKeeper<'fd> {
         }
         self.reshaped_until = window_end;
         let len = window_end - start;
-        let before = match ext4::residency(self.fd, start, len) {
+        let before = match sys::residency(self.fd, start, len) {
             Ok(before) => before,
             Err(e) => {
                 tracing::debug!("mincore failed, page cache left as is: {e}");
                 return;
             }
         };
-        if before.resident_pages() > 0 && ext4::write_back(self.fd, start, len, Wait::Yes).is_ok() {
-            let _ = ext4::drop_cached(self.fd, start, len);
+        if before.resident_pages() > 0 && sys::write_back(self.fd, start, len, Wait::Yes).is_ok() {
+            let _ = sys::drop_cached(self.fd, start, len);
             for (offset, length) in before.resident_ranges() {
-                let _ = ext4::read_ahead(self.fd, offset, length);
+                let _ = sys::read_ahead(self.fd, offset, length);
             }
         }
         self.snapshots.push_back(before);
@@ -1259,7 +1260,7 @@ impl<'fd> CacheKeeper<'fd> {
     /// What the snapshots say was resident in `offset..offset+len`; None
     /// when some page was never snapshotted.
     fn resident_before(&self, offset: u64, len: u64) -> Option<Residency> {
-        let page = ext4::page_size();
+        let page = sys::page_size();
         let start = offset / page * page;
         let pages = (offset + len).div_ceil(page) - start / page;
         let resident = (0..pages)
@@ -1285,7 +1286,7 @@ impl<'fd> CacheKeeper<'fd> {
     /// `chunk` was moved: start its write-back, and finish the ones before.
     fn moved(&mut self, chunk: &Chunk) {
         let (offset, len) = self.bytes(chunk);
-        let _ = ext4::write_back(self.fd, offset, len, Wait::No);
+        let _ = sys::write_back(self.fd, offset, len, Wait::No);
         if let Some(entry) = self.pending.iter_mut().find(|(c, _, _)| c == chunk) {
             entry.2 = true;
         }
@@ -1312,12 +1313,12 @@ impl<'fd> CacheKeeper<'fd> {
     fn settle(&self, chunk: &Chunk, residency: Option<&Residency>) {
         let (offset, len) = self.bytes(chunk);
         // Dirty pages cannot be dropped: wait for them to reach the disk.
-        if let Err(e) = ext4::write_back(self.fd, offset, len, Wait::Yes) {
+        if let Err(e) = sys::write_back(self.fd, offset, len, Wait::Yes) {
             tracing::debug!("write-back of {offset}+{len} failed: {e}");
             return;
         }
         for (start, length) in residency.map(Residency::absent_ranges).unwrap_or_default() {
-            let _ = ext4::drop_cached(self.fd, start, length);
+            let _ = sys::drop_cached(self.fd, start, length);
         }
     }
 }

@@ -5,7 +5,7 @@
 use serde::Serialize;
 
 use crate::assess::Assessment;
-use crate::ext4;
+use crate::sys;
 
 /// Why a file was left as it was.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -112,7 +112,7 @@ impl SkipReason {
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum FailReason {
     #[error("{0}")]
-    Kernel(#[from] ext4::Error),
+    Kernel(#[from] sys::Error),
     #[error("{0}")]
     Filesystem(String),
     #[error(
@@ -251,7 +251,7 @@ mod tests {
     #[test]
     fn failure_codes_are_distinct_and_only_a_measured_failure_has_an_after() {
         let reasons = [
-            FailReason::Kernel(ext4::Error::Io),
+            FailReason::Kernel(sys::Error::Io),
             FailReason::Filesystem(String::new()),
             FailReason::ShortMove {
                 at: 0,

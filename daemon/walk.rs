@@ -17,9 +17,9 @@ use nix::fcntl::AtFlags;
 use nix::sys::stat::{fstatat, SFlag};
 
 use crate::escape::escaped;
-use crate::ext4;
 use crate::inspect::Target;
 use crate::outcome::SkipReason;
+use crate::sys;
 
 /// ext4's root directory is always inode 2.
 pub const EXT4_ROOT_INO: u64 = 2;
@@ -52,7 +52,7 @@ pub enum WalkError {
         source: std::io::Error,
     },
     #[error("{path}: {source}")]
-    Open { path: PathBuf, source: ext4::Error },
+    Open { path: PathBuf, source: sys::Error },
 }
 
 /// Calls `visit` for every file at or under `root`.
@@ -90,7 +90,7 @@ fn start(root: &Path) -> Result<Start, WalkError> {
             .file_name()
             .map(OsStr::to_os_string)
             .unwrap_or_else(|| root.as_os_str().to_os_string());
-        let dir = ext4::open_dir(parent).map_err(|source| WalkError::Open {
+        let dir = sys::open_dir(parent).map_err(|source| WalkError::Open {
             path: parent.into(),
             source,
         })?;
@@ -102,11 +102,11 @@ fn start(root: &Path) -> Result<Start, WalkError> {
             expected_identity: None,
         })));
     }
-    let dir = ext4::open_dir(root).map_err(|source| WalkError::Open {
+    let dir = sys::open_dir(root).map_err(|source| WalkError::Open {
         path: root.into(),
         source,
     })?;
-    let dev = ext4::stat(dir.as_fd())
+    let dev = sys::stat(dir.as_fd())
         .map_err(|source| WalkError::Open {
             path: root.into(),
             source,
@@ -174,13 +174,13 @@ fn open_subdir(parent: &OwnedFd, name: &OsStr, path: &Path) -> Option<OwnedFd> {
     if name.as_bytes() == b"lost+found" && is_fs_root(parent) {
         return None;
     }
-    match ext4::open_dir_beneath(parent.as_fd(), Path::new(name)) {
+    match sys::open_dir_beneath(parent.as_fd(), Path::new(name)) {
         Ok(dir) => Some(dir),
-        Err(ext4::Error::CrossesMount) => {
+        Err(sys::Error::CrossesMount) => {
             tracing::debug!("{}: a mount point, not crossed", escaped(&path));
             None
         }
-        Err(ext4::Error::Symlink) => {
+        Err(sys::Error::Symlink) => {
             tracing::debug!("{}: became a symlink, not followed", escaped(&path));
             None
         }
@@ -192,7 +192,7 @@ fn open_subdir(parent: &OwnedFd, name: &OsStr, path: &Path) -> Option<OwnedFd> {
 }
 
 fn is_fs_root(dir: &OwnedFd) -> bool {
-    ext4::stat(dir.as_fd()).is_ok_and(|s| s.st_ino == EXT4_ROOT_INO)
+    sys::stat(dir.as_fd()).is_ok_and(|s| s.st_ino == EXT4_ROOT_INO)
 }
 
 /// Reads a directory's entries, sorted by name.

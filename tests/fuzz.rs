@@ -44,8 +44,8 @@ use defragd::control::protocol::{
     QueueEntry, Request, ResponseData, StatusReport,
 };
 use defragd::control::{client, format};
-use defragd::ext4::{Extent, ExtentFlags};
 use defragd::plan::{chunk_blocks, chunks};
+use defragd::sys::{Extent, ExtentFlags};
 use proptest::arbitrary::any;
 use proptest::collection::vec;
 use proptest::sample::{select, Index};

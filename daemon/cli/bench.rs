@@ -14,7 +14,8 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use serde::Serialize;
 
-use crate::ext4::{self, Access, Flush};
+use crate::ext4;
+use crate::sys::{self, Access, Flush};
 
 #[derive(Debug, Serialize)]
 struct Report {
@@ -64,13 +65,13 @@ fn measure(path: &Path) -> anyhow::Result<Report> {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    let dir = ext4::open_dir(parent).context("its directory")?;
-    let pinned = ext4::pin_beneath(dir.as_fd(), Path::new(name))?;
-    let stat = ext4::stat(pinned.as_fd())?;
+    let dir = sys::open_dir(parent).context("its directory")?;
+    let pinned = sys::pin_beneath(dir.as_fd(), Path::new(name))?;
+    let stat = sys::stat(pinned.as_fd())?;
     if stat.st_mode & nix::libc::S_IFMT != nix::libc::S_IFREG {
         bail!("not a regular file");
     }
-    let file = ext4::reopen(pinned.as_fd(), Access::ReadWrite)?;
+    let file = sys::reopen(pinned.as_fd(), Access::ReadWrite)?;
     let block_size = u64::from(ext4::probe(file.as_fd())?.superblock.block_size);
     let size_bytes = u64::try_from(stat.st_size).context("negative size")?;
     let blocks = size_bytes.div_ceil(block_size);
@@ -78,15 +79,15 @@ fn measure(path: &Path) -> anyhow::Result<Report> {
 
     // Real blocks for delayed allocations, and a cold cache: MOVE_EXT must
     // read every page itself.
-    ext4::sync_data(file.as_fd())?;
-    ext4::drop_cached(file.as_fd(), 0, size_bytes)?;
-    let extents_before = ext4::fiemap(file.as_fd(), Flush::No)?.len();
+    sys::sync_data(file.as_fd())?;
+    sys::drop_cached(file.as_fd(), 0, size_bytes)?;
+    let extents_before = sys::fiemap(file.as_fd(), Flush::No)?.len();
 
-    let donor = ext4::create_donor(dir.as_fd())?;
+    let donor = sys::create_tmpfile(dir.as_fd())?;
     let started = Instant::now();
-    ext4::allocate(donor.as_fd(), 0, blocks * block_size)?;
+    sys::allocate(donor.as_fd(), 0, blocks * block_size)?;
     let allocate_s = started.elapsed().as_secs_f64();
-    let donor_extents = ext4::fiemap(donor.as_fd(), Flush::No)?.len();
+    let donor_extents = sys::fiemap(donor.as_fd(), Flush::No)?.len();
 
     let started = Instant::now();
     let result = ext4::move_extents(file.as_fd(), donor.as_fd(), 0, len);
@@ -96,7 +97,7 @@ fn measure(path: &Path) -> anyhow::Result<Report> {
         Ok(moved) => bail!("short move: asked for {blocks} blocks, the kernel moved {moved}"),
         Err(failure) => return Err(failure.into()),
     };
-    let extents_after = ext4::fiemap(file.as_fd(), Flush::No)?.len();
+    let extents_after = sys::fiemap(file.as_fd(), Flush::No)?.len();
     let bytes = moved_blocks * block_size;
     Ok(Report {
         path: path.display().to_string(),

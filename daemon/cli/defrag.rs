@@ -13,10 +13,10 @@ use serde::Serialize;
 
 use super::DefragArgs;
 use crate::escape::{escaped, escaped_display};
-use crate::ext4;
 use crate::inspect::{Filesystems, Target};
 use crate::mover::{defragment, Control, MoveOptions, Progress, Supervisor};
 use crate::outcome::{Outcome, Size, SkipReason};
+use crate::sys;
 use crate::throttle::TokenBucket;
 use crate::walk::{walk, Depth, Found};
 
@@ -84,7 +84,7 @@ impl Supervisor for OneShot {
 
 pub fn run(args: &DefragArgs) -> ExitCode {
     let started = Instant::now();
-    if let Err(e) = ext4::set_current_thread_idle() {
+    if let Err(e) = sys::set_current_thread_idle() {
         tracing::warn!("cannot lower the I/O priority to idle ({e}); moving at normal priority");
     }
     let options = MoveOptions {

@@ -7,7 +7,7 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 
 use nix::errno::Errno;
 
-use super::error::{Error, Result};
+use crate::sys::error::{Error, Result};
 
 // _IO('f', 9)
 nix::ioctl_none!(ext4_ioc_migrate, b'f', 9);

@@ -15,8 +15,8 @@ use nix::sys::statfs::fstatfs;
 use procfs_core::process::{MountInfo, MountInfos};
 use procfs_core::FromBufRead;
 
-use super::error::{Error, Result};
 use super::layout::{self, Guess};
+use crate::sys::error::Error;
 
 const EXT4_SUPER_MAGIC: i64 = 0xEF53;
 const SUPERBLOCK_OFFSET: u64 = 1024;
@@ -262,22 +262,6 @@ fn superblock_from(path: &std::path::Path, dev: u64) -> std::result::Result<Supe
     file.read_exact_at(&mut raw, SUPERBLOCK_OFFSET)
         .map_err(|e| e.to_string())?;
     Superblock::parse(&raw).ok_or_else(|| "no ext4 magic number".to_string())
-}
-
-/// Free space as an unprivileged writer sees it (without the root reserve).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FreeSpace {
-    pub total_bytes: u64,
-    pub available_bytes: u64,
-}
-
-pub fn free_space(fd: BorrowedFd<'_>) -> Result<FreeSpace> {
-    let s = fstatfs(fd).map_err(|errno| Error::of("fstatfs", errno))?;
-    let block = s.block_size() as u64;
-    Ok(FreeSpace {
-        total_bytes: s.blocks().saturating_mul(block),
-        available_bytes: s.blocks_available().saturating_mul(block),
-    })
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 
 use nix::libc::c_long;
 
-use super::error::{Error, Result};
+use crate::sys::error::{Error, Result};
 
 // _IOR('v', 1, long) and _IOR('f', 1, long). ext4 writes an int into the
 // long-sized buffer, so it is zeroed first and read as 32 bits.

@@ -11,7 +11,7 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 use nix::sys::statfs::Statfs;
 
 use super::filesystem::{FsUuid, Superblock};
-use super::fsmap;
+use crate::sys::fsmap;
 
 /// `s_feature_incompat` and `s_feature_ro_compat` bits that matter here.
 pub(super) const INCOMPAT_EXTENTS: u32 = 0x0040;

@@ -1,49 +1,21 @@
-//! The only place that talks to the kernel about files and ext4: ioctls and
-//! raw syscalls behind safe, typed wrappers. Every errno is mapped to an
-//! [`Error`] that says what it means; nothing above this module sees one.
-//! This module decides nothing: policy and sequencing live above it.
+//! ext4's own kernel interface: MOVE_EXT, the inode flags (GETFLAGS),
+//! MIGRATE, the superblock and the device layout, behind safe, typed
+//! wrappers. Calls every filesystem shares live in [`crate::sys`]. Every
+//! errno is mapped to a [`crate::sys::Error`] that says what it means;
+//! nothing above sees one. This module decides nothing: the ext4 backend
+//! (`crate::backend::ext4`) and the mover above it do.
 
 mod convert;
-mod donor;
-mod error;
-mod fiemap;
 mod filesystem;
-mod fsmap;
 mod inode;
-mod ioprio;
 mod layout;
 mod move_ext;
-mod open;
-mod pagecache;
-mod swap;
 
 pub use convert::{migrate_to_extents, take_read_lease, ReadLease};
-pub use donor::{allocate, create_donor, punch_hole};
-pub use error::{Call, Error, Result};
-pub use fiemap::{fiemap, Extent, ExtentFlags, Flush};
-pub use filesystem::{
-    free_space, mounts, probe, FreeSpace, FsError, FsInfo, FsUuid, Layout, Superblock,
-};
-pub use fsmap::{free_extents, FreeExtent};
+pub use filesystem::{mounts, probe, FsError, FsInfo, FsUuid, Layout, Superblock};
 pub use inode::{generation, inode_flags, InodeFlags};
-pub use ioprio::set_current_thread_idle;
 pub use layout::Guess;
 pub use move_ext::{move_extents, MoveFailed};
-pub use open::{open_dir, open_dir_beneath, pin_beneath, reopen, stat_beneath, Access, EntryStat};
-pub use pagecache::{drop_cached, page_size, read_ahead, residency, write_back, Residency, Wait};
-pub use swap::is_active_swapfile;
-
-/// fdatasync(2), so that delayed allocations get real blocks before the
-/// file is mapped.
-pub fn sync_data(fd: std::os::fd::BorrowedFd<'_>) -> Result<()> {
-    nix::unistd::fdatasync(fd).map_err(|errno| Error::of("fdatasync", errno))
-}
-
-/// fsync(2): also commits the journal, which makes the blocks that recent
-/// moves freed allocatable again.
-pub fn sync_all(fd: std::os::fd::BorrowedFd<'_>) -> Result<()> {
-    nix::unistd::fsync(fd).map_err(|errno| Error::of("fsync", errno))
-}
 
 /// Commits the journal's running transaction, and with it every metadata
 /// change made before: MOVE_EXT's extent swaps among them. fsync of the
@@ -53,21 +25,9 @@ pub fn sync_all(fd: std::os::fd::BorrowedFd<'_>) -> Result<()> {
 /// commit (a power cut after such an fsync undid moves in the crash soak).
 /// Touching `scratch` (the donor: ours and unlinked, so its times matter
 /// to nobody) puts an inode in the running transaction; its fsync commits it.
-pub fn commit_journal(scratch: std::os::fd::BorrowedFd<'_>) -> Result<()> {
+pub fn commit_journal(scratch: std::os::fd::BorrowedFd<'_>) -> crate::sys::Result<()> {
     use nix::sys::time::TimeSpec;
     nix::sys::stat::futimens(scratch, &TimeSpec::UTIME_NOW, &TimeSpec::UTIME_NOW)
-        .map_err(|errno| Error::of("futimens", errno))?;
-    sync_all(scratch)
-}
-
-/// syncfs(2): commits the whole filesystem, so that work the kernel split
-/// over several journal transactions (a conversion to extents) is all on
-/// disk.
-pub fn sync_filesystem(fd: std::os::fd::BorrowedFd<'_>) -> Result<()> {
-    nix::unistd::syncfs(fd).map_err(|errno| Error::of("syncfs", errno))
-}
-
-/// fstat(2) of an open file.
-pub fn stat(fd: std::os::fd::BorrowedFd<'_>) -> Result<nix::sys::stat::FileStat> {
-    nix::sys::stat::fstat(fd).map_err(|errno| Error::of("fstat", errno))
+        .map_err(|errno| crate::sys::Error::of("futimens", errno))?;
+    crate::sys::sync_all(scratch)
 }

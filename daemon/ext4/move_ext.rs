@@ -5,7 +5,7 @@
 use std::num::NonZeroU64;
 use std::os::fd::{AsRawFd, BorrowedFd};
 
-use super::error::{Call, Error};
+use crate::sys::error::{Call, Error};
 
 #[repr(C)]
 #[derive(Debug, Default)]

@@ -10,9 +10,9 @@ use super::{
     commit, move_chunk, note_if_slow, CacheKeeper, Control, Progress, Supervisor, CHECKPOINT_BYTES,
     CHECKPOINT_EVERY,
 };
-use crate::ext4;
 use crate::outcome::FailReason;
 use crate::plan::Chunk;
+use crate::sys;
 
 /// Why a pass of chunks ended before its last.
 #[derive(Debug, Clone, PartialEq)]
@@ -132,7 +132,7 @@ impl<'fd> Pass<'fd> {
         bytes: u64,
         last: bool,
         at_block: u64,
-    ) -> ext4::Result<bool> {
+    ) -> sys::Result<bool> {
         self.since_checkpoint += bytes;
         let due = self.since_checkpoint >= CHECKPOINT_BYTES
             || self.last_checkpoint.elapsed() >= CHECKPOINT_EVERY;

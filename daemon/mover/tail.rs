@@ -17,11 +17,11 @@ use std::os::fd::AsFd;
 
 use super::{best_donor, check_free_space, DonorLayout, Halt, Pass};
 use crate::assess::{clip_to_eof, ideal_extents, BlockRange, ExtentMap};
-use crate::ext4::{self, Flush};
 use crate::inspect::{Inspected, Refusal, Target};
 use crate::mover::{MoveOptions, Supervisor};
 use crate::outcome::{FailReason, SkipReason};
 use crate::plan;
+use crate::sys::{self, Flush};
 
 /// Rounds of tail moves after the planned chunks: each moves what was
 /// appended during the one before, so a writer slower than MOVE_EXT is
@@ -138,8 +138,8 @@ impl Tail<'_> {
         if eof_block <= handled {
             return Ok(Round::NothingNew);
         }
-        ext4::sync_data(file).map_err(kernel)?;
-        let raw = ext4::fiemap(file, Flush::No).map_err(kernel)?;
+        sys::sync_data(file).map_err(kernel)?;
+        let raw = sys::fiemap(file, Flush::No).map_err(kernel)?;
         let unsettled = raw.iter().any(|e| {
             e.flags.is_delalloc() && e.logical / block_size < eof_block && {
                 let end = (e.logical + e.length).div_ceil(block_size);
@@ -193,15 +193,15 @@ impl Tail<'_> {
             }
             // (An EROFS comes back as this skip.)
             Err(Refusal::Skip(SkipReason::ReadOnly)) => {
-                Err(Halt::Failed(FailReason::Kernel(ext4::Error::ReadOnly)))
+                Err(Halt::Failed(FailReason::Kernel(sys::Error::ReadOnly)))
             }
             Err(Refusal::Skip(reason)) => Ok(Err(reason.to_string())),
             Err(Refusal::Fail(reason)) => Ok(Err(reason.to_string())),
         }
     }
 
-    fn size(&self, pass: &Pass<'_>) -> ext4::Result<u64> {
-        Ok(u64::try_from(ext4::stat(pass.file)?.st_size).unwrap_or(0))
+    fn size(&self, pass: &Pass<'_>) -> sys::Result<u64> {
+        Ok(u64::try_from(sys::stat(pass.file)?.st_size).unwrap_or(0))
     }
 
     fn note_left_behind(&self, pass: &Pass<'_>, handled: u64, left: &LeftBehind) {
@@ -223,11 +223,11 @@ impl Tail<'_> {
 }
 
 /// Errors that say the filesystem itself is in trouble, not this donor.
-fn halts(e: &ext4::Error) -> bool {
-    matches!(e, ext4::Error::Io | ext4::Error::ReadOnly)
+fn halts(e: &sys::Error) -> bool {
+    matches!(e, sys::Error::Io | sys::Error::ReadOnly)
 }
 
-fn kernel(e: ext4::Error) -> Halt {
+fn kernel(e: sys::Error) -> Halt {
     Halt::Failed(FailReason::Kernel(e))
 }
 

@@ -6,8 +6,8 @@
 use std::os::fd::BorrowedFd;
 
 use crate::assess::{Assessment, ExtentMap};
-use crate::ext4::{self, Flush};
 use crate::outcome::{FailReason, Size};
+use crate::sys::{self, Flush};
 
 /// The file at the end of a move.
 pub(super) struct Measured {
@@ -19,10 +19,10 @@ pub(super) struct Measured {
 /// (so that what was written before has its blocks), then its map. Data a
 /// writer added after the fdatasync has no blocks yet and no place to
 /// count: it is left out, as it would have been at the start.
-pub(super) fn measure(file: BorrowedFd<'_>, block_size: u64) -> ext4::Result<Measured> {
-    let size = u64::try_from(ext4::stat(file)?.st_size).unwrap_or(0);
-    ext4::sync_data(file)?;
-    let raw: Vec<ext4::Extent> = ext4::fiemap(file, Flush::No)?
+pub(super) fn measure(file: BorrowedFd<'_>, block_size: u64) -> sys::Result<Measured> {
+    let size = u64::try_from(sys::stat(file)?.st_size).unwrap_or(0);
+    sys::sync_data(file)?;
+    let raw: Vec<sys::Extent> = sys::fiemap(file, Flush::No)?
         .into_iter()
         .filter(|e| !e.flags.is_delalloc())
         .collect();

@@ -9,13 +9,13 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::ext4;
 use crate::inspect::{inspect, Filesystems, Inspected, Refusal, Settle, Target};
 use crate::mounts::Covered;
 use crate::mover::refuse_unmovable;
 use crate::outcome::SkipReason;
 use crate::policy::{self, Decision, Heat, Thresholds};
 use crate::store::{Enqueued, FileId, Finished, HistoryOutcome, NewJob, SettledWhy, Tally};
+use crate::sys;
 use crate::sys::{open_by_handle, FileHandle, HandleError};
 
 use super::shared::Shared;
@@ -36,7 +36,7 @@ pub enum Considered {
 /// Opens `rel` (relative to the root of `fs`) safely, for the mover or
 /// the inspector: its parent directory below the root, never through a
 /// symlink or across a mount.
-pub fn target_for(fs: &Covered, root: BorrowedFd<'_>, rel: &Path) -> Result<Target, ext4::Error> {
+pub fn target_for(fs: &Covered, root: BorrowedFd<'_>, rel: &Path) -> Result<Target, sys::Error> {
     let parent = match rel.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -44,8 +44,8 @@ pub fn target_for(fs: &Covered, root: BorrowedFd<'_>, rel: &Path) -> Result<Targ
     let name = rel
         .file_name()
         .map(OsStr::to_os_string)
-        .ok_or(ext4::Error::NotFound)?;
-    let dir = ext4::open_dir_beneath(root, parent)?;
+        .ok_or(sys::Error::NotFound)?;
+    let dir = sys::open_dir_beneath(root, parent)?;
     Ok(Target {
         dir: Arc::new(dir),
         name,
@@ -94,7 +94,7 @@ pub fn consider_and_measure(
 ) -> (Considered, Option<Tally>) {
     match target_for(fs, root, rel) {
         Ok(target) => consider_target(shared, fs, &target, rel, urgency, now),
-        Err(ext4::Error::NotFound) => (Considered::Gone, None),
+        Err(sys::Error::NotFound) => (Considered::Gone, None),
         Err(e) => (Considered::Failed(e.to_string()), None),
     }
 }
@@ -114,18 +114,18 @@ pub fn consider_handle(
         Err(HandleError::Gone) => return Considered::Gone,
         Err(e) => return Considered::Failed(e.to_string()),
     };
-    let Ok(stat) = ext4::stat(pinned.as_fd()) else {
+    let Ok(stat) = sys::stat(pinned.as_fd()) else {
         return Considered::Gone;
     };
     let regular = stat.st_mode & nix::libc::S_IFMT == nix::libc::S_IFREG;
     if !regular || stat.st_dev != fs.dev {
         return Considered::Left("not a regular file of this filesystem".into());
     }
-    let generation = match ext4::reopen(pinned.as_fd(), ext4::Access::ReadOnly)
-        .and_then(|file| ext4::generation(file.as_fd()))
+    let generation = match sys::reopen(pinned.as_fd(), sys::Access::ReadOnly)
+        .and_then(|file| crate::ext4::generation(file.as_fd()))
     {
         Ok(generation) => generation,
-        Err(ext4::Error::NotFound) => return Considered::Gone,
+        Err(sys::Error::NotFound) => return Considered::Gone,
         Err(e) => return Considered::Failed(e.to_string()),
     };
     // The pin keeps the inode alive, so the name read here is its own (a
@@ -142,7 +142,7 @@ pub fn consider_handle(
     };
     let mut target = match target_for(fs, root, rel) {
         Ok(target) => target,
-        Err(ext4::Error::NotFound) => return Considered::Gone,
+        Err(sys::Error::NotFound) => return Considered::Gone,
         Err(e) => return Considered::Failed(e.to_string()),
     };
     target.expected_identity = Some((stat.st_ino, generation));

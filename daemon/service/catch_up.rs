@@ -9,8 +9,8 @@ use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use crate::ext4;
 use crate::mounts::Covered;
+use crate::sys;
 use crate::walk::{walk, Depth, Found};
 
 /// Changes this close before `since` are taken too: timestamps are whole
@@ -42,7 +42,7 @@ pub fn changed_since(
         }
         let Found::File(target) = found else { return };
         scanned.files += 1;
-        let Ok(stat) = ext4::stat_beneath(target.dir.as_fd(), &target.name) else {
+        let Ok(stat) = sys::stat_beneath(target.dir.as_fd(), &target.name) else {
             return;
         };
         let changed_at = stat.ctime.max(stat.mtime);

@@ -26,8 +26,8 @@ use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask, Watches};
 use tokio::sync::watch;
 
 use crate::escape::escaped;
-use crate::ext4;
 use crate::mounts::{reopen_root, Covered};
+use crate::sys;
 use crate::walk::{read_entries, EntryKind};
 
 use super::candidates::{consider_file, Urgency};
@@ -479,9 +479,9 @@ impl Walker {
                 return;
             }
             let opened = if dir_rel.as_os_str().is_empty() {
-                ext4::open_dir_beneath(root, Path::new("."))
+                sys::open_dir_beneath(root, Path::new("."))
             } else {
-                ext4::open_dir_beneath(root, &dir_rel)
+                sys::open_dir_beneath(root, &dir_rel)
             };
             let Ok(dir) = opened else { continue };
             if !self.add_watch(dir.as_fd(), uuid, &dir_rel) {

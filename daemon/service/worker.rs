@@ -46,7 +46,7 @@ const PRESSURE_WAIT: Duration = Duration::from_secs(10);
 
 /// Runs the worker of `disk` until shutdown.
 pub fn run(shared: Arc<Shared>, disk: DiskId) {
-    if let Err(e) = crate::ext4::set_current_thread_idle() {
+    if let Err(e) = crate::sys::set_current_thread_idle() {
         tracing::warn!(
             "worker {}: cannot set the idle I/O class ({e}); moves run at normal I/O priority",
             disk.0
@@ -126,7 +126,7 @@ fn run_job(shared: &Shared, disk: &DiskId, job: Job) {
     };
     let mut target = match target_for(&fs, root.as_fd(), &job.path_hint) {
         Ok(target) => target,
-        Err(crate::ext4::Error::NotFound) => {
+        Err(crate::sys::Error::NotFound) => {
             drop_job(
                 shared,
                 &job,
@@ -168,7 +168,7 @@ fn run_job(shared: &Shared, disk: &DiskId, job: Job) {
     };
     // The file as it was before the service opened it: if nobody writes it
     // after the move, it is not considered again (see `settle`).
-    let before_open = crate::ext4::stat_beneath(target.dir.as_fd(), &target.name)
+    let before_open = crate::sys::stat_beneath(target.dir.as_fd(), &target.name)
         .ok()
         .filter(|stat| stat.ino == job.file.ino);
     let total_bytes = job.size_bytes;
@@ -214,7 +214,7 @@ fn run_job(shared: &Shared, disk: &DiskId, job: Job) {
 /// its move raise write events, and a file unchanged since is not looked
 /// at again until someone writes it (or, for a file not worth a move, the
 /// next crawl pass).
-fn settle(shared: &Shared, job: &Job, stat: &crate::ext4::EntryStat, outcome: &Outcome) {
+fn settle(shared: &Shared, job: &Job, stat: &crate::sys::EntryStat, outcome: &Outcome) {
     let why = match outcome {
         Outcome::Defragmented(_) => SettledWhy::Moved,
         Outcome::Skipped {
@@ -403,7 +403,7 @@ fn record(shared: &Shared, job: &Job, path: &std::path::Path, outcome: Outcome, 
             retry(shared, job, "interrupted", 0);
         }
         Outcome::Failed {
-            reason: FailReason::Kernel(crate::ext4::Error::Busy),
+            reason: FailReason::Kernel(crate::sys::Error::Busy),
             ..
         } => {
             tracing::info!(
@@ -413,7 +413,7 @@ fn record(shared: &Shared, job: &Job, path: &std::path::Path, outcome: Outcome, 
             retry(shared, job, "busy", BUSY_RETRY_SECS);
         }
         Outcome::Failed {
-            reason: FailReason::Kernel(e @ (crate::ext4::Error::Io | crate::ext4::Error::ReadOnly)),
+            reason: FailReason::Kernel(e @ (crate::sys::Error::Io | crate::sys::Error::ReadOnly)),
             ..
         } => {
             tracing::warn!(
@@ -439,7 +439,7 @@ fn record(shared: &Shared, job: &Job, path: &std::path::Path, outcome: Outcome, 
             ..
         } if job.attempts < MAX_ATTEMPTS => short_of_space(shared, job, path, &reason),
         Outcome::Failed {
-            reason: reason @ FailReason::Kernel(crate::ext4::Error::NoSpace),
+            reason: reason @ FailReason::Kernel(crate::sys::Error::NoSpace),
             ..
         } if job.attempts < MAX_ATTEMPTS => short_of_space(shared, job, path, &reason),
         Outcome::Skipped {

@@ -1,10 +1,70 @@
 //! Generic syscalls that no single filesystem owns, behind safe, typed
-//! wrappers: fanotify in file-identifier mode and opening a file by its
-//! handle. Like the ext4 module, this decides nothing; every errno is
-//! mapped to an error that says what it means.
+//! wrappers: safe opening (openat2, O_PATH pins, reopening through /proc),
+//! stat, FIEMAP, GETFSMAP, fadvise and mincore, O_TMPFILE and fallocate,
+//! fsync and syncfs, ioprio, fanotify in file-identifier mode and opening a
+//! file by its handle. Every backend shares them. Like the backends, this
+//! decides nothing; every errno is mapped to an [`Error`] that says what it
+//! means, and nothing above sees one.
 
+pub mod error;
 pub mod fanotify;
+mod fiemap;
+pub mod fsmap;
 pub mod handle;
+mod ioprio;
+mod open;
+mod pagecache;
+mod swap;
+mod tmpfile;
 
+pub use error::{Call, Error, Result};
 pub use fanotify::{Event, Fanotify, FanotifyError, FsId};
+pub use fiemap::{fiemap, Extent, ExtentFlags, Flush};
+pub use fsmap::{free_extents, FreeExtent};
 pub use handle::{fs_id, open_by_handle, FileHandle, HandleError};
+pub use ioprio::set_current_thread_idle;
+pub use open::{open_dir, open_dir_beneath, pin_beneath, reopen, stat_beneath, Access, EntryStat};
+pub use pagecache::{drop_cached, page_size, read_ahead, residency, write_back, Residency, Wait};
+pub use swap::is_active_swapfile;
+pub use tmpfile::{allocate, create_tmpfile, punch_hole};
+
+/// fdatasync(2), so that delayed allocations get real blocks before the
+/// file is mapped.
+pub fn sync_data(fd: std::os::fd::BorrowedFd<'_>) -> Result<()> {
+    nix::unistd::fdatasync(fd).map_err(|errno| Error::of("fdatasync", errno))
+}
+
+/// fsync(2): on a journaling filesystem also commits the journal, which
+/// makes the blocks that recent moves freed allocatable again.
+pub fn sync_all(fd: std::os::fd::BorrowedFd<'_>) -> Result<()> {
+    nix::unistd::fsync(fd).map_err(|errno| Error::of("fsync", errno))
+}
+
+/// syncfs(2): commits the whole filesystem, so that work the kernel split
+/// over several journal transactions (a conversion to extents) is all on
+/// disk.
+pub fn sync_filesystem(fd: std::os::fd::BorrowedFd<'_>) -> Result<()> {
+    nix::unistd::syncfs(fd).map_err(|errno| Error::of("syncfs", errno))
+}
+
+/// fstat(2) of an open file.
+pub fn stat(fd: std::os::fd::BorrowedFd<'_>) -> Result<nix::sys::stat::FileStat> {
+    nix::sys::stat::fstat(fd).map_err(|errno| Error::of("fstat", errno))
+}
+
+/// Free space as an unprivileged writer sees it (without the root reserve).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FreeSpace {
+    pub total_bytes: u64,
+    pub available_bytes: u64,
+}
+
+/// statfs(2) of the filesystem `fd` lives on.
+pub fn free_space(fd: std::os::fd::BorrowedFd<'_>) -> Result<FreeSpace> {
+    let s = nix::sys::statfs::fstatfs(fd).map_err(|errno| Error::of("fstatfs", errno))?;
+    let block = s.block_size() as u64;
+    Ok(FreeSpace {
+        total_bytes: s.blocks().saturating_mul(block),
+        available_bytes: s.blocks_available().saturating_mul(block),
+    })
+}

@@ -1,5 +1,5 @@
-//! The donor: an O_TMPFILE inode in the same filesystem whose fresh blocks
-//! MOVE_EXT swaps into the file. It is an orphan from birth, so a crash
+//! Donors: an O_TMPFILE inode in the same filesystem, whose fresh blocks a
+//! backend swaps into the file. It is an orphan from birth, so a crash
 //! frees its blocks at the next mount and no name is ever left behind.
 
 use std::os::fd::{BorrowedFd, OwnedFd};
@@ -11,7 +11,7 @@ use super::error::{off_t, Error, Result};
 
 /// Creates an unnamed donor inode in `dir`. The directory steers ext4's
 /// allocator: the file's own directory gets the most contiguous space.
-pub fn create_donor(dir: BorrowedFd<'_>) -> Result<OwnedFd> {
+pub fn create_tmpfile(dir: BorrowedFd<'_>) -> Result<OwnedFd> {
     openat(
         dir,
         ".",
