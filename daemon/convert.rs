@@ -9,12 +9,14 @@
 
 use std::os::fd::AsFd;
 use std::path::Path;
+use std::time::Duration;
 
+use crate::backend::Inspected;
+use crate::eligibility::{refuse_in_use, refuse_unmovable};
 use crate::ext4;
-use crate::inspect::{Filesystems, Inspected, Target};
-use crate::mover::{defragment, refuse_in_use, refuse_unmovable, MoveOptions, Supervisor};
-use crate::outcome::{FailReason, Moved, Outcome, SkipReason};
+use crate::outcome::{Refusal, SkipReason};
 use crate::sys;
+use crate::target::Target;
 
 /// What is about to be converted, for the supervisor's record.
 #[derive(Debug, Clone, Copy)]
@@ -26,67 +28,24 @@ pub struct Converting<'a> {
     pub device: &'a Path,
 }
 
-/// Converts the block-mapped file `inspected` to extents, then defragments
-/// it as usual; one outcome for both.
-pub fn convert_then_defragment(
-    target: &Target,
-    inspected: Inspected,
-    filesystems: &mut Filesystems,
-    options: &MoveOptions,
-    supervisor: &mut dyn Supervisor,
-) -> Outcome {
-    let before = inspected.assessment;
-    if let Err(reason) = convert(target, &inspected, options, supervisor) {
-        return match reason {
-            Refusal::Skip(reason) => Outcome::Skipped {
-                reason,
-                before: Some(before),
-            },
-            Refusal::Fail(reason) => Outcome::Failed {
-                reason,
-                before: Some(before),
-                bytes_moved: 0,
-            },
-        };
-    }
-    drop(inspected);
-    let extents_only = MoveOptions {
-        convert_block_mapped: false,
-        ..options.clone()
-    };
-    match defragment(target, filesystems, &extents_only, 0, supervisor) {
-        Outcome::Defragmented(moved) => Outcome::Defragmented(Moved {
-            before,
-            converted: true,
-            ..moved
-        }),
-        Outcome::Skipped { reason, .. } => Outcome::Converted {
-            before,
-            reason: reason.to_string(),
-        },
-        Outcome::Failed {
-            reason,
-            bytes_moved,
-            ..
-        } => Outcome::Failed {
-            reason,
-            before: Some(before),
-            bytes_moved,
-        },
-        other => other,
-    }
+/// Where a conversion is announced, before and after: the service records
+/// it durably, so that after a crash it can name the file.
+pub trait ConversionLog {
+    /// Right before the kernel converts `file`.
+    fn converting(&mut self, file: &Converting<'_>);
+    /// Once the conversion is over (done or refused).
+    fn converted(&mut self);
 }
 
-enum Refusal {
-    Skip(SkipReason),
-    Fail(FailReason),
-}
-
-fn convert(
+/// Converts the block-mapped file `inspected` to extents, unless a reason
+/// not to touch it comes first. With `dry_run`, checks only. Ok also when
+/// the file needs no conversion.
+pub fn convert(
     target: &Target,
     inspected: &Inspected,
-    options: &MoveOptions,
-    supervisor: &mut dyn Supervisor,
+    quiet_period: Option<Duration>,
+    dry_run: bool,
+    log: &mut dyn ConversionLog,
 ) -> Result<(), Refusal> {
     // Every other reason not to touch the file comes first.
     match refuse_unmovable(inspected) {
@@ -97,11 +56,11 @@ fn convert(
     if !inspected.fs.superblock.has_extents {
         return Err(Refusal::Skip(SkipReason::NoExtentFeature));
     }
-    refuse_in_use(inspected, options).map_err(Refusal::Skip)?;
-    if options.dry_run {
+    refuse_in_use(inspected, quiet_period)?;
+    if dry_run {
         return Ok(());
     }
-    let kernel = |e: sys::Error| Refusal::Fail(FailReason::Kernel(e));
+    let kernel = |e: sys::Error| Refusal::Fail(e.into());
     // Granted only if nobody has the file open for writing; a writer that
     // comes while it is held waits for it.
     let lease = ext4::take_read_lease(inspected.file.as_fd()).map_err(|e| match e {
@@ -111,7 +70,7 @@ fn convert(
         other => kernel(other),
     })?;
     sys::sync_data(inspected.file.as_fd()).map_err(kernel)?;
-    supervisor.converting(&Converting {
+    log.converting(&Converting {
         ino: inspected.ino,
         generation: inspected.generation,
         path: &target.path,
@@ -124,7 +83,7 @@ fn convert(
     let result = ext4::migrate_to_extents(inspected.file.as_fd())
         .and_then(|()| sys::sync_filesystem(inspected.file.as_fd()));
     if matches!(result, Ok(()) | Err(sys::Error::CannotConvert)) {
-        supervisor.converted();
+        log.converted();
     }
     drop(lease);
     result.map_err(|e| match e {

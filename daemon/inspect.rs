@@ -6,16 +6,18 @@
 //! measured without being opened at all.
 
 use std::collections::HashMap;
-use std::ffi::OsString;
-use std::os::fd::{AsFd, OwnedFd};
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::os::fd::AsFd;
+use std::path::Path;
 
 use nix::sys::stat::SFlag;
 
 use crate::assess::{Assessment, ExtentMap};
-use crate::ext4::{self, FsError, FsInfo, InodeFlags};
+use crate::backend::Inspected;
+use crate::backend::{self, Backend};
+use crate::ext4::{self, FsError, FsInfo};
+use crate::outcome::{FailReason, Refusal, SkipReason};
 use crate::sys::{self, Access, Flush};
+use crate::target::Target;
 
 /// What to do before mapping a file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,65 +27,31 @@ pub enum Settle {
     /// fdatasync first, so that every range has real blocks (the mover).
     SyncData,
 }
-use crate::outcome::{FailReason, SkipReason};
-
-/// A file to work on: a name in an open directory. The path is for people.
-#[derive(Debug, Clone)]
-pub struct Target {
-    pub dir: Arc<OwnedFd>,
-    pub name: OsString,
-    pub path: PathBuf,
-    /// The device the file must be on (the tree's), when known.
-    pub expected_dev: Option<u64>,
-    /// The inode and generation the file must have (a queued job's).
-    pub expected_identity: Option<(u64, u32)>,
-}
-
-/// Why a file could not be inspected.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Refusal {
-    Skip(SkipReason),
-    Fail(FailReason),
-}
-
-impl From<SkipReason> for Refusal {
-    fn from(r: SkipReason) -> Self {
-        Refusal::Skip(r)
-    }
-}
-
-impl From<sys::Error> for Refusal {
-    fn from(e: sys::Error) -> Self {
-        match e {
-            sys::Error::Symlink => Refusal::Skip(SkipReason::Symlink),
-            sys::Error::CrossesMount => Refusal::Skip(SkipReason::OtherFilesystem),
-            sys::Error::ReadOnly => Refusal::Skip(SkipReason::ReadOnly),
-            sys::Error::NotFound => Refusal::Skip(SkipReason::Vanished),
-            other => Refusal::Fail(FailReason::Kernel(other)),
-        }
-    }
-}
 
 /// The filesystems met so far, each probed once.
 #[derive(Debug, Default)]
 pub struct Filesystems {
-    known: HashMap<u64, Result<FsInfo, FsError>>,
+    known: HashMap<u64, Result<(Backend, FsInfo), FsError>>,
 }
 
 impl Filesystems {
     /// A cache that already knows one filesystem (the service probes each
     /// covered filesystem once, not once per file).
-    pub fn seeded(dev: u64, info: FsInfo) -> Self {
+    pub fn seeded(dev: u64, backend: Backend, info: FsInfo) -> Self {
         Filesystems {
-            known: HashMap::from([(dev, Ok(info))]),
+            known: HashMap::from([(dev, Ok((backend, info)))]),
         }
     }
 
-    /// The filesystem that `fd` (on device `dev`) lives on.
-    pub fn get(&mut self, dev: u64, fd: std::os::fd::BorrowedFd<'_>) -> Result<&FsInfo, Refusal> {
-        let entry = self.known.entry(dev).or_insert_with(|| ext4::probe(fd));
+    /// The filesystem that `fd` (on device `dev`) lives on, and its backend.
+    pub fn get(
+        &mut self,
+        dev: u64,
+        fd: std::os::fd::BorrowedFd<'_>,
+    ) -> Result<(Backend, &FsInfo), Refusal> {
+        let entry = self.known.entry(dev).or_insert_with(|| backend::probe(fd));
         match entry {
-            Ok(fs) => Ok(fs),
+            Ok((backend, fs)) => Ok((*backend, fs)),
             Err(FsError::NotExt4(kind)) => Err(SkipReason::NotExt4(format!(
                 "is on a {} filesystem, not ext4",
                 fs_name(*kind)
@@ -103,24 +71,6 @@ fn fs_name(magic: i64) -> String {
         0x794C_7630 => "overlayfs".into(),
         other => format!("non-ext4 (type {other:#x})"),
     }
-}
-
-/// A file opened read-only and measured.
-#[derive(Debug)]
-pub struct Inspected {
-    /// The O_PATH pin: reopening it gives exactly this inode.
-    pub pinned: OwnedFd,
-    pub file: OwnedFd,
-    pub fs: FsInfo,
-    pub dev: u64,
-    pub ino: u64,
-    pub size: u64,
-    /// Last data change, seconds since the epoch.
-    pub mtime: i64,
-    pub generation: u32,
-    pub flags: InodeFlags,
-    pub map: ExtentMap,
-    pub assessment: Assessment,
 }
 
 /// Opens and measures `target`.
@@ -143,7 +93,8 @@ pub fn inspect(
     if target.expected_dev.is_some_and(|dev| dev != stat.st_dev) {
         return Err(SkipReason::OtherFilesystem.into());
     }
-    let fs = filesystems.get(stat.st_dev, pinned.as_fd())?.clone();
+    let (backend, fs) = filesystems.get(stat.st_dev, pinned.as_fd())?;
+    let fs = fs.clone();
     let file = sys::reopen(pinned.as_fd(), Access::ReadOnly)?;
     // The pin and the reopened fd are the same inode by construction; check
     // anyway, it costs one fstat.
@@ -171,6 +122,7 @@ pub fn inspect(
     Ok(Inspected {
         pinned,
         file,
+        backend,
         fs,
         dev: stat.st_dev,
         ino: stat.st_ino,
@@ -219,7 +171,7 @@ pub fn measure<'a>(
         return Err(SkipReason::OtherFilesystem.into());
     }
     // Not a mount root: the entry is on its directory's filesystem.
-    let fs = filesystems.get(entry.dev, target.dir.as_fd())?;
+    let (_, fs) = filesystems.get(entry.dev, target.dir.as_fd())?;
     let sb = &fs.superblock;
     if let Some(map) = at_most_one_extent(&entry, sb) {
         return Ok(Measured {
@@ -299,6 +251,7 @@ fn refuse_unless_regular(file_type: u32) -> Result<(), Refusal> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::outcome::{KernelError, KernelErrorKind};
 
     #[test]
     fn a_file_gone_before_it_is_opened_is_skipped_not_failed() {
@@ -308,7 +261,10 @@ mod tests {
         );
         assert!(matches!(
             Refusal::from(sys::Error::NoSpace),
-            Refusal::Fail(FailReason::Kernel(sys::Error::NoSpace))
+            Refusal::Fail(FailReason::Kernel(KernelError {
+                kind: KernelErrorKind::NoSpace,
+                ..
+            }))
         ));
     }
 

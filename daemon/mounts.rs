@@ -1,12 +1,15 @@
-//! Which ext4 filesystems the service covers: the configured mount points,
-//! or every eligible one; what makes one eligible (mounted read-write, ext4,
-//! not bigalloc, DAX or data=journal); and which disk each lives on, so
-//! that one disk never sees two moves at once.
+//! Which filesystems the service covers: the configured mount points, or
+//! every eligible one; what makes one eligible (mounted read-write, of a
+//! type a backend serves, and what that backend asks of it: for ext4 not
+//! bigalloc, DAX or data=journal); and which disk each lives on, so that
+//! one disk never sees two moves at once.
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
+use crate::backend::{self, Backend};
 use crate::ext4::{self, FsError, FsInfo};
+use crate::outcome::SkipReason;
 use crate::sys;
 
 /// A block device that moves are serialised on (a partition's disk).
@@ -17,6 +20,8 @@ pub struct DiskId(pub String);
 #[derive(Debug, Clone)]
 pub struct Covered {
     pub uuid: String,
+    /// The backend that moves files on it.
+    pub backend: Backend,
     pub mount_point: PathBuf,
     pub dev: u64,
     pub disk: DiskId,
@@ -48,6 +53,21 @@ pub enum Why {
     Dax,
     #[error("mounted with data=journal; the kernel cannot move extents there")]
     DataJournal,
+    /// A backend's reason that none above names.
+    #[error("the filesystem {0}")]
+    Refused(SkipReason),
+}
+
+impl From<SkipReason> for Why {
+    fn from(reason: SkipReason) -> Self {
+        match reason {
+            SkipReason::ReadOnly => Why::ReadOnly,
+            SkipReason::Bigalloc => Why::Bigalloc,
+            SkipReason::Dax => Why::Dax,
+            SkipReason::DataJournal => Why::DataJournal,
+            other => Why::Refused(other),
+        }
+    }
 }
 
 /// Opens and checks the filesystem mounted at `mount_point`.
@@ -58,24 +78,17 @@ pub fn cover(mount_point: &Path) -> Result<Covered, Ineligible> {
     };
     let root = open_root(mount_point)?;
     let stat = sys::stat(root.as_fd()).map_err(|e| refuse(Why::Open(e)))?;
-    if stat.st_ino != crate::walk::EXT4_ROOT_INO {
+    let mount_root = sys::is_mount_root(root.as_fd()).map_err(|e| refuse(Why::Open(e)))?;
+    if !mount_root {
         return Err(refuse(Why::NotMountPoint));
     }
-    let info = ext4::probe(root.as_fd()).map_err(|e| refuse(Why::Probe(e)))?;
-    if info.read_only {
-        return Err(refuse(Why::ReadOnly));
-    }
-    if info.superblock.bigalloc {
-        return Err(refuse(Why::Bigalloc));
-    }
-    if info.dax {
-        return Err(refuse(Why::Dax));
-    }
-    if info.data_journal {
-        return Err(refuse(Why::DataJournal));
-    }
+    let (backend, info) = backend::probe(root.as_fd()).map_err(|e| refuse(Why::Probe(e)))?;
+    backend
+        .refuse_filesystem(&info)
+        .map_err(|reason| refuse(Why::from(reason)))?;
     Ok(Covered {
         uuid: info.superblock.uuid.to_string(),
+        backend,
         mount_point: mount_point.to_path_buf(),
         dev: stat.st_dev,
         disk: disk_of(stat.st_dev),
@@ -97,17 +110,19 @@ pub fn open_root(mount_point: &Path) -> Result<OwnedFd, Ineligible> {
 pub fn reopen_root(covered: &Covered) -> Option<OwnedFd> {
     let root = open_root(&covered.mount_point).ok()?;
     let stat = sys::stat(root.as_fd()).ok()?;
-    (stat.st_dev == covered.dev && stat.st_ino == crate::walk::EXT4_ROOT_INO).then_some(root)
+    let mount_root = sys::is_mount_root(root.as_fd()).ok()?;
+    (stat.st_dev == covered.dev && mount_root).then_some(root)
 }
 
-/// Mount points of ext4 filesystems mounted read-write, one per device
-/// (the first mount of each).
-pub fn ext4_mount_points() -> Vec<PathBuf> {
+/// Mount points of filesystems a backend serves, mounted read-write, one
+/// per device (the first mount of each).
+pub fn supported_mount_points() -> Vec<PathBuf> {
     let mut seen = std::collections::HashSet::new();
     ext4::mounts()
         .unwrap_or_default()
         .into_iter()
-        .filter(|m| m.fs_type == "ext4" && !m.mount_options.contains_key("ro") && m.root == "/")
+        .filter(|m| Backend::for_fs_type(&m.fs_type).is_some())
+        .filter(|m| !m.mount_options.contains_key("ro") && m.root == "/")
         .filter(|m| seen.insert(m.majmin.clone()))
         .map(|m| m.mount_point)
         .collect()

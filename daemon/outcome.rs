@@ -112,7 +112,7 @@ impl SkipReason {
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum FailReason {
     #[error("{0}")]
-    Kernel(#[from] sys::Error),
+    Kernel(KernelError),
     #[error("{0}")]
     Filesystem(String),
     #[error(
@@ -160,6 +160,83 @@ impl FailReason {
         match self {
             FailReason::WriterOutpaced { after, .. } => Some(*after),
             _ => None,
+        }
+    }
+}
+
+/// What the generic layer knows of a kernel failure: the kind it acts on
+/// (retry soon, retry later, give up) and the backend's words for it. The
+/// backend and the syscall layer map their errors to it; nothing above
+/// them names an errno or a backend's error variant.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{detail}")]
+pub struct KernelError {
+    pub kind: KernelErrorKind,
+    /// What happened and what to do, in the backend's words.
+    pub detail: String,
+}
+
+/// The kinds of kernel failure a job's fate depends on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelErrorKind {
+    /// Pages locked or under writeback: passes in moments.
+    Busy,
+    /// The filesystem is full.
+    NoSpace,
+    /// The disk failed or the filesystem was shut down.
+    Io,
+    /// The filesystem is (or was remounted) read-only.
+    ReadOnly,
+    /// The file is gone.
+    NotFound,
+    Other,
+}
+
+impl From<sys::Error> for KernelError {
+    fn from(e: sys::Error) -> Self {
+        let kind = match e {
+            sys::Error::Busy => KernelErrorKind::Busy,
+            sys::Error::NoSpace => KernelErrorKind::NoSpace,
+            sys::Error::Io => KernelErrorKind::Io,
+            sys::Error::ReadOnly => KernelErrorKind::ReadOnly,
+            sys::Error::NotFound => KernelErrorKind::NotFound,
+            _ => KernelErrorKind::Other,
+        };
+        KernelError {
+            kind,
+            detail: e.to_string(),
+        }
+    }
+}
+
+impl From<sys::Error> for FailReason {
+    fn from(e: sys::Error) -> Self {
+        FailReason::Kernel(e.into())
+    }
+}
+
+/// Why a file was not moved before anything changed: left alone (a
+/// skip), or the kernel or the filesystem in the way (a failure).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Refusal {
+    Skip(SkipReason),
+    Fail(FailReason),
+}
+
+impl From<SkipReason> for Refusal {
+    fn from(r: SkipReason) -> Self {
+        Refusal::Skip(r)
+    }
+}
+
+impl From<sys::Error> for Refusal {
+    fn from(e: sys::Error) -> Self {
+        match e {
+            sys::Error::Symlink => Refusal::Skip(SkipReason::Symlink),
+            sys::Error::CrossesMount => Refusal::Skip(SkipReason::OtherFilesystem),
+            sys::Error::ReadOnly => Refusal::Skip(SkipReason::ReadOnly),
+            sys::Error::NotFound => Refusal::Skip(SkipReason::Vanished),
+            other => Refusal::Fail(other.into()),
         }
     }
 }
@@ -251,7 +328,7 @@ mod tests {
     #[test]
     fn failure_codes_are_distinct_and_only_a_measured_failure_has_an_after() {
         let reasons = [
-            FailReason::Kernel(sys::Error::Io),
+            FailReason::Kernel(sys::Error::Io.into()),
             FailReason::Filesystem(String::new()),
             FailReason::ShortMove {
                 at: 0,

@@ -17,9 +17,9 @@ use nix::fcntl::AtFlags;
 use nix::sys::stat::{fstatat, SFlag};
 
 use crate::escape::escaped;
-use crate::inspect::Target;
 use crate::outcome::SkipReason;
 use crate::sys;
+use crate::target::Target;
 
 /// ext4's root directory is always inode 2.
 pub const EXT4_ROOT_INO: u64 = 2;

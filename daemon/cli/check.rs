@@ -15,10 +15,12 @@ use crate::assess::{e4defrag_best, E4defragScore};
 use crate::config::PolicySettings;
 use crate::escape::{escaped, escaped_display};
 use crate::ext4::Layout;
-use crate::inspect::{measure, Filesystems, Refusal, Target};
+use crate::inspect::{measure, Filesystems};
 use crate::medium::{self, Medium, MediumChoice};
+use crate::outcome::Refusal;
 use crate::outcome::{FailReason, Size};
 use crate::policy::read_cost_ms;
+use crate::target::Target;
 use crate::walk::{walk_parallel, Depth, Found};
 
 /// How many files a tree's report lists unless --all.

@@ -13,10 +13,11 @@ use serde::Serialize;
 
 use super::DefragArgs;
 use crate::escape::{escaped, escaped_display};
-use crate::inspect::{Filesystems, Target};
+use crate::inspect::Filesystems;
 use crate::mover::{defragment, Control, MoveOptions, Progress, Supervisor};
 use crate::outcome::{Outcome, Size, SkipReason};
 use crate::sys;
+use crate::target::Target;
 use crate::throttle::TokenBucket;
 use crate::walk::{walk, Depth, Found};
 

@@ -18,7 +18,8 @@ use procfs_core::FromBufRead;
 use super::layout::{self, Guess};
 use crate::sys::error::Error;
 
-const EXT4_SUPER_MAGIC: i64 = 0xEF53;
+/// ext4's statfs magic number (ext2 and ext3 share it).
+pub const EXT4_SUPER_MAGIC: i64 = 0xEF53;
 const SUPERBLOCK_OFFSET: u64 = 1024;
 const SUPERBLOCK_LEN: usize = 1024;
 

@@ -6,13 +6,11 @@
 
 use std::os::fd::BorrowedFd;
 
-use super::{
-    commit, move_chunk, note_if_slow, CacheKeeper, Control, Progress, Supervisor, CHECKPOINT_BYTES,
-    CHECKPOINT_EVERY,
-};
-use crate::outcome::FailReason;
+use super::cache::CacheKeeper;
+use super::{Control, Progress, Supervisor};
+use crate::backend::Relocation;
+use crate::outcome::{FailReason, KernelError};
 use crate::plan::Chunk;
-use crate::sys;
 
 /// Why a pass of chunks ended before its last.
 #[derive(Debug, Clone, PartialEq)]
@@ -47,12 +45,12 @@ impl<'fd> Pass<'fd> {
         }
     }
 
-    /// Moves `chunks` into `donor`'s blocks one by one, paced by the
-    /// supervisor, checking `moved_len` after every call and committing at
+    /// Relocates `chunks` one by one, paced by the supervisor, checking
+    /// how much moved after every call and making the moves durable at
     /// checkpoints and after the last chunk.
     pub(super) fn move_chunks(
         &mut self,
-        donor: BorrowedFd<'_>,
+        relocation: &Relocation,
         chunks: &[Chunk],
         supervisor: &mut dyn Supervisor,
     ) -> Result<(), Halt> {
@@ -67,7 +65,9 @@ impl<'fd> Pass<'fd> {
             if supervisor.before_chunk(bytes) == Control::Stop {
                 cache.finish_all();
                 // What was moved must be on disk before anyone resumes after it.
-                commit(file, donor).map_err(|e| Halt::Failed(FailReason::Kernel(e)))?;
+                relocation
+                    .make_durable(file)
+                    .map_err(|e| Halt::Failed(FailReason::Kernel(e)))?;
                 return Err(Halt::Stopped {
                     next_block: chunk.start,
                 });
@@ -76,7 +76,7 @@ impl<'fd> Pass<'fd> {
                 cache.prepare(next);
             }
             let started = std::time::Instant::now();
-            let result = move_chunk(file, donor, chunk, block_size);
+            let result = relocation.relocate(file, chunk, block_size);
             note_if_slow("moving the chunk at block", chunk.start, started);
             let moved_blocks = match &result {
                 Ok(moved) => *moved,
@@ -100,7 +100,7 @@ impl<'fd> Pass<'fd> {
                 Ok(_) => {}
             }
             let last = index + 1 == chunks.len();
-            let durable = match self.checkpoint(donor, bytes, last, chunk.start) {
+            let durable = match self.checkpoint(relocation, bytes, last, chunk.start) {
                 Ok(durable) => durable,
                 Err(e) => {
                     cache.finish_all();
@@ -128,11 +128,11 @@ impl<'fd> Pass<'fd> {
     /// commit was the last one.
     fn checkpoint(
         &mut self,
-        donor: BorrowedFd<'_>,
+        relocation: &Relocation,
         bytes: u64,
         last: bool,
         at_block: u64,
-    ) -> sys::Result<bool> {
+    ) -> Result<bool, KernelError> {
         self.since_checkpoint += bytes;
         let due = self.since_checkpoint >= CHECKPOINT_BYTES
             || self.last_checkpoint.elapsed() >= CHECKPOINT_EVERY;
@@ -141,7 +141,7 @@ impl<'fd> Pass<'fd> {
         }
         self.since_checkpoint = 0;
         self.last_checkpoint = std::time::Instant::now();
-        let committed = commit(self.file, donor);
+        let committed = relocation.make_durable(self.file);
         note_if_slow(
             "committing after the chunk at block",
             at_block,
@@ -155,3 +155,20 @@ impl<'fd> Pass<'fd> {
         }
     }
 }
+
+/// Logs (at debug) a step that took long enough for a writer beside it to
+/// notice: what to look at when a workload feels the mover.
+fn note_if_slow(what: &str, block: u64, started: std::time::Instant) {
+    let took = started.elapsed();
+    if took >= SLOW_STEP {
+        tracing::debug!("{what} {block} took {} ms", took.as_millis());
+    }
+}
+
+const SLOW_STEP: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// The file is committed (fsync) after this much is moved, or this much
+/// time passed, whichever comes first: the most a crash can make a resumed
+/// job redo.
+const CHECKPOINT_BYTES: u64 = 64 << 20;
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);

@@ -15,13 +15,14 @@
 
 use std::os::fd::AsFd;
 
-use super::{best_donor, check_free_space, DonorLayout, Halt, Pass};
+use super::{Halt, MoveOptions, Pass, Supervisor};
 use crate::assess::{clip_to_eof, ideal_extents, BlockRange, ExtentMap};
-use crate::inspect::{Inspected, Refusal, Target};
-use crate::mover::{MoveOptions, Supervisor};
-use crate::outcome::{FailReason, SkipReason};
+use crate::backend::{Inspected, Relocation};
+use crate::eligibility::check_free_space;
+use crate::outcome::{FailReason, KernelErrorKind, Refusal, SkipReason};
 use crate::plan;
 use crate::sys::{self, Flush};
+use crate::target::Target;
 
 /// Rounds of tail moves after the planned chunks: each moves what was
 /// appended during the one before, so a writer slower than MOVE_EXT is
@@ -155,12 +156,12 @@ impl Tail<'_> {
             Look::Fine => return Ok(Round::Fine),
             Look::Move { ranges, runs } => (ranges, runs),
         };
-        let donor = match self.donor(&ranges, runs)? {
-            Ok(donor) => donor,
+        let relocation = match self.relocation(&ranges, runs)? {
+            Ok(relocation) => relocation,
             Err(why) => return Ok(Round::LeftBehind(LeftBehind::NoBetterSpace(why))),
         };
         let chunks = plan::chunks(&ranges, self.chunk_blocks, 0);
-        pass.move_chunks(donor.as_fd(), &chunks, supervisor)?;
+        pass.move_chunks(&relocation, &chunks, supervisor)?;
         Ok(Round::Moved(eof_block))
     }
 
@@ -168,32 +169,33 @@ impl Tail<'_> {
     /// free-space reserve as the file's, in fewer pieces than `runs`; or
     /// why there is none. The filesystem failing (EIO, read-only) halts
     /// the move: that is no tail's business.
-    fn donor(
+    fn relocation(
         &self,
         ranges: &[BlockRange],
         runs: u64,
-    ) -> Result<Result<std::os::fd::OwnedFd, String>, Halt> {
+    ) -> Result<Result<Relocation, String>, Halt> {
         let block_size = u64::from(self.inspected.fs.superblock.block_size);
-        let layout = DonorLayout::for_ranges(ranges);
-        let need = layout.allocated_blocks(ranges, None) * block_size;
+        let backend = self.inspected.backend;
+        let need = backend.space_needed(ranges, block_size);
         let reserve = self.options.reserve_percent;
         let built = check_free_space(self.inspected.file.as_fd(), need, reserve).and_then(|()| {
             // Committed first: blocks freed since the move began (the
             // writer's own churn, a file deleted) are free for the
             // allocator only then.
-            best_donor(self.target, self.inspected, ranges, need, reserve, true)
+            backend.relocation(self.target, self.inspected, ranges, reserve, true)
         });
         match built {
-            Ok((donor, donor_runs)) if donor_runs < runs => Ok(Ok(donor)),
-            Ok((_, donor_runs)) => Ok(Err(format!(
-                "the best donor for it has {donor_runs} pieces, the tail has {runs}"
+            Ok(relocation) if relocation.runs() < runs => Ok(Ok(relocation)),
+            Ok(relocation) => Ok(Err(format!(
+                "the best donor for it has {} pieces, the tail has {runs}",
+                relocation.runs()
             ))),
-            Err(Refusal::Fail(FailReason::Kernel(e))) if halts(&e) => {
+            Err(Refusal::Fail(FailReason::Kernel(e))) if halts(e.kind) => {
                 Err(Halt::Failed(FailReason::Kernel(e)))
             }
             // (An EROFS comes back as this skip.)
             Err(Refusal::Skip(SkipReason::ReadOnly)) => {
-                Err(Halt::Failed(FailReason::Kernel(sys::Error::ReadOnly)))
+                Err(Halt::Failed(sys::Error::ReadOnly.into()))
             }
             Err(Refusal::Skip(reason)) => Ok(Err(reason.to_string())),
             Err(Refusal::Fail(reason)) => Ok(Err(reason.to_string())),
@@ -223,12 +225,12 @@ impl Tail<'_> {
 }
 
 /// Errors that say the filesystem itself is in trouble, not this donor.
-fn halts(e: &sys::Error) -> bool {
-    matches!(e, sys::Error::Io | sys::Error::ReadOnly)
+fn halts(kind: KernelErrorKind) -> bool {
+    matches!(kind, KernelErrorKind::Io | KernelErrorKind::ReadOnly)
 }
 
 fn kernel(e: sys::Error) -> Halt {
-    Halt::Failed(FailReason::Kernel(e))
+    Halt::Failed(e.into())
 }
 
 #[cfg(test)]

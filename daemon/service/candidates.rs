@@ -9,14 +9,15 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::inspect::{inspect, Filesystems, Inspected, Refusal, Settle, Target};
+use crate::backend::Inspected;
+use crate::eligibility::refuse_unmovable;
+use crate::inspect::{inspect, Filesystems, Settle};
 use crate::mounts::Covered;
-use crate::mover::refuse_unmovable;
-use crate::outcome::SkipReason;
+use crate::outcome::{Refusal, SkipReason};
 use crate::policy::{self, Decision, Heat, Thresholds};
 use crate::store::{Enqueued, FileId, Finished, HistoryOutcome, NewJob, SettledWhy, Tally};
-use crate::sys;
-use crate::sys::{open_by_handle, FileHandle, HandleError};
+use crate::sys::{self, open_by_handle, FileHandle, HandleError};
+use crate::target::Target;
 
 use super::shared::Shared;
 
@@ -157,7 +158,7 @@ fn consider_target(
     urgency: Urgency,
     now: i64,
 ) -> (Considered, Option<Tally>) {
-    let mut filesystems = Filesystems::seeded(fs.dev, fs.info.clone());
+    let mut filesystems = Filesystems::seeded(fs.dev, fs.backend, fs.info.clone());
     let inspected = match inspect(target, &mut filesystems, Settle::AsIs) {
         Ok(inspected) => inspected,
         Err(Refusal::Skip(SkipReason::Vanished | SkipReason::Replaced)) => {

@@ -429,7 +429,7 @@ fn refresh_covered(shared: &Shared) -> bool {
             .map(|f| f.path.clone())
             .collect()
     } else {
-        mounts::ext4_mount_points()
+        mounts::supported_mount_points()
     };
     let mut covered = HashMap::new();
     let mut refused = HashMap::new();

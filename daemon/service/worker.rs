@@ -13,7 +13,7 @@ use crate::escape::{escaped, escaped_display};
 use crate::inspect::Filesystems;
 use crate::mounts::{reopen_root, DiskId};
 use crate::mover::{defragment, Control, MoveOptions, Progress, Supervisor};
-use crate::outcome::{FailReason, Outcome, SkipReason};
+use crate::outcome::{FailReason, KernelError, KernelErrorKind, Outcome, SkipReason};
 use crate::store::{Activity, FileId, Finished, HistoryOutcome, Job, SettledWhy};
 
 use super::candidates::target_for;
@@ -403,7 +403,11 @@ fn record(shared: &Shared, job: &Job, path: &std::path::Path, outcome: Outcome, 
             retry(shared, job, "interrupted", 0);
         }
         Outcome::Failed {
-            reason: FailReason::Kernel(crate::sys::Error::Busy),
+            reason:
+                FailReason::Kernel(KernelError {
+                    kind: KernelErrorKind::Busy,
+                    ..
+                }),
             ..
         } => {
             tracing::info!(
@@ -413,7 +417,13 @@ fn record(shared: &Shared, job: &Job, path: &std::path::Path, outcome: Outcome, 
             retry(shared, job, "busy", BUSY_RETRY_SECS);
         }
         Outcome::Failed {
-            reason: FailReason::Kernel(e @ (crate::sys::Error::Io | crate::sys::Error::ReadOnly)),
+            reason:
+                FailReason::Kernel(
+                    e @ KernelError {
+                        kind: KernelErrorKind::Io | KernelErrorKind::ReadOnly,
+                        ..
+                    },
+                ),
             ..
         } => {
             tracing::warn!(
@@ -439,7 +449,11 @@ fn record(shared: &Shared, job: &Job, path: &std::path::Path, outcome: Outcome, 
             ..
         } if job.attempts < MAX_ATTEMPTS => short_of_space(shared, job, path, &reason),
         Outcome::Failed {
-            reason: reason @ FailReason::Kernel(crate::sys::Error::NoSpace),
+            reason:
+                reason @ FailReason::Kernel(KernelError {
+                    kind: KernelErrorKind::NoSpace,
+                    ..
+                }),
             ..
         } if job.attempts < MAX_ATTEMPTS => short_of_space(shared, job, path, &reason),
         Outcome::Skipped {

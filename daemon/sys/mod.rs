@@ -23,7 +23,9 @@ pub use fiemap::{fiemap, Extent, ExtentFlags, Flush};
 pub use fsmap::{free_extents, FreeExtent};
 pub use handle::{fs_id, open_by_handle, FileHandle, HandleError};
 pub use ioprio::set_current_thread_idle;
-pub use open::{open_dir, open_dir_beneath, pin_beneath, reopen, stat_beneath, Access, EntryStat};
+pub use open::{
+    is_mount_root, open_dir, open_dir_beneath, pin_beneath, reopen, stat_beneath, Access, EntryStat,
+};
 pub use pagecache::{drop_cached, page_size, read_ahead, residency, write_back, Residency, Wait};
 pub use swap::is_active_swapfile;
 pub use tmpfile::{allocate, create_tmpfile, punch_hole};
@@ -50,6 +52,12 @@ pub fn sync_filesystem(fd: std::os::fd::BorrowedFd<'_>) -> Result<()> {
 /// fstat(2) of an open file.
 pub fn stat(fd: std::os::fd::BorrowedFd<'_>) -> Result<nix::sys::stat::FileStat> {
     nix::sys::stat::fstat(fd).map_err(|errno| Error::of("fstat", errno))
+}
+
+/// The statfs magic number of the filesystem `fd` lives on: its type.
+pub fn fs_magic(fd: std::os::fd::BorrowedFd<'_>) -> Result<i64> {
+    let s = nix::sys::statfs::fstatfs(fd).map_err(|errno| Error::of("fstatfs", errno))?;
+    Ok(s.filesystem_type().0 as i64)
 }
 
 /// Free space as an unprivileged writer sees it (without the root reserve).

@@ -138,3 +138,34 @@ pub fn stat_beneath(dir: BorrowedFd<'_>, name: &std::ffi::OsStr) -> Result<Entry
             || st.stx_attributes_mask & mount_root == 0,
     })
 }
+/// Whether the directory `dir` is the root of a mount (statx's
+/// STATX_ATTR_MOUNT_ROOT, on every filesystem type). On kernels before
+/// 5.8, which do not report it, a directory on another device than its
+/// parent, or its own parent (`/`), is taken as one.
+pub fn is_mount_root(dir: BorrowedFd<'_>) -> Result<bool> {
+    use nix::libc;
+    // SAFETY: statx is plain integers; all-zero is a valid value.
+    let mut st: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: the path is a NUL-terminated literal and `st` is writable;
+    // both outlive the call.
+    let rc = unsafe {
+        libc::statx(
+            dir.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH | libc::AT_STATX_SYNC_AS_STAT,
+            libc::STATX_BASIC_STATS,
+            &mut st,
+        )
+    };
+    if rc != 0 {
+        return Err(Error::of("statx", nix::errno::Errno::last()));
+    }
+    let mount_root = libc::STATX_ATTR_MOUNT_ROOT as u64;
+    if st.stx_attributes_mask & mount_root != 0 {
+        return Ok(st.stx_attributes & mount_root != 0);
+    }
+    let parent = nix::sys::stat::fstatat(dir, "..", nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
+        .map_err(|errno| Error::of("fstatat", errno))?;
+    let dev = libc::makedev(st.stx_dev_major, st.stx_dev_minor);
+    Ok(parent.st_dev != dev || parent.st_ino == st.stx_ino)
+}

@@ -1,0 +1,228 @@
+//! How a donor's blocks are asked for: one allocation per data range, or
+//! one over the whole span with the holes punched out; each area as the
+//! free space model says ext4 serves it best.
+
+use std::os::fd::BorrowedFd;
+
+use super::buddy::{Geometry, Plan, Request, NO_NORMALIZE_MAX};
+use super::free_space::FreeSpace;
+use crate::assess::{BlockRange, ExtentMap};
+use crate::ext4;
+use crate::sys::{self, Flush};
+
+/// How the donor's blocks are allocated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum DonorLayout {
+    /// One allocation per data range.
+    PerRange,
+    /// One allocation over the whole span, then the holes punched out:
+    /// each piece of data lands where the file's logical layout says, so
+    /// the file reads as one extent past its holes (filefrag counts it so).
+    /// Only where holes are at most as large as the data.
+    Span,
+}
+
+impl DonorLayout {
+    pub(super) fn for_ranges(ranges: &[BlockRange]) -> Self {
+        let data: u64 = ranges.iter().map(|r| r.len).sum();
+        match (ranges.first(), ranges.last()) {
+            (Some(first), Some(last))
+                if ranges.len() > 1 && last.end() - first.start <= 2 * data =>
+            {
+                DonorLayout::Span
+            }
+            _ => DonorLayout::PerRange,
+        }
+    }
+
+    /// The areas allocated, before holes are punched out of a span.
+    pub(super) fn areas(self, ranges: &[BlockRange]) -> Vec<BlockRange> {
+        match (self, ranges.first(), ranges.last()) {
+            (DonorLayout::Span, Some(first), Some(last)) => vec![BlockRange {
+                start: first.start,
+                len: last.end() - first.start,
+            }],
+            _ => ranges.to_vec(),
+        }
+    }
+
+    /// Blocks allocated at the most while the donor is built: the areas,
+    /// and with `padding` the padding of one request at a time.
+    pub(super) fn allocated_blocks(self, ranges: &[BlockRange], padding: Option<&Geometry>) -> u64 {
+        let areas = self.areas(ranges);
+        let padding = padding.and_then(|g| areas.iter().map(|a| g.padded(a.len) - a.len).max());
+        areas.iter().map(|a| a.len).sum::<u64>() + padding.unwrap_or(0)
+    }
+
+    /// Allocates the donor's blocks and returns how many fallocate calls
+    /// it took. Knowing nothing of the free space, one call per area; else
+    /// each area is asked for the way ext4 serves best (see
+    /// `NO_NORMALIZE_MAX`), padded only if `pad`.
+    pub(super) fn allocate(
+        self,
+        donor: BorrowedFd<'_>,
+        ranges: &[BlockRange],
+        mut free: Option<&mut FreeSpace>,
+        pad: bool,
+        block_size: u64,
+    ) -> sys::Result<usize> {
+        let bytes = |blocks: u64| blocks * block_size;
+        let mut calls = 0;
+        let mut send = |r: &Request| {
+            calls += 1;
+            sys::allocate(donor, bytes(r.allocate.start), bytes(r.allocate.len))?;
+            // At once, so that the padding of one request at a time is
+            // held (statfs counts punched blocks free right away).
+            match r.trim {
+                Some(t) => sys::punch_hole(donor, bytes(t.start), bytes(t.len)),
+                None => Ok(()),
+            }
+        };
+        let areas = self.areas(ranges);
+        for (i, area) in areas.iter().enumerate() {
+            // Padding must not reach into the next area.
+            let room = match areas.get(i + 1) {
+                _ if !pad => area.len,
+                Some(next) => next.start - area.start,
+                None => u64::MAX,
+            };
+            let requests = match free.as_deref_mut().map(|f| (f.chunks.plan(*area, room), f)) {
+                None => vec![Request::exact(*area)],
+                Some((Plan::Requests(requests), _)) => requests,
+                Some((Plan::Try, f)) => {
+                    let mut at = area.start;
+                    while at < area.end() {
+                        let slice = BlockRange {
+                            start: at,
+                            len: (area.end() - at).min(NO_NORMALIZE_MAX),
+                        };
+                        send(&Request::exact(slice))?;
+                        let raw = sys::fiemap(donor, Flush::No)?;
+                        let runs =
+                            ExtentMap::from_fiemap(&raw, block_size).physical_runs_in(&[slice]);
+                        if runs > 2 * f.fewest(slice.len).unwrap_or(0).max(1) {
+                            sys::punch_hole(donor, bytes(slice.start), bytes(slice.len))?;
+                            // Commit, so that the blocks just punched out are
+                            // free for the allocator again.
+                            ext4::commit_journal(donor)?;
+                            break;
+                        }
+                        at = slice.end();
+                    }
+                    let rest = BlockRange {
+                        start: at,
+                        len: area.end() - at,
+                    };
+                    match rest.len {
+                        0 => Vec::new(),
+                        _ => f
+                            .chunks
+                            .fallback(rest, room.saturating_sub(at - area.start)),
+                    }
+                }
+            };
+            for r in &requests {
+                send(r)?;
+            }
+        }
+        if self == DonorLayout::Span {
+            for pair in ranges.windows(2) {
+                sys::punch_hole(
+                    donor,
+                    bytes(pair[0].end()),
+                    bytes(pair[1].start - pair[0].end()),
+                )?;
+            }
+        }
+        Ok(calls)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::buddy::testing::*;
+    use super::super::buddy::BuddyChunks;
+    use super::*;
+
+    #[test]
+    fn sparse_files_get_a_span_only_when_holes_are_small() {
+        let r = |start, len| BlockRange { start, len };
+        assert_eq!(DonorLayout::for_ranges(&[r(0, 10)]), DonorLayout::PerRange);
+        assert_eq!(
+            DonorLayout::for_ranges(&[r(0, 10), r(15, 10)]),
+            DonorLayout::Span
+        );
+        assert_eq!(
+            DonorLayout::allocated_blocks(DonorLayout::Span, &[r(0, 10), r(15, 10)], None),
+            25
+        );
+        assert_eq!(
+            DonorLayout::for_ranges(&[r(0, 10), r(100, 10)]),
+            DonorLayout::PerRange
+        );
+        assert_eq!(
+            DonorLayout::allocated_blocks(DonorLayout::PerRange, &[r(0, 10), r(100, 10)], None),
+            20
+        );
+    }
+
+    #[test]
+    fn areas_are_asked_for_the_way_ext4_serves_best() {
+        let pad = |area, len| Plan::Requests(vec![Request::padded(area, len)]);
+        let exact = |area| Plan::Requests(vec![Request::exact(area)]);
+        // A power of two a free chunk can serve, then the rest punched.
+        let mut c = chunks(&[(13, 1)]);
+        assert_eq!(c.plan(r(0, 5000), u64::MAX), pad(r(0, 5000), 8192));
+        assert_eq!(Request::padded(r(0, 5000), 8192).trim, Some(r(5000, 3192)));
+        // That chunk is taken now: plainly first.
+        assert_eq!(c.plan(r(0, 5000), u64::MAX), Plan::Try);
+        // Too small to matter: as it is.
+        assert_eq!(c.plan(r(7, 1), 0), exact(r(7, 1)));
+        // Large: plainly first, then normalized.
+        assert_eq!(c.plan(r(0, 40000), 0), Plan::Try);
+        assert_eq!(
+            c.fallback(r(0, 40000), 0),
+            vec![Request::exact(r(0, 40000))]
+        );
+        // ... unless no free chunk holds a normalized window (8 MiB): then
+        // in the largest chunks there are.
+        let mut scraps = chunks(&[(10, 50), (9, 50)]);
+        let mut expected: Vec<Request> =
+            (0..39).map(|i| Request::exact(r(i * 1024, 1024))).collect();
+        expected.push(Request::exact(r(39 * 1024, 64)));
+        assert_eq!(scraps.fallback(r(0, 40000), 0), expected);
+        assert_eq!(scraps.by_order[10], 11);
+        // Not with 1 KiB blocks.
+        let mut sb = ext4::Superblock {
+            block_size: 1024,
+            blocks_per_group: 8192,
+            ..superblock()
+        };
+        let mut small = BuddyChunks::new(Geometry::of(&sb));
+        assert!(!small.geometry.windows_fit);
+        assert_eq!(small.plan(r(0, 40000), 0), exact(r(0, 40000)));
+        sb.block_size = 2048;
+        assert!(Geometry::of(&sb).windows_fit);
+        // No room to pad before the next area: plainly first.
+        assert_eq!(chunks(&[(13, 1)]).plan(r(0, 5000), 6000), Plan::Try);
+        // Past the largest chunk: plainly, then padded past what ext4
+        // serves unnormalized, or in pieces where that does not fit.
+        let mut c = chunks(&[(13, 1), (5, 1)]);
+        assert_eq!(c.plan(r(0, 9000), u64::MAX), Plan::Try);
+        assert_eq!(
+            c.fallback(r(0, 9000), u64::MAX),
+            vec![Request::padded(r(0, 9000), 32768)]
+        );
+        assert_eq!(
+            c.fallback(r(0, 9000), 9000),
+            vec![Request::exact(r(0, 8192)), Request::exact(r(8192, 808))]
+        );
+        // The most ever allocated: the areas and one padding.
+        let ranges = [r(0, 5000), r(6000, 100)];
+        assert_eq!(
+            DonorLayout::PerRange.allocated_blocks(&ranges, Some(&geometry())),
+            5100 + 3192
+        );
+        assert_eq!(DonorLayout::PerRange.allocated_blocks(&ranges, None), 5100);
+    }
+}

@@ -1,0 +1,40 @@
+//! The ext4 backend: moves a file's data with EXT4_IOC_MOVE_EXT into a
+//! donor (an O_TMPFILE inode of the same filesystem) allocated over exactly
+//! the file's data ranges, and makes the moves durable by committing the
+//! journal.
+//!
+//! - `eligibility`: what ext4 refuses (flags, map, features, mount options);
+//! - `donor`: the donor strategy (a plain donor, and one guided by the free
+//!   space map when the plain one is far from what the space allows);
+//! - `donor_layout`, `free_space`, `buddy`: the model of ext4's allocator
+//!   the donor is asked for by;
+//! - `relocate`: MOVE_EXT chunk by chunk, and the journal commit.
+//!
+//! Crash recovery: nothing to clean up. The donor is an orphan from birth,
+//! which the kernel frees at the next mount; a cursor is saved only once
+//! the moves before it are committed, and redoing a chunk is safe.
+
+mod buddy;
+mod donor;
+mod donor_layout;
+mod eligibility;
+mod free_space;
+mod relocate;
+
+pub use donor::Donor;
+pub use eligibility::{refuse_filesystem, refuse_unmovable};
+
+use crate::assess::BlockRange;
+use donor_layout::DonorLayout;
+
+/// ext4's statfs magic number.
+pub const MAGIC: i64 = crate::ext4::EXT4_SUPER_MAGIC;
+
+/// The longest extent ext4 can record (written extents; unwritten ones are
+/// one block shorter).
+pub const MAX_EXTENT_BLOCKS: u64 = 32768;
+
+/// Bytes the donor for `ranges` holds while it is built (no padding).
+pub fn space_needed(ranges: &[BlockRange], block_size: u64) -> u64 {
+    DonorLayout::for_ranges(ranges).allocated_blocks(ranges, None) * block_size
+}

@@ -1,0 +1,28 @@
+//! A file as `inspect` found it when it opened and measured it: what the
+//! mover and every backend decide from.
+
+use std::os::fd::OwnedFd;
+
+use super::Backend;
+use crate::assess::{Assessment, ExtentMap};
+use crate::ext4::{FsInfo, InodeFlags};
+
+/// A file opened read-only and measured.
+#[derive(Debug)]
+pub struct Inspected {
+    /// The O_PATH pin: reopening it gives exactly this inode.
+    pub pinned: OwnedFd,
+    pub file: OwnedFd,
+    /// The backend that moves files on its filesystem.
+    pub backend: Backend,
+    pub fs: FsInfo,
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    /// Last data change, seconds since the epoch.
+    pub mtime: i64,
+    pub generation: u32,
+    pub flags: InodeFlags,
+    pub map: ExtentMap,
+    pub assessment: Assessment,
+}
