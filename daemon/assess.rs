@@ -1,5 +1,5 @@
 //! Measuring a file: its extents, physical runs, data ranges, the ideal
-//! extent count and a score; and e4defrag's filesystem-level score, so that
+//! extent count (in its backend's longest extents) and a score; and e4defrag's filesystem-level score, so that
 //! operators can compare one to one. Pure functions over an extent list.
 
 use std::num::NonZeroU64;
@@ -7,10 +7,6 @@ use std::num::NonZeroU64;
 use serde::Serialize;
 
 use crate::sys::Extent;
-
-/// The longest extent ext4 can record (written extents; unwritten ones are
-/// one block shorter).
-pub const MAX_EXTENT_BLOCKS: u64 = 32768;
 
 /// A range of logical blocks of a file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -203,19 +199,18 @@ impl ExtentMap {
         ranges
     }
 
-    /// The fewest extents ext4 could store this data in: each data range
-    /// in pieces of at most 32768 blocks.
-    pub fn ideal_extents(&self) -> u64 {
-        ideal_extents(&self.data_ranges())
+    /// The fewest extents a filesystem whose longest extent is `longest`
+    /// blocks (its backend's `max_extent_blocks`) could store this data
+    /// in: each data range in pieces of at most `longest` blocks.
+    pub fn ideal_extents(&self, longest: u64) -> u64 {
+        ideal_extents(&self.data_ranges(), longest)
     }
 }
 
-/// The fewest extents that can hold `ranges`.
-pub fn ideal_extents(ranges: &[BlockRange]) -> u64 {
-    ranges
-        .iter()
-        .map(|r| r.len.div_ceil(MAX_EXTENT_BLOCKS))
-        .sum()
+/// The fewest extents of at most `longest` blocks that can hold `ranges`.
+pub fn ideal_extents(ranges: &[BlockRange], longest: u64) -> u64 {
+    let longest = longest.max(1);
+    ranges.iter().map(|r| r.len.div_ceil(longest)).sum()
 }
 
 /// Cuts `ranges` at `eof_block`: MOVE_EXT cannot reach past end of file
@@ -249,9 +244,11 @@ pub struct Assessment {
 }
 
 impl Assessment {
-    pub fn of(map: &ExtentMap, size_bytes: u64) -> Self {
+    /// Measures `map`, the map of a file of `size_bytes` on a filesystem
+    /// whose longest extent is `longest` blocks.
+    pub fn of(map: &ExtentMap, size_bytes: u64, longest: u64) -> Self {
         let extents = map.extent_count();
-        let ideal = map.ideal_extents();
+        let ideal = map.ideal_extents(longest);
         Assessment {
             size_bytes,
             extents,
@@ -327,6 +324,9 @@ impl E4defragScore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// ext4's longest extent, the figures below are worked out for.
+    const EXT4_LONGEST: u64 = crate::backend::ext4::MAX_EXTENT_BLOCKS;
     use crate::sys::ExtentFlags;
 
     fn ext(logical: u64, physical: u64, len: u64) -> BlockExtent {
@@ -351,8 +351,8 @@ mod tests {
         assert_eq!(m.fiemap_entries(), 2);
         assert_eq!(m.extent_count(), 1);
         assert_eq!(m.physical_runs(), 1);
-        assert_eq!(m.ideal_extents(), 2);
-        assert!(Assessment::of(&m, 32868 * 4096).is_contiguous());
+        assert_eq!(m.ideal_extents(EXT4_LONGEST), 2);
+        assert!(Assessment::of(&m, 32868 * 4096, EXT4_LONGEST).is_contiguous());
     }
 
     #[test]
@@ -365,8 +365,8 @@ mod tests {
         ]);
         assert_eq!(m.physical_runs(), 3);
         assert_eq!(m.extent_count(), 3);
-        assert_eq!(m.ideal_extents(), 1);
-        let a = Assessment::of(&m, 40 * 4096);
+        assert_eq!(m.ideal_extents(EXT4_LONGEST), 1);
+        let a = Assessment::of(&m, 40 * 4096, EXT4_LONGEST);
         assert!(!a.is_contiguous());
         assert_eq!(a.excess_extents(), 2);
         assert!((a.score - 66.666).abs() < 0.01);
@@ -391,8 +391,8 @@ mod tests {
             ]
         );
         assert_eq!(m.physical_runs(), 2);
-        assert_eq!(m.ideal_extents(), 2);
-        assert!(Assessment::of(&m, 30 * 4096).is_contiguous());
+        assert_eq!(m.ideal_extents(EXT4_LONGEST), 2);
+        assert!(Assessment::of(&m, 30 * 4096, EXT4_LONGEST).is_contiguous());
     }
 
     #[test]
@@ -407,7 +407,7 @@ mod tests {
                 len: 1,
             },
         ];
-        assert_eq!(ideal_extents(&r), 4 + 1);
+        assert_eq!(ideal_extents(&r, EXT4_LONGEST), 4 + 1);
     }
 
     #[test]
@@ -489,7 +489,7 @@ mod tests {
         };
         let m = ExtentMap::from_fiemap(&[huge, huge], 1);
         assert_eq!(m.problem, Some(MapProblem::UnknownLocation));
-        let a = Assessment::of(&m, u64::MAX);
+        let a = Assessment::of(&m, u64::MAX, EXT4_LONGEST);
         assert_eq!(a.blocks, u64::MAX);
         assert!((0.0..=100.0).contains(&a.score));
         assert_eq!(m.data_ranges().len(), 1);

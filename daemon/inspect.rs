@@ -118,7 +118,7 @@ pub fn inspect(
     }
     let raw = sys::fiemap(file.as_fd(), Flush::No)?;
     let map = ExtentMap::from_fiemap(&raw, u64::from(fs.superblock.block_size));
-    let assessment = Assessment::of(&map, size);
+    let assessment = Assessment::of(&map, size, backend.max_extent_blocks());
     Ok(Inspected {
         pinned,
         file,
@@ -171,7 +171,8 @@ pub fn measure<'a>(
         return Err(SkipReason::OtherFilesystem.into());
     }
     // Not a mount root: the entry is on its directory's filesystem.
-    let (_, fs) = filesystems.get(entry.dev, target.dir.as_fd())?;
+    let (backend, fs) = filesystems.get(entry.dev, target.dir.as_fd())?;
+    let longest = backend.max_extent_blocks();
     let sb = &fs.superblock;
     if let Some(map) = at_most_one_extent(&entry, sb) {
         return Ok(Measured {
@@ -180,7 +181,7 @@ pub fn measure<'a>(
             ino: entry.ino,
             size: entry.size,
             block_mapped: !sb.has_extents,
-            assessment: Assessment::of(&map, entry.size),
+            assessment: Assessment::of(&map, entry.size, longest),
         });
     }
     let pinned = sys::pin_beneath(target.dir.as_fd(), Path::new(&target.name))?;
@@ -202,7 +203,7 @@ pub fn measure<'a>(
         ino: stat.st_ino,
         size,
         block_mapped: !flags.extent_mapped() && !flags.inline_data(),
-        assessment: Assessment::of(&map, size),
+        assessment: Assessment::of(&map, size, longest),
     })
 }
 
@@ -295,7 +296,7 @@ mod tests {
     }
 
     fn extents(map: Option<ExtentMap>) -> Option<u64> {
-        map.map(|m| Assessment::of(&m, 0).extents)
+        map.map(|m| Assessment::of(&m, 0, Backend::Ext4.max_extent_blocks()).extents)
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use crate::backend::{self, Backend};
-use crate::ext4::{self, FsError, FsInfo};
+use crate::ext4::{FsError, FsInfo};
 use crate::outcome::SkipReason;
 use crate::sys;
 
@@ -118,7 +118,7 @@ pub fn reopen_root(covered: &Covered) -> Option<OwnedFd> {
 /// per device (the first mount of each).
 pub fn supported_mount_points() -> Vec<PathBuf> {
     let mut seen = std::collections::HashSet::new();
-    ext4::mounts()
+    sys::mounts()
         .unwrap_or_default()
         .into_iter()
         .filter(|m| Backend::for_fs_type(&m.fs_type).is_some())

@@ -314,7 +314,7 @@ fn run(
         return halted(halt, pass.moved_bytes);
     }
 
-    let measured = match verdict::measure(file, block_size) {
+    let measured = match verdict::measure(file, block_size, inspected.backend.max_extent_blocks()) {
         Ok(measured) => measured,
         Err(e) => return halted(Halt::Failed(e.into()), pass.moved_bytes),
     };

@@ -355,6 +355,24 @@ mod tests {
     }
 
     #[test]
+    fn kernel_errors_keep_their_words_and_carry_the_kind_a_job_acts_on() {
+        let kinds = [
+            (sys::Error::Busy, KernelErrorKind::Busy),
+            (sys::Error::NoSpace, KernelErrorKind::NoSpace),
+            (sys::Error::Io, KernelErrorKind::Io),
+            (sys::Error::ReadOnly, KernelErrorKind::ReadOnly),
+            (sys::Error::NotFound, KernelErrorKind::NotFound),
+            (sys::Error::InvalidMove, KernelErrorKind::Other),
+        ];
+        for (error, kind) in kinds {
+            let words = error.to_string();
+            let reason = FailReason::from(error);
+            assert_eq!(reason.to_string(), words);
+            assert!(matches!(reason, FailReason::Kernel(KernelError { kind: k, .. }) if k == kind));
+        }
+    }
+
+    #[test]
     fn codes_are_distinct() {
         let reasons = [
             SkipReason::Symlink,

@@ -464,7 +464,7 @@ fn check_map(raw: &[Extent], bs: u64) -> Vec<String> {
             map.extent_count(),
             map.physical_runs(),
             map.data_ranges(),
-            map.ideal_extents(),
+            map.ideal_extents(32768),
             map.blocks(),
         )
     });
@@ -572,7 +572,7 @@ fn check_map(raw: &[Extent], bs: u64) -> Vec<String> {
         Err(p) => bad.push(format!("physical_runs_in panicked: {p}")),
     }
     // The assessment: a score in [0, 100), contiguous when runs fit ranges.
-    match catch(|| Assessment::of(&map, raw.len() as u64 * bs)) {
+    match catch(|| Assessment::of(&map, raw.len() as u64 * bs, 32768)) {
         Ok(a) => {
             if !(a.score.is_finite() && (0.0..=100.0).contains(&a.score)) {
                 bad.push(format!("score {} outside [0, 100]", a.score));

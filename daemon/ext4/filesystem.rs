@@ -5,15 +5,13 @@
 
 use std::fmt;
 use std::fs::File;
-use std::io::BufReader;
 use std::os::fd::BorrowedFd;
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
 use std::path::PathBuf;
 
 use nix::sys::stat::fstat;
 use nix::sys::statfs::fstatfs;
-use procfs_core::process::{MountInfo, MountInfos};
-use procfs_core::FromBufRead;
+use procfs_core::process::MountInfo;
 
 use super::layout::{self, Guess};
 use crate::sys::error::Error;
@@ -205,21 +203,12 @@ fn majmin(dev: u64) -> String {
     )
 }
 
-/// This process's mounts, in mount order (/proc/self/mountinfo); None
-/// when it cannot be read (no /proc).
-pub fn mounts() -> Option<Vec<MountInfo>> {
-    let file = File::open("/proc/self/mountinfo").ok()?;
-    MountInfos::from_buf_read(BufReader::new(file))
-        .ok()
-        .map(|m| m.0)
-}
-
 fn find_mount(dev: u64) -> std::result::Result<MountInfo, FsError> {
     let wanted = majmin(dev);
     let not_found = || FsError::MountNotFound(wanted.clone());
     // The first mount of the device is the one its superblock options show;
     // bind mounts of the same device share them.
-    mounts()
+    crate::sys::mounts()
         .ok_or_else(not_found)?
         .into_iter()
         .find(|m| m.majmin == wanted)

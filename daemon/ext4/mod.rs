@@ -12,9 +12,7 @@ mod layout;
 mod move_ext;
 
 pub use convert::{migrate_to_extents, take_read_lease, ReadLease};
-pub use filesystem::{
-    mounts, probe, FsError, FsInfo, FsUuid, Layout, Superblock, EXT4_SUPER_MAGIC,
-};
+pub use filesystem::{probe, FsError, FsInfo, FsUuid, Layout, Superblock, EXT4_SUPER_MAGIC};
 pub use inode::{generation, inode_flags, InodeFlags};
 pub use layout::Guess;
 pub use move_ext::{move_extents, MoveFailed};

@@ -43,13 +43,13 @@ pub(super) enum Look {
 
 /// Decides what to do with the blocks of `map` from `from` up to
 /// `eof_block`: a pure function over the map.
-pub(super) fn look(map: &ExtentMap, from: u64, eof_block: u64) -> Look {
+pub(super) fn look(map: &ExtentMap, from: u64, eof_block: u64, longest: u64) -> Look {
     if eof_block <= from {
         return Look::Nothing;
     }
     let ranges = super::from_block(&clip_to_eof(&map.data_ranges(), eof_block), from);
     let runs = map.physical_runs_in(&ranges);
-    if runs <= ideal_extents(&ranges) {
+    if runs <= ideal_extents(&ranges, longest) {
         return Look::Fine;
     }
     Look::Move { ranges, runs }
@@ -151,7 +151,12 @@ impl Tail<'_> {
             return Ok(Round::LeftBehind(LeftBehind::Unsettled));
         }
         let map = ExtentMap::from_fiemap(&raw, block_size);
-        let (ranges, runs) = match look(&map, handled, eof_block) {
+        let (ranges, runs) = match look(
+            &map,
+            handled,
+            eof_block,
+            self.inspected.backend.max_extent_blocks(),
+        ) {
             Look::Nothing => return Ok(Round::NothingNew),
             Look::Fine => return Ok(Round::Fine),
             Look::Move { ranges, runs } => (ranges, runs),
@@ -238,6 +243,8 @@ mod tests {
     use super::*;
     use crate::assess::BlockExtent;
 
+    const LONGEST: u64 = crate::backend::ext4::MAX_EXTENT_BLOCKS;
+
     fn map(extents: &[(u64, u64, u64)]) -> ExtentMap {
         ExtentMap {
             extents: extents
@@ -255,16 +262,16 @@ mod tests {
     #[test]
     fn nothing_past_the_planned_end_is_nothing_to_do() {
         let m = map(&[(0, 1000, 100)]);
-        assert_eq!(look(&m, 100, 100), Look::Nothing);
-        assert_eq!(look(&m, 100, 90), Look::Nothing);
+        assert_eq!(look(&m, 100, 100, LONGEST), Look::Nothing);
+        assert_eq!(look(&m, 100, 90, LONGEST), Look::Nothing);
     }
 
     #[test]
     fn a_tail_in_one_piece_is_left_alone() {
         let m = map(&[(0, 1000, 100), (100, 5000, 20)]);
-        assert_eq!(look(&m, 100, 120), Look::Fine);
+        assert_eq!(look(&m, 100, 120, LONGEST), Look::Fine);
         // All hole (extended by truncate): nothing to move either.
-        assert_eq!(look(&map(&[(0, 1000, 100)]), 100, 400), Look::Fine);
+        assert_eq!(look(&map(&[(0, 1000, 100)]), 100, 400, LONGEST), Look::Fine);
     }
 
     #[test]
@@ -279,7 +286,7 @@ mod tests {
             (116, 8000, 4),
         ]);
         assert_eq!(
-            look(&m, 100, 116),
+            look(&m, 100, 116, LONGEST),
             Look::Move {
                 ranges: vec![
                     BlockRange { start: 100, len: 8 },
@@ -289,6 +296,6 @@ mod tests {
             }
         );
         // From a later round's start: only what lies past it.
-        assert_eq!(look(&m, 110, 116), Look::Fine);
+        assert_eq!(look(&m, 110, 116, LONGEST), Look::Fine);
     }
 }

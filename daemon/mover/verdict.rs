@@ -19,7 +19,11 @@ pub(super) struct Measured {
 /// (so that what was written before has its blocks), then its map. Data a
 /// writer added after the fdatasync has no blocks yet and no place to
 /// count: it is left out, as it would have been at the start.
-pub(super) fn measure(file: BorrowedFd<'_>, block_size: u64) -> sys::Result<Measured> {
+pub(super) fn measure(
+    file: BorrowedFd<'_>,
+    block_size: u64,
+    longest: u64,
+) -> sys::Result<Measured> {
     let size = u64::try_from(sys::stat(file)?.st_size).unwrap_or(0);
     sys::sync_data(file)?;
     let raw: Vec<sys::Extent> = sys::fiemap(file, Flush::No)?
@@ -27,7 +31,7 @@ pub(super) fn measure(file: BorrowedFd<'_>, block_size: u64) -> sys::Result<Meas
         .filter(|e| !e.flags.is_delalloc())
         .collect();
     let map = ExtentMap::from_fiemap(&raw, block_size);
-    let assessment = Assessment::of(&map, size);
+    let assessment = Assessment::of(&map, size, longest);
     Ok(Measured { map, assessment })
 }
 

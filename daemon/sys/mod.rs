@@ -54,6 +54,16 @@ pub fn stat(fd: std::os::fd::BorrowedFd<'_>) -> Result<nix::sys::stat::FileStat>
     nix::sys::stat::fstat(fd).map_err(|errno| Error::of("fstat", errno))
 }
 
+/// This process's mounts, in mount order (/proc/self/mountinfo); None
+/// when it cannot be read (no /proc).
+pub fn mounts() -> Option<Vec<procfs_core::process::MountInfo>> {
+    use procfs_core::FromBufRead;
+    let file = std::fs::File::open("/proc/self/mountinfo").ok()?;
+    procfs_core::process::MountInfos::from_buf_read(std::io::BufReader::new(file))
+        .ok()
+        .map(|m| m.0)
+}
+
 /// The statfs magic number of the filesystem `fd` lives on: its type.
 pub fn fs_magic(fd: std::os::fd::BorrowedFd<'_>) -> Result<i64> {
     let s = nix::sys::statfs::fstatfs(fd).map_err(|errno| Error::of("fstatfs", errno))?;

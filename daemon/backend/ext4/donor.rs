@@ -115,7 +115,7 @@ fn best_donor(
     // the second: it holds the best space, and the second would get what is
     // left.
     if donor_runs > 1
-        && donor_runs > 2 * ideal_extents(ranges)
+        && donor_runs > 2 * ideal_extents(ranges, super::MAX_EXTENT_BLOCKS)
         && worth_another(inspected, donor.as_fd(), ranges, donor_runs)
     {
         let end = ranges.last().map_or(0, |r| r.end()) * block_size;
@@ -172,7 +172,7 @@ fn worth_another(
     held.sort_by_key(|r| r.start);
     let data = ranges.iter().map(|r| r.len).sum();
     let allows = FreeSpace::read(inspected, data, &held).and_then(|f| f.fewest(data));
-    allows.is_none_or(|allows| runs > allows.max(ideal_extents(ranges)))
+    allows.is_none_or(|allows| runs > allows.max(ideal_extents(ranges, super::MAX_EXTENT_BLOCKS)))
 }
 
 /// How a donor is built.
@@ -237,7 +237,7 @@ fn build_donor(
     let allows = free.and_then(|f| f.fewest(data));
     tracing::debug!(
         "donor: {runs} runs in {calls} fallocate calls (ideal {}{})",
-        ideal_extents(ranges),
+        ideal_extents(ranges, super::MAX_EXTENT_BLOCKS),
         allows.map_or(String::new(), |n| format!(", the free space allows {n}")),
     );
     Ok((donor, runs))
