@@ -2,7 +2,9 @@
 //! filesystems, checks it is still the same file, moves it chunk by chunk
 //! under the throttle (its thread in the idle I/O class), and records the
 //! chunk cursor after every chunk so a crash redoes at most one chunk.
-//! Between jobs it holds no file descriptor, so `umount` works.
+//! Between jobs it holds no file descriptor, so `umount` works. What
+//! becomes of a job after an attempt is `lifecycle`'s to decide; the
+//! worker carries it out. The move itself runs through `Shared::engine`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -192,11 +194,11 @@ fn attempt(
 }
 
 /// Records that the service is done with the file after `outcome`, as it
-/// was (`stat`) before the service opened it: its own open for writing and
+/// was (`stamp`) before the service opened it: its own open for writing and
 /// its move raise write events, and a file unchanged since is not looked
 /// at again until someone writes it (or, for a file not worth a move, the
 /// next crawl pass).
-fn settle(shared: &Shared, job: &Job, stat: &FileStamp, outcome: &Outcome) {
+fn settle(shared: &Shared, job: &Job, stamp: &FileStamp, outcome: &Outcome) {
     let why = match outcome {
         Outcome::Defragmented(_) => SettledWhy::Moved,
         Outcome::Skipped {
@@ -209,7 +211,10 @@ fn settle(shared: &Shared, job: &Job, stat: &FileStamp, outcome: &Outcome) {
         } => SettledWhy::NoGain,
         _ => return,
     };
-    if let Err(e) = shared.store().settle(&job.file, stat.mtime, stat.size, why) {
+    if let Err(e) = shared
+        .store()
+        .settle(&job.file, stamp.mtime, stamp.size, why)
+    {
         tracing::warn!("job {}: cannot record that it is settled: {e}", job.id);
     }
 }
