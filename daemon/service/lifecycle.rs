@@ -48,7 +48,8 @@ pub enum Attempt {
     OpenFailed(String),
     /// I/O pressure held moves back before the move began.
     HeldByPressure,
-    Moved(Outcome),
+    /// The mover's outcome.
+    Outcome(Outcome),
 }
 
 /// A job's counters, as the store keeps them.
@@ -75,7 +76,7 @@ pub enum Decision {
     /// Back to the queue, to be taken again no sooner than `at`.
     Retry { at: i64, wait: Wait },
     /// Done with: the history records it.
-    Finish { ending: Ending, record: Finished },
+    Finish { ending: Ending, history: Finished },
     /// Removed without an outcome: the file or its filesystem went away.
     Drop { why: &'static str },
 }
@@ -182,12 +183,12 @@ pub fn decide(attempt: Attempt, counters: Counters, now: i64, quiet_secs: u64) -
         // freeing one per attempt fragments the free space that the next
         // attempt needs.
         Attempt::HeldByPressure => return retry(PRESSURE_RETRY_SECS, Wait::Pressure),
-        Attempt::Moved(outcome) => outcome,
+        Attempt::Outcome(outcome) => outcome,
     };
     let space_left = counters.space_waits + 1 < MAX_SPACE_WAITS;
     match outcome {
         Outcome::Defragmented(moved) => Decision::Finish {
-            record: finished(
+            history: finished(
                 HistoryOutcome::Defragmented,
                 None,
                 (Some(moved.before.extents), Some(moved.after.extents)),
@@ -250,7 +251,7 @@ pub fn decide(attempt: Attempt, counters: Counters, now: i64, quiet_secs: u64) -
             why: "the file was deleted or replaced since it was queued",
         },
         Outcome::Skipped { reason, before } => Decision::Finish {
-            record: finished(
+            history: finished(
                 HistoryOutcome::Skipped,
                 Some((reason.code(), reason.to_string())),
                 (before.map(|b| b.extents), None),
@@ -267,7 +268,7 @@ pub fn decide(attempt: Attempt, counters: Counters, now: i64, quiet_secs: u64) -
             before,
             bytes_moved,
         } => Decision::Finish {
-            record: finished(
+            history: finished(
                 HistoryOutcome::Failed,
                 Some((reason.code(), reason.to_string())),
                 (before.map(|b| b.extents), reason.extents_after()),
@@ -296,7 +297,7 @@ pub fn decide(attempt: Attempt, counters: Counters, now: i64, quiet_secs: u64) -
         Outcome::Converted { reason, before } => {
             let why = format!("converted to extents, but not defragmented: it {reason}");
             Decision::Finish {
-                record: finished(
+                history: finished(
                     HistoryOutcome::Skipped,
                     Some(("converted_only", why)),
                     (Some(before.extents), None),
@@ -323,7 +324,7 @@ fn short_of_space(now: i64, reason: &dyn std::fmt::Display, counters: Counters) 
 
 fn give_up(reason: FailReason, extents_before: Option<u64>, bytes_moved: u64) -> Decision {
     Decision::Finish {
-        record: finished(
+        history: finished(
             HistoryOutcome::Failed,
             Some((reason.code(), reason.to_string())),
             (extents_before, reason.extents_after()),

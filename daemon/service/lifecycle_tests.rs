@@ -26,7 +26,7 @@ fn fresh() -> Counters {
 }
 
 fn moved(outcome: Outcome) -> Decision {
-    decide(Attempt::Moved(outcome), fresh(), NOW, QUIET)
+    decide(Attempt::Outcome(outcome), fresh(), NOW, QUIET)
 }
 
 fn failed(reason: FailReason) -> Outcome {
@@ -62,7 +62,7 @@ fn retried(decision: &Decision) -> (i64, &Wait, Counted) {
 
 fn finished_as(decision: &Decision) -> (&Ending, &Finished) {
     match decision {
-        Decision::Finish { ending, record } => (ending, record),
+        Decision::Finish { ending, history } => (ending, history),
         other => panic!("expected a finish, got {other:?}"),
     }
 }
@@ -126,7 +126,7 @@ fn filesystem_trouble_waits_30_s_as_a_requeue_and_never_gives_up() {
             space_waits: 40,
         };
         let decision = decide(
-            Attempt::Moved(failed(FailReason::Kernel(error.clone()))),
+            Attempt::Outcome(failed(FailReason::Kernel(error.clone()))),
             tired,
             NOW,
             QUIET,
@@ -160,7 +160,7 @@ fn short_of_space_waits_on_its_own_count_then_is_skipped() {
         space_waits: 0,
     };
     for wait_no in 1..MAX_SPACE_WAITS {
-        let decision = decide(Attempt::Moved(skipped(no_space())), counters, NOW, QUIET);
+        let decision = decide(Attempt::Outcome(skipped(no_space())), counters, NOW, QUIET);
         let (at, wait, counted) = retried(&decision);
         assert_eq!(at, NOW + SPACE_RETRY_SECS);
         assert_eq!(
@@ -177,7 +177,7 @@ fn short_of_space_waits_on_its_own_count_then_is_skipped() {
         );
         counters.space_waits += 1;
     }
-    let decision = decide(Attempt::Moved(skipped(no_space())), counters, NOW, QUIET);
+    let decision = decide(Attempt::Outcome(skipped(no_space())), counters, NOW, QUIET);
     let (ending, record) = finished_as(&decision);
     assert_eq!(ending, &Ending::Skipped(no_space().to_string()));
     assert_eq!(record.outcome, HistoryOutcome::Skipped);
@@ -205,7 +205,7 @@ fn out_of_space_mid_move_waits_then_fails_for_the_last_time() {
         space_waits: MAX_SPACE_WAITS - 1,
         ..fresh()
     };
-    let decision = decide(Attempt::Moved(failed(reason.clone())), spent, NOW, QUIET);
+    let decision = decide(Attempt::Outcome(failed(reason.clone())), spent, NOW, QUIET);
     let (ending, record) = finished_as(&decision);
     assert_eq!(ending, &Ending::GaveUp(reason.to_string()));
     assert_eq!(record.outcome, HistoryOutcome::Failed);
@@ -299,7 +299,12 @@ fn a_failure_retries_in_10_minutes_until_the_fifth_gives_up() {
         ..fresh()
     };
     for failure in 1..MAX_FAILURES {
-        let decision = decide(Attempt::Moved(failed(reason.clone())), counters, NOW, QUIET);
+        let decision = decide(
+            Attempt::Outcome(failed(reason.clone())),
+            counters,
+            NOW,
+            QUIET,
+        );
         let (at, wait, counted) = retried(&decision);
         assert_eq!(at, NOW + RETRY_AFTER_SECS);
         assert_eq!(
@@ -315,7 +320,12 @@ fn a_failure_retries_in_10_minutes_until_the_fifth_gives_up() {
         );
         counters.failures += 1;
     }
-    let decision = decide(Attempt::Moved(failed(reason.clone())), counters, NOW, QUIET);
+    let decision = decide(
+        Attempt::Outcome(failed(reason.clone())),
+        counters,
+        NOW,
+        QUIET,
+    );
     let (ending, record) = finished_as(&decision);
     assert_eq!(ending, &Ending::GaveUp(reason.to_string()));
     assert_eq!(record.reason_code.as_deref(), Some("short_move"));
@@ -330,7 +340,7 @@ fn harmless_requeues_never_make_a_failure_final() {
         ..fresh()
     };
     let decision = decide(
-        Attempt::Moved(failed(FailReason::DonorMismatch("x".into()))),
+        Attempt::Outcome(failed(FailReason::DonorMismatch("x".into()))),
         many_requeues,
         NOW,
         QUIET,

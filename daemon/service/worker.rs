@@ -190,7 +190,7 @@ fn attempt(
     if let Some(stamp) = before_open {
         settle(shared, job, &stamp, &outcome);
     }
-    Attempt::Moved(outcome)
+    Attempt::Outcome(outcome)
 }
 
 /// Records that the service is done with the file after `outcome`, as it
@@ -366,7 +366,7 @@ fn record(shared: &Shared, job: &Job, path: &std::path::Path, attempt: Attempt, 
             }
             retry(shared, job, &wait, at);
         }
-        Decision::Finish { record, .. } => finish(shared, job, &record),
+        Decision::Finish { history, .. } => finish(shared, job, &history),
         Decision::Drop { why } => drop_job(shared, job, why),
     }
 }
