@@ -227,6 +227,8 @@ pub struct QueueEntry {
     pub priority: f64,
     pub state: String,
     pub next_block: u64,
+    /// The job's real failures so far (harmless requeues and waits for
+    /// free space are not counted here).
     pub attempts: u32,
 }
 

@@ -8,7 +8,9 @@ mod candidates;
 mod catch_up;
 mod controller;
 mod crawler;
+mod engine;
 mod exposition;
+mod lifecycle;
 mod media;
 mod metrics;
 mod pending;
@@ -18,6 +20,9 @@ mod systemd;
 mod tracker;
 mod watcher;
 mod worker;
+
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::path::Path;

@@ -15,6 +15,7 @@ use crate::ramp::{self, Ramp, Verdict};
 use crate::store::Store;
 use crate::throttle::{paced_rate, PressureGauge, TokenBucket};
 
+use super::engine::{Engine, Kernel};
 use super::media::Media;
 use super::metrics::Metrics;
 use super::tracker::Tracking;
@@ -119,6 +120,10 @@ pub struct Shared {
     ledgers: Mutex<Ledgers>,
     /// Today's local midnight and the next (unix time); a test's own.
     day: DayClock,
+    /// Unix seconds now, for the queue (when a job is due); a test's own.
+    clock: Clock,
+    /// What runs the workers' jobs: the kernel, or a test's simulation.
+    engine: Arc<dyn Engine>,
     /// Bumped whenever there may be new work or a state change; threads
     /// that idle wait on it.
     wake: (Mutex<u64>, Condvar),
@@ -152,6 +157,8 @@ impl Shared {
             ledgers: Mutex::new(Ledgers::default()),
             ramps: Mutex::new(HashMap::new()),
             day: Arc::new(local_day),
+            clock: Arc::new(super::unix_now),
+            engine: Arc::new(Kernel),
             wake: (Mutex::new(0), Condvar::new()),
         })
     }
@@ -453,6 +460,27 @@ impl Shared {
         self.day = day;
     }
 
+    /// Unix seconds now, as the queue sees time.
+    pub fn now(&self) -> i64 {
+        (self.clock)()
+    }
+
+    /// Uses another clock for the queue (tests: jobs fall due at will).
+    #[cfg(test)]
+    pub fn set_clock(&mut self, clock: Clock) {
+        self.clock = clock;
+    }
+
+    pub fn engine(&self) -> &dyn Engine {
+        self.engine.as_ref()
+    }
+
+    /// Runs jobs with another engine (tests: a simulation).
+    #[cfg(test)]
+    pub fn set_engine(&mut self, engine: Arc<dyn Engine>) {
+        self.engine = engine;
+    }
+
     /// `disk`'s daily write budget (None: unlimited), what was moved on it
     /// today, and where that leaves it. The budget follows the medium of
     /// its filesystems; flash if any of them is.
@@ -571,6 +599,9 @@ impl Shared {
         }
     }
 }
+
+/// Unix seconds now.
+pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
 
 /// Today's start and the next day's (unix time of local midnights).
 pub type DayClock = Arc<dyn Fn() -> (i64, i64) + Send + Sync>;

@@ -2,51 +2,37 @@
 //! filesystems, checks it is still the same file, moves it chunk by chunk
 //! under the throttle (its thread in the idle I/O class), and records the
 //! chunk cursor after every chunk so a crash redoes at most one chunk.
-//! Between jobs it holds no file descriptor, so `umount` works.
+//! Between jobs it holds no file descriptor, so `umount` works. What
+//! becomes of a job after an attempt is `lifecycle`'s to decide; the
+//! worker carries it out. The move itself runs through `Shared::engine`.
 
-use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::convert::Converting;
 use crate::escape::{escaped, escaped_display};
-use crate::inspect::Filesystems;
-use crate::mounts::{reopen_root, DiskId};
-use crate::mover::{defragment, Control, MoveOptions, Progress, Supervisor};
-use crate::outcome::{FailReason, KernelError, KernelErrorKind, Outcome, SkipReason};
+use crate::mounts::{Covered, DiskId};
+use crate::mover::{Control, MoveOptions, Progress, Supervisor};
+use crate::outcome::{FailReason, Outcome, SkipReason};
 use crate::store::{Activity, FileId, Finished, HistoryOutcome, Job, SettledWhy};
 
-use super::candidates::target_for;
+use super::engine::FileStamp;
+use super::lifecycle::{
+    self, Attempt, Counters, Decision, Ending, Wait, BUSY_RETRY_SECS, FS_TROUBLE_RETRY_SECS,
+    MAX_SPACE_WAITS, SPACE_RETRY_SECS,
+};
 use super::shared::{local_midnight, MovingNow, Shared};
 use super::status::human_duration;
-use super::unix_now;
 
 /// How long an idle worker sleeps when nothing wakes it.
 const IDLE: Duration = Duration::from_secs(30);
-/// How long a job waits after a failure before it is tried again.
-const RETRY_AFTER_SECS: i64 = 600;
-/// How long a job waits when I/O pressure holds moves back at its start.
-const PRESSURE_RETRY_SECS: i64 = 10;
-/// How long a job whose file was busy under a writer waits: it passes soon.
-const BUSY_RETRY_SECS: i64 = 30;
-/// How long a job waits after an I/O error or a read-only filesystem: most
-/// often the filesystem was shut down or remounted, and the next attempt
-/// finds it back (or finds it gone and drops the job).
-const FS_TROUBLE_RETRY_SECS: i64 = 30;
-/// How long a job waits when the filesystem is short of free space (another
-/// writer filled it): space often comes back soon, a log rotated, a
-/// temporary file deleted.
-const SPACE_RETRY_SECS: i64 = 30;
-/// Attempts before a failing job is given up (and a job short of space
-/// recorded as skipped; the next crawl finds the file again).
-const MAX_ATTEMPTS: u32 = 5;
 /// How long a move held back by I/O pressure waits in one go, before it
 /// gives its file back and tries again later.
 const PRESSURE_WAIT: Duration = Duration::from_secs(10);
 
 /// Runs the worker of `disk` until shutdown.
 pub fn run(shared: Arc<Shared>, disk: DiskId) {
-    if let Err(e) = crate::sys::set_current_thread_idle() {
+    if let Err(e) = shared.engine().lower_io_priority() {
         tracing::warn!(
             "worker {}: cannot set the idle I/O class ({e}); moves run at normal I/O priority",
             disk.0
@@ -54,47 +40,63 @@ pub fn run(shared: Arc<Shared>, disk: DiskId) {
     }
     while !shared.shutting_down() {
         let ticket = shared.wake_ticket();
-        if shared.paused() {
-            shared.idle_since(ticket, Duration::from_secs(1));
-            continue;
+        match turn(&shared, &disk) {
+            Turn::Worked => {}
+            Turn::Idle(timeout) => shared.idle_since(ticket, timeout),
+            Turn::Retire => return,
         }
-        // Outside the maintenance windows the service only watches and queues.
-        let closed_for = shared.until_window();
-        if !closed_for.is_zero() {
-            shared.idle_since(ticket, closed_for.min(Duration::from_secs(60)));
-            continue;
+    }
+}
+
+/// What one look at the queue came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Turn {
+    /// A job was taken and attempted.
+    Worked,
+    /// Nothing to do for at most this long (or until woken).
+    Idle(Duration),
+    /// This disk's filesystems went away: the service retires the worker.
+    Retire,
+}
+
+/// Looks at `disk`'s queue once, and attempts the job due if moving is
+/// allowed now.
+pub(super) fn turn(shared: &Shared, disk: &DiskId) -> Turn {
+    if shared.paused() {
+        return Turn::Idle(Duration::from_secs(1));
+    }
+    // Outside the maintenance windows the service only watches and queues.
+    let closed_for = shared.until_window();
+    if !closed_for.is_zero() {
+        return Turn::Idle(closed_for.min(Duration::from_secs(60)));
+    }
+    // With the device's write budget spent, moves wait for the next day.
+    if let Some(until) = shared.budget_spent_until(disk) {
+        let left = u64::try_from(until - shared.now()).unwrap_or(0).max(1);
+        return Turn::Idle(Duration::from_secs(left).min(Duration::from_secs(60)));
+    }
+    let uuids: Vec<String> = shared
+        .covered()
+        .into_values()
+        .filter(|fs| &fs.disk == disk)
+        .map(|fs| fs.uuid)
+        .collect();
+    if uuids.is_empty() {
+        return Turn::Retire;
+    }
+    let job = match shared.store().next_job(&uuids, shared.now()) {
+        Ok(job) => job,
+        Err(e) => {
+            tracing::error!("worker {}: cannot read the queue: {e}", disk.0);
+            return Turn::Idle(IDLE);
         }
-        // With the device's write budget spent, moves wait for the next day.
-        if let Some(until) = shared.budget_spent_until(&disk) {
-            let left = u64::try_from(until - unix_now()).unwrap_or(0).max(1);
-            shared.idle_since(
-                ticket,
-                Duration::from_secs(left).min(Duration::from_secs(60)),
-            );
-            continue;
+    };
+    match job {
+        Some(job) => {
+            run_job(shared, disk, job);
+            Turn::Worked
         }
-        let uuids: Vec<String> = shared
-            .covered()
-            .into_values()
-            .filter(|fs| fs.disk == disk)
-            .map(|fs| fs.uuid)
-            .collect();
-        if uuids.is_empty() {
-            // This disk's filesystems went away: the service retires the worker.
-            return;
-        }
-        let job = match shared.store().next_job(&uuids, unix_now()) {
-            Ok(job) => job,
-            Err(e) => {
-                tracing::error!("worker {}: cannot read the queue: {e}", disk.0);
-                shared.idle_since(ticket, IDLE);
-                continue;
-            }
-        };
-        match job {
-            Some(job) => run_job(&shared, &disk, job),
-            None => shared.idle_since(ticket, until_next_due(&shared, &uuids)),
-        }
+        None => Turn::Idle(until_next_due(shared, &uuids)),
     }
 }
 
@@ -103,74 +105,68 @@ pub fn run(shared: Arc<Shared>, disk: DiskId) {
 fn until_next_due(shared: &Shared, uuids: &[String]) -> Duration {
     match shared.store().next_due(uuids) {
         Ok(Some(due)) => {
-            Duration::from_secs(u64::try_from(due - unix_now()).unwrap_or(0).max(1)).min(IDLE)
+            Duration::from_secs(u64::try_from(due - shared.now()).unwrap_or(0).max(1)).min(IDLE)
         }
         _ => IDLE,
     }
 }
 
 fn run_job(shared: &Shared, disk: &DiskId, job: Job) {
-    let Some(fs) = shared.covered_fs(&job.file.fs_uuid) else {
-        drop_job(shared, &job, "its filesystem is no longer covered");
-        return;
-    };
-    let path = fs.mount_point.join(&job.path_hint);
-    let Some(root) = reopen_root(&fs) else {
-        retry(
-            shared,
-            &job,
-            "its filesystem is not mounted where it was",
-            RETRY_AFTER_SECS,
-        );
-        return;
-    };
-    let mut target = match target_for(&fs, root.as_fd(), &job.path_hint) {
-        Ok(target) => target,
-        Err(crate::sys::Error::NotFound) => {
-            drop_job(
-                shared,
-                &job,
-                "the file was deleted or renamed since it was queued",
-            );
-            return;
-        }
-        Err(e) => {
-            retry(shared, &job, &e.to_string(), RETRY_AFTER_SECS);
-            return;
-        }
-    };
-    drop(root);
-    target.expected_identity = Some((job.file.ino, job.file.generation));
     let settings = shared.settings();
-    let options = MoveOptions {
-        chunk_bytes: settings.throttle.chunk_bytes.get(),
-        reserve_percent: settings.policy.reserve_percent,
-        dry_run: false,
-        quiet_period: Some(settings.policy.quiet_period),
-        convert_block_mapped: settings.policy.convert_block_mapped,
+    let (path, attempt) = match shared.covered_fs(&job.file.fs_uuid) {
+        None => (job.path_hint.clone(), Attempt::NotCovered),
+        Some(fs) => {
+            let path = fs.mount_point.join(&job.path_hint);
+            let options = MoveOptions {
+                chunk_bytes: settings.throttle.chunk_bytes.get(),
+                reserve_percent: settings.policy.reserve_percent,
+                dry_run: false,
+                quiet_period: Some(settings.policy.quiet_period),
+                convert_block_mapped: settings.policy.convert_block_mapped,
+            };
+            let attempt = attempt(shared, disk, &fs, &job, &path, &options);
+            (path, attempt)
+        }
+    };
+    record(
+        shared,
+        &job,
+        &path,
+        attempt,
+        settings.policy.quiet_period.as_secs(),
+    );
+}
+
+/// Finds the job's file and moves it, unless I/O pressure holds moves back.
+fn attempt(
+    shared: &Shared,
+    disk: &DiskId,
+    fs: &Covered,
+    job: &Job,
+    path: &std::path::Path,
+    options: &MoveOptions,
+) -> Attempt {
+    let mut file = match shared.engine().open(fs, job) {
+        Ok(file) => file,
+        Err(unopened) => return unopened.into(),
     };
     // Held back by I/O pressure: give the job back before a donor is
-    // allocated, since allocating and freeing one per attempt fragments
-    // the free space that the next attempt needs.
+    // allocated (see `lifecycle`).
     if shared.pace() == 0 {
         shared.clear_slowed();
-        retry(shared, &job, "I/O pressure", PRESSURE_RETRY_SECS);
-        return;
+        return Attempt::HeldByPressure;
     }
-    let mut filesystems = Filesystems::default();
     let mut supervisor = JobSupervisor {
         shared,
         conversion: None,
         announced: false,
-        job: &job,
+        job,
         disk,
-        path: &path,
+        path,
     };
     // The file as it was before the service opened it: if nobody writes it
     // after the move, it is not considered again (see `settle`).
-    let before_open = crate::sys::stat_beneath(target.dir.as_fd(), &target.name)
-        .ok()
-        .filter(|stat| stat.ino == job.file.ino);
+    let before_open = file.before_open();
     let total_bytes = job.size_bytes;
     // A resumed move goes on from its cursor: the status shows that much
     // as done once it is under way, not 0%.
@@ -181,40 +177,28 @@ fn run_job(shared: &Shared, disk: &DiskId, job: Job) {
     shared.set_moving(
         disk,
         Some(MovingNow::checking(
-            path.clone(),
+            path.to_path_buf(),
             resumed_bytes,
             total_bytes,
         )),
     );
     shared.start_ramp(disk);
-    let outcome = defragment(
-        &target,
-        &mut filesystems,
-        &options,
-        job.next_block,
-        &mut supervisor,
-    );
+    let outcome = file.defragment(options, job.next_block, &mut supervisor);
     shared.end_ramp(disk);
     shared.set_moving(disk, None);
     shared.clear_slowed();
-    if let Some(stat) = before_open {
-        settle(shared, &job, &stat, &outcome);
+    if let Some(stamp) = before_open {
+        settle(shared, job, &stamp, &outcome);
     }
-    record(
-        shared,
-        &job,
-        &path,
-        outcome,
-        settings.policy.quiet_period.as_secs(),
-    );
+    Attempt::Outcome(outcome)
 }
 
 /// Records that the service is done with the file after `outcome`, as it
-/// was (`stat`) before the service opened it: its own open for writing and
+/// was (`stamp`) before the service opened it: its own open for writing and
 /// its move raise write events, and a file unchanged since is not looked
 /// at again until someone writes it (or, for a file not worth a move, the
 /// next crawl pass).
-fn settle(shared: &Shared, job: &Job, stat: &crate::sys::EntryStat, outcome: &Outcome) {
+fn settle(shared: &Shared, job: &Job, stamp: &FileStamp, outcome: &Outcome) {
     let why = match outcome {
         Outcome::Defragmented(_) => SettledWhy::Moved,
         Outcome::Skipped {
@@ -227,7 +211,10 @@ fn settle(shared: &Shared, job: &Job, stat: &crate::sys::EntryStat, outcome: &Ou
         } => SettledWhy::NoGain,
         _ => return,
     };
-    if let Err(e) = shared.store().settle(&job.file, stat.mtime, stat.size, why) {
+    if let Err(e) = shared
+        .store()
+        .settle(&job.file, stamp.mtime, stamp.size, why)
+    {
         tracing::warn!("job {}: cannot record that it is settled: {e}", job.id);
     }
 }
@@ -367,235 +354,105 @@ fn save_cursor(shared: &Shared, job: &Job, next_block: u64) {
     }
 }
 
-fn record(shared: &Shared, job: &Job, path: &std::path::Path, outcome: Outcome, quiet_secs: u64) {
+/// Carries out what the lifecycle decides after `attempt`.
+fn record(shared: &Shared, job: &Job, path: &std::path::Path, attempt: Attempt, quiet_secs: u64) {
+    let decision = lifecycle::decide(attempt, Counters::of(job), shared.now(), quiet_secs);
+    say(job, path, &decision);
+    match decision {
+        Decision::Retry { at, wait } => {
+            if let Wait::Interrupted { next_block } = wait {
+                // The mover committed the file before stopping.
+                save_cursor(shared, job, next_block);
+            }
+            retry(shared, job, &wait, at);
+        }
+        Decision::Finish { history, .. } => finish(shared, job, &history),
+        Decision::Drop { why } => drop_job(shared, job, why),
+    }
+}
+
+/// Tells the operator what became of the job.
+fn say(job: &Job, path: &std::path::Path, decision: &Decision) {
     let id = job.id;
-    match outcome {
-        Outcome::Defragmented(moved) => {
-            tracing::info!(
-                "{} {}: extents {} -> {} ({} moved)",
+    let path = escaped(&path);
+    match decision {
+        Decision::Retry { wait, .. } => match wait {
+            Wait::Interrupted { next_block } => {
+                tracing::info!("job {id} {path} stopped at block {next_block}; it continues later")
+            }
+            Wait::Busy => tracing::info!(
+                "{path} is busy under a writer; trying again in {BUSY_RETRY_SECS} s"
+            ),
+            Wait::FilesystemTrouble(e) => tracing::warn!(
+                "{path}: {}; trying again in {FS_TROUBLE_RETRY_SECS} s",
+                escaped_display(e)
+            ),
+            Wait::ReadOnly => tracing::warn!(
+                "{path}: the filesystem is mounted read-only; trying again in {FS_TROUBLE_RETRY_SECS} s"
+            ),
+            Wait::RecentlyWritten {
+                ago_secs,
+                wait_secs,
+            } => tracing::debug!(
+                "{path} was written {ago_secs} s ago; trying again in {wait_secs} s"
+            ),
+            Wait::ShortOfSpace { reason, wait } => tracing::warn!(
+                "{path}: {}; trying again in {SPACE_RETRY_SECS} s (attempt {wait} of {MAX_SPACE_WAITS})",
+                escaped_display(reason)
+            ),
+            Wait::Failed { reason, failure } => tracing::warn!(
+                "failed {path} (attempt {failure}): {}; trying again later",
+                escaped_display(reason)
+            ),
+            Wait::Pressure | Wait::NotMounted | Wait::OpenFailed(_) | Wait::DryRun => {}
+        },
+        Decision::Finish { ending, .. } => match ending {
+            Ending::Defragmented(moved) => tracing::info!(
+                "{} {path}: extents {} -> {} ({} moved)",
                 if moved.converted {
                     "converted and defragmented"
                 } else {
                     "defragmented"
                 },
-                escaped(&path),
                 moved.before.extents,
                 moved.after.extents,
                 crate::outcome::Size(moved.bytes_moved)
-            );
-            finish(
-                shared,
-                job,
-                HistoryOutcome::Defragmented,
-                None,
-                None,
-                (Some(moved.before.extents), Some(moved.after.extents)),
-                moved.bytes_moved,
-            );
-        }
-        Outcome::Interrupted { next_block, .. } => {
-            tracing::info!(
-                "job {id} {} stopped at block {next_block}; it continues later",
-                escaped(&path)
-            );
-            // The mover committed the file before stopping.
-            save_cursor(shared, job, next_block);
-            retry(shared, job, "interrupted", 0);
-        }
-        Outcome::Failed {
-            reason:
-                FailReason::Kernel(KernelError {
-                    kind: KernelErrorKind::Busy,
-                    ..
-                }),
-            ..
-        } => {
-            tracing::info!(
-                "{} is busy under a writer; trying again in {BUSY_RETRY_SECS} s",
-                escaped(&path)
-            );
-            retry(shared, job, "busy", BUSY_RETRY_SECS);
-        }
-        Outcome::Failed {
-            reason:
-                FailReason::Kernel(
-                    e @ KernelError {
-                        kind: KernelErrorKind::Io | KernelErrorKind::ReadOnly,
-                        ..
-                    },
-                ),
-            ..
-        } => {
-            tracing::warn!(
-                "{}: {e}; trying again in {FS_TROUBLE_RETRY_SECS} s",
-                escaped(&path)
-            );
-            retry(shared, job, "filesystem trouble", FS_TROUBLE_RETRY_SECS);
-        }
-        // Remounted read-only since the job was queued: most often for a
-        // while (maintenance, an error the operator is looking at).
-        Outcome::Skipped {
-            reason: SkipReason::ReadOnly,
-            ..
-        } => {
-            tracing::warn!(
-                "{}: the filesystem is mounted read-only; trying again in {FS_TROUBLE_RETRY_SECS} s",
-                escaped(&path)
-            );
-            retry(shared, job, "read-only", FS_TROUBLE_RETRY_SECS);
-        }
-        Outcome::Skipped {
-            reason: reason @ SkipReason::NotEnoughFreeSpace { .. },
-            ..
-        } if job.attempts < MAX_ATTEMPTS => short_of_space(shared, job, path, &reason),
-        Outcome::Failed {
-            reason:
-                reason @ FailReason::Kernel(KernelError {
-                    kind: KernelErrorKind::NoSpace,
-                    ..
-                }),
-            ..
-        } if job.attempts < MAX_ATTEMPTS => short_of_space(shared, job, path, &reason),
-        Outcome::Skipped {
-            reason: SkipReason::RecentlyWritten { ago_secs },
-            ..
-        } => {
-            let wait = i64::try_from(quiet_secs.saturating_sub(ago_secs))
-                .unwrap_or(0)
-                .max(1);
-            tracing::debug!(
-                "{} was written {ago_secs} s ago; trying again in {wait} s",
-                escaped(&path)
-            );
-            retry(shared, job, "recently written", wait);
-        }
-        Outcome::Skipped {
-            reason: SkipReason::Vanished | SkipReason::Replaced,
-            ..
-        } => {
-            drop_job(
-                shared,
-                job,
-                "the file was deleted or replaced since it was queued",
-            );
-        }
-        Outcome::Skipped { reason, before } => {
-            tracing::info!("skipped {}: {}", escaped(&path), escaped_display(&reason));
-            finish(
-                shared,
-                job,
-                HistoryOutcome::Skipped,
-                Some(reason.code()),
-                Some(reason.to_string()),
-                (before.map(|b| b.extents), None),
-                0,
-            );
-        }
-        // Recorded at once, with what the move did: trying again on a timer
-        // while the writer appends would only move the file again for
-        // nothing. The next write the service sees (or the next crawl)
-        // queues it again, for after its quiet period.
-        Outcome::Failed {
-            reason: reason @ FailReason::WriterOutpaced { .. },
-            before,
-            bytes_moved,
-        } => {
-            tracing::warn!(
-                "not defragmented {}: {}",
-                escaped(&path),
-                escaped_display(&reason)
-            );
-            finish(
-                shared,
-                job,
-                HistoryOutcome::Failed,
-                Some(reason.code()),
-                Some(reason.to_string()),
-                (before.map(|b| b.extents), reason.extents_after()),
-                bytes_moved,
-            );
-        }
-        Outcome::Failed {
-            reason,
-            before,
-            bytes_moved,
-        } => {
-            if job.attempts >= MAX_ATTEMPTS {
-                tracing::warn!(
-                    "failed {} for the last time: {}",
-                    escaped(&path),
-                    escaped_display(&reason)
-                );
-                finish(
-                    shared,
-                    job,
-                    HistoryOutcome::Failed,
-                    Some(reason.code()),
-                    Some(reason.to_string()),
-                    (before.map(|b| b.extents), reason.extents_after()),
-                    bytes_moved,
-                );
-            } else {
-                tracing::warn!(
-                    "failed {} (attempt {}): {}; trying again later",
-                    escaped(&path),
-                    job.attempts,
-                    escaped_display(&reason)
-                );
-                retry(shared, job, &reason.to_string(), RETRY_AFTER_SECS);
+            ),
+            Ending::Skipped(reason) => {
+                tracing::info!("skipped {path}: {}", escaped_display(reason))
             }
-        }
-        Outcome::Converted { reason, before } => {
-            tracing::info!(
-                "converted {} to extents; not defragmented: it {}",
-                escaped(&path),
-                escaped_display(&reason)
-            );
-            let why = format!("converted to extents, but not defragmented: it {reason}");
-            finish(
-                shared,
-                job,
-                HistoryOutcome::Skipped,
-                Some("converted_only"),
-                Some(why),
-                (Some(before.extents), None),
-                0,
-            );
-        }
-        Outcome::WouldDefragment(_) => retry(shared, job, "dry run", 0),
+            Ending::WriterOutpaced(reason) => {
+                tracing::warn!("not defragmented {path}: {}", escaped_display(reason))
+            }
+            Ending::GaveUp(reason) => tracing::warn!(
+                "failed {path} for the last time: {}",
+                escaped_display(reason)
+            ),
+            Ending::ConvertedOnly(reason) => tracing::info!(
+                "converted {path} to extents; not defragmented: it {}",
+                escaped_display(reason)
+            ),
+        },
+        // Logged by `drop_job`, with the path it finds.
+        Decision::Drop { .. } => {}
     }
 }
 
-/// Records a finished job. `extents` are the file's extents at the start
-/// of the attempt and at its end, as the move measured them (`None` where
-/// it did not: the job's queued count stands in for the start).
-fn finish(
-    shared: &Shared,
-    job: &Job,
-    outcome: HistoryOutcome,
-    reason_code: Option<&str>,
-    reason: Option<String>,
-    extents: (Option<u64>, Option<u64>),
-    bytes_moved: u64,
-) {
-    let (extents_before, extents_after) = extents;
-    shared.metrics.count_file(outcome.as_str(), reason_code);
-    let removed = extents_after.map_or(0, |after| {
-        extents_before
+/// Records a finished job, and what it did to its filesystem.
+fn finish(shared: &Shared, job: &Job, finished: &Finished) {
+    let outcome = finished.outcome;
+    shared
+        .metrics
+        .count_file(outcome.as_str(), finished.reason_code.as_deref());
+    let removed = finished.extents_after.map_or(0, |after| {
+        finished
+            .extents_before
             .unwrap_or(job.extents_before)
             .saturating_sub(after)
     });
     shared.metrics.extents_removed.inc_by(removed);
-    record_activity(shared, job, outcome, removed, bytes_moved);
-    let finished = Finished {
-        outcome,
-        reason_code: reason_code.map(str::to_string),
-        reason,
-        extents_before,
-        extents_after,
-        bytes_moved,
-    };
-    if let Err(e) = shared.store().finish_job(job.id, &finished) {
+    record_activity(shared, job, outcome, removed, finished.bytes_moved);
+    if let Err(e) = shared.store().finish_job(job.id, finished) {
         tracing::error!("job {}: cannot record its outcome: {e}", job.id);
     }
 }
@@ -628,22 +485,10 @@ fn record_activity(
     }
 }
 
-/// The filesystem is short of space now (another writer filled it): the
-/// job waits for it to come back, a few times.
-fn short_of_space(shared: &Shared, job: &Job, path: &std::path::Path, why: &dyn std::fmt::Display) {
-    tracing::warn!(
-        "{}: {}; trying again in {SPACE_RETRY_SECS} s (attempt {} of {MAX_ATTEMPTS})",
-        escaped(&path),
-        escaped_display(why),
-        job.attempts
-    );
-    retry(shared, job, "short of free space", SPACE_RETRY_SECS);
-}
-
-fn retry(shared: &Shared, job: &Job, why: &str, after_secs: i64) {
+fn retry(shared: &Shared, job: &Job, wait: &Wait, at: i64) {
     match shared
         .store()
-        .retry_later(job.id, why, unix_now() + after_secs)
+        .retry_later(job.id, &wait.why(), at, wait.counted())
     {
         Ok(()) => {}
         // Its filesystem was dropped meanwhile (unmounted, remounted

@@ -15,8 +15,8 @@ use super::{FileId, JobId, Store, StoreError};
 
 /// The columns `job_from_row` reads, for SELECT and RETURNING clauses.
 const JOB_COLUMNS: &str = "id, fs_uuid, ino, generation, path_hint, size_bytes, extents_before,
-    ideal_extents, score, priority, state, next_block, attempts, last_error, queued_at,
-    updated_at, not_before";
+    ideal_extents, score, priority, state, next_block, attempts, requeues, space_waits,
+    last_error, queued_at, updated_at, not_before";
 
 /// Highest priority first; among equals, the one that waited longest.
 const TAKE_ORDER: &str = "priority DESC, queued_at, id";
@@ -89,8 +89,13 @@ pub struct Job {
     pub state: JobState,
     /// The chunk cursor: the first logical block not yet moved.
     pub next_block: u64,
-    /// How many times a worker took it.
+    /// How many of its attempts failed for real: what gives a job up.
     pub attempts: u32,
+    /// How many times it went back to the queue for a harmless reason
+    /// (interrupted, busy, recently written, I/O pressure...).
+    pub requeues: u32,
+    /// How many times it waited for free space to come back.
+    pub space_waits: u32,
     pub last_error: Option<String>,
     pub queued_at: i64,
     pub updated_at: i64,
@@ -114,11 +119,24 @@ fn job_from_row(row: &Row<'_>) -> rusqlite::Result<Job> {
         state: row.get("state")?,
         next_block: get_u64(row, "next_block")?,
         attempts: row.get("attempts")?,
+        requeues: row.get("requeues")?,
+        space_waits: row.get("space_waits")?,
         last_error: row.get("last_error")?,
         queued_at: row.get("queued_at")?,
         updated_at: row.get("updated_at")?,
         not_before: row.get("not_before")?,
     })
+}
+
+/// Which of a job's counters a return to the queue adds to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counted {
+    /// A real failure (`Job::attempts`).
+    Failure,
+    /// A harmless requeue (`Job::requeues`).
+    Requeue,
+    /// A wait for free space (`Job::space_waits`).
+    SpaceWait,
 }
 
 /// What `enqueue_unless_running` did.
@@ -204,7 +222,8 @@ impl Store {
 
     /// Takes the next job for a worker serving these filesystems: the
     /// highest priority queued one whose `not_before` has passed, oldest
-    /// first among equals. It becomes running and its attempts go up by one.
+    /// first among equals. It becomes running; its counters are left to
+    /// `retry_later`, which knows why it came back.
     pub fn next_job(&self, fs_uuids: &[String], now: i64) -> Result<Option<Job>, StoreError> {
         if fs_uuids.is_empty() {
             return Ok(None);
@@ -212,7 +231,7 @@ impl Store {
         let placeholders: Vec<String> =
             (0..fs_uuids.len()).map(|i| format!("?{}", i + 2)).collect();
         let sql = format!(
-            "UPDATE jobs SET state = 'running', attempts = attempts + 1, updated_at = ?1
+            "UPDATE jobs SET state = 'running', updated_at = ?1
              WHERE id = (SELECT id FROM jobs
                          WHERE state = 'queued' AND not_before <= ?1
                            AND fs_uuid IN ({})
@@ -265,15 +284,32 @@ impl Store {
     }
 
     /// Gives a running job back to the queue, to be taken again no sooner
-    /// than `not_before`; it keeps its cursor.
-    pub fn retry_later(&self, job: JobId, error: &str, not_before: i64) -> Result<(), StoreError> {
+    /// than `not_before`; it keeps its cursor, and the counter of `counted`
+    /// goes up by one.
+    pub fn retry_later(
+        &self,
+        job: JobId,
+        error: &str,
+        not_before: i64,
+        counted: Counted,
+    ) -> Result<(), StoreError> {
+        let one_if = |c: Counted| i64::from(counted == c);
         let changed = self
             .conn
             .execute(
                 "UPDATE jobs SET state = 'queued', last_error = ?2, not_before = ?3,
-                                 updated_at = ?4
+                                 updated_at = ?4, attempts = attempts + ?5,
+                                 requeues = requeues + ?6, space_waits = space_waits + ?7
                  WHERE id = ?1 AND state = 'running'",
-                params![job.0, error, not_before, self.now()],
+                params![
+                    job.0,
+                    error,
+                    not_before,
+                    self.now(),
+                    one_if(Counted::Failure),
+                    one_if(Counted::Requeue),
+                    one_if(Counted::SpaceWait)
+                ],
             )
             .doing("putting a job back in the queue")?;
         gone_unless_changed(job, changed)
@@ -517,14 +553,19 @@ mod tests {
     }
 
     #[test]
-    fn taking_a_job_marks_it_running_and_counts_the_attempt() {
+    fn taking_a_job_marks_it_running_and_counts_nothing() {
         let (store, _) = memory_store(100);
         let id = store.enqueue(&new_job(FS_A, 1, 1.0)).unwrap();
         let fs = filesystems(&[FS_A]);
         let job = store.next_job(&fs, 150).unwrap().unwrap();
         assert_eq!(
-            (job.id, job.state, job.attempts, job.updated_at),
-            (id, JobState::Running, 1, 150)
+            (job.id, job.state, job.updated_at),
+            (id, JobState::Running, 150)
+        );
+        assert_eq!(
+            (job.attempts, job.requeues, job.space_waits),
+            (0, 0, 0),
+            "only the return to the queue knows what to count"
         );
         assert_eq!(
             store.next_job(&fs, 150).unwrap(),
@@ -556,18 +597,44 @@ mod tests {
         let fs = filesystems(&[FS_A]);
         store.next_job(&fs, 100).unwrap();
         store.save_cursor(id, 64).unwrap();
-        store.retry_later(id, "file is busy", 400).unwrap();
+        store
+            .retry_later(id, "file is busy", 400, Counted::Requeue)
+            .unwrap();
 
         let job = store.job(id).unwrap().unwrap();
         assert_eq!(job.state, JobState::Queued);
         assert_eq!(job.last_error.as_deref(), Some("file is busy"));
         assert_eq!(job.next_block, 64, "the cursor survives a retry");
         assert_eq!(store.next_job(&fs, 399).unwrap(), None);
-        assert_eq!(store.next_job(&fs, 400).unwrap().unwrap().attempts, 2);
+        let again = store.next_job(&fs, 400).unwrap().unwrap();
+        assert_eq!(
+            (again.attempts, again.requeues, again.space_waits),
+            (0, 1, 0)
+        );
         assert!(matches!(
-            store.retry_later(JobId(999), "x", 0),
+            store.retry_later(JobId(999), "x", 0, Counted::Failure),
             Err(StoreError::JobGone(_))
         ));
+    }
+
+    #[test]
+    fn each_return_to_the_queue_counts_in_its_own_counter() {
+        let (store, _) = memory_store(100);
+        let id = store.enqueue(&new_job(FS_A, 1, 1.0)).unwrap();
+        let fs = filesystems(&[FS_A]);
+        for counted in [
+            Counted::Failure,
+            Counted::SpaceWait,
+            Counted::Requeue,
+            Counted::Failure,
+            Counted::Requeue,
+            Counted::Requeue,
+        ] {
+            store.next_job(&fs, 100).unwrap().unwrap();
+            store.retry_later(id, "why", 100, counted).unwrap();
+        }
+        let job = store.job(id).unwrap().unwrap();
+        assert_eq!((job.attempts, job.requeues, job.space_waits), (2, 3, 1));
     }
 
     #[test]

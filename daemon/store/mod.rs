@@ -37,7 +37,7 @@ pub use error::StoreError;
 pub use filesystems::Filesystem;
 pub use fragmentation::{Activity, FsActivity, FsFragmentation, Measurement, Tally};
 pub use history::{Finished, HistoryEntry, HistoryOutcome};
-pub use jobs::{Enqueued, Job, JobState, NewJob};
+pub use jobs::{Counted, Enqueued, Job, JobState, NewJob};
 pub use settled::{Settled, SettledWhy, MAX_SETTLED};
 
 /// The database's file name inside the state directory.
@@ -174,7 +174,7 @@ fn system_clock() -> i64 {
 }
 
 #[cfg(test)]
-mod testutil;
+pub(crate) mod testutil;
 
 #[cfg(test)]
 mod tests;

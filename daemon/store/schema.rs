@@ -11,6 +11,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
     V2_CONVERSIONS,
     V3_WRITE_TRACKING,
     V4_FRAGMENTATION,
+    V5_REQUEUES,
 ];
 
 /// The newest schema version this code understands.
@@ -138,6 +139,18 @@ CREATE TABLE activity (
 );
 ";
 
+/// A job's harmless returns to the queue (interrupted, paused, busy under
+/// a writer, recently written, I/O pressure...) and its waits for free
+/// space are counted apart from its real failures, so that only failures
+/// bring it to be given up. Before V5 `attempts` counted every take, which
+/// cannot be told apart now: those takes become requeues, since counting
+/// them as failures would make a job's first real failure its last.
+const V5_REQUEUES: &str = "
+ALTER TABLE jobs ADD COLUMN requeues INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE jobs ADD COLUMN space_waits INTEGER NOT NULL DEFAULT 0;
+UPDATE jobs SET requeues = attempts, attempts = 0;
+";
+
 /// The schema version recorded in the file (0 for a new, empty one).
 pub(super) fn user_version(conn: &Connection) -> rusqlite::Result<i64> {
     conn.pragma_query_value(None, "user_version", |row| row.get(0))
@@ -242,6 +255,33 @@ mod tests {
         assert_eq!(row, (3, 7, 0, 0));
         assert!(tables(&conn).iter().any(|t| t == "fragmentation"));
         assert!(tables(&conn).iter().any(|t| t == "activity"));
+    }
+
+    #[test]
+    fn takes_counted_before_version_5_become_requeues() {
+        // A store from before failures were counted apart: a job taken
+        // three times (each a harmless requeue or a failure, nobody knows)
+        // keeps its cursor and may still fail five times.
+        let mut conn = Connection::open_in_memory().unwrap();
+        migrate(&mut conn, &MIGRATIONS[..4]).unwrap();
+        conn.execute(
+            "INSERT INTO jobs (fs_uuid, ino, generation, path_hint, size_bytes, extents_before,
+                               ideal_extents, score, priority, state, next_block, attempts,
+                               queued_at, updated_at, not_before)
+             VALUES ('u', 12, 1, x'61', 4096, 9, 1, 0.5, 1.0, 'queued', 64, 3, 100, 100, 0)",
+            [],
+        )
+        .unwrap();
+        migrate(&mut conn, MIGRATIONS).unwrap();
+        assert_eq!(user_version(&conn).unwrap(), 5);
+        let row: (i64, i64, i64, i64) = conn
+            .query_row(
+                "SELECT next_block, attempts, requeues, space_waits FROM jobs",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .unwrap();
+        assert_eq!(row, (64, 0, 3, 0));
     }
 
     #[test]

@@ -18,6 +18,10 @@ impl TestClock {
         self.0.store(now, Ordering::SeqCst);
     }
 
+    pub fn now(&self) -> i64 {
+        self.0.load(Ordering::SeqCst)
+    }
+
     pub fn drive(&self, store: Store) -> Store {
         let now = Arc::clone(&self.0);
         store.with_clock(move || now.load(Ordering::SeqCst))
