@@ -329,7 +329,9 @@ const STATUS_EVERY: Duration = Duration::from_secs(2);
 
 /// Test-only switch: `DEFRAGD_TEST_HANG_MAIN_LOOP_AFTER=SECONDS` makes the
 /// main loop hang that long after start, so that a test can see systemd's
-/// watchdog kill and restart the service.
+/// watchdog kill and restart the service. Only in builds with feature
+/// `testing`: a release binary ignores the variable.
+#[cfg(feature = "testing")]
 fn test_hang_deadline() -> Option<Instant> {
     let secs: u64 = std::env::var("DEFRAGD_TEST_HANG_MAIN_LOOP_AFTER")
         .ok()?
@@ -337,6 +339,11 @@ fn test_hang_deadline() -> Option<Instant> {
         .ok()?;
     tracing::warn!("test switch set: the main loop will hang after {secs} s");
     Some(Instant::now() + Duration::from_secs(secs))
+}
+
+#[cfg(not(feature = "testing"))]
+fn test_hang_deadline() -> Option<Instant> {
+    None
 }
 
 fn update_gauges(shared: &Shared, report: &crate::control::protocol::StatusReport) {
