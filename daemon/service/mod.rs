@@ -41,12 +41,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(4);
 /// How often mounts are re-read when /proc/self/mountinfo cannot be polled.
 const MOUNT_RECHECK: Duration = Duration::from_secs(30);
 
-/// Seconds since the epoch, the store's clock.
-pub(crate) fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-}
+/// The service's modules read the clock as `super::unix_now`.
+pub(crate) use crate::clock::unix_now;
 
 /// Runs the service until it is told to stop.
 pub fn run(config_path: Option<&Path>) -> ExitCode {
