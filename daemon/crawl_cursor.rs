@@ -95,8 +95,14 @@ impl TreeCursor {
     /// Enters `rel` and queues its entries (those past the resume point);
     /// its fd when it was entered, even if it could not be listed.
     fn push_dir(&mut self, root: BorrowedFd<'_>, rel: &Path) -> Option<OwnedFd> {
-        let dir = enter_dir(root, rel, rel)?;
-        let entries = list_dir(&dir, rel).unwrap_or_default();
+        // Logged relative to the mount point, its root as ".".
+        let shown = if rel.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            rel
+        };
+        let dir = enter_dir(root, rel, shown)?;
+        let entries = list_dir(&dir, shown).unwrap_or_default();
         let first = self
             .resume_after
             .as_deref()
