@@ -1,45 +1,77 @@
-//! A resumable walk of one filesystem for the background crawl. Files come
-//! out in a fixed order (byte order of names, directory by directory), so a
-//! pass can be resumed after the last file it assessed. It holds no file
-//! descriptor between calls: each directory is opened from the mount's root
-//! when it is read and closed at once, so `umount` is never blocked by it.
+//! A resumable walk of one filesystem, for the background crawl and for
+//! the watcher's trees. Entries come out in a fixed order (byte order of
+//! names, directory by directory), so a crawl pass can be resumed after the
+//! last file it assessed. It holds no file descriptor between calls: each
+//! directory is opened from the mount's root when it is read, so `umount`
+//! is never blocked by it. Directories are entered and listed by the rules
+//! of every walk (`walk::enter_dir`, `walk::list_dir`).
 
 use std::collections::VecDeque;
 use std::ffi::OsString;
-use std::os::fd::BorrowedFd;
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
-use crate::escape::escaped;
-use crate::sys;
-use crate::walk::{read_entries, EntryKind};
+use crate::walk::{enter_dir, list_dir, EntryKind};
 
-/// Where a crawl pass stands: the directories being walked, outermost
-/// first, each with its entries not yet visited.
+/// Where a walk stands: the directories being walked, outermost first,
+/// each with its entries not yet visited.
 #[derive(Debug, Default)]
 pub struct TreeCursor {
     stack: Vec<(PathBuf, VecDeque<(OsString, EntryKind)>)>,
-    started: bool,
+    /// The directory the walk starts in, until it is entered.
+    start: Option<PathBuf>,
     /// Everything up to and including this path was done by an earlier run.
     resume_after: Option<PathBuf>,
 }
 
+/// What the walk comes to next.
+#[derive(Debug)]
+pub enum Visit {
+    /// A directory entered (the start too), relative to the root, with its
+    /// fd: the caller may use it, and must not keep it.
+    Dir { rel: PathBuf, dir: OwnedFd },
+    /// A regular file, relative to the root.
+    File(PathBuf),
+}
+
 impl TreeCursor {
-    /// A pass from the start, or after `resume_after` (relative to the root).
+    /// A pass over the whole filesystem from the start, or after
+    /// `resume_after` (relative to the root).
     pub fn new(resume_after: Option<PathBuf>) -> Self {
         TreeCursor {
             stack: Vec::new(),
-            started: false,
+            start: Some(PathBuf::new()),
             resume_after: resume_after.filter(|p| !p.as_os_str().is_empty()),
+        }
+    }
+
+    /// A walk of the tree at `start` (relative to the root) only.
+    pub fn below(start: PathBuf) -> Self {
+        TreeCursor {
+            stack: Vec::new(),
+            start: Some(start),
+            resume_after: None,
         }
     }
 
     /// The next regular file, relative to the root; None when the pass is
     /// over. `root` is an open fd of the mount's root directory.
     pub fn next_file(&mut self, root: BorrowedFd<'_>) -> Option<PathBuf> {
-        if !self.started {
-            self.started = true;
-            self.push_dir(root, PathBuf::new());
+        loop {
+            if let Visit::File(path) = self.next_entry(root)? {
+                return Some(path);
+            }
+        }
+    }
+
+    /// The next directory entered or regular file; None when the walk is
+    /// over. `root` is an open fd of the mount's root directory.
+    pub fn next_entry(&mut self, root: BorrowedFd<'_>) -> Option<Visit> {
+        if let Some(start) = self.start.take() {
+            if let Some(dir) = self.push_dir(root, &start) {
+                return Some(Visit::Dir { rel: start, dir });
+            }
         }
         loop {
             let (dir, entries) = self.stack.last_mut()?;
@@ -49,51 +81,34 @@ impl TreeCursor {
             };
             let path = dir.join(&name);
             match kind {
-                EntryKind::File => return Some(path),
-                EntryKind::Directory => self.push_dir(root, path),
+                EntryKind::File => return Some(Visit::File(path)),
+                EntryKind::Directory => {
+                    if let Some(dir) = self.push_dir(root, &path) {
+                        return Some(Visit::Dir { rel: path, dir });
+                    }
+                }
                 EntryKind::Other => {}
             }
         }
     }
 
-    fn push_dir(&mut self, root: BorrowedFd<'_>, rel: PathBuf) {
-        let at_root = rel.as_os_str().is_empty();
-        let opened = if at_root {
-            sys::open_dir_beneath(root, Path::new("."))
+    /// Enters `rel` and queues its entries (those past the resume point);
+    /// its fd when it was entered, even if it could not be listed.
+    fn push_dir(&mut self, root: BorrowedFd<'_>, rel: &Path) -> Option<OwnedFd> {
+        // Logged relative to the mount point, its root as ".".
+        let shown = if rel.as_os_str().is_empty() {
+            Path::new(".")
         } else {
-            sys::open_dir_beneath(root, &rel)
+            rel
         };
-        let dir = match opened {
-            Ok(dir) => dir,
-            Err(sys::Error::CrossesMount) => return,
-            // The root failing means the whole filesystem goes uncrawled:
-            // say so loudly.
-            Err(e) if at_root => {
-                tracing::warn!(
-                    "crawl: cannot open the filesystem's root: {e}; nothing there is crawled"
-                );
-                return;
-            }
-            Err(e) => {
-                tracing::debug!("crawl: cannot open directory {}: {e}", escaped(&rel));
-                return;
-            }
-        };
-        let entries = match read_entries(&dir) {
-            Ok(entries) => entries,
-            Err(e) => {
-                tracing::debug!("crawl: cannot read directory {}: {e}", escaped(&rel));
-                return;
-            }
-        };
-        drop(dir);
+        let dir = enter_dir(root, rel, shown)?;
+        let entries = list_dir(&dir, shown).unwrap_or_default();
         let first = self
             .resume_after
             .as_deref()
-            .and_then(|cursor| component_after(cursor, &rel));
+            .and_then(|cursor| component_after(cursor, rel));
         let entries = entries
             .into_iter()
-            .filter(|(name, _)| !(at_root && name.as_bytes() == b"lost+found"))
             .filter(|(name, kind)| match &first {
                 None => true,
                 // Before the cursor's branch: done. The cursor's own file:
@@ -105,7 +120,8 @@ impl TreeCursor {
                 },
             })
             .collect();
-        self.stack.push((rel, entries));
+        self.stack.push((rel.to_path_buf(), entries));
+        Some(dir)
     }
 }
 
@@ -122,6 +138,7 @@ fn component_after(cursor: &Path, dir: &Path) -> Option<OsString> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sys;
     use std::os::fd::AsFd;
 
     fn tree() -> tempfile::TempDir {
@@ -168,5 +185,33 @@ mod tests {
         // "b/zz" no longer exists: continue with what sorts after it.
         let mut c = TreeCursor::new(Some(PathBuf::from("b/zz")));
         assert_eq!(all(&mut c, t.path()), ["d", "e/5"]);
+    }
+
+    #[test]
+    fn a_walk_below_a_directory_enters_it_and_its_subdirectories() {
+        let t = tree();
+        let fd = sys::open_dir(t.path()).expect("open root");
+        let mut c = TreeCursor::below(PathBuf::from("b"));
+        let seen: Vec<String> = std::iter::from_fn(|| c.next_entry(fd.as_fd()))
+            .map(|v| match v {
+                Visit::Dir { rel, .. } => format!("dir {}", rel.display()),
+                Visit::File(rel) => rel.display().to_string(),
+            })
+            .collect();
+        assert_eq!(seen, ["dir b", "b/4", "dir b/c", "b/c/3"]);
+    }
+
+    #[test]
+    fn a_symlinked_directory_is_not_entered() {
+        let t = tree();
+        std::os::unix::fs::symlink(t.path().join("b"), t.path().join("c-link")).expect("symlink");
+        assert_eq!(
+            all(&mut TreeCursor::new(None), t.path()),
+            ["a/1", "a/2", "b/4", "b/c/3", "d", "e/5"]
+        );
+        // Not even as the start of a walk.
+        let fd = sys::open_dir(t.path()).expect("open root");
+        let mut c = TreeCursor::below(PathBuf::from("c-link"));
+        assert!(c.next_entry(fd.as_fd()).is_none());
     }
 }

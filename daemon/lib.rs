@@ -2,6 +2,7 @@ pub mod assess;
 pub mod backend;
 pub mod budget;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod control;
 pub mod convert;

@@ -4,10 +4,14 @@
 //! walk is repeatable); lost+found at a filesystem's root is left alone.
 //! A walk can also spread the files over several threads and still hand
 //! back what they found in that order.
+//!
+//! Those rules live in two functions, `enter_dir` and `list_dir`, and every
+//! walk in defragd goes through them: the commands' trees and the service's
+//! catch-up here, the crawl and the watcher's trees in `crawl_cursor`.
 
 use std::ffi::{OsStr, OsString};
 use std::num::NonZeroUsize;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -157,7 +161,7 @@ fn walk_tree(
                 expected_identity: None,
             })),
             EntryKind::Directory if depth == Depth::Recursive => {
-                if let Some(dir) = open_subdir(&level.dir, &name, &path) {
+                if let Some(dir) = enter_dir(level.dir.as_fd(), Path::new(&name), &path) {
                     if let Some(next) = open_level(Arc::new(dir), path) {
                         stack.push(next);
                     }
@@ -168,27 +172,59 @@ fn walk_tree(
     }
 }
 
-/// Opens the subdirectory `name` of `parent` to walk it, or says why not
-/// (lost+found at a filesystem's root is left alone).
-fn open_subdir(parent: &OwnedFd, name: &OsStr, path: &Path) -> Option<OwnedFd> {
-    if name.as_bytes() == b"lost+found" && is_fs_root(parent) {
-        return None;
-    }
-    match sys::open_dir_beneath(parent.as_fd(), Path::new(name)) {
+/// Opens the directory `rel` below `base` (`base` itself when `rel` is
+/// empty) to walk it, by the rules of every walk: no symlink followed and
+/// no mount crossed anywhere on the way (the kernel refuses both). `shown`
+/// names it in the log. None when it is not to be walked.
+pub fn enter_dir(base: BorrowedFd<'_>, rel: &Path, shown: &Path) -> Option<OwnedFd> {
+    let rel = if rel.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        rel
+    };
+    match sys::open_dir_beneath(base, rel) {
         Ok(dir) => Some(dir),
         Err(sys::Error::CrossesMount) => {
-            tracing::debug!("{}: a mount point, not crossed", escaped(&path));
+            tracing::debug!("{}: a mount point, not crossed", escaped(shown));
             None
         }
         Err(sys::Error::Symlink) => {
-            tracing::debug!("{}: became a symlink, not followed", escaped(&path));
+            tracing::debug!("{}: a symlink, not followed", escaped(shown));
+            None
+        }
+        // Deleted or renamed since its parent was listed.
+        Err(sys::Error::NotFound) => {
+            tracing::debug!("{}: gone before it was walked", escaped(shown));
             None
         }
         Err(e) => {
-            tracing::warn!("{}: cannot open directory: {e}", escaped(&path));
+            tracing::warn!("{}: cannot open directory: {e}", escaped(shown));
             None
         }
     }
+}
+
+/// The entries a walk visits in the open directory `dir`, sorted by name
+/// bytes: all but . and .., and but lost+found when `dir` is a
+/// filesystem's root (e2fsck's, never defragd's). `shown` names it in the
+/// log. None when it cannot be read.
+pub fn list_dir(dir: &OwnedFd, shown: &Path) -> Option<Vec<(OsString, EntryKind)>> {
+    let mut entries = match read_entries(dir) {
+        Ok(entries) => entries,
+        Err(e) => {
+            tracing::warn!("{}: cannot read directory: {e}", escaped(shown));
+            return None;
+        }
+    };
+    let at_fs_root = is_fs_root(dir);
+    entries.retain(|(name, _)| walked(name, at_fs_root));
+    Some(entries)
+}
+
+/// Whether a walk visits the entry `name` of a directory, which may be a
+/// filesystem's root.
+fn walked(name: &OsStr, in_fs_root: bool) -> bool {
+    !(in_fs_root && name.as_bytes() == b"lost+found")
 }
 
 fn is_fs_root(dir: &OwnedFd) -> bool {
@@ -197,13 +233,7 @@ fn is_fs_root(dir: &OwnedFd) -> bool {
 
 /// Reads a directory's entries, sorted by name.
 fn open_level(dir: Arc<OwnedFd>, path: PathBuf) -> Option<Level> {
-    let entries = match read_entries(&dir) {
-        Ok(entries) => entries,
-        Err(e) => {
-            tracing::warn!("{}: cannot read directory: {e}", escaped(&path));
-            return None;
-        }
-    };
+    let entries = list_dir(&dir, &path)?;
     Some(Level {
         dir,
         path,
@@ -212,7 +242,7 @@ fn open_level(dir: Arc<OwnedFd>, path: PathBuf) -> Option<Level> {
 }
 
 /// Reads a directory's entries (without . and ..), sorted by name bytes.
-pub fn read_entries(dir: &OwnedFd) -> nix::Result<Vec<(OsString, EntryKind)>> {
+fn read_entries(dir: &OwnedFd) -> nix::Result<Vec<(OsString, EntryKind)>> {
     // fdopendir takes ownership of its fd and moves its offset: give it a
     // fresh one of the same directory.
     let own = nix::fcntl::openat(
@@ -447,7 +477,7 @@ impl Tree {
                 path,
                 key,
             } => {
-                if let Some(dir) = open_subdir(&parent, &name, &path) {
+                if let Some(dir) = enter_dir(parent.as_fd(), Path::new(&name), &path) {
                     drop(parent);
                     jobs.add(self.read(Arc::new(dir), path, key));
                 }
@@ -480,12 +510,8 @@ impl Tree {
     /// The jobs for one directory's entries: its files in batches, its
     /// subdirectories one each.
     fn read(&self, dir: Arc<OwnedFd>, path: PathBuf, key: Arc<[u32]>) -> Vec<Job> {
-        let entries = match read_entries(&dir) {
-            Ok(entries) => entries,
-            Err(e) => {
-                tracing::warn!("{}: cannot read directory: {e}", escaped(&path));
-                return Vec::new();
-            }
+        let Some(entries) = list_dir(&dir, &path) else {
+            return Vec::new();
         };
         let mut jobs = Vec::new();
         let mut files = Vec::new();
@@ -612,6 +638,50 @@ mod tests {
         let refused = visits(&link);
         assert_eq!(refused.len(), 1);
         assert!(refused[0].starts_with("refused "), "{refused:?}");
+    }
+
+    #[test]
+    fn lost_and_found_is_left_alone_only_at_a_filesystems_root() {
+        let lf = OsStr::new("lost+found");
+        assert!(!walked(lf, true));
+        assert!(walked(lf, false), "a lost+found deeper down is anyone's");
+        assert!(walked(OsStr::new("data"), true));
+        // A temporary directory is no filesystem's root: its lost+found is listed.
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(dir.path().join("lost+found")).expect("mkdir");
+        let fd = sys::open_dir(dir.path()).expect("open");
+        let listed = list_dir(&fd, dir.path()).expect("list");
+        assert_eq!(
+            listed,
+            [(OsString::from("lost+found"), EntryKind::Directory)]
+        );
+    }
+
+    #[test]
+    fn a_symlink_or_a_mount_point_is_not_entered() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(dir.path().join("real")).expect("mkdir");
+        std::os::unix::fs::symlink("real", dir.path().join("link")).expect("symlink");
+        let fd = sys::open_dir(dir.path()).expect("open");
+        assert!(enter_dir(fd.as_fd(), Path::new("real"), Path::new("real")).is_some());
+        assert!(enter_dir(fd.as_fd(), Path::new(""), Path::new(".")).is_some());
+        assert!(enter_dir(fd.as_fd(), Path::new("link"), Path::new("link")).is_none());
+        assert!(enter_dir(fd.as_fd(), Path::new("link/."), Path::new("link")).is_none());
+        // /proc is a mount of its own wherever Linux runs.
+        let slash = sys::open_dir(Path::new("/")).expect("open /");
+        assert!(enter_dir(slash.as_fd(), Path::new("proc"), Path::new("/proc")).is_none());
+    }
+
+    #[test]
+    fn the_commands_walk_does_not_follow_a_symlinked_directory() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(dir.path().join("sub")).expect("mkdir");
+        std::fs::write(dir.path().join("sub/f"), b"x").expect("write");
+        std::os::unix::fs::symlink("sub", dir.path().join("link")).expect("symlink");
+        assert_eq!(
+            serial(dir.path(), Depth::Recursive),
+            [dir.path().join("sub/f")]
+        );
     }
 
     #[test]

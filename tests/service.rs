@@ -469,20 +469,21 @@ fn sigkill_mid_crawl_then_the_pass_continues_after_its_cursor() {
         second.len()
     );
 
-    // The cursor is the last file run 1 assessed, or the one before it: a
-    // kill between logging a file and saving the cursor past it leaves the
-    // cursor one file behind, and that one file (only it) is assessed again.
+    // The cursor is saved in batches: it is a file run 1 assessed, and run
+    // 2 assesses again exactly the files run 1 did after it (the SIGKILL
+    // lost their batch), never one at or before it.
     let n = first.len();
-    assert!(
-        cursor == first[n - 1] || (n >= 2 && cursor == first[n - 2]),
-        "cursor {cursor:?} is not where run 1 stopped (last assessed {:?})",
-        &first[n.saturating_sub(2)..]
-    );
-    let again: Vec<&String> = second.iter().filter(|p| first.contains(p)).collect();
-    assert!(
-        again.is_empty() || (again.len() == 1 && *again[0] == first[n - 1]),
-        "run 2 assessed again files run 1 had done: {again:?} (run 1 ended with {:?})",
-        &first[n.saturating_sub(2)..]
+    let at = first.iter().position(|p| p == cursor).unwrap_or_else(|| {
+        panic!(
+            "cursor {cursor:?} is not a file run 1 assessed (it ended with {:?})",
+            &first[n.saturating_sub(2)..]
+        )
+    });
+    let again: BTreeSet<&String> = second.iter().filter(|p| first.contains(p)).collect();
+    let unsaved: BTreeSet<&String> = first[at + 1..].iter().collect();
+    assert_eq!(
+        again, unsaved,
+        "run 2 should assess again exactly what run 1 did after the cursor {cursor:?}"
     );
     let seen: BTreeSet<String> = first.iter().chain(second.iter()).cloned().collect();
     let missed: Vec<&String> = all.difference(&seen).take(10).collect();

@@ -3,10 +3,11 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
+use defragd::clock::unix_now;
 use defragd::control::client::{self, ClientError, EXIT_SERVICE_ERROR, EXIT_USAGE};
 use defragd::control::format;
 use defragd::control::protocol::{Request, Response, ResponseData, DEFAULT_SOCKET};
@@ -215,12 +216,6 @@ fn report(json: bool, message: &str) {
     } else {
         eprintln!("defragctl: {}", escaped(message));
     }
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! The command line of `defragd`: its definition (also the source of the
 //! man page and completions) and the one-shot commands.
 
+#[cfg(feature = "testing")]
 mod bench;
 mod check;
 mod defrag;
@@ -77,7 +78,8 @@ pub enum Command {
     #[command(hide = true)]
     GenerateDocs { dir: PathBuf },
     /// One MOVE_EXT call over the whole FILE into a fresh donor; prints its
-    /// rate as JSON (for bench/run).
+    /// rate as JSON (for bench/run; only in builds with feature `testing`).
+    #[cfg(feature = "testing")]
     #[command(hide = true)]
     BenchMoveExt { file: PathBuf },
 }
@@ -161,6 +163,7 @@ pub fn run(cli: Cli) -> ExitCode {
             config_check(file.or(cli.config).as_deref())
         }
         Some(Command::GenerateDocs { dir }) => write_docs(&dir),
+        #[cfg(feature = "testing")]
         Some(Command::BenchMoveExt { file }) => bench::run(&file),
         None => crate::service::run(cli.config.as_deref()),
     }

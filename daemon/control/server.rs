@@ -324,7 +324,7 @@ fn clear_stale(path: &Path) -> Result<(), ControlError> {
 /// Whether something accepts connections on the socket at `path`. A blocking
 /// connect waits while the listener's backlog is full, so it runs on its own
 /// thread; one that does not finish in time means a (stuck) listener.
-fn someone_listens(path: &Path) -> io::Result<bool> {
+pub(crate) fn someone_listens(path: &Path) -> io::Result<bool> {
     let (tx, rx) = std::sync::mpsc::channel();
     let target = path.to_path_buf();
     std::thread::Builder::new()

@@ -2,6 +2,8 @@
 //! socket or a loopback TCP port (`[metrics] listen`). One GET at a time per
 //! connection, answered and closed; a slow or hostile client is cut off.
 
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,7 +19,9 @@ const MAX_REQUEST_HEAD: usize = 8 * 1024;
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub enum Listener {
-    Unix(UnixListener, std::path::PathBuf),
+    /// The listener, its path, and the socket file's (device, inode): the
+    /// file is removed at the end only while it is still this one.
+    Unix(UnixListener, PathBuf, (u64, u64)),
     Tcp(TcpListener),
 }
 
@@ -28,19 +32,15 @@ pub fn bind(listen: &MetricsListen) -> Result<Listener, String> {
             if let Some(dir) = path.parent() {
                 let _ = std::fs::create_dir_all(dir);
             }
-            // A socket file left by an earlier run would make bind fail.
-            if std::fs::symlink_metadata(path)
-                .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()))
-            {
-                let _ = std::fs::remove_file(path);
-            }
+            clear_stale(path)?;
             let listener = UnixListener::bind(path).map_err(|e| {
                 format!(
                     "cannot serve metrics on {}: {e}; fix metrics.listen",
                     path.display()
                 )
             })?;
-            Ok(Listener::Unix(listener, path.clone()))
+            let identity = socket_identity(path).unwrap_or_default();
+            Ok(Listener::Unix(listener, path.clone(), identity))
         }
         MetricsListen::Tcp(addr) => {
             let std_listener = std::net::TcpListener::bind(addr)
@@ -70,9 +70,44 @@ pub async fn serve(listener: Listener, shared: Arc<Shared>, mut stop: watch::Rec
             }
         }
     }
-    if let Listener::Unix(_, path) = &listener {
-        let _ = std::fs::remove_file(path);
+    if let Listener::Unix(_, path, identity) = &listener {
+        // Another process may have taken the path since: its socket stays.
+        if socket_identity(path) == Some(*identity) {
+            let _ = std::fs::remove_file(path);
+        }
     }
+}
+
+/// Removes a socket file left by an earlier run, which would make bind
+/// fail, but never one that something still answers on: that is a live
+/// process's (most likely another defragd with the same metrics.listen).
+fn clear_stale(path: &Path) -> Result<(), String> {
+    let is_socket = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket());
+    if !is_socket {
+        return Ok(());
+    }
+    match crate::control::server::someone_listens(path) {
+        Ok(false) => {
+            let _ = std::fs::remove_file(path);
+            Ok(())
+        }
+        Ok(true) => Err(format!(
+            "cannot serve metrics on {}: another process listens there (another defragd \
+             seems to be running); stop it, or give this one another metrics.listen",
+            path.display()
+        )),
+        Err(e) => Err(format!(
+            "cannot serve metrics on {}: cannot tell whether another process listens \
+             there: {e}",
+            path.display()
+        )),
+    }
+}
+
+fn socket_identity(path: &Path) -> Option<(u64, u64)> {
+    std::fs::symlink_metadata(path)
+        .ok()
+        .map(|m| (m.dev(), m.ino()))
 }
 
 enum Conn {
@@ -82,7 +117,7 @@ enum Conn {
 
 async fn accept(listener: &Listener) -> std::io::Result<Conn> {
     match listener {
-        Listener::Unix(l, _) => l.accept().await.map(|(s, _)| Conn::Unix(s)),
+        Listener::Unix(l, ..) => l.accept().await.map(|(s, _)| Conn::Unix(s)),
         Listener::Tcp(l) => l.accept().await.map(|(s, _)| Conn::Tcp(s)),
     }
 }
@@ -127,7 +162,32 @@ fn respond(head: &str, body: impl FnOnce() -> String) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::respond;
+    use super::{bind, respond, Listener};
+    use crate::config::MetricsListen;
+
+    #[tokio::test]
+    async fn a_socket_someone_listens_on_is_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("metrics.sock");
+        let other = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let err = bind(&MetricsListen::Unix(path.clone()))
+            .err()
+            .expect("bound over a live socket");
+        assert!(err.contains("another defragd seems to be running"), "{err}");
+        // The other process's socket still answers.
+        std::os::unix::net::UnixStream::connect(&path).unwrap();
+        drop(other);
+    }
+
+    #[tokio::test]
+    async fn a_stale_socket_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("metrics.sock");
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        let listener = bind(&MetricsListen::Unix(path.clone())).unwrap();
+        assert!(matches!(listener, Listener::Unix(..)));
+        std::os::unix::net::UnixStream::connect(&path).unwrap();
+    }
 
     #[test]
     fn get_metrics_gets_the_text() {

@@ -46,12 +46,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(4);
 /// How often mounts are re-read when /proc/self/mountinfo cannot be polled.
 const MOUNT_RECHECK: Duration = Duration::from_secs(30);
 
-/// Seconds since the epoch, the store's clock.
-pub(crate) fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-}
+/// The service's modules read the clock as `super::unix_now`.
+pub(crate) use crate::clock::unix_now;
 
 /// Runs the service until it is told to stop.
 pub fn run(config_path: Option<&Path>) -> ExitCode {
@@ -334,7 +330,9 @@ const STATUS_EVERY: Duration = Duration::from_secs(2);
 
 /// Test-only switch: `DEFRAGD_TEST_HANG_MAIN_LOOP_AFTER=SECONDS` makes the
 /// main loop hang that long after start, so that a test can see systemd's
-/// watchdog kill and restart the service.
+/// watchdog kill and restart the service. Only in builds with feature
+/// `testing`: a release binary ignores the variable.
+#[cfg(feature = "testing")]
 fn test_hang_deadline() -> Option<Instant> {
     let secs: u64 = std::env::var("DEFRAGD_TEST_HANG_MAIN_LOOP_AFTER")
         .ok()?
@@ -342,6 +340,11 @@ fn test_hang_deadline() -> Option<Instant> {
         .ok()?;
     tracing::warn!("test switch set: the main loop will hang after {secs} s");
     Some(Instant::now() + Duration::from_secs(secs))
+}
+
+#[cfg(not(feature = "testing"))]
+fn test_hang_deadline() -> Option<Instant> {
+    None
 }
 
 fn update_gauges(shared: &Shared, report: &crate::control::protocol::StatusReport) {

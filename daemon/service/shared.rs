@@ -587,7 +587,9 @@ impl Shared {
 
 impl Shared {
     /// Sleeps the whole of `duration` unless shutting down (being woken
-    /// for new work does not cut it short).
+    /// for new work does not cut it short). Every wait of a worker thread
+    /// (the throttle's included) goes through here, so a stop never waits
+    /// for a sleep to end.
     pub fn sleep(&self, duration: Duration) {
         let end = Instant::now() + duration;
         while !self.shutting_down() {
@@ -665,6 +667,28 @@ mod tests {
         let t = Instant::now();
         shared.idle_since(shared.wake_ticket(), Duration::from_millis(200));
         assert!(t.elapsed() >= Duration::from_millis(200));
+    }
+
+    #[test]
+    fn a_throttle_sleep_ends_when_shutdown_begins() {
+        let shared = shared();
+        let stopper = Arc::clone(&shared);
+        let stop = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            stopper.begin_shutdown();
+        });
+        let t = Instant::now();
+        shared.sleep(Duration::from_secs(60));
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "slept {:?}",
+            t.elapsed()
+        );
+        stop.join().expect("the stopper thread");
+        // Once shutting down, a sleep returns at once.
+        let t = Instant::now();
+        shared.sleep(Duration::from_secs(60));
+        assert!(t.elapsed() < Duration::from_secs(1));
     }
 
     #[test]

@@ -25,10 +25,9 @@ use futures_util::StreamExt;
 use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask, Watches};
 use tokio::sync::watch;
 
+use crate::crawl_cursor::{TreeCursor, Visit};
 use crate::escape::escaped;
 use crate::mounts::{reopen_root, Covered};
-use crate::sys;
-use crate::walk::{read_entries, EntryKind};
 
 use super::candidates::{consider_file, Urgency};
 use super::shared::{lock, Shared};
@@ -473,38 +472,35 @@ impl Walker {
     /// marks every file in them as written (after an overflow, or for a
     /// directory that appeared with files already in it).
     fn watch_tree(&mut self, uuid: &str, root: BorrowedFd<'_>, rel: &Path, mark_files: bool) {
-        let mut stack = vec![rel.to_path_buf()];
-        while let Some(dir_rel) = stack.pop() {
+        let mut walk = TreeCursor::below(rel.to_path_buf());
+        let mut files = Vec::new();
+        while let Some(visit) = walk.next_entry(root) {
             if self.stopped() {
                 return;
             }
-            let opened = if dir_rel.as_os_str().is_empty() {
-                sys::open_dir_beneath(root, Path::new("."))
-            } else {
-                sys::open_dir_beneath(root, &dir_rel)
-            };
-            let Ok(dir) = opened else { continue };
-            if !self.add_watch(dir.as_fd(), uuid, &dir_rel) {
-                return;
-            }
-            let Ok(entries) = read_entries(&dir) else {
-                continue;
-            };
-            let mut files = Vec::new();
-            for (name, kind) in entries {
-                match kind {
-                    EntryKind::Directory => stack.push(dir_rel.join(&name)),
-                    EntryKind::File if mark_files => files.push(dir_rel.join(&name)),
-                    _ => {}
+            match visit {
+                Visit::Dir { rel, dir } => {
+                    // A directory's files are marked together, under one lock.
+                    self.mark_written(uuid, &mut files);
+                    if !self.add_watch(dir.as_fd(), uuid, &rel) {
+                        return;
+                    }
                 }
+                Visit::File(rel) if mark_files => files.push(rel),
+                Visit::File(_) => {}
             }
-            if !files.is_empty() {
-                let now = Instant::now();
-                let mut books = lock(&self.books);
-                for file in files {
-                    books.mark(uuid, file, now);
-                }
-            }
+        }
+        self.mark_written(uuid, &mut files);
+    }
+
+    fn mark_written(&self, uuid: &str, files: &mut Vec<PathBuf>) {
+        if files.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let mut books = lock(&self.books);
+        for file in files.drain(..) {
+            books.mark(uuid, file, now);
         }
     }
 

@@ -285,12 +285,12 @@ impl Supervisor for JobSupervisor<'_> {
             if waited >= PRESSURE_WAIT || self.shared.shutting_down() || self.shared.paused() {
                 return Control::Stop;
             }
-            std::thread::sleep(Duration::from_millis(500));
+            self.shared.sleep(Duration::from_millis(500));
             waited += Duration::from_millis(500);
         }
         let wait = self.shared.throttle(bytes);
         if !wait.is_zero() {
-            std::thread::sleep(wait);
+            self.shared.sleep(wait);
         }
         if self.shared.shutting_down() {
             Control::Stop

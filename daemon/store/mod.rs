@@ -26,7 +26,7 @@ mod settled;
 
 use std::fmt;
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use rusqlite::{Connection, Transaction, TransactionBehavior};
 use serde::Serialize;
@@ -142,7 +142,7 @@ impl Store {
         let store = Store {
             conn,
             history_limit: options.history_limit,
-            clock: Box::new(system_clock),
+            clock: Box::new(crate::clock::unix_now),
         };
         store.prune_history()?;
         Ok(store)
@@ -164,13 +164,6 @@ impl Store {
     fn write_tx(&self) -> rusqlite::Result<Transaction<'_>> {
         Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)
     }
-}
-
-/// Unix seconds now; a clock before 1970 reads as 0.
-fn system_clock() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use crate::escape::escaped;
 
 use super::error::is_corruption;
 use super::schema::{self, KNOWN_VERSION, MIGRATIONS};
-use super::{system_clock, StoreError, StoreOptions, DB_FILE_NAME};
+use super::{StoreError, StoreOptions, DB_FILE_NAME};
 
 /// Why a connection could not be prepared.
 enum Failure {
@@ -161,7 +161,7 @@ fn move_aside(path: &Path) -> Result<PathBuf, StoreError> {
 
 /// Never overwrites an earlier corrupt copy, even one from the same second.
 fn free_aside_name(path: &Path) -> PathBuf {
-    let base = with_suffix(path, &format!(".corrupt-{}", system_clock()));
+    let base = with_suffix(path, &format!(".corrupt-{}", crate::clock::unix_now()));
     let mut candidate = base.clone();
     let mut n = 1;
     while candidate.symlink_metadata().is_ok() {
