@@ -18,7 +18,7 @@
 //!
 //! Each part prints one `SUMMARY part=...` line.
 
-mod common;
+use defragd_testkit as common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::MetadataExt;

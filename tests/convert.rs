@@ -28,7 +28,7 @@
 //! journal has committed the kernel's work; a crash before that commit
 //! leaves the leaked inode and no word about it (see the assertion).
 
-mod common;
+use defragd_testkit as common;
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;

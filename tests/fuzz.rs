@@ -25,7 +25,7 @@
 //!   and `format::human` / `format::json` never panic, and text from the
 //!   service cannot forge output lines or drive the terminal.
 
-mod common;
+use defragd_testkit as common;
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeSet;

@@ -29,7 +29,7 @@
 //! Needs root, setpriv (util-linux), setfattr/getfattr (attr) and
 //! setfacl/getfacl (acl). Each test prints one `SUMMARY part=...` line.
 
-mod common;
+use defragd_testkit as common;
 
 use std::ffi::OsStr;
 use std::fs;

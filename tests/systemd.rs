@@ -21,7 +21,7 @@
 //! by PID, the cgroups are removed deepest first; the tmpfs on /run/systemd
 //! only ever exists in the manager's own mount namespace.
 
-mod common;
+use defragd_testkit as common;
 
 use std::collections::BTreeMap;
 use std::fs;

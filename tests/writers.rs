@@ -39,7 +39,7 @@
 //! DEFRAGD_WRITERS_ROUNDS (default 1) repeats each test on fresh images;
 //! DEFRAGD_WRITERS_SEED fixes the churn's random choices (else the clock).
 
-mod common;
+use defragd_testkit as common;
 
 use std::collections::BTreeMap;
 use std::fs::{self, OpenOptions};
