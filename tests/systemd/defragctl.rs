@@ -72,15 +72,40 @@ fn defragctl_drives_the_service_systemd_runs() {
     let svc = Defragd::install(&mgr, &cfg, &root.join("defragd-state"));
     mgr.systemctl_ok(&["start", "defragd"]);
 
-    // The crawl finds the file and a worker moves it, all under the unit's
-    // sandbox.
+    // One service driven by defragctl, scenario by scenario: each starts
+    // where the one before left it.
+    the_crawl_finds_the_file_and_moves_it_in_the_sandbox(&svc, &crawled, crawled_extents);
+    status_speaks_to_people_and_to_scripts(&svc, &root);
+    pause_shows_in_both_statuses(&svc);
+    let (file, extents, sum) = a_file_queued_while_paused_stays_unmoved(&svc, &root);
+    resume_moves_it_and_the_history_says_so(&svc, &file, extents, &sum);
+    reload_applies_a_good_config_and_refuses_a_bad_one(&svc, &mut cfg);
+    a_non_root_peer_is_refused(&svc);
+
+    let t = Instant::now();
+    mgr.systemctl_ok(&["stop", "defragd"]);
+    let s = svc.show(&["Result", "ExecMainStatus"]);
+    eprintln!("stop took {:.2}s: {s:?}", t.elapsed().as_secs_f64());
+    assert_eq!(
+        (s["Result"].as_str(), s["ExecMainStatus"].as_str()),
+        ("success", "0")
+    );
+}
+
+/// The crawl finds the file and a worker moves it, all under the unit's
+/// sandbox.
+fn the_crawl_finds_the_file_and_moves_it_in_the_sandbox(
+    svc: &Defragd,
+    crawled: &Path,
+    crawled_extents: u64,
+) {
     let t = Instant::now();
     let entry = wait_for(
         "the crawl's move in the history",
         Duration::from_secs(30),
         || {
-            fail_on_denied_syscalls(&svc);
-            history_entry(&svc, &crawled)
+            fail_on_denied_syscalls(svc);
+            history_entry(svc, crawled)
         },
     );
     eprintln!(
@@ -89,14 +114,16 @@ fn defragctl_drives_the_service_systemd_runs() {
     );
     assert_eq!(entry["outcome"], "defragmented", "{entry}");
     assert_eq!(entry["extents_before"], crawled_extents, "{entry}");
-    assert!(filefrag_extents(&crawled) < crawled_extents / 4);
+    assert!(filefrag_extents(crawled) < crawled_extents / 4);
     wait_for("the first crawl pass", Duration::from_secs(15), || {
         svc.prop("StatusText")
             .contains("next crawl in")
             .then_some(())
     });
+}
 
-    // status, for people and for scripts.
+/// status, for people and for scripts.
+fn status_speaks_to_people_and_to_scripts(svc: &Defragd, root: &Path) {
     let human = svc.defragctl_ok(&["status"]);
     eprintln!("defragctl status:\n{human}");
     let first = human.lines().next().unwrap_or_default();
@@ -129,8 +156,10 @@ fn defragctl_drives_the_service_systemd_runs() {
         "{}",
         svc.prop("StatusText")
     );
+}
 
-    // pause: the status says so, for defragctl and for systemd.
+/// pause: the status says so, for defragctl and for systemd.
+fn pause_shows_in_both_statuses(svc: &Defragd) {
     let said = svc.defragctl_ok(&["pause"]);
     assert!(said.starts_with("paused"), "{said}");
     assert_eq!(svc.defragctl_json(&["status"])["state"], "paused");
@@ -141,16 +170,18 @@ fn defragctl_drives_the_service_systemd_runs() {
             .starts_with("paused by operator")
             .then_some(())
     });
+}
 
-    // A fragmented file, queued by hand: while paused it stays queued and
-    // unmoved. (No settle now: the manager's namespace has its own copy of
-    // the mount; the pause gives ext4 the seconds it needs instead.)
-    let file = fragmented_file(&root, "queued", 16 * MIB, 0x5eed);
+/// A fragmented file, queued by hand: while paused it stays queued and
+/// unmoved. (No settle now: the manager's namespace has its own copy of
+/// the mount; the pause gives ext4 the seconds it needs instead.)
+fn a_file_queued_while_paused_stays_unmoved(svc: &Defragd, root: &Path) -> (PathBuf, u64, String) {
+    let file = fragmented_file(root, "queued", 16 * MIB, 0x5eed);
     let extents = filefrag_extents(&file);
     let sum = md5(&file);
     sleep(Duration::from_millis(1100)); // past the quiet period
     let out = svc.defragctl(&["defrag", &file.to_string_lossy()]);
-    fail_on_denied_syscalls(&svc);
+    fail_on_denied_syscalls(svc);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(stdout(&out).starts_with("queued"), "{}", text(&out));
     let queue = svc.defragctl_ok(&["queue"]);
@@ -169,23 +200,26 @@ fn defragctl_drives_the_service_systemd_runs() {
         svc.defragctl_json(&["queue"]).as_array().map(Vec::len),
         Some(1)
     );
-    assert!(history_entry(&svc, &file).is_none());
+    assert!(history_entry(svc, &file).is_none());
+    (file, extents, sum)
+}
 
-    // resume: it is moved, and history says so.
+/// resume: it is moved, and history says so.
+fn resume_moves_it_and_the_history_says_so(svc: &Defragd, file: &Path, extents: u64, sum: &str) {
     assert_eq!(svc.defragctl_ok(&["resume"]).trim(), "resumed");
     let t = Instant::now();
     let entry = wait_for("the move in the history", Duration::from_secs(30), || {
-        history_entry(&svc, &file)
+        history_entry(svc, file)
     });
     eprintln!(
         "moved within {:.1}s of resume: {entry}",
         t.elapsed().as_secs_f64()
     );
     assert_eq!(entry["outcome"], "defragmented", "{entry}");
-    let after = filefrag_extents(&file);
+    let after = filefrag_extents(file);
     eprintln!("filefrag: {extents} -> {after} extents");
     assert!(after < extents / 4, "{extents} -> {after} extents");
-    assert_eq!(md5(&file), sum, "the data changed");
+    assert_eq!(md5(file), sum, "the data changed");
     let history = svc.defragctl_ok(&["history"]);
     eprintln!("defragctl history:\n{history}");
     assert!(
@@ -197,18 +231,20 @@ fn defragctl_drives_the_service_systemd_runs() {
     assert_eq!(svc.defragctl_ok(&["queue"]).trim(), "the queue is empty");
     let json = svc.defragctl_json(&["status"]);
     assert_eq!(json["bytes_moved_today"], 24 * MIB, "{json}");
+}
 
-    // reload: a good config is applied, a bad one refused (exit 1).
+/// reload: a good config is applied, a bad one refused (exit 1).
+fn reload_applies_a_good_config_and_refuses_a_bad_one(svc: &Defragd, cfg: &mut ServiceConfig) {
     let reloads = svc.count("configuration reloaded");
     cfg.max_mib_per_s = 32;
-    svc.write_config(&cfg);
+    svc.write_config(cfg);
     assert_eq!(
         svc.defragctl_ok(&["reload"]).trim(),
         "configuration reloaded"
     );
     svc.wait_for_log("configuration reloaded", reloads, Duration::from_secs(5));
     cfg.max_mib_per_s = 0;
-    svc.write_config(&cfg);
+    svc.write_config(cfg);
     let out = svc.defragctl(&["reload"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
@@ -223,11 +259,13 @@ fn defragctl_drives_the_service_systemd_runs() {
         s["StatusText"]
     );
     cfg.max_mib_per_s = 64;
-    svc.write_config(&cfg);
+    svc.write_config(cfg);
     svc.defragctl_ok(&["reload"]);
+}
 
-    // A non-root peer is refused: by the socket's mode, and by the
-    // service's own check when the mode would let it in.
+/// A non-root peer is refused: by the socket's mode, and by the
+/// service's own check when the mode would let it in.
+fn a_non_root_peer_is_refused(svc: &Defragd) {
     let sock = fs::metadata(&svc.socket).expect("stat socket");
     assert!(sock.file_type().is_socket());
     eprintln!("control socket mode {:o}", sock.mode() & 0o7777);
@@ -244,13 +282,4 @@ fn defragctl_drives_the_service_systemd_runs() {
     let out = svc.defragctl_as_nobody(&["--json", "pause"]);
     assert_eq!(out.status.code(), Some(4), "{}", text(&out));
     assert_eq!(svc.defragctl_json(&["status"])["state"], "idle");
-
-    let t = Instant::now();
-    mgr.systemctl_ok(&["stop", "defragd"]);
-    let s = svc.show(&["Result", "ExecMainStatus"]);
-    eprintln!("stop took {:.2}s: {s:?}", t.elapsed().as_secs_f64());
-    assert_eq!(
-        (s["Result"].as_str(), s["ExecMainStatus"].as_str()),
-        ("success", "0")
-    );
 }

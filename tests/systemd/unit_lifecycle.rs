@@ -22,7 +22,24 @@ fn a_real_systemd_runs_the_unit() {
     cfg.max_mib_per_s = 64;
     let svc = Defragd::install(&mgr, &cfg, &img.root().join("defragd-state"));
 
-    // start returns once READY=1 came (with its STATUS=).
+    // One service's life, scenario by scenario: each starts where the one
+    // before left the service (and its config).
+    let pid = start_returns_after_ready_with_its_status(&mgr, &svc, &img);
+    block_devices_are_read_only_under_device_policy(&mgr, &svc, &img);
+    systemctl_status_shows_the_status_text(&mgr);
+    reload_applies_a_changed_config(&mgr, &svc, &mut cfg);
+    reload_refuses_a_bad_config_and_the_service_stays(&mgr, &svc, &mut cfg, &pid);
+    stop_is_clean_and_quick(&mgr, &svc);
+    a_bad_config_at_start_exits_78_and_is_not_restarted(&mgr, &svc, &mut cfg);
+    the_watchdog_kills_and_restarts_a_hung_main_loop(&mgr, &svc, &mut cfg);
+}
+
+/// start returns once READY=1 came (with its STATUS=).
+fn start_returns_after_ready_with_its_status(
+    mgr: &UserManager,
+    svc: &Defragd,
+    img: &LoopImage,
+) -> String {
     let t = Instant::now();
     mgr.systemctl_ok(&["start", "defragd"]);
     let took = t.elapsed();
@@ -41,9 +58,16 @@ fn a_real_systemd_runs_the_unit() {
     assert_ne!(pid, "0");
     let covering = format!("covering {}", img.root().display());
     svc.wait_for_log(&covering, 0, Duration::from_secs(5));
+    pid
+}
 
-    // Under DevicePolicy=closed (enforced where the devices hierarchy is
-    // delegated), the loop devices are readable, and not every device is.
+/// Under DevicePolicy=closed (enforced where the devices hierarchy is
+/// delegated), the loop devices are readable, and not every device is.
+fn block_devices_are_read_only_under_device_policy(
+    mgr: &UserManager,
+    svc: &Defragd,
+    img: &LoopImage,
+) {
     if let Some(devices) = mgr.devices_cgroup() {
         let cg = svc.prop("ControlGroup");
         let rel = cg.strip_prefix('/').unwrap_or(&cg);
@@ -73,8 +97,10 @@ fn a_real_systemd_runs_the_unit() {
     } else {
         eprintln!("no v1 devices hierarchy: DevicePolicy=/DeviceAllow= are BPF rules here");
     }
+}
 
-    // status shows the STATUS= text.
+/// status shows the STATUS= text.
+fn systemctl_status_shows_the_status_text(mgr: &UserManager) {
     let status = mgr.systemctl_ok(&["status", "defragd"]);
     eprintln!("{status}");
     let status_line = status
@@ -88,9 +114,11 @@ fn a_real_systemd_runs_the_unit() {
             && status_line.contains("queued"),
         "{status_line}"
     );
+}
 
-    // reload applies a changed config: the crawl interval shows in the
-    // status line ("next crawl in ...") once the first pass is done.
+/// reload applies a changed config: the crawl interval shows in the
+/// status line ("next crawl in ...") once the first pass is done.
+fn reload_applies_a_changed_config(mgr: &UserManager, svc: &Defragd, cfg: &mut ServiceConfig) {
     let before = wait_for("the first crawl pass", Duration::from_secs(15), || {
         let st = svc.prop("StatusText");
         st.contains("next crawl in").then_some(st)
@@ -99,7 +127,7 @@ fn a_real_systemd_runs_the_unit() {
     let reloads = svc.count("configuration reloaded");
     cfg.max_mib_per_s = 32;
     cfg.crawl_interval = "2h".into();
-    svc.write_config(&cfg);
+    svc.write_config(cfg);
     let t = Instant::now();
     mgr.systemctl_ok(&["reload", "defragd"]);
     svc.wait_for_log("configuration reloaded", reloads, Duration::from_secs(10));
@@ -115,12 +143,19 @@ fn a_real_systemd_runs_the_unit() {
         "reload applied within {:.2}s: {before:?} -> {after:?}",
         t.elapsed().as_secs_f64()
     );
+}
 
-    // A bad config on reload is refused: the service stays, on the
-    // previous config, and its status says so.
+/// A bad config on reload is refused: the service stays, on the
+/// previous config, and its status says so.
+fn reload_refuses_a_bad_config_and_the_service_stays(
+    mgr: &UserManager,
+    svc: &Defragd,
+    cfg: &mut ServiceConfig,
+    pid: &str,
+) {
     let refusals = svc.count("the new configuration is not valid");
     cfg.max_mib_per_s = 0;
-    svc.write_config(&cfg);
+    svc.write_config(cfg);
     let out = mgr.systemctl(&["reload", "defragd"]);
     eprintln!("systemctl reload with a bad config: {}", out.status);
     svc.wait_for_log(
@@ -143,14 +178,14 @@ fn a_real_systemd_runs_the_unit() {
         (
             s["ActiveState"].as_str(),
             s["SubState"].as_str(),
-            &s["MainPID"]
+            s["MainPID"].as_str()
         ),
-        ("active", "running", &pid),
+        ("active", "running", pid),
         "{s:?}"
     );
     // A good config again clears the note.
     cfg.max_mib_per_s = 64;
-    svc.write_config(&cfg);
+    svc.write_config(cfg);
     let reloads = svc.count("configuration reloaded");
     mgr.systemctl_ok(&["reload", "defragd"]);
     svc.wait_for_log("configuration reloaded", reloads, Duration::from_secs(10));
@@ -159,8 +194,10 @@ fn a_real_systemd_runs_the_unit() {
         Duration::from_secs(10),
         || (!svc.prop("StatusText").contains(RELOAD_FAILED)).then_some(()),
     );
+}
 
-    // stop: clean and quick.
+/// stop: clean and quick.
+fn stop_is_clean_and_quick(mgr: &UserManager, svc: &Defragd) {
     let t = Instant::now();
     mgr.systemctl_ok(&["stop", "defragd"]);
     let took = t.elapsed();
@@ -179,10 +216,16 @@ fn a_real_systemd_runs_the_unit() {
         .lines()
         .last()
         .is_some_and(|l| l.contains("stopped")));
+}
 
-    // A bad config at start: exit status 78, and no restart.
+/// A bad config at start: exit status 78, and no restart.
+fn a_bad_config_at_start_exits_78_and_is_not_restarted(
+    mgr: &UserManager,
+    svc: &Defragd,
+    cfg: &mut ServiceConfig,
+) {
     cfg.max_mib_per_s = 0;
-    svc.write_config(&cfg);
+    svc.write_config(cfg);
     let out = mgr.systemctl(&["start", "defragd"]);
     assert!(!out.status.success(), "start with a bad config succeeded");
     let props = [
@@ -216,10 +259,16 @@ fn a_real_systemd_runs_the_unit() {
         "{s:?}"
     );
     mgr.systemctl_ok(&["reset-failed", "defragd"]);
+}
 
-    // The watchdog: a main loop that hangs is killed and restarted.
+/// The watchdog: a main loop that hangs is killed and restarted.
+fn the_watchdog_kills_and_restarts_a_hung_main_loop(
+    mgr: &UserManager,
+    svc: &Defragd,
+    cfg: &mut ServiceConfig,
+) {
     cfg.max_mib_per_s = 64;
-    svc.write_config(&cfg);
+    svc.write_config(cfg);
     let drop_in = mgr.unit_dir().join("defragd.service.d/50-watchdog.conf");
     fs::write(&drop_in, WATCHDOG_DROP_IN).expect("write watchdog drop-in");
     mgr.systemctl_ok(&["daemon-reload"]);
