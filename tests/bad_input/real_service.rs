@@ -266,282 +266,15 @@ fn the_service_survives_hostile_control_clients_and_keeps_moving() {
     );
     let sampler = spawn_progress_sampler(path.clone(), orig.clone(), Arc::clone(&stop));
     let t0 = Instant::now();
-    let mut phase_times: Vec<(&'static str, Instant, Instant)> = Vec::new();
-
-    // Phase 1: random bytes, mutated and valid requests, deep nesting;
-    // every line answered by one response, in order.
-    phase.set("garbage");
-    let p = Instant::now();
-    let mut streams: Vec<(Vec<u8>, usize, Vec<usize>)> = Vec::new();
-    let mut results: Vec<Option<String>> = Vec::new();
-    while p.elapsed() < PHASE {
-        let batch: Vec<(Vec<u8>, usize, Vec<usize>)> =
-            (0..240).map(|_| random_stream(&mut rng, &valid)).collect();
-        let got: Vec<Option<String>> = std::thread::scope(|s| {
-            let parts: Vec<_> = batch
-                .chunks(60)
-                .map(|part| {
-                    let socket = socket.clone();
-                    s.spawn(move || {
-                        part.iter()
-                            .map(|(data, lines, ok)| {
-                                match exchange(&socket, data, true, None, secs(10)) {
-                                    Ok(ex) => judge_stream(&ex, *lines, ok),
-                                    Err(e) => Some(format!("connect: {e}")),
-                                }
-                            })
-                            .collect::<Vec<_>>()
-                    })
-                })
-                .collect();
-            parts
-                .into_iter()
-                .flat_map(|h| h.join().expect("garbage client"))
-                .collect()
-        });
-        streams.extend(batch);
-        results.extend(got);
-    }
-    for (i, r) in results.iter().enumerate() {
-        tally.cases += 1;
-        tally.faults += 1;
-        if let Some(why) = r {
-            tally.kind(&format!("garbage: {why}"));
-            tally.fail(format!(
-                "garbage stream {i} ({} bytes): {why}",
-                streams[i].0.len()
-            ));
-        }
-    }
-    phase_times.push(("garbage", p, Instant::now()));
-
-    // Phase 2: huge lines.
-    phase.set("huge");
-    let p = Instant::now();
-    let mut huge_results: Vec<(String, Result<Exchange, String>)> = Vec::new();
-    while p.elapsed() < PHASE {
-        let got: Vec<(String, Result<Exchange, String>)> = std::thread::scope(|s| {
-            let mut handles = Vec::new();
-            for i in 0..6 {
-                let socket = socket.clone();
-                handles.push(s.spawn(move || {
-                    // 1 MiB without a newline (the last two with one at the end).
-                    let mut data = vec![b'a' + i as u8; MIB as usize];
-                    if i >= 4 {
-                        data.push(b'\n');
-                    }
-                    (
-                        format!("1 MiB line {i}"),
-                        exchange(&socket, &data, false, Some(1), secs(10))
-                            .map_err(|e| e.to_string()),
-                    )
-                }));
-            }
-            handles
-                .into_iter()
-                .map(|h| h.join().expect("huge client"))
-                .collect()
-        });
-        huge_results.extend(got);
-    }
-    for (what, r) in &huge_results {
-        tally.cases += 1;
-        tally.faults += 1;
-        match r {
-            Ok(ex)
-                if ex
-                    .lines
-                    .first()
-                    .is_some_and(|l| l.contains("request too long")) => {}
-            Ok(ex) => tally.fail(format!(
-                "{what}: no \"request too long\" answer: {:?} (closed={}, write error {:?})",
-                ex.lines, ex.closed, ex.write_error
-            )),
-            Err(e) => tally.fail(format!("{what}: {e}")),
-        }
-    }
-    // At the limit: a line of exactly 64 KiB is read (and refused as not
-    // JSON) and the connection stays usable; one byte more is too long.
-    {
-        let max = defragd::control::protocol::MAX_REQUEST_BYTES;
-        let mut data = vec![b' '; max - 2];
-        data.splice(0..0, b"{}".iter().copied());
-        data.push(b'\n');
-        data.extend_from_slice(b"{\"cmd\":\"status\"}\n");
-        tally.cases += 1;
-        match exchange(&socket, &data, true, Some(2), secs(10)) {
-            Ok(ex) if ex.lines.len() == 2 && ex.lines[1].contains("\"ok\":true") => {}
-            other => tally.fail(format!(
-                "a line of exactly {max} bytes, then status: {:?}",
-                other.map(|e| e.lines)
-            )),
-        }
-        let mut data = vec![b' '; max + 1];
-        data.push(b'\n');
-        data.extend_from_slice(b"{\"cmd\":\"status\"}\n");
-        tally.cases += 1;
-        match exchange(&socket, &data, true, None, secs(10)) {
-            Ok(ex) if ex.lines.len() == 1 && ex.lines[0].contains("request too long") => {}
-            other => tally.fail(format!(
-                "a line of {} bytes: {:?}",
-                max + 1,
-                other.map(|e| e.lines)
-            )),
-        }
-    }
-    phase_times.push(("huge", p, Instant::now()));
-
-    // Phase 3: 100 clients at once.
-    phase.set("flood");
-    let p = Instant::now();
-    let mut flood: Vec<Result<String, String>> = Vec::new();
-    while p.elapsed() < PHASE {
-        let barrier = Arc::new(Barrier::new(100));
-        let got: Vec<Result<String, String>> = (0..100)
-            .map(|i| {
-                let socket = socket.clone();
-                let barrier = Arc::clone(&barrier);
-                let req = valid[i % 5].clone();
-                std::thread::spawn(move || {
-                    barrier.wait();
-                    let t = Instant::now();
-                    match exchange(
-                        &socket,
-                        format!("{req}\n").as_bytes(),
-                        false,
-                        Some(1),
-                        secs(5),
-                    ) {
-                        Ok(ex) => match ex.lines.first() {
-                            Some(l) if l.contains("\"ok\":true") => Ok("ok".to_string()),
-                            Some(l) if l.contains("\"error\":\"busy") => Ok("busy".to_string()),
-                            Some(l) => Err(format!("answered {l}")),
-                            None => Err(format!("no answer within {:?}", t.elapsed())),
-                        },
-                        Err(e) => Err(format!("connect: {e}")),
-                    }
-                })
-            })
-            .collect::<Vec<_>>()
-            .into_iter()
-            .map(|h| h.join().expect("flood client"))
-            .collect();
-        flood.extend(got);
-        sleep(Duration::from_millis(300));
-    }
-    let flood_ok = flood.iter().filter(|r| r.as_deref() == Ok("ok")).count();
-    let flood_busy = flood.iter().filter(|r| r.as_deref() == Ok("busy")).count();
-    for r in &flood {
-        tally.cases += 1;
-        if let Err(e) = r {
-            tally.fail(format!("flood client: {e}"));
-        }
-    }
-    tally.note("flood_ok", flood_ok);
-    tally.note("flood_busy", flood_busy);
-    phase_times.push(("flood", p, Instant::now()));
-
-    // Phase 4: half-written requests then silence, and slow clients (fewer
-    // than the connection limit together), for a while.
-    phase.set("slow");
-    let p = Instant::now();
-    let mut silent = Vec::new();
-    for i in 0..16 {
-        let partial: &[u8] = [
-            &b"{\"cmd\":\"sta"[..],
-            b"{",
-            b"{\"cmd\":\"status\"",
-            b"\xff\xfe",
-        ][i % 4];
-        match Holder::open(&socket, partial) {
-            Ok(h) => silent.push(h),
-            Err(e) => tally.fail(format!("silent client {i}: connect: {e}")),
-        }
-    }
-    let dribblers: Vec<JoinHandle<(bool, Result<Exchange, String>)>> = (0..8)
-        .map(|i| {
-            let socket = socket.clone();
-            std::thread::spawn(move || {
-                if i < 6 {
-                    // A valid request, a byte every 100 ms: answered.
-                    (true, dribble(&socket, b"{\"cmd\":\"status\"}\n", secs(5)))
-                } else {
-                    // Garbage that never ends: closed at the idle timeout.
-                    (false, dribble(&socket, &[b'x'; 200], secs(20)))
-                }
-            })
-        })
-        .collect();
-    let mut dribbled_ok = 0;
-    for d in dribblers {
-        let (valid_request, r) = d.join().expect("dribbler");
-        tally.cases += 1;
-        tally.faults += 1;
-        match (valid_request, r) {
-            (true, Ok(ex)) if ex.lines.first().is_some_and(|l| l.contains("\"ok\":true")) => {
-                dribbled_ok += 1
-            }
-            (true, other) => {
-                tally.fail(format!("a slow valid request was not answered: {other:?}"))
-            }
-            (false, Ok(ex)) if ex.closed || ex.lines.is_empty() => {}
-            (false, other) => tally.fail(format!("endless slow garbage: {other:?}")),
-        }
-    }
-    tally.note("slow_valid_answered", dribbled_ok);
-    let mut closed_after = Vec::new();
-    for (i, h) in silent.into_iter().enumerate() {
-        tally.cases += 1;
-        tally.faults += 1;
-        match h.wait_closed(secs(20)) {
-            (Some(after), sent) => {
-                closed_after.push(after.as_secs_f64());
-                if !sent.is_empty() && !sent.contains("\"ok\":false") {
-                    tally.fail(format!("silent client {i} was sent {sent:?}"));
-                }
-            }
-            (None, _) => tally.fail(format!("silent client {i} still open after 20 s")),
-        }
-    }
-    let max_open = closed_after.iter().copied().fold(0.0, f64::max);
-    tally.note("silent_closed_after_max_s", format!("{max_open:.1}"));
-    phase_times.push(("slow", p, Instant::now()));
-
-    // Phase 5: more silent clients than connection slots: new clients are
-    // told "busy" at once (no hang), and served again once the service
-    // closes the idle ones.
-    phase.set("exhaust");
-    let p = Instant::now();
-    let mut hogs = Vec::new();
-    for _ in 0..40 {
-        if let Ok(h) = Holder::open(&socket, b"") {
-            hogs.push(h);
-        }
-    }
-    let mut refused = 0;
-    let mut back_after = None;
-    while p.elapsed() < secs(25) {
-        let (answer, took) = status_once(&socket, secs(2) + Duration::from_millis(500));
-        tally.cases += 1;
-        match answer {
-            StatusAnswer::Ok(_) => {
-                back_after = Some(p.elapsed());
-                break;
-            }
-            StatusAnswer::Busy if took <= secs(2) => refused += 1,
-            other => tally.fail(format!(
-                "while every slot was taken, status got {other:?} after {took:?}"
-            )),
-        }
-        sleep(Duration::from_millis(250));
-    }
-    tally.note("exhaust_busy_answers", refused);
-    match back_after {
-        Some(t) => tally.note("exhaust_unavailable_s", format!("{:.1}", t.as_secs_f64())),
-        None => tally.fail("status never came back after the idle connections".to_string()),
-    }
-    drop(hogs);
-    phase_times.push(("exhaust", p, Instant::now()));
+    // The phases, one after another, while the probe, the steady client and
+    // the sampler watch; each says when it ran.
+    let phase_times: Vec<(&'static str, Instant, Instant)> = vec![
+        garbage_gets_one_response_per_line_in_order(&phase, &socket, &mut rng, &valid, &mut tally),
+        huge_lines_are_refused_as_too_long(&phase, &socket, &mut tally),
+        a_flood_of_clients_is_served_or_told_busy(&phase, &socket, &valid, &mut tally),
+        silent_and_slow_clients_are_answered_or_closed(&phase, &socket, &mut tally),
+        with_every_slot_taken_new_clients_are_told_busy(&phase, &socket, &mut tally),
+    ];
 
     phase.set("after");
     sleep(secs(2));
@@ -656,4 +389,310 @@ fn the_service_survives_hostile_control_clients_and_keeps_moving() {
     });
     img.unmount_and_fsck();
     tally.finish();
+}
+
+/// Phase 1: random bytes, mutated and valid requests, deep nesting;
+/// every line answered by one response, in order.
+fn garbage_gets_one_response_per_line_in_order(
+    phase: &Phase,
+    socket: &Path,
+    rng: &mut Seeded,
+    valid: &[String],
+    tally: &mut Tally,
+) -> (&'static str, Instant, Instant) {
+    phase.set("garbage");
+    let p = Instant::now();
+    let mut streams: Vec<(Vec<u8>, usize, Vec<usize>)> = Vec::new();
+    let mut results: Vec<Option<String>> = Vec::new();
+    while p.elapsed() < PHASE {
+        let batch: Vec<(Vec<u8>, usize, Vec<usize>)> =
+            (0..240).map(|_| random_stream(rng, valid)).collect();
+        let got: Vec<Option<String>> = std::thread::scope(|s| {
+            let parts: Vec<_> = batch
+                .chunks(60)
+                .map(|part| {
+                    s.spawn(move || {
+                        part.iter()
+                            .map(|(data, lines, ok)| {
+                                match exchange(socket, data, true, None, secs(10)) {
+                                    Ok(ex) => judge_stream(&ex, *lines, ok),
+                                    Err(e) => Some(format!("connect: {e}")),
+                                }
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            parts
+                .into_iter()
+                .flat_map(|h| h.join().expect("garbage client"))
+                .collect()
+        });
+        streams.extend(batch);
+        results.extend(got);
+    }
+    for (i, r) in results.iter().enumerate() {
+        tally.cases += 1;
+        tally.faults += 1;
+        if let Some(why) = r {
+            tally.kind(&format!("garbage: {why}"));
+            tally.fail(format!(
+                "garbage stream {i} ({} bytes): {why}",
+                streams[i].0.len()
+            ));
+        }
+    }
+    ("garbage", p, Instant::now())
+}
+
+/// Phase 2: huge lines.
+fn huge_lines_are_refused_as_too_long(
+    phase: &Phase,
+    socket: &Path,
+    tally: &mut Tally,
+) -> (&'static str, Instant, Instant) {
+    phase.set("huge");
+    let p = Instant::now();
+    let mut huge_results: Vec<(String, Result<Exchange, String>)> = Vec::new();
+    while p.elapsed() < PHASE {
+        let got: Vec<(String, Result<Exchange, String>)> = std::thread::scope(|s| {
+            let mut handles = Vec::new();
+            for i in 0..6 {
+                handles.push(s.spawn(move || {
+                    // 1 MiB without a newline (the last two with one at the end).
+                    let mut data = vec![b'a' + i as u8; MIB as usize];
+                    if i >= 4 {
+                        data.push(b'\n');
+                    }
+                    (
+                        format!("1 MiB line {i}"),
+                        exchange(socket, &data, false, Some(1), secs(10))
+                            .map_err(|e| e.to_string()),
+                    )
+                }));
+            }
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("huge client"))
+                .collect()
+        });
+        huge_results.extend(got);
+    }
+    for (what, r) in &huge_results {
+        tally.cases += 1;
+        tally.faults += 1;
+        match r {
+            Ok(ex)
+                if ex
+                    .lines
+                    .first()
+                    .is_some_and(|l| l.contains("request too long")) => {}
+            Ok(ex) => tally.fail(format!(
+                "{what}: no \"request too long\" answer: {:?} (closed={}, write error {:?})",
+                ex.lines, ex.closed, ex.write_error
+            )),
+            Err(e) => tally.fail(format!("{what}: {e}")),
+        }
+    }
+    // At the limit: a line of exactly 64 KiB is read (and refused as not
+    // JSON) and the connection stays usable; one byte more is too long.
+    {
+        let max = defragd::control::protocol::MAX_REQUEST_BYTES;
+        let mut data = vec![b' '; max - 2];
+        data.splice(0..0, b"{}".iter().copied());
+        data.push(b'\n');
+        data.extend_from_slice(b"{\"cmd\":\"status\"}\n");
+        tally.cases += 1;
+        match exchange(socket, &data, true, Some(2), secs(10)) {
+            Ok(ex) if ex.lines.len() == 2 && ex.lines[1].contains("\"ok\":true") => {}
+            other => tally.fail(format!(
+                "a line of exactly {max} bytes, then status: {:?}",
+                other.map(|e| e.lines)
+            )),
+        }
+        let mut data = vec![b' '; max + 1];
+        data.push(b'\n');
+        data.extend_from_slice(b"{\"cmd\":\"status\"}\n");
+        tally.cases += 1;
+        match exchange(socket, &data, true, None, secs(10)) {
+            Ok(ex) if ex.lines.len() == 1 && ex.lines[0].contains("request too long") => {}
+            other => tally.fail(format!(
+                "a line of {} bytes: {:?}",
+                max + 1,
+                other.map(|e| e.lines)
+            )),
+        }
+    }
+    ("huge", p, Instant::now())
+}
+
+/// Phase 3: 100 clients at once.
+fn a_flood_of_clients_is_served_or_told_busy(
+    phase: &Phase,
+    socket: &Path,
+    valid: &[String],
+    tally: &mut Tally,
+) -> (&'static str, Instant, Instant) {
+    phase.set("flood");
+    let p = Instant::now();
+    let mut flood: Vec<Result<String, String>> = Vec::new();
+    while p.elapsed() < PHASE {
+        let barrier = Arc::new(Barrier::new(100));
+        let got: Vec<Result<String, String>> = (0..100)
+            .map(|i| {
+                let socket = socket.to_path_buf();
+                let barrier = Arc::clone(&barrier);
+                let req = valid[i % 5].clone();
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    let t = Instant::now();
+                    match exchange(
+                        &socket,
+                        format!("{req}\n").as_bytes(),
+                        false,
+                        Some(1),
+                        secs(5),
+                    ) {
+                        Ok(ex) => match ex.lines.first() {
+                            Some(l) if l.contains("\"ok\":true") => Ok("ok".to_string()),
+                            Some(l) if l.contains("\"error\":\"busy") => Ok("busy".to_string()),
+                            Some(l) => Err(format!("answered {l}")),
+                            None => Err(format!("no answer within {:?}", t.elapsed())),
+                        },
+                        Err(e) => Err(format!("connect: {e}")),
+                    }
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|h| h.join().expect("flood client"))
+            .collect();
+        flood.extend(got);
+        sleep(Duration::from_millis(300));
+    }
+    let flood_ok = flood.iter().filter(|r| r.as_deref() == Ok("ok")).count();
+    let flood_busy = flood.iter().filter(|r| r.as_deref() == Ok("busy")).count();
+    for r in &flood {
+        tally.cases += 1;
+        if let Err(e) = r {
+            tally.fail(format!("flood client: {e}"));
+        }
+    }
+    tally.note("flood_ok", flood_ok);
+    tally.note("flood_busy", flood_busy);
+    ("flood", p, Instant::now())
+}
+
+/// Phase 4: half-written requests then silence, and slow clients (fewer
+/// than the connection limit together), for a while.
+fn silent_and_slow_clients_are_answered_or_closed(
+    phase: &Phase,
+    socket: &Path,
+    tally: &mut Tally,
+) -> (&'static str, Instant, Instant) {
+    phase.set("slow");
+    let p = Instant::now();
+    let mut silent = Vec::new();
+    for i in 0..16 {
+        let partial: &[u8] = [
+            &b"{\"cmd\":\"sta"[..],
+            b"{",
+            b"{\"cmd\":\"status\"",
+            b"\xff\xfe",
+        ][i % 4];
+        match Holder::open(socket, partial) {
+            Ok(h) => silent.push(h),
+            Err(e) => tally.fail(format!("silent client {i}: connect: {e}")),
+        }
+    }
+    let dribblers: Vec<JoinHandle<(bool, Result<Exchange, String>)>> = (0..8)
+        .map(|i| {
+            let socket = socket.to_path_buf();
+            std::thread::spawn(move || {
+                if i < 6 {
+                    // A valid request, a byte every 100 ms: answered.
+                    (true, dribble(&socket, b"{\"cmd\":\"status\"}\n", secs(5)))
+                } else {
+                    // Garbage that never ends: closed at the idle timeout.
+                    (false, dribble(&socket, &[b'x'; 200], secs(20)))
+                }
+            })
+        })
+        .collect();
+    let mut dribbled_ok = 0;
+    for d in dribblers {
+        let (valid_request, r) = d.join().expect("dribbler");
+        tally.cases += 1;
+        tally.faults += 1;
+        match (valid_request, r) {
+            (true, Ok(ex)) if ex.lines.first().is_some_and(|l| l.contains("\"ok\":true")) => {
+                dribbled_ok += 1
+            }
+            (true, other) => {
+                tally.fail(format!("a slow valid request was not answered: {other:?}"))
+            }
+            (false, Ok(ex)) if ex.closed || ex.lines.is_empty() => {}
+            (false, other) => tally.fail(format!("endless slow garbage: {other:?}")),
+        }
+    }
+    tally.note("slow_valid_answered", dribbled_ok);
+    let mut closed_after = Vec::new();
+    for (i, h) in silent.into_iter().enumerate() {
+        tally.cases += 1;
+        tally.faults += 1;
+        match h.wait_closed(secs(20)) {
+            (Some(after), sent) => {
+                closed_after.push(after.as_secs_f64());
+                if !sent.is_empty() && !sent.contains("\"ok\":false") {
+                    tally.fail(format!("silent client {i} was sent {sent:?}"));
+                }
+            }
+            (None, _) => tally.fail(format!("silent client {i} still open after 20 s")),
+        }
+    }
+    let max_open = closed_after.iter().copied().fold(0.0, f64::max);
+    tally.note("silent_closed_after_max_s", format!("{max_open:.1}"));
+    ("slow", p, Instant::now())
+}
+
+/// Phase 5: more silent clients than connection slots: new clients are
+/// told "busy" at once (no hang), and served again once the service
+/// closes the idle ones.
+fn with_every_slot_taken_new_clients_are_told_busy(
+    phase: &Phase,
+    socket: &Path,
+    tally: &mut Tally,
+) -> (&'static str, Instant, Instant) {
+    phase.set("exhaust");
+    let p = Instant::now();
+    let mut hogs = Vec::new();
+    for _ in 0..40 {
+        if let Ok(h) = Holder::open(socket, b"") {
+            hogs.push(h);
+        }
+    }
+    let mut refused = 0;
+    let mut back_after = None;
+    while p.elapsed() < secs(25) {
+        let (answer, took) = status_once(socket, secs(2) + Duration::from_millis(500));
+        tally.cases += 1;
+        match answer {
+            StatusAnswer::Ok(_) => {
+                back_after = Some(p.elapsed());
+                break;
+            }
+            StatusAnswer::Busy if took <= secs(2) => refused += 1,
+            other => tally.fail(format!(
+                "while every slot was taken, status got {other:?} after {took:?}"
+            )),
+        }
+        sleep(Duration::from_millis(250));
+    }
+    tally.note("exhaust_busy_answers", refused);
+    match back_after {
+        Some(t) => tally.note("exhaust_unavailable_s", format!("{:.1}", t.as_secs_f64())),
+        None => tally.fail("status never came back after the idle connections".to_string()),
+    }
+    drop(hogs);
+    ("exhaust", p, Instant::now())
 }
