@@ -22,9 +22,27 @@ fn one_shot_converts_and_defragments_block_mapped_files_only_when_asked() {
     let extents_before: Vec<u64> = paths.iter().map(|p| filefrag_extents(p)).collect();
     eprintln!("filefrag extents before: {extents_before:?}");
 
-    // check: per file and per filesystem.
+    check_reports_every_block_mapped_file(&data, &root, &paths);
+    defrag_without_the_flag_skips_them_naming_the_setting(&data, &paths, &before);
+    defrag_with_the_flag_converts_and_defragments_them(&data, &paths, &before, &extents_before);
+
+    // check again: nothing block-mapped is left.
     let check = check_tree(&data);
-    for p in &paths {
+    assert_eq!(
+        (check.total.block_mapped, check.filesystems[0].block_mapped),
+        (0, 0),
+        "block-mapped files left after the conversion"
+    );
+
+    let fsck = img.unmount_and_fsck();
+    eprintln!("e2fsck -fn: clean; {}", fsck_summary(&fsck));
+    eprintln!("test 1 took {:.1} s", t0.elapsed().as_secs_f64());
+}
+
+/// check: per file and per filesystem.
+fn check_reports_every_block_mapped_file(data: &Path, root: &Path, paths: &[PathBuf]) {
+    let check = check_tree(data);
+    for p in paths {
         let entry = check
             .files
             .iter()
@@ -75,10 +93,16 @@ fn one_shot_converts_and_defragments_block_mapped_files_only_when_asked() {
         paths.len() as u64,
         "filesystems[0].block_mapped"
     );
+}
 
-    // defrag without the flag: skipped, naming the setting.
-    let (report, summary) = defrag(&[], &[&data]);
-    for p in &paths {
+/// defrag without the flag: skipped, naming the setting.
+fn defrag_without_the_flag_skips_them_naming_the_setting(
+    data: &Path,
+    paths: &[PathBuf],
+    before: &[(String, u64, String, String)],
+) {
+    let (report, summary) = defrag(&[], &[data]);
+    for p in paths {
         let f = report.file(p);
         let reason = f.reason.as_deref().unwrap_or("");
         eprintln!(
@@ -115,7 +139,7 @@ fn one_shot_converts_and_defragments_block_mapped_files_only_when_asked() {
         (0, 0),
         "{summary:?}"
     );
-    for (p, b) in paths.iter().zip(&before) {
+    for (p, b) in paths.iter().zip(before) {
         assert_eq!(
             &identity(p),
             b,
@@ -123,10 +147,17 @@ fn one_shot_converts_and_defragments_block_mapped_files_only_when_asked() {
             p.display()
         );
     }
+}
 
-    // defrag with the flag: converted and defragmented.
+/// defrag with the flag: converted and defragmented.
+fn defrag_with_the_flag_converts_and_defragments_them(
+    data: &Path,
+    paths: &[PathBuf],
+    before: &[(String, u64, String, String)],
+    extents_before: &[u64],
+) {
     let t = Instant::now();
-    let (report, summary) = defrag(&["--convert-block-mapped"], &[&data]);
+    let (report, summary) = defrag(&["--convert-block-mapped"], &[data]);
     eprintln!(
         "defrag --convert-block-mapped in {:.1} s: {summary:?}",
         t.elapsed().as_secs_f64()
@@ -135,7 +166,7 @@ fn one_shot_converts_and_defragments_block_mapped_files_only_when_asked() {
         "{:<12} {:>4} {:>14} {:>6} {:>6} {:>6} {:>10}  lsattr",
         "file", "MiB", "outcome", "before", "after", "ideal", "filefrag"
     );
-    for ((p, b), ff_before) in paths.iter().zip(&before).zip(&extents_before) {
+    for ((p, b), ff_before) in paths.iter().zip(before).zip(extents_before) {
         let f = report.file(p);
         let ff_after = filefrag_extents(p);
         let ideal = f.ideal_extents.expect("ideal_extents");
@@ -183,18 +214,6 @@ fn one_shot_converts_and_defragments_block_mapped_files_only_when_asked() {
     assert_eq!(summary.converted, paths.len() as u64, "{summary:?}");
     assert_eq!(summary.defragmented, paths.len() as u64, "{summary:?}");
     assert_eq!(summary.failed, 0, "{summary:?}");
-
-    // check again: nothing block-mapped is left.
-    let check = check_tree(&data);
-    assert_eq!(
-        (check.total.block_mapped, check.filesystems[0].block_mapped),
-        (0, 0),
-        "block-mapped files left after the conversion"
-    );
-
-    let fsck = img.unmount_and_fsck();
-    eprintln!("e2fsck -fn: clean; {}", fsck_summary(&fsck));
-    eprintln!("test 1 took {:.1} s", t0.elapsed().as_secs_f64());
 }
 
 /// `defragd check --json -r DIR`, exit 0.
