@@ -18,10 +18,40 @@ fn symlinks_swapped_in_never_lead_the_service_or_the_cli_outside() {
     let mut seen = Vec::new();
     let swapper = at.start_attack(&canary);
 
-    // The service: crawl (about 4 s over 1000 files), watcher on the
-    // tree (flooded by the renames) and defragctl defrag requests.
+    let service_renames = the_service_stays_inside_the_tree_and_answers(
+        &root, &at, &canary, &mut seen, &mut tally, swapper,
+    );
+    defragd_defrag_stays_inside_the_tree(&at, &canary, &mut seen, &mut tally, service_renames);
+
+    // The victims are intact, and so is everything on the canary.
+    for (p, sum) in at.victims.iter().zip(&sums) {
+        tally.check(md5(p) == *sum, || {
+            format!("{}: content changed", p.display())
+        });
+    }
+    let all = canary.changes();
+    tally.check(all.is_empty(), || format!("the canary changed: {all:?}"));
+    // The detector works: listing the canary's directory is seen.
+    let _ = fs::read_dir(canary.file("dir")).map(|d| d.count());
+    tally.check(!canary.quick_changes().is_empty(), || {
+        "the canary did not notice this test's own listing".to_string()
+    });
+    img.unmount_and_fsck();
+    tally.finish();
+}
+
+/// The service: crawl (about 4 s over 1000 files), watcher on the
+/// tree (flooded by the renames) and defragctl defrag requests.
+fn the_service_stays_inside_the_tree_and_answers(
+    root: &Path,
+    at: &AttackTree,
+    canary: &Canary,
+    seen: &mut Vec<String>,
+    tally: &mut Tally,
+    swapper: Swapper,
+) -> u64 {
     let home = ServiceHome::new();
-    let mut cfg = ServiceConfig::new(&root, &[&at.tree]);
+    let mut cfg = ServiceConfig::new(root, &[&at.tree]);
     cfg.files_per_second = 250;
     cfg.quiet_period = "1s".into();
     home.write_config(&cfg);
@@ -110,14 +140,23 @@ fn symlinks_swapped_in_never_lead_the_service_or_the_cli_outside() {
     let (service_renames, _) = swapper.stop();
     svc.stop(secs(15));
     canary_step(
-        &canary,
-        &mut seen,
+        canary,
+        seen,
         "the service (crawl, watcher, defragctl defrag TREE)",
-        &mut tally,
+        tally,
     );
+    service_renames
+}
 
-    // The CLI over the tree, several times, under a new attack.
-    let swapper = at.start_attack(&canary);
+/// The CLI over the tree, several times, under a new attack.
+fn defragd_defrag_stays_inside_the_tree(
+    at: &AttackTree,
+    canary: &Canary,
+    seen: &mut Vec<String>,
+    tally: &mut Tally,
+    service_renames: u64,
+) {
+    let swapper = at.start_attack(canary);
     let mut outs = std::collections::BTreeMap::new();
     let mut slowest_cli = Duration::ZERO;
     for _ in 0..6 {
@@ -148,7 +187,7 @@ fn symlinks_swapped_in_never_lead_the_service_or_the_cli_outside() {
             None => tally.fail(format!("defragd defrag: no JSON report: {out:?}")),
         }
     }
-    canary_step(&canary, &mut seen, "defragd defrag TREE", &mut tally);
+    canary_step(canary, seen, "defragd defrag TREE", tally);
     let (renames, ran) = swapper.stop();
     tally.faults = renames + service_renames;
     tally.note("renames_during_service", service_renames);
@@ -165,19 +204,4 @@ fn symlinks_swapped_in_never_lead_the_service_or_the_cli_outside() {
     tally.check(renames >= 2000 && service_renames >= 2000, || {
         format!("the attacker managed only {service_renames} + {renames} renames")
     });
-    // The victims are intact, and so is everything on the canary.
-    for (p, sum) in at.victims.iter().zip(&sums) {
-        tally.check(md5(p) == *sum, || {
-            format!("{}: content changed", p.display())
-        });
-    }
-    let all = canary.changes();
-    tally.check(all.is_empty(), || format!("the canary changed: {all:?}"));
-    // The detector works: listing the canary's directory is seen.
-    let _ = fs::read_dir(canary.file("dir")).map(|d| d.count());
-    tally.check(!canary.quick_changes().is_empty(), || {
-        "the canary did not notice this test's own listing".to_string()
-    });
-    img.unmount_and_fsck();
-    tally.finish();
 }
