@@ -45,10 +45,45 @@ fn operator_paths_through_attacker_names_are_not_followed() {
         ("DIR/FILE (DIR swapped for a symlink)", &file),
     ];
 
-    // Through the service first (it reads, at most, what the CLI would
-    // then move; the other way round would hide it).
+    // The service first: it reads, at most, what the CLI would then move;
+    // the other way round would hide it.
+    the_service_does_not_follow_them(&root, &statics, &races, &canary, &mut seen, &mut tally);
+    let outs =
+        defragd_defrag_does_not_follow_them(&statics, &races, &canary, &mut seen, &mut tally);
+
+    let (renames, _) = swapper.stop();
+    tally.faults = renames;
+    tally.note("renames", renames);
+    tally.note(
+        "cli_outcomes",
+        outs.iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(","),
+    );
+    for (p, sum) in at.victims.iter().zip(&sums) {
+        tally.check(md5(p) == *sum, || {
+            format!("{}: content changed", p.display())
+        });
+    }
+    let all = canary.changes();
+    eprintln!("canary changes at the end: {all:?}");
+    img.unmount_and_fsck();
+    tally.finish();
+}
+
+/// Through the service first (it reads, at most, what the CLI would
+/// then move; the other way round would hide it).
+fn the_service_does_not_follow_them(
+    root: &Path,
+    statics: &[(&str, &PathBuf)],
+    races: &[(&str, &PathBuf)],
+    canary: &Canary,
+    seen: &mut Vec<String>,
+    tally: &mut Tally,
+) {
     let home = ServiceHome::new();
-    let mut cfg = ServiceConfig::new(&root, &[]);
+    let mut cfg = ServiceConfig::new(root, &[]);
     cfg.quiet_period = "1s".into();
     home.write_config(&cfg);
     let mut svc = home.start(&[]);
@@ -70,22 +105,25 @@ fn operator_paths_through_attacker_names_are_not_followed() {
             tally.check(out.status.code().is_some(), || {
                 format!("defragctl: {out:?}")
             });
-            if canary.quick_changes() != seen {
+            if canary.quick_changes() != *seen {
                 break;
             }
         }
-        canary_step(
-            &canary,
-            &mut seen,
-            &format!("`defragctl defrag {what}`"),
-            &mut tally,
-        );
+        canary_step(canary, seen, &format!("`defragctl defrag {what}`"), tally);
     }
     sleep(secs(2));
     svc.stop(secs(15));
-    canary_step(&canary, &mut seen, "the service's jobs", &mut tally);
+    canary_step(canary, seen, "the service's jobs", tally);
+}
 
-    // The CLI.
+/// The CLI.
+fn defragd_defrag_does_not_follow_them(
+    statics: &[(&str, &PathBuf)],
+    races: &[(&str, &PathBuf)],
+    canary: &Canary,
+    seen: &mut Vec<String>,
+    tally: &mut Tally,
+) -> std::collections::BTreeMap<String, u64> {
     let mut outs = std::collections::BTreeMap::new();
     for (what, path, tries) in statics
         .iter()
@@ -127,34 +165,11 @@ fn operator_paths_through_attacker_names_are_not_followed() {
                     }
                 }
             }
-            if canary.quick_changes() != seen {
+            if canary.quick_changes() != *seen {
                 break;
             }
         }
-        canary_step(
-            &canary,
-            &mut seen,
-            &format!("`defragd defrag {what}`"),
-            &mut tally,
-        );
+        canary_step(canary, seen, &format!("`defragd defrag {what}`"), tally);
     }
-    let (renames, _) = swapper.stop();
-    tally.faults = renames;
-    tally.note("renames", renames);
-    tally.note(
-        "cli_outcomes",
-        outs.iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join(","),
-    );
-    for (p, sum) in at.victims.iter().zip(&sums) {
-        tally.check(md5(p) == *sum, || {
-            format!("{}: content changed", p.display())
-        });
-    }
-    let all = canary.changes();
-    eprintln!("canary changes at the end: {all:?}");
-    img.unmount_and_fsck();
-    tally.finish();
+    outs
 }
