@@ -284,8 +284,51 @@ fn the_service_survives_hostile_control_clients_and_keeps_moving() {
     let samples = sampler.join().expect("sampler");
     let elapsed = t0.elapsed();
 
-    // The move went on all along: no stall longer than 6 s (one chunk a
-    // second at this throttle), as FIEMAP shows it.
+    the_move_never_stalled(&samples, elapsed, &mut tally);
+    the_probe_was_always_answered(&probe_stats, &cursors, &mut tally);
+
+    // The established client was answered all along.
+    let steady_n = steady_answered.load(Ordering::Relaxed);
+    let steady_bad = steady_failures.lock().unwrap().clone();
+    tally.note("steady_answers", steady_n);
+    tally.check(steady_bad.is_empty() && steady_n > 50, || {
+        format!("the established client: {steady_n} answers, failures {steady_bad:?}")
+    });
+
+    // Alive, and its memory and descriptors back near where they were.
+    tally.check(svc.is_running(), || {
+        format!("the service exited; log:\n{}", svc.tail(40))
+    });
+    sleep(secs(1));
+    let rss_after = vm_rss_kib(svc.pid());
+    let fds_after = fd_count(svc.pid());
+    tally.note("rss_kib", format!("{rss_before}->{rss_after}"));
+    tally.note("fds", format!("{fds_before}->{fds_after}"));
+    tally.check(rss_after <= rss_before + 32 * 1024, || {
+        format!("RSS grew from {rss_before} KiB to {rss_after} KiB")
+    });
+    tally.check(fds_after <= fds_before + 8, || {
+        format!("open descriptors grew from {fds_before} to {fds_after}")
+    });
+    for (name, a, b) in &phase_times {
+        eprintln!("phase {name}: {:.1} s", (*b - *a).as_secs_f64());
+    }
+    let panics = svc.lines_with("panicked");
+    tally.check(panics.is_empty(), || {
+        format!("the service's log: {panics:?}")
+    });
+    svc.stop(secs(15));
+    // The file is intact after all this.
+    tally.check(md5(&path) == sum, || {
+        "the file's content changed".to_string()
+    });
+    img.unmount_and_fsck();
+    tally.finish();
+}
+
+/// The move went on all along: no stall longer than 6 s (one chunk a
+/// second at this throttle), as FIEMAP shows it.
+fn the_move_never_stalled(samples: &[(Instant, u64)], elapsed: Duration, tally: &mut Tally) {
     let mut longest_stall = Duration::ZERO;
     let mut last_change = samples.first().map(|s| s.0);
     for w in samples.windows(2) {
@@ -312,9 +355,15 @@ fn the_service_survives_hostile_control_clients_and_keeps_moving() {
             "the throttled move (1 MiB/s) moved only {moved_during} bytes in {elapsed:?} of hostile clients"
         )
     });
+}
 
-    // The probe: answered within 2 s always; a real status except while
-    // more clients than the service serves at once were connected.
+/// The probe: answered within 2 s always; a real status except while
+/// more clients than the service serves at once were connected.
+fn the_probe_was_always_answered(
+    probe_stats: &Mutex<std::collections::BTreeMap<&'static str, ProbeStats>>,
+    cursors: &Mutex<Vec<u64>>,
+    tally: &mut Tally,
+) {
     let stats = probe_stats.lock().unwrap().clone();
     let cursors = cursors.lock().unwrap().clone();
     for (name, s) in &stats {
@@ -353,42 +402,6 @@ fn the_service_survives_hostile_control_clients_and_keeps_moving() {
             cursors.last().map_or(0.0, |c| *c as f64 / MIB as f64)
         ),
     );
-    let steady_n = steady_answered.load(Ordering::Relaxed);
-    let steady_bad = steady_failures.lock().unwrap().clone();
-    tally.note("steady_answers", steady_n);
-    tally.check(steady_bad.is_empty() && steady_n > 50, || {
-        format!("the established client: {steady_n} answers, failures {steady_bad:?}")
-    });
-
-    // Alive, and its memory and descriptors back near where they were.
-    tally.check(svc.is_running(), || {
-        format!("the service exited; log:\n{}", svc.tail(40))
-    });
-    sleep(secs(1));
-    let rss_after = vm_rss_kib(svc.pid());
-    let fds_after = fd_count(svc.pid());
-    tally.note("rss_kib", format!("{rss_before}->{rss_after}"));
-    tally.note("fds", format!("{fds_before}->{fds_after}"));
-    tally.check(rss_after <= rss_before + 32 * 1024, || {
-        format!("RSS grew from {rss_before} KiB to {rss_after} KiB")
-    });
-    tally.check(fds_after <= fds_before + 8, || {
-        format!("open descriptors grew from {fds_before} to {fds_after}")
-    });
-    for (name, a, b) in &phase_times {
-        eprintln!("phase {name}: {:.1} s", (*b - *a).as_secs_f64());
-    }
-    let panics = svc.lines_with("panicked");
-    tally.check(panics.is_empty(), || {
-        format!("the service's log: {panics:?}")
-    });
-    svc.stop(secs(15));
-    // The file is intact after all this.
-    tally.check(md5(&path) == sum, || {
-        "the file's content changed".to_string()
-    });
-    img.unmount_and_fsck();
-    tally.finish();
 }
 
 /// Phase 1: random bytes, mutated and valid requests, deep nesting;
