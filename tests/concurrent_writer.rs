@@ -4,7 +4,7 @@
 //! not asserted, as timing on a shared VM would flake), beside e4defrag's on
 //! an identical copy.
 
-mod common;
+use defragd_testkit as common;
 
 use std::fs::OpenOptions;
 use std::io::Write;

@@ -41,7 +41,7 @@
 //! (default from the clock), DEFRAGD_CRASH_MODES (both | service |
 //! oneshot; default both).
 
-mod common;
+use defragd_testkit as common;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};

@@ -5,7 +5,7 @@
 //! This file holds one test on purpose: it compares wall times, so nothing
 //! else from this binary may run beside it.
 
-mod common;
+use defragd_testkit as common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

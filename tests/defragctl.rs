@@ -2,7 +2,7 @@
 //! socket served in this process by a fake controller (the real service is
 //! tested in tests/service.rs).
 
-mod common;
+use defragd_testkit as common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

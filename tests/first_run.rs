@@ -4,7 +4,7 @@
 //! command's help; defragctl's advice; what the two scores in `check`
 //! measure.
 
-mod common;
+use defragd_testkit as common;
 
 use std::ffi::OsStr;
 use std::fs;

@@ -6,7 +6,7 @@
 //! filesystem is usable again; no file's data changes and e2fsck finds the
 //! filesystem clean.
 
-mod common;
+use defragd_testkit as common;
 
 use std::ffi::OsStr;
 use std::fs;

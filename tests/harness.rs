@@ -1,7 +1,7 @@
 //! Checks the test harness itself (no defragd involved): the fixture really is
 //! fragmented, reproducible in content, and an identical copy is identical.
 
-mod common;
+use defragd_testkit as common;
 
 use common::*;
 

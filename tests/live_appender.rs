@@ -12,7 +12,7 @@
 //! has visibly begun (so the move's "before" is the file the test saw), and
 //! writes fsync'd 4 KiB records, as in concurrent_writer.rs.
 
-mod common;
+use defragd_testkit as common;
 
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, OpenOptions};

@@ -4,7 +4,7 @@
 //! identical copy marked rotational it moves both. The status says which
 //! medium was decided and from what.
 
-mod common;
+use defragd_testkit as common;
 
 use std::ffi::OsStr;
 use std::fs;

@@ -1,7 +1,7 @@
 //! The metrics endpoint of the real service: scraped over its unix socket
 //! with a plain HTTP GET, and parsed as the Prometheus text format.
 
-mod common;
+use defragd_testkit as common;
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;

@@ -6,7 +6,7 @@
 //! crawl pass measures a fragmented file, the move lowers the figure, and
 //! `defragctl status --json` and the gauge agree.
 
-mod common;
+use defragd_testkit as common;
 
 use std::collections::BTreeSet;
 use std::ffi::OsStr;

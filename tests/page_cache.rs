@@ -3,7 +3,7 @@
 //! util-linux `fincore`). e4defrag's residency on an identical copy is
 //! printed for comparison.
 
-mod common;
+use defragd_testkit as common;
 
 use common::*;
 

@@ -6,7 +6,7 @@
 //! Also: --dry-run changes nothing; a tree walk neither follows symlinks nor
 //! crosses mounts nor enters lost+found; usage errors exit 2.
 
-mod common;
+use defragd_testkit as common;
 
 use std::fs;
 use std::os::unix::fs::symlink;

@@ -18,7 +18,7 @@
 //! and 10 check what the log says: each of those can fail on a product bug
 //! (see the assertion messages), not only on a broken harness.
 
-mod common;
+use defragd_testkit as common;
 
 use std::collections::BTreeSet;
 use std::fs;

@@ -4,7 +4,7 @@
 //! How gentle it is, in latency, is the benchmark's business (bench/run
 //! part 2), not a pass/fail test's.
 
-mod common;
+use defragd_testkit as common;
 
 use std::path::Path;
 use std::process::Command;

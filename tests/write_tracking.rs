@@ -13,7 +13,7 @@
 //!    `watch` trees, says so (log, `defragctl status`), still finds written
 //!    files there, and does not chase its own tail either.
 
-mod common;
+use defragd_testkit as common;
 
 use std::ffi::OsStr;
 use std::fs;

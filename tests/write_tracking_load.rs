@@ -11,7 +11,7 @@
 //!    files changed since, without a crawl pass, and a file fragmented
 //!    during the flood is still found and moved.
 
-mod common;
+use defragd_testkit as common;
 
 use std::ffi::OsStr;
 use std::fs;

@@ -1,5 +1,5 @@
 //! Fault injection and the extra judges of the reliability suite
-//! (tests/crash.rs, tests/writers.rs): filesystem shutdown with
+//! (tests/crash.rs, tests/writers/): filesystem shutdown with
 //! EXT4_IOC_SHUTDOWN, signals to our own children by PID, recovery of an
 //! image after a shutdown, a non-asserting `e2fsck -fn`, the kernel's
 //! messages about one loop device, fio runs judged by their JSON and

@@ -1,5 +1,5 @@
-//! Helpers for the reliability suite (tests/fuzz.rs, tests/bad_input.rs,
-//! tests/hostile.rs): fuzz seeds, failure tallies that end in one
+//! Helpers for the reliability suite (tests/fuzz/, tests/bad_input/,
+//! tests/hostile/): fuzz seeds, failure tallies that end in one
 //! `SUMMARY` line per part, an attacker process running as another user,
 //! a canary filesystem that tells whether anything outside the tree under
 //! test was touched, inotify open detection, and raw control-socket

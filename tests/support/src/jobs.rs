@@ -8,7 +8,9 @@ use std::process::{Command, Output};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use super::{check_json, fiemap, filefrag_extents, moved_blocks, run_timed, Extent, MIB};
+use super::{
+    check_json, defragctl_bin, fiemap, filefrag_extents, moved_blocks, run_timed, Extent, MIB,
+};
 
 pub fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
@@ -148,7 +150,7 @@ pub fn assert_defragmented(path: &Path, before: u64) {
 
 /// `defragctl --socket SOCKET ARGS...`, killed and failed past `limit`.
 pub fn defragctl(socket: &Path, args: &[&OsStr], limit: Duration) -> (Output, Duration) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_defragctl"));
+    let mut cmd = Command::new(defragctl_bin());
     cmd.arg("--socket").arg(socket).args(args);
     run_timed(&mut cmd, limit)
 }

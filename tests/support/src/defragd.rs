@@ -5,6 +5,7 @@ use std::ffi::OsStr;
 use std::fs;
 use std::path::Path;
 use std::process::Command;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -12,7 +13,31 @@ use serde::Deserialize;
 use super::cmd::{run_timed, RUN_LIMIT};
 
 pub fn defragd_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_defragd")
+    static PATH: OnceLock<String> = OnceLock::new();
+    PATH.get_or_init(|| package_bin("defragd"))
+}
+
+pub fn defragctl_bin() -> &'static str {
+    static PATH: OnceLock<String> = OnceLock::new();
+    PATH.get_or_init(|| package_bin("defragctl"))
+}
+
+/// The path of the package's binary `name`. The test binaries took it at
+/// compile time (`env!("CARGO_BIN_EXE_defragd")`), which this crate, built
+/// before the binaries, cannot: `cargo test` also gives it to the test
+/// process at run time, in the same variable. A test binary started by
+/// hand finds it where cargo put both (target/PROFILE/deps/TEST and
+/// target/PROFILE/NAME).
+fn package_bin(name: &str) -> String {
+    if let Ok(path) = std::env::var(format!("CARGO_BIN_EXE_{name}")) {
+        return path;
+    }
+    let exe = std::env::current_exe().expect("the test binary's own path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("the test binary lies in target/PROFILE/deps");
+    profile_dir.join(name).to_string_lossy().into_owned()
 }
 
 #[derive(Debug, Clone, Deserialize)]

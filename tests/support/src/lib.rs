@@ -3,12 +3,13 @@
 //! judge the result with tools nobody in this project wrote (filefrag,
 //! e4defrag, e2fsck, md5sum, stat, lsattr, fincore).
 //!
+//! A crate of its own (a dev-dependency of defragd), so that it is compiled
+//! once, not once per test binary; each binary names it as it used to name
+//! its copy: `use defragd_testkit as common;`.
+//!
 //! Everything a test attaches or mounts is owned by a guard whose `Drop`
 //! undoes it, also when the test panics. Nothing here touches a device,
 //! mount or process the test did not create itself.
-
-// Each test binary uses a different part of this module.
-#![allow(dead_code)]
 
 mod cmd;
 mod defragd;
@@ -23,8 +24,6 @@ mod scrape;
 mod seeded;
 mod service;
 
-// Not every test binary uses every part.
-#[allow(unused_imports)]
 pub use {
     cmd::*, defragd::*, faults::*, fixture::*, hostile::*, image::*, jobs::*, judge::*, records::*,
     scrape::*, seeded::*, service::*,

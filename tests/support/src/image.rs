@@ -108,8 +108,9 @@ pub struct LoopImage {
     mnt: PathBuf,
     dev: Option<String>,
     mounted: bool,
-    // Last field: removed after Drop::drop has unmounted and detached.
-    dir: tempfile::TempDir,
+    // Last field: removed after Drop::drop has unmounted and detached (held,
+    // never read).
+    _dir: tempfile::TempDir,
 }
 
 impl LoopImage {
@@ -157,7 +158,7 @@ impl LoopImage {
             mnt,
             dev: None,
             mounted: false,
-            dir,
+            _dir: dir,
         };
         me.mount();
         me
