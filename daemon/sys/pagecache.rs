@@ -134,6 +134,25 @@ pub fn read_ahead(fd: BorrowedFd<'_>, offset: u64, len: u64) -> Result<()> {
     advise(fd, offset, len, PosixFadviseAdvice::POSIX_FADV_WILLNEED)
 }
 
+/// Reads the range through the cache and waits for it: unlike
+/// `read_ahead`, whose pages are allocated without retrying and so go
+/// missing when memory is short, a read always leaves them resident.
+pub fn read_into_cache(fd: BorrowedFd<'_>, offset: u64, len: u64) -> Result<()> {
+    let mut buffer = vec![0u8; 64 << 10];
+    let end = offset.saturating_add(len);
+    let mut at = offset;
+    while at < end {
+        let want = usize::try_from(end - at).map_or(buffer.len(), |w| w.min(buffer.len()));
+        let read = nix::sys::uio::pread(fd, &mut buffer[..want], off_t("pread", at)?)
+            .map_err(|errno| Error::of("pread", errno))?;
+        if read == 0 {
+            break; // end of file
+        }
+        at += read as u64;
+    }
+    Ok(())
+}
+
 /// Drops clean pages of the range from the cache.
 pub fn drop_cached(fd: BorrowedFd<'_>, offset: u64, len: u64) -> Result<()> {
     advise(fd, offset, len, PosixFadviseAdvice::POSIX_FADV_DONTNEED)
