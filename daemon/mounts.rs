@@ -8,7 +8,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use crate::backend::{self, Backend};
-use crate::ext4::{FsError, FsInfo};
+use crate::filesystem::{FsError, FsInfo};
 use crate::outcome::SkipReason;
 use crate::sys;
 
@@ -87,7 +87,7 @@ pub fn cover(mount_point: &Path) -> Result<Covered, Ineligible> {
         .refuse_filesystem(&info)
         .map_err(|reason| refuse(Why::from(reason)))?;
     Ok(Covered {
-        uuid: info.superblock.uuid.to_string(),
+        uuid: info.uuid.to_string(),
         backend,
         mount_point: mount_point.to_path_buf(),
         dev: stat.st_dev,

@@ -123,7 +123,7 @@ pub fn consider_handle(
         return Considered::Left("not a regular file of this filesystem".into());
     }
     let generation = match sys::reopen(pinned.as_fd(), sys::Access::ReadOnly)
-        .and_then(|file| crate::ext4::generation(file.as_fd()))
+        .and_then(|file| sys::generation(file.as_fd()))
     {
         Ok(generation) => generation,
         Err(sys::Error::NotFound) => return Considered::Gone,

@@ -172,7 +172,7 @@ fn attempt(
     // as done once it is under way, not 0%.
     let resumed_bytes = job
         .next_block
-        .saturating_mul(u64::from(fs.info.superblock.block_size))
+        .saturating_mul(fs.info.block_size)
         .min(total_bytes);
     shared.set_moving(
         disk,
