@@ -22,6 +22,18 @@ impl fmt::Display for FsUuid {
     }
 }
 
+impl FsUuid {
+    /// A UUID named by a short tag, for tests: the tag's bytes, then zeros.
+    #[cfg(test)]
+    pub fn for_test(tag: &str) -> FsUuid {
+        let mut bytes = [0u8; 16];
+        for (b, t) in bytes.iter_mut().zip(tag.bytes()) {
+            *b = t;
+        }
+        FsUuid(bytes)
+    }
+}
+
 /// Text that is not a UUID in the 8-4-4-4-12 form.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0:?} is not a filesystem UUID (32 hexadecimal digits as 8-4-4-4-12)")]
@@ -48,6 +60,21 @@ impl FromStr for FsUuid {
             *byte = u8::from_str_radix(pair, 16).map_err(|_| bad())?;
         }
         Ok(FsUuid(bytes))
+    }
+}
+
+/// As its text, wherever it is serialized (a store row's file identity,
+/// the control socket's replies).
+impl serde::Serialize for FsUuid {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for FsUuid {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
     }
 }
 

@@ -172,7 +172,7 @@ fn consider_target(
         inspected.assessment.ideal_extents,
     ));
     let file = FileId {
-        fs_uuid: fs.uuid.clone(),
+        fs_uuid: fs.uuid,
         ino: inspected.ino,
         generation: inspected.generation,
     };

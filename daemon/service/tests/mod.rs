@@ -47,7 +47,7 @@ fn settings() -> Settings {
 fn covered(disk: &DiskId) -> Covered {
     let mount_point = PathBuf::from("/sim/a");
     Covered {
-        uuid: FS_A.to_owned(),
+        uuid: FS_A,
         mount_point: mount_point.clone(),
         dev: 0,
         disk: disk.clone(),
@@ -97,7 +97,7 @@ impl Rig {
             shared.set_engine(Arc::new(sim.clone()));
         }
         let disk = DiskId("sim:0".into());
-        shared.set_covered(HashMap::from([(FS_A.to_owned(), covered(&disk))]));
+        shared.set_covered(HashMap::from([(FS_A, covered(&disk))]));
         Rig {
             shared,
             sim,
