@@ -161,7 +161,7 @@ impl Controller for ServiceController {
                     Considered::Running => {
                         last = Some(("left", "it is being moved right now".into()))
                     }
-                    Considered::Left(why) => last = Some(("left", why)),
+                    Considered::Left(why) => last = Some(("left", why.to_string())),
                     Considered::Gone => last = Some(("error", "no such file".into())),
                     Considered::Failed(why) => last = Some(("error", why)),
                 }

@@ -138,6 +138,11 @@ fn crawl_pass(shared: &Shared, fs: &Covered, after: Option<(PathBuf, u64)>) {
                     escaped(&rel)
                 );
             }
+            Considered::Left(why) => tracing::debug!(
+                "crawl: assessed {}: left ({}): {why}",
+                escaped(&rel),
+                why.code()
+            ),
             other => tracing::debug!("crawl: assessed {}: {other:?}", escaped(&rel)),
         }
         unsaved.assessed(rel, measured.unwrap_or_default());
