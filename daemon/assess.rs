@@ -281,9 +281,8 @@ pub fn score(extents: u64, ideal: u64) -> f64 {
 }
 
 /// e4defrag's idea of the best extent count: one per flex group (or block
-/// group) the blocks span.
-pub fn e4defrag_best(blocks: u64, blocks_per_group: u32, groups_per_flex: Option<u32>) -> u64 {
-    let span = u64::from(blocks_per_group) * u64::from(groups_per_flex.unwrap_or(1));
+/// group) the blocks span, `span` blocks each (`FsInfo::group_blocks`).
+pub fn e4defrag_best(blocks: u64, span: u64) -> u64 {
     match blocks.checked_sub(1) {
         None => 0,
         Some(last) => last.checked_div(span).map_or(1, |groups| groups + 1),
@@ -512,10 +511,11 @@ mod tests {
 
     #[test]
     fn e4defrag_best_and_score_follow_its_formula() {
-        assert_eq!(e4defrag_best(0, 32768, Some(16)), 0);
-        assert_eq!(e4defrag_best(1, 32768, Some(16)), 1);
-        assert_eq!(e4defrag_best(32768 * 16 + 1, 32768, Some(16)), 2);
-        assert_eq!(e4defrag_best(32769, 32768, None), 2);
+        assert_eq!(e4defrag_best(0, 32768 * 16), 0);
+        assert_eq!(e4defrag_best(1, 32768 * 16), 1);
+        assert_eq!(e4defrag_best(32768 * 16 + 1, 32768 * 16), 2);
+        assert_eq!(e4defrag_best(32769, 32768), 2);
+        assert_eq!(e4defrag_best(32769, 0), 1);
         let mut s = E4defragScore::default();
         s.add(6, 1, 1000); // ratio 0.5 -> 4
         assert!((s.score() - 4.0).abs() < 1e-9);

@@ -14,6 +14,7 @@ use std::time::Duration;
 use crate::backend::Inspected;
 use crate::eligibility::{refuse_in_use, refuse_unmovable};
 use crate::ext4;
+use crate::filesystem::FsDetail;
 use crate::outcome::{Refusal, SkipReason};
 use crate::sys;
 use crate::target::Target;
@@ -53,7 +54,11 @@ pub fn convert(
         Err(reason) => return Err(Refusal::Skip(reason)),
         Ok(()) => return Ok(()),
     }
-    if !inspected.fs.superblock.has_extents {
+    // Only ext4 has block-mapped files, and only ext4 converts them.
+    let has_extents = match &inspected.fs.detail {
+        FsDetail::Ext4(detail) => detail.superblock.has_extents,
+    };
+    if !has_extents {
         return Err(Refusal::Skip(SkipReason::NoExtentFeature));
     }
     refuse_in_use(inspected, quiet_period)?;

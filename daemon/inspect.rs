@@ -14,7 +14,7 @@ use nix::sys::stat::SFlag;
 use crate::assess::{Assessment, ExtentMap};
 use crate::backend::Inspected;
 use crate::backend::{self, Backend};
-use crate::ext4::{self, FsError, FsInfo};
+use crate::filesystem::{FsError, FsInfo};
 use crate::outcome::{FailReason, Refusal, SkipReason};
 use crate::sys::{self, Access, Flush};
 use crate::target::Target;
@@ -52,24 +52,11 @@ impl Filesystems {
         let entry = self.known.entry(dev).or_insert_with(|| backend::probe(fd));
         match entry {
             Ok((backend, fs)) => Ok((*backend, fs)),
-            Err(FsError::NotExt4(kind)) => Err(SkipReason::NotExt4(format!(
-                "is on a {} filesystem, not ext4",
-                fs_name(*kind)
-            ))
-            .into()),
+            Err(unsupported @ FsError::Unsupported { .. }) => {
+                Err(SkipReason::UnsupportedFilesystem(format!("is on {unsupported}")).into())
+            }
             Err(other) => Err(Refusal::Fail(FailReason::Filesystem(other.to_string()))),
         }
-    }
-}
-
-fn fs_name(magic: i64) -> String {
-    match magic {
-        0x0102_1994 => "tmpfs".into(),
-        0x5846_5342 => "xfs".into(),
-        0x9123_683E => "btrfs".into(),
-        0x6969 => "nfs".into(),
-        0x794C_7630 => "overlayfs".into(),
-        other => format!("non-ext4 (type {other:#x})"),
     }
 }
 
@@ -104,8 +91,8 @@ pub fn inspect(
             "the file changed identity while being opened".into(),
         )));
     }
-    let flags = ext4::inode_flags(file.as_fd())?;
-    let generation = ext4::generation(file.as_fd())?;
+    let flags = sys::inode_flags(file.as_fd())?;
+    let generation = sys::generation(file.as_fd())?;
     if target
         .expected_identity
         .is_some_and(|id| id != (reopened.st_ino, generation))
@@ -117,8 +104,8 @@ pub fn inspect(
         sys::sync_data(file.as_fd())?;
     }
     let raw = sys::fiemap(file.as_fd(), Flush::No)?;
-    let map = ExtentMap::from_fiemap(&raw, u64::from(fs.superblock.block_size));
-    let assessment = Assessment::of(&map, size, backend.max_extent_blocks());
+    let map = ExtentMap::from_fiemap(&raw, fs.block_size);
+    let assessment = Assessment::of(&map, size, fs.max_extent_blocks);
     Ok(Inspected {
         pinned,
         file,
@@ -156,8 +143,9 @@ pub struct Measured<'a> {
 /// For reports only: it reads no generation, so `expected_identity` is
 /// not checked; whatever must be sure of a file's identity uses `inspect`.
 ///
-/// A file that is not opened is taken as extent-mapped unless its
-/// filesystem has no extent feature: the inode flags take an open, and
+/// A file that is not opened is taken as block-mapped only where its
+/// backend says every file is (ext4 without the extent feature): the inode
+/// flags take an open, and
 /// such a file has one block at most, which no move or conversion would
 /// change. (On a filesystem converted from ext3, its old one-block files
 /// are block-mapped and not counted as such.)
@@ -172,15 +160,14 @@ pub fn measure<'a>(
     }
     // Not a mount root: the entry is on its directory's filesystem.
     let (backend, fs) = filesystems.get(entry.dev, target.dir.as_fd())?;
-    let longest = backend.max_extent_blocks();
-    let sb = &fs.superblock;
-    if let Some(map) = at_most_one_extent(&entry, sb) {
+    let longest = fs.max_extent_blocks;
+    if let Some(map) = at_most_one_extent(&entry, fs.block_size, fs.inline_data()) {
         return Ok(Measured {
             fs,
             dev: entry.dev,
             ino: entry.ino,
             size: entry.size,
-            block_mapped: !sb.has_extents,
+            block_mapped: backend.block_mapped(fs, None),
             assessment: Assessment::of(&map, entry.size, longest),
         });
     }
@@ -193,29 +180,29 @@ pub fn measure<'a>(
         return Err(SkipReason::OtherFilesystem.into());
     }
     let file = sys::reopen(pinned.as_fd(), Access::ReadOnly)?;
-    let flags = ext4::inode_flags(file.as_fd())?;
+    let flags = sys::inode_flags(file.as_fd())?;
     let raw = sys::fiemap(file.as_fd(), Flush::No)?;
-    let map = ExtentMap::from_fiemap(&raw, u64::from(sb.block_size));
+    let map = ExtentMap::from_fiemap(&raw, fs.block_size);
     let size = u64::try_from(stat.st_size).unwrap_or(0);
     Ok(Measured {
         fs,
         dev: stat.st_dev,
         ino: stat.st_ino,
         size,
-        block_mapped: !flags.extent_mapped() && !flags.inline_data(),
+        block_mapped: backend.block_mapped(fs, Some(flags)),
         assessment: Assessment::of(&map, size, longest),
     })
 }
 
 /// The map of a file that statx alone shows to have at most one extent,
-/// or None when it takes FIEMAP to know.
-fn at_most_one_extent(entry: &sys::EntryStat, sb: &ext4::Superblock) -> Option<ExtentMap> {
+/// or None when it takes FIEMAP to know; on a filesystem of blocks of
+/// `block` bytes, where data may be `inline` in the inode or not.
+fn at_most_one_extent(entry: &sys::EntryStat, block: u64, inline: bool) -> Option<ExtentMap> {
     let allocated = entry.blocks_512.saturating_mul(512);
-    let block = u64::from(sb.block_size);
     if allocated == 0 {
         // No block at all: no extent, unless the data is inline (which
         // FIEMAP reports as one extent).
-        (entry.size == 0 || !sb.inline_data).then(ExtentMap::default)
+        (entry.size == 0 || !inline).then(ExtentMap::default)
     } else if allocated <= block && entry.size > 0 && entry.size <= block {
         // One block, and data that fits in it: the block is the data's.
         // (st_blocks also counts an external xattr block: a larger file
@@ -269,19 +256,6 @@ mod tests {
         ));
     }
 
-    fn superblock(inline_data: bool) -> ext4::Superblock {
-        ext4::Superblock {
-            uuid: ext4::FsUuid([0; 16]),
-            block_size: 4096,
-            blocks_per_group: 32768,
-            groups_per_flex: Some(16),
-            has_extents: true,
-            bigalloc: false,
-            inline_data,
-            encryption: false,
-        }
-    }
-
     fn entry(size: u64, blocks_512: u64) -> sys::EntryStat {
         sys::EntryStat {
             file_type: SFlag::S_IFREG.bits(),
@@ -296,36 +270,66 @@ mod tests {
     }
 
     fn extents(map: Option<ExtentMap>) -> Option<u64> {
-        map.map(|m| Assessment::of(&m, 0, Backend::Ext4.max_extent_blocks()).extents)
+        map.map(|m| Assessment::of(&m, 0, crate::backend::ext4::MAX_EXTENT_BLOCKS).extents)
     }
 
     #[test]
     fn statx_tells_files_of_at_most_one_block_apart() {
-        let sb = superblock(false);
+        let inline = false;
         // Empty, and all hole without blocks: no extent.
-        assert_eq!(extents(at_most_one_extent(&entry(0, 0), &sb)), Some(0));
         assert_eq!(
-            extents(at_most_one_extent(&entry(1 << 20, 0), &sb)),
+            extents(at_most_one_extent(&entry(0, 0), 4096, inline)),
+            Some(0)
+        );
+        assert_eq!(
+            extents(at_most_one_extent(&entry(1 << 20, 0), 4096, inline)),
             Some(0)
         );
         // Data in one block: one extent.
-        assert_eq!(extents(at_most_one_extent(&entry(100, 8), &sb)), Some(1));
-        assert_eq!(extents(at_most_one_extent(&entry(4096, 8), &sb)), Some(1));
+        assert_eq!(
+            extents(at_most_one_extent(&entry(100, 8), 4096, inline)),
+            Some(1)
+        );
+        assert_eq!(
+            extents(at_most_one_extent(&entry(4096, 8), 4096, inline)),
+            Some(1)
+        );
         // More than one block, or one block that may not be data (an
         // empty file's, a large sparse file's): FIEMAP decides.
-        assert_eq!(extents(at_most_one_extent(&entry(4097, 16), &sb)), None);
-        assert_eq!(extents(at_most_one_extent(&entry(100, 16), &sb)), None);
-        assert_eq!(extents(at_most_one_extent(&entry(0, 8), &sb)), None);
-        assert_eq!(extents(at_most_one_extent(&entry(1 << 20, 8), &sb)), None);
+        assert_eq!(
+            extents(at_most_one_extent(&entry(4097, 16), 4096, inline)),
+            None
+        );
+        assert_eq!(
+            extents(at_most_one_extent(&entry(100, 16), 4096, inline)),
+            None
+        );
+        assert_eq!(
+            extents(at_most_one_extent(&entry(0, 8), 4096, inline)),
+            None
+        );
+        assert_eq!(
+            extents(at_most_one_extent(&entry(1 << 20, 8), 4096, inline)),
+            None
+        );
     }
 
     #[test]
     fn inline_data_counts_as_one_extent() {
-        let sb = superblock(true);
+        let inline = true;
         // ext4 reports inline data as 512-byte units of st_blocks, or none.
-        assert_eq!(extents(at_most_one_extent(&entry(100, 1), &sb)), Some(1));
-        assert_eq!(extents(at_most_one_extent(&entry(100, 0), &sb)), None);
-        assert_eq!(extents(at_most_one_extent(&entry(0, 0), &sb)), Some(0));
+        assert_eq!(
+            extents(at_most_one_extent(&entry(100, 1), 4096, inline)),
+            Some(1)
+        );
+        assert_eq!(
+            extents(at_most_one_extent(&entry(100, 0), 4096, inline)),
+            None
+        );
+        assert_eq!(
+            extents(at_most_one_extent(&entry(0, 0), 4096, inline)),
+            Some(0)
+        );
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod crawl_cursor;
 pub mod eligibility;
 pub mod escape;
 pub mod ext4;
+pub mod filesystem;
 pub mod inspect;
 pub mod logging;
 pub mod medium;

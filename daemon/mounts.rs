@@ -8,7 +8,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use crate::backend::{self, Backend};
-use crate::ext4::{FsError, FsInfo};
+use crate::filesystem::{FsError, FsInfo, FsUuid};
 use crate::outcome::SkipReason;
 use crate::sys;
 
@@ -19,7 +19,7 @@ pub struct DiskId(pub String);
 /// A covered filesystem.
 #[derive(Debug, Clone)]
 pub struct Covered {
-    pub uuid: String,
+    pub uuid: FsUuid,
     /// The backend that moves files on it.
     pub backend: Backend,
     pub mount_point: PathBuf,
@@ -87,7 +87,7 @@ pub fn cover(mount_point: &Path) -> Result<Covered, Ineligible> {
         .refuse_filesystem(&info)
         .map_err(|reason| refuse(Why::from(reason)))?;
     Ok(Covered {
-        uuid: info.superblock.uuid.to_string(),
+        uuid: info.uuid,
         backend,
         mount_point: mount_point.to_path_buf(),
         dev: stat.st_dev,

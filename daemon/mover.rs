@@ -183,7 +183,7 @@ fn prepare(
         }
         .into());
     }
-    let block_size = u64::from(inspected.fs.superblock.block_size);
+    let block_size = inspected.fs.block_size;
     let eof_block = inspected.size.div_ceil(block_size);
     let ranges = from_block(
         &clip_to_eof(&inspected.map.data_ranges(), eof_block),
@@ -281,7 +281,7 @@ fn run(
     supervisor: &mut dyn Supervisor,
 ) -> Outcome {
     let before = inspected.assessment;
-    let block_size = u64::from(inspected.fs.superblock.block_size);
+    let block_size = inspected.fs.block_size;
     let chunk_blocks = plan::chunk_blocks(options.chunk_bytes, block_size);
     let chunks = plan::chunks(&prepared.ranges, chunk_blocks, prepared.resume_at);
     let file = prepared.file.as_fd();
@@ -314,7 +314,7 @@ fn run(
         return halted(halt, pass.moved_bytes);
     }
 
-    let measured = match verdict::measure(file, block_size, inspected.backend.max_extent_blocks()) {
+    let measured = match verdict::measure(file, block_size, inspected.fs.max_extent_blocks) {
         Ok(measured) => measured,
         Err(e) => return halted(Halt::Failed(e.into()), pass.moved_bytes),
     };

@@ -17,7 +17,7 @@ pub enum SkipReason {
     #[error("is on another filesystem than the tree being walked (a mount point)")]
     OtherFilesystem,
     #[error("{0}")]
-    NotExt4(String),
+    UnsupportedFilesystem(String),
     #[error("is empty or smaller than one block ({size} bytes); there is nothing to defragment")]
     TooSmall { size: u64 },
     #[error("is already contiguous ({extents} extents, ideal {ideal}); nothing to gain")]
@@ -84,7 +84,7 @@ impl SkipReason {
             SkipReason::Symlink => "symlink",
             SkipReason::NotRegular(_) => "not_regular",
             SkipReason::OtherFilesystem => "other_filesystem",
-            SkipReason::NotExt4(_) => "not_ext4",
+            SkipReason::UnsupportedFilesystem(_) => "unsupported_filesystem",
             SkipReason::TooSmall { .. } => "too_small",
             SkipReason::AlreadyContiguous { .. } => "already_contiguous",
             SkipReason::BlockMapped => "block_mapped",
@@ -378,7 +378,7 @@ mod tests {
             SkipReason::Symlink,
             SkipReason::NotRegular("fifo"),
             SkipReason::OtherFilesystem,
-            SkipReason::NotExt4(String::new()),
+            SkipReason::UnsupportedFilesystem(String::new()),
             SkipReason::TooSmall { size: 0 },
             SkipReason::AlreadyContiguous {
                 extents: 1,

@@ -25,9 +25,6 @@ use crate::outcome::SkipReason;
 use crate::sys;
 use crate::target::Target;
 
-/// ext4's root directory is always inode 2.
-pub const EXT4_ROOT_INO: u64 = 2;
-
 /// What the walk found.
 #[derive(Debug)]
 pub enum Found {
@@ -205,9 +202,10 @@ pub fn enter_dir(base: BorrowedFd<'_>, rel: &Path, shown: &Path) -> Option<Owned
 }
 
 /// The entries a walk visits in the open directory `dir`, sorted by name
-/// bytes: all but . and .., and but lost+found when `dir` is a
-/// filesystem's root (e2fsck's, never defragd's). `shown` names it in the
-/// log. None when it cannot be read.
+/// bytes: all but . and .., and but lost+found when `dir` is the root of a
+/// mount (e2fsck's or xfs_repair's, never defragd's; by name and place,
+/// as every filesystem type that has one keeps it there). `shown` names it
+/// in the log. None when it cannot be read.
 pub fn list_dir(dir: &OwnedFd, shown: &Path) -> Option<Vec<(OsString, EntryKind)>> {
     let mut entries = match read_entries(dir) {
         Ok(entries) => entries,
@@ -216,7 +214,9 @@ pub fn list_dir(dir: &OwnedFd, shown: &Path) -> Option<Vec<(OsString, EntryKind)
             return None;
         }
     };
-    let at_fs_root = is_fs_root(dir);
+    // A directory whose mount status cannot be read is taken as a root:
+    // leaving one lost+found alone is the safe side.
+    let at_fs_root = sys::is_mount_root(dir.as_fd()).unwrap_or(true);
     entries.retain(|(name, _)| walked(name, at_fs_root));
     Some(entries)
 }
@@ -225,10 +225,6 @@ pub fn list_dir(dir: &OwnedFd, shown: &Path) -> Option<Vec<(OsString, EntryKind)
 /// filesystem's root.
 fn walked(name: &OsStr, in_fs_root: bool) -> bool {
     !(in_fs_root && name.as_bytes() == b"lost+found")
-}
-
-fn is_fs_root(dir: &OwnedFd) -> bool {
-    sys::stat(dir.as_fd()).is_ok_and(|s| s.st_ino == EXT4_ROOT_INO)
 }
 
 /// Reads a directory's entries, sorted by name.
@@ -646,7 +642,7 @@ mod tests {
         assert!(!walked(lf, true));
         assert!(walked(lf, false), "a lost+found deeper down is anyone's");
         assert!(walked(OsStr::new("data"), true));
-        // A temporary directory is no filesystem's root: its lost+found is listed.
+        // A temporary directory is no mount's root: its lost+found is listed.
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::create_dir(dir.path().join("lost+found")).expect("mkdir");
         let fd = sys::open_dir(dir.path()).expect("open");

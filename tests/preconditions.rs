@@ -307,14 +307,20 @@ fn fifo_is_skipped_as_not_regular() {
 }
 
 #[test]
-fn file_on_tmpfs_is_skipped_as_not_ext4() {
+fn file_on_tmpfs_is_skipped_as_unsupported_filesystem() {
     if !require_root() {
         return;
     }
     let tmpfs = MountGuard::tmpfs(64);
     let path = tmpfs.root().join("ram.bin");
     write_seeded_file(&path, 4 * MIB, 7);
-    assert_skipped(&path, "not_ext4", &[], Unchanged::Content);
+    let file = assert_skipped(&path, "unsupported_filesystem", &[], Unchanged::Content);
+    // The message names the type found and the types supported.
+    let reason = format!("{:?}", file.reason);
+    assert!(
+        reason.contains("tmpfs") && reason.contains("it works on ext4"),
+        "{reason}"
+    );
 }
 
 #[test]

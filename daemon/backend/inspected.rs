@@ -5,7 +5,8 @@ use std::os::fd::OwnedFd;
 
 use super::Backend;
 use crate::assess::{Assessment, ExtentMap};
-use crate::ext4::{FsInfo, InodeFlags};
+use crate::filesystem::FsInfo;
+use crate::sys::InodeFlags;
 
 /// A file opened read-only and measured.
 #[derive(Debug)]

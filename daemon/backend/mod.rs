@@ -8,8 +8,10 @@
 //! - probe and eligibility: which filesystems it serves (`fs_type`,
 //!   `magic`), and why a file on one cannot be moved, as reason codes
 //!   ([`Backend::refuse_unmovable`]);
-//! - the longest extent it records, for the ideal extent count
-//!   ([`Backend::max_extent_blocks`]);
+//! - probing a filesystem of its type: the generic facts every layer
+//!   above reads ([`crate::filesystem::FsInfo`], among them the longest
+//!   extent it records, for the ideal extent count) and its own
+//!   ([`crate::filesystem::FsDetail`]), which only it reads;
 //! - how a range is relocated and made durable ([`Backend::relocation`],
 //!   then [`Relocation::relocate`] and [`Relocation::make_durable`]);
 //! - crash recovery: what a crash leaves and who cleans it up. For ext4,
@@ -45,7 +47,7 @@ pub use inspected::Inspected;
 use std::os::fd::BorrowedFd;
 
 use crate::assess::BlockRange;
-use crate::ext4::{FsError, FsInfo};
+use crate::filesystem::{FsError, FsInfo};
 use crate::outcome::{KernelError, Refusal, Size, SkipReason};
 use crate::plan::Chunk;
 use crate::sys;
@@ -87,11 +89,12 @@ impl Backend {
         Self::ALL.into_iter().find(|b| b.magic() == magic)
     }
 
-    /// The longest extent the filesystem records, in blocks: what the
-    /// ideal extent count of a file is counted in.
-    pub fn max_extent_blocks(self) -> u64 {
+    /// Whether a file is mapped by indirect blocks (ext3's way), which no
+    /// backend moves; `flags` when the file was opened, None when only its
+    /// filesystem is known.
+    pub fn block_mapped(self, fs: &FsInfo, flags: Option<sys::InodeFlags>) -> bool {
         match self {
-            Backend::Ext4 => ext4::MAX_EXTENT_BLOCKS,
+            Backend::Ext4 => ext4::block_mapped(fs, flags),
         }
     }
 
@@ -143,10 +146,11 @@ impl Backend {
 /// Probes the filesystem `fd` lives on with the backend its type calls for.
 pub fn probe(fd: BorrowedFd<'_>) -> Result<(Backend, FsInfo), FsError> {
     let magic = sys::fs_magic(fd)?;
-    match Backend::for_magic(magic) {
-        Some(Backend::Ext4) => crate::ext4::probe(fd).map(|info| (Backend::Ext4, info)),
-        None => Err(FsError::NotExt4(magic)),
-    }
+    let backend = Backend::for_magic(magic).ok_or(FsError::Unsupported { magic })?;
+    let info = match backend {
+        Backend::Ext4 => ext4::probe(fd)?,
+    };
+    Ok((backend, info))
 }
 
 /// One move's state below the seam: where the data goes.

@@ -72,7 +72,7 @@ fn measure(path: &Path) -> anyhow::Result<Report> {
         bail!("not a regular file");
     }
     let file = sys::reopen(pinned.as_fd(), Access::ReadWrite)?;
-    let block_size = u64::from(ext4::probe(file.as_fd())?.superblock.block_size);
+    let block_size = crate::backend::probe(file.as_fd())?.1.block_size;
     let size_bytes = u64::try_from(stat.st_size).context("negative size")?;
     let blocks = size_bytes.div_ceil(block_size);
     let len = NonZeroU64::new(blocks).context("the file is empty")?;

@@ -14,7 +14,6 @@ use super::CheckArgs;
 use crate::assess::{e4defrag_best, E4defragScore};
 use crate::config::PolicySettings;
 use crate::escape::{escaped, escaped_display};
-use crate::ext4::Layout;
 use crate::inspect::{measure, Filesystems};
 use crate::medium::{self, Medium, MediumChoice};
 use crate::outcome::Refusal;
@@ -114,13 +113,12 @@ type Notes = Mutex<BTreeMap<PathBuf, String>>;
 fn row(target: Target, scan: &mut Scan, notes: &Notes) -> Row {
     match measure(&target, &mut scan.filesystems) {
         Ok(m) => {
-            if matches!(m.fs.layout, Layout::Kernel { .. }) && scan.noted.insert(m.dev) {
+            if m.fs.layout_from_kernel() && scan.noted.insert(m.dev) {
                 if let (Some(note), Ok(mut notes)) = (m.fs.layout_note(), notes.lock()) {
                     notes.entry(m.fs.mount_point.clone()).or_insert(note);
                 }
             }
             let a = m.assessment;
-            let sb = &m.fs.superblock;
             let medium = *scan.media.entry(m.dev).or_insert_with(|| {
                 let disk = crate::mounts::disk_of(m.dev);
                 medium::decide(MediumChoice::Auto, medium::rotational_flag(&disk)).medium
@@ -128,11 +126,12 @@ fn row(target: Target, scan: &mut Scan, notes: &Notes) -> Row {
             let boundary_ms = PolicySettings::default().benefit(medium).boundary_ms;
             Row::File {
                 mount_point: m.fs.mount_point.clone(),
-                layout: match m.fs.layout {
-                    Layout::Superblock => "superblock",
-                    Layout::Kernel { .. } => "kernel",
+                layout: if m.fs.layout_from_kernel() {
+                    "kernel"
+                } else {
+                    "superblock"
                 },
-                e4defrag_best: e4defrag_best(a.blocks, sb.blocks_per_group, sb.groups_per_flex),
+                e4defrag_best: e4defrag_best(a.blocks, m.fs.group_blocks()),
                 blocks: a.blocks,
                 report: FileReport {
                     path: target.path,

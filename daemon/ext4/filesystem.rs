@@ -1,41 +1,24 @@
-//! Facts about the filesystem a file lives on: is it ext4 (statfs), its
-//! layout (the superblock, read from the block device; where the device
-//! cannot be read, what the kernel tells of it, see `layout`) and how it
-//! is mounted (/proc/self/mountinfo). Free space is read fresh each time.
+//! What only ext4 tells of a filesystem: its layout (the superblock, read
+//! from the block device; where the device cannot be read, what the kernel
+//! tells of it, see `layout`) and the mount options only ext4 has. The
+//! generic facts (`crate::filesystem::FsInfo`) are filled from them by the
+//! ext4 backend's probe.
 
-use std::fmt;
 use std::fs::File;
 use std::os::fd::BorrowedFd;
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use nix::sys::stat::fstat;
 use nix::sys::statfs::fstatfs;
-use procfs_core::process::MountInfo;
 
 use super::layout::{self, Guess};
+use crate::filesystem::{majmin, FsUuid, Mount};
 use crate::sys::error::Error;
 
 /// ext4's statfs magic number (ext2 and ext3 share it).
 pub const EXT4_SUPER_MAGIC: i64 = 0xEF53;
 const SUPERBLOCK_OFFSET: u64 = 1024;
 const SUPERBLOCK_LEN: usize = 1024;
-
-/// The filesystem's UUID: with an inode number and generation, it names a
-/// file for good.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct FsUuid(pub [u8; 16]);
-
-impl fmt::Display for FsUuid {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let b = &self.0;
-        write!(
-            f,
-            "{:02x}{:02x}{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}",
-            b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]
-        )
-    }
-}
 
 /// What the superblock says about the layout.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,19 +65,14 @@ impl Superblock {
     }
 }
 
-/// Everything decided once per filesystem.
-#[derive(Debug, Clone)]
-pub struct FsInfo {
-    /// st_dev of files on it.
-    pub dev: u64,
-    pub mount_point: PathBuf,
-    pub device: PathBuf,
+/// ext4's own facts of a filesystem, which only its backend reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ext4Detail {
     pub superblock: Superblock,
     /// Where `superblock` came from.
     pub layout: Layout,
-    pub read_only: bool,
+    /// Mounted with data=journal.
     pub data_journal: bool,
-    pub dax: bool,
 }
 
 /// Where a filesystem's layout facts came from.
@@ -110,11 +88,50 @@ pub enum Layout {
     },
 }
 
-impl FsInfo {
+impl Ext4Detail {
+    /// Reads ext4's facts of the filesystem `fd` lives on, mounted as
+    /// `mount` says; with the block device they were read from.
+    pub fn probe(fd: BorrowedFd<'_>, mount: &Mount) -> Result<(PathBuf, Ext4Detail), Error> {
+        let (device, superblock, layout) = match read_superblock(mount.source.as_deref(), mount.dev)
+        {
+            Ok((device, superblock)) => (device, superblock, Layout::Superblock),
+            Err(unreadable) => {
+                let statfs = fstatfs(fd).map_err(|errno| Error::of("fstatfs", errno))?;
+                let (superblock, guessed) = layout::from_kernel(fd, &statfs);
+                let device = PathBuf::from(mount.source.clone().unwrap_or_default());
+                (
+                    device,
+                    superblock,
+                    Layout::Kernel {
+                        unreadable,
+                        guessed,
+                    },
+                )
+            }
+        };
+        let detail = Ext4Detail {
+            superblock,
+            layout,
+            data_journal: mount.has_option("data", Some("journal")),
+        };
+        Ok((device, detail))
+    }
+
+    /// Whether the layout came from the kernel, the device being unreadable.
+    pub fn layout_from_kernel(&self) -> bool {
+        matches!(self.layout, Layout::Kernel { .. })
+    }
+
+    /// Blocks per flex group (per block group without flex_bg).
+    pub fn group_blocks(&self) -> u64 {
+        let sb = &self.superblock;
+        u64::from(sb.blocks_per_group) * u64::from(sb.groups_per_flex.unwrap_or(1))
+    }
+
     /// What an operator should hear, once per filesystem, when the layout
     /// is not the superblock's: what could not be read and what that
     /// changes. None when the superblock was read.
-    pub fn layout_note(&self) -> Option<String> {
+    pub fn layout_note(&self, mount_point: &Path) -> Option<String> {
         let Layout::Kernel {
             unreadable,
             guessed,
@@ -133,86 +150,9 @@ impl FsInfo {
              kernel instead ({guesses}); files are still measured and moved, and only e4defrag's \
              score and where new copies are placed use the guessed figures (give defragd read \
              access to the device to have them exact)",
-            crate::escape::escaped(&self.mount_point)
+            crate::escape::escaped(mount_point)
         ))
     }
-}
-
-/// Why a filesystem cannot be worked on at all.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum FsError {
-    #[error("not an ext4 filesystem (statfs type {0:#x}): defragd only works on ext4")]
-    NotExt4(i64),
-    #[error("the mount for device {0} is not in /proc/self/mountinfo: is /proc mounted?")]
-    MountNotFound(String),
-    #[error(transparent)]
-    Call(#[from] Error),
-}
-
-/// Probes the filesystem that `fd` lives on.
-pub fn probe(fd: BorrowedFd<'_>) -> std::result::Result<FsInfo, FsError> {
-    let statfs = fstatfs(fd).map_err(|errno| Error::of("fstatfs", errno))?;
-    let fs_type = statfs.filesystem_type().0 as i64;
-    if fs_type != EXT4_SUPER_MAGIC {
-        return Err(FsError::NotExt4(fs_type));
-    }
-    let dev = fstat(fd).map_err(|errno| Error::of("fstat", errno))?.st_dev;
-    let mount = find_mount(dev)?;
-    let (device, superblock, layout) = match read_superblock(mount.mount_source.as_deref(), dev) {
-        Ok((device, superblock)) => (device, superblock, Layout::Superblock),
-        Err(unreadable) => {
-            let (superblock, guessed) = layout::from_kernel(fd, &statfs);
-            let device = PathBuf::from(mount.mount_source.clone().unwrap_or_default());
-            (
-                device,
-                superblock,
-                Layout::Kernel {
-                    unreadable,
-                    guessed,
-                },
-            )
-        }
-    };
-    let has = |options: &std::collections::HashMap<String, Option<String>>,
-               key: &str,
-               value: Option<&str>| {
-        options
-            .get(key)
-            .is_some_and(|v| value.is_none() || v.as_deref() == value)
-    };
-    let super_opts = &mount.super_options;
-    Ok(FsInfo {
-        dev,
-        mount_point: mount.mount_point.clone(),
-        device,
-        read_only: has(&mount.mount_options, "ro", None) || has(super_opts, "ro", None),
-        data_journal: has(super_opts, "data", Some("journal")),
-        dax: has(super_opts, "dax", None)
-            || has(super_opts, "dax", Some("always"))
-            || has(super_opts, "dax", Some("inode")),
-        superblock,
-        layout,
-    })
-}
-
-fn majmin(dev: u64) -> String {
-    format!(
-        "{}:{}",
-        nix::sys::stat::major(dev),
-        nix::sys::stat::minor(dev)
-    )
-}
-
-fn find_mount(dev: u64) -> std::result::Result<MountInfo, FsError> {
-    let wanted = majmin(dev);
-    let not_found = || FsError::MountNotFound(wanted.clone());
-    // The first mount of the device is the one its superblock options show;
-    // bind mounts of the same device share them.
-    crate::sys::mounts()
-        .ok_or_else(not_found)?
-        .into_iter()
-        .find(|m| m.majmin == wanted)
-        .ok_or_else(not_found)
 }
 
 /// Reads the superblock from the block device `dev`. The mount source is

@@ -10,7 +10,8 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 
 use nix::sys::statfs::Statfs;
 
-use super::filesystem::{FsUuid, Superblock};
+use super::filesystem::Superblock;
+use crate::filesystem::FsUuid;
 use crate::sys::fsmap;
 
 /// `s_feature_incompat` and `s_feature_ro_compat` bits that matter here.

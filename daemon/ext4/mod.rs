@@ -1,19 +1,16 @@
-//! ext4's own kernel interface: MOVE_EXT, the inode flags (GETFLAGS),
-//! MIGRATE, the superblock and the device layout, behind safe, typed
-//! wrappers. Calls every filesystem shares live in [`crate::sys`]. Every
+//! ext4's own kernel interface: MOVE_EXT, MIGRATE, the superblock and the
+//! device layout, behind safe, typed wrappers. Calls every filesystem shares live in [`crate::sys`]. Every
 //! errno is mapped to a [`crate::sys::Error`] that says what it means;
 //! nothing above sees one. This module decides nothing: the ext4 backend
 //! (`crate::backend::ext4`) and the mover above it do.
 
 mod convert;
 mod filesystem;
-mod inode;
 mod layout;
 mod move_ext;
 
 pub use convert::{migrate_to_extents, take_read_lease, ReadLease};
-pub use filesystem::{probe, FsError, FsInfo, FsUuid, Layout, Superblock, EXT4_SUPER_MAGIC};
-pub use inode::{generation, inode_flags, InodeFlags};
+pub use filesystem::{Ext4Detail, Layout, Superblock, EXT4_SUPER_MAGIC};
 pub use layout::Guess;
 pub use move_ext::{move_extents, MoveFailed};
 

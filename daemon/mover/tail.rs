@@ -155,7 +155,7 @@ impl Tail<'_> {
             &map,
             handled,
             eof_block,
-            self.inspected.backend.max_extent_blocks(),
+            self.inspected.fs.max_extent_blocks,
         ) {
             Look::Nothing => return Ok(Round::NothingNew),
             Look::Fine => return Ok(Round::Fine),
@@ -179,7 +179,7 @@ impl Tail<'_> {
         ranges: &[BlockRange],
         runs: u64,
     ) -> Result<Result<Relocation, String>, Halt> {
-        let block_size = u64::from(self.inspected.fs.superblock.block_size);
+        let block_size = self.inspected.fs.block_size;
         let backend = self.inspected.backend;
         let need = backend.space_needed(ranges, block_size);
         let reserve = self.options.reserve_percent;

@@ -29,9 +29,48 @@ pub enum Considered {
     },
     /// Its job is running: what was written now is looked at after it.
     Running,
-    Left(String),
+    Left(Left),
     Gone,
     Failed(String),
+}
+
+/// Why a considered file was left as it is: kept typed, with its stable
+/// code, until it is logged or told to the operator.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Left {
+    /// A precondition refused it.
+    #[error("{0}")]
+    Skipped(SkipReason),
+    /// The policy judged it not worth a move, or it is excluded.
+    #[error("{0}")]
+    Policy(policy::LeaveReason),
+    /// The service moved it, and nobody wrote it since.
+    #[error("unchanged since the service moved it")]
+    UnchangedSinceMoved,
+    /// The policy judged it not worth a move, and nobody wrote it since.
+    #[error("unchanged since it was judged not worth a move")]
+    UnchangedSinceNoGain,
+    /// Named by a write event, it is not a regular file of the filesystem.
+    #[error("not a regular file of this filesystem")]
+    NotAFileHere,
+    /// Named by a write event, its only name is outside the mount point.
+    #[error("reachable only outside its mount point")]
+    OutsideMountPoint,
+}
+
+impl Left {
+    /// A stable code for logs and scripts: the skip or policy reason's own
+    /// code where there is one.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Left::Skipped(reason) => reason.code(),
+            Left::Policy(reason) => reason.code(),
+            Left::UnchangedSinceMoved => "unchanged_since_moved",
+            Left::UnchangedSinceNoGain => "unchanged_since_no_gain",
+            Left::NotAFileHere => "not_a_file_here",
+            Left::OutsideMountPoint => "outside_mount_point",
+        }
+    }
 }
 
 /// Opens `rel` (relative to the root of `fs`) safely, for the mover or
@@ -120,10 +159,10 @@ pub fn consider_handle(
     };
     let regular = stat.st_mode & nix::libc::S_IFMT == nix::libc::S_IFREG;
     if !regular || stat.st_dev != fs.dev {
-        return Considered::Left("not a regular file of this filesystem".into());
+        return Considered::Left(Left::NotAFileHere);
     }
     let generation = match sys::reopen(pinned.as_fd(), sys::Access::ReadOnly)
-        .and_then(|file| crate::ext4::generation(file.as_fd()))
+        .and_then(|file| sys::generation(file.as_fd()))
     {
         Ok(generation) => generation,
         Err(sys::Error::NotFound) => return Considered::Gone,
@@ -139,7 +178,7 @@ pub fn consider_handle(
         return Considered::Gone;
     }
     let Ok(rel) = path.strip_prefix(&fs.mount_point) else {
-        return Considered::Left("reachable only outside its mount point".into());
+        return Considered::Left(Left::OutsideMountPoint);
     };
     let mut target = match target_for(fs, root, rel) {
         Ok(target) => target,
@@ -164,7 +203,7 @@ fn consider_target(
         Err(Refusal::Skip(SkipReason::Vanished | SkipReason::Replaced)) => {
             return (Considered::Gone, None)
         }
-        Err(Refusal::Skip(reason)) => return (Considered::Left(reason.to_string()), None),
+        Err(Refusal::Skip(reason)) => return (Considered::Left(Left::Skipped(reason)), None),
         Err(Refusal::Fail(reason)) => return (Considered::Failed(reason.to_string()), None),
     };
     let measured = Some(Tally::of_file(
@@ -172,12 +211,12 @@ fn consider_target(
         inspected.assessment.ideal_extents,
     ));
     let file = FileId {
-        fs_uuid: fs.uuid.clone(),
+        fs_uuid: fs.uuid,
         ino: inspected.ino,
         generation: inspected.generation,
     };
     if let Some(why) = settled_since(shared, &file, &inspected, urgency) {
-        return (Considered::Left(why.into()), measured);
+        return (Considered::Left(why), measured);
     }
     (
         decide_and_queue(shared, fs, file, rel, urgency, now, &inspected, target),
@@ -201,7 +240,7 @@ fn decide_and_queue(
     match refuse_unmovable(inspected) {
         // Block-mapped files are converted first where the operator allows it.
         Err(SkipReason::BlockMapped) if settings.policy.convert_block_mapped => {}
-        Err(reason) => return Considered::Left(reason.to_string()),
+        Err(reason) => return Considered::Left(Left::Skipped(reason)),
         Ok(()) => {}
     }
     let p = &settings.policy;
@@ -236,9 +275,9 @@ fn decide_and_queue(
     match decision {
         Decision::Leave(reason @ policy::LeaveReason::NoBenefit { .. }) => {
             record_no_benefit(shared, &file, inspected, rel, &reason);
-            Considered::Left(reason.to_string())
+            Considered::Left(Left::Policy(reason))
         }
-        Decision::Leave(reason) => Considered::Left(reason.to_string()),
+        Decision::Leave(reason) => Considered::Left(Left::Policy(reason)),
         Decision::Queue { priority } => {
             let job = NewJob {
                 file,
@@ -308,7 +347,7 @@ fn settled_since(
     file: &FileId,
     inspected: &Inspected,
     urgency: Urgency,
-) -> Option<&'static str> {
+) -> Option<Left> {
     if urgency == Urgency::Operator {
         return None;
     }
@@ -317,10 +356,26 @@ fn settled_since(
         return None;
     }
     match (settled.why, urgency) {
-        (SettledWhy::Moved, _) => Some("unchanged since the service moved it"),
-        (SettledWhy::NoGain, Urgency::Written) => {
-            Some("unchanged since it was judged not worth a move")
-        }
+        (SettledWhy::Moved, _) => Some(Left::UnchangedSinceMoved),
+        (SettledWhy::NoGain, Urgency::Written) => Some(Left::UnchangedSinceNoGain),
         (SettledWhy::NoGain, _) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_left_file_keeps_its_reasons_code_and_words() {
+        let skipped = Left::Skipped(SkipReason::Immutable);
+        assert_eq!(skipped.code(), "immutable");
+        assert_eq!(skipped.to_string(), SkipReason::Immutable.to_string());
+        let policy = Left::Policy(policy::LeaveReason::Excluded);
+        assert_eq!(policy.code(), "excluded");
+        assert_eq!(
+            Left::UnchangedSinceMoved.to_string(),
+            "unchanged since the service moved it"
+        );
     }
 }

@@ -11,6 +11,7 @@ use tokio::sync::Notify;
 use crate::control::protocol::{
     Controller, DefragReply, Done, HistoryLine, QueueEntry, StatusReport,
 };
+use crate::filesystem::FsUuid;
 use crate::mounts::{reopen_root, Covered};
 use crate::walk::{walk, Depth, Found};
 
@@ -29,7 +30,7 @@ pub struct ServiceController {
 }
 
 impl ServiceController {
-    fn mount_of(&self, uuid: &str) -> Option<PathBuf> {
+    fn mount_of(&self, uuid: FsUuid) -> Option<PathBuf> {
         self.shared.covered_fs(uuid).map(|fs| fs.mount_point)
     }
 }
@@ -91,7 +92,7 @@ impl Controller for ServiceController {
             .map_err(|e| e.to_string())?;
         Ok(jobs
             .iter()
-            .map(|job| QueueEntry::from_job(job, self.mount_of(&job.file.fs_uuid).as_deref()))
+            .map(|job| QueueEntry::from_job(job, self.mount_of(job.file.fs_uuid).as_deref()))
             .collect())
     }
 
@@ -103,7 +104,7 @@ impl Controller for ServiceController {
             .map_err(|e| e.to_string())?;
         Ok(entries
             .iter()
-            .map(|e| HistoryLine::from_entry(e, self.mount_of(&e.file.fs_uuid).as_deref()))
+            .map(|e| HistoryLine::from_entry(e, self.mount_of(e.file.fs_uuid).as_deref()))
             .collect())
     }
 
@@ -160,7 +161,7 @@ impl Controller for ServiceController {
                     Considered::Running => {
                         last = Some(("left", "it is being moved right now".into()))
                     }
-                    Considered::Left(why) => last = Some(("left", why)),
+                    Considered::Left(why) => last = Some(("left", why.to_string())),
                     Considered::Gone => last = Some(("error", "no such file".into())),
                     Considered::Failed(why) => last = Some(("error", why)),
                 }

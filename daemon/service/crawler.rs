@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use crate::crawl_cursor::TreeCursor;
 use crate::escape::escaped;
+use crate::filesystem::FsUuid;
 use crate::mounts::{reopen_root, Covered};
 use crate::store::Tally;
 
@@ -30,14 +31,14 @@ const SAVE_EVERY: Duration = Duration::from_secs(2);
 
 /// Runs the crawl of `uuid` until shutdown or until the filesystem is no
 /// longer covered.
-pub fn run(shared: Arc<Shared>, uuid: String) {
+pub fn run(shared: Arc<Shared>, uuid: FsUuid) {
     while !shared.shutting_down() {
         let ticket = shared.wake_ticket();
-        let Some(fs) = shared.covered_fs(&uuid) else {
+        let Some(fs) = shared.covered_fs(uuid) else {
             return;
         };
         let interval = shared.settings().crawl.interval;
-        let cursor = match shared.store().crawl_cursor(&uuid) {
+        let cursor = match shared.store().crawl_cursor(uuid) {
             Ok(cursor) => cursor,
             Err(e) => {
                 tracing::error!(
@@ -78,7 +79,7 @@ pub fn run(shared: Arc<Shared>, uuid: String) {
                 );
                 Some((c.cursor, c.files_assessed))
             }
-            None => match shared.store().start_pass(&uuid, unix_now()) {
+            None => match shared.store().start_pass(uuid, unix_now()) {
                 Ok(c) => {
                     tracing::info!(
                         "crawl of {}: starting pass {}",
@@ -113,7 +114,7 @@ fn crawl_pass(shared: &Shared, fs: &Covered, after: Option<(PathBuf, u64)>) {
     let mut queued = 0u64;
     let mut paced = 0u64;
     let finished = loop {
-        if shared.shutting_down() || shared.covered_fs(&fs.uuid).is_none() {
+        if shared.shutting_down() || shared.covered_fs(fs.uuid).is_none() {
             break false;
         }
         let Some(root) = reopen_root(fs) else {
@@ -137,6 +138,11 @@ fn crawl_pass(shared: &Shared, fs: &Covered, after: Option<(PathBuf, u64)>) {
                     escaped(&rel)
                 );
             }
+            Considered::Left(why) => tracing::debug!(
+                "crawl: assessed {}: left ({}): {why}",
+                escaped(&rel),
+                why.code()
+            ),
             other => tracing::debug!("crawl: assessed {}: {other:?}", escaped(&rel)),
         }
         unsaved.assessed(rel, measured.unwrap_or_default());
@@ -167,7 +173,7 @@ fn crawl_pass(shared: &Shared, fs: &Covered, after: Option<(PathBuf, u64)>) {
     if let Err(e) = shared.store().prune_settled(crate::store::MAX_SETTLED) {
         tracing::warn!("cannot prune the record of settled files: {e}");
     }
-    if let Err(e) = shared.store().finish_pass(&fs.uuid, unix_now()) {
+    if let Err(e) = shared.store().finish_pass(fs.uuid, unix_now()) {
         tracing::warn!(
             "crawl of {}: cannot record the end of the pass: {e}",
             escaped(&fs.mount_point)
@@ -183,7 +189,7 @@ fn save(shared: &Shared, fs: &Covered, unsaved: &mut Unsaved) {
         return;
     };
     match shared.store().save_crawl_cursor(
-        &fs.uuid,
+        fs.uuid,
         cursor,
         unsaved.files_assessed,
         &unsaved.measured,

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use crate::config::Settings;
+use crate::filesystem::FsUuid;
 use crate::medium::{self, MediumChoice, MediumDecided};
 use crate::mounts::Covered;
 
@@ -23,12 +24,12 @@ pub fn choice_for(settings: &Settings, fs: &Covered) -> MediumChoice {
 
 /// The media decided so far, by filesystem uuid.
 #[derive(Default)]
-pub struct Media(Mutex<HashMap<String, MediumDecided>>);
+pub struct Media(Mutex<HashMap<FsUuid, MediumDecided>>);
 
 impl Media {
     /// `fs`'s medium, deciding it the first time it is asked for.
     pub fn of(&self, settings: &Settings, fs: &Covered) -> MediumDecided {
-        *lock(&self.0).entry(fs.uuid.clone()).or_insert_with(|| {
+        *lock(&self.0).entry(fs.uuid).or_insert_with(|| {
             medium::decide(choice_for(settings, fs), medium::rotational_flag(&fs.disk))
         })
     }

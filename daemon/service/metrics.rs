@@ -15,6 +15,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use crate::filesystem::FsUuid;
 use crate::store::Tally;
 
 /// Labels of the per-outcome counter.
@@ -201,7 +202,7 @@ impl Metrics {
     }
 
     /// Shows `mode` as the filesystem's write tracking.
-    pub fn set_tracking(&self, uuid: &str, mode: &str) {
+    pub fn set_tracking(&self, uuid: FsUuid, mode: &str) {
         for other in ["fanotify", "inotify", "crawl"] {
             if other != mode {
                 self.clear_tracking(uuid, other);
@@ -212,7 +213,7 @@ impl Metrics {
             .set(1);
     }
 
-    pub fn clear_tracking(&self, uuid: &str, mode: &str) {
+    pub fn clear_tracking(&self, uuid: FsUuid, mode: &str) {
         self.write_tracking.remove(&tracking_labels(uuid, mode));
     }
 
@@ -251,7 +252,7 @@ impl Metrics {
     }
 }
 
-fn tracking_labels(uuid: &str, mode: &str) -> OutcomeLabels {
+fn tracking_labels(uuid: FsUuid, mode: &str) -> OutcomeLabels {
     vec![
         ("uuid".to_string(), uuid.to_string()),
         ("mode".to_string(), mode.to_string()),
@@ -285,16 +286,19 @@ mod tests {
     #[test]
     fn a_filesystem_shows_one_tracking_mode_at_a_time() {
         let m = Metrics::default();
-        m.set_tracking("u1", "inotify");
-        m.set_tracking("u1", "fanotify");
+        let u1 = FsUuid::for_test("u1");
+        m.set_tracking(u1, "inotify");
+        m.set_tracking(u1, "fanotify");
         let text = m.render();
         assert!(
-            text.contains(r#"defragd_write_tracking{uuid="u1",mode="fanotify"} 1"#),
+            text.contains(&format!(
+                r#"defragd_write_tracking{{uuid="{u1}",mode="fanotify"}} 1"#
+            )),
             "{text}"
         );
         assert!(!text.contains(r#"mode="inotify""#), "{text}");
-        m.clear_tracking("u1", "fanotify");
-        assert!(!m.render().contains("u1"));
+        m.clear_tracking(u1, "fanotify");
+        assert!(!m.render().contains(&u1.to_string()));
     }
 
     #[test]

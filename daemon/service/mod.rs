@@ -36,6 +36,7 @@ use tokio::sync::watch;
 
 use crate::config;
 use crate::escape::{escaped, escaped_display};
+use crate::filesystem::FsUuid;
 use crate::mounts::{self, DiskId};
 use crate::store::Store;
 
@@ -132,7 +133,7 @@ fn report_interrupted_conversions(store: &Store) {
 #[derive(Default)]
 struct Threads {
     workers: HashMap<DiskId, JoinHandle<()>>,
-    crawlers: HashMap<String, JoinHandle<()>>,
+    crawlers: HashMap<FsUuid, JoinHandle<()>>,
 }
 
 impl Threads {
@@ -155,14 +156,14 @@ impl Threads {
                     }
                 }
             }
-            if !self.crawlers.contains_key(&fs.uuid) {
-                let (s, uuid) = (Arc::clone(shared), fs.uuid.clone());
+            if let std::collections::hash_map::Entry::Vacant(slot) = self.crawlers.entry(fs.uuid) {
+                let (s, uuid) = (Arc::clone(shared), fs.uuid);
                 match std::thread::Builder::new()
                     .name("crawl".into())
                     .spawn(move || crawler::run(s, uuid))
                 {
                     Ok(handle) => {
-                        self.crawlers.insert(fs.uuid.clone(), handle);
+                        slot.insert(handle);
                     }
                     Err(e) => tracing::error!(
                         "cannot start the crawl of {}: {e}",
@@ -444,7 +445,7 @@ fn refresh_covered(shared: &Shared) -> bool {
     for path in candidates {
         match mounts::cover(&path) {
             Ok(fs) => {
-                covered.insert(fs.uuid.clone(), fs);
+                covered.insert(fs.uuid, fs);
             }
             Err(e) => {
                 if configured {
@@ -479,7 +480,7 @@ fn refresh_covered(shared: &Shared) -> bool {
                 "{} is gone ({why}); dropping its queued work (a crawl finds it again once it is back)",
                 escaped(&fs.mount_point)
             );
-            if let Err(e) = shared.store().forget_filesystem(uuid) {
+            if let Err(e) = shared.store().forget_filesystem(*uuid) {
                 tracing::warn!("cannot drop the queue of {}: {e}", escaped(&fs.mount_point));
             }
         }
@@ -487,8 +488,9 @@ fn refresh_covered(shared: &Shared) -> bool {
     for fs in covered.values() {
         if !before.contains_key(&fs.uuid) {
             tracing::info!(
-                "covering {} (ext4 {}, disk {})",
+                "covering {} ({} {}, disk {})",
                 escaped(&fs.mount_point),
+                fs.backend.fs_type(),
                 fs.uuid,
                 fs.disk.0
             );
@@ -496,7 +498,7 @@ fn refresh_covered(shared: &Shared) -> bool {
                 tracing::warn!("{note}");
             }
         }
-        if let Err(e) = shared.store().upsert_filesystem(&fs.uuid, &fs.mount_point) {
+        if let Err(e) = shared.store().upsert_filesystem(fs.uuid, &fs.mount_point) {
             tracing::warn!("cannot record {}: {e}", escaped(&fs.mount_point));
         }
     }
@@ -515,7 +517,7 @@ fn watch_trees(shared: &Shared) -> Vec<watcher::Tree> {
             let fs = covered
                 .values()
                 .find(|c| c.mount_point == f.path)
-                .filter(|c| shared.tracking(&c.uuid) != tracker::Tracking::Fanotify)
+                .filter(|c| shared.tracking(c.uuid) != tracker::Tracking::Fanotify)
                 .cloned();
             f.watch.iter().filter_map(move |path| {
                 fs.clone().map(|fs| watcher::Tree {

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use crate::filesystem::FsUuid;
 use crate::sys::FileHandle;
 
 /// Written files waiting, at most this many; past it, new ones are
@@ -23,7 +24,7 @@ pub enum Written {
 }
 
 /// A file of a filesystem (by uuid) that was written.
-pub type Key = (String, Written);
+pub type Key = (FsUuid, Written);
 
 #[derive(Debug, Clone, Copy)]
 struct Seen {
@@ -82,18 +83,18 @@ impl Pending {
 
     /// Every write on `uuid` before the returned unix time has been dealt
     /// with: the oldest first write still waiting, or `now_unix`.
-    pub fn seen_until(&self, uuid: &str, now_unix: i64) -> i64 {
+    pub fn seen_until(&self, uuid: FsUuid, now_unix: i64) -> i64 {
         self.files
             .iter()
-            .filter(|((fs, _), _)| fs == uuid)
+            .filter(|((fs, _), _)| *fs == uuid)
             .map(|(_, seen)| seen.first_unix)
             .min()
             .map_or(now_unix, |oldest| oldest.min(now_unix))
     }
 
     /// Forgets a filesystem's files (it is no longer covered).
-    pub fn forget(&mut self, uuid: &str) {
-        self.files.retain(|(fs, _), _| fs != uuid);
+    pub fn forget(&mut self, uuid: FsUuid) {
+        self.files.retain(|(fs, _), _| *fs != uuid);
     }
 
     #[cfg(test)]
@@ -119,7 +120,7 @@ mod tests {
     }
 
     fn key(fs: &str, n: u8) -> Key {
-        (fs.to_string(), handle(n))
+        (FsUuid::for_test(fs), handle(n))
     }
 
     const QUIET: Duration = Duration::from_secs(5);
@@ -158,17 +159,17 @@ mod tests {
     fn writes_are_seen_up_to_the_oldest_still_waiting() {
         let mut p = Pending::default();
         let t0 = Instant::now();
-        assert_eq!(p.seen_until("a", 2000), 2000);
+        assert_eq!(p.seen_until(FsUuid::for_test("a"), 2000), 2000);
         p.note(key("a", 1), t0, 1000);
         p.note(key("a", 2), t0, 1500);
         p.note(key("b", 1), t0, 900);
         // A later write to a waiting file does not move its first write.
         p.note(key("a", 1), t0, 1800);
-        assert_eq!(p.seen_until("a", 2000), 1000);
-        assert_eq!(p.seen_until("b", 2000), 900);
-        assert_eq!(p.seen_until("c", 2000), 2000);
-        p.forget("a");
-        assert_eq!(p.seen_until("a", 2000), 2000);
+        assert_eq!(p.seen_until(FsUuid::for_test("a"), 2000), 1000);
+        assert_eq!(p.seen_until(FsUuid::for_test("b"), 2000), 900);
+        assert_eq!(p.seen_until(FsUuid::for_test("c"), 2000), 2000);
+        p.forget(FsUuid::for_test("a"));
+        assert_eq!(p.seen_until(FsUuid::for_test("a"), 2000), 2000);
         assert_eq!(p.len(), 1);
     }
 
@@ -178,11 +179,14 @@ mod tests {
         let t0 = Instant::now();
         for i in 0..MAX_PENDING {
             let written = Written::Path(PathBuf::from(format!("f{i}")));
-            assert_eq!(p.note(("a".into(), written), t0, 1), Noted::Pending);
+            assert_eq!(
+                p.note((FsUuid::for_test("a"), written), t0, 1),
+                Noted::Pending
+            );
         }
         assert_eq!(p.note(key("a", 1), t0, 1), Noted::Full);
         // A file already waiting is still noted.
-        let first = ("a".to_string(), Written::Path(PathBuf::from("f0")));
+        let first = (FsUuid::for_test("a"), Written::Path(PathBuf::from("f0")));
         assert_eq!(p.note(first, t0, 1), Noted::Pending);
         assert_eq!(p.len(), MAX_PENDING);
     }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::budget::{self, Ledgers, Standing};
 use crate::config::Settings;
+use crate::filesystem::FsUuid;
 use crate::medium::Medium;
 use crate::mounts::{Covered, DiskId};
 use crate::ramp::{self, Ramp, Verdict};
@@ -96,7 +97,7 @@ pub struct Slowed {
 pub struct Shared {
     store: Mutex<Store>,
     settings: RwLock<Arc<Settings>>,
-    covered: RwLock<HashMap<String, Covered>>,
+    covered: RwLock<HashMap<FsUuid, Covered>>,
     bucket: Mutex<TokenBucket>,
     shutdown: AtomicBool,
     pause: Mutex<Pause>,
@@ -108,7 +109,7 @@ pub struct Shared {
     /// Why the last reload was refused, until a reload succeeds.
     reload_error: Mutex<Option<String>>,
     /// How writes are found on each covered filesystem, by uuid.
-    tracking: Mutex<HashMap<String, Tracking>>,
+    tracking: Mutex<HashMap<FsUuid, Tracking>>,
     /// Bytes moved since the local midnight it names (unix time).
     moved_today: Mutex<(i64, u64)>,
     pub metrics: Metrics,
@@ -182,22 +183,22 @@ impl Shared {
         self.wake_all();
     }
 
-    pub fn covered(&self) -> HashMap<String, Covered> {
+    pub fn covered(&self) -> HashMap<FsUuid, Covered> {
         self.covered
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
     }
 
-    pub fn covered_fs(&self, uuid: &str) -> Option<Covered> {
+    pub fn covered_fs(&self, uuid: FsUuid) -> Option<Covered> {
         self.covered
             .read()
             .unwrap_or_else(PoisonError::into_inner)
-            .get(uuid)
+            .get(&uuid)
             .cloned()
     }
 
-    pub fn set_covered(&self, covered: HashMap<String, Covered>) {
+    pub fn set_covered(&self, covered: HashMap<FsUuid, Covered>) {
         *self.covered.write().unwrap_or_else(PoisonError::into_inner) = covered;
         self.media.forget();
         self.wake_all();
@@ -402,22 +403,22 @@ impl Shared {
 
     /// How writes are found on the filesystem `uuid` (crawl only until
     /// the tracker has said otherwise).
-    pub fn tracking(&self, uuid: &str) -> Tracking {
+    pub fn tracking(&self, uuid: FsUuid) -> Tracking {
         lock(&self.tracking)
-            .get(uuid)
+            .get(&uuid)
             .cloned()
             .unwrap_or(Tracking::CrawlOnly {
                 why: "write tracking has not started".into(),
             })
     }
 
-    pub fn set_tracking(&self, uuid: &str, tracking: Tracking) {
+    pub fn set_tracking(&self, uuid: FsUuid, tracking: Tracking) {
         self.metrics.set_tracking(uuid, tracking.mode());
-        lock(&self.tracking).insert(uuid.to_string(), tracking);
+        lock(&self.tracking).insert(uuid, tracking);
     }
 
-    pub fn forget_tracking(&self, uuid: &str) {
-        if let Some(old) = lock(&self.tracking).remove(uuid) {
+    pub fn forget_tracking(&self, uuid: FsUuid) {
+        if let Some(old) = lock(&self.tracking).remove(&uuid) {
             self.metrics.clear_tracking(uuid, old.mode());
         }
     }
@@ -513,7 +514,7 @@ impl Shared {
         if lock(&self.ledgers).knows(disk, today) {
             return;
         }
-        let uuids: Vec<String> = self
+        let uuids: Vec<FsUuid> = self
             .covered()
             .into_values()
             .filter(|fs| &fs.disk == disk)

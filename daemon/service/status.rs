@@ -10,6 +10,7 @@ use crate::control::protocol::{
     ActivityReport, CoveredFs, FragmentationReport, Moving, StatusReport,
 };
 use crate::escape::escaped;
+use crate::filesystem::FsUuid;
 use crate::outcome::Size;
 use crate::store::{Activity, FsActivity, FsFragmentation};
 
@@ -27,7 +28,7 @@ pub fn report(shared: &Shared) -> StatusReport {
         let next_crawl = shared
             .covered()
             .keys()
-            .filter_map(|uuid| store.crawl_cursor(uuid).ok().flatten())
+            .filter_map(|uuid| store.crawl_cursor(*uuid).ok().flatten())
             .map(|c| match c.pass_finished_at {
                 None => 0,
                 Some(_) => {
@@ -35,15 +36,15 @@ pub fn report(shared: &Shared) -> StatusReport {
                 }
             })
             .min();
-        let fragmentation: HashMap<String, FsFragmentation> = covered
+        let fragmentation: HashMap<FsUuid, FsFragmentation> = covered
             .keys()
-            .filter_map(|uuid| Some((uuid.clone(), store.fragmentation(uuid).ok().flatten()?)))
+            .filter_map(|uuid| Some((*uuid, store.fragmentation(*uuid).ok().flatten()?)))
             .collect();
-        let activity: HashMap<String, FsActivity> = store
+        let activity: HashMap<FsUuid, FsActivity> = store
             .activity(local_midnight())
             .unwrap_or_default()
             .into_iter()
-            .map(|a| (a.fs_uuid.clone(), a))
+            .map(|a| (a.fs_uuid, a))
             .collect();
         (queued, next_crawl, fragmentation, activity)
     };
@@ -125,7 +126,7 @@ pub fn report(shared: &Shared) -> StatusReport {
         filesystems: covered
             .into_values()
             .map(|fs| {
-                let tracking = shared.tracking(&fs.uuid);
+                let tracking = shared.tracking(fs.uuid);
                 let done = activity.get(&fs.uuid);
                 let medium = shared.medium(&fs);
                 let (budget, spent, _) = shared.budget(&fs.disk);
@@ -138,7 +139,7 @@ pub fn report(shared: &Shared) -> StatusReport {
                     medium: medium.medium.as_str().to_string(),
                     medium_source: medium.source.as_str().to_string(),
                     mount_point: fs.mount_point,
-                    uuid: fs.uuid,
+                    uuid: fs.uuid.to_string(),
                     disk: fs.disk.0,
                     tracking: tracking.mode().to_string(),
                     tracking_note: tracking.why().map(str::to_string),
@@ -156,7 +157,7 @@ fn tracking_summary(shared: &Shared) -> String {
     }
     let mut fallback: Vec<String> = covered
         .values()
-        .filter_map(|fs| match shared.tracking(&fs.uuid) {
+        .filter_map(|fs| match shared.tracking(fs.uuid) {
             super::tracker::Tracking::Fanotify => None,
             other => Some(format!(
                 "{} on {}",

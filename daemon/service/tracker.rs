@@ -26,6 +26,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::sync::watch;
 
 use crate::escape::escaped;
+use crate::filesystem::FsUuid;
 use crate::mounts::{reopen_root, Covered};
 use crate::sys::{fs_id, Event, Fanotify, FanotifyError, FsId};
 
@@ -98,22 +99,22 @@ const READ_BUFFER: usize = 256 * 1024;
 #[derive(Debug, Default)]
 struct CatchUps {
     /// Wanted: files changed since this unix time.
-    wanted: HashMap<String, i64>,
+    wanted: HashMap<FsUuid, i64>,
     /// Running: since this unix time.
-    running: HashMap<String, i64>,
-    last_start: HashMap<String, Instant>,
+    running: HashMap<FsUuid, i64>,
+    last_start: HashMap<FsUuid, Instant>,
 }
 
 impl CatchUps {
     /// Asks for a scan of `uuid` from `since` (the earliest wins).
-    fn want(&mut self, uuid: &str, since: i64) {
-        let at = self.wanted.entry(uuid.to_string()).or_insert(since);
+    fn want(&mut self, uuid: FsUuid, since: i64) {
+        let at = self.wanted.entry(uuid).or_insert(since);
         *at = (*at).min(since);
     }
 
     /// The scans that may start now.
-    fn due(&mut self, now: Instant) -> Vec<(String, i64)> {
-        let due: Vec<(String, i64)> = self
+    fn due(&mut self, now: Instant) -> Vec<(FsUuid, i64)> {
+        let due: Vec<(FsUuid, i64)> = self
             .wanted
             .iter()
             .filter(|(uuid, _)| !self.running.contains_key(*uuid))
@@ -122,25 +123,25 @@ impl CatchUps {
                     .get(*uuid)
                     .is_none_or(|last| now.saturating_duration_since(*last) >= CATCH_UP_EVERY)
             })
-            .map(|(uuid, since)| (uuid.clone(), *since))
+            .map(|(uuid, since)| (*uuid, *since))
             .collect();
         for (uuid, since) in &due {
             self.wanted.remove(uuid);
-            self.running.insert(uuid.clone(), *since);
-            self.last_start.insert(uuid.clone(), now);
+            self.running.insert(*uuid, *since);
+            self.last_start.insert(*uuid, now);
         }
         due
     }
 
     /// The earliest point a wanted or running scan starts from.
-    fn since(&self, uuid: &str) -> Option<i64> {
-        let wanted = self.wanted.get(uuid).copied();
-        let running = self.running.get(uuid).copied();
+    fn since(&self, uuid: FsUuid) -> Option<i64> {
+        let wanted = self.wanted.get(&uuid).copied();
+        let running = self.running.get(&uuid).copied();
         wanted.into_iter().chain(running).min()
     }
 
-    fn forget(&mut self, uuid: &str) {
-        self.wanted.remove(uuid);
+    fn forget(&mut self, uuid: FsUuid) {
+        self.wanted.remove(&uuid);
     }
 }
 
@@ -148,14 +149,14 @@ impl CatchUps {
 #[derive(Debug, Default)]
 struct Books {
     /// Marked filesystems: fanotify's id -> uuid.
-    marks: HashMap<FsId, String>,
+    marks: HashMap<FsId, FsUuid>,
     pending: Pending,
     catch_ups: CatchUps,
 }
 
 impl Books {
     /// Every write on `uuid` before this unix time has been dealt with.
-    fn seen_until(&self, uuid: &str, now_unix: i64) -> i64 {
+    fn seen_until(&self, uuid: FsUuid, now_unix: i64) -> i64 {
         let pending = self.pending.seen_until(uuid, now_unix);
         self.catch_ups
             .since(uuid)
@@ -195,17 +196,17 @@ impl Tracker {
                 .any(|f| f.path == fs.mount_point && !f.watch.is_empty())
         };
         let mut books = lock(&self.books);
-        let gone: Vec<(FsId, String)> = books
+        let gone: Vec<(FsId, FsUuid)> = books
             .marks
             .iter()
             .filter(|(_, uuid)| !covered.contains_key(*uuid))
-            .map(|(id, uuid)| (*id, uuid.clone()))
+            .map(|(id, uuid)| (*id, *uuid))
             .collect();
         for (id, uuid) in gone {
             books.marks.remove(&id);
-            books.pending.forget(&uuid);
-            books.catch_ups.forget(&uuid);
-            shared.forget_tracking(&uuid);
+            books.pending.forget(uuid);
+            books.catch_ups.forget(uuid);
+            shared.forget_tracking(uuid);
         }
         for fs in covered.values() {
             if books.marks.values().any(|uuid| *uuid == fs.uuid) {
@@ -213,17 +214,17 @@ impl Tracker {
             }
             let tracking = match self.mark(fs) {
                 Ok(id) => {
-                    books.marks.insert(id, fs.uuid.clone());
+                    books.marks.insert(id, fs.uuid);
                     self.start_from(shared, fs, &mut books);
                     Tracking::Fanotify
                 }
                 Err(why) => Tracking::fallback(why, has_trees(fs)),
             };
-            let known = shared.tracking(&fs.uuid);
+            let known = shared.tracking(fs.uuid);
             if known != tracking {
                 log_tracking(fs, &tracking);
             }
-            shared.set_tracking(&fs.uuid, tracking);
+            shared.set_tracking(fs.uuid, tracking);
         }
     }
 
@@ -241,11 +242,11 @@ impl Tracker {
     /// unmount), catches up from there; the first time, starts the record.
     fn start_from(&self, shared: &Shared, fs: &Covered, books: &mut Books) {
         let now = unix_now();
-        let until = shared.store().tracked_until(&fs.uuid);
+        let until = shared.store().tracked_until(fs.uuid);
         match until {
-            Ok(Some(until)) => books.catch_ups.want(&fs.uuid, until),
+            Ok(Some(until)) => books.catch_ups.want(fs.uuid, until),
             Ok(None) => {
-                if let Err(e) = shared.store().set_tracked_until(&fs.uuid, now) {
+                if let Err(e) = shared.store().set_tracked_until(fs.uuid, now) {
                     tracing::warn!("cannot record write tracking's start: {e}");
                 }
             }
@@ -375,7 +376,7 @@ impl EventLoop {
         }
         let (now, now_unix) = (Instant::now(), unix_now());
         let mut books = lock(&self.books);
-        let mut lost: HashSet<String> = HashSet::new();
+        let mut lost: HashSet<FsUuid> = HashSet::new();
         for event in events {
             match event {
                 Event::Written { pid, .. } if pid == self.me => {}
@@ -386,7 +387,7 @@ impl EventLoop {
                     self.shared.metrics.write_events.inc();
                     if books
                         .pending
-                        .note((uuid.clone(), Written::Handle(handle)), now, now_unix)
+                        .note((uuid, Written::Handle(handle)), now, now_unix)
                         == Noted::Full
                     {
                         lost.insert(uuid);
@@ -397,17 +398,17 @@ impl EventLoop {
         }
         for uuid in lost {
             // Said once per catch-up: a flood overflows the queue again and again.
-            if books.catch_ups.since(&uuid).is_none() {
-                let at = self
-                    .shared
-                    .covered_fs(&uuid)
-                    .map_or_else(|| uuid.clone(), |fs| escaped(&fs.mount_point).to_string());
+            if books.catch_ups.since(uuid).is_none() {
+                let at = self.shared.covered_fs(uuid).map_or_else(
+                    || uuid.to_string(),
+                    |fs| escaped(&fs.mount_point).to_string(),
+                );
                 tracing::warn!(
                     "{at}: write events were lost (the kernel's event queue overflowed, or too many \
                      files wait); scanning for files changed since then"
                 );
             }
-            books.catch_ups.want(&uuid, self.last_read_unix);
+            books.catch_ups.want(uuid, self.last_read_unix);
         }
         self.last_read_unix = now_unix;
         false
@@ -441,7 +442,7 @@ impl EventLoop {
     fn start_catch_ups(&mut self) {
         let due = lock(&self.books).catch_ups.due(Instant::now());
         for (uuid, since) in due {
-            let Some(fs) = self.shared.covered_fs(&uuid) else {
+            let Some(fs) = self.shared.covered_fs(uuid) else {
                 lock(&self.books).catch_ups.running.remove(&uuid);
                 continue;
             };
@@ -463,17 +464,17 @@ impl EventLoop {
 /// Records, per filesystem, up to when every write has been seen.
 fn save_seen(shared: &Shared, books: &Mutex<Books>) {
     let now = unix_now();
-    let seen: Vec<(String, i64)> = {
+    let seen: Vec<(FsUuid, i64)> = {
         let books = lock(books);
         books
             .marks
             .values()
-            .map(|uuid| (uuid.clone(), books.seen_until(uuid, now)))
+            .map(|uuid| (*uuid, books.seen_until(*uuid, now)))
             .collect()
     };
     let store = shared.store();
     for (uuid, until) in seen {
-        if let Err(e) = store.set_tracked_until(&uuid, until) {
+        if let Err(e) = store.set_tracked_until(uuid, until) {
             tracing::warn!("cannot record up to when writes were tracked: {e}");
         }
     }
@@ -482,7 +483,7 @@ fn save_seen(shared: &Shared, books: &Mutex<Books>) {
 /// Measures each file and queues those worth it.
 fn consider_all(shared: &Shared, books: &Mutex<Books>, ready: Vec<Key>) {
     for (uuid, written) in ready {
-        let Some(fs) = shared.covered_fs(&uuid) else {
+        let Some(fs) = shared.covered_fs(uuid) else {
             continue;
         };
         let Some(root) = reopen_root(&fs) else {
@@ -509,16 +510,15 @@ fn consider_all(shared: &Shared, books: &Mutex<Books>, ready: Vec<Key>) {
 /// their change time, so they wait out the rest of their quiet period.
 fn catch_up_on(shared: &Shared, books: &Mutex<Books>, fs: &Covered, since: i64) {
     let started = Instant::now();
-    let stop = || shared.shutting_down() || shared.covered_fs(&fs.uuid).is_none();
+    let stop = || shared.shutting_down() || shared.covered_fs(fs.uuid).is_none();
     let scanned = catch_up::changed_since(fs, since, &stop, &mut |rel, changed_at| {
         let now_unix = unix_now();
         let ago = Duration::from_secs(u64::try_from(now_unix - changed_at).unwrap_or(0));
         let at = Instant::now().checked_sub(ago).unwrap_or_else(Instant::now);
-        let noted = lock(books).pending.note(
-            (fs.uuid.clone(), Written::Path(rel)),
-            at,
-            changed_at.min(now_unix),
-        );
+        let noted =
+            lock(books)
+                .pending
+                .note((fs.uuid, Written::Path(rel)), at, changed_at.min(now_unix));
         if noted == Noted::Full {
             tracing::debug!("catch-up: too many files wait; the crawl finds the rest");
         }
@@ -543,31 +543,38 @@ mod tests {
     fn a_catch_up_starts_at_once_then_at_most_once_per_interval() {
         let mut c = CatchUps::default();
         let t0 = Instant::now();
-        c.want("a", 100);
-        c.want("a", 90);
-        assert_eq!(c.due(t0), vec![("a".to_string(), 90)]);
+        c.want(FsUuid::for_test("a"), 100);
+        c.want(FsUuid::for_test("a"), 90);
+        assert_eq!(c.due(t0), vec![(FsUuid::for_test("a"), 90)]);
         // Wanted again while it runs: waits for it to end.
-        c.want("a", 120);
+        c.want(FsUuid::for_test("a"), 120);
         assert!(c.due(t0 + CATCH_UP_EVERY).is_empty());
-        assert_eq!(c.since("a"), Some(90));
-        c.running.remove("a");
+        assert_eq!(c.since(FsUuid::for_test("a")), Some(90));
+        c.running.remove(&FsUuid::for_test("a"));
         assert!(c.due(t0 + Duration::from_secs(1)).is_empty(), "too soon");
-        assert_eq!(c.due(t0 + CATCH_UP_EVERY), vec![("a".to_string(), 120)]);
-        c.running.remove("a");
-        assert_eq!(c.since("a"), None);
+        assert_eq!(
+            c.due(t0 + CATCH_UP_EVERY),
+            vec![(FsUuid::for_test("a"), 120)]
+        );
+        c.running.remove(&FsUuid::for_test("a"));
+        assert_eq!(c.since(FsUuid::for_test("a")), None);
     }
 
     #[test]
     fn writes_are_seen_only_up_to_a_catch_up_still_owed() {
         let mut books = Books::default();
-        assert_eq!(books.seen_until("a", 1000), 1000);
-        books.catch_ups.want("a", 400);
-        assert_eq!(books.seen_until("a", 1000), 400);
+        assert_eq!(books.seen_until(FsUuid::for_test("a"), 1000), 1000);
+        books.catch_ups.want(FsUuid::for_test("a"), 400);
+        assert_eq!(books.seen_until(FsUuid::for_test("a"), 1000), 400);
         let due = books.catch_ups.due(Instant::now());
         assert_eq!(due.len(), 1);
-        assert_eq!(books.seen_until("a", 1000), 400, "running counts too");
-        books.catch_ups.running.remove("a");
-        assert_eq!(books.seen_until("a", 1000), 1000);
+        assert_eq!(
+            books.seen_until(FsUuid::for_test("a"), 1000),
+            400,
+            "running counts too"
+        );
+        books.catch_ups.running.remove(&FsUuid::for_test("a"));
+        assert_eq!(books.seen_until(FsUuid::for_test("a"), 1000), 1000);
     }
 
     #[test]

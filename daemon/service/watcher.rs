@@ -27,6 +27,7 @@ use tokio::sync::watch;
 
 use crate::crawl_cursor::{TreeCursor, Visit};
 use crate::escape::escaped;
+use crate::filesystem::FsUuid;
 use crate::mounts::{reopen_root, Covered};
 
 use super::candidates::{consider_file, Urgency};
@@ -53,12 +54,12 @@ pub struct Tree {
 }
 
 /// A directory: its filesystem's uuid and its path below the mount point.
-type DirKey = (String, PathBuf);
+type DirKey = (FsUuid, PathBuf);
 
 /// A watched directory: its filesystem and its path below the mount point.
 #[derive(Debug, Clone)]
 struct WatchedDir {
-    uuid: String,
+    uuid: FsUuid,
     rel: PathBuf,
 }
 
@@ -86,9 +87,9 @@ enum Queued {
 }
 
 impl Books {
-    fn mark(&mut self, uuid: &str, rel: PathBuf, now: Instant) {
+    fn mark(&mut self, uuid: FsUuid, rel: PathBuf, now: Instant) {
         if self.pending.len() < MAX_PENDING {
-            self.pending.insert((uuid.to_string(), rel), now);
+            self.pending.insert((uuid, rel), now);
         }
     }
 
@@ -307,7 +308,7 @@ impl Watcher {
         let rel = dir.rel.join(name);
         if mask.contains(EventMask::ISDIR) {
             if mask.intersects(EventMask::CREATE | EventMask::MOVED_TO) {
-                let key = (dir.uuid.clone(), rel);
+                let key = (dir.uuid, rel);
                 match books.queue_walk(&key) {
                     Queued::New => {
                         drop(books);
@@ -325,8 +326,8 @@ impl Watcher {
             }
             return;
         }
-        let uuid = dir.uuid.clone();
-        books.mark(&uuid, rel, Instant::now());
+        let uuid = dir.uuid;
+        books.mark(uuid, rel, Instant::now());
     }
 
     /// Asks for a rescan because events were lost (`why`).
@@ -384,7 +385,7 @@ impl Watcher {
         // Measuring files is blocking I/O: off the event loop.
         tokio::task::spawn_blocking(move || {
             for (uuid, rel) in ready {
-                let Some(fs) = shared.covered_fs(&uuid) else {
+                let Some(fs) = shared.covered_fs(uuid) else {
                     continue;
                 };
                 let Some(root) = reopen_root(&fs) else {
@@ -452,7 +453,7 @@ impl Walker {
             let Ok(rel) = tree.path.strip_prefix(&tree.fs.mount_point) else {
                 continue;
             };
-            self.watch_tree(&tree.fs.uuid, root.as_fd(), rel, mark_files);
+            self.watch_tree(tree.fs.uuid, root.as_fd(), rel, mark_files);
         }
         if !self.stopped() {
             let watched = lock(&self.books).dirs.len();
@@ -461,17 +462,17 @@ impl Walker {
     }
 
     fn walk_new_dir(&mut self, (uuid, rel): &DirKey) {
-        let Some(fs) = self.shared.covered_fs(uuid) else {
+        let Some(fs) = self.shared.covered_fs(*uuid) else {
             return;
         };
         let Some(root) = reopen_root(&fs) else { return };
-        self.watch_tree(&fs.uuid, root.as_fd(), rel, true);
+        self.watch_tree(fs.uuid, root.as_fd(), rel, true);
     }
 
     /// Watches `rel` and every directory below it; with `mark_files`, also
     /// marks every file in them as written (after an overflow, or for a
     /// directory that appeared with files already in it).
-    fn watch_tree(&mut self, uuid: &str, root: BorrowedFd<'_>, rel: &Path, mark_files: bool) {
+    fn watch_tree(&mut self, uuid: FsUuid, root: BorrowedFd<'_>, rel: &Path, mark_files: bool) {
         let mut walk = TreeCursor::below(rel.to_path_buf());
         let mut files = Vec::new();
         while let Some(visit) = walk.next_entry(root) {
@@ -493,7 +494,7 @@ impl Walker {
         self.mark_written(uuid, &mut files);
     }
 
-    fn mark_written(&self, uuid: &str, files: &mut Vec<PathBuf>) {
+    fn mark_written(&self, uuid: FsUuid, files: &mut Vec<PathBuf>) {
         if files.is_empty() {
             return;
         }
@@ -507,7 +508,7 @@ impl Walker {
     /// Adds a watch on an open directory (through /proc/self/fd, so it is
     /// exactly that directory whatever its name became). False once the
     /// budget or the kernel's limit is reached.
-    fn add_watch(&mut self, dir: BorrowedFd<'_>, uuid: &str, rel: &Path) -> bool {
+    fn add_watch(&mut self, dir: BorrowedFd<'_>, uuid: FsUuid, rel: &Path) -> bool {
         // Held across the add: the event loop must not see the watch's
         // IN_IGNORED before its entry is in the books.
         let mut books = lock(&self.books);
@@ -528,7 +529,7 @@ impl Walker {
                 books.dirs.insert(
                     wd,
                     WatchedDir {
-                        uuid: uuid.to_string(),
+                        uuid,
                         rel: rel.to_path_buf(),
                     },
                 );
@@ -556,7 +557,7 @@ mod tests {
     use super::*;
 
     fn key(rel: &str) -> DirKey {
-        ("uuid".to_string(), PathBuf::from(rel))
+        (FsUuid::for_test("uuid"), PathBuf::from(rel))
     }
 
     #[test]
@@ -584,7 +585,11 @@ mod tests {
         let mut books = Books::default();
         let now = Instant::now();
         for i in 0..MAX_PENDING + 10 {
-            books.mark("uuid", PathBuf::from(format!("f{i}")), now);
+            books.mark(
+                FsUuid::for_test("uuid"),
+                PathBuf::from(format!("f{i}")),
+                now,
+            );
         }
         assert_eq!(books.pending.len(), MAX_PENDING);
     }

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use crate::convert::Converting;
 use crate::escape::{escaped, escaped_display};
+use crate::filesystem::FsUuid;
 use crate::mounts::{Covered, DiskId};
 use crate::mover::{Control, MoveOptions, Progress, Supervisor};
 use crate::outcome::{FailReason, Outcome, SkipReason};
@@ -75,7 +76,7 @@ pub(super) fn turn(shared: &Shared, disk: &DiskId) -> Turn {
         let left = u64::try_from(until - shared.now()).unwrap_or(0).max(1);
         return Turn::Idle(Duration::from_secs(left).min(Duration::from_secs(60)));
     }
-    let uuids: Vec<String> = shared
+    let uuids: Vec<FsUuid> = shared
         .covered()
         .into_values()
         .filter(|fs| &fs.disk == disk)
@@ -102,7 +103,7 @@ pub(super) fn turn(shared: &Shared, disk: &DiskId) -> Turn {
 
 /// How long to sleep when nothing is due: until the earliest queued job
 /// is (a file put back for its quiet period), at most IDLE.
-fn until_next_due(shared: &Shared, uuids: &[String]) -> Duration {
+fn until_next_due(shared: &Shared, uuids: &[FsUuid]) -> Duration {
     match shared.store().next_due(uuids) {
         Ok(Some(due)) => {
             Duration::from_secs(u64::try_from(due - shared.now()).unwrap_or(0).max(1)).min(IDLE)
@@ -113,7 +114,7 @@ fn until_next_due(shared: &Shared, uuids: &[String]) -> Duration {
 
 fn run_job(shared: &Shared, disk: &DiskId, job: Job) {
     let settings = shared.settings();
-    let (path, attempt) = match shared.covered_fs(&job.file.fs_uuid) {
+    let (path, attempt) = match shared.covered_fs(job.file.fs_uuid) {
         None => (job.path_hint.clone(), Attempt::NotCovered),
         Some(fs) => {
             let path = fs.mount_point.join(&job.path_hint);
@@ -172,7 +173,7 @@ fn attempt(
     // as done once it is under way, not 0%.
     let resumed_bytes = job
         .next_block
-        .saturating_mul(u64::from(fs.info.superblock.block_size))
+        .saturating_mul(fs.info.block_size)
         .min(total_bytes);
     shared.set_moving(
         disk,
@@ -306,7 +307,7 @@ impl Supervisor for JobSupervisor<'_> {
             escaped(&file.path)
         );
         let id = FileId {
-            fs_uuid: self.job.file.fs_uuid.clone(),
+            fs_uuid: self.job.file.fs_uuid,
             ino: file.ino,
             generation: file.generation,
         };
@@ -468,7 +469,7 @@ fn record_activity(
     bytes_moved: u64,
 ) {
     let store = shared.store();
-    if let Err(e) = store.extents_removed(&job.file.fs_uuid, &job.path_hint, removed_extents) {
+    if let Err(e) = store.extents_removed(job.file.fs_uuid, &job.path_hint, removed_extents) {
         tracing::warn!(
             "job {}: cannot update the fragmentation record: {e}",
             job.id
@@ -479,7 +480,7 @@ fn record_activity(
         bytes_moved,
     };
     if done != Activity::default() {
-        if let Err(e) = store.count_activity(&job.file.fs_uuid, local_midnight(), &done) {
+        if let Err(e) = store.count_activity(job.file.fs_uuid, local_midnight(), &done) {
             tracing::warn!("job {}: cannot count it in the day's activity: {e}", job.id);
         }
     }
@@ -501,7 +502,7 @@ fn retry(shared: &Shared, job: &Job, wait: &Wait, at: i64) {
 }
 
 fn drop_job(shared: &Shared, job: &Job, why: &str) {
-    let path = shared.covered_fs(&job.file.fs_uuid).map_or_else(
+    let path = shared.covered_fs(job.file.fs_uuid).map_or_else(
         || job.path_hint.clone(),
         |fs| fs.mount_point.join(&job.path_hint),
     );

@@ -1,6 +1,7 @@
-//! Paths in and out of the database. Linux paths are bytes, not text, so
+//! Values in and out of the database. Linux paths are bytes, not text, so
 //! they are stored as BLOBs of their exact bytes and never pass through a
-//! UTF-8 conversion that could lose or reject a name.
+//! UTF-8 conversion that could lose or reject a name; filesystem UUIDs are
+//! stored as their text.
 
 use std::ffi::OsString;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -9,6 +10,8 @@ use std::path::{Path, PathBuf};
 use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSqlOutput, ValueRef};
 use rusqlite::{Row, ToSql};
 use serde::Serializer;
+
+use crate::filesystem::FsUuid;
 
 pub(super) fn path_to_blob(path: &Path) -> &[u8] {
     path.as_os_str().as_bytes()
@@ -57,6 +60,23 @@ pub(super) fn get_opt_u64(row: &Row<'_>, column: &str) -> rusqlite::Result<Optio
 /// A `LIMIT` from a count; anything past i64 means "all".
 pub(super) fn sql_limit(limit: usize) -> i64 {
     i64::try_from(limit).unwrap_or(i64::MAX)
+}
+
+/// A filesystem UUID is stored as its text (TEXT columns, as every store
+/// version has kept it).
+impl ToSql for FsUuid {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(self.to_string().into())
+    }
+}
+
+impl FromSql for FsUuid {
+    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+        value
+            .as_str()?
+            .parse()
+            .map_err(|e| FromSqlError::Other(Box::new(e)))
+    }
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ use super::codec::{blob_to_path, get_u64, path_to_blob, serialize_path_lossy, Ui
 use super::error::Doing;
 use super::fragmentation::{add_to_pass, record_pass, Tally};
 use super::{Store, StoreError};
+use crate::filesystem::FsUuid;
 
 const CURSOR_COLUMNS: &str =
     "fs_uuid, pass_id, pass_started_at, cursor, files_assessed, pass_finished_at";
@@ -19,7 +20,7 @@ const CURSOR_COLUMNS: &str =
 /// A filesystem's crawl progress.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CrawlCursor {
-    pub fs_uuid: String,
+    pub fs_uuid: FsUuid,
     /// Counts passes over this filesystem, from 1.
     pub pass_id: u64,
     pub pass_started_at: i64,
@@ -51,7 +52,7 @@ fn cursor_from_row(row: &Row<'_>) -> rusqlite::Result<CrawlCursor> {
 
 impl Store {
     /// The filesystem's current or last pass, if it was ever crawled.
-    pub fn crawl_cursor(&self, fs_uuid: &str) -> Result<Option<CrawlCursor>, StoreError> {
+    pub fn crawl_cursor(&self, fs_uuid: FsUuid) -> Result<Option<CrawlCursor>, StoreError> {
         let doing = "reading a crawl cursor";
         let sql = format!("SELECT {CURSOR_COLUMNS} FROM crawl_cursors WHERE fs_uuid = ?1");
         let mut stmt = self.conn.prepare_cached(&sql).doing(doing)?;
@@ -61,7 +62,7 @@ impl Store {
     }
 
     /// Begins a new pass from the start of the filesystem.
-    pub fn start_pass(&self, fs_uuid: &str, now: i64) -> Result<CrawlCursor, StoreError> {
+    pub fn start_pass(&self, fs_uuid: FsUuid, now: i64) -> Result<CrawlCursor, StoreError> {
         let sql = format!(
             "INSERT INTO crawl_cursors ({CURSOR_COLUMNS}) VALUES (?1, 1, ?2, x'', 0, NULL)
              ON CONFLICT (fs_uuid) DO UPDATE SET
@@ -84,7 +85,7 @@ impl Store {
     /// and adds what was mapped of it to the pass's tally.
     pub fn save_crawl_cursor(
         &self,
-        fs_uuid: &str,
+        fs_uuid: FsUuid,
         cursor_path: &Path,
         files_assessed: u64,
         measured: &Tally,
@@ -111,7 +112,7 @@ impl Store {
     }
 
     /// Ends the pass and records what it measured.
-    pub fn finish_pass(&self, fs_uuid: &str, now: i64) -> Result<(), StoreError> {
+    pub fn finish_pass(&self, fs_uuid: FsUuid, now: i64) -> Result<(), StoreError> {
         let doing = "finishing a crawl pass";
         let tx = self.write_tx().doing(doing)?;
         let changed = tx
@@ -126,9 +127,9 @@ impl Store {
     }
 }
 
-fn pass_must_exist(fs_uuid: &str, changed: usize) -> Result<(), StoreError> {
+fn pass_must_exist(fs_uuid: FsUuid, changed: usize) -> Result<(), StoreError> {
     if changed == 0 {
-        Err(StoreError::NoCrawlPass(fs_uuid.to_owned()))
+        Err(StoreError::NoCrawlPass(fs_uuid))
     } else {
         Ok(())
     }
@@ -189,7 +190,7 @@ mod tests {
             .save_crawl_cursor(FS_A, Path::new("a"), 1, &Tally::default())
             .unwrap_err();
         assert!(
-            matches!(&err, StoreError::NoCrawlPass(fs) if fs == FS_A),
+            matches!(&err, StoreError::NoCrawlPass(fs) if *fs == FS_A),
             "{err:?}"
         );
         assert!(matches!(

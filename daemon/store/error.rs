@@ -132,7 +132,7 @@ pub enum StoreError {
         "no crawl pass was started on filesystem {0}, so there is no cursor to save; start a \
          pass first"
     )]
-    NoCrawlPass(String),
+    NoCrawlPass(crate::filesystem::FsUuid),
 }
 
 /// Whether SQLite says the file itself is damaged (as opposed to locked,

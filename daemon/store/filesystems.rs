@@ -11,11 +11,12 @@ use super::error::Doing;
 use super::history::{self, Departed};
 use super::jobs::dropped;
 use super::{Store, StoreError};
+use crate::filesystem::FsUuid;
 
 /// A filesystem as last seen.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Filesystem {
-    pub uuid: String,
+    pub uuid: FsUuid,
     #[serde(serialize_with = "serialize_path_lossy")]
     pub mount_point: PathBuf,
     pub first_seen: i64,
@@ -33,7 +34,7 @@ fn filesystem_from_row(row: &Row<'_>) -> rusqlite::Result<Filesystem> {
 
 impl Store {
     /// Records that a filesystem is mounted at `mount_point` now.
-    pub fn upsert_filesystem(&self, uuid: &str, mount_point: &Path) -> Result<(), StoreError> {
+    pub fn upsert_filesystem(&self, uuid: FsUuid, mount_point: &Path) -> Result<(), StoreError> {
         self.conn
             .execute(
                 "INSERT INTO filesystems (uuid, mount_point, first_seen, last_seen)
@@ -64,7 +65,7 @@ impl Store {
     /// cursor is kept so a remount resumes the pass; where the pass was
     /// over and jobs were dropped, the next one is due at once, so that a
     /// remount finds their files again.
-    pub fn forget_filesystem(&self, uuid: &str) -> Result<u64, StoreError> {
+    pub fn forget_filesystem(&self, uuid: FsUuid) -> Result<u64, StoreError> {
         let doing = "forgetting a filesystem's jobs";
         let now = self.now();
         let tx = self.write_tx().doing(doing)?;

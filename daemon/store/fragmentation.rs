@@ -14,6 +14,7 @@ use serde::Serialize;
 use super::codec::{blob_to_path, get_u64, Uint};
 use super::error::Doing;
 use super::{Store, StoreError};
+use crate::filesystem::FsUuid;
 
 /// Records kept per filesystem (a daily crawl: a little over three months).
 const KEPT_PER_FS: u64 = 100;
@@ -93,7 +94,7 @@ pub struct Activity {
 /// A filesystem's activity today and since the store was made.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct FsActivity {
-    pub fs_uuid: String,
+    pub fs_uuid: FsUuid,
     pub today: Activity,
     pub total: Activity,
 }
@@ -119,7 +120,7 @@ fn crawl_has_passed(cursor: &Path, path: &Path) -> bool {
 /// Adds what the crawl mapped of one file to the running pass's tally.
 pub(super) fn add_to_pass(
     tx: &rusqlite::Connection,
-    fs_uuid: &str,
+    fs_uuid: FsUuid,
     measured: &Tally,
 ) -> rusqlite::Result<()> {
     let mut stmt = tx.prepare_cached(
@@ -140,7 +141,7 @@ pub(super) fn add_to_pass(
 /// measurement (a pass that mapped no file records nothing).
 pub(super) fn record_pass(
     tx: &rusqlite::Connection,
-    fs_uuid: &str,
+    fs_uuid: FsUuid,
     now: i64,
 ) -> rusqlite::Result<()> {
     tx.execute(
@@ -165,7 +166,7 @@ impl Store {
     /// the file as it is now).
     pub fn extents_removed(
         &self,
-        fs_uuid: &str,
+        fs_uuid: FsUuid,
         path: &Path,
         removed: u64,
     ) -> Result<(), StoreError> {
@@ -222,7 +223,7 @@ impl Store {
 
     /// The filesystem's newest measurement and the one before; None
     /// before its first pass ends.
-    pub fn fragmentation(&self, fs_uuid: &str) -> Result<Option<FsFragmentation>, StoreError> {
+    pub fn fragmentation(&self, fs_uuid: FsUuid) -> Result<Option<FsFragmentation>, StoreError> {
         let doing = "reading the fragmentation record";
         let mut stmt = self
             .conn
@@ -245,7 +246,7 @@ impl Store {
     /// seconds of its midnight).
     pub fn count_activity(
         &self,
-        fs_uuid: &str,
+        fs_uuid: FsUuid,
         day: i64,
         done: &Activity,
     ) -> Result<(), StoreError> {
@@ -445,7 +446,7 @@ mod tests {
             activity,
             [
                 FsActivity {
-                    fs_uuid: FS_A.into(),
+                    fs_uuid: FS_A,
                     today: Activity {
                         files_defragmented: 2,
                         bytes_moved: 15
@@ -456,7 +457,7 @@ mod tests {
                     },
                 },
                 FsActivity {
-                    fs_uuid: FS_B.into(),
+                    fs_uuid: FS_B,
                     today: Activity::default(),
                     total: Activity::default(),
                 },

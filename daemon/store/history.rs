@@ -13,6 +13,7 @@ use super::codec::{
 };
 use super::error::Doing;
 use super::{FileId, Store, StoreError};
+use crate::filesystem::FsUuid;
 
 /// How a job left the queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -218,7 +219,7 @@ impl Store {
 
     /// Bytes moved on the filesystems `uuids` by jobs that finished at or
     /// after `since`, counting only the history still kept.
-    pub fn bytes_moved_since_on(&self, since: i64, uuids: &[String]) -> Result<u64, StoreError> {
+    pub fn bytes_moved_since_on(&self, since: i64, uuids: &[FsUuid]) -> Result<u64, StoreError> {
         let mut total = 0u64;
         let mut stmt = self
             .conn

@@ -12,6 +12,7 @@ use super::codec::{blob_to_path, get_u64, path_to_blob, serialize_path_lossy, sq
 use super::error::Doing;
 use super::history::{self, Departed, Finished, HistoryOutcome};
 use super::{FileId, JobId, Store, StoreError};
+use crate::filesystem::FsUuid;
 
 /// The columns `job_from_row` reads, for SELECT and RETURNING clauses.
 const JOB_COLUMNS: &str = "id, fs_uuid, ino, generation, path_hint, size_bytes, extents_before,
@@ -224,7 +225,7 @@ impl Store {
     /// highest priority queued one whose `not_before` has passed, oldest
     /// first among equals. It becomes running; its counters are left to
     /// `retry_later`, which knows why it came back.
-    pub fn next_job(&self, fs_uuids: &[String], now: i64) -> Result<Option<Job>, StoreError> {
+    pub fn next_job(&self, fs_uuids: &[FsUuid], now: i64) -> Result<Option<Job>, StoreError> {
         if fs_uuids.is_empty() {
             return Ok(None);
         }
@@ -250,7 +251,7 @@ impl Store {
 
     /// When the next queued job on these filesystems becomes due (its
     /// `not_before`), if any is queued: how long an idle worker may sleep.
-    pub fn next_due(&self, fs_uuids: &[String]) -> Result<Option<i64>, StoreError> {
+    pub fn next_due(&self, fs_uuids: &[FsUuid]) -> Result<Option<i64>, StoreError> {
         if fs_uuids.is_empty() {
             return Ok(None);
         }
@@ -459,7 +460,7 @@ mod tests {
     #[test]
     fn next_due_is_the_earliest_queued_not_before() {
         let (store, _) = memory_store(100);
-        let a = vec![FS_A.to_string()];
+        let a = vec![FS_A];
         assert_eq!(store.next_due(&a).unwrap(), None);
         let mut job = new_job(FS_A, 1, 1.0);
         job.not_before = 900;

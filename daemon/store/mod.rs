@@ -31,6 +31,8 @@ use std::time::Duration;
 use rusqlite::{Connection, Transaction, TransactionBehavior};
 use serde::Serialize;
 
+use crate::filesystem::FsUuid;
+
 pub use conversions::Unfinished;
 pub use crawl::CrawlCursor;
 pub use error::StoreError;
@@ -50,7 +52,7 @@ pub const DEFAULT_HISTORY_LIMIT: usize = 10_000;
 /// i_generation) names one file for its whole life.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 pub struct FileId {
-    pub fs_uuid: String,
+    pub fs_uuid: FsUuid,
     pub ino: u64,
     pub generation: u32,
 }

@@ -11,6 +11,7 @@ use rusqlite::{params, OptionalExtension};
 use super::codec::Uint;
 use super::error::Doing;
 use super::{FileId, Store, StoreError};
+use crate::filesystem::FsUuid;
 
 /// How many settled files are remembered; the oldest are forgotten past
 /// it (forgetting one costs at most one more look at it).
@@ -126,7 +127,7 @@ impl Store {
 
     /// Every write on `uuid` before this unix time has been seen (and its
     /// file considered, or settled); None before the first mark.
-    pub fn tracked_until(&self, uuid: &str) -> Result<Option<i64>, StoreError> {
+    pub fn tracked_until(&self, uuid: FsUuid) -> Result<Option<i64>, StoreError> {
         self.conn
             .query_row(
                 "SELECT tracked_until FROM filesystems WHERE uuid = ?1",
@@ -138,7 +139,7 @@ impl Store {
             .doing("reading when writes were last tracked")
     }
 
-    pub fn set_tracked_until(&self, uuid: &str, until: i64) -> Result<(), StoreError> {
+    pub fn set_tracked_until(&self, uuid: FsUuid, until: i64) -> Result<(), StoreError> {
         self.conn
             .execute(
                 "UPDATE filesystems SET tracked_until = ?2 WHERE uuid = ?1",

@@ -95,6 +95,20 @@ fn wal_mode_and_normal_sync_are_on() {
 }
 
 #[test]
+fn a_filesystem_uuid_is_stored_as_the_text_it_always_was() {
+    let store = Store::open_in_memory().unwrap();
+    store.enqueue(&new_job(FS_A, 12, 1.0)).unwrap();
+    let text: String = store
+        .conn
+        .query_row("SELECT fs_uuid FROM jobs", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(text, "0b5e4c1a-aaaa-4d6e-9f00-000000000001");
+    // A row written with that text (by an older defragd) reads back typed.
+    let job = store.next_job(&[FS_A], i64::MAX).unwrap().unwrap();
+    assert_eq!(job.file.fs_uuid, FS_A);
+}
+
+#[test]
 fn reopening_keeps_everything() {
     let tmp = tempfile::tempdir().unwrap();
     let id = {

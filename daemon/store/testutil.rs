@@ -5,9 +5,16 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
 use super::{FileId, Finished, HistoryOutcome, NewJob, Store};
+use crate::filesystem::FsUuid;
 
-pub const FS_A: &str = "0b5e4c1a-aaaa-4d6e-9f00-000000000001";
-pub const FS_B: &str = "0b5e4c1a-bbbb-4d6e-9f00-000000000002";
+/// 0b5e4c1a-aaaa-4d6e-9f00-000000000001
+pub const FS_A: FsUuid = FsUuid([
+    0x0b, 0x5e, 0x4c, 0x1a, 0xaa, 0xaa, 0x4d, 0x6e, 0x9f, 0x00, 0, 0, 0, 0, 0, 0x01,
+]);
+/// 0b5e4c1a-bbbb-4d6e-9f00-000000000002
+pub const FS_B: FsUuid = FsUuid([
+    0x0b, 0x5e, 0x4c, 0x1a, 0xbb, 0xbb, 0x4d, 0x6e, 0x9f, 0x00, 0, 0, 0, 0, 0, 0x02,
+]);
 
 /// A clock the test sets by hand.
 #[derive(Clone, Default)]
@@ -28,16 +35,16 @@ impl TestClock {
     }
 }
 
-pub fn file(fs: &str, ino: u64) -> FileId {
+pub fn file(fs: FsUuid, ino: u64) -> FileId {
     FileId {
-        fs_uuid: fs.to_owned(),
+        fs_uuid: fs,
         ino,
         generation: 7,
     }
 }
 
 /// A job that may be taken at once.
-pub fn new_job(fs: &str, ino: u64, priority: f64) -> NewJob {
+pub fn new_job(fs: FsUuid, ino: u64, priority: f64) -> NewJob {
     NewJob {
         file: file(fs, ino),
         path_hint: PathBuf::from(format!("data/file-{ino}")),
@@ -50,8 +57,8 @@ pub fn new_job(fs: &str, ino: u64, priority: f64) -> NewJob {
     }
 }
 
-pub fn filesystems(list: &[&str]) -> Vec<String> {
-    list.iter().map(|fs| fs.to_string()).collect()
+pub fn filesystems(list: &[FsUuid]) -> Vec<FsUuid> {
+    list.to_vec()
 }
 
 pub fn defragmented(bytes_moved: u64) -> Finished {

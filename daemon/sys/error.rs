@@ -52,7 +52,7 @@ pub enum Error {
     #[error("permission denied (EACCES/EPERM) for {op}: defragd must run as root")]
     PermissionDenied { op: &'static str },
     #[error(
-        "{op} is not supported here ({errno}): the filesystem is not ext4 or the kernel is too old"
+        "{op} is not supported here ({errno}): this filesystem does not support it or the kernel is too old"
     )]
     NotSupported { op: &'static str, errno: Errno },
     #[error("{op} failed: {errno}")]

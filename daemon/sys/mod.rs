@@ -1,8 +1,8 @@
 //! Generic syscalls that no single filesystem owns, behind safe, typed
 //! wrappers: safe opening (openat2, O_PATH pins, reopening through /proc),
-//! stat, FIEMAP, GETFSMAP, fadvise and mincore, O_TMPFILE and fallocate,
-//! fsync and syncfs, ioprio, fanotify in file-identifier mode and opening a
-//! file by its handle. Every backend shares them. Like the backends, this
+//! stat, the inode flags and generation, FIEMAP, GETFSMAP, fadvise and
+//! mincore, O_TMPFILE and fallocate, fsync and syncfs, ioprio, fanotify in
+//! file-identifier mode and opening a file by its handle. Every backend shares them. Like the backends, this
 //! decides nothing; every errno is mapped to an [`Error`] that says what it
 //! means, and nothing above sees one.
 
@@ -11,6 +11,7 @@ pub mod fanotify;
 mod fiemap;
 pub mod fsmap;
 pub mod handle;
+mod inode;
 mod ioprio;
 mod open;
 mod pagecache;
@@ -22,6 +23,7 @@ pub use fanotify::{Event, Fanotify, FanotifyError, FsId};
 pub use fiemap::{fiemap, Extent, ExtentFlags, Flush};
 pub use fsmap::{free_extents, FreeExtent};
 pub use handle::{fs_id, open_by_handle, FileHandle, HandleError};
+pub use inode::{generation, inode_flags, InodeFlags};
 pub use ioprio::set_current_thread_idle;
 pub use open::{
     is_mount_root, open_dir, open_dir_beneath, pin_beneath, reopen, stat_beneath, Access, EntryStat,

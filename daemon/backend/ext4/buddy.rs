@@ -269,7 +269,7 @@ pub(super) mod testing {
 
     pub(crate) fn superblock() -> ext4::Superblock {
         ext4::Superblock {
-            uuid: ext4::FsUuid([0; 16]),
+            uuid: crate::filesystem::FsUuid([0; 16]),
             block_size: 4096,
             blocks_per_group: 32768,
             groups_per_flex: Some(16),

@@ -38,7 +38,7 @@ impl Donor {
         reserve_percent: f64,
         commit_first: bool,
     ) -> Result<Donor, Refusal> {
-        let block_size = u64::from(inspected.fs.superblock.block_size);
+        let block_size = inspected.fs.block_size;
         let need = super::space_needed(ranges, block_size);
         let (fd, runs) = best_donor(
             target,
@@ -87,7 +87,7 @@ fn best_donor(
     reserve_percent: f64,
     commit_first: bool,
 ) -> Result<(OwnedFd, u64), Refusal> {
-    let block_size = u64::from(inspected.fs.superblock.block_size);
+    let block_size = inspected.fs.block_size;
     let layout = DonorLayout::for_ranges(ranges);
     let build = |guided: bool| {
         build_donor(
@@ -115,7 +115,7 @@ fn best_donor(
     // the second: it holds the best space, and the second would get what is
     // left.
     if donor_runs > 1
-        && donor_runs > 2 * ideal_extents(ranges, super::MAX_EXTENT_BLOCKS)
+        && donor_runs > 2 * ideal_extents(ranges, inspected.fs.max_extent_blocks)
         && worth_another(inspected, donor.as_fd(), ranges, donor_runs)
     {
         let end = ranges.last().map_or(0, |r| r.end()) * block_size;
@@ -157,7 +157,7 @@ fn worth_another(
     ranges: &[BlockRange],
     runs: u64,
 ) -> bool {
-    let block_size = u64::from(inspected.fs.superblock.block_size);
+    let block_size = inspected.fs.block_size;
     let Ok(raw) = sys::fiemap(donor, Flush::No) else {
         return true;
     };
@@ -172,7 +172,9 @@ fn worth_another(
     held.sort_by_key(|r| r.start);
     let data = ranges.iter().map(|r| r.len).sum();
     let allows = FreeSpace::read(inspected, data, &held).and_then(|f| f.fewest(data));
-    allows.is_none_or(|allows| runs > allows.max(ideal_extents(ranges, super::MAX_EXTENT_BLOCKS)))
+    allows.is_none_or(|allows| {
+        runs > allows.max(ideal_extents(ranges, inspected.fs.max_extent_blocks))
+    })
 }
 
 /// How a donor is built.
@@ -197,7 +199,7 @@ fn build_donor(
     reserve_percent: f64,
     how: Build,
 ) -> Result<(OwnedFd, u64), Refusal> {
-    let block_size = u64::from(inspected.fs.superblock.block_size);
+    let block_size = inspected.fs.block_size;
     let data: u64 = ranges.iter().map(|r| r.len).sum();
     let donor = sys::create_tmpfile(target.dir.as_fd())?;
     if how.commit_first {
@@ -209,7 +211,7 @@ fn build_donor(
         .guided
         .then(|| FreeSpace::read(inspected, data, &[]))
         .flatten();
-    let geometry = Geometry::of(&inspected.fs.superblock);
+    let geometry = Geometry::of(super::superblock(&inspected.fs)?);
     let padded_need = layout.allocated_blocks(ranges, Some(&geometry)) * block_size;
     let pad = check_free_space(inspected.file.as_fd(), padded_need, reserve_percent).is_ok();
     let calls = layout
@@ -237,7 +239,7 @@ fn build_donor(
     let allows = free.and_then(|f| f.fewest(data));
     tracing::debug!(
         "donor: {runs} runs in {calls} fallocate calls (ideal {}{})",
-        ideal_extents(ranges, super::MAX_EXTENT_BLOCKS),
+        ideal_extents(ranges, inspected.fs.max_extent_blocks),
         allows.map_or(String::new(), |n| format!(", the free space allows {n}")),
     );
     Ok((donor, runs))

@@ -4,17 +4,26 @@
 
 use crate::assess::MapProblem;
 use crate::backend::Inspected;
-use crate::ext4::FsInfo;
+use crate::filesystem::FsInfo;
 use crate::outcome::SkipReason;
+use crate::sys::InodeFlags;
+
+/// Whether `fs` is bigalloc and mounted data=journal.
+fn bigalloc_and_data_journal(fs: &FsInfo) -> (bool, bool) {
+    fs.detail
+        .ext4()
+        .map_or((false, false), |d| (d.superblock.bigalloc, d.data_journal))
+}
 
 /// Why no file on the filesystem `info` describes can be moved: mounted
 /// read-only, bigalloc, DAX or data=journal.
 pub fn refuse_filesystem(info: &FsInfo) -> Result<(), SkipReason> {
+    let (bigalloc, data_journal) = bigalloc_and_data_journal(info);
     let checks = [
         (info.read_only, SkipReason::ReadOnly),
-        (info.superblock.bigalloc, SkipReason::Bigalloc),
+        (bigalloc, SkipReason::Bigalloc),
         (info.dax, SkipReason::Dax),
-        (info.data_journal, SkipReason::DataJournal),
+        (data_journal, SkipReason::DataJournal),
     ];
     match checks.into_iter().find(|(refused, _)| *refused) {
         Some((_, reason)) => Err(reason),
@@ -26,12 +35,12 @@ pub fn refuse_filesystem(info: &FsInfo) -> Result<(), SkipReason> {
 /// flags, map or filesystem stands in the way.
 pub fn refuse_unmovable(inspected: &Inspected) -> Result<(), SkipReason> {
     let (fs, flags) = (&inspected.fs, inspected.flags);
-    let block_size = u64::from(fs.superblock.block_size);
+    let (bigalloc, data_journal) = bigalloc_and_data_journal(fs);
     let checks = [
         (fs.read_only, SkipReason::ReadOnly),
-        (fs.superblock.bigalloc, SkipReason::Bigalloc),
+        (bigalloc, SkipReason::Bigalloc),
         (
-            fs.data_journal || flags.journal_data(),
+            data_journal || flags.journal_data(),
             SkipReason::DataJournal,
         ),
         (fs.dax || flags.dax(), SkipReason::Dax),
@@ -40,7 +49,7 @@ pub fn refuse_unmovable(inspected: &Inspected) -> Result<(), SkipReason> {
         (flags.encrypted() || flags.verity(), SkipReason::Encrypted),
         (flags.inline_data(), SkipReason::InlineData),
         (
-            inspected.size < block_size,
+            inspected.size < fs.block_size,
             SkipReason::TooSmall {
                 size: inspected.size,
             },
@@ -57,5 +66,15 @@ pub fn refuse_unmovable(inspected: &Inspected) -> Result<(), SkipReason> {
         Some(MapProblem::Inline) => Err(SkipReason::InlineData),
         Some(MapProblem::UnknownLocation) => Err(SkipReason::Encrypted),
         None => Ok(()),
+    }
+}
+
+/// Whether a file is mapped by indirect blocks: from its flags when it was
+/// opened, else from the filesystem (one without the extent feature has
+/// no extent-mapped file).
+pub fn block_mapped(fs: &FsInfo, flags: Option<InodeFlags>) -> bool {
+    match flags {
+        Some(flags) => !flags.extent_mapped() && !flags.inline_data(),
+        None => fs.detail.ext4().is_some_and(|d| !d.superblock.has_extents),
     }
 }

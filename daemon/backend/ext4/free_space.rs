@@ -51,8 +51,8 @@ impl FreeSpace {
         data_blocks: u64,
         freeing: &[BlockRange],
     ) -> Option<FreeSpace> {
-        let sb = &inspected.fs.superblock;
-        let block_size = u64::from(sb.block_size);
+        let sb = super::superblock(&inspected.fs).ok()?;
+        let block_size = inspected.fs.block_size;
         let mut runs = Runs {
             chunks: BuddyChunks::new(Geometry::of(sb)),
             largest: LargestRuns::new(data_blocks),

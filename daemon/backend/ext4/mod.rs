@@ -22,9 +22,14 @@ mod free_space;
 mod relocate;
 
 pub use donor::Donor;
-pub use eligibility::{refuse_filesystem, refuse_unmovable};
+pub use eligibility::{block_mapped, refuse_filesystem, refuse_unmovable};
+
+use std::os::fd::BorrowedFd;
 
 use crate::assess::BlockRange;
+use crate::ext4::{Ext4Detail, Superblock};
+use crate::filesystem::{find_mount, FsDetail, FsError, FsInfo};
+use crate::outcome::{FailReason, Refusal};
 use donor_layout::DonorLayout;
 
 /// ext4's statfs magic number.
@@ -34,7 +39,35 @@ pub const MAGIC: i64 = crate::ext4::EXT4_SUPER_MAGIC;
 /// one block shorter).
 pub const MAX_EXTENT_BLOCKS: u64 = 32768;
 
+/// Probes the ext4 filesystem `fd` lives on.
+pub fn probe(fd: BorrowedFd<'_>) -> Result<FsInfo, FsError> {
+    let mount = find_mount(fd)?;
+    let (device, detail) = Ext4Detail::probe(fd, &mount)?;
+    Ok(FsInfo {
+        dev: mount.dev,
+        device,
+        block_size: u64::from(detail.superblock.block_size),
+        uuid: detail.superblock.uuid,
+        read_only: mount.read_only,
+        dax: mount.dax,
+        max_extent_blocks: MAX_EXTENT_BLOCKS,
+        mount_point: mount.mount_point,
+        detail: FsDetail::Ext4(detail),
+    })
+}
+
 /// Bytes the donor for `ranges` holds while it is built (no padding).
 pub fn space_needed(ranges: &[BlockRange], block_size: u64) -> u64 {
     DonorLayout::for_ranges(ranges).allocated_blocks(ranges, None) * block_size
+}
+
+/// The superblock of `fs`, which the ext4 backend is only ever handed for
+/// an ext4 filesystem; a failure rather than a panic should that change.
+fn superblock(fs: &FsInfo) -> Result<&Superblock, Refusal> {
+    fs.detail.ext4().map(|d| &d.superblock).ok_or_else(|| {
+        Refusal::Fail(FailReason::Filesystem(format!(
+            "{}: the ext4 backend was handed a filesystem that is not ext4; please report this",
+            crate::escape::escaped(&fs.mount_point)
+        )))
+    })
 }

@@ -10,7 +10,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::config::Settings;
-use crate::ext4::{FsInfo, FsUuid, Layout, Superblock};
+use crate::ext4::{Ext4Detail, Layout, Superblock};
+use crate::filesystem::{FsDetail, FsInfo, FsUuid};
 use crate::mounts::{Covered, DiskId};
 use crate::store::testutil::{new_job, TestClock, FS_A};
 use crate::store::{HistoryEntry, Job, JobId, Store};
@@ -46,7 +47,7 @@ fn settings() -> Settings {
 fn covered(disk: &DiskId) -> Covered {
     let mount_point = PathBuf::from("/sim/a");
     Covered {
-        uuid: FS_A.to_owned(),
+        uuid: FS_A,
         mount_point: mount_point.clone(),
         dev: 0,
         disk: disk.clone(),
@@ -55,20 +56,25 @@ fn covered(disk: &DiskId) -> Covered {
             dev: 0,
             mount_point,
             device: PathBuf::from("/dev/sim0"),
-            superblock: Superblock {
-                uuid: FsUuid([0xa; 16]),
-                block_size: u32::try_from(BLOCK).expect("small"),
-                blocks_per_group: 32_768,
-                groups_per_flex: None,
-                has_extents: true,
-                bigalloc: false,
-                inline_data: false,
-                encryption: false,
-            },
-            layout: Layout::Superblock,
+            block_size: BLOCK,
+            uuid: FsUuid([0xa; 16]),
             read_only: false,
-            data_journal: false,
             dax: false,
+            max_extent_blocks: crate::backend::ext4::MAX_EXTENT_BLOCKS,
+            detail: FsDetail::Ext4(Ext4Detail {
+                superblock: Superblock {
+                    uuid: FsUuid([0xa; 16]),
+                    block_size: u32::try_from(BLOCK).expect("small"),
+                    blocks_per_group: 32_768,
+                    groups_per_flex: None,
+                    has_extents: true,
+                    bigalloc: false,
+                    inline_data: false,
+                    encryption: false,
+                },
+                layout: Layout::Superblock,
+                data_journal: false,
+            }),
         },
     }
 }
@@ -91,7 +97,7 @@ impl Rig {
             shared.set_engine(Arc::new(sim.clone()));
         }
         let disk = DiskId("sim:0".into());
-        shared.set_covered(HashMap::from([(FS_A.to_owned(), covered(&disk))]));
+        shared.set_covered(HashMap::from([(FS_A, covered(&disk))]));
         Rig {
             shared,
             sim,

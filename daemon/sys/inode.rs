@@ -1,14 +1,15 @@
-//! Per-inode facts: the generation (half of a file's identity) and the
-//! inode flags that decide whether a file can be moved.
+//! Per-inode facts every filesystem answers through the generic FS_IOC
+//! ioctls: the generation (half of a file's identity) and the inode flags
+//! (`chattr`'s) that decide whether a file can be moved.
 
 use std::os::fd::{AsRawFd, BorrowedFd};
 
 use nix::libc::c_long;
 
-use crate::sys::error::{Error, Result};
+use super::error::{Error, Result};
 
-// _IOR('v', 1, long) and _IOR('f', 1, long). ext4 writes an int into the
-// long-sized buffer, so it is zeroed first and read as 32 bits.
+// _IOR('v', 1, long) and _IOR('f', 1, long). The kernel writes an int into
+// the long-sized buffer, so it is zeroed first and read as 32 bits.
 nix::ioctl_read_bad!(fs_ioc_getversion, 0x8008_7601, c_long);
 nix::ioctl_read_bad!(fs_ioc_getflags, 0x8008_6601, c_long);
 
