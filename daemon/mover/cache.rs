@@ -168,24 +168,8 @@ impl<'fd> CacheKeeper<'fd> {
     /// read-ahead that refilled them gives up when memory is short (seen on
     /// CI: 22 of 16,384 pages of a hot file missing after its move).
     fn restore_resident(&self, before: &Residency) {
-        let len = before.end() - before.start;
-        let Ok(now) = sys::residency(self.fd, before.start, len) else {
-            return;
-        };
-        let lost = Residency {
-            resident: before
-                .resident
-                .iter()
-                .zip(&now.resident)
-                .map(|(was, is)| *was && !*is)
-                .collect(),
-            ..now
-        };
-        for (start, length) in lost.resident_ranges() {
-            if let Err(e) = sys::read_into_cache(self.fd, start, length) {
-                tracing::debug!("reading {start}+{length} back into the cache failed: {e}");
-                return;
-            }
+        if let Err(e) = sys::read_back_lost(self.fd, before) {
+            tracing::debug!("reading lost pages back into the cache failed: {e}");
         }
     }
 }

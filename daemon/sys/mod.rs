@@ -29,7 +29,8 @@ pub use open::{
     is_mount_root, open_dir, open_dir_beneath, pin_beneath, reopen, stat_beneath, Access, EntryStat,
 };
 pub use pagecache::{
-    drop_cached, page_size, read_ahead, read_into_cache, residency, write_back, Residency, Wait,
+    drop_cached, page_size, read_ahead, read_back_lost, read_into_cache, residency, write_back,
+    Residency, Wait,
 };
 pub use swap::is_active_swapfile;
 pub use tmpfile::{allocate, create_tmpfile, punch_hole};

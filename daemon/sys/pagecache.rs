@@ -153,6 +153,27 @@ pub fn read_into_cache(fd: BorrowedFd<'_>, offset: u64, len: u64) -> Result<()> 
     Ok(())
 }
 
+/// Reads back the pages `before` saw resident that are resident no more:
+/// a maintenance job leaves the cache as it found it, even where the
+/// kernel dropped pages on its way (a read-ahead given up for want of
+/// memory, a swap of extents that empties the file's cache).
+pub fn read_back_lost(fd: BorrowedFd<'_>, before: &Residency) -> Result<()> {
+    let now = residency(fd, before.start, before.end() - before.start)?;
+    let lost = Residency {
+        resident: before
+            .resident
+            .iter()
+            .zip(&now.resident)
+            .map(|(was, is)| *was && !*is)
+            .collect(),
+        ..now
+    };
+    for (start, length) in lost.resident_ranges() {
+        read_into_cache(fd, start, length)?;
+    }
+    Ok(())
+}
+
 /// Drops clean pages of the range from the cache.
 pub fn drop_cached(fd: BorrowedFd<'_>, offset: u64, len: u64) -> Result<()> {
     advise(fd, offset, len, PosixFadviseAdvice::POSIX_FADV_DONTNEED)
