@@ -36,7 +36,7 @@ def write_file(path, mib, fsync_each):
 
 def main():
     root, big_mib, read_mib = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-    os.makedirs(f"{root}/data")
+    os.makedirs(f"{root}/data", exist_ok=True)  # btrfs: a subvolume made before
     os.makedirs(f"{root}/filler")
     # The reader's file first, while free space is contiguous.
     write_file(f"{root}/data/fio-read", read_mib, fsync_each=False)

@@ -127,8 +127,10 @@ pub fn xfs_resblks(mount_point: &Path, blocks: u64) {
 }
 
 /// `xfs_fsr -v FILE`, timed. xfs_fsr exits 0 also when it left the file
-/// as it was (it says why on stdout: "no improvement will be made",
-/// "file busy", "insufficient freespace"); judge by the extents after.
+/// as it was; judge by the extents after. What -v says ("extents
+/// before:N after:M", or why not) goes to syslog, not stdout, when stdin
+/// is not a terminal (as here: xfs_fsr sets its -g then), so `stdout` is
+/// usually empty.
 pub fn xfs_fsr(path: &Path) -> ToolRun {
     timed_tool(Command::new("xfs_fsr").arg("-v").arg(path))
 }
