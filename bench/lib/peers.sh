@@ -83,6 +83,10 @@ peer_golden() {
     put move.extents_golden "$(extents "$m/data/big")"
     put move.own_extents_golden "$(own_extents "$m/data/big")"
     detach "$m"
+    if [[ $fs == xfs ]]; then
+        python3 "$lib/fragment.py" --free-space-xfs "$work/golden.img" $((big_mib << 20)) >"$work/free-space.json"
+        put move.free_space "@$work/free-space.json"
+    fi
 }
 
 # NAME COMMAND...: COMMAND data/big on a fresh copy of the golden image,

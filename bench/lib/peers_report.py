@@ -85,9 +85,12 @@ def move_part(fig, goals):
                       f"{peer}: {fmt(None if px is None else px / MIB)} MiB", dx, px)
 
     snap = " (data/ has a read-only snapshot)" if fs == "btrfs" else ""
+    free = move.get("free_space") or {}
+    res["free_space"] = free
+    allows = f", its free space allows {fmt(free.get('fewest_extents'))}" if free else ""
     lines = [f"== 1. Moving one file on {fs}: {size / MIB:.0f} MiB in "
-             f"{fmt(move.get('extents_golden'))} extents (ideal {ideal}){snap}, caches dropped "
-             f"before each run"]
+             f"{fmt(move.get('extents_golden'))} extents (ideal {ideal}{allows}){snap}, caches "
+             f"dropped before each run"]
     lines += table(headers, rows)
     if fs == "btrfs":
         lines.append("(exclusive MiB added: `btrfs filesystem du -s` of data/ after minus before; "
@@ -95,6 +98,11 @@ def move_part(fig, goals):
     else:
         lines.append("(xfs_bmap counts every extent record; filefrag merges records that touch "
                      "on disk)")
+        if free:
+            lines.append(f"(free space allows: the fewest extents any placement could reach, "
+                         f"its largest free runs taken until they hold the file; "
+                         f"{fmt(free.get('free_runs'))} free runs, the largest "
+                         f"{fmt(free.get('largest_run_blocks'))} blocks; from xfs_db freesp)")
     lines += goals.lines(part)
     return res, lines
 
