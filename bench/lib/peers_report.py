@@ -38,12 +38,15 @@ def move_part(fig, goals):
         m = dict(move.get(name, {}))
         result = m.pop("result", None)
         m["seconds"] = m.get("wall_s")
-        m["mib_per_s"] = ratio(size / MIB, m["seconds"])
+        moved = size
+        if name == "defragd":
+            # What it says it moved (0 when it skipped the file), as on ext4.
+            m["summary"] = (result or {}).get("summary") or {}
+            moved = m["summary"].get("bytes_moved")
+        m["mib_per_s"] = ratio(None if moved is None else moved / MIB, m["seconds"])
         if name == "device":
             device_rate = m["mib_per_s"]
         m["of_device"] = ratio(m["mib_per_s"], device_rate)
-        if name == "defragd":
-            m["summary"] = (result or {}).get("summary")
         if m.get("exclusive_after") is not None and m.get("exclusive_before") is not None:
             m["exclusive_added"] = m["exclusive_after"] - m["exclusive_before"]
         res[name] = m
@@ -158,5 +161,13 @@ def impact_part(fig, goals):
         res["alone_p99_spread"] = spread
         lines.append(f"(p99/alone: against the mean of the two alone runs, {fmt(base, 0)} us; "
                      f"they differ by {pct(spread)}, the noise of this machine)")
+        res["noisy"] = spread > 0.2
+        if res["noisy"]:
+            lines.append(f"WARNING: the two alone runs differ by more than 20%: something else "
+                         f"used the disk or the CPUs; the ratios of this part are not reliable, "
+                         f"run it again on a quiet machine (bench/run --fs {fs} --only 2)")
+    lines.append(f"(beside {peer}: the load runs its full alone time around the tool, which may "
+                 f"be done within a second; beside the service: until the file is "
+                 f"defragmented, as on ext4)")
     lines += goals.lines(part)
     return res, lines
