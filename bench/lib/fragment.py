@@ -3,6 +3,7 @@ foreground reader, then a file written into fragmented free space.
 
     fragment.py MOUNT BIG_MIB READ_MIB
     fragment.py --free-space IMAGE FILE_BYTES
+    fragment.py --free-space-xfs IMAGE FILE_BYTES
 
 Recipe (shared/TESTING.md): fill most of the free space with 64 KiB files,
 delete every other one, write the file under test 64 KiB at a time with
@@ -12,7 +13,9 @@ contiguous free space exists for the defragmenter. Prints the filler count.
 --free-space: what the free space of an unmounted image allows a file of
 FILE_BYTES, as JSON (read with dumpe2fs): the fewest extents any placement
 could reach, its largest free runs, each cut at ext4's longest extent
-(32768 blocks), taken until they hold the file.
+(32768 blocks), taken until they hold the file. --free-space-xfs: the same
+for an XFS image, read with `xfs_db -r -c 'freesp -d'` (runs never cross
+an allocation group; XFS's longest extent, 2^21 blocks, is longer).
 """
 import json
 import os
@@ -36,7 +39,7 @@ def write_file(path, mib, fsync_each):
 
 def main():
     root, big_mib, read_mib = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-    os.makedirs(f"{root}/data")
+    os.makedirs(f"{root}/data", exist_ok=True)  # btrfs: a subvolume made before
     os.makedirs(f"{root}/filler")
     # The reader's file first, while free space is contiguous.
     write_file(f"{root}/data/fio-read", read_mib, fsync_each=False)
@@ -97,11 +100,42 @@ def free_runs(image):
 
 def free_space(image, file_bytes):
     runs, block_size = free_runs(image)
+    return pieces_needed(runs, block_size, file_bytes, MAX_EXTENT_BLOCKS)
+
+
+# XFS's longest extent (MAXEXTLEN), in blocks.
+XFS_MAX_EXTENT_BLOCKS = 1 << 21
+
+
+def free_runs_xfs(image):
+    """The free runs of an XFS image, (start, length) in blocks, adjacent
+    records of one allocation group joined; and the block size."""
+    geo = subprocess.run(["xfs_db", "-r", "-c", "sb 0", "-c", "p blocksize", image],
+                         capture_output=True, text=True, check=True).stdout
+    block_size = int(re.search(r"blocksize = (\d+)", geo).group(1))
+    out = subprocess.run(["xfs_db", "-r", "-c", "freesp -d", image],
+                         capture_output=True, text=True, check=True).stdout
+    runs = []
+    last = None
+    for line in out.splitlines():
+        f = line.split()
+        if len(f) != 3 or not all(x.isdigit() for x in f):
+            continue
+        ag, start, length = map(int, f)
+        if last and last[0] == ag and last[1] + last[2] == start:
+            last[2] += length
+        else:
+            last = [ag, start, length]
+            runs.append(last)
+    return [(start, length) for _, start, length in runs], block_size
+
+
+def pieces_needed(runs, block_size, file_bytes, max_blocks):
     need = -(-file_bytes // block_size)
     pieces = []
     for _, length in runs:
-        whole, rest = divmod(length, MAX_EXTENT_BLOCKS)
-        pieces += [MAX_EXTENT_BLOCKS] * whole + ([rest] if rest else [])
+        whole, rest = divmod(length, max_blocks)
+        pieces += [max_blocks] * whole + ([rest] if rest else [])
     pieces.sort(reverse=True)
     held = fewest = 0
     for piece in pieces:
@@ -122,5 +156,8 @@ def free_space(image, file_bytes):
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--free-space"]:
         print(json.dumps(free_space(sys.argv[2], int(sys.argv[3]))))
+    elif sys.argv[1:2] == ["--free-space-xfs"]:
+        runs, block_size = free_runs_xfs(sys.argv[2])
+        print(json.dumps(pieces_needed(runs, block_size, int(sys.argv[3]), XFS_MAX_EXTENT_BLOCKS)))
     else:
         main()

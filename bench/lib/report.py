@@ -247,32 +247,39 @@ SCENARIOS = (
 )
 
 
+def scenario_result(s):
+    """One scenario of part 2: the reader's latencies from fio's JSON, the
+    appender's figures, and what bench/run recorded about the defragmenter."""
+    fio = s.get("fio") or {}
+    job = (fio.get("jobs") or [{}])[0]
+    read = job.get("read") or {}
+    clat = read.get("clat_ns") or {}
+    pcts = clat.get("percentile") or {}
+    us = lambda ns: None if ns is None else ns / 1000
+    r = {
+        "read_iops": read.get("iops"),
+        "reads": read.get("total_ios"),
+        "load_s": None if read.get("runtime") is None else read["runtime"] / 1000,
+        "p50_us": us(pcts.get("50.000000")),
+        "p99_us": us(pcts.get("99.000000")),
+        "p999_us": us(pcts.get("99.900000")),
+        "max_us": us(clat.get("max")),
+        "appender": s.get("appender"),
+    }
+    for k in ("defrag_s", "finished", "finished_under_load", "extents_after",
+              "interruptions", "io_some_pct", "not_supported"):
+        if k in s:
+            r[k] = s[k]
+    return r
+
+
 def impact_part(fig, goals):
     imp = fig.get("impact", {})
     file_mib = (fig.get("move", {}).get("file_bytes") or 0) / MIB
     res = {}
     for scen, _ in SCENARIOS:
         s = imp.get(scen, {})
-        fio = s.get("fio") or {}
-        job = (fio.get("jobs") or [{}])[0]
-        read = job.get("read") or {}
-        clat = read.get("clat_ns") or {}
-        pcts = clat.get("percentile") or {}
-        us = lambda ns: None if ns is None else ns / 1000
-        r = {
-            "read_iops": read.get("iops"),
-            "reads": read.get("total_ios"),
-            "load_s": None if read.get("runtime") is None else read["runtime"] / 1000,
-            "p50_us": us(pcts.get("50.000000")),
-            "p99_us": us(pcts.get("99.000000")),
-            "p999_us": us(pcts.get("99.900000")),
-            "max_us": us(clat.get("max")),
-            "appender": s.get("appender"),
-        }
-        for k in ("defrag_s", "finished", "finished_under_load", "extents_after",
-                  "interruptions", "io_some_pct"):
-            if k in s:
-                r[k] = s[k]
+        r = scenario_result(s)
         samples = s.get("status_samples")
         if isinstance(samples, list) and samples:
             states = {}
@@ -414,21 +421,29 @@ def main():
     info = fig.get("info", {})
     goals = Goals()
     result = {"info": info}
+    fs = info.get("fs") or "ext4"
     lines = [
-        f"defragd benchmark ({info.get('mode')})   {info.get('date')}",
+        f"defragd benchmark ({info.get('mode')}, {fs})   {info.get('date')}",
         f"kernel {info.get('kernel')}   CPU {info.get('cpu_model')}, {info.get('cores')} cores   "
         f"loop devices with direct I/O",
         "",
     ]
-    for number, key, fn in ((1, "move", move_part), (2, "impact", impact_part),
-                            (3, "scan", scan_part), (4, "footprint", footprint_part)):
+    parts = ((1, "move", move_part), (2, "impact", impact_part),
+             (3, "scan", scan_part), (4, "footprint", footprint_part))
+    if fs != "ext4":
+        import peers_report  # bench/lib, beside this file
+        parts = ((1, "move", peers_report.move_part), (2, "impact", peers_report.impact_part))
+    for number, key, fn in parts:
         if str(number) not in str(info.get("parts", "1234")):
             continue
         res, part_lines = fn(fig, goals)
         result[key] = res
         lines += part_lines + [""]
     passed = sum(g["pass"] for g in goals.items)
-    lines.append(f"{passed} of {len(goals.items)} goals PASS")
+    if fs != "ext4" and not goals.items:
+        lines.append(f"no goals: defragd does not support {fs} yet (its goals come with the backend)")
+    else:
+        lines.append(f"{passed} of {len(goals.items)} goals PASS")
     result["goals"] = goals.items
     print("\n".join(lines))
     with open(out, "w") as f:

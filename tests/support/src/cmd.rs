@@ -19,13 +19,30 @@ fn describe(cmd: &Command) -> String {
 
 /// The packages whose tools the tests run (as .ci/run installs them).
 pub const TEST_PACKAGES: &str =
-    "e2fsprogs util-linux xfsprogs fio python3 acl attr psmisc prometheus";
+    "e2fsprogs util-linux xfsprogs btrfs-progs fio python3 acl attr psmisc prometheus";
+
+/// The Debian package that installs `program`, for the programs of the
+/// XFS and btrfs helpers (whose absence is the likeliest on a machine set
+/// up for ext4 only); None for the rest.
+pub fn package_of(program: &str) -> Option<&'static str> {
+    match program {
+        "mkfs.xfs" | "xfs_repair" | "xfs_io" | "xfs_fsr" | "xfs_bmap" => Some("xfsprogs"),
+        "mkfs.btrfs" | "btrfs" => Some("btrfs-progs"),
+        "mkfs.ext4" | "mkfs.ext3" | "e2fsck" | "filefrag" | "e4defrag" => Some("e2fsprogs"),
+        _ => None,
+    }
+}
 
 /// The panic message for a command that could not be started, saying what
 /// to install when the program is missing.
 pub fn cannot_start(cmd: &Command, e: &std::io::Error) -> String {
-    let hint = match e.kind() {
-        std::io::ErrorKind::NotFound => format!(
+    let program = cmd.get_program().to_string_lossy();
+    let hint = match (e.kind(), package_of(&program)) {
+        (std::io::ErrorKind::NotFound, Some(pkg)) => format!(
+            "; `{program}` comes with {pkg}: `apt-get install {pkg}` \
+             (bash .ci/run installs all the tests need: {TEST_PACKAGES})"
+        ),
+        (std::io::ErrorKind::NotFound, None) => format!(
             "; is it installed? The tests need `apt-get install {TEST_PACKAGES}` \
              (bash .ci/run installs them)"
         ),
@@ -33,6 +50,51 @@ pub fn cannot_start(cmd: &Command, e: &std::io::Error) -> String {
     };
     format!("cannot run `{}`: {e}{hint}", describe(cmd))
 }
+
+/// The programs of `programs` that are not on PATH (or not executable).
+pub fn missing_tools(programs: &[&str]) -> Vec<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    programs
+        .iter()
+        .filter(|p| {
+            !std::env::split_paths(&path).any(|dir| {
+                std::fs::metadata(dir.join(p))
+                    .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            })
+        })
+        .map(|p| p.to_string())
+        .collect()
+}
+
+/// Fails the test, before it makes anything, when a program it runs is
+/// missing, with the `apt-get install` line that brings them all. A test
+/// needing mkfs.xfs or btrfs calls this first (a missing tool must not pass
+/// for a skipped test: CI installs them).
+pub fn require_tools(programs: &[&str]) {
+    let missing = missing_tools(programs);
+    if missing.is_empty() {
+        return;
+    }
+    let mut packages: Vec<&str> = missing.iter().filter_map(|p| package_of(p)).collect();
+    packages.sort_unstable();
+    packages.dedup();
+    let line = if packages.is_empty() {
+        TEST_PACKAGES.to_string()
+    } else {
+        packages.join(" ")
+    };
+    panic!(
+        "this test needs {} (not found on PATH): `apt-get install {line}` \
+         (bash .ci/run installs all the tests need)",
+        missing.join(", ")
+    );
+}
+
+/// The tools of the XFS helpers (package xfsprogs).
+pub const XFS_TOOLS: &[&str] = &["mkfs.xfs", "xfs_repair", "xfs_io", "xfs_fsr", "xfs_bmap"];
+/// The tools of the btrfs helpers (package btrfs-progs).
+pub const BTRFS_TOOLS: &[&str] = &["mkfs.btrfs", "btrfs"];
 
 /// Runs a command and returns its output whatever its status.
 pub fn run_raw(cmd: &mut Command) -> Output {
@@ -151,4 +213,30 @@ pub fn run_timed(cmd: &mut Command, limit: Duration) -> (Output, Duration) {
         },
         elapsed,
     )
+}
+
+/// A peer tool's run: how long it took and what it said.
+#[derive(Clone, Debug)]
+pub struct ToolRun {
+    pub elapsed: Duration,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `cmd` (at most RUN_LIMIT), asserts exit 0, and times it.
+pub fn timed_tool(cmd: &mut Command) -> ToolRun {
+    let (out, elapsed) = run_timed(cmd, RUN_LIMIT);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        out.status.success(),
+        "`{}` failed with {}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        describe(cmd),
+        out.status
+    );
+    ToolRun {
+        elapsed,
+        stdout,
+        stderr,
+    }
 }

@@ -15,7 +15,7 @@ use std::thread::sleep;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::cmd::{cannot_start, sh_status, sync_fs};
-use super::image::LoopImage;
+use super::image::{FsKind, LoopImage};
 
 // ---------------------------------------------------------------------------
 // Counts and seeds from the environment; SUMMARY lines.
@@ -259,7 +259,33 @@ pub fn free_blocks(path: &Path) -> u64 {
 /// `e2fsck -fn IMAGE` on an image that is not mounted: (clean, output).
 /// Clean means exit status 0.
 pub fn fsck_image(image: &Path) -> (bool, String) {
-    let (ok, out, err) = sh_status("e2fsck", [OsStr::new("-fn"), image.as_os_str()]);
+    fsck_kind(image, FsKind::Ext4)
+}
+
+/// The read-only checker for `kind`, as named in messages.
+pub fn fsck_name(kind: FsKind) -> &'static str {
+    match kind {
+        FsKind::Xfs => "xfs_repair -n",
+        FsKind::Btrfs => "btrfs check --readonly",
+        _ => "e2fsck -fn",
+    }
+}
+
+/// The read-only checker of `kind` on an image that is not mounted:
+/// (clean, output). `e2fsck -fn`, `xfs_repair -n` (exit 1 when it finds
+/// damage; it also reads an unreplayed log as damage, so mount and
+/// unmount after a shutdown first), `btrfs check --readonly`. Clean means
+/// exit status 0. Never writes to the image.
+pub fn fsck_kind(image: &Path, kind: FsKind) -> (bool, String) {
+    let img = image.as_os_str();
+    let (ok, out, err) = match kind {
+        FsKind::Xfs => sh_status("xfs_repair", [OsStr::new("-n"), img]),
+        FsKind::Btrfs => sh_status(
+            "btrfs",
+            [OsStr::new("check"), OsStr::new("--readonly"), img],
+        ),
+        _ => sh_status("e2fsck", [OsStr::new("-fn"), img]),
+    };
     (ok, format!("{out}{err}"))
 }
 
@@ -302,10 +328,32 @@ pub fn ext4_messages_since(mark: f64, dev: &str) -> Vec<String> {
         .collect()
 }
 
+/// The kernel's messages about `dev` after `mark` from any of the
+/// filesystems the kit makes: "EXT4-fs (loop3)", "XFS (loop3)",
+/// "BTRFS info (device loop3)".
+pub fn fs_messages_since(mark: f64, dev: &str) -> Vec<String> {
+    let name = dev.trim_start_matches("/dev/");
+    let xfs = format!("XFS ({name})");
+    let by_device = format!("(device {name})");
+    let ext4 = format!("EXT4-fs ({name})");
+    dmesg_lines()
+        .into_iter()
+        .filter(|(t, m)| {
+            *t > mark
+                && (m.contains(&ext4)
+                    || m.contains(&xfs)
+                    || (m.contains(&by_device) && (m.contains("EXT4-fs") || m.contains("BTRFS"))))
+        })
+        .map(|(_, m)| m)
+        .collect()
+}
+
 /// After a shutdown: unmount (works once the processes that had files open
-/// on it are gone), mount again so the journal replays and the orphan
-/// list is processed, unmount. Returns the kernel's messages about the
-/// device from the replay mount. The image is left unmounted.
+/// on it are gone), mount again so the journal (ext4) or log (XFS)
+/// replays and the orphan list (unlinked list) is processed, unmount.
+/// Returns the kernel's messages about the device from the replay mount
+/// (XFS: "Starting recovery" when there was a log to replay). The image
+/// is left unmounted.
 pub fn replay_journal(img: &mut LoopImage) -> Vec<String> {
     img.unmount();
     let mark = dmesg_mark();
@@ -313,7 +361,7 @@ pub fn replay_journal(img: &mut LoopImage) -> Vec<String> {
     let dev = img.device().unwrap_or_default().to_string();
     // Orphan cleanup happens during the mount; the messages are out when
     // mount returns.
-    let msgs = ext4_messages_since(mark, &dev);
+    let msgs = fs_messages_since(mark, &dev);
     img.unmount();
     msgs
 }

@@ -15,6 +15,7 @@ use super::cmd::sync_fs;
 use super::image::LoopImage;
 use super::judge::{filefrag_extents, free_bytes, fs_bytes};
 use super::seeded::Seeded;
+use super::xfs::xfs_resblks;
 use super::{KIB, MIB};
 
 pub const FILLER_FILE: u64 = 64 * KIB;
@@ -37,7 +38,16 @@ pub fn fragment_free_space(root: &Path, leave_free: u64) -> Filler {
 }
 
 /// `fragment_free_space` with filler files of `piece` bytes in `root/name`.
+/// On XFS it first sets the reserve pool to 0 (`xfs_resblks`): else the
+/// reserve stays free in one piece, statfs never counts it, and the files
+/// under test land in it whole. The next mount (`LoopImage::settle`)
+/// restores the reserve.
 pub fn fragment_free_space_with(root: &Path, name: &str, piece: u64, leave_free: u64) -> Filler {
+    let on_xfs = nix::sys::statfs::statfs(root)
+        .is_ok_and(|st| st.filesystem_type() == nix::sys::statfs::XFS_SUPER_MAGIC);
+    if on_xfs {
+        xfs_resblks(root, 0);
+    }
     let dir = root.join(name);
     fs::create_dir_all(&dir).expect("create filler dir");
     let block = vec![0x5au8; piece as usize];

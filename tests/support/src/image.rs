@@ -9,6 +9,7 @@ use std::thread::sleep;
 use std::time::Duration;
 
 use super::cmd::{run_ok, sh, sh_status};
+use super::faults::{fsck_kind, fsck_name};
 
 pub fn tempdir() -> tempfile::TempDir {
     tempfile::Builder::new()
@@ -71,6 +72,46 @@ pub enum FsKind {
     Ext3AsExt4,
     /// `mkfs.ext4 -O bigalloc`
     Ext4Bigalloc,
+    /// `mkfs.xfs -f` (xfsprogs 6.1 refuses images under 300 MiB).
+    Xfs,
+    /// `mkfs.btrfs -f` (single device; data single, metadata DUP).
+    Btrfs,
+}
+
+impl FsKind {
+    /// The type given to `mount -t`.
+    pub fn fs_type(self) -> &'static str {
+        match self {
+            FsKind::Ext4 | FsKind::Ext3AsExt4 | FsKind::Ext4Bigalloc => "ext4",
+            FsKind::Xfs => "xfs",
+            FsKind::Btrfs => "btrfs",
+        }
+    }
+
+    /// Whether e2fsck, filefrag's ext4 figures, e4defrag apply.
+    pub fn is_ext4(self) -> bool {
+        self.fs_type() == "ext4"
+    }
+
+    /// The mkfs command for this kind (the image path still to be added).
+    fn mkfs(self) -> Command {
+        // ext4: 4 KiB blocks always (small images would get 1 KiB ones), no
+        // root-reserved blocks so "free space" means one thing. XFS and
+        // btrfs use 4 KiB blocks on their own and reserve nothing for root.
+        let (program, args): (&str, &[&str]) = match self {
+            FsKind::Ext4 => ("mkfs.ext4", &["-q", "-F", "-b", "4096", "-m", "0"]),
+            FsKind::Ext3AsExt4 => ("mkfs.ext3", &["-q", "-F", "-b", "4096", "-m", "0"]),
+            FsKind::Ext4Bigalloc => (
+                "mkfs.ext4",
+                &["-q", "-F", "-b", "4096", "-m", "0", "-O", "bigalloc"],
+            ),
+            FsKind::Xfs => ("mkfs.xfs", &["-q", "-f"]),
+            FsKind::Btrfs => ("mkfs.btrfs", &["-q", "-f"]),
+        };
+        let mut c = Command::new(program);
+        c.args(args);
+        c
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -81,6 +122,15 @@ pub struct ImageSpec {
     pub mount_opts: Option<String>,
 }
 
+/// `opts` with `extra` added, unless already there.
+fn with_option(opts: Option<&str>, extra: &str) -> String {
+    match opts {
+        Some(o) if o.split(',').any(|x| x == extra) => o.to_string(),
+        Some(o) if !o.is_empty() => format!("{o},{extra}"),
+        _ => extra.to_string(),
+    }
+}
+
 impl ImageSpec {
     pub fn ext4(size_mib: u64) -> Self {
         ImageSpec {
@@ -88,6 +138,14 @@ impl ImageSpec {
             kind: FsKind::Ext4,
             mount_opts: None,
         }
+    }
+    /// An XFS image; at least 300 MiB (mkfs.xfs refuses less).
+    pub fn xfs(size_mib: u64) -> Self {
+        ImageSpec::ext4(size_mib).kind(FsKind::Xfs)
+    }
+    /// A btrfs image; at least 128 MiB (mkfs.btrfs refuses much less).
+    pub fn btrfs(size_mib: u64) -> Self {
+        ImageSpec::ext4(size_mib).kind(FsKind::Btrfs)
     }
     pub fn kind(mut self, kind: FsKind) -> Self {
         self.kind = kind;
@@ -126,26 +184,7 @@ impl LoopImage {
                 img.as_os_str(),
             ],
         );
-        // 4 KiB blocks always (small images would get 1 KiB ones), no
-        // root-reserved blocks so "free space" means one thing.
-        let mut mkfs = match spec.kind {
-            FsKind::Ext4 => {
-                let mut c = Command::new("mkfs.ext4");
-                c.args(["-q", "-F", "-b", "4096", "-m", "0"]);
-                c
-            }
-            FsKind::Ext3AsExt4 => {
-                let mut c = Command::new("mkfs.ext3");
-                c.args(["-q", "-F", "-b", "4096", "-m", "0"]);
-                c
-            }
-            FsKind::Ext4Bigalloc => {
-                let mut c = Command::new("mkfs.ext4");
-                c.args(["-q", "-F", "-b", "4096", "-m", "0", "-O", "bigalloc"]);
-                c
-            }
-        };
-        run_ok(mkfs.arg(&img));
+        run_ok(spec.kind.mkfs().arg(&img));
         Self::attach_and_mount(dir, img, spec)
     }
 
@@ -181,7 +220,7 @@ impl LoopImage {
         if !self.mounted {
             let dev = self.dev.clone().unwrap_or_default();
             let mut cmd = Command::new("mount");
-            cmd.args(["-t", "ext4"]);
+            cmd.args(["-t", self.spec.kind.fs_type()]);
             if let Some(o) = &self.spec.mount_opts {
                 cmd.args(["-o", o]);
             }
@@ -254,23 +293,48 @@ impl LoopImage {
         self.dev.as_deref()
     }
 
-    /// Unmounts, then `e2fsck -fn` on the image; asserts exit 0. Returns the
-    /// e2fsck output. The image stays unmounted (call `mount` to go on).
+    /// Unmounts, then checks the image with the checker of its kind
+    /// (`e2fsck -fn`, `xfs_repair -n`, `btrfs check --readonly`; see
+    /// `fsck_kind`); asserts it is clean. Returns the checker's output.
+    /// The image stays unmounted (call `mount` to go on). After a shutdown
+    /// use `replay_and_fsck`: a log not replayed reads as damage.
     pub fn unmount_and_fsck(&mut self) -> String {
         self.unmount();
-        let (ok, out, err) = sh_status("e2fsck", [OsStr::new("-fn"), self.img.as_os_str()]);
+        self.assert_clean()
+    }
+
+    /// After a shutdown (or any unclean stop): unmount, mount again so the
+    /// log replays as at a reboot, unmount, then check as
+    /// `unmount_and_fsck` does. Returns the checker's output.
+    pub fn replay_and_fsck(&mut self) -> String {
+        self.unmount();
+        self.mount();
+        self.unmount();
+        self.assert_clean()
+    }
+
+    fn assert_clean(&self) -> String {
+        let (ok, report) = fsck_kind(&self.img, self.spec.kind);
         assert!(
             ok,
-            "e2fsck -fn {} is not clean:\n{out}\n{err}",
+            "{} of {} is not clean:\n{report}",
+            fsck_name(self.spec.kind),
             self.img.display()
         );
-        out + &err
+        report
     }
 
     /// Makes an identical copy: unmount this image, `cp --sparse=always` it
-    /// into a new temp dir, mount both (each on its own loop device).
+    /// into a new temp dir, mount both (each on its own loop device). On
+    /// XFS both are mounted with `-o nouuid` from then on: XFS refuses a
+    /// second filesystem with a UUID already mounted, whichever of the
+    /// two is mounted first (after a `settle` of either, say). btrfs
+    /// (kernel 6.7+) gives the second copy a temporary fsid by itself.
     pub fn duplicate(&mut self) -> LoopImage {
         self.unmount();
+        if self.spec.kind == FsKind::Xfs {
+            self.spec.mount_opts = Some(with_option(self.spec.mount_opts.as_deref(), "nouuid"));
+        }
         let dir = tempdir();
         let img = dir.path().join("fs.img");
         sh(

@@ -1,7 +1,8 @@
-//! Shared harness for defragd's integration tests: loop-mounted ext4 images
-//! that clean up after themselves, a reproducible fragmenter, and helpers that
-//! judge the result with tools nobody in this project wrote (filefrag,
-//! e4defrag, e2fsck, md5sum, stat, lsattr, fincore).
+//! Shared harness for defragd's integration tests: loop-mounted ext4, XFS
+//! and btrfs images that clean up after themselves, a reproducible
+//! fragmenter, and helpers that judge the result with tools nobody in this
+//! project wrote (filefrag, e4defrag, e2fsck, xfs_bmap, xfs_repair, xfs_fsr,
+//! btrfs check/du/defragment, md5sum, stat, lsattr, fincore).
 //!
 //! A crate of its own (a dev-dependency of defragd), so that it is compiled
 //! once, not once per test binary; each binary names it as it used to name
@@ -11,6 +12,7 @@
 //! undoes it, also when the test panics. Nothing here touches a device,
 //! mount or process the test did not create itself.
 
+mod btrfs;
 mod cmd;
 mod defragd;
 mod faults;
@@ -23,10 +25,11 @@ mod records;
 mod scrape;
 mod seeded;
 mod service;
+mod xfs;
 
 pub use {
-    cmd::*, defragd::*, faults::*, fixture::*, hostile::*, image::*, jobs::*, judge::*, records::*,
-    scrape::*, seeded::*, service::*,
+    btrfs::*, cmd::*, defragd::*, faults::*, fixture::*, hostile::*, image::*, jobs::*, judge::*,
+    records::*, scrape::*, seeded::*, service::*, xfs::*,
 };
 
 pub const KIB: u64 = 1024;

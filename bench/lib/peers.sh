@@ -1,0 +1,148 @@
+# bench/run --fs xfs|btrfs: parts 1 and 2 on XFS beside xfs_fsr, or on
+# btrfs beside `btrfs filesystem defragment`, on identical copies of one
+# fragmented image. Sourced by bench/run, whose helpers (attach, detach,
+# copy_of_golden, put, impact, ...) it uses.
+#
+# defragd's XFS and btrfs backends are not merged yet: where defragd
+# answers that it does not support the filesystem (`defrag` skips the file,
+# the service does not cover the mount) that is recorded as "not supported
+# yet" and the peer tool's figures still stand. Once a backend lands the
+# same runs measure it, with nothing here to change.
+# shellcheck shell=bash
+
+case $fs in
+    xfs)
+        # -v would say "extents before:N after:M", but to syslog when
+        # stdin is not a terminal (xfs_fsr's -g); the bench counts itself.
+        peer_name=xfs_fsr peer_cmd=(xfs_fsr)
+        mount_opts=nouuid
+        ;;
+    btrfs)
+        # -f: flush each file before returning; without it the command
+        # returns at once and the rewrite happens later, at writeback.
+        peer_name=btrfs-defrag peer_cmd=(btrfs filesystem defragment -f)
+        ;;
+esac
+
+# Extents by the filesystem's own tool: xfs_bmap's data extents (holes
+# left out); btrfs has none better than FIEMAP (filefrag).
+own_extents() { # FILE
+    case $fs in
+        xfs) xfs_bmap -v "$1" | awk '$1 ~ /^[0-9]+:$/ && $3 != "hole" { n++ } END { print n + 0 }' ;;
+        *) extents "$1" ;;
+    esac
+}
+# btrfs: bytes of SUBVOLUME that nothing else shares (no snapshot).
+exclusive_bytes() { # SUBVOLUME
+    sync -f "$1"
+    btrfs filesystem du -s --raw "$1" | awk 'END { print $2 }'
+}
+# Whether defragd's --json answer is a skip because it does not support the
+# filesystem (today: reason_code not_ext4; a backend may name it otherwise).
+unsupported_skip() { # DEFRAGD_JSON
+    python3 - "$1" <<'PY'
+import json, sys
+try:
+    files = json.load(open(sys.argv[1])).get("files") or []
+except (OSError, ValueError):
+    sys.exit(1)
+def unsupported(f):
+    why = f"{f.get('reason_code', '')} {f.get('reason', '')}".lower()
+    return f.get("outcome") == "skipped" and any(
+        k in why for k in ("not_ext4", "not ext4", "unsupported", "not supported"))
+sys.exit(0 if files and all(unsupported(f) for f in files) else 1)
+PY
+}
+
+peer_golden() {
+    local m=$work/mnt-golden
+    say "making a $image $fs image with a fragmented $big_mib MiB file (and a $read_mib MiB file for the reader)"
+    truncate -s "$image" "$work/golden.img"
+    case $fs in
+        xfs) mkfs.xfs -q -f "$work/golden.img" ;;
+        btrfs) mkfs.btrfs -q -f "$work/golden.img" >/dev/null ;;
+    esac
+    attach "$work/golden.img" "$m"
+    case $fs in
+        # XFS keeps a reserve (up to 8,192 blocks) that statfs does not
+        # count as free: filled to ENOSPC, it stays free in one piece and
+        # the file under test lands in it whole. Until the next mount.
+        xfs) xfs_io -x -c 'resblks 0' "$m" >/dev/null ;;
+        # data/ a subvolume, so that a read-only snapshot of it can share
+        # every extent: what a defragmenter unshares shows as exclusive bytes.
+        btrfs) btrfs subvolume create "$m/data" >/dev/null ;;
+    esac
+    python3 "$lib/fragment.py" "$m" "$big_mib" "$read_mib" >/dev/null
+    if [[ $fs == btrfs ]]; then
+        btrfs subvolume snapshot -r "$m/data" "$m/snap" >/dev/null
+        put move.snapshot true
+    fi
+    big_sum=$(md5sum <"$m/data/big")
+    put move.file_bytes "$(stat -c %s "$m/data/big")"
+    put move.block_size "$(stat -f -c %S "$m")"
+    put move.extents_golden "$(extents "$m/data/big")"
+    put move.own_extents_golden "$(own_extents "$m/data/big")"
+    detach "$m"
+    if [[ $fs == xfs ]]; then
+        python3 "$lib/fragment.py" --free-space-xfs "$work/golden.img" $((big_mib << 20)) >"$work/free-space.json"
+        put move.free_space "@$work/free-space.json"
+    fi
+}
+
+# NAME COMMAND...: COMMAND data/big on a fresh copy of the golden image,
+# from a cold cache: time, extents, pages left cached, content; on btrfs
+# the exclusive bytes the run added to data/ (snapshotted) and whether the
+# snapshot still reads the same.
+peer_move() {
+    local name=$1 m file start same=false excl=''
+    shift
+    copy_of_golden "$name"
+    m=$work/mnt-$name
+    file=$m/data/big
+    put "move.$name.extents_before" "$(extents "$file")"
+    put "move.$name.own_extents_before" "$(own_extents "$file")"
+    [[ $fs == btrfs ]] && excl=$(exclusive_bytes "$m/data")
+    drop_caches
+    start=$(now)
+    "$@" "$file" >"$work/$name.out" 2>"$work/$name.err" || {
+        cat "$work/$name.err" >&2
+        say "$name failed"
+        exit 1
+    }
+    put "move.$name.wall_s" "$(since "$start")"
+    if [[ $name == defragd ]] && unsupported_skip "$work/$name.out"; then
+        put move.defragd.not_supported true
+        say "1. defragd: not supported yet ($(grep -m1 '"reason"' "$work/$name.out" | tr -s ' '))"
+    fi
+    put "move.$name.resident_pages" "$(cached_pages "$file")"
+    put "move.$name.extents_after" "$(extents "$file")"
+    put "move.$name.own_extents_after" "$(own_extents "$file")"
+    [[ $(md5sum <"$file") == "$big_sum" ]] && same=true
+    put "move.$name.data_unchanged" "$same"
+    if [[ $fs == btrfs ]]; then
+        put "move.$name.exclusive_before" "$excl"
+        put "move.$name.exclusive_after" "$(exclusive_bytes "$m/data")"
+        same=false
+        [[ $(md5sum <"$m/snap/big") == "$big_sum" ]] && same=true
+        put "move.$name.snapshot_unchanged" "$same"
+    fi
+    detach "$m" "$work/$name.img"
+}
+
+peer_part1() {
+    say "1. device copy rate (dd, direct read + write)"
+    peer_move device device_copy
+    say "1. $peer_name"
+    peer_move "$peer_name" "${peer_cmd[@]}"
+    say "1. defragd defrag"
+    peer_move defragd "$defragd" defrag --json
+    put move.defragd.result "@$work/defragd.out"
+}
+
+peer_part2() {
+    local scen
+    for scen in alone "$peer_name" service alone-again; do
+        say "2. foreground reader and appender: $scen"
+        impact "$scen"
+    done
+}
