@@ -1,15 +1,19 @@
 //! Generic syscalls that no single filesystem owns, behind safe, typed
 //! wrappers: safe opening (openat2, O_PATH pins, reopening through /proc),
 //! stat, FIEMAP, GETFSMAP, fadvise and mincore, O_TMPFILE and fallocate,
-//! fsync and syncfs, ioprio, fanotify in file-identifier mode and opening a
+//! fsync and syncfs, extended flags (FS_IOC_FSGETXATTR), direct I/O with
+//! aligned buffers, ioprio, fanotify in file-identifier mode and opening a
 //! file by its handle. Every backend shares them. Like the backends, this
 //! decides nothing; every errno is mapped to an [`Error`] that says what it
 //! means, and nothing above sees one.
 
+mod aligned;
+mod direct;
 pub mod error;
 pub mod fanotify;
 mod fiemap;
 pub mod fsmap;
+mod fsxattr;
 pub mod handle;
 mod ioprio;
 mod open;
@@ -17,10 +21,13 @@ mod pagecache;
 mod swap;
 mod tmpfile;
 
+pub use aligned::AlignedBuf;
+pub use direct::{read_at, reopen_direct_read, set_direct_io, set_len, write_at};
 pub use error::{Call, Error, Result};
 pub use fanotify::{Event, Fanotify, FanotifyError, FsId};
 pub use fiemap::{fiemap, Extent, ExtentFlags, Flush};
 pub use fsmap::{free_extents, FreeExtent};
+pub use fsxattr::{get_fsxattr, set_fsxattr, Fsxattr, XFlags};
 pub use handle::{fs_id, open_by_handle, FileHandle, HandleError};
 pub use ioprio::set_current_thread_idle;
 pub use open::{
