@@ -574,3 +574,118 @@ fn fragmented_file_appending(path: &Path, size: u64, seed: u64) {
     drop(b);
     std::fs::remove_file(&other).expect("delete the second file");
 }
+
+/// A write right after the snapshot, within the same clock tick, must
+/// still be seen: the kernel's fine-grained timestamps (6.13+) give the
+/// write a new ctime once the snapshot's stat has read the old one. Many
+/// tries, each writing as soon as the exchange is built.
+#[test]
+fn a_write_right_after_the_snapshot_is_always_seen() {
+    if !require_root() {
+        return;
+    }
+    let img = XfsImage::create(1536);
+    let path = img.root().join("raced");
+    fragmented_file(&path, 1 << 20, 0, 9);
+    let o = open(&path);
+    let bs = u64::from(xfs::geometry(o.file.as_fd()).expect("geometry").block_size);
+    let size = o.file.metadata().expect("stat").len();
+    let ranges = map_of(&o.file, bs).data_ranges();
+    let writer = OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .expect("open writer");
+    for round in 0..100u8 {
+        let mut exchange = Exchange::build(o.file.as_fd(), o.dir.as_fd(), &ranges, bs, size, 1.0)
+            .unwrap_or_else(|r| panic!("build: {r:?}"));
+        writer.write_all_at(&[round; 512], 0).expect("write");
+        for chunk in chunks(&ranges, chunk_blocks(1 << 20, bs), 0) {
+            exchange.copy(&chunk).expect("copy");
+        }
+        eprintln!(
+            "file {:?} donor runs {}",
+            sh("xfs_bmap", [path.as_os_str()]),
+            exchange.runs()
+        );
+        let swapped = exchange.swap(o.file.as_fd());
+        assert_eq!(
+            swapped,
+            Err(ExchangeError::Swap(SwapError::Changed)),
+            "round {round}: a write after the snapshot went unseen"
+        );
+    }
+}
+
+/// A donor that would eat into the reserve is refused before any write,
+/// with the reason and the figures.
+#[test]
+fn too_little_free_space_is_refused_before_the_donor_is_made() {
+    if !require_root() {
+        return;
+    }
+    let img = XfsImage::create(1536);
+    let path = img.root().join("large");
+    fragmented_file(&path, 64 << 20, 0, 10);
+    // Leave about 40 MiB free: less than the 64 MiB donor. XFS frees a
+    // deleted file's blocks in the background, so the filler grows until
+    // the free space stays down.
+    let filler = File::create(img.root().join("filler")).expect("create filler");
+    let mut filled = 0u64;
+    for _ in 0..50 {
+        sync_fs(img.root());
+        let free = free_bytes(img.root());
+        if free <= 44 << 20 {
+            break;
+        }
+        let more = free - (40 << 20);
+        nix::fcntl::fallocate(
+            filler.as_fd(),
+            nix::fcntl::FallocateFlags::empty(),
+            filled as i64,
+            more as i64,
+        )
+        .expect("fallocate the filler");
+        filled += more;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let f = filler;
+    drop(f);
+    let o = open(&path);
+    let bs = u64::from(xfs::geometry(o.file.as_fd()).expect("geometry").block_size);
+    let size = o.file.metadata().expect("stat").len();
+    let ranges = map_of(&o.file, bs).data_ranges();
+    let refused = Exchange::build(o.file.as_fd(), o.dir.as_fd(), &ranges, bs, size, 1.0);
+    match refused {
+        Err(defragd::outcome::Refusal::Skip(reason)) => {
+            assert_eq!(reason.code(), "not_enough_free_space", "{reason}")
+        }
+        other => panic!("expected a skip for free space, got {other:?}"),
+    }
+}
+
+/// Files of every size around the edge where the data fork's format
+/// changes (12 extents inline beside the empty attribute fork new files
+/// get, 21 without one): XFS accepts each swap, since the donor's inode
+/// is shaped like the file's, and each file ends in one extent.
+#[test]
+fn files_on_both_sides_of_the_inline_extent_limit_swap() {
+    if !require_root() {
+        return;
+    }
+    let mut img = XfsImage::create(1536);
+    for pieces in [2u64, 11, 12, 13, 16, 21, 22, 30] {
+        let path = img.root().join(format!("f{pieces}"));
+        fragmented_file(&path, pieces * PIECE as u64, 0, 100 + pieces);
+        let before = (md5(&path), filefrag_extents(&path));
+        let o = open(&path);
+        let bs = u64::from(xfs::geometry(o.file.as_fd()).expect("geometry").block_size);
+        let (exchange, _, _) = build_and_copy(&o, bs);
+        let swapped = exchange.swap(o.file.as_fd());
+        assert_eq!(swapped, Ok(()), "{pieces} pieces ({} extents)", before.1);
+        drop(o);
+        assert_eq!(md5(&path), before.0);
+        assert_eq!(filefrag_extents(&path), 1, "{pieces} pieces");
+    }
+    let (clean, report) = img.repair_check();
+    assert!(clean, "xfs_repair -n: {report}");
+}

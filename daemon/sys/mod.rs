@@ -1,11 +1,11 @@
 //! Generic syscalls that no single filesystem owns, behind safe, typed
 //! wrappers: safe opening (openat2, O_PATH pins, reopening through /proc),
 //! stat, FIEMAP, GETFSMAP, fadvise and mincore, O_TMPFILE and fallocate,
-//! fsync and syncfs, extended flags (FS_IOC_FSGETXATTR), direct I/O with
-//! aligned buffers, ioprio, fanotify in file-identifier mode and opening a
-//! file by its handle. Every backend shares them. Like the backends, this
-//! decides nothing; every errno is mapped to an [`Error`] that says what it
-//! means, and nothing above sees one.
+//! fsync and syncfs, extended flags (FS_IOC_FSGETXATTR) and xattrs,
+//! direct I/O with aligned buffers, ioprio, fanotify in file-identifier
+//! mode and opening a file by its handle. Every backend shares them. Like
+//! the backends, this decides nothing; every errno is mapped to an
+//! [`Error`] that says what it means, and nothing above sees one.
 
 mod aligned;
 mod direct;
@@ -20,6 +20,7 @@ mod open;
 mod pagecache;
 mod swap;
 mod tmpfile;
+mod xattr;
 
 pub use aligned::AlignedBuf;
 pub use direct::{read_at, reopen_direct_read, set_direct_io, set_len, write_at};
@@ -38,6 +39,7 @@ pub use pagecache::{
 };
 pub use swap::is_active_swapfile;
 pub use tmpfile::{allocate, create_tmpfile, punch_hole};
+pub use xattr::set_xattr;
 
 /// fdatasync(2), so that delayed allocations get real blocks before the
 /// file is mapped.

@@ -51,6 +51,7 @@ nix::ioctl_read_bad!(xfs_ioc_fsgeometry, 0x8100_587E, RawGeom);
 nix::ioctl_read_bad!(xfs_ioc_fsgeometry_v4, 0x8070_587C, RawGeomV4);
 
 /// Feature bits of `xfs_fsop_geom.flags` that defragd reads.
+const FLAG_V5SB: u32 = 1 << 15;
 const FLAG_RMAPBT: u32 = 1 << 19;
 const FLAG_REFLINK: u32 = 1 << 20;
 /// XFS_FSOP_GEOM_FLAGS_EXCHANGE_RANGE, Linux 6.10+ (xfsprogs 6.1's header
@@ -72,6 +73,11 @@ pub struct Geometry {
     /// Blocks in one allocation group: no extent crosses an AG.
     pub ag_blocks: u32,
     pub data_blocks: u64,
+    /// Inode size in bytes.
+    pub inode_size: u32,
+    /// Version 5 superblock (metadata checksums): inodes have the larger
+    /// v3 core.
+    pub v5: bool,
     /// A realtime device is attached (files flagged realtime keep their
     /// data there).
     pub realtime: bool,
@@ -92,12 +98,22 @@ impl Geometry {
             ag_count: raw.agcount,
             ag_blocks: raw.agblocks,
             data_blocks: raw.datablocks,
+            inode_size: raw.inodesize,
+            v5: raw.flags & FLAG_V5SB != 0,
             realtime: raw.rtblocks > 0,
             reflink: raw.flags & FLAG_REFLINK != 0,
             rmapbt: raw.flags & FLAG_RMAPBT != 0,
             exchange_range: raw.flags & FLAG_EXCHANGE_RANGE != 0,
             uuid: raw.uuid,
         }
+    }
+
+    /// Bytes of an inode left for its data and attribute forks (XFS's
+    /// "literal area"): the inode less its core (176 bytes for v3 inodes,
+    /// 100 for older ones).
+    pub fn literal_area(&self) -> u32 {
+        let core = if self.v5 { 176 } else { 100 };
+        self.inode_size.saturating_sub(core)
     }
 
     /// The longest extent a file can get, in blocks: a block map record's
@@ -158,7 +174,8 @@ mod tests {
             blocksize: 4096,
             agblocks: 98_304,
             agcount: 4,
-            flags: FLAG_REFLINK | FLAG_EXCHANGE_RANGE,
+            flags: FLAG_REFLINK | FLAG_EXCHANGE_RANGE | FLAG_V5SB,
+            inodesize: 512,
             rtblocks: 0,
             uuid: [7; 16],
             ..RawGeomV4::default()
@@ -167,6 +184,7 @@ mod tests {
         assert!(g.reflink && g.exchange_range && !g.rmapbt && !g.realtime);
         assert_eq!(g.uuid, [7; 16]);
         assert_eq!(g.max_extent_blocks(), 98_304);
+        assert_eq!(g.literal_area(), 336);
         let big = Geometry::from_raw(&RawGeomV4 {
             agblocks: 1 << 24,
             rtblocks: 10,

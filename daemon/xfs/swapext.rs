@@ -43,7 +43,7 @@ struct BsTime {
 /// `struct xfs_bstat` (xfs_fs.h), 136 bytes on a 64-bit machine.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default)]
-struct Bstat {
+pub(super) struct Bstat {
     bs_ino: u64,
     bs_mode: u16,
     bs_nlink: u16,
@@ -58,10 +58,10 @@ struct Bstat {
     bs_blocks: i64,
     bs_xflags: u32,
     bs_extsize: i32,
-    bs_extents: i32,
+    pub(super) bs_extents: i32,
     bs_gen: u32,
     bs_projid_lo: u16,
-    bs_forkoff: u16,
+    pub(super) bs_forkoff: u16,
     bs_projid_hi: u16,
     bs_sick: u16,
     bs_checked: u16,

@@ -51,15 +51,11 @@ pub(super) fn copy_piece(
     piece: Piece,
     block: u64,
 ) -> Result<u64, ExchangeError> {
-    let io_len = usize::try_from(piece.io_len).map_err(|_| ExchangeError::Shrank)?;
-    let content_len = usize::try_from(piece.content_len).map_err(|_| ExchangeError::Shrank)?;
-    let block = usize::try_from(block.max(1)).map_err(|_| ExchangeError::Shrank)?;
-    let buf = buf
-        .get_mut(..io_len)
-        .ok_or(ExchangeError::Io(sys::Error::of(
-            "copy",
-            nix::errno::Errno::EOVERFLOW,
-        )))?;
+    let too_big = || ExchangeError::Io(sys::Error::of("copy", nix::errno::Errno::EOVERFLOW));
+    let io_len = usize::try_from(piece.io_len).map_err(|_| too_big())?;
+    let content_len = usize::try_from(piece.content_len).map_err(|_| too_big())?;
+    let block = usize::try_from(block.max(1)).map_err(|_| too_big())?;
+    let buf = buf.get_mut(..io_len).ok_or_else(too_big)?;
     let mut got = 0usize;
     while got < content_len {
         let n = sys::read_at(reader, &mut buf[got..], piece.offset + got as u64)

@@ -90,6 +90,8 @@ mod tests {
             ag_count: 4,
             ag_blocks: 98_304,
             data_blocks: 393_216,
+            inode_size: 512,
+            v5: true,
             realtime: false,
             reflink: true,
             rmapbt: false,

@@ -103,8 +103,12 @@ impl Exchange {
         let need = super::space_needed(&ranges, block_size);
         check_free_space(file, need, reserve_percent)?;
 
+        let geometry = xfs::geometry(file)?;
         let donor = sys::create_tmpfile(dir)?;
         dress_like(donor.as_fd(), file)?;
+        // Before any allocation: an attribute fork placed on an empty
+        // data fork goes exactly where it is asked to.
+        super::attr_fork::match_file(donor.as_fd(), file, &geometry)?;
         sys::set_len(donor.as_fd(), size)?;
         for r in &ranges {
             let offset = r.start * block_size;

@@ -10,6 +10,8 @@
 //! - `eligibility`: what XFS refuses before anything is written (flags,
 //!   shared extents, the map; a donor no better than the file);
 //! - `exchange`: the donor, the copy and the swap;
+//! - `attr_fork`: the donor's inode shaped like the file's, so that XFS
+//!   accepts the swap;
 //! - `copy`: the direct-I/O copy of one chunk.
 //!
 //! XFS_IOC_EXCHANGE_RANGE with START_COMMIT/COMMIT_RANGE is the newer
@@ -26,6 +28,7 @@
 //! Not yet wired into [`crate::backend::Backend`]: it plugs in once the
 //! backend seam takes a generic filesystem description.
 
+mod attr_fork;
 mod copy;
 mod eligibility;
 mod exchange;
