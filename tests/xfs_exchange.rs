@@ -542,6 +542,27 @@ fn holes_owner_and_extent_size_hint_are_kept_and_partial_ranges_refused() {
         "{partial:?}"
     );
 
+    // A chunk in the hole is refused; a donor not filled is never swapped.
+    let mut half = Exchange::build(o.file.as_fd(), o.dir.as_fd(), &ranges, bs, size, 1.0)
+        .unwrap_or_else(|r| panic!("build: {r:?}"));
+    let hole = defragd::plan::Chunk {
+        start: ranges[0].end(),
+        len: std::num::NonZeroU64::MIN,
+    };
+    assert!(matches!(
+        half.copy(&hole),
+        Err(ExchangeError::OutsideRanges { .. })
+    ));
+    for chunk in chunks(&ranges[..1], chunk_blocks(1 << 20, bs), 0) {
+        half.copy(&chunk).expect("copy");
+    }
+    let incomplete = half.swap(o.file.as_fd());
+    assert!(
+        matches!(incomplete, Err(ExchangeError::Incomplete { .. })),
+        "{incomplete:?}"
+    );
+    assert_eq!(md5(&path), md5_before, "an unfinished copy changes nothing");
+
     let (exchange, _, _) = build_and_copy(&o, bs);
     exchange.swap(o.file.as_fd()).expect("swap");
     drop(o);
@@ -688,4 +709,65 @@ fn files_on_both_sides_of_the_inline_extent_limit_swap() {
     }
     let (clean, report) = img.repair_check();
     assert!(clean, "xfs_repair -n: {report}");
+}
+
+/// A writer through a shared mapping is seen too: its first write to a
+/// clean page updates the file's times (page_mkwrite), and the copy's
+/// direct reads write back and write-protect the pages it reads, so a
+/// page dirtied before the snapshot and written again after the copy
+/// faults again. Either way the swap refuses and the mapping's write stays.
+#[test]
+fn a_writer_through_mmap_makes_the_swap_refuse() {
+    use nix::sys::mman::{mmap, munmap, MapFlags, ProtFlags};
+    if !require_root() {
+        return;
+    }
+    let img = XfsImage::create(1536);
+    let path = img.root().join("mapped");
+    fragmented_file(&path, 4 << 20, 0, 11);
+    let o = open(&path);
+    let bs = u64::from(xfs::geometry(o.file.as_fd()).expect("geometry").block_size);
+    let len = std::num::NonZeroUsize::new(4 << 20).expect("non-zero");
+    // SAFETY: a fresh shared mapping of a file this test owns, 4 MiB long
+    // like the file, unmapped below before the file goes.
+    let map = unsafe {
+        mmap(
+            None,
+            len,
+            ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+            MapFlags::MAP_SHARED,
+            o.file.as_fd(),
+            0,
+        )
+    }
+    .expect("mmap");
+    let bytes = map.as_ptr().cast::<u8>();
+    // SAFETY: offsets below 4 MiB lie inside the mapping.
+    let poke = |offset: usize, value: u8| unsafe { bytes.add(offset).write_volatile(value) };
+
+    // Dirtied before the snapshot, written again after the copy.
+    poke(1 << 20, 1);
+    let (exchange, _, _) = build_and_copy(&o, bs);
+    poke(1 << 20, 2);
+    assert_eq!(
+        exchange.swap(o.file.as_fd()),
+        Err(ExchangeError::Swap(SwapError::Changed))
+    );
+    // A clean page first written after the snapshot.
+    let (exchange, _, _) = build_and_copy(&o, bs);
+    poke(3 << 20, 3);
+    assert_eq!(
+        exchange.swap(o.file.as_fd()),
+        Err(ExchangeError::Swap(SwapError::Changed))
+    );
+    // SAFETY: the mapping made above, not used after this.
+    unsafe { munmap(map, len.get()) }.expect("munmap");
+    drop(o);
+    evict_file_cache(&path);
+    let data = read_all(&path);
+    assert_eq!(
+        (data[1 << 20], data[3 << 20]),
+        (2, 3),
+        "the mapping's writes stay"
+    );
 }

@@ -27,6 +27,16 @@ pub enum ExchangeError {
          swapped and the file is as its writer left it; retry later"
     )]
     Shrank,
+    #[error(
+        "blocks {start}..{end} lie outside the file's data ranges the donor was made for: \
+         holes must stay holes, so nothing was copied there (a bug in the caller)"
+    )]
+    OutsideRanges { start: u64, end: u64 },
+    #[error(
+        "the donor still lacks the file's data at blocks {start}..{end} (not copied, or \
+         preallocated and never written): nothing was swapped, the file is intact"
+    )]
+    Incomplete { start: u64, end: u64 },
     #[error("{0}")]
     Io(sys::Error),
     #[error("{0}")]
@@ -69,6 +79,8 @@ pub struct Exchange {
     /// The file, read-only with O_DIRECT: its own open file description.
     reader: OwnedFd,
     before: Snapshot,
+    /// The file's data ranges inside its size: the donor's, exactly.
+    ranges: Vec<BlockRange>,
     block_size: u64,
     runs: u64,
     buf: AlignedBuf,
@@ -104,6 +116,12 @@ impl Exchange {
         check_free_space(file, need, reserve_percent)?;
 
         let geometry = xfs::geometry(file)?;
+        if u64::from(geometry.block_size) != block_size {
+            return Err(Refusal::Fail(FailReason::Filesystem(format!(
+                "the filesystem's block size is {}, not {block_size}",
+                geometry.block_size
+            ))));
+        }
         let donor = sys::create_tmpfile(dir)?;
         dress_like(donor.as_fd(), file)?;
         // Before any allocation: an attribute fork placed on an empty
@@ -144,6 +162,7 @@ impl Exchange {
             donor,
             reader,
             before,
+            ranges,
             block_size,
             runs,
             buf,
@@ -166,6 +185,14 @@ impl Exchange {
     /// bytes of file data copied. The file does not see it until `swap`.
     pub fn copy(&mut self, chunk: &Chunk) -> Result<u64, ExchangeError> {
         let bs = self.block_size;
+        let inside = |r: &BlockRange| r.start <= chunk.start && chunk.end() <= r.end();
+        let last = self.before.size.div_ceil(bs.max(1));
+        if chunk.start < last && !self.ranges.iter().any(inside) {
+            return Err(ExchangeError::OutsideRanges {
+                start: chunk.start,
+                end: chunk.end(),
+            });
+        }
         let mut copied = 0;
         let mut past_end = false;
         let all = pieces(
@@ -206,7 +233,32 @@ impl Exchange {
     /// exchange later.
     pub fn swap(self, file: BorrowedFd<'_>) -> Result<(), ExchangeError> {
         self.sync_donor()?;
+        self.check_complete()?;
         xfs::swap_extents(file, self.donor.as_fd(), &self.before).map_err(ExchangeError::Swap)
+    }
+}
+
+impl Exchange {
+    /// The donor, as the kernel maps it, must hold written data over
+    /// exactly the file's data ranges: a range never copied is still
+    /// preallocated (unwritten, reads as zeros), and swapping it in would
+    /// lose the file's data there.
+    fn check_complete(&self) -> Result<(), ExchangeError> {
+        let raw = sys::fiemap(self.donor.as_fd(), Flush::No).map_err(ExchangeError::Io)?;
+        let bs = self.block_size.max(1);
+        if let Some(e) = raw.iter().find(|e| e.flags.is_unwritten()) {
+            return Err(ExchangeError::Incomplete {
+                start: e.logical / bs,
+                end: (e.logical + e.length).div_ceil(bs),
+            });
+        }
+        let held = ExtentMap::from_fiemap(&raw, bs).data_ranges();
+        if held != self.ranges {
+            let first = self.ranges.first().map_or(0, |r| r.start);
+            let end = self.ranges.last().map_or(0, |r| r.end());
+            return Err(ExchangeError::Incomplete { start: first, end });
+        }
+        Ok(())
     }
 }
 
