@@ -116,6 +116,11 @@ impl Exchange {
         check_free_space(file, need, reserve_percent)?;
 
         let geometry = xfs::geometry(file)?;
+        if geometry.exchange_range {
+            // The newer checked swap is there; SWAPEXT, which every XFS
+            // has, is the one this backend speaks for now.
+            tracing::debug!("XFS_IOC_EXCHANGE_RANGE is available; swapping with SWAPEXT");
+        }
         if u64::from(geometry.block_size) != block_size {
             return Err(Refusal::Fail(FailReason::Filesystem(format!(
                 "the filesystem's block size is {}, not {block_size}",
@@ -267,15 +272,27 @@ impl Exchange {
 /// grow past the file.
 fn within_size(ranges: &[BlockRange], size: u64, block_size: u64) -> Vec<BlockRange> {
     let last = size.div_ceil(block_size.max(1));
-    ranges
+    let mut cut: Vec<BlockRange> = ranges
         .iter()
-        .filter(|r| r.start < last)
+        .filter(|r| r.start < last && r.len > 0)
         .map(|r| BlockRange {
             start: r.start,
             len: r.end().min(last) - r.start,
         })
-        .filter(|r| r.len > 0)
-        .collect()
+        .collect();
+    // Sorted and merged, as a map's data ranges are, so that the donor's
+    // map can be compared with them.
+    cut.sort_by_key(|r| r.start);
+    let mut merged: Vec<BlockRange> = Vec::with_capacity(cut.len());
+    for r in cut {
+        match merged.last_mut() {
+            Some(prev) if prev.end() >= r.start => {
+                prev.len = prev.end().max(r.end()) - prev.start;
+            }
+            _ => merged.push(r),
+        }
+    }
+    merged
 }
 
 /// Refuses unless every block of data the file holds inside its size lies
@@ -348,6 +365,15 @@ mod tests {
         assert_eq!(
             within_size(&ranges, 10_000, 4096),
             vec![BlockRange { start: 0, len: 3 }]
+        );
+        let unmerged = [
+            BlockRange { start: 10, len: 5 },
+            BlockRange { start: 0, len: 10 },
+            BlockRange { start: 12, len: 1 },
+        ];
+        assert_eq!(
+            within_size(&unmerged, 1 << 20, 4096),
+            vec![BlockRange { start: 0, len: 15 }]
         );
         assert_eq!(
             within_size(&ranges, 8 * 4096, 4096),
