@@ -42,6 +42,11 @@ impl XfsImage {
     /// turns speculative preallocation down, so that interleaved writes
     /// fragment as they would on a busy server.
     fn create(size_mib: u64) -> XfsImage {
+        Self::create_with(size_mib, &[])
+    }
+
+    /// The same with extra mkfs.xfs options (e.g. `-m rmapbt=1`).
+    fn create_with(size_mib: u64, mkfs_opts: &[&str]) -> XfsImage {
         let dir = tempdir();
         let img = dir.path().join("xfs.img");
         let mnt = dir.path().join("mnt");
@@ -54,10 +59,10 @@ impl XfsImage {
                 img.as_os_str(),
             ],
         );
-        sh(
-            "mkfs.xfs",
-            [OsStr::new("-q"), OsStr::new("-f"), img.as_os_str()],
-        );
+        let mut mkfs = vec![OsStr::new("-q"), OsStr::new("-f")];
+        mkfs.extend(mkfs_opts.iter().map(OsStr::new));
+        mkfs.push(img.as_os_str());
+        sh("mkfs.xfs", mkfs);
         let mut me = XfsImage {
             img,
             mnt,
@@ -424,7 +429,22 @@ fn swap_of_a_256_mib_file_is_short_and_the_copy_streams() {
     if !require_root() {
         return;
     }
-    let mut img = XfsImage::create(4096);
+    measure_256_mib("xfs exchange, 256 MiB", &[]);
+}
+
+/// The same on a filesystem with the reverse-mapping btree, where SWAPEXT
+/// remaps extent by extent instead of swapping two forks: the stall grows
+/// with the file's extents.
+#[test]
+fn swap_of_a_256_mib_file_with_rmapbt() {
+    if !require_root() {
+        return;
+    }
+    measure_256_mib("xfs exchange, 256 MiB, rmapbt", &["-m", "rmapbt=1"]);
+}
+
+fn measure_256_mib(part: &str, mkfs_opts: &[&str]) {
+    let mut img = XfsImage::create_with(4096, mkfs_opts);
     let path = img.root().join("big");
     fragmented_file(&path, 256 << 20, 0, 6);
     let md5_before = md5(&path);
@@ -461,7 +481,7 @@ fn swap_of_a_256_mib_file_is_short_and_the_copy_streams() {
     let cached_after = fincore_pages(&path);
 
     print_summary(
-        "xfs exchange, 256 MiB",
+        part,
         &[
             ("extents", format!("{extents_before} -> {extents_after}")),
             ("donor runs", donor_runs.to_string()),
