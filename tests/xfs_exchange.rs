@@ -791,3 +791,28 @@ fn a_writer_through_mmap_makes_the_swap_refuse() {
         "the mapping's writes stay"
     );
 }
+
+/// On another filesystem the exchange refuses with the kernel's words
+/// (the XFS ioctls are not there), before any donor is made.
+#[test]
+fn a_file_on_another_filesystem_is_refused_cleanly() {
+    let dir = tempdir();
+    let path = dir.path().join("not-xfs");
+    std::fs::write(&path, vec![1u8; 1 << 16]).expect("write");
+    let o = open(&path);
+    if sys::fs_magic(o.file.as_fd()).expect("statfs") == xfs::MAGIC {
+        eprintln!("SKIPPED: /tmp is XFS here");
+        return;
+    }
+    let ranges = [defragd::assess::BlockRange { start: 0, len: 16 }];
+    let refused = Exchange::build(o.file.as_fd(), o.dir.as_fd(), &ranges, 4096, 1 << 16, 1.0);
+    match refused {
+        Err(defragd::outcome::Refusal::Fail(reason)) => {
+            assert!(
+                reason.to_string().contains("XFS_IOC_FSGEOMETRY"),
+                "{reason}"
+            )
+        }
+        other => panic!("expected a failure before any donor, got {other:?}"),
+    }
+}

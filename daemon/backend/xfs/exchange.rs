@@ -102,19 +102,9 @@ impl Exchange {
         size: u64,
         reserve_percent: f64,
     ) -> Result<Exchange, Refusal> {
+        // First of all: every write to the file from here on is seen.
         let before = Snapshot::of(file)?;
-        if before.size != size {
-            return Err(SkipReason::Busy(format!(
-                "it is {} bytes now, {size} when it was inspected",
-                before.size
-            ))
-            .into());
-        }
-        let ranges = within_size(ranges, size, block_size);
-        check_covers_data(file, &ranges, size, block_size)?;
-        let need = super::space_needed(&ranges, block_size);
-        check_free_space(file, need, reserve_percent)?;
-
+        // On XFS, and in its blocks (ENOTTY elsewhere).
         let geometry = xfs::geometry(file)?;
         if geometry.exchange_range {
             // The newer checked swap is there; SWAPEXT, which every XFS
@@ -127,6 +117,18 @@ impl Exchange {
                 geometry.block_size
             ))));
         }
+        if before.size != size {
+            return Err(SkipReason::Busy(format!(
+                "it is {} bytes now, {size} when it was inspected",
+                before.size
+            ))
+            .into());
+        }
+        let ranges = within_size(ranges, size, block_size);
+        check_covers_data(file, &ranges, size, block_size)?;
+        let need = super::space_needed(&ranges, block_size);
+        check_free_space(file, need, reserve_percent)?;
+
         let donor = sys::create_tmpfile(dir)?;
         dress_like(donor.as_fd(), file)?;
         // Before any allocation: an attribute fork placed on an empty
