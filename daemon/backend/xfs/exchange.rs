@@ -133,7 +133,11 @@ impl Exchange {
         dress_like(donor.as_fd(), file)?;
         // Before any allocation: an attribute fork placed on an empty
         // data fork goes exactly where it is asked to.
-        super::attr_fork::match_file(donor.as_fd(), file, &geometry)?;
+        // Best effort: without it, only files near the inline extent limit
+        // are refused, by the kernel, with nothing lost.
+        if let Err(e) = super::attr_fork::match_file(donor.as_fd(), file, &geometry) {
+            tracing::debug!("the donor's attribute fork could not be shaped: {e}");
+        }
         sys::set_len(donor.as_fd(), size)?;
         for r in &ranges {
             let offset = r.start * block_size;
