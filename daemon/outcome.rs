@@ -51,6 +51,18 @@ pub enum SkipReason {
     Dax,
     #[error("is on a read-only filesystem; remount it read-write to defragment")]
     ReadOnly,
+    #[error("keeps its data on the realtime device; defragd moves data-device files only")]
+    Realtime,
+    #[error(
+        "shares blocks with other files (reflinks or dedupe); moving would unshare them and \
+         take more space, so it is left alone"
+    )]
+    SharedExtents,
+    #[error(
+        "is marked not to be defragmented (the no-defrag flag, chattr +f); clear it with \
+         `xfs_io -c 'chattr -f'` to defragment it"
+    )]
+    NoDefragFlag,
     #[error(
         "needs {need} of free space for the new copy, but only {available} is free and \
          {reserve} is kept in reserve; free some space or lower --reserve-percent"
@@ -98,6 +110,9 @@ impl SkipReason {
             SkipReason::Bigalloc => "bigalloc",
             SkipReason::Dax => "dax",
             SkipReason::ReadOnly => "read_only",
+            SkipReason::Realtime => "realtime",
+            SkipReason::SharedExtents => "shared_extents",
+            SkipReason::NoDefragFlag => "no_defrag_flag",
             SkipReason::NotEnoughFreeSpace { .. } => "not_enough_free_space",
             SkipReason::NoContiguousFreeSpace { .. } => "no_contiguous_free_space",
             SkipReason::Busy(_) => "busy",
@@ -395,6 +410,9 @@ mod tests {
             SkipReason::Bigalloc,
             SkipReason::Dax,
             SkipReason::ReadOnly,
+            SkipReason::Realtime,
+            SkipReason::SharedExtents,
+            SkipReason::NoDefragFlag,
             SkipReason::NotEnoughFreeSpace {
                 need: Size(0),
                 available: Size(0),

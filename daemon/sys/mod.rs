@@ -1,15 +1,20 @@
 //! Generic syscalls that no single filesystem owns, behind safe, typed
 //! wrappers: safe opening (openat2, O_PATH pins, reopening through /proc),
 //! stat, the inode flags and generation, FIEMAP, GETFSMAP, fadvise and
-//! mincore, O_TMPFILE and fallocate, fsync and syncfs, ioprio, fanotify in
-//! file-identifier mode and opening a file by its handle. Every backend shares them. Like the backends, this
-//! decides nothing; every errno is mapped to an [`Error`] that says what it
-//! means, and nothing above sees one.
+//! mincore, O_TMPFILE and fallocate, fsync and syncfs, extended flags
+//! (FS_IOC_FSGETXATTR) and xattrs, direct I/O with aligned buffers,
+//! ioprio, fanotify in file-identifier mode and opening a file by its
+//! handle. Every backend shares them. Like the backends, this decides
+//! nothing; every errno is mapped to an [`Error`] that says what it means,
+//! and nothing above sees one.
 
+mod aligned;
+mod direct;
 pub mod error;
 pub mod fanotify;
 mod fiemap;
 pub mod fsmap;
+mod fsxattr;
 pub mod handle;
 mod inode;
 mod ioprio;
@@ -17,11 +22,15 @@ mod open;
 mod pagecache;
 mod swap;
 mod tmpfile;
+mod xattr;
 
+pub use aligned::AlignedBuf;
+pub use direct::{read_at, reopen_direct_read, set_direct_io, set_len, write_at};
 pub use error::{Call, Error, Result};
 pub use fanotify::{Event, Fanotify, FanotifyError, FsId};
 pub use fiemap::{fiemap, Extent, ExtentFlags, Flush};
 pub use fsmap::{free_extents, FreeExtent};
+pub use fsxattr::{get_fsxattr, set_fsxattr, Fsxattr, XFlags};
 pub use handle::{fs_id, open_by_handle, FileHandle, HandleError};
 pub use inode::{generation, inode_flags, InodeFlags};
 pub use ioprio::set_current_thread_idle;
@@ -34,6 +43,7 @@ pub use pagecache::{
 };
 pub use swap::is_active_swapfile;
 pub use tmpfile::{allocate, create_tmpfile, punch_hole};
+pub use xattr::set_xattr;
 
 /// fdatasync(2), so that delayed allocations get real blocks before the
 /// file is mapped.
