@@ -1,10 +1,5 @@
 pub mod assess;
 pub mod backend;
-/// The XFS backend. It lives in `backend/xfs/` and is declared here only
-/// until the backend seam is generic (backend/mod.rs is being reworked):
-/// then it becomes `backend::xfs`, one line there and none here.
-#[path = "backend/xfs/mod.rs"]
-pub mod backend_xfs;
 pub mod budget;
 pub mod cli;
 pub mod clock;

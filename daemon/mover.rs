@@ -10,9 +10,9 @@
 //! The mover never copies data itself and never holds a file open after it
 //! returns. Pacing and stopping are the supervisor's business.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
-use crate::assess::{clip_to_eof, BlockRange};
+use crate::assess::{clip_to_eof, Assessment, BlockRange};
 use crate::backend::{Inspected, Relocation};
 use crate::eligibility::{check_free_space, refuse_in_use, refuse_unmovable};
 use crate::inspect::{inspect, Filesystems, Settle};
@@ -24,6 +24,7 @@ use crate::target::Target;
 mod cache;
 mod convert_first;
 mod pass;
+mod swap;
 mod tail;
 mod verdict;
 
@@ -152,7 +153,10 @@ pub fn defragment(
     let Some(prepared) = prepared else {
         return Outcome::WouldDefragment(before);
     };
-    run(target, &inspected, &prepared, options, supervisor)
+    if prepared.relocation.swaps_whole_file() {
+        return run_swap(&inspected, prepared, options, supervisor);
+    }
+    run(target, &inspected, prepared, options, supervisor)
 }
 
 /// A move ready to run: the file open for writing and a relocation (a
@@ -175,6 +179,13 @@ fn prepare(
 ) -> Result<Option<Prepared>, Refusal> {
     refuse_unmovable(inspected)?;
     refuse_in_use(inspected, options.quiet_period)?;
+    // Where the file is swapped whole, nothing of a stopped move is in it:
+    // it starts over.
+    let resume_at = if inspected.backend.resumes_mid_file() {
+        resume_at
+    } else {
+        0
+    };
     let before = &inspected.assessment;
     if resume_at == 0 && before.is_contiguous() {
         return Err(SkipReason::AlreadyContiguous {
@@ -276,7 +287,7 @@ fn open_for_writing(inspected: &Inspected) -> Result<OwnedFd, Refusal> {
 fn run(
     target: &Target,
     inspected: &Inspected,
-    prepared: &Prepared,
+    mut prepared: Prepared,
     options: &MoveOptions,
     supervisor: &mut dyn Supervisor,
 ) -> Outcome {
@@ -286,20 +297,8 @@ fn run(
     let chunks = plan::chunks(&prepared.ranges, chunk_blocks, prepared.resume_at);
     let file = prepared.file.as_fd();
     let mut pass = Pass::new(file, block_size);
-    let halted = |halt: Halt, moved_bytes| match halt {
-        Halt::Stopped { next_block } => Outcome::Interrupted {
-            before,
-            next_block,
-            bytes_moved: moved_bytes,
-        },
-        Halt::Failed(reason) => Outcome::Failed {
-            reason,
-            before: Some(before),
-            bytes_moved: moved_bytes,
-        },
-    };
-    if let Err(halt) = pass.move_chunks(&prepared.relocation, &chunks, supervisor) {
-        return halted(halt, pass.moved_bytes);
+    if let Err(halt) = pass.move_chunks(&mut prepared.relocation, &chunks, supervisor) {
+        return halted(before, halt, pass.moved_bytes);
     }
     // What a writer appended meanwhile lies past the planned end: move it
     // too, or the whole file may end worse than it started.
@@ -311,27 +310,100 @@ fn run(
         chunk_blocks,
     };
     if let Err(halt) = tail.follow(&mut pass, planned_end, supervisor) {
-        return halted(halt, pass.moved_bytes);
+        return halted(before, halt, pass.moved_bytes);
     }
+    let planned = Planned {
+        ranges: &prepared.ranges,
+        file_runs: prepared.file_runs,
+    };
+    verdict_of(inspected, file, &planned, pass.moved_bytes)
+}
 
-    let measured = match verdict::measure(file, block_size, inspected.fs.max_extent_blocks) {
+/// The move where the file is swapped whole: the copy into the donor, then
+/// the swap (`swap`). A writer that appended meanwhile made the kernel
+/// refuse the swap, so there is no tail to follow.
+fn run_swap(
+    inspected: &Inspected,
+    prepared: Prepared,
+    options: &MoveOptions,
+    supervisor: &mut dyn Supervisor,
+) -> Outcome {
+    let before = inspected.assessment;
+    let block_size = inspected.fs.block_size;
+    let chunk_blocks = plan::chunk_blocks(options.chunk_bytes, block_size);
+    let chunks = plan::chunks(&prepared.ranges, chunk_blocks, 0);
+    let planned = Planned {
+        ranges: &prepared.ranges,
+        file_runs: prepared.file_runs,
+    };
+    let file = prepared.file.as_fd();
+    match swap::copy_then_swap(
+        file,
+        prepared.relocation,
+        &chunks,
+        block_size,
+        inspected.size,
+        supervisor,
+    ) {
+        Ok(bytes) => verdict_of(inspected, file, &planned, bytes),
+        Err((halt, bytes)) => halted(before, halt, bytes),
+    }
+}
+
+/// What a move planned: the ranges it relocated and the physical runs they
+/// lay in before, to judge the result by.
+struct Planned<'a> {
+    ranges: &'a [BlockRange],
+    file_runs: u64,
+}
+
+/// The outcome of a move that halted with `moved_bytes` moved.
+fn halted(before: Assessment, halt: Halt, moved_bytes: u64) -> Outcome {
+    match halt {
+        Halt::Stopped { next_block } => Outcome::Interrupted {
+            before,
+            next_block,
+            bytes_moved: moved_bytes,
+        },
+        Halt::Failed(reason) => Outcome::Failed {
+            reason,
+            before: Some(before),
+            bytes_moved: moved_bytes,
+        },
+    }
+}
+
+/// Measures the file after its move and judges it against its layout at
+/// the start.
+fn verdict_of(
+    inspected: &Inspected,
+    file: BorrowedFd<'_>,
+    planned: &Planned<'_>,
+    moved_bytes: u64,
+) -> Outcome {
+    let before = inspected.assessment;
+    let measured = match verdict::measure(
+        file,
+        inspected.fs.block_size,
+        inspected.fs.max_extent_blocks,
+    ) {
         Ok(measured) => measured,
-        Err(e) => return halted(Halt::Failed(e.into()), pass.moved_bytes),
+        Err(e) => return halted(before, Halt::Failed(e.into()), moved_bytes),
     };
     let judged = verdict::judge(&verdict::Layouts {
         before: &before,
         after: &measured.assessment,
-        planned_before: prepared.file_runs,
-        planned_after: measured.map.physical_runs_in(&prepared.ranges),
+        planned_before: planned.file_runs,
+        planned_after: measured.map.physical_runs_in(planned.ranges),
     });
     match judged {
         Ok(()) => Outcome::Defragmented(Moved {
             before,
             after: measured.assessment,
-            bytes_moved: pass.moved_bytes,
+            bytes_moved: moved_bytes,
             converted: false,
         }),
-        Err(reason) => halted(Halt::Failed(reason), pass.moved_bytes),
+        Err(reason) => halted(before, Halt::Failed(reason), moved_bytes),
     }
 }
 

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use defragd::assess::ExtentMap;
-use defragd::backend_xfs::{refuse_donor, refuse_unmovable, Exchange, ExchangeError, FileFacts};
+use defragd::backend::xfs::{refuse_donor, refuse_unmovable, Exchange, ExchangeError, FileFacts};
 use defragd::plan::{chunk_blocks, chunks};
 use defragd::sys::{self, Flush};
 use defragd::xfs::{self, SwapError};

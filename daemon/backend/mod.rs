@@ -41,10 +41,11 @@
 
 pub mod ext4;
 mod inspected;
+pub mod xfs;
 
 pub use inspected::Inspected;
 
-use std::os::fd::BorrowedFd;
+use std::os::fd::{AsFd, BorrowedFd};
 
 use crate::assess::BlockRange;
 use crate::filesystem::{FsError, FsInfo};
@@ -57,17 +58,19 @@ use crate::target::Target;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Backend {
     Ext4,
+    Xfs,
 }
 
 impl Backend {
     /// Every backend: the registry that decides which filesystem types are
     /// supported.
-    pub const ALL: [Backend; 1] = [Backend::Ext4];
+    pub const ALL: [Backend; 2] = [Backend::Ext4, Backend::Xfs];
 
     /// The type's name, as /proc/self/mountinfo shows it.
     pub fn fs_type(self) -> &'static str {
         match self {
             Backend::Ext4 => "ext4",
+            Backend::Xfs => "xfs",
         }
     }
 
@@ -75,6 +78,7 @@ impl Backend {
     fn magic(self) -> i64 {
         match self {
             Backend::Ext4 => ext4::MAGIC,
+            Backend::Xfs => xfs::MAGIC,
         }
     }
 
@@ -95,6 +99,7 @@ impl Backend {
     pub fn block_mapped(self, fs: &FsInfo, flags: Option<sys::InodeFlags>) -> bool {
         match self {
             Backend::Ext4 => ext4::block_mapped(fs, flags),
+            Backend::Xfs => false,
         }
     }
 
@@ -103,6 +108,7 @@ impl Backend {
     pub fn refuse_filesystem(self, info: &FsInfo) -> Result<(), SkipReason> {
         match self {
             Backend::Ext4 => ext4::refuse_filesystem(info),
+            Backend::Xfs => xfs::refuse_filesystem(info),
         }
     }
 
@@ -111,6 +117,7 @@ impl Backend {
     pub fn refuse_unmovable(self, inspected: &Inspected) -> Result<(), SkipReason> {
         match self {
             Backend::Ext4 => ext4::refuse_unmovable(inspected),
+            Backend::Xfs => xfs::refuse_inspected(inspected),
         }
     }
 
@@ -119,6 +126,17 @@ impl Backend {
     pub fn space_needed(self, ranges: &[BlockRange], block_size: u64) -> u64 {
         match self {
             Backend::Ext4 => ext4::space_needed(ranges, block_size),
+            Backend::Xfs => xfs::space_needed(ranges, block_size),
+        }
+    }
+
+    /// Whether a stopped move can resume where it stopped. ext4 moves the
+    /// file in place chunk by chunk, each committed; XFS swaps the whole
+    /// file at the end, so a stopped copy starts over.
+    pub fn resumes_mid_file(self) -> bool {
+        match self {
+            Backend::Ext4 => true,
+            Backend::Xfs => false,
         }
     }
 
@@ -139,6 +157,15 @@ impl Backend {
                 ext4::Donor::build(target, inspected, ranges, reserve_percent, commit_first)
                     .map(Relocation::Ext4)
             }
+            Backend::Xfs => xfs::Exchange::build(
+                inspected.file.as_fd(),
+                target.dir.as_fd(),
+                ranges,
+                inspected.fs.block_size,
+                inspected.size,
+                reserve_percent,
+            )
+            .map(Relocation::Xfs),
         }
     }
 }
@@ -149,6 +176,7 @@ pub fn probe(fd: BorrowedFd<'_>) -> Result<(Backend, FsInfo), FsError> {
     let backend = Backend::for_magic(magic).ok_or(FsError::Unsupported { magic })?;
     let info = match backend {
         Backend::Ext4 => ext4::probe(fd)?,
+        Backend::Xfs => xfs::probe(fd)?,
     };
     Ok((backend, info))
 }
@@ -157,6 +185,8 @@ pub fn probe(fd: BorrowedFd<'_>) -> Result<(Backend, FsInfo), FsError> {
 #[derive(Debug)]
 pub enum Relocation {
     Ext4(ext4::Donor),
+    /// The donor, filled by copies, then swapped in whole.
+    Xfs(xfs::Exchange),
 }
 
 /// A relocation call that failed, and how much of its range it moved first.
@@ -172,19 +202,51 @@ impl Relocation {
     pub fn runs(&self) -> u64 {
         match self {
             Relocation::Ext4(donor) => donor.runs(),
+            Relocation::Xfs(exchange) => exchange.runs(),
         }
     }
 
-    /// Relocates `chunk` of `file`; the blocks moved, which the caller
-    /// checks against the chunk's length.
+    /// Whether the data reaches the file only at the end, in one swap
+    /// ([`Relocation::swap_in`]): relocating a chunk then copies it into the
+    /// donor, and nothing is in the file before the swap.
+    pub fn swaps_whole_file(&self) -> bool {
+        match self {
+            Relocation::Ext4(_) => false,
+            Relocation::Xfs(_) => true,
+        }
+    }
+
+    /// Relocates `chunk` of `file` (copies it into the donor, where the
+    /// file is swapped whole); the blocks moved, which the caller checks
+    /// against the chunk's length.
     pub fn relocate(
-        &self,
+        &mut self,
         file: BorrowedFd<'_>,
         chunk: &Chunk,
         block_size: u64,
     ) -> Result<u64, RelocateFailed> {
         match self {
             Relocation::Ext4(donor) => donor.relocate(file, chunk, block_size),
+            // The copy counts bytes of file content; the last block may be
+            // partial.
+            Relocation::Xfs(exchange) => exchange
+                .copy(chunk)
+                .map(|bytes| bytes.div_ceil(block_size))
+                .map_err(|error| RelocateFailed {
+                    moved_blocks: 0,
+                    error: error.into(),
+                }),
+        }
+    }
+
+    /// Swaps the relocated data into `file` in one call, where the file is
+    /// swapped whole; nothing to do where chunks were moved in place. The
+    /// kernel refuses if the file changed since the relocation began (a
+    /// `Busy` error: retry later).
+    pub fn swap_in(self, file: BorrowedFd<'_>) -> Result<(), KernelError> {
+        match self {
+            Relocation::Ext4(_) => Ok(()),
+            Relocation::Xfs(exchange) => exchange.swap(file).map_err(KernelError::from),
         }
     }
 
@@ -192,6 +254,8 @@ impl Relocation {
     pub fn make_durable(&self, file: BorrowedFd<'_>) -> Result<(), KernelError> {
         match self {
             Relocation::Ext4(donor) => donor.make_durable(file).map_err(KernelError::from),
+            // Nothing is in the file before the swap, which is logged.
+            Relocation::Xfs(exchange) => exchange.sync_donor().map_err(KernelError::from),
         }
     }
 }

@@ -39,6 +39,7 @@ pub struct FsInfo {
 #[derive(Debug, Clone)]
 pub enum FsDetail {
     Ext4(crate::ext4::Ext4Detail),
+    Xfs(crate::xfs::Geometry),
 }
 
 impl FsDetail {
@@ -46,6 +47,7 @@ impl FsDetail {
     pub fn ext4(&self) -> Option<&crate::ext4::Ext4Detail> {
         match self {
             FsDetail::Ext4(detail) => Some(detail),
+            FsDetail::Xfs(_) => None,
         }
     }
 }
@@ -57,6 +59,8 @@ impl FsInfo {
     pub fn layout_note(&self) -> Option<String> {
         match &self.detail {
             FsDetail::Ext4(detail) => detail.layout_note(&self.mount_point),
+            // XFS's geometry comes from an ioctl: nothing is guessed.
+            FsDetail::Xfs(_) => None,
         }
     }
 
@@ -65,15 +69,18 @@ impl FsInfo {
     pub fn layout_from_kernel(&self) -> bool {
         match &self.detail {
             FsDetail::Ext4(detail) => detail.layout_from_kernel(),
+            FsDetail::Xfs(_) => false,
         }
     }
 
     /// The blocks of the largest region its allocator hands out as one
-    /// (ext4's flex group, or block group without flex_bg): e4defrag's best
-    /// extent count is one per region a file spans.
+    /// (ext4's flex group, or block group without flex_bg; XFS's
+    /// allocation group): e4defrag's best extent count is one per region a
+    /// file spans.
     pub fn group_blocks(&self) -> u64 {
         match &self.detail {
             FsDetail::Ext4(detail) => detail.group_blocks(),
+            FsDetail::Xfs(geometry) => u64::from(geometry.ag_blocks),
         }
     }
 
@@ -82,6 +89,7 @@ impl FsInfo {
     pub fn inline_data(&self) -> bool {
         match &self.detail {
             FsDetail::Ext4(detail) => detail.superblock.inline_data,
+            FsDetail::Xfs(_) => false,
         }
     }
 }

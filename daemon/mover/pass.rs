@@ -50,7 +50,7 @@ impl<'fd> Pass<'fd> {
     /// checkpoints and after the last chunk.
     pub(super) fn move_chunks(
         &mut self,
-        relocation: &Relocation,
+        relocation: &mut Relocation,
         chunks: &[Chunk],
         supervisor: &mut dyn Supervisor,
     ) -> Result<(), Halt> {

@@ -161,12 +161,12 @@ impl Tail<'_> {
             Look::Fine => return Ok(Round::Fine),
             Look::Move { ranges, runs } => (ranges, runs),
         };
-        let relocation = match self.relocation(&ranges, runs)? {
+        let mut relocation = match self.relocation(&ranges, runs)? {
             Ok(relocation) => relocation,
             Err(why) => return Ok(Round::LeftBehind(LeftBehind::NoBetterSpace(why))),
         };
         let chunks = plan::chunks(&ranges, self.chunk_blocks, 0);
-        pass.move_chunks(&relocation, &chunks, supervisor)?;
+        pass.move_chunks(&mut relocation, &chunks, supervisor)?;
         Ok(Round::Moved(eof_block))
     }
 

@@ -24,9 +24,6 @@
 //! the log the file has its old blocks, after it its new ones, never a mix.
 //! Progress is not durable before the swap: a job that stops redoes its
 //! copy from the start.
-//!
-//! Not yet wired into [`crate::backend::Backend`]: it plugs in once the
-//! backend seam takes a generic filesystem description.
 
 mod attr_fork;
 mod copy;
@@ -35,6 +32,14 @@ mod exchange;
 
 pub use eligibility::{refuse_donor, refuse_unmovable, FileFacts};
 pub use exchange::{Exchange, ExchangeError};
+
+use std::os::fd::{AsFd, BorrowedFd};
+use std::path::PathBuf;
+
+use crate::backend::Inspected;
+use crate::filesystem::{find_mount, FsDetail, FsError, FsInfo, FsUuid};
+use crate::outcome::SkipReason;
+use crate::sys::{self, Flush};
 
 /// XFS's statfs magic number.
 pub const MAGIC: i64 = crate::xfs::MAGIC;
@@ -46,4 +51,68 @@ pub fn space_needed(ranges: &[crate::assess::BlockRange], block_size: u64) -> u6
         .iter()
         .fold(0u64, |sum, r| sum.saturating_add(r.len))
         .saturating_mul(block_size)
+}
+
+/// Probes the XFS filesystem `fd` lives on: its geometry (block size,
+/// allocation groups, features) from XFS_IOC_FSGEOMETRY, which needs no
+/// access to the block device.
+pub fn probe(fd: BorrowedFd<'_>) -> Result<FsInfo, FsError> {
+    let mount = find_mount(fd)?;
+    // The ioctl needs a file opened for reading, and callers probe through
+    // O_PATH pins: reopen it (the same inode, through /proc/self/fd).
+    let readable = sys::reopen(fd, sys::Access::ReadOnly)?;
+    let geometry = crate::xfs::geometry(readable.as_fd())?;
+    Ok(FsInfo {
+        dev: mount.dev,
+        device: PathBuf::from(mount.source.clone().unwrap_or_default()),
+        block_size: u64::from(geometry.block_size),
+        uuid: FsUuid(geometry.uuid),
+        read_only: mount.read_only,
+        dax: mount.dax,
+        max_extent_blocks: geometry.max_extent_blocks(),
+        mount_point: mount.mount_point,
+        detail: FsDetail::Xfs(geometry),
+    })
+}
+
+/// Why no file on the XFS filesystem `info` describes can be moved:
+/// mounted read-only, or DAX (no page cache to copy through, and the swap
+/// is refused there).
+pub fn refuse_filesystem(info: &FsInfo) -> Result<(), SkipReason> {
+    if info.read_only {
+        return Err(SkipReason::ReadOnly);
+    }
+    if info.dax {
+        return Err(SkipReason::Dax);
+    }
+    Ok(())
+}
+
+/// Why `inspected`, a file on XFS, cannot be moved: its filesystem, then
+/// its extended flags, map and use (see `eligibility`).
+pub fn refuse_inspected(inspected: &Inspected) -> Result<(), SkipReason> {
+    refuse_filesystem(&inspected.fs)?;
+    let FsDetail::Xfs(geometry) = &inspected.fs.detail else {
+        return Err(SkipReason::UnsupportedFilesystem(
+            "the XFS backend was handed another type's filesystem; please report this".into(),
+        ));
+    };
+    let file = inspected.file.as_fd();
+    // Neither read can fail on an open XFS file but by a kernel fault; a
+    // file that cannot be read so is not moved.
+    let unreadable = |what: &str, e: sys::Error| {
+        SkipReason::Busy(format!(
+            "its {what} could not be read ({e}); trying again later"
+        ))
+    };
+    let xattr = sys::get_fsxattr(file).map_err(|e| unreadable("extended flags", e))?;
+    let extents = sys::fiemap(file, Flush::No).map_err(|e| unreadable("extent map", e))?;
+    let facts = FileFacts {
+        xattr,
+        dax: inspected.flags.dax(),
+        swapfile: sys::is_active_swapfile(inspected.dev, inspected.ino),
+        size: inspected.size,
+        extents: &extents,
+    };
+    refuse_unmovable(&facts, geometry)
 }
