@@ -1,5 +1,6 @@
 pub mod assess;
 pub mod backend;
+pub mod btrfs;
 pub mod budget;
 pub mod cli;
 pub mod clock;
