@@ -83,23 +83,48 @@ pub fn compression_property(fd: BorrowedFd<'_>) -> Result<Option<CompressType>> 
     }
 }
 
-/// The algorithm the mount of device `dev` (st_dev) compresses new writes
+/// The algorithm the mount `fd` was opened through compresses new writes
 /// with (`compress=` or `compress-force=` in /proc/self/mountinfo's
 /// superblock options); None when it does not compress or the mount
-/// cannot be read.
-pub fn mount_compression(dev: u64) -> Option<CompressType> {
-    let wanted = format!(
-        "{}:{}",
-        nix::sys::stat::major(dev),
-        nix::sys::stat::minor(dev)
-    );
-    let mount = crate::sys::mounts()?
+/// cannot be read. The mount is found by its id (statx STATX_MNT_ID), not
+/// by st_dev: on btrfs every subvolume has an anonymous device number of
+/// its own, never the one mountinfo lists for the mount.
+pub fn mount_compression(fd: BorrowedFd<'_>) -> Result<Option<CompressType>> {
+    let mount_id = mount_id(fd)?;
+    let Some(mounts) = crate::sys::mounts() else {
+        return Ok(None);
+    };
+    Ok(mounts
         .into_iter()
-        .find(|m| m.majmin == wanted)?;
-    ["compress-force", "compress"]
-        .iter()
-        .find_map(|key| mount.super_options.get(*key).cloned().flatten())
-        .and_then(|value| CompressType::parse(&value))
+        .find(|m| u64::try_from(m.mnt_id).ok() == Some(mount_id))
+        .and_then(|mount| {
+            ["compress-force", "compress"]
+                .iter()
+                .find_map(|key| mount.super_options.get(*key).cloned().flatten())
+        })
+        .and_then(|value| CompressType::parse(&value)))
+}
+
+/// statx(2)'s mount id of an open file (Linux 5.8+).
+fn mount_id(fd: BorrowedFd<'_>) -> Result<u64> {
+    // SAFETY: all-zero is a valid struct statx.
+    let mut stx: nix::libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: the path is an empty NUL-terminated string, used with
+    // AT_EMPTY_PATH on an open fd; `stx` is writable for the kernel.
+    let rc = unsafe {
+        nix::libc::statx(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            nix::libc::AT_EMPTY_PATH,
+            nix::libc::STATX_MNT_ID,
+            &mut stx,
+        )
+    };
+    Errno::result(rc).map_err(|errno| Error::of("statx", errno))?;
+    if stx.stx_mask & nix::libc::STATX_MNT_ID == 0 {
+        return Err(Error::of("statx(STATX_MNT_ID)", Errno::EOPNOTSUPP));
+    }
+    Ok(stx.stx_mnt_id)
 }
 
 #[cfg(test)]

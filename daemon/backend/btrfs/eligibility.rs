@@ -49,7 +49,7 @@ impl FileFacts {
             swapfile: sys::is_active_swapfile(dev, stat.st_ino),
             writer: has_writer(file)?,
             property: btrfs::compression_property(file)?,
-            mount_compression: btrfs::mount_compression(dev),
+            mount_compression: btrfs::mount_compression(file)?,
         })
     }
 }
