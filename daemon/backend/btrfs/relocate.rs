@@ -5,13 +5,17 @@
 //!
 //! Durability: the rewrite is copy-on-write. Until the new extents are in
 //! a committed transaction or the log tree, a crash leaves the old ones,
-//! data intact, and only the work is lost. fsync of the file waits for the
-//! chunk's writes to complete and logs the file's new extent items to the
-//! log tree, which the next mount replays: after it, the new layout
-//! survives a power cut, and a cursor past the chunk may be saved. (A
-//! transaction commit, `btrfs::commit_transaction` or syncfs, also does,
-//! for the whole filesystem, and frees the replaced extents as well.)
-//!
+//! data intact, and only the work is lost. fsync of the file waits for
+//! the chunk's writes to complete and then logs the file's new extent
+//! items to the log tree, or commits the transaction: after a defrag it
+//! did the latter on this kernel (6.18; the superblock's log_root stayed
+//! 0). Either way the next mount has the new layout: an image copied
+//! after the fsync (a power cut) mounted with the file in 1 extent, one
+//! copied before it with the old 256 and the data intact
+//! (tests/btrfs_defrag.rs). Only then may a cursor past the chunk be
+//! saved. The commit also frees the extents the chunk replaced, which is
+//! why compressed targets go in longer chunks (see `chunks`).
+
 //! Shared extents: the selection leaves them out, and each chunk is
 //! checked again just before the call, since a snapshot or a reflink made
 //! during the move would make its extents shared. A snapshot taken between
