@@ -5,7 +5,8 @@
 //!
 //! - `start`, `len`: the byte range, cut at end of file and widened to
 //!   whole sectors; `start` at or past end of file is EINVAL, an empty file
-//!   is a no-op; `len` of u64::MAX means "to the end".
+//!   is a no-op; a `len` with which `start + len` does not exceed `start`
+//!   (0 or u64::MAX) means "to the end".
 //! - `extent_thresh`: extents this long or longer are left where they are
 //!   (0 means the kernel's 256 KiB). So are extents at their longest
 //!   (128 KiB for a compressed one, 128 MiB otherwise), holes,
@@ -63,8 +64,9 @@ nix::ioctl_write_ptr_bad!(btrfs_ioc_defrag_range, 0x4030_9410, DefragRangeArgs);
 pub struct Defrag {
     /// Byte offset of the range.
     pub start: u64,
-    /// Bytes in the range; never zero (the kernel would read that as
-    /// "nothing" on some versions and "everything" is u64::MAX).
+    /// Bytes in the range; never zero: the kernel takes any `len` for
+    /// which `start + len` does not exceed `start` (0, or u64::MAX) as
+    /// "to the end of the file".
     pub len: NonZeroU64,
     /// Extents at least this long are left alone, in bytes (at least 1).
     pub extent_thresh: u32,

@@ -86,7 +86,9 @@ impl BtrfsDefrag {
     /// durable also frees the extents it replaced, so the next chunk's
     /// small extents drop into those holes one by one (a 32 MiB zstd file
     /// in 256 pieces: 96 pieces after 8 MiB chunks with an fsync each, 1
-    /// after one call). A writer still waits for 256 KiB at most: the
+    /// after one call; after a remount, when the allocator starts again
+    /// from the older holes, 87, as many as `btrfs filesystem defragment
+    /// -czstd` leaves). A writer still waits for 256 KiB at most: the
     /// kernel locks the range one 256 KiB cluster at a time.
     pub fn chunks(&self, chunk_blocks: NonZeroU64, resume_at: u64, block_size: u64) -> Vec<Chunk> {
         let compressed_blocks =
