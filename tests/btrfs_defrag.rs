@@ -737,3 +737,71 @@ fn an_fsync_makes_the_rewrite_survive_a_power_cut() {
     assert!(live * 10 <= before, "{before} -> {live}");
     assert_eq!(seen[1], live, "the fsync'd layout did not survive the cut");
 }
+
+#[test]
+fn a_partly_reflinked_file_is_defragmented_where_it_is_not_shared() {
+    if !common::require_root() {
+        return;
+    }
+    let mut img = BtrfsImage::create(1024, None);
+    let root = img.root().to_path_buf();
+    let (file, filler, copy) = (root.join("file"), root.join("filler"), root.join("copy"));
+    interleave(
+        &[file.clone(), filler.clone()],
+        32 * MIB,
+        PIECE,
+        &random_fill,
+    );
+    std::fs::remove_file(&filler).expect("delete filler");
+    // A reflinked copy whose second half is then overwritten: the file's
+    // first half stays shared with it, its second half is its own again.
+    run_ok(
+        Command::new("cp")
+            .arg("--reflink=always")
+            .arg(&file)
+            .arg(&copy),
+    );
+    {
+        use std::os::unix::fs::FileExt;
+        let c = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&copy)
+            .expect("open copy");
+        let mut buf = vec![0u8; 16 * MIB as usize];
+        random_fill(9, 0, &mut buf);
+        c.write_all_at(&buf, 16 * MIB).expect("overwrite");
+        c.sync_all().expect("fsync");
+    }
+    let sum = md5(&file);
+    let excl_before = exclusive_bytes(&file);
+    let done = defragd_file(&file, THRESH, 8 * MIB);
+    let Done::Defragmented { selection, .. } = &done else {
+        panic!("not defragmented: {done:?}");
+    };
+    let excl_after = exclusive_bytes(&file);
+    let map = sys::fiemap(File::open(&file).expect("open").as_fd(), Flush::Yes).expect("fiemap");
+    let after = backend::select(&map, 4096, u64::from(THRESH));
+    eprintln!(
+        "reflinked: targets {:?}, shared {} bytes; after: {} pieces ({} shared bytes), file \
+         exclusive {excl_before} -> {excl_after}",
+        selection.targets, selection.shared_bytes, after.pieces, after.shared_bytes
+    );
+    assert_eq!(selection.shared_bytes, 16 * MIB);
+    assert_eq!(selection.targets.len(), 1);
+    assert_eq!(selection.targets[0].range.start, 16 * MIB / 4096);
+    assert_eq!(
+        after.shared_bytes,
+        16 * MIB,
+        "the shared half stayed shared"
+    );
+    assert!(
+        after.targets.is_empty(),
+        "the unshared half is whole: {after:?}"
+    );
+    assert!(
+        excl_after <= excl_before + 4 * MIB,
+        "{excl_before} -> {excl_after}"
+    );
+    assert_eq!(md5(&file), sum);
+    img.unmount_and_check();
+}
