@@ -599,6 +599,43 @@ fn refusals_are_decided_before_anything_is_written() {
             .ok()
     );
     assert_ne!(facts.subvolume.id, snap_facts.subvolume.id);
+    let rootid = sh(
+        "btrfs",
+        [
+            OsStr::new("inspect-internal"),
+            OsStr::new("rootid"),
+            plain.as_os_str(),
+        ],
+    );
+    assert_eq!(rootid.trim(), facts.subvolume.id.to_string());
+    assert_eq!((facts.property, facts.mount_compression), (None, None));
+
+    // The compression property, as `btrfs property` sets it.
+    sh(
+        "btrfs",
+        [
+            OsStr::new("property"),
+            OsStr::new("set"),
+            plain.as_os_str(),
+            OsStr::new("compression"),
+            OsStr::new("zstd"),
+        ],
+    );
+    let (facts, _) = refusal(&plain);
+    assert_eq!(facts.property, Some(defragd::btrfs::CompressType::Zstd));
+    assert_eq!(
+        backend::compression_for(&facts),
+        Ok(defragd::btrfs::CompressType::Zstd)
+    );
+
+    // Too little free space, as btrfs counts it: refused before writing.
+    let f = File::open(&plain).expect("open");
+    match backend::check_free_space(f.as_fd(), 4096 * MIB, 0.0) {
+        Err(defragd::outcome::Refusal::Skip(r)) => assert_eq!(r.code(), "not_enough_free_space"),
+        other => panic!("4 GiB on a 512 MiB filesystem: {other:?}"),
+    }
+    backend::check_free_space(f.as_fd(), MIB, 0.0).expect("1 MiB fits");
+    drop(f);
     assert_eq!(snap_facts.subvolume.parent_uuid, Some(facts.subvolume.uuid));
     // The kernel refuses too (EROFS), but only once asked to write.
     let snap_file = File::open(root.join("snap/plain")).expect("open");
@@ -640,6 +677,11 @@ fn refusals_are_decided_before_anything_is_written() {
         let _on = common::SwapGuard::activate(&swap);
         assert_eq!(refusal(&swap).1, Err("swapfile"));
     }
+    eprintln!(
+        "refusals: read_only_subvolume, busy, nocow, swapfile, not_enough_free_space; \
+         subvolumes {} (data) and {} (its snapshot)",
+        facts.subvolume.id, snap_facts.subvolume.id
+    );
     img.unmount_and_check();
 }
 
