@@ -87,6 +87,30 @@ pub enum SkipReason {
     /// being opened: ordinary churn, such as a log rotated away.
     #[error("was deleted or renamed after it was found; nothing to do")]
     Vanished,
+    /// Every range worth defragmenting holds extents that a snapshot or a
+    /// reflinked copy uses too: rewriting them would unshare them.
+    #[error(
+        "has only shared extents left to defragment (a snapshot or a reflinked copy uses \
+         them); they are left as they are so that the sharing, and the space it saves, is kept"
+    )]
+    SharedExtents,
+    #[error(
+        "is in a read-only subvolume (a read-only snapshot); nothing in it can be rewritten \
+         until it is made writable (`btrfs property set SUBVOL ro false`)"
+    )]
+    ReadOnlySubvolume,
+    #[error(
+        "is nodatacow (chattr +C, or the mount's nodatacow): its writer chose in-place \
+         writes (a VM image or a database); defragmenting it is off unless the btrfs \
+         nodatacow policy allows it"
+    )]
+    NoCow,
+    #[error(
+        "holds compressed data, but neither its btrfs.compression property nor its mount \
+         says with what; it is left alone rather than stored uncompressed or recompressed \
+         differently (set the property with `btrfs property set FILE compression zstd`)"
+    )]
+    CompressionUnknown,
 }
 
 impl SkipReason {
@@ -119,6 +143,10 @@ impl SkipReason {
             SkipReason::RecentlyWritten { .. } => "recently_written",
             SkipReason::Replaced => "replaced",
             SkipReason::Vanished => "vanished",
+            SkipReason::SharedExtents => "shared_extents",
+            SkipReason::ReadOnlySubvolume => "read_only_subvolume",
+            SkipReason::NoCow => "nocow",
+            SkipReason::CompressionUnknown => "compression_unknown",
         }
     }
 }
@@ -426,6 +454,10 @@ mod tests {
             SkipReason::RecentlyWritten { ago_secs: 1 },
             SkipReason::Replaced,
             SkipReason::Vanished,
+            SkipReason::SharedExtents,
+            SkipReason::ReadOnlySubvolume,
+            SkipReason::NoCow,
+            SkipReason::CompressionUnknown,
         ];
         let mut codes: Vec<_> = reasons.iter().map(SkipReason::code).collect();
         codes.sort_unstable();

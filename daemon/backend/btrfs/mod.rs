@@ -1,0 +1,44 @@
+//! The btrfs backend: defragments with the kernel's own defragmenter
+//! (BTRFS_IOC_DEFRAG_RANGE), only over ranges whose extents no snapshot
+//! or reflinked copy shares, in bounded chunks paced by the policy's
+//! extent threshold, with a file's compression passed on; an fsync of the
+//! file makes each chunk durable before its cursor is saved.
+//!
+//! - `ranges`: which ranges are worth it (pure, over a FIEMAP map);
+//! - `eligibility`: what btrfs refuses, before anything is written;
+//! - `relocate`: DEFRAG_RANGE chunk by chunk, and the fsync.
+//!
+//! Crash recovery: nothing to clean up. The rewrite is copy-on-write, so
+//! a crash leaves either the old extents or the new ones, data intact;
+//! redoing a chunk is safe.
+//!
+//! Not yet in `enum Backend`: wiring it is one arm per match there.
+
+mod eligibility;
+mod ranges;
+mod relocate;
+
+pub use eligibility::{
+    check_free_space, compression_for, refuse_selection, refuse_unmovable, FileFacts,
+};
+pub use ranges::{pieces, select, Piece, Selection, Target, MAX_EXTENT_BYTES};
+pub use relocate::{BtrfsDefrag, DefragFailed};
+
+/// btrfs' statfs magic number.
+pub const MAGIC: i64 = crate::btrfs::MAGIC;
+
+/// The longest extent btrfs records, in blocks of `block_size` bytes.
+pub fn max_extent_blocks(block_size: u64) -> u64 {
+    (MAX_EXTENT_BYTES / block_size.max(1)).max(1)
+}
+
+/// The extent threshold when the policy gives none: what
+/// `btrfs filesystem defragment` uses by default (its `-t`, 32 MiB).
+pub const DEFAULT_EXTENT_THRESH: u32 = 32 << 20;
+
+/// Bytes of free space defragmenting `selection` takes at the most: every
+/// byte rewritten, since the replaced extents are freed only at the next
+/// transaction commit.
+pub fn space_needed(selection: &Selection, block_size: u64) -> u64 {
+    selection.blocks().saturating_mul(block_size)
+}
