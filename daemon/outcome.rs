@@ -53,9 +53,12 @@ pub enum SkipReason {
     ReadOnly,
     #[error("keeps its data on the realtime device; defragd moves data-device files only")]
     Realtime,
+    /// Its blocks (every range worth defragmenting, on btrfs) are shared
+    /// with a snapshot, a reflinked copy or a dedupe: rewriting them would
+    /// unshare them.
     #[error(
-        "shares blocks with other files (reflinks or dedupe); moving would unshare them and \
-         take more space, so it is left alone"
+        "shares its blocks with a snapshot or a reflinked copy; rewriting them would unshare \
+         them and take more space, so they are left as they are"
     )]
     SharedExtents,
     #[error(
@@ -87,13 +90,6 @@ pub enum SkipReason {
     /// being opened: ordinary churn, such as a log rotated away.
     #[error("was deleted or renamed after it was found; nothing to do")]
     Vanished,
-    /// Every range worth defragmenting holds extents that a snapshot or a
-    /// reflinked copy uses too: rewriting them would unshare them.
-    #[error(
-        "has only shared extents left to defragment (a snapshot or a reflinked copy uses \
-         them); they are left as they are so that the sharing, and the space it saves, is kept"
-    )]
-    SharedExtents,
     #[error(
         "is in a read-only subvolume (a read-only snapshot); nothing in it can be rewritten \
          until it is made writable (`btrfs property set SUBVOL ro false`)"
@@ -143,7 +139,6 @@ impl SkipReason {
             SkipReason::RecentlyWritten { .. } => "recently_written",
             SkipReason::Replaced => "replaced",
             SkipReason::Vanished => "vanished",
-            SkipReason::SharedExtents => "shared_extents",
             SkipReason::ReadOnlySubvolume => "read_only_subvolume",
             SkipReason::NoCow => "nocow",
             SkipReason::CompressionUnknown => "compression_unknown",
@@ -454,7 +449,6 @@ mod tests {
             SkipReason::RecentlyWritten { ago_secs: 1 },
             SkipReason::Replaced,
             SkipReason::Vanished,
-            SkipReason::SharedExtents,
             SkipReason::ReadOnlySubvolume,
             SkipReason::NoCow,
             SkipReason::CompressionUnknown,
