@@ -14,9 +14,12 @@ use crate::xfs::{self, Snapshot, SwapError};
 
 use super::copy::{copy_piece, pieces};
 
-/// Bytes copied per direct-I/O call: large enough for the disk to stream,
-/// small enough to hold in memory once per move.
-const COPY_BUFFER: u64 = 1 << 20;
+/// Bytes copied per direct-I/O call: large enough that a read over a
+/// fragmented stretch sends the device many requests at once (xfs_fsr
+/// reads 16 MiB at a time; 1 MiB calls made the copy 2-4x slower than
+/// xfs_fsr's on a file in 64 KiB pieces), small enough to hold in memory
+/// once per move.
+const COPY_BUFFER: u64 = 8 << 20;
 
 /// Why a copy or the swap did not go through. The file is untouched in
 /// every case: the copy is the donor's alone until the swap succeeds.
