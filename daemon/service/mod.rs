@@ -442,19 +442,25 @@ fn refresh_covered(shared: &Shared) -> bool {
     };
     let mut covered = HashMap::new();
     let mut refused = HashMap::new();
+    let mut said = HashMap::new();
     for path in candidates {
         match mounts::cover(&path) {
             Ok(fs) => {
                 covered.insert(fs.uuid, fs);
             }
             Err(e) => {
-                if configured {
-                    tracing::warn!("not covering {}", escaped_display(&e));
-                } else {
-                    tracing::debug!("not covering {}", escaped_display(&e));
-                }
+                said.insert(e.path.clone(), escaped_display(&e).to_string());
                 refused.insert(e.path, e.why);
             }
+        }
+    }
+    // Mounts change often (a container starting, a loop device): say why a
+    // path is not covered when that is news, not at every change.
+    for (_, why) in shared.new_refusals(said) {
+        if configured {
+            tracing::warn!("not covering {why}");
+        } else {
+            tracing::debug!("not covering {why}");
         }
     }
     let before = shared.covered();

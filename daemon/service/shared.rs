@@ -108,6 +108,9 @@ pub struct Shared {
     moving: Mutex<HashMap<DiskId, MovingNow>>,
     /// Why the last reload was refused, until a reload succeeds.
     reload_error: Mutex<Option<String>>,
+    /// Why each configured path was not covered at the last look, so that
+    /// a refusal is logged once, not at every mount change.
+    refusals: Mutex<HashMap<std::path::PathBuf, String>>,
     /// How writes are found on each covered filesystem, by uuid.
     tracking: Mutex<HashMap<FsUuid, Tracking>>,
     /// Bytes moved since the local midnight it names (unix time).
@@ -152,6 +155,7 @@ impl Shared {
             moving: Mutex::new(HashMap::new()),
             moved_today: Mutex::new((0, 0)),
             reload_error: Mutex::new(None),
+            refusals: Mutex::new(HashMap::new()),
             tracking: Mutex::new(HashMap::new()),
             metrics: Metrics::default(),
             media: Media::default(),
@@ -162,6 +166,23 @@ impl Shared {
             engine: Arc::new(Kernel),
             wake: (Mutex::new(0), Condvar::new()),
         })
+    }
+
+    /// Records why each path was not covered now; the ones whose reason is
+    /// new since the last call (to be said once).
+    pub fn new_refusals(
+        &self,
+        now: HashMap<std::path::PathBuf, String>,
+    ) -> Vec<(std::path::PathBuf, String)> {
+        let mut known = lock(&self.refusals);
+        let mut fresh: Vec<_> = now
+            .iter()
+            .filter(|(path, why)| known.get(*path) != Some(*why))
+            .map(|(path, why)| (path.clone(), why.clone()))
+            .collect();
+        fresh.sort();
+        *known = now;
+        fresh
     }
 
     pub fn store(&self) -> MutexGuard<'_, Store> {
@@ -645,6 +666,21 @@ mod tests {
             Store::open_in_memory().expect("in-memory store"),
             Settings::default(),
         )
+    }
+
+    #[test]
+    fn a_refusal_is_news_once_until_its_reason_changes() {
+        let shared = shared();
+        use std::path::PathBuf;
+        let at = |why: &str| HashMap::from([(PathBuf::from("/srv"), why.to_string())]);
+        assert_eq!(shared.new_refusals(at("tmpfs")).len(), 1);
+        assert!(shared.new_refusals(at("tmpfs")).is_empty());
+        assert_eq!(
+            shared.new_refusals(at("read-only")),
+            vec![(PathBuf::from("/srv"), "read-only".to_string())]
+        );
+        assert!(shared.new_refusals(HashMap::new()).is_empty());
+        assert_eq!(shared.new_refusals(at("read-only")).len(), 1);
     }
 
     #[test]
