@@ -183,7 +183,7 @@ fn prepare(
     refuse_in_use(inspected, options.quiet_period)?;
     // Where the file is swapped whole, nothing of a stopped move is in it:
     // it starts over.
-    let resume_at = if inspected.backend.resumes_mid_file() {
+    let resume_at = if inspected.backend.resumes_mid_file(&inspected.fs) {
         resume_at
     } else {
         0

@@ -130,13 +130,15 @@ impl Backend {
         }
     }
 
-    /// Whether a stopped move can resume where it stopped. ext4 moves the
-    /// file in place chunk by chunk, each committed; XFS swaps the whole
-    /// file at the end, so a stopped copy starts over.
-    pub fn resumes_mid_file(self) -> bool {
+    /// Whether a stopped move on the filesystem `fs` can resume where it
+    /// stopped. ext4 moves the file in place chunk by chunk, each
+    /// committed; XFS commits chunk by chunk where it has COMMIT_RANGE,
+    /// and elsewhere swaps the whole file at the end, so a stopped copy
+    /// starts over.
+    pub fn resumes_mid_file(self, fs: &FsInfo) -> bool {
         match self {
             Backend::Ext4 => true,
-            Backend::Xfs => false,
+            Backend::Xfs => xfs::commits_ranges(fs),
         }
     }
 
@@ -185,7 +187,8 @@ pub fn probe(fd: BorrowedFd<'_>) -> Result<(Backend, FsInfo), FsError> {
 #[derive(Debug)]
 pub enum Relocation {
     Ext4(ext4::Donor),
-    /// The donor, filled by copies, then swapped in whole.
+    /// The donor, filled by copies, then swapped in whole (SWAPEXT) or
+    /// chunk by chunk (COMMIT_RANGE).
     Xfs(xfs::Exchange),
 }
 
@@ -212,13 +215,25 @@ impl Relocation {
     pub fn swaps_whole_file(&self) -> bool {
         match self {
             Relocation::Ext4(_) => false,
-            Relocation::Xfs(_) => true,
+            Relocation::Xfs(exchange) => exchange.mode() == xfs::Mode::SwapExt,
+        }
+    }
+
+    /// Whether the mover should read a chunk into the page cache before
+    /// relocating it: MOVE_EXT goes through the cache and is fast over
+    /// pages already there; XFS copies with direct I/O, and its commit
+    /// drops the range's cache anyway.
+    pub fn reads_through_cache(&self) -> bool {
+        match self {
+            Relocation::Ext4(_) => true,
+            Relocation::Xfs(_) => false,
         }
     }
 
     /// Relocates `chunk` of `file` (copies it into the donor, where the
-    /// file is swapped whole); the blocks moved, which the caller checks
-    /// against the chunk's length.
+    /// file is swapped whole; copies and commits it, where XFS commits
+    /// ranges); the blocks moved, which the caller checks against the
+    /// chunk's length.
     pub fn relocate(
         &mut self,
         file: BorrowedFd<'_>,
@@ -229,13 +244,15 @@ impl Relocation {
             Relocation::Ext4(donor) => donor.relocate(file, chunk, block_size),
             // The copy counts bytes of file content; the last block may be
             // partial.
-            Relocation::Xfs(exchange) => exchange
-                .copy(chunk)
-                .map(|bytes| bytes.div_ceil(block_size))
-                .map_err(|error| RelocateFailed {
-                    moved_blocks: 0,
-                    error: error.into(),
-                }),
+            Relocation::Xfs(exchange) => match exchange.mode() {
+                xfs::Mode::SwapExt => exchange.copy(chunk),
+                xfs::Mode::CommitRange => exchange.commit_chunk(file, chunk),
+            }
+            .map(|bytes| bytes.div_ceil(block_size))
+            .map_err(|error| RelocateFailed {
+                moved_blocks: 0,
+                error: error.into(),
+            }),
         }
     }
 
@@ -254,8 +271,9 @@ impl Relocation {
     pub fn make_durable(&self, file: BorrowedFd<'_>) -> Result<(), KernelError> {
         match self {
             Relocation::Ext4(donor) => donor.make_durable(file).map_err(KernelError::from),
-            // Nothing is in the file before the swap, which is logged.
-            Relocation::Xfs(exchange) => exchange.sync_donor().map_err(KernelError::from),
+            // SWAPEXT: nothing is in the file before the swap, which is
+            // logged; COMMIT_RANGE: the file's fsync forces the log.
+            Relocation::Xfs(exchange) => exchange.make_durable(file).map_err(KernelError::from),
         }
     }
 }

@@ -25,9 +25,15 @@ const FOLIO_WINDOW: u64 = 2 << 20;
 /// back, dropped and read in again before the window is moved; they are
 /// resident again afterwards. Pages mapped by a process cannot be dropped
 /// and are moved as they are: slower, never wrong.
+///
+/// Where the relocation does not read through the cache (XFS copies with
+/// direct I/O, and its exchange drops the range's cache), nothing is read
+/// ahead or reshaped: only what was resident is read back after the move.
 pub(super) struct CacheKeeper<'fd> {
     fd: BorrowedFd<'fd>,
     block_size: u64,
+    /// Read each chunk ahead and reshape its folios (for MOVE_EXT).
+    reads_ahead: bool,
     /// What was resident in each window before anything was touched,
     /// oldest first. (Measuring again after a reshape would be wrong:
     /// mincore counts a page only once its read has completed.)
@@ -41,10 +47,11 @@ pub(super) struct CacheKeeper<'fd> {
 }
 
 impl<'fd> CacheKeeper<'fd> {
-    pub(super) fn new(fd: BorrowedFd<'fd>, block_size: u64) -> Self {
+    pub(super) fn new(fd: BorrowedFd<'fd>, block_size: u64, reads_ahead: bool) -> Self {
         CacheKeeper {
             fd,
             block_size,
+            reads_ahead,
             snapshots: VecDeque::new(),
             reshaped_until: 0,
             pending: VecDeque::new(),
@@ -63,7 +70,9 @@ impl<'fd> CacheKeeper<'fd> {
         self.reshape(offset, offset + len);
         let residency = self.resident_before(offset, len);
         // A hint: if it fails the move just reads the pages itself.
-        let _ = sys::read_ahead(self.fd, offset, len);
+        if self.reads_ahead {
+            let _ = sys::read_ahead(self.fd, offset, len);
+        }
         self.pending.push_back((*chunk, residency, false));
     }
 
@@ -86,7 +95,10 @@ impl<'fd> CacheKeeper<'fd> {
                 return;
             }
         };
-        if before.resident_pages() > 0 && sys::write_back(self.fd, start, len, Wait::Yes).is_ok() {
+        if self.reads_ahead
+            && before.resident_pages() > 0
+            && sys::write_back(self.fd, start, len, Wait::Yes).is_ok()
+        {
             let _ = sys::drop_cached(self.fd, start, len);
             for (offset, length) in before.resident_ranges() {
                 let _ = sys::read_ahead(self.fd, offset, length);

@@ -56,7 +56,7 @@ impl<'fd> Pass<'fd> {
     ) -> Result<(), Halt> {
         let (file, block_size) = (self.file, self.block_size);
         self.total_bytes += chunks.iter().map(|c| c.len.get()).sum::<u64>() * block_size;
-        let mut cache = CacheKeeper::new(file, block_size);
+        let mut cache = CacheKeeper::new(file, block_size, relocation.reads_through_cache());
         if let Some(first) = chunks.first() {
             cache.prepare(first);
         }

@@ -88,6 +88,10 @@ pub struct Geometry {
     pub rmapbt: bool,
     /// XFS_IOC_EXCHANGE_RANGE is available on this filesystem.
     pub exchange_range: bool,
+    /// The kernel also answers XFS_IOC_START_COMMIT (Linux 6.12+; the
+    /// feature flag came in 6.10). Not in the geometry: the backend's
+    /// probe asks the kernel and sets it; false from the ioctl alone.
+    pub commit_range: bool,
     pub uuid: [u8; 16],
 }
 
@@ -104,6 +108,7 @@ impl Geometry {
             reflink: raw.flags & FLAG_REFLINK != 0,
             rmapbt: raw.flags & FLAG_RMAPBT != 0,
             exchange_range: raw.flags & FLAG_EXCHANGE_RANGE != 0,
+            commit_range: false,
             uuid: raw.uuid,
         }
     }
@@ -114,6 +119,13 @@ impl Geometry {
     pub fn literal_area(&self) -> u32 {
         let core = if self.v5 { 176 } else { 100 };
         self.inode_size.saturating_sub(core)
+    }
+
+    /// Whether files here are exchanged range by range with COMMIT_RANGE,
+    /// each range committed on its own (so a stopped move resumes where it
+    /// stopped), rather than swapped whole with SWAPEXT.
+    pub fn commits_ranges(&self) -> bool {
+        self.exchange_range && self.commit_range
     }
 
     /// The longest extent a file can get, in blocks: a block map record's

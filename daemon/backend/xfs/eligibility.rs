@@ -96,6 +96,7 @@ mod tests {
             reflink: true,
             rmapbt: false,
             exchange_range: false,
+            commit_range: false,
             uuid: [0; 16],
         }
     }

@@ -1,7 +1,11 @@
 //! One exchange: the donor built beside the file, the file's data copied
-//! into it chunk by chunk, then the kernel's checked swap. The snapshot
-//! the swap is checked against is taken first, before anything else, so
-//! that every write to the file after it makes the swap refuse.
+//! into it chunk by chunk, and the kernel's checked swap, in one of two
+//! modes chosen when the donor is built ([`Mode`]): the whole file at the
+//! end with SWAPEXT, or chunk by chunk with COMMIT_RANGE where the kernel
+//! and the filesystem have it. The snapshot SWAPEXT is checked against is
+//! taken first, before anything else, so that every write to the file
+//! after it makes the swap refuse; COMMIT_RANGE samples the file's
+//! freshness again before each chunk's copy.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
@@ -10,7 +14,7 @@ use crate::backend::check_free_space;
 use crate::outcome::{FailReason, KernelError, KernelErrorKind, Refusal, SkipReason};
 use crate::plan::Chunk;
 use crate::sys::{self, AlignedBuf, Flush};
-use crate::xfs::{self, Snapshot, SwapError};
+use crate::xfs::{self, CommitError, CommitRequest, Snapshot, SwapError};
 
 use super::copy::{copy_piece, pieces};
 
@@ -44,6 +48,8 @@ pub enum ExchangeError {
     Io(sys::Error),
     #[error("{0}")]
     Swap(SwapError),
+    #[error("{0}")]
+    Commit(CommitError),
 }
 
 impl ExchangeError {
@@ -54,6 +60,11 @@ impl ExchangeError {
             ExchangeError::Shrank
                 | ExchangeError::Swap(SwapError::Changed)
                 | ExchangeError::Swap(SwapError::SizeChanged)
+                | ExchangeError::Commit(CommitError::Changed)
+                // The first commit found no COMMIT_RANGE after the probe
+                // found one: the next attempt probes again and swaps with
+                // SWAPEXT.
+                | ExchangeError::Commit(CommitError::Unsupported(_))
         )
     }
 }
@@ -61,7 +72,9 @@ impl ExchangeError {
 impl From<ExchangeError> for KernelError {
     fn from(e: ExchangeError) -> Self {
         match e {
-            ExchangeError::Io(e) | ExchangeError::Swap(SwapError::Kernel(e)) => e.into(),
+            ExchangeError::Io(e)
+            | ExchangeError::Swap(SwapError::Kernel(e))
+            | ExchangeError::Commit(CommitError::Kernel(e)) => e.into(),
             other => KernelError {
                 kind: if other.file_changed() {
                     KernelErrorKind::Busy
@@ -74,9 +87,22 @@ impl From<ExchangeError> for KernelError {
     }
 }
 
+/// How the donor's data becomes the file's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// XFS_IOC_SWAPEXT, once, after the whole copy: every XFS has it. The
+    /// donor must hold all of the file's data.
+    SwapExt,
+    /// XFS_IOC_START_COMMIT before each chunk's copy, XFS_IOC_COMMIT_RANGE
+    /// after it: each chunk is the file's as soon as it is committed, so a
+    /// stopped move keeps what it did and a writer costs one chunk.
+    CommitRange,
+}
+
 /// A donor for one file, filled chunk by chunk, then swapped in.
 #[derive(Debug)]
 pub struct Exchange {
+    mode: Mode,
     /// The donor: O_TMPFILE, read-write, O_DIRECT.
     donor: OwnedFd,
     /// The file, read-only with O_DIRECT: its own open file description.
@@ -109,11 +135,6 @@ impl Exchange {
         let before = Snapshot::of(file)?;
         // On XFS, and in its blocks (ENOTTY elsewhere).
         let geometry = xfs::geometry(file)?;
-        if geometry.exchange_range {
-            // The newer checked swap is there; SWAPEXT, which every XFS
-            // has, is the one this backend speaks for now.
-            tracing::debug!("XFS_IOC_EXCHANGE_RANGE is available; swapping with SWAPEXT");
-        }
         if u64::from(geometry.block_size) != block_size {
             return Err(Refusal::Fail(FailReason::Filesystem(format!(
                 "the filesystem's block size is {}, not {block_size}",
@@ -128,11 +149,14 @@ impl Exchange {
             .into());
         }
         let ranges = within_size(ranges, size, block_size);
-        check_covers_data(file, &ranges, size, block_size)?;
         let need = super::space_needed(&ranges, block_size);
         check_free_space(file, need, reserve_percent)?;
 
         let donor = sys::create_tmpfile(dir)?;
+        let mode = choose_mode(file, donor.as_fd(), geometry.exchange_range)?;
+        if mode == Mode::SwapExt {
+            check_covers_data(file, &ranges, size, block_size)?;
+        }
         dress_like(donor.as_fd(), file)?;
         // Before any allocation: an attribute fork placed on an empty
         // data fork goes exactly where it is asked to.
@@ -173,6 +197,7 @@ impl Exchange {
             .and_then(|len| AlignedBuf::new(len, align))
             .ok_or(Refusal::Fail(sys::Error::NoSpace.into()))?;
         Ok(Exchange {
+            mode,
             donor,
             reader,
             before,
@@ -181,6 +206,11 @@ impl Exchange {
             runs,
             buf,
         })
+    }
+
+    /// How the copy becomes the file's.
+    pub fn mode(&self) -> Mode {
+        self.mode
     }
 
     /// The physical runs the donor's blocks lie in: the file's after the
@@ -240,6 +270,69 @@ impl Exchange {
         sys::sync_all(self.donor.as_fd()).map_err(ExchangeError::Io)
     }
 
+    /// In [`Mode::CommitRange`]: copies `chunk` into the donor and
+    /// exchanges it with the file's, if the file did not change between
+    /// the freshness sample taken before the copy and the exchange (else
+    /// [`ExchangeError::file_changed`]: nothing of this chunk was
+    /// exchanged, retry it later). The bytes of file data exchanged.
+    ///
+    /// The donor's copy is made durable before the exchange, so the
+    /// exchange, once in the log, never points the file at blocks whose
+    /// data is not on disk; the exchange itself is durable once the log
+    /// is forced (`make_durable`: fsync of the file). A crash between
+    /// leaves the chunk old or new, both with the same data.
+    pub fn commit_chunk(
+        &mut self,
+        file: BorrowedFd<'_>,
+        chunk: &Chunk,
+    ) -> Result<u64, ExchangeError> {
+        let fresh = xfs::start_commit(file).map_err(ExchangeError::Commit)?;
+        // A size change since the donor was built would be refused as a
+        // misaligned range (EINVAL) before the freshness check says why.
+        let now = Snapshot::of(file).map_err(ExchangeError::Io)?;
+        if now.size != self.before.size {
+            return Err(ExchangeError::Commit(CommitError::Changed));
+        }
+        let copied = self.copy(chunk)?;
+        let Some((offset, length)) =
+            xfs::commit_length(chunk.start, chunk.end(), self.before.size, self.block_size)
+        else {
+            return Ok(copied);
+        };
+        sys::sync_data(self.donor.as_fd()).map_err(ExchangeError::Io)?;
+        let request = CommitRequest {
+            offset,
+            length,
+            flags: 0,
+        };
+        match xfs::commit_range(file, self.donor.as_fd(), request, &fresh) {
+            Ok(()) => {}
+            // A writer changed the size after the stat above.
+            Err(CommitError::Refused)
+                if Snapshot::of(file).is_ok_and(|s| s.size != self.before.size) =>
+            {
+                return Err(ExchangeError::Commit(CommitError::Changed));
+            }
+            Err(e) => return Err(ExchangeError::Commit(e)),
+        }
+        // The donor now holds the file's old blocks of the chunk: free
+        // them now rather than when the donor is closed, so a move holds
+        // about one chunk of extra space, not the whole file's.
+        if let Err(e) = sys::punch_hole(self.donor.as_fd(), offset, length) {
+            tracing::debug!("freeing the old blocks of {offset}+{length} early failed: {e}");
+        }
+        Ok(copied)
+    }
+
+    /// Makes the chunks committed so far survive a power cut: fsync of the
+    /// file forces the log past their exchanges.
+    pub fn make_durable(&self, file: BorrowedFd<'_>) -> Result<(), ExchangeError> {
+        match self.mode {
+            Mode::SwapExt => self.sync_donor(),
+            Mode::CommitRange => sys::sync_all(file).map_err(ExchangeError::Io),
+        }
+    }
+
     /// Swaps the donor's data into `file` (open read-write, not O_APPEND)
     /// if the file has not changed since the snapshot; its old blocks go
     /// with the donor, which XFS frees when it is closed. On
@@ -273,6 +366,31 @@ impl Exchange {
             return Err(ExchangeError::Incomplete { start: first, end });
         }
         Ok(())
+    }
+}
+
+/// The exchange's mode on this filesystem: COMMIT_RANGE where the
+/// geometry says the filesystem has the feature and a dry run on `file`
+/// (reopened read-write, as the call needs) and `donor` goes through;
+/// SWAPEXT where either says no. Any other answer is a refusal: the
+/// probe changes nothing, so nothing is lost.
+fn choose_mode(
+    file: BorrowedFd<'_>,
+    donor: BorrowedFd<'_>,
+    exchange_range: bool,
+) -> Result<Mode, Refusal> {
+    if !exchange_range {
+        return Ok(Mode::SwapExt);
+    }
+    let writable = sys::reopen(file, sys::Access::ReadWrite)?;
+    match xfs::probe_commit_range(writable.as_fd(), donor) {
+        Ok(()) => Ok(Mode::CommitRange),
+        Err(e) if e.calls_for_swapext() => {
+            tracing::debug!("the filesystem has exchange-range but {e}");
+            Ok(Mode::SwapExt)
+        }
+        Err(CommitError::Kernel(e)) => Err(e.into()),
+        Err(e) => Err(Refusal::Fail(FailReason::Filesystem(e.to_string()))),
     }
 }
 

@@ -14,16 +14,24 @@
 //!   accepts the swap;
 //! - `copy`: the direct-I/O copy of one chunk.
 //!
-//! XFS_IOC_EXCHANGE_RANGE with START_COMMIT/COMMIT_RANGE is the newer
-//! form of the same checked swap; [`crate::xfs::Geometry::exchange_range`]
-//! says whether a filesystem has it. SWAPEXT works everywhere, so it is
-//! the one used.
+//! XFS_IOC_START_COMMIT/COMMIT_RANGE (Linux 6.12+, filesystems made with
+//! the exchange-range feature) is the newer form of the same checked
+//! swap, range by range: where the geometry has the feature and a dry run
+//! goes through, each chunk is copied and committed on its own, checked
+//! against the file's freshness sampled just before its copy
+//! ([`exchange::Mode`]). Elsewhere SWAPEXT, which every XFS has.
 //!
 //! Crash recovery: nothing to clean up. The donor is an orphan from birth,
-//! which XFS frees at the next mount; before the swap's transaction is in
-//! the log the file has its old blocks, after it its new ones, never a mix.
-//! Progress is not durable before the swap: a job that stops redoes its
-//! copy from the start.
+//! which XFS frees at the next mount. With SWAPEXT, before the swap's
+//! transaction is in the log the file has its old blocks, after it its new
+//! ones, never a mix, and progress is not durable before the swap: a job
+//! that stops redoes its copy from the start. With COMMIT_RANGE each
+//! chunk's exchange is a logged intent chain that log recovery finishes,
+//! over donor data made durable before it: once the file's fsync has
+//! forced the log, every chunk before the cursor is the file's, and a
+//! resumed job starts there (a crash before that force redoes at most the
+//! chunks since the last checkpoint, whose old and new blocks hold the
+//! same data).
 
 mod attr_fork;
 mod copy;
@@ -31,7 +39,7 @@ mod eligibility;
 mod exchange;
 
 pub use eligibility::{refuse_donor, refuse_unmovable, FileFacts};
-pub use exchange::{Exchange, ExchangeError};
+pub use exchange::{Exchange, ExchangeError, Mode};
 
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::PathBuf;
@@ -61,7 +69,11 @@ pub fn probe(fd: BorrowedFd<'_>) -> Result<FsInfo, FsError> {
     // The ioctl needs a file opened for reading, and callers probe through
     // O_PATH pins: reopen it (the same inode, through /proc/self/fd).
     let readable = sys::reopen(fd, sys::Access::ReadOnly)?;
-    let geometry = crate::xfs::geometry(readable.as_fd())?;
+    let mut geometry = crate::xfs::geometry(readable.as_fd())?;
+    // The feature flag came in 6.10, the commit ioctls in 6.12: ask the
+    // kernel (START_COMMIT only reads the file's times).
+    geometry.commit_range =
+        geometry.exchange_range && crate::xfs::start_commit(readable.as_fd()).is_ok();
     Ok(FsInfo {
         dev: mount.dev,
         device: PathBuf::from(mount.source.clone().unwrap_or_default()),
@@ -73,6 +85,12 @@ pub fn probe(fd: BorrowedFd<'_>) -> Result<FsInfo, FsError> {
         mount_point: mount.mount_point,
         detail: FsDetail::Xfs(geometry),
     })
+}
+
+/// Whether moves on the XFS filesystem `info` describes commit chunk by
+/// chunk (COMMIT_RANGE), so that a stopped one resumes where it stopped.
+pub fn commits_ranges(info: &FsInfo) -> bool {
+    matches!(&info.detail, FsDetail::Xfs(geometry) if geometry.commits_ranges())
 }
 
 /// Why no file on the XFS filesystem `info` describes can be moved:
