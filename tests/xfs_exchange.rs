@@ -816,3 +816,120 @@ fn a_file_on_another_filesystem_is_refused_cleanly() {
         other => panic!("expected a failure before any donor, got {other:?}"),
     }
 }
+
+/// COMMIT_RANGE met for real on a filesystem without the exchange-range
+/// feature (all that this mkfs makes): START_COMMIT answers on any XFS of
+/// a 6.12+ kernel (it checks no feature), COMMIT_RANGE and its dry run
+/// answer EOPNOTSUPP and exchange nothing, and that is the answer the
+/// exchange falls back to SWAPEXT on. The exchange built here is in
+/// SWAPEXT mode and defragments the file.
+#[test]
+fn commit_range_is_unsupported_here_and_the_exchange_swaps_with_swapext() {
+    use defragd::backend::xfs::Mode;
+    use defragd::xfs::{CommitError, CommitRequest};
+    use nix::errno::Errno;
+    if !require_root() {
+        return;
+    }
+    let img = XfsImage::create(512);
+    let path = img.root().join("fragmented");
+    fragmented_file(&path, 16 << 20, 0, 7);
+    let md5_before = md5(&path);
+    let o = open(&path);
+    let size = o.file.metadata().expect("stat").len();
+    let g = xfs::geometry(o.file.as_fd()).expect("geometry");
+    assert!(!g.exchange_range && !g.commits_ranges());
+    let (backend, info) = defragd::backend::probe(o.file.as_fd()).expect("probe");
+    assert!(
+        !backend.resumes_mid_file(&info),
+        "a SWAPEXT filesystem starts a stopped copy over"
+    );
+
+    let fresh = match xfs::start_commit(o.file.as_fd()) {
+        Ok(fresh) => fresh,
+        Err(e) => {
+            // A kernel before 6.12: no START_COMMIT at all.
+            assert_eq!(e, CommitError::Unsupported(Errno::ENOTTY), "{e}");
+            assert!(e.calls_for_swapext());
+            eprintln!("this kernel has no START_COMMIT: {e}");
+            return;
+        }
+    };
+    // A donor holding the file's own first MiB: were it exchanged after
+    // all, the file's data would still be right.
+    let donor = sys::create_tmpfile(o.dir.as_fd()).expect("O_TMPFILE");
+    sys::set_len(donor.as_fd(), size).expect("donor size");
+    let mut head = vec![0u8; 1 << 20];
+    o.file.read_exact_at(&mut head, 0).expect("read the head");
+    let written = nix::sys::uio::pwrite(&donor, &head, 0).expect("write the donor");
+    assert_eq!(written, head.len());
+    sys::sync_all(donor.as_fd()).expect("fsync the donor");
+    let request = CommitRequest {
+        offset: 0,
+        length: 1 << 20,
+        flags: 0,
+    };
+    let refused = xfs::commit_range(o.file.as_fd(), donor.as_fd(), request, &fresh)
+        .expect_err("no exchange-range here");
+    assert_eq!(refused, CommitError::Unsupported(Errno::EOPNOTSUPP));
+    assert!(refused.calls_for_swapext());
+    let invisible = xfs::open_invisible(o.file.as_fd(), o.dir.as_fd()).expect("open by handle");
+    let dry = xfs::probe_commit_range(invisible.as_fd(), donor.as_fd())
+        .expect_err("the dry run meets the same");
+    assert_eq!(dry, CommitError::Unsupported(Errno::EOPNOTSUPP));
+    assert!(dry.calls_for_swapext());
+    drop((invisible, donor));
+    assert_eq!(md5(&path), md5_before, "nothing was exchanged");
+
+    let extents_before = filefrag_extents(&path);
+    let (exchange, _, _) = build_and_copy(&o, u64::from(g.block_size));
+    assert_eq!(exchange.mode(), Mode::SwapExt);
+    exchange.swap(o.file.as_fd()).expect("swap");
+    drop(o);
+    assert_eq!(md5(&path), md5_before);
+    let extents_after = filefrag_extents(&path);
+    assert!(
+        extents_after < extents_before,
+        "{extents_before} -> {extents_after} extents"
+    );
+}
+
+/// The file opened through its XFS handle is the same inode, close-on-exec,
+/// and what is written through it leaves the change and modify times as
+/// they were (FMODE_NOCMTIME), where the same write through an ordinary
+/// fd moves them: the commits of the COMMIT_RANGE mode go through it, so
+/// that they leave a file's times alone as SWAPEXT does.
+#[test]
+fn a_file_opened_by_its_handle_writes_without_touching_its_times() {
+    use std::os::unix::fs::MetadataExt;
+    if !require_root() {
+        return;
+    }
+    let img = XfsImage::create(512);
+    let path = img.root().join("file");
+    std::fs::write(&path, vec![7u8; 1 << 16]).expect("write the file");
+    let o = open(&path);
+    let before = o.file.metadata().expect("stat");
+    std::thread::sleep(Duration::from_millis(20));
+    let invisible = xfs::open_invisible(o.file.as_fd(), o.dir.as_fd()).expect("open by handle");
+    let st = sys::stat(invisible.as_fd()).expect("fstat");
+    assert_eq!(st.st_ino, before.ino());
+    let flags = nix::fcntl::fcntl(&invisible, nix::fcntl::FcntlArg::F_GETFD).expect("F_GETFD");
+    assert_ne!(flags & nix::libc::FD_CLOEXEC, 0, "close-on-exec");
+    let same = vec![7u8; 4096];
+    nix::sys::uio::pwrite(&invisible, &same, 0).expect("write through the handle");
+    sys::sync_all(invisible.as_fd()).expect("fsync");
+    let after = std::fs::metadata(&path).expect("stat");
+    let times = |m: &std::fs::Metadata| (m.mtime(), m.mtime_nsec(), m.ctime(), m.ctime_nsec());
+    assert_eq!(times(&after), times(&before), "invisible write");
+    o.file
+        .write_all_at(&same, 0)
+        .expect("write through the file");
+    o.file.sync_all().expect("fsync");
+    let moved = std::fs::metadata(&path).expect("stat");
+    assert_ne!(
+        times(&moved),
+        times(&before),
+        "an ordinary write moves them"
+    );
+}

@@ -244,15 +244,13 @@ impl Relocation {
             Relocation::Ext4(donor) => donor.relocate(file, chunk, block_size),
             // The copy counts bytes of file content; the last block may be
             // partial.
-            Relocation::Xfs(exchange) => match exchange.mode() {
-                xfs::Mode::SwapExt => exchange.copy(chunk),
-                xfs::Mode::CommitRange => exchange.commit_chunk(file, chunk),
-            }
-            .map(|bytes| bytes.div_ceil(block_size))
-            .map_err(|error| RelocateFailed {
-                moved_blocks: 0,
-                error: error.into(),
-            }),
+            Relocation::Xfs(exchange) => exchange
+                .relocate(chunk)
+                .map(|bytes| bytes.div_ceil(block_size))
+                .map_err(|error| RelocateFailed {
+                    moved_blocks: 0,
+                    error: error.into(),
+                }),
         }
     }
 
@@ -273,7 +271,7 @@ impl Relocation {
             Relocation::Ext4(donor) => donor.make_durable(file).map_err(KernelError::from),
             // SWAPEXT: nothing is in the file before the swap, which is
             // logged; COMMIT_RANGE: the file's fsync forces the log.
-            Relocation::Xfs(exchange) => exchange.make_durable(file).map_err(KernelError::from),
+            Relocation::Xfs(exchange) => exchange.make_durable().map_err(KernelError::from),
         }
     }
 }

@@ -10,6 +10,7 @@
 mod bulkstat;
 mod commit_range;
 mod geometry;
+mod handle;
 mod swapext;
 
 pub use bulkstat::{forks, Forks};
@@ -18,6 +19,7 @@ pub use commit_range::{
     CommitRequest, Freshness,
 };
 pub use geometry::{geometry, Geometry, MAX_BMBT_EXTLEN};
+pub use handle::open_invisible;
 pub use swapext::{swap_extents, Snapshot, SwapError, Timestamp};
 
 /// XFS's statfs magic number ("XFSB").

@@ -102,7 +102,10 @@ pub enum Mode {
 /// A donor for one file, filled chunk by chunk, then swapped in.
 #[derive(Debug)]
 pub struct Exchange {
-    mode: Mode,
+    /// In [`Mode::CommitRange`]: the file opened through its XFS handle,
+    /// read-write and invisible (no change or modify time updates), that
+    /// the commits are made on. None in [`Mode::SwapExt`].
+    committer: Option<OwnedFd>,
     /// The donor: O_TMPFILE, read-write, O_DIRECT.
     donor: OwnedFd,
     /// The file, read-only with O_DIRECT: its own open file description.
@@ -153,8 +156,8 @@ impl Exchange {
         check_free_space(file, need, reserve_percent)?;
 
         let donor = sys::create_tmpfile(dir)?;
-        let mode = choose_mode(file, donor.as_fd(), geometry.exchange_range)?;
-        if mode == Mode::SwapExt {
+        let committer = committer(file, dir, donor.as_fd(), geometry.exchange_range)?;
+        if committer.is_none() {
             check_covers_data(file, &ranges, size, block_size)?;
         }
         dress_like(donor.as_fd(), file)?;
@@ -197,7 +200,7 @@ impl Exchange {
             .and_then(|len| AlignedBuf::new(len, align))
             .ok_or(Refusal::Fail(sys::Error::NoSpace.into()))?;
         Ok(Exchange {
-            mode,
+            committer,
             donor,
             reader,
             before,
@@ -210,7 +213,24 @@ impl Exchange {
 
     /// How the copy becomes the file's.
     pub fn mode(&self) -> Mode {
-        self.mode
+        match self.committer {
+            Some(_) => Mode::CommitRange,
+            None => Mode::SwapExt,
+        }
+    }
+
+    /// Relocates `chunk`: copies it into the donor ([`Mode::SwapExt`]), or
+    /// copies and commits it ([`Mode::CommitRange`], see `commit_chunk`).
+    /// The bytes of file data copied.
+    pub fn relocate(&mut self, chunk: &Chunk) -> Result<u64, ExchangeError> {
+        match self.committer.take() {
+            None => self.copy(chunk),
+            Some(committer) => {
+                let result = self.commit_chunk(committer.as_fd(), chunk);
+                self.committer = Some(committer);
+                result
+            }
+        }
     }
 
     /// The physical runs the donor's blocks lie in: the file's after the
@@ -281,11 +301,7 @@ impl Exchange {
     /// data is not on disk; the exchange itself is durable once the log
     /// is forced (`make_durable`: fsync of the file). A crash between
     /// leaves the chunk old or new, both with the same data.
-    pub fn commit_chunk(
-        &mut self,
-        file: BorrowedFd<'_>,
-        chunk: &Chunk,
-    ) -> Result<u64, ExchangeError> {
+    fn commit_chunk(&mut self, file: BorrowedFd<'_>, chunk: &Chunk) -> Result<u64, ExchangeError> {
         let fresh = xfs::start_commit(file).map_err(ExchangeError::Commit)?;
         // A size change since the donor was built would be refused as a
         // misaligned range (EINVAL) before the freshness check says why.
@@ -324,12 +340,14 @@ impl Exchange {
         Ok(copied)
     }
 
-    /// Makes the chunks committed so far survive a power cut: fsync of the
-    /// file forces the log past their exchanges.
-    pub fn make_durable(&self, file: BorrowedFd<'_>) -> Result<(), ExchangeError> {
-        match self.mode {
-            Mode::SwapExt => self.sync_donor(),
-            Mode::CommitRange => sys::sync_all(file).map_err(ExchangeError::Io),
+    /// Makes what was relocated so far survive a power cut: the donor's
+    /// data before a SWAPEXT; the chunks committed so far with
+    /// COMMIT_RANGE, whose exchanges an fsync of the file forces into the
+    /// log.
+    pub fn make_durable(&self) -> Result<(), ExchangeError> {
+        match &self.committer {
+            None => self.sync_donor(),
+            Some(file) => sys::sync_all(file.as_fd()).map_err(ExchangeError::Io),
         }
     }
 
@@ -369,25 +387,36 @@ impl Exchange {
     }
 }
 
-/// The exchange's mode on this filesystem: COMMIT_RANGE where the
-/// geometry says the filesystem has the feature and a dry run on `file`
-/// (reopened read-write, as the call needs) and `donor` goes through;
-/// SWAPEXT where either says no. Any other answer is a refusal: the
-/// probe changes nothing, so nothing is lost.
-fn choose_mode(
+/// The exchange's mode on this filesystem, as the fd to commit through:
+/// [`Mode::CommitRange`] (Some) where the geometry says the filesystem has
+/// the feature, the file opens invisibly (through `dir`) (so the commits leave its times
+/// alone, as SWAPEXT does) and a dry run between it and `donor` goes
+/// through; [`Mode::SwapExt`] (None) where any says no. Any other answer
+/// of the dry run is a refusal: it changes nothing, so nothing is lost.
+fn committer(
     file: BorrowedFd<'_>,
+    dir: BorrowedFd<'_>,
     donor: BorrowedFd<'_>,
     exchange_range: bool,
-) -> Result<Mode, Refusal> {
+) -> Result<Option<OwnedFd>, Refusal> {
     if !exchange_range {
-        return Ok(Mode::SwapExt);
+        return Ok(None);
     }
-    let writable = sys::reopen(file, sys::Access::ReadWrite)?;
-    match xfs::probe_commit_range(writable.as_fd(), donor) {
-        Ok(()) => Ok(Mode::CommitRange),
+    let invisible = match xfs::open_invisible(file, dir) {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::debug!(
+                "the file could not be opened by its XFS handle ({e}); COMMIT_RANGE would \
+                 change its times, so SWAPEXT swaps it"
+            );
+            return Ok(None);
+        }
+    };
+    match xfs::probe_commit_range(invisible.as_fd(), donor) {
+        Ok(()) => Ok(Some(invisible)),
         Err(e) if e.calls_for_swapext() => {
             tracing::debug!("the filesystem has exchange-range but {e}");
-            Ok(Mode::SwapExt)
+            Ok(None)
         }
         Err(CommitError::Kernel(e)) => Err(e.into()),
         Err(e) => Err(Refusal::Fail(FailReason::Filesystem(e.to_string()))),
