@@ -892,6 +892,22 @@ fn commit_range_is_unsupported_here_and_the_exchange_swaps_with_swapext() {
         extents_after < extents_before,
         "{extents_before} -> {extents_after} extents"
     );
+
+    // The whole way, through the mover: `defragd defrag` on a second
+    // file swaps it whole and leaves its times alone.
+    use std::os::unix::fs::MetadataExt;
+    let second = img.root().join("second");
+    fragmented_file(&second, 16 << 20, 100, 8);
+    let (md5_second, times) = (md5(&second), std::fs::metadata(&second).expect("stat"));
+    let (report, _) = defrag_json(&[], &[second.as_path()], 0);
+    let f = report.file(&second);
+    assert_eq!(f.outcome, "defragmented", "{:?}", f.reason);
+    assert_eq!(md5(&second), md5_second);
+    let after = std::fs::metadata(&second).expect("stat");
+    assert_eq!(
+        (after.mtime(), after.mtime_nsec()),
+        (times.mtime(), times.mtime_nsec())
+    );
 }
 
 /// The file opened through its XFS handle is the same inode, close-on-exec,
