@@ -205,4 +205,19 @@ mod tests {
         assert_eq!(big.max_extent_blocks(), MAX_BMBT_EXTLEN);
         assert!(big.realtime);
     }
+
+    #[test]
+    fn ranges_are_committed_only_with_the_feature_and_the_kernels_ioctl() {
+        let raw = RawGeomV4 {
+            flags: FLAG_EXCHANGE_RANGE,
+            ..RawGeomV4::default()
+        };
+        let mut g = Geometry::from_raw(&raw);
+        // The ioctl alone never says the kernel has START_COMMIT.
+        assert!(g.exchange_range && !g.commit_range && !g.commits_ranges());
+        g.commit_range = true;
+        assert!(g.commits_ranges());
+        g.exchange_range = false;
+        assert!(!g.commits_ranges(), "a 6.12 kernel on an older filesystem");
+    }
 }

@@ -549,5 +549,13 @@ mod tests {
         assert_eq!(refused.kind, KernelErrorKind::Other);
         let io: KernelError = ExchangeError::Io(sys::Error::Io).into();
         assert_eq!(io.kind, KernelErrorKind::Io);
+        // A chunk whose commit found the file written is retried later;
+        // the chunks committed before it stay the file's.
+        let changed: KernelError = ExchangeError::Commit(CommitError::Changed).into();
+        assert_eq!(changed.kind, KernelErrorKind::Busy);
+        let refused: KernelError = ExchangeError::Commit(CommitError::Refused).into();
+        assert_eq!(refused.kind, KernelErrorKind::Other);
+        let eio = ExchangeError::Commit(CommitError::Kernel(sys::Error::Io));
+        assert_eq!(KernelError::from(eio).kind, KernelErrorKind::Io);
     }
 }
