@@ -303,8 +303,15 @@ impl Exchange {
     /// leaves the chunk old or new, both with the same data.
     fn commit_chunk(&mut self, file: BorrowedFd<'_>, chunk: &Chunk) -> Result<u64, ExchangeError> {
         let fresh = xfs::start_commit(file).map_err(ExchangeError::Commit)?;
-        // A size change since the donor was built would be refused as a
-        // misaligned range (EINVAL) before the freshness check says why.
+        // This stat, after the sample and before the copy, does two
+        // things. On kernels with fine-grained timestamps (6.13+) it makes
+        // the next change of the file get a new ctime even within the same
+        // clock tick (START_COMMIT reads the ctime without asking for
+        // that): a write after it always makes the commit refuse, and a
+        // write before it is in what the copy reads. And a size change
+        // since the donor was built, which the kernel would refuse as a
+        // misaligned range (EINVAL) before its freshness check says why,
+        // is seen here as the write it is.
         let now = Snapshot::of(file).map_err(ExchangeError::Io)?;
         if now.size != self.before.size {
             return Err(ExchangeError::Commit(CommitError::Changed));
