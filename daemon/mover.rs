@@ -35,8 +35,6 @@ use pass::{Halt, Pass};
 /// and the throughput is the same.
 pub const DEFAULT_CHUNK_BYTES: u64 = 1 << 20;
 pub const DEFAULT_RESERVE_PERCENT: f64 = 5.0;
-/// The least chunk of a copy made for a whole-file swap (see `run_swap`).
-const SWAP_CHUNK_BYTES: u64 = 8 << 20;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct MoveOptions {
@@ -295,7 +293,8 @@ fn run(
 ) -> Outcome {
     let before = inspected.assessment;
     let block_size = inspected.fs.block_size;
-    let chunk_blocks = plan::chunk_blocks(options.chunk_bytes, block_size);
+    let chunk_bytes = prepared.relocation.chunk_bytes(options.chunk_bytes);
+    let chunk_blocks = plan::chunk_blocks(chunk_bytes, block_size);
     let chunks = plan::chunks(&prepared.ranges, chunk_blocks, prepared.resume_at);
     let file = prepared.file.as_fd();
     let mut pass = Pass::new(file, block_size);
@@ -335,7 +334,7 @@ fn run_swap(
     // Nothing holds the file while its copy is made, so the chunk is only
     // the throttle's unit: a large one lets each copy call read a long
     // stretch at once.
-    let chunk_bytes = options.chunk_bytes.max(SWAP_CHUNK_BYTES);
+    let chunk_bytes = prepared.relocation.chunk_bytes(options.chunk_bytes);
     let chunk_blocks = plan::chunk_blocks(chunk_bytes, block_size);
     let chunks = plan::chunks(&prepared.ranges, chunk_blocks, 0);
     let planned = Planned {

@@ -49,6 +49,9 @@ use crate::filesystem::{find_mount, FsDetail, FsError, FsInfo, FsUuid};
 use crate::outcome::SkipReason;
 use crate::sys::{self, Flush};
 
+/// The least chunk an XFS move copies (and commits) at a time.
+pub const MIN_CHUNK_BYTES: u64 = 8 << 20;
+
 /// XFS's statfs magic number.
 pub const MAGIC: i64 = crate::xfs::MAGIC;
 
