@@ -260,3 +260,99 @@ fn a_write_makes_the_commit_refuse_and_a_durable_commit_survives_a_crash() {
         "the durable chunks are where they were committed"
     );
 }
+
+/// Stops a move after `chunks` chunks; keeps what it was told.
+struct StopAfter {
+    chunks: usize,
+    seen: Vec<defragd::mover::Progress>,
+}
+
+impl defragd::mover::Supervisor for StopAfter {
+    fn before_chunk(&mut self, _bytes: u64) -> defragd::mover::Control {
+        if self.seen.len() >= self.chunks {
+            defragd::mover::Control::Stop
+        } else {
+            defragd::mover::Control::Continue
+        }
+    }
+    fn after_chunk(&mut self, progress: &defragd::mover::Progress) {
+        self.seen.push(*progress);
+    }
+}
+
+/// Through the mover: a move stopped after two chunks says where to
+/// resume (and that what came before is durable, as it made it so before
+/// stopping); the resumed move starts there, not at the file's start,
+/// and finishes it. SWAPEXT would have started over.
+#[test]
+fn the_mover_resumes_a_stopped_move_at_its_cursor() {
+    use defragd::mover::{defragment, MoveOptions};
+    use defragd::outcome::Outcome;
+    use std::sync::Arc;
+    if !require_root() {
+        return;
+    }
+    let Some(img) = exchange_range_image() else {
+        return;
+    };
+    let path = img.root().join("fragmented");
+    fragmented_file(&path, 40 << 20, 4000, 31);
+    let md5_before = md5(&path);
+    let times = std::fs::metadata(&path).expect("stat");
+    let target = defragd::target::Target {
+        dir: Arc::new(File::open(img.root()).expect("open root").into()),
+        name: "fragmented".into(),
+        path: path.clone(),
+        expected_dev: None,
+        expected_identity: None,
+    };
+    let mut filesystems = defragd::inspect::Filesystems::default();
+    let options = MoveOptions::default();
+    let mut first = StopAfter {
+        chunks: 2,
+        seen: Vec::new(),
+    };
+    let outcome = defragment(&target, &mut filesystems, &options, 0, &mut first);
+    let Outcome::Interrupted { next_block, .. } = outcome else {
+        panic!("the move stops: {outcome:?}");
+    };
+    // Chunks of at least 8 MiB on XFS, whatever chunk_mib says.
+    assert_eq!(first.seen.len(), 2);
+    assert_eq!(next_block, 2 * 2048, "{:?}", first.seen);
+    assert_eq!(md5(&path), md5_before, "after the stop");
+
+    let mut rest = StopAfter {
+        chunks: usize::MAX,
+        seen: Vec::new(),
+    };
+    let outcome = defragment(&target, &mut filesystems, &options, next_block, &mut rest);
+    assert!(
+        matches!(outcome, Outcome::Defragmented(_)),
+        "the resumed move: {outcome:?}"
+    );
+    let start = rest.seen.first().expect("a chunk");
+    assert_eq!(
+        start.offset_bytes - start.chunk_bytes,
+        next_block * 4096,
+        "the resumed move starts at the cursor"
+    );
+    assert!(rest.seen.last().is_some_and(|p| p.durable));
+    assert_eq!(md5(&path), md5_before);
+    let after = std::fs::metadata(&path).expect("stat");
+    assert_eq!(
+        (
+            after.mtime(),
+            after.mtime_nsec(),
+            after.ctime(),
+            after.ctime_nsec()
+        ),
+        (
+            times.mtime(),
+            times.mtime_nsec(),
+            times.ctime(),
+            times.ctime_nsec()
+        )
+    );
+    let extents = filefrag_extents(&path);
+    assert!(extents <= 3, "{extents} extents");
+}
