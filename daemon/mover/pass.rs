@@ -135,7 +135,8 @@ impl<'fd> Pass<'fd> {
     ) -> Result<bool, KernelError> {
         self.since_checkpoint += bytes;
         let due = self.since_checkpoint >= CHECKPOINT_BYTES
-            || self.last_checkpoint.elapsed() >= CHECKPOINT_EVERY;
+            || self.last_checkpoint.elapsed() >= CHECKPOINT_EVERY
+            || relocation.durable_each_chunk();
         if !due && !last {
             return Ok(false);
         }

@@ -99,7 +99,8 @@ pub enum Mode {
     CommitRange,
 }
 
-/// A donor for one file, filled chunk by chunk, then swapped in.
+/// A donor for one file, filled chunk by chunk, then swapped in whole or
+/// committed chunk by chunk ([`Mode`]).
 #[derive(Debug)]
 pub struct Exchange {
     /// In [`Mode::CommitRange`]: the file opened through its XFS handle,
@@ -396,9 +397,9 @@ impl Exchange {
 
 /// The exchange's mode on this filesystem, as the fd to commit through:
 /// [`Mode::CommitRange`] (Some) where the geometry says the filesystem has
-/// the feature, the file opens invisibly (through `dir`) (so the commits leave its times
-/// alone, as SWAPEXT does) and a dry run between it and `donor` goes
-/// through; [`Mode::SwapExt`] (None) where any says no. Any other answer
+/// the feature, the file opens invisibly through `dir` (so that the
+/// commits leave its times alone, as SWAPEXT does) and a dry run between
+/// it and `donor` goes through; [`Mode::SwapExt`] (None) where any says no. Any other answer
 /// of the dry run is a refusal: it changes nothing, so nothing is lost.
 fn committer(
     file: BorrowedFd<'_>,
