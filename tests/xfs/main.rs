@@ -40,8 +40,13 @@ use common::*;
 /// free space then made contiguous and the filesystem settled (remounted:
 /// XFS's reserve pool back). Returns the image and the files' paths.
 pub fn xfs_with_fragmented(size_mib: u64, files: &[(&str, u64, u64)]) -> (LoopImage, Vec<PathBuf>) {
+    with_fragmented(ImageSpec::xfs(size_mib), files)
+}
+
+/// `xfs_with_fragmented` on an image made as `spec` says.
+pub fn with_fragmented(spec: ImageSpec, files: &[(&str, u64, u64)]) -> (LoopImage, Vec<PathBuf>) {
     require_tools(XFS_TOOLS);
-    let mut img = LoopImage::create(ImageSpec::xfs(size_mib));
+    let mut img = LoopImage::create(spec);
     let root = img.root().to_path_buf();
     let paths: Vec<PathBuf> = files.iter().map(|(rel, _, _)| root.join(rel)).collect();
     for p in &paths {
