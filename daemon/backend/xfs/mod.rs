@@ -20,10 +20,20 @@
 //! the one used.
 //!
 //! Crash recovery: nothing to clean up. The donor is an orphan from birth,
-//! which XFS frees at the next mount; before the swap's transaction is in
-//! the log the file has its old blocks, after it its new ones, never a mix.
-//! Progress is not durable before the swap: a job that stops redoes its
-//! copy from the start.
+//! which XFS frees at the next mount. Without the reverse mapping btree
+//! the swap is one transaction: the file has its old blocks or its new
+//! ones. With it (`mkfs.xfs -m rmapbt=1`) the kernel swaps mapping by
+//! mapping in a chain of transactions, and a crash can leave the file
+//! partly in each; both hold the same data, since the donor is durable
+//! before the swap starts (tests/xfs/crash.rs saw 496 of 4,096 blocks
+//! swapped, md5 intact). Progress is not durable before the swap: a job
+//! that stops redoes its copy from the start.
+//!
+//! Known kernel bug (6.18, without rmapbt): after a crash that leaves the
+//! swap of a btree-format file in the log, log recovery fails and the
+//! filesystem does not mount until `xfs_repair`; xfs_fsr and `xfs_io
+//! swapext` hit it too (tests/xfs/crash.rs,
+//! `a_shutdown_after_a_swap_without_rmapbt_replays`).
 
 mod attr_fork;
 mod copy;
