@@ -77,8 +77,8 @@ pub fn run(config_path: Option<&Path>) -> ExitCode {
                 // whole file at the end, so its cursor is always 0).
                 if job.next_block == 0 {
                     tracing::info!(
-                        "job {} {} was interrupted before any of its move was kept; its copy \
-                         starts over",
+                        "job {} {} was interrupted before any of its progress was kept; it \
+                         starts over from the beginning",
                         job.id,
                         escaped(&job.path_hint)
                     );

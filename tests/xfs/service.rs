@@ -4,7 +4,7 @@
 //! fragmented after the start, queues and moves it, and the history says
 //! defragmented. SIGKILL mid-copy, then a restart: nothing of an XFS move
 //! is kept before its swap, so the job runs again from the start (the log
-//! says its copy starts over) and finishes, the file intact.
+//! says it starts over) and finishes, the file intact.
 
 use std::ffi::OsStr;
 use std::path::Path;
@@ -115,7 +115,7 @@ fn sigkill_mid_copy_then_the_job_starts_over_and_finishes() {
     drop(svc);
 
     let mut svc = home.start(&[]);
-    let over = svc.wait_for_log("its copy starts over", secs(30));
+    let over = svc.wait_for_log("starts over from the beginning", secs(30));
     eprintln!("run 2 said: {over}");
     // The store keeps the path relative to the mount point.
     assert!(
@@ -130,7 +130,7 @@ fn sigkill_mid_copy_then_the_job_starts_over_and_finishes() {
         "an XFS job resumed mid-file"
     );
     assert!(
-        svc.line_index(&defragmenting(path)) > svc.line_index("its copy starts over"),
+        svc.line_index(&defragmenting(path)) > svc.line_index("starts over from the beginning"),
         "no new start of the job after the restart"
     );
     // The whole file copied again (the log rounds the size).
