@@ -232,15 +232,14 @@ fn a_donor_no_better_than_the_file_is_refused() {
         return;
     }
     require_tools(XFS_TOOLS);
-    let img = LoopImage::create(ImageSpec::xfs(384));
-    let mut img = img;
+    let mut img = LoopImage::create(ImageSpec::xfs(384));
     let root = img.root().to_path_buf();
     let path = root.join("stuck.bin");
     // The file goes into 64 KiB holes; then what is still free is cut into
     // 32 KiB holes and every filler file stays: any donor is in about
-    // twice the file's pieces. (The fragmenter emptied XFS's reserve pool
-    // too, so no larger free extent is kept back; no remount, which would
-    // take the reserve back out of the little space left.)
+    // twice the file's pieces. (The fragmenter shrank XFS's reserve pool
+    // to 1 MiB, so no large free extent is kept back; no remount, which
+    // would take the whole reserve back out of the little space left.)
     let coarse = make_fragmented_files(&root, &[(&path, 24 * MIB, 99)], 0);
     let fine = fragment_free_space_with(&root, "filler-32k", 32 * KIB, 0);
     eprintln!(
