@@ -5,16 +5,12 @@
 //! A write between the copy and the swap must make the swap refuse and
 //! leave the file as written, never the donor's copy. The eligibility
 //! checks meet real flags (chattr +f, +i) and a real reflink copy.
-//!
-//! The image guard is local to this file: `ImageSpec::xfs` in
-//! tests/support is being added on another branch; once it lands this
-//! guard can go.
 
 use std::ffi::OsStr;
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use defragd::assess::ExtentMap;
@@ -26,109 +22,16 @@ use defragd_testkit as common;
 
 use common::*;
 
-/// An XFS image in its own temp dir, on its own loop device (direct
-/// I/O), mounted there. Drop unmounts and detaches what it made.
-struct XfsImage {
-    img: PathBuf,
-    mnt: PathBuf,
-    dev: Option<String>,
-    mounted: bool,
-    // Last: removed after Drop::drop has unmounted and detached.
-    _dir: tempfile::TempDir,
-}
-
-impl XfsImage {
-    /// truncate + mkfs.xfs + losetup --direct-io=on + mount. `allocsize=64k`
-    /// turns speculative preallocation down, so that interleaved writes
-    /// fragment as they would on a busy server.
-    fn create(size_mib: u64) -> XfsImage {
-        Self::create_with(size_mib, &[])
-    }
-
-    /// The same with extra mkfs.xfs options (e.g. `-m rmapbt=1`).
-    fn create_with(size_mib: u64, mkfs_opts: &[&str]) -> XfsImage {
-        let dir = tempdir();
-        let img = dir.path().join("xfs.img");
-        let mnt = dir.path().join("mnt");
-        std::fs::create_dir_all(&mnt).expect("create mount point");
-        sh(
-            "truncate",
-            [
-                OsStr::new("-s"),
-                OsStr::new(&format!("{size_mib}M")),
-                img.as_os_str(),
-            ],
-        );
-        let mut mkfs = vec![OsStr::new("-q"), OsStr::new("-f")];
-        mkfs.extend(mkfs_opts.iter().map(OsStr::new));
-        mkfs.push(img.as_os_str());
-        sh("mkfs.xfs", mkfs);
-        let mut me = XfsImage {
-            img,
-            mnt,
-            dev: None,
-            mounted: false,
-            _dir: dir,
-        };
-        let dev = sh(
-            "losetup",
-            [
-                OsStr::new("-f"),
-                OsStr::new("--show"),
-                OsStr::new("--direct-io=on"),
-                me.img.as_os_str(),
-            ],
-        );
-        me.dev = Some(dev.trim().to_string());
-        sh(
-            "mount",
-            [
-                OsStr::new("-t"),
-                OsStr::new("xfs"),
-                OsStr::new("-o"),
-                OsStr::new("allocsize=64k"),
-                OsStr::new(me.dev.as_deref().unwrap_or_default()),
-                me.mnt.as_os_str(),
-            ],
-        );
-        me.mounted = true;
-        me
-    }
-
-    fn root(&self) -> &Path {
-        &self.mnt
-    }
-
-    fn unmount(&mut self) {
-        if self.mounted {
-            let (ok, _, err) = sh_status("umount", [&self.mnt]);
-            if !ok {
-                eprintln!("umount {}: {}", self.mnt.display(), err.trim());
-                return;
-            }
-            self.mounted = false;
-        }
-        if let Some(dev) = self.dev.take() {
-            let (ok, _, err) = sh_status("losetup", ["-d", dev.as_str()]);
-            if !ok {
-                eprintln!("losetup -d {dev}: {}", err.trim());
-            }
-        }
-    }
-
-    /// Unmounts, then `xfs_repair -n` on the image: (clean, its output).
-    fn repair_check(&mut self) -> (bool, String) {
-        self.unmount();
-        assert!(!self.mounted, "the image must be unmounted to check it");
-        let (ok, out, err) = sh_status("xfs_repair", [OsStr::new("-n"), self.img.as_os_str()]);
-        (ok, format!("{out}{err}"))
-    }
-}
-
-impl Drop for XfsImage {
-    fn drop(&mut self) {
-        self.unmount();
-    }
+/// An XFS image (the kit's `LoopImage`, loop device with direct I/O).
+/// `allocsize=64k` turns speculative preallocation down, so that
+/// interleaved writes fragment as they would on a busy server.
+fn xfs_image(size_mib: u64, mkfs_opts: &[&str]) -> LoopImage {
+    require_tools(XFS_TOOLS);
+    LoopImage::create(
+        ImageSpec::xfs(size_mib)
+            .mount_opts("allocsize=64k")
+            .mkfs_opts(mkfs_opts),
+    )
 }
 
 const PIECE: usize = 64 * 1024;
@@ -213,7 +116,7 @@ fn geometry_reports_the_filesystem_and_no_exchange_range_from_this_mkfs() {
     if !require_root() {
         return;
     }
-    let img = XfsImage::create(1536);
+    let img = xfs_image(1536, &[]);
     let root = File::open(img.root()).expect("open root");
     assert_eq!(sys::fs_magic(root.as_fd()).expect("statfs"), xfs::MAGIC);
     let g = xfs::geometry(root.as_fd()).expect("XFS_IOC_FSGEOMETRY");
@@ -239,7 +142,7 @@ fn geometry_reports_the_filesystem_and_no_exchange_range_from_this_mkfs() {
             OsStr::new("UUID"),
             OsStr::new("-o"),
             OsStr::new("value"),
-            img.img.as_os_str(),
+            img.image_path().as_os_str(),
         ],
     );
     let hex: String = g.uuid.iter().map(|b| format!("{b:02x}")).collect();
@@ -251,7 +154,7 @@ fn exchange_defragments_a_file_and_keeps_its_data() {
     if !require_root() {
         return;
     }
-    let mut img = XfsImage::create(1536);
+    let mut img = xfs_image(1536, &[]);
     let path = img.root().join("fragmented");
     fragmented_file(&path, 64 << 20, 1234, 1);
     let md5_before = md5(&path);
@@ -319,8 +222,7 @@ fn exchange_defragments_a_file_and_keeps_its_data() {
         (times_before.mtime(), times_before.mtime_nsec()),
         "the swap leaves the file's modify time alone"
     );
-    let (clean, report) = img.repair_check();
-    assert!(clean, "xfs_repair -n: {report}");
+    img.unmount_and_fsck();
 }
 
 #[test]
@@ -328,7 +230,7 @@ fn a_write_between_copy_and_swap_makes_the_swap_refuse_and_keeps_the_write() {
     if !require_root() {
         return;
     }
-    let mut img = XfsImage::create(1536);
+    let mut img = xfs_image(1536, &[]);
     let path = img.root().join("written");
     fragmented_file(&path, 16 << 20, 0, 2);
     let o = open(&path);
@@ -360,8 +262,7 @@ fn a_write_between_copy_and_swap_makes_the_swap_refuse_and_keeps_the_write() {
         "the write survives, the copy does not"
     );
     expected.clear();
-    let (clean, report) = img.repair_check();
-    assert!(clean, "xfs_repair -n: {report}");
+    img.unmount_and_fsck();
 }
 
 #[test]
@@ -369,7 +270,7 @@ fn real_flags_and_reflinks_are_refused_before_anything_is_written() {
     if !require_root() {
         return;
     }
-    let img = XfsImage::create(1536);
+    let img = xfs_image(1536, &[]);
     let root = img.root();
     let g = {
         let f = File::open(root).expect("open root");
@@ -444,7 +345,7 @@ fn swap_of_a_256_mib_file_with_rmapbt() {
 }
 
 fn measure_256_mib(part: &str, mkfs_opts: &[&str]) {
-    let mut img = XfsImage::create_with(4096, mkfs_opts);
+    let mut img = xfs_image(4096, mkfs_opts);
     let path = img.root().join("big");
     fragmented_file(&path, 256 << 20, 0, 6);
     let md5_before = md5(&path);
@@ -512,8 +413,7 @@ fn measure_256_mib(part: &str, mkfs_opts: &[&str]) {
     );
     assert_eq!(md5(&path), md5_before);
     assert!(extents_after < extents_before);
-    let (clean, report) = img.repair_check();
-    assert!(clean, "xfs_repair -n: {report}");
+    img.unmount_and_fsck();
 }
 
 /// Holes stay holes, another owner and an extent size hint go to the
@@ -525,7 +425,7 @@ fn holes_owner_and_extent_size_hint_are_kept_and_partial_ranges_refused() {
     if !require_root() {
         return;
     }
-    let mut img = XfsImage::create(1536);
+    let mut img = xfs_image(1536, &[]);
     let path = img.root().join("sparse");
     File::create(&path).expect("create");
     sh(
@@ -597,8 +497,7 @@ fn holes_owner_and_extent_size_hint_are_kept_and_partial_ranges_refused() {
         [OsStr::new("-c"), OsStr::new("extsize"), path.as_os_str()],
     );
     assert!(hint.contains("262144"), "the file keeps its hint: {hint}");
-    let (clean, report) = img.repair_check();
-    assert!(clean, "xfs_repair -n: {report}");
+    img.unmount_and_fsck();
 }
 
 /// Appends `size` bytes to `path` interleaved with a second file, as
@@ -625,7 +524,7 @@ fn a_write_right_after_the_snapshot_is_always_seen() {
     if !require_root() {
         return;
     }
-    let img = XfsImage::create(1536);
+    let img = xfs_image(1536, &[]);
     let path = img.root().join("raced");
     fragmented_file(&path, 1 << 20, 0, 9);
     let o = open(&path);
@@ -664,7 +563,7 @@ fn too_little_free_space_is_refused_before_the_donor_is_made() {
     if !require_root() {
         return;
     }
-    let img = XfsImage::create(1536);
+    let img = xfs_image(1536, &[]);
     let path = img.root().join("large");
     fragmented_file(&path, 64 << 20, 0, 10);
     // Leave about 40 MiB free: less than the 64 MiB donor. XFS frees a
@@ -713,7 +612,7 @@ fn files_on_both_sides_of_the_inline_extent_limit_swap() {
     if !require_root() {
         return;
     }
-    let mut img = XfsImage::create(1536);
+    let mut img = xfs_image(1536, &[]);
     for pieces in [2u64, 11, 12, 13, 16, 21, 22, 30] {
         let path = img.root().join(format!("f{pieces}"));
         fragmented_file(&path, pieces * PIECE as u64, 0, 100 + pieces);
@@ -727,8 +626,7 @@ fn files_on_both_sides_of_the_inline_extent_limit_swap() {
         assert_eq!(md5(&path), before.0);
         assert_eq!(filefrag_extents(&path), 1, "{pieces} pieces");
     }
-    let (clean, report) = img.repair_check();
-    assert!(clean, "xfs_repair -n: {report}");
+    img.unmount_and_fsck();
 }
 
 /// A writer through a shared mapping is seen too: its first write to a
@@ -742,7 +640,7 @@ fn a_writer_through_mmap_makes_the_swap_refuse() {
     if !require_root() {
         return;
     }
-    let img = XfsImage::create(1536);
+    let img = xfs_image(1536, &[]);
     let path = img.root().join("mapped");
     fragmented_file(&path, 4 << 20, 0, 11);
     let o = open(&path);
@@ -831,7 +729,7 @@ fn commit_range_is_unsupported_here_and_the_exchange_swaps_with_swapext() {
     if !require_root() {
         return;
     }
-    let img = XfsImage::create(512);
+    let img = xfs_image(512, &[]);
     let path = img.root().join("fragmented");
     fragmented_file(&path, 16 << 20, 0, 7);
     let md5_before = md5(&path);
@@ -921,7 +819,7 @@ fn a_file_opened_by_its_handle_writes_without_touching_its_times() {
     if !require_root() {
         return;
     }
-    let img = XfsImage::create(512);
+    let img = xfs_image(512, &[]);
     let path = img.root().join("file");
     std::fs::write(&path, vec![7u8; 1 << 16]).expect("write the file");
     let o = open(&path);

@@ -5,9 +5,11 @@
 //! the file changed since the copy began (its ctime or mtime moved on), so
 //! a concurrent writer costs a retry, never data.
 //!
-//! Nothing reaches the file before the swap, and the swap is one logged
-//! transaction: a crash or a stop before it leaves the file as it was, and
-//! the donor (an O_TMPFILE) is freed by the kernel. That is also why such
+//! Nothing reaches the file before the swap, and the donor's data is
+//! durable before it: a crash or a stop before it leaves the file as it
+//! was, a crash during it (a chain of transactions on XFS with rmapbt)
+//! leaves the same data in old blocks and new, and the donor (an
+//! O_TMPFILE) is freed by the kernel. That is also why such
 //! a move cannot resume mid-file: a resumed job copies from the start.
 
 use std::os::fd::BorrowedFd;

@@ -72,13 +72,24 @@ pub fn run(config_path: Option<&Path>) -> ExitCode {
     };
     match store.requeue_interrupted() {
         Ok(jobs) => {
-            for job in jobs.iter().filter(|j| j.next_block > 0) {
-                tracing::info!(
-                    "job {} {} was interrupted at block {}; it resumes there",
-                    job.id,
-                    escaped(&job.path_hint),
-                    job.next_block
-                );
+            for job in &jobs {
+                // No cursor: nothing of the move was kept (XFS swaps the
+                // whole file at the end, so its cursor is always 0).
+                if job.next_block == 0 {
+                    tracing::info!(
+                        "job {} {} was interrupted before any of its progress was kept; it \
+                         starts over from the beginning",
+                        job.id,
+                        escaped(&job.path_hint)
+                    );
+                } else {
+                    tracing::info!(
+                        "job {} {} was interrupted at block {}; it resumes there",
+                        job.id,
+                        escaped(&job.path_hint),
+                        job.next_block
+                    );
+                }
             }
         }
         Err(e) => tracing::warn!("cannot requeue interrupted jobs: {e}"),

@@ -1,5 +1,6 @@
 //! XFS_IOC_SWAPEXT: the kernel swaps the whole data forks of a file and a
-//! donor of the same size, in one transaction, and only if the file's
+//! donor of the same size (in one transaction; with rmapbt, in a chain of
+//! them, mapping by mapping), and only if the file's
 //! change and modify times are still those of a stat taken before the
 //! donor was filled (xfs_fsr's method). A file written meanwhile makes it
 //! refuse with EBUSY: a concurrent writer costs a retry, never data.

@@ -20,6 +20,11 @@ use super::{KIB, MIB};
 
 pub const FILLER_FILE: u64 = 64 * KIB;
 
+/// XFS's reserve pool while free space is fragmented: 1 MiB of 4 KiB
+/// blocks, enough for writeback's metadata, too little to hold a file
+/// under test.
+pub const XFS_FILL_RESERVE: u64 = 256;
+
 /// Free space fragmented on purpose: the filler files still kept.
 pub struct Filler {
     dir: PathBuf,
@@ -38,15 +43,18 @@ pub fn fragment_free_space(root: &Path, leave_free: u64) -> Filler {
 }
 
 /// `fragment_free_space` with filler files of `piece` bytes in `root/name`.
-/// On XFS it first sets the reserve pool to 0 (`xfs_resblks`): else the
-/// reserve stays free in one piece, statfs never counts it, and the files
-/// under test land in it whole. The next mount (`LoopImage::settle`)
-/// restores the reserve.
+/// On XFS it first shrinks the reserve pool to XFS_FILL_RESERVE blocks
+/// (`xfs_resblks`): else the reserve (8,192 blocks) stays free in one
+/// piece, statfs never counts it, and the files under test land in it
+/// whole. Not to 0: writeback of the last filler files then finds no
+/// blocks for its metadata ("Reserve blocks depleted!", writeback errors,
+/// `sync -f` failing with ENOSPC; seen on an rmapbt image). The next
+/// mount (`LoopImage::settle`) restores the reserve.
 pub fn fragment_free_space_with(root: &Path, name: &str, piece: u64, leave_free: u64) -> Filler {
     let on_xfs = nix::sys::statfs::statfs(root)
         .is_ok_and(|st| st.filesystem_type() == nix::sys::statfs::XFS_SUPER_MAGIC);
     if on_xfs {
-        xfs_resblks(root, 0);
+        xfs_resblks(root, XFS_FILL_RESERVE);
     }
     let dir = root.join(name);
     fs::create_dir_all(&dir).expect("create filler dir");

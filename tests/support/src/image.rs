@@ -120,6 +120,8 @@ pub struct ImageSpec {
     pub kind: FsKind,
     /// Extra mount options, e.g. "data=journal".
     pub mount_opts: Option<String>,
+    /// Extra mkfs options, e.g. `-m rmapbt=1` for XFS.
+    pub mkfs_opts: Vec<String>,
 }
 
 /// `opts` with `extra` added, unless already there.
@@ -137,6 +139,7 @@ impl ImageSpec {
             size_mib,
             kind: FsKind::Ext4,
             mount_opts: None,
+            mkfs_opts: Vec::new(),
         }
     }
     /// An XFS image; at least 300 MiB (mkfs.xfs refuses less).
@@ -153,6 +156,11 @@ impl ImageSpec {
     }
     pub fn mount_opts(mut self, opts: &str) -> Self {
         self.mount_opts = Some(opts.to_string());
+        self
+    }
+    /// Options given to mkfs before the image path.
+    pub fn mkfs_opts(mut self, opts: &[&str]) -> Self {
+        self.mkfs_opts = opts.iter().map(|o| o.to_string()).collect();
         self
     }
 }
@@ -184,7 +192,7 @@ impl LoopImage {
                 img.as_os_str(),
             ],
         );
-        run_ok(spec.kind.mkfs().arg(&img));
+        run_ok(spec.kind.mkfs().args(&spec.mkfs_opts).arg(&img));
         Self::attach_and_mount(dir, img, spec)
     }
 

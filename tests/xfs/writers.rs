@@ -1,0 +1,270 @@
+//! A writer on the file while defragd copies it into the donor (the ext4
+//! equivalents: tests/concurrent_writer.rs, tests/live_appender.rs,
+//! tests/writers/). On XFS nothing reaches the file before the swap, and
+//! the kernel refuses the swap if the file's ctime or mtime moved since
+//! the copy began: defragd must report the file busy (a retry) or, had
+//! the writer been quiet, defragmented; never a lost write. The copy is
+//! slowed (`--max-mib-per-s`) so that the writer overlaps it.
+//!
+//! Writers: fio `rw=randwrite verify=crc32c verify_fatal=1 do_verify=1
+//! verify_backlog=256` over the file in place, with direct I/O (libaio)
+//! and buffered (psync, fsync=32), after a sequential pass gave every
+//! 4 KiB block a verify header; and an appender of fsync'd records. After:
+//! fio reads every block back and verifies it (direct I/O, after a
+//! remount: what is on disk), every record is intact, `xfs_repair -n` is
+//! clean, and a rerun without the writer defragments the file.
+
+use std::ffi::OsString;
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::{self, sleep};
+use std::time::Duration;
+
+use super::common::*;
+use super::{wait_for_written, xfs_with_fragmented};
+
+const FILE_BYTES: u64 = 48 * MIB;
+/// 48 MiB at 8 MiB/s: a 6 s copy.
+const COPY_MIB_PER_S: u64 = 8;
+
+fn fio_common(path: &Path) -> Vec<String> {
+    vec![
+        format!("--filename={}", path.display()),
+        format!("--size={FILE_BYTES}"),
+        "--bs=4k".into(),
+        "--verify=crc32c".into(),
+        "--verify_fatal=1".into(),
+    ]
+}
+
+/// fio with `first` args then the common ones, to the end; asserts clean.
+fn fio_clean(what: &str, first: &[&str], path: &Path) {
+    let mut args: Vec<String> = first.iter().map(|s| s.to_string()).collect();
+    args.extend(fio_common(path));
+    let r = run_fio(&args, secs(120));
+    assert!(
+        r.clean(),
+        "fio {what} on {}: {}",
+        path.display(),
+        r.describe()
+    );
+}
+
+/// Every block of `path` read back with direct I/O and verified.
+fn fio_read_verify(path: &Path) {
+    fio_clean(
+        "read-verify",
+        &[
+            "--name=readverify",
+            "--rw=read",
+            "--ioengine=libaio",
+            "--direct=1",
+            "--iodepth=16",
+        ],
+        path,
+    );
+}
+
+/// `defragd defrag --json --max-mib-per-s N PATH` in the background.
+fn spawn_defrag(path: &Path, mib_per_s: u64, dir: &Path) -> Proc {
+    let mut cmd = Command::new(defragd_bin());
+    let args: [OsString; 5] = [
+        "defrag".into(),
+        "--json".into(),
+        "--max-mib-per-s".into(),
+        mib_per_s.to_string().into(),
+        path.into(),
+    ];
+    cmd.args(args);
+    Proc::spawn(cmd, dir, "defrag")
+}
+
+/// Waits for the one-shot's end; its report of `path`.
+fn finished(p: &mut Proc, path: &Path) -> DefragFile {
+    p.wait_exit(secs(120))
+        .expect("defragd did not end within 120 s");
+    let report: DefragReport = serde_json::from_str(&p.stdout()).unwrap_or_else(|e| {
+        panic!(
+            "defragd's JSON: {e}\nstdout:\n{}\nstderr:\n{}",
+            p.stdout(),
+            p.stderr()
+        )
+    });
+    report.file(path).clone()
+}
+
+/// Busy: the swap refused because the file changed (or the file was found
+/// being written); the detail says so.
+fn is_busy(f: &DefragFile) -> bool {
+    let reason = f.reason.as_deref().unwrap_or_default();
+    f.outcome != "defragmented"
+        && (f.reason_code.as_deref() == Some("busy")
+            || reason.contains("written during the move")
+            || reason.contains("size changed"))
+}
+
+/// The file once the writer is gone: a rerun without it defragments it.
+fn rerun_defragments(path: &Path, before: u64) {
+    let (report, _) = defrag_json(&[], &[path], 0);
+    let f = report.file(path);
+    let after = xfs_bmap_extents(path);
+    eprintln!(
+        "rerun: {} {:?}; xfs_bmap {before} -> {after}",
+        f.outcome, f.reason_code
+    );
+    assert_eq!(f.outcome, "defragmented", "{f:?}");
+    assert!(after * 16 <= before, "{after} extents left of {before}");
+}
+
+fn fio_writer_during_the_copy(direct: bool) {
+    let (mut img, paths) = xfs_with_fragmented(384, &[("target.bin", FILE_BYTES, 0xf10)]);
+    let path = &paths[0];
+    // Every block gets a verify header; an overwrite in place, so the
+    // file stays fragmented.
+    fio_clean(
+        "format",
+        &[
+            "--name=format",
+            "--rw=write",
+            "--overwrite=1",
+            "--ioengine=libaio",
+            "--direct=1",
+            "--iodepth=32",
+            "--do_verify=0",
+        ],
+        path,
+    );
+    let before = xfs_bmap_extents(path);
+    let work = tempdir();
+    let mut defrag = spawn_defrag(path, COPY_MIB_PER_S, work.path());
+    let copied = wait_for_written(defrag.pid, 4 * MIB, secs(30), || defrag.is_running());
+    assert!(
+        copied >= 4 * MIB,
+        "the copy did not start: {copied} bytes written"
+    );
+    let mut writer: Vec<String> = [
+        if direct {
+            "--name=direct"
+        } else {
+            "--name=buffered"
+        },
+        "--rw=randwrite",
+        "--overwrite=1",
+        "--do_verify=1",
+        "--verify_backlog=256",
+        "--time_based",
+        "--runtime=60",
+    ]
+    .map(String::from)
+    .to_vec();
+    if direct {
+        writer.extend(["--ioengine=libaio", "--direct=1", "--iodepth=16"].map(String::from));
+    } else {
+        writer.extend(["--ioengine=psync", "--direct=0", "--fsync=32"].map(String::from));
+    }
+    writer.extend(fio_common(path));
+    let mut fio = spawn_fio(&writer);
+    let f = finished(&mut defrag, path);
+    sleep(Duration::from_millis(200));
+    fio.interrupt();
+    let r = fio.wait(secs(60));
+    eprintln!(
+        "{}: {} {:?} {:?}; fio wrote {} MiB, read {} MiB",
+        if direct { "direct" } else { "buffered" },
+        f.outcome,
+        f.reason_code,
+        f.reason,
+        r.write_bytes / MIB,
+        r.read_bytes / MIB
+    );
+    assert!(r.clean_when_interrupted(), "fio: {}", r.describe());
+    assert!(r.write_bytes > 0, "fio wrote nothing");
+    assert!(
+        is_busy(&f) || f.outcome == "defragmented",
+        "neither busy nor defragmented: {f:?}"
+    );
+    fio_read_verify(path);
+    img.unmount_and_fsck();
+    img.mount();
+    fio_read_verify(path);
+    rerun_defragments(path, before);
+    fio_read_verify(path);
+    img.unmount_and_fsck();
+}
+
+#[test]
+fn fio_direct_writes_during_the_copy_make_the_swap_refuse_and_verify() {
+    if !require_root() {
+        return;
+    }
+    fio_writer_during_the_copy(true);
+}
+
+#[test]
+fn fio_buffered_writes_during_the_copy_make_the_swap_refuse_and_verify() {
+    if !require_root() {
+        return;
+    }
+    fio_writer_during_the_copy(false);
+}
+
+const RECORDS: Records = Records::new(b"XFSAPPND", 0x0a99_0000_0000_0000);
+
+#[test]
+fn an_appender_during_the_copy_keeps_every_record() {
+    if !require_root() {
+        return;
+    }
+    let (mut img, paths) = xfs_with_fragmented(384, &[("journal.log", FILE_BYTES, 0xa99)]);
+    let path = &paths[0];
+    let sum = md5(path);
+    let before = xfs_bmap_extents(path);
+    let work = tempdir();
+    let mut defrag = spawn_defrag(path, COPY_MIB_PER_S, work.path());
+    let copied = wait_for_written(defrag.pid, 4 * MIB, secs(30), || defrag.is_running());
+    assert!(
+        copied >= 4 * MIB,
+        "the copy did not start: {copied} bytes written"
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut out = OpenOptions::new()
+        .append(true)
+        .open(path)
+        .expect("open for append");
+    let stop2 = stop.clone();
+    let appender = thread::spawn(move || {
+        let mut i = 0u64;
+        while !stop2.load(Ordering::Relaxed) {
+            out.write_all(&RECORDS.record(i)).expect("append");
+            out.sync_all().expect("fsync");
+            i += 1;
+            sleep(Duration::from_millis(5));
+        }
+        i
+    });
+    let f = finished(&mut defrag, path);
+    stop.store(true, Ordering::Relaxed);
+    let records = appender.join().expect("appender thread");
+    eprintln!(
+        "appender: {records} records; defragd: {} {:?} {:?}",
+        f.outcome, f.reason_code, f.reason
+    );
+    assert!(is_busy(&f), "the file grew during the copy, yet: {f:?}");
+    if let Err(e) = RECORDS.check_intact(path, FILE_BYTES, &sum, records) {
+        panic!("after the refused swap: {e}");
+    }
+    img.unmount_and_fsck();
+    img.mount();
+    if let Err(e) = RECORDS.check_intact(path, FILE_BYTES, &sum, records) {
+        panic!("after a remount: {e}");
+    }
+    rerun_defragments(path, before);
+    if let Err(e) = RECORDS.check_intact(path, FILE_BYTES, &sum, records) {
+        panic!("after the rerun: {e}");
+    }
+    img.unmount_and_fsck();
+}
