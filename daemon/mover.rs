@@ -48,6 +48,9 @@ pub struct MoveOptions {
     /// Convert block-mapped files to extents first (not crash-safe; off by
     /// default).
     pub convert_block_mapped: bool,
+    /// Swap files whole with SWAPEXT on XFS without rmapbt, whose crash
+    /// recovery is broken on this kernel (off by default).
+    pub xfs_swapext_without_rmapbt: bool,
 }
 
 impl Default for MoveOptions {
@@ -58,6 +61,7 @@ impl Default for MoveOptions {
             dry_run: false,
             quiet_period: None,
             convert_block_mapped: false,
+            xfs_swapext_without_rmapbt: false,
         }
     }
 }
@@ -178,6 +182,9 @@ fn prepare(
     resume_at: u64,
 ) -> Result<Option<Prepared>, Refusal> {
     refuse_unmovable(inspected)?;
+    inspected
+        .backend
+        .refuse_risky(&inspected.fs, options.xfs_swapext_without_rmapbt)?;
     refuse_in_use(inspected, options.quiet_period)?;
     // Where the file is swapped whole, nothing of a stopped move is in it:
     // it starts over.

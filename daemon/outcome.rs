@@ -66,6 +66,16 @@ pub enum SkipReason {
          `xfs_io -c 'chattr -f'` to defragment it"
     )]
     NoDefragFlag,
+    /// XFS without rmapbt or exchange-range: SWAPEXT's crash recovery is
+    /// broken there on this kernel, and the operator has not accepted it.
+    #[error(
+        "is on an XFS filesystem without the reverse-mapping btree, where a crash within \
+         about a minute after the kernel's extent swap can leave a log that does not replay \
+         (the filesystem then needs xfs_repair; xfs_fsr has the same risk); it is left alone. \
+         Accept the risk with [policy] xfs_swapext_without_rmapbt = true (defragd defrag \
+         --xfs-swapext-without-rmapbt)"
+    )]
+    SwapextNotCrashSafe,
     #[error(
         "needs {need} of free space for the new copy, but only {available} is free and \
          {reserve} is kept in reserve; free some space or lower --reserve-percent"
@@ -133,6 +143,7 @@ impl SkipReason {
             SkipReason::Realtime => "realtime",
             SkipReason::SharedExtents => "shared_extents",
             SkipReason::NoDefragFlag => "no_defrag_flag",
+            SkipReason::SwapextNotCrashSafe => "swapext_not_crash_safe",
             SkipReason::NotEnoughFreeSpace { .. } => "not_enough_free_space",
             SkipReason::NoContiguousFreeSpace { .. } => "no_contiguous_free_space",
             SkipReason::Busy(_) => "busy",
@@ -436,6 +447,7 @@ mod tests {
             SkipReason::Realtime,
             SkipReason::SharedExtents,
             SkipReason::NoDefragFlag,
+            SkipReason::SwapextNotCrashSafe,
             SkipReason::NotEnoughFreeSpace {
                 need: Size(0),
                 available: Size(0),

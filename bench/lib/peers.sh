@@ -59,7 +59,9 @@ peer_golden() {
     say "making a $image $fs image with a fragmented $big_mib MiB file (and a $read_mib MiB file for the reader)"
     truncate -s "$image" "$work/golden.img"
     case $fs in
-        xfs) mkfs.xfs -q -f "$work/golden.img" ;;
+        # rmapbt: where defragd swaps by default (without it, SWAPEXT's
+        # crash recovery is broken on 6.18 and defragd asks for consent).
+        xfs) mkfs.xfs -q -f -m rmapbt=1 "$work/golden.img" ;;
         btrfs) mkfs.btrfs -q -f "$work/golden.img" >/dev/null ;;
     esac
     attach "$work/golden.img" "$m"

@@ -121,6 +121,16 @@ impl Backend {
         }
     }
 
+    /// Why no file on `fs` may be moved with the relocation it would get,
+    /// for what that relocation risks in a crash, unless the operator has
+    /// accepted it: SWAPEXT on XFS without rmapbt (`allow_xfs_swapext`).
+    pub fn refuse_risky(self, fs: &FsInfo, allow_xfs_swapext: bool) -> Result<(), SkipReason> {
+        match self {
+            Backend::Ext4 => Ok(()),
+            Backend::Xfs => xfs::refuse_risky_swap(fs, allow_xfs_swapext),
+        }
+    }
+
     /// Bytes of free space a relocation of `ranges` takes at the most,
     /// beyond what the file holds now.
     pub fn space_needed(self, ranges: &[BlockRange], block_size: u64) -> u64 {

@@ -94,6 +94,7 @@ pub fn run(args: &DefragArgs) -> ExitCode {
         dry_run: args.dry_run,
         quiet_period: None,
         convert_block_mapped: args.convert_block_mapped,
+        xfs_swapext_without_rmapbt: args.xfs_swapext_without_rmapbt,
     };
     let show_bar = !args.json && std::io::stderr().is_terminal();
     let mut supervisor = OneShot {

@@ -139,6 +139,12 @@ pub struct DefragArgs {
     /// is kept). Files open for writing are never converted.
     #[arg(long)]
     pub convert_block_mapped: bool,
+    /// On XFS without the reverse-mapping btree, swap files whole with
+    /// SWAPEXT all the same: on Linux 6.18 a crash within about a minute
+    /// after such a swap can leave a log that does not replay until
+    /// xfs_repair (xfs_fsr has the same risk). Off: such files are left.
+    #[arg(long)]
+    pub xfs_swapext_without_rmapbt: bool,
     /// Files or directories (directories are walked recursively).
     #[arg(required = true)]
     pub paths: Vec<PathBuf>,

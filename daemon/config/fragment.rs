@@ -179,6 +179,7 @@ pub struct PolicyFragment {
     pub exclude: Option<Raw>,
     pub reserve_percent: Option<Raw>,
     pub convert_block_mapped: Option<Raw>,
+    pub xfs_swapext_without_rmapbt: Option<Raw>,
     pub boundary_ms_hdd: Option<Raw>,
     pub boundary_ms_ssd: Option<Raw>,
     pub min_saved_ms_per_gib: Option<Raw>,

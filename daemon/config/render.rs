@@ -51,6 +51,7 @@ struct PolicyView<'a> {
     exclude: &'a [String],
     reserve_percent: f64,
     convert_block_mapped: bool,
+    xfs_swapext_without_rmapbt: bool,
     boundary_ms_hdd: f64,
     boundary_ms_ssd: f64,
     min_saved_ms_per_gib: f64,
@@ -125,6 +126,7 @@ impl Settings {
                 exclude: &self.policy.exclude,
                 reserve_percent: self.policy.reserve_percent,
                 convert_block_mapped: self.policy.convert_block_mapped,
+                xfs_swapext_without_rmapbt: self.policy.xfs_swapext_without_rmapbt,
                 boundary_ms_hdd: self.policy.boundary_ms_hdd,
                 boundary_ms_ssd: self.policy.boundary_ms_ssd,
                 min_saved_ms_per_gib: self.policy.min_saved_ms_per_gib,
@@ -189,6 +191,10 @@ impl Settings {
             format!("exclude = {}", array(v.policy.exclude)),
             format!("reserve_percent = {}", number(v.policy.reserve_percent)),
             format!("convert_block_mapped = {}", v.policy.convert_block_mapped),
+            format!(
+                "xfs_swapext_without_rmapbt = {}",
+                v.policy.xfs_swapext_without_rmapbt
+            ),
             format!("boundary_ms_hdd = {}", number(v.policy.boundary_ms_hdd)),
             format!("boundary_ms_ssd = {}", number(v.policy.boundary_ms_ssd)),
             format!(

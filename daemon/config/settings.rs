@@ -215,6 +215,11 @@ pub struct PolicySettings {
     /// The kernel's conversion is not crash-safe (a crash during it can
     /// leave an inode for `e2fsck` to reclaim), so it is off by default.
     pub convert_block_mapped: bool,
+    /// Whether files on XFS without the reverse-mapping btree (and without
+    /// exchange-range) are swapped with SWAPEXT all the same: on 6.18 a
+    /// crash soon after such a swap can leave a log that does not replay
+    /// until `xfs_repair`, as with xfs_fsr. Off by default.
+    pub xfs_swapext_without_rmapbt: bool,
     /// What one extent boundary costs a full read on a disk (a seek), in ms.
     pub boundary_ms_hdd: f64,
     /// What one extent boundary costs a full read on flash (one more
@@ -334,6 +339,7 @@ impl Default for PolicySettings {
             excluded: GlobSet::empty(),
             reserve_percent: 5.0,
             convert_block_mapped: false,
+            xfs_swapext_without_rmapbt: false,
             boundary_ms_hdd: 8.0,
             boundary_ms_ssd: 0.1,
             min_saved_ms_per_gib: 100.0,
@@ -385,6 +391,7 @@ impl PartialEq for PolicySettings {
             && self.exclude == other.exclude
             && self.reserve_percent == other.reserve_percent
             && self.convert_block_mapped == other.convert_block_mapped
+            && self.xfs_swapext_without_rmapbt == other.xfs_swapext_without_rmapbt
             && self.boundary_ms_hdd == other.boundary_ms_hdd
             && self.boundary_ms_ssd == other.boundary_ms_ssd
             && self.min_saved_ms_per_gib == other.min_saved_ms_per_gib

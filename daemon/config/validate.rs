@@ -137,6 +137,10 @@ fn policy(settings: &mut PolicySettings, f: PolicyFragment, check: &mut Check) {
     if let Some(convert) = check.boolean(key, f.convert_block_mapped) {
         settings.convert_block_mapped = convert;
     }
+    let key = "policy.xfs_swapext_without_rmapbt";
+    if let Some(allow) = check.boolean(key, f.xfs_swapext_without_rmapbt) {
+        settings.xfs_swapext_without_rmapbt = allow;
+    }
     if let Some(ms) = check.number("policy.boundary_ms_hdd", f.boundary_ms_hdd, 0.0, 1000.0) {
         settings.boundary_ms_hdd = ms;
     }

@@ -243,6 +243,12 @@ fn decide_and_queue(
         Err(reason) => return Considered::Left(Left::Skipped(reason)),
         Ok(()) => {}
     }
+    // Not queued where the move is refused for its crash risk: the crawl
+    // would queue and skip every fragmented file there each pass.
+    let allow_swapext = settings.policy.xfs_swapext_without_rmapbt;
+    if let Err(reason) = inspected.backend.refuse_risky(&inspected.fs, allow_swapext) {
+        return Considered::Left(Left::Skipped(reason));
+    }
     let p = &settings.policy;
     let thresholds = Thresholds {
         min_size_bytes: p.min_size_bytes,

@@ -514,6 +514,13 @@ fn refresh_covered(shared: &Shared) -> bool {
             if let Some(note) = fs.info.layout_note() {
                 tracing::warn!("{note}");
             }
+            let allow_swapext = settings.policy.xfs_swapext_without_rmapbt;
+            if let Err(reason) = fs.backend.refuse_risky(&fs.info, allow_swapext) {
+                tracing::warn!(
+                    "{}: its files are assessed but not moved: every one {reason}",
+                    escaped(&fs.mount_point)
+                );
+            }
         }
         if let Err(e) = shared.store().upsert_filesystem(fs.uuid, &fs.mount_point) {
             tracing::warn!("cannot record {}: {e}", escaped(&fs.mount_point));

@@ -122,6 +122,18 @@ pub fn refuse_filesystem(info: &FsInfo) -> Result<(), SkipReason> {
     Ok(())
 }
 
+/// Refuses SWAPEXT where its crash recovery is broken on this kernel (no
+/// reverse-mapping btree; see the module's doc), unless `allowed`. Where
+/// the filesystem commits ranges (exchange-range), SWAPEXT is not used.
+pub fn refuse_risky_swap(fs: &FsInfo, allowed: bool) -> Result<(), SkipReason> {
+    match &fs.detail {
+        FsDetail::Xfs(geometry) if !allowed && !geometry.rmapbt && !geometry.commits_ranges() => {
+            Err(SkipReason::SwapextNotCrashSafe)
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Why `inspected`, a file on XFS, cannot be moved: its filesystem, then
 /// its extended flags, map and use (see `eligibility`).
 pub fn refuse_inspected(inspected: &Inspected) -> Result<(), SkipReason> {

@@ -142,9 +142,15 @@ impl ImageSpec {
             mkfs_opts: Vec::new(),
         }
     }
-    /// An XFS image; at least 300 MiB (mkfs.xfs refuses less).
+    /// An XFS image; at least 300 MiB (mkfs.xfs refuses less). Made with
+    /// the reverse-mapping btree (`-m rmapbt=1`), where defragd swaps by
+    /// default; `.mkfs_opts(&["-m", "rmapbt=0"])` makes the kind where
+    /// SWAPEXT's crash recovery is broken on this kernel and defragd
+    /// leaves files alone unless told otherwise.
     pub fn xfs(size_mib: u64) -> Self {
-        ImageSpec::ext4(size_mib).kind(FsKind::Xfs)
+        ImageSpec::ext4(size_mib)
+            .kind(FsKind::Xfs)
+            .mkfs_opts(&["-m", "rmapbt=1"])
     }
     /// A btrfs image; at least 128 MiB (mkfs.btrfs refuses much less).
     pub fn btrfs(size_mib: u64) -> Self {
