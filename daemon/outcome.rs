@@ -194,6 +194,9 @@ pub enum FailReason {
 impl FailReason {
     pub fn code(&self) -> &'static str {
         match self {
+            // The file was in use or written during the move (XFS's swap
+            // refused for it): a retry, not a fault.
+            FailReason::Kernel(e) if e.kind == KernelErrorKind::Busy => "busy",
             FailReason::Kernel(_) => "kernel_error",
             FailReason::Filesystem(_) => "filesystem_error",
             FailReason::ShortMove { .. } => "short_move",
