@@ -231,6 +231,10 @@ fn free_space_in_holes(root: &Path, name: &str, hole: u64) -> PathBuf {
     use nix::fcntl::{fallocate, FallocateFlags};
     let path = root.join(name);
     let file = fs::File::create(&path).expect("create hole file");
+    // Blocks freed by earlier moves can be allocated only once the journal
+    // has committed their release: commit first, or they come free later
+    // in runs a file under test lands in whole.
+    sync_fs(root);
     // As much as the filesystem gives (its own reserve and metadata take
     // some of what statfs calls free).
     let mut len = free_bytes(root) / (2 * hole) * (2 * hole);
@@ -240,6 +244,17 @@ fn free_space_in_holes(root: &Path, name: &str, hole: u64) -> PathBuf {
             "fallocate: {e}"
         );
         len -= 2 * hole;
+    }
+    // Then every block still free, in smaller and smaller steps past the
+    // part that gets holes: no free run is left but the holes.
+    let mut end = len;
+    let mut step = 2 * hole;
+    while step >= 4 * KIB {
+        match fallocate(&file, FallocateFlags::empty(), end as i64, step as i64) {
+            Ok(()) => end += step,
+            Err(nix::errno::Errno::ENOSPC) => step /= 2,
+            Err(e) => panic!("fallocate: {e}"),
+        }
     }
     file.sync_all().expect("fsync");
     let mut at = 0;
