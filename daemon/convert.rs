@@ -57,7 +57,9 @@ pub fn convert(
     // Only ext4 has block-mapped files, and only ext4 converts them.
     let has_extents = match &inspected.fs.detail {
         FsDetail::Ext4(detail) => detail.superblock.has_extents,
-        FsDetail::Xfs(_) => return Err(Refusal::Skip(SkipReason::BlockMapped)),
+        FsDetail::Xfs(_) | FsDetail::Btrfs(_) => {
+            return Err(Refusal::Skip(SkipReason::BlockMapped))
+        }
     };
     if !has_extents {
         return Err(Refusal::Skip(SkipReason::NoExtentFeature));

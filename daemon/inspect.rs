@@ -32,6 +32,8 @@ pub enum Settle {
 #[derive(Debug, Default)]
 pub struct Filesystems {
     known: HashMap<u64, Result<(Backend, FsInfo), FsError>>,
+    /// What the operator decided for btrfs, given to each btrfs probed.
+    btrfs: crate::backend::btrfs::Policy,
 }
 
 impl Filesystems {
@@ -40,7 +42,18 @@ impl Filesystems {
     pub fn seeded(dev: u64, backend: Backend, info: FsInfo) -> Self {
         Filesystems {
             known: HashMap::from([(dev, Ok((backend, info)))]),
+            btrfs: Default::default(),
         }
+    }
+
+    /// Works on btrfs filesystems under `policy` (its extent threshold,
+    /// nodatacow files), those known already included.
+    pub fn with_btrfs_policy(mut self, policy: crate::backend::btrfs::Policy) -> Self {
+        self.btrfs = policy;
+        for (_, info) in self.known.values_mut().flatten() {
+            apply_btrfs_policy(info, policy);
+        }
+        self
     }
 
     /// The filesystem that `fd` (on device `dev`) lives on, and its backend.
@@ -49,7 +62,13 @@ impl Filesystems {
         dev: u64,
         fd: std::os::fd::BorrowedFd<'_>,
     ) -> Result<(Backend, &FsInfo), Refusal> {
-        let entry = self.known.entry(dev).or_insert_with(|| backend::probe(fd));
+        let policy = self.btrfs;
+        let entry = self.known.entry(dev).or_insert_with(|| {
+            backend::probe(fd).map(|(backend, mut info)| {
+                apply_btrfs_policy(&mut info, policy);
+                (backend, info)
+            })
+        });
         match entry {
             Ok((backend, fs)) => Ok((*backend, fs)),
             Err(unsupported @ FsError::Unsupported { .. }) => {
@@ -57,6 +76,12 @@ impl Filesystems {
             }
             Err(other) => Err(Refusal::Fail(FailReason::Filesystem(other.to_string()))),
         }
+    }
+}
+
+fn apply_btrfs_policy(info: &mut FsInfo, policy: crate::backend::btrfs::Policy) {
+    if let crate::filesystem::FsDetail::Btrfs(detail) = &mut info.detail {
+        detail.policy = policy;
     }
 }
 
@@ -104,7 +129,7 @@ pub fn inspect(
         sys::sync_data(file.as_fd())?;
     }
     let raw = sys::fiemap(file.as_fd(), Flush::No)?;
-    let map = ExtentMap::from_fiemap(&raw, fs.block_size);
+    let map = backend.extent_map(&raw, fs.block_size);
     let assessment = Assessment::of(&map, size, fs.max_extent_blocks);
     Ok(Inspected {
         pinned,
@@ -182,7 +207,7 @@ pub fn measure<'a>(
     let file = sys::reopen(pinned.as_fd(), Access::ReadOnly)?;
     let flags = sys::inode_flags(file.as_fd())?;
     let raw = sys::fiemap(file.as_fd(), Flush::No)?;
-    let map = ExtentMap::from_fiemap(&raw, fs.block_size);
+    let map = backend.extent_map(&raw, fs.block_size);
     let size = u64::try_from(stat.st_size).unwrap_or(0);
     Ok(Measured {
         fs,

@@ -200,6 +200,11 @@ fn prepare(
         &clip_to_eof(&inspected.map.data_ranges(), eof_block),
         resume_at,
     );
+    // What the backend relocates of them (btrfs: the unshared ranges worth
+    // it); the runs and the verdict are counted over those.
+    let ranges = inspected
+        .backend
+        .narrow_ranges(inspected, ranges, resume_at)?;
     let file_runs = inspected.map.physical_runs_in(&ranges);
     // A resumed job whose rest already lies in one piece gains nothing from
     // moving that rest alone: the file is done, or, where it is still in
@@ -294,7 +299,9 @@ fn run(
     let before = inspected.assessment;
     let block_size = inspected.fs.block_size;
     let chunk_blocks = plan::chunk_blocks(options.chunk_bytes, block_size);
-    let chunks = plan::chunks(&prepared.ranges, chunk_blocks, prepared.resume_at);
+    let chunks = prepared
+        .relocation
+        .chunks(&prepared.ranges, chunk_blocks, prepared.resume_at);
     let file = prepared.file.as_fd();
     let mut pass = Pass::new(file, block_size);
     if let Err(halt) = pass.move_chunks(&mut prepared.relocation, &chunks, supervisor) {
@@ -384,6 +391,7 @@ fn verdict_of(
     let before = inspected.assessment;
     let measured = match verdict::measure(
         file,
+        inspected.backend,
         inspected.fs.block_size,
         inspected.fs.max_extent_blocks,
     ) {

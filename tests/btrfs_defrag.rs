@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use defragd::backend_btrfs::{self as backend, BtrfsDefrag, FileFacts, Selection};
+use defragd::backend::btrfs::{self as backend, BtrfsDefrag, FileFacts, Selection};
 use defragd::outcome::SkipReason;
 use defragd::plan;
 use defragd::sys::{self, ExtentFlags, Flush};

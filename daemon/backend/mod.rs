@@ -39,6 +39,7 @@
 //! without root (stratisd's engine); the mover is tested on real images,
 //! and the pure logic above the seam without any backend at all.
 
+pub mod btrfs;
 pub mod ext4;
 mod inspected;
 pub mod xfs;
@@ -47,7 +48,7 @@ pub use inspected::Inspected;
 
 use std::os::fd::{AsFd, BorrowedFd};
 
-use crate::assess::BlockRange;
+use crate::assess::{BlockRange, ExtentMap};
 use crate::filesystem::{FsError, FsInfo};
 use crate::outcome::{KernelError, Refusal, Size, SkipReason};
 use crate::plan::Chunk;
@@ -59,18 +60,20 @@ use crate::target::Target;
 pub enum Backend {
     Ext4,
     Xfs,
+    Btrfs,
 }
 
 impl Backend {
     /// Every backend: the registry that decides which filesystem types are
     /// supported.
-    pub const ALL: [Backend; 2] = [Backend::Ext4, Backend::Xfs];
+    pub const ALL: [Backend; 3] = [Backend::Ext4, Backend::Xfs, Backend::Btrfs];
 
     /// The type's name, as /proc/self/mountinfo shows it.
     pub fn fs_type(self) -> &'static str {
         match self {
             Backend::Ext4 => "ext4",
             Backend::Xfs => "xfs",
+            Backend::Btrfs => "btrfs",
         }
     }
 
@@ -79,6 +82,7 @@ impl Backend {
         match self {
             Backend::Ext4 => ext4::MAGIC,
             Backend::Xfs => xfs::MAGIC,
+            Backend::Btrfs => btrfs::MAGIC,
         }
     }
 
@@ -99,7 +103,7 @@ impl Backend {
     pub fn block_mapped(self, fs: &FsInfo, flags: Option<sys::InodeFlags>) -> bool {
         match self {
             Backend::Ext4 => ext4::block_mapped(fs, flags),
-            Backend::Xfs => false,
+            Backend::Xfs | Backend::Btrfs => false,
         }
     }
 
@@ -109,6 +113,7 @@ impl Backend {
         match self {
             Backend::Ext4 => ext4::refuse_filesystem(info),
             Backend::Xfs => xfs::refuse_filesystem(info),
+            Backend::Btrfs => btrfs::refuse_filesystem(info),
         }
     }
 
@@ -118,6 +123,7 @@ impl Backend {
         match self {
             Backend::Ext4 => ext4::refuse_unmovable(inspected),
             Backend::Xfs => xfs::refuse_inspected(inspected),
+            Backend::Btrfs => btrfs::refuse_inspected(inspected),
         }
     }
 
@@ -126,7 +132,36 @@ impl Backend {
     pub fn space_needed(self, ranges: &[BlockRange], block_size: u64) -> u64 {
         match self {
             Backend::Ext4 => ext4::space_needed(ranges, block_size),
-            Backend::Xfs => xfs::space_needed(ranges, block_size),
+            // Every byte rewritten: the replaced extents are freed only
+            // at the next transaction commit.
+            Backend::Xfs | Backend::Btrfs => xfs::space_needed(ranges, block_size),
+        }
+    }
+
+    /// The map a file is measured and judged by, from its FIEMAP extents
+    /// (on btrfs, a row of compressed extents that follow each other on
+    /// disk is the one piece it is).
+    pub fn extent_map(self, raw: &[sys::Extent], block_size: u64) -> ExtentMap {
+        match self {
+            Backend::Ext4 | Backend::Xfs => ExtentMap::from_fiemap(raw, block_size),
+            Backend::Btrfs => btrfs::extent_map(raw, block_size),
+        }
+    }
+
+    /// The mover's planned ranges of `inspected` (its data to the end of
+    /// file, from block `resume_at`) narrowed to what this backend
+    /// relocates. ext4 and XFS move every planned range; btrfs only the
+    /// unshared ranges worth it (a snapshot's or a reflink's sharing is
+    /// kept), and refuses a file with none, saying why.
+    pub fn narrow_ranges(
+        self,
+        inspected: &Inspected,
+        ranges: Vec<BlockRange>,
+        resume_at: u64,
+    ) -> Result<Vec<BlockRange>, Refusal> {
+        match self {
+            Backend::Ext4 | Backend::Xfs => Ok(ranges),
+            Backend::Btrfs => btrfs::narrow_ranges(inspected, &ranges, resume_at),
         }
     }
 
@@ -135,7 +170,7 @@ impl Backend {
     /// file at the end, so a stopped copy starts over.
     pub fn resumes_mid_file(self) -> bool {
         match self {
-            Backend::Ext4 => true,
+            Backend::Ext4 | Backend::Btrfs => true,
             Backend::Xfs => false,
         }
     }
@@ -166,6 +201,12 @@ impl Backend {
                 reserve_percent,
             )
             .map(Relocation::Xfs),
+            Backend::Btrfs => btrfs::relocation(inspected, ranges, reserve_percent).map(|defrag| {
+                Relocation::Btrfs {
+                    defrag,
+                    block_size: inspected.fs.block_size,
+                }
+            }),
         }
     }
 }
@@ -177,6 +218,7 @@ pub fn probe(fd: BorrowedFd<'_>) -> Result<(Backend, FsInfo), FsError> {
     let info = match backend {
         Backend::Ext4 => ext4::probe(fd)?,
         Backend::Xfs => xfs::probe(fd)?,
+        Backend::Btrfs => btrfs::probe(fd)?,
     };
     Ok((backend, info))
 }
@@ -187,6 +229,11 @@ pub enum Relocation {
     Ext4(ext4::Donor),
     /// The donor, filled by copies, then swapped in whole.
     Xfs(xfs::Exchange),
+    /// The kernel's defragmenter over the unshared ranges chosen.
+    Btrfs {
+        defrag: btrfs::BtrfsDefrag,
+        block_size: u64,
+    },
 }
 
 /// A relocation call that failed, and how much of its range it moved first.
@@ -203,6 +250,34 @@ impl Relocation {
         match self {
             Relocation::Ext4(donor) => donor.runs(),
             Relocation::Xfs(exchange) => exchange.runs(),
+            // btrfs has no donor: the kernel allocates as it rewrites, so
+            // there is nothing to count before the move. The count given
+            // is the best the rewrite can reach (one extent per target,
+            // per 128 MiB), which is fewer than the pieces the targets are
+            // in by construction (each target is at least two pieces, each
+            // under the threshold), so the mover never refuses a btrfs
+            // move for it; the verdict after the move judges what the
+            // kernel really did.
+            Relocation::Btrfs { defrag, block_size } => defrag.runs(*block_size),
+        }
+    }
+
+    /// The bounded chunks to relocate `ranges` in, from block `resume_at`.
+    /// On btrfs, its own chunking of the targets (compressed ones in
+    /// longer chunks: see [`btrfs::BtrfsDefrag::chunks`]).
+    pub fn chunks(
+        &self,
+        ranges: &[BlockRange],
+        chunk_blocks: std::num::NonZeroU64,
+        resume_at: u64,
+    ) -> Vec<Chunk> {
+        match self {
+            Relocation::Ext4(_) | Relocation::Xfs(_) => {
+                crate::plan::chunks(ranges, chunk_blocks, resume_at)
+            }
+            Relocation::Btrfs { defrag, block_size } => {
+                defrag.chunks(chunk_blocks, resume_at, *block_size)
+            }
         }
     }
 
@@ -213,6 +288,7 @@ impl Relocation {
         match self {
             Relocation::Ext4(_) => false,
             Relocation::Xfs(_) => true,
+            Relocation::Btrfs { .. } => false,
         }
     }
 
@@ -236,6 +312,14 @@ impl Relocation {
                     moved_blocks: 0,
                     error: error.into(),
                 }),
+            Relocation::Btrfs { defrag, .. } => {
+                defrag
+                    .relocate(file, chunk, block_size)
+                    .map_err(|failed| RelocateFailed {
+                        moved_blocks: failed.moved_blocks,
+                        error: failed.error,
+                    })
+            }
         }
     }
 
@@ -245,7 +329,7 @@ impl Relocation {
     /// `Busy` error: retry later).
     pub fn swap_in(self, file: BorrowedFd<'_>) -> Result<(), KernelError> {
         match self {
-            Relocation::Ext4(_) => Ok(()),
+            Relocation::Ext4(_) | Relocation::Btrfs { .. } => Ok(()),
             Relocation::Xfs(exchange) => exchange.swap(file).map_err(KernelError::from),
         }
     }
@@ -256,6 +340,9 @@ impl Relocation {
             Relocation::Ext4(donor) => donor.make_durable(file).map_err(KernelError::from),
             // Nothing is in the file before the swap, which is logged.
             Relocation::Xfs(exchange) => exchange.sync_donor().map_err(KernelError::from),
+            // fsync: the chunks' writes, then their extents logged or
+            // committed (see `btrfs::BtrfsDefrag::make_durable`).
+            Relocation::Btrfs { defrag, .. } => defrag.make_durable(file),
         }
     }
 }

@@ -102,7 +102,10 @@ pub fn run(args: &DefragArgs) -> ExitCode {
             .map(|rate| TokenBucket::new(rate * MIB, options.chunk_bytes, Instant::now())),
         bar: None,
     };
-    let mut filesystems = Filesystems::default();
+    let mut filesystems = Filesystems::default().with_btrfs_policy(crate::backend::btrfs::Policy {
+        extent_thresh: args.extent_thresh_mib.saturating_mul(MIB as u32),
+        allow_nocow: args.allow_nocow,
+    });
     let mut report = Report {
         files: Vec::new(),
         summary: Summary::default(),
