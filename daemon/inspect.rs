@@ -118,10 +118,17 @@ pub fn inspect(
     }
     let flags = sys::inode_flags(file.as_fd())?;
     let generation = sys::generation(file.as_fd())?;
-    if target
-        .expected_identity
-        .is_some_and(|id| id != (reopened.st_ino, generation))
-    {
+    let subvolume = match backend {
+        // Inode numbers are per subvolume on btrfs.
+        Backend::Btrfs => crate::btrfs::subvolume(file.as_fd())?.id,
+        Backend::Ext4 | Backend::Xfs => 0,
+    };
+    let key = crate::target::FileKey {
+        subvolume,
+        ino: reopened.st_ino,
+        generation,
+    };
+    if target.expected_identity.is_some_and(|id| id != key) {
         return Err(SkipReason::Replaced.into());
     }
     let size = u64::try_from(reopened.st_size).unwrap_or(0);
@@ -141,6 +148,7 @@ pub fn inspect(
         size,
         mtime: reopened.st_mtime,
         generation,
+        subvolume,
         flags,
         map,
         assessment,

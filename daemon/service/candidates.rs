@@ -185,7 +185,12 @@ pub fn consider_handle(
         Err(sys::Error::NotFound) => return Considered::Gone,
         Err(e) => return Considered::Failed(e.to_string()),
     };
-    target.expected_identity = Some((stat.st_ino, generation));
+    // Same st_dev as the covered mount: on btrfs, its subvolume.
+    target.expected_identity = Some(crate::target::FileKey {
+        subvolume: fs.subvolume,
+        ino: stat.st_ino,
+        generation,
+    });
     consider_target(shared, fs, &target, rel, Urgency::Written, now).0
 }
 
@@ -212,6 +217,7 @@ fn consider_target(
     ));
     let file = FileId {
         fs_uuid: fs.uuid,
+        subvolume: inspected.subvolume,
         ino: inspected.ino,
         generation: inspected.generation,
     };

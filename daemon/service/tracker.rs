@@ -232,9 +232,21 @@ impl Tracker {
         let group = self.group.as_ref().map_err(ToString::to_string)?;
         let root = reopen_root(fs).ok_or_else(|| "its mount point cannot be opened".to_string())?;
         let id = fs_id(root.as_fd()).map_err(|e| format!("statfs failed: {e}"))?;
-        group
-            .mark_filesystem(root.as_fd())
-            .map_err(|e| e.to_string())?;
+        group.mark_filesystem(root.as_fd()).map_err(|e| match e {
+            // Linux (6.18 here) refuses whole-filesystem marks on a btrfs
+            // subvolume other than the top level: its f_fsid is not the
+            // filesystem's.
+            FanotifyError::FilesystemUnsupported(nix::errno::Errno::EXDEV)
+                if fs.backend == crate::backend::Backend::Btrfs =>
+            {
+                format!(
+                    "fanotify cannot mark a btrfs subvolume other than the top level (EXDEV); \
+                     this is subvolume {}",
+                    fs.subvolume
+                )
+            }
+            other => other.to_string(),
+        })?;
         Ok(id)
     }
 

@@ -308,6 +308,7 @@ impl Supervisor for JobSupervisor<'_> {
         );
         let id = FileId {
             fs_uuid: self.job.file.fs_uuid,
+            subvolume: self.job.file.subvolume,
             ino: file.ino,
             generation: file.generation,
         };
