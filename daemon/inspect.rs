@@ -48,12 +48,11 @@ impl Filesystems {
 
     /// Works on btrfs filesystems under `policy` (its extent threshold,
     /// nodatacow files), those known already included.
-    pub fn with_btrfs_policy(mut self, policy: crate::backend::btrfs::Policy) -> Self {
+    pub fn set_btrfs_policy(&mut self, policy: crate::backend::btrfs::Policy) {
         self.btrfs = policy;
         for (_, info) in self.known.values_mut().flatten() {
             apply_btrfs_policy(info, policy);
         }
-        self
     }
 
     /// The filesystem that `fd` (on device `dev`) lives on, and its backend.

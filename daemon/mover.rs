@@ -48,6 +48,8 @@ pub struct MoveOptions {
     /// Convert block-mapped files to extents first (not crash-safe; off by
     /// default).
     pub convert_block_mapped: bool,
+    /// How btrfs files are defragmented (extent threshold, nodatacow).
+    pub btrfs: crate::backend::btrfs::Policy,
 }
 
 impl Default for MoveOptions {
@@ -58,6 +60,7 @@ impl Default for MoveOptions {
             dry_run: false,
             quiet_period: None,
             convert_block_mapped: false,
+            btrfs: crate::backend::btrfs::Policy::default(),
         }
     }
 }
@@ -108,6 +111,7 @@ pub fn defragment(
     resume_at: u64,
     supervisor: &mut dyn Supervisor,
 ) -> Outcome {
+    filesystems.set_btrfs_policy(options.btrfs);
     let inspected = match inspect(target, filesystems, Settle::SyncData) {
         Ok(inspected) => inspected,
         Err(Refusal::Skip(reason)) => {

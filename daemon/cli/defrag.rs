@@ -94,6 +94,10 @@ pub fn run(args: &DefragArgs) -> ExitCode {
         dry_run: args.dry_run,
         quiet_period: None,
         convert_block_mapped: args.convert_block_mapped,
+        btrfs: crate::backend::btrfs::Policy {
+            extent_thresh: args.extent_thresh_mib.saturating_mul(MIB as u32),
+            allow_nocow: args.allow_nocow,
+        },
     };
     let show_bar = !args.json && std::io::stderr().is_terminal();
     let mut supervisor = OneShot {
@@ -102,10 +106,7 @@ pub fn run(args: &DefragArgs) -> ExitCode {
             .map(|rate| TokenBucket::new(rate * MIB, options.chunk_bytes, Instant::now())),
         bar: None,
     };
-    let mut filesystems = Filesystems::default().with_btrfs_policy(crate::backend::btrfs::Policy {
-        extent_thresh: args.extent_thresh_mib.saturating_mul(MIB as u32),
-        allow_nocow: args.allow_nocow,
-    });
+    let mut filesystems = Filesystems::default();
     let mut report = Report {
         files: Vec::new(),
         summary: Summary::default(),

@@ -51,6 +51,8 @@ struct PolicyView<'a> {
     exclude: &'a [String],
     reserve_percent: f64,
     convert_block_mapped: bool,
+    btrfs_extent_thresh: String,
+    btrfs_nocow: bool,
     boundary_ms_hdd: f64,
     boundary_ms_ssd: f64,
     min_saved_ms_per_gib: f64,
@@ -125,6 +127,8 @@ impl Settings {
                 exclude: &self.policy.exclude,
                 reserve_percent: self.policy.reserve_percent,
                 convert_block_mapped: self.policy.convert_block_mapped,
+                btrfs_extent_thresh: format_size(u64::from(self.policy.btrfs.extent_thresh)),
+                btrfs_nocow: self.policy.btrfs.allow_nocow,
                 boundary_ms_hdd: self.policy.boundary_ms_hdd,
                 boundary_ms_ssd: self.policy.boundary_ms_ssd,
                 min_saved_ms_per_gib: self.policy.min_saved_ms_per_gib,
@@ -189,6 +193,11 @@ impl Settings {
             format!("exclude = {}", array(v.policy.exclude)),
             format!("reserve_percent = {}", number(v.policy.reserve_percent)),
             format!("convert_block_mapped = {}", v.policy.convert_block_mapped),
+            format!(
+                "btrfs_extent_thresh = {}",
+                quote(&v.policy.btrfs_extent_thresh)
+            ),
+            format!("btrfs_nocow = {}", v.policy.btrfs_nocow),
             format!("boundary_ms_hdd = {}", number(v.policy.boundary_ms_hdd)),
             format!("boundary_ms_ssd = {}", number(v.policy.boundary_ms_ssd)),
             format!(

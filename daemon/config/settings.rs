@@ -215,6 +215,10 @@ pub struct PolicySettings {
     /// The kernel's conversion is not crash-safe (a crash during it can
     /// leave an inode for `e2fsck` to reclaim), so it is off by default.
     pub convert_block_mapped: bool,
+    /// btrfs: extents at least this long (bytes) are left where they are
+    /// (`btrfs filesystem defragment -t`), and nodatacow files may be
+    /// rewritten or not.
+    pub btrfs: crate::backend::btrfs::Policy,
     /// What one extent boundary costs a full read on a disk (a seek), in ms.
     pub boundary_ms_hdd: f64,
     /// What one extent boundary costs a full read on flash (one more
@@ -334,6 +338,7 @@ impl Default for PolicySettings {
             excluded: GlobSet::empty(),
             reserve_percent: 5.0,
             convert_block_mapped: false,
+            btrfs: crate::backend::btrfs::Policy::default(),
             boundary_ms_hdd: 8.0,
             boundary_ms_ssd: 0.1,
             min_saved_ms_per_gib: 100.0,
@@ -385,6 +390,7 @@ impl PartialEq for PolicySettings {
             && self.exclude == other.exclude
             && self.reserve_percent == other.reserve_percent
             && self.convert_block_mapped == other.convert_block_mapped
+            && self.btrfs == other.btrfs
             && self.boundary_ms_hdd == other.boundary_ms_hdd
             && self.boundary_ms_ssd == other.boundary_ms_ssd
             && self.min_saved_ms_per_gib == other.min_saved_ms_per_gib

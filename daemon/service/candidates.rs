@@ -203,6 +203,7 @@ fn consider_target(
     now: i64,
 ) -> (Considered, Option<Tally>) {
     let mut filesystems = Filesystems::seeded(fs.dev, fs.backend, fs.info.clone());
+    filesystems.set_btrfs_policy(shared.settings().policy.btrfs);
     let inspected = match inspect(target, &mut filesystems, Settle::AsIs) {
         Ok(inspected) => inspected,
         Err(Refusal::Skip(SkipReason::Vanished | SkipReason::Replaced)) => {

@@ -124,6 +124,7 @@ fn run_job(shared: &Shared, disk: &DiskId, job: Job) {
                 dry_run: false,
                 quiet_period: Some(settings.policy.quiet_period),
                 convert_block_mapped: settings.policy.convert_block_mapped,
+                btrfs: settings.policy.btrfs,
             };
             let attempt = attempt(shared, disk, &fs, &job, &path, &options);
             (path, attempt)
