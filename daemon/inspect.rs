@@ -165,6 +165,9 @@ pub struct Measured<'a> {
     /// Mapped by indirect blocks: neither extents nor inline data.
     pub block_mapped: bool,
     pub assessment: Assessment,
+    /// Bytes in extents shared with a snapshot or a reflinked copy, which
+    /// no move rewrites.
+    pub shared_bytes: u64,
 }
 
 /// Measures `target` for a report with as few syscalls as it takes. A file
@@ -201,6 +204,8 @@ pub fn measure<'a>(
             size: entry.size,
             block_mapped: backend.block_mapped(fs, None),
             assessment: Assessment::of(&map, entry.size, longest),
+            // One block at most: whether it is shared does not matter.
+            shared_bytes: 0,
         });
     }
     let pinned = sys::pin_beneath(target.dir.as_fd(), Path::new(&target.name))?;
@@ -216,6 +221,11 @@ pub fn measure<'a>(
     let raw = sys::fiemap(file.as_fd(), Flush::No)?;
     let map = backend.extent_map(&raw, fs.block_size);
     let size = u64::try_from(stat.st_size).unwrap_or(0);
+    let shared_bytes = raw
+        .iter()
+        .filter(|e| e.flags.bits() & sys::ExtentFlags::SHARED != 0)
+        .map(|e| e.length)
+        .sum();
     Ok(Measured {
         fs,
         dev: stat.st_dev,
@@ -223,6 +233,7 @@ pub fn measure<'a>(
         size,
         block_mapped: backend.block_mapped(fs, Some(flags)),
         assessment: Assessment::of(&map, size, longest),
+        shared_bytes,
     })
 }
 
