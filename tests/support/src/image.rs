@@ -188,6 +188,13 @@ impl LoopImage {
         Self::attach_and_mount(dir, img, spec)
     }
 
+    /// Attaches and mounts an image file that exists already (a copy of
+    /// another image, as a power cut left it, say), with its mount point in
+    /// `dir`, which goes with the guard.
+    pub fn adopt(dir: tempfile::TempDir, img: PathBuf, spec: ImageSpec) -> LoopImage {
+        Self::attach_and_mount(dir, img, spec)
+    }
+
     fn attach_and_mount(dir: tempfile::TempDir, img: PathBuf, spec: ImageSpec) -> LoopImage {
         let mnt = dir.path().join("mnt");
         fs::create_dir_all(&mnt).expect("create mount point");
