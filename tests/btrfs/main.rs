@@ -14,6 +14,7 @@ use std::path::PathBuf;
 mod backend;
 mod cli;
 mod crash;
+mod service;
 
 /// Appends to every file of `paths` in turn, `piece` bytes at a time, each
 /// write fsync'd, until each holds `size` bytes: their extents interleave

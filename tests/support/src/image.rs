@@ -409,6 +409,30 @@ impl MountGuard {
         }
     }
 
+    /// The btrfs subvolume `subvolume` of the filesystem on `device` (a
+    /// LoopImage's), mounted on a new temp dir (`-o subvol=`).
+    pub fn btrfs_subvolume(device: &str, subvolume: &str) -> MountGuard {
+        let dir = tempdir();
+        let mnt = dir.path().join("mnt");
+        fs::create_dir_all(&mnt).expect("create mount point");
+        sh(
+            "mount",
+            [
+                OsStr::new("-t"),
+                OsStr::new("btrfs"),
+                OsStr::new("-o"),
+                OsStr::new(&format!("subvol={subvolume}")),
+                OsStr::new(device),
+                mnt.as_os_str(),
+            ],
+        );
+        MountGuard {
+            mnt,
+            mounted: true,
+            _dir: Some(dir),
+        }
+    }
+
     pub fn root(&self) -> &Path {
         &self.mnt
     }
