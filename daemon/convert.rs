@@ -71,7 +71,7 @@ pub fn convert(
     let kernel = |e: sys::Error| Refusal::Fail(e.into());
     // Granted only if nobody has the file open for writing; a writer that
     // comes while it is held waits for it.
-    let lease = ext4::take_read_lease(inspected.file.as_fd()).map_err(|e| match e {
+    let lease = sys::take_read_lease(inspected.file.as_fd()).map_err(|e| match e {
         sys::Error::OpenForWriting => Refusal::Skip(SkipReason::Busy(
             "it is open for writing by another process, so it is not converted to extents".into(),
         )),

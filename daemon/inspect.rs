@@ -117,11 +117,7 @@ pub fn inspect(
     }
     let flags = sys::inode_flags(file.as_fd())?;
     let generation = sys::generation(file.as_fd())?;
-    let subvolume = match backend {
-        // Inode numbers are per subvolume on btrfs.
-        Backend::Btrfs => crate::btrfs::subvolume(file.as_fd())?.id,
-        Backend::Ext4 | Backend::Xfs => 0,
-    };
+    let subvolume = backend.subvolume(file.as_fd())?.map_or(0, |s| s.id);
     let key = crate::target::FileKey {
         subvolume,
         ino: reopened.st_ino,

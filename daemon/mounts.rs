@@ -126,15 +126,14 @@ struct Unit {
 /// (refused when read-only). A btrfs file's st_dev is its subvolume's
 /// anonymous device, which no disk is: its disk is the mount source's.
 fn unit_of(backend: Backend, info: &FsInfo, root: &OwnedFd) -> Result<Unit, Why> {
-    if backend != Backend::Btrfs {
+    let readable = sys::reopen(root.as_fd(), sys::Access::ReadOnly).map_err(Why::Open)?;
+    let Some(subvolume) = backend.subvolume(readable.as_fd()).map_err(Why::Open)? else {
         return Ok(Unit {
             uuid: info.uuid,
             subvolume: 0,
             disk: None,
         });
-    }
-    let readable = sys::reopen(root.as_fd(), sys::Access::ReadOnly).map_err(Why::Open)?;
-    let subvolume = crate::btrfs::subvolume(readable.as_fd()).map_err(Why::Open)?;
+    };
     if subvolume.read_only {
         return Err(Why::ReadOnlySubvolume);
     }
@@ -143,10 +142,7 @@ fn unit_of(backend: Backend, info: &FsInfo, root: &OwnedFd) -> Result<Unit, Why>
     } else {
         FsUuid(subvolume.uuid)
     };
-    let disk = nix::sys::stat::stat(&info.device)
-        .ok()
-        .filter(|st| st.st_mode & nix::libc::S_IFMT == nix::libc::S_IFBLK)
-        .map(|st| disk_of(st.st_rdev));
+    let disk = Some(disk_of_fs(info));
     Ok(Unit {
         uuid,
         subvolume: subvolume.id,
@@ -201,6 +197,21 @@ fn mounts_whole(m: &procfs_core::process::MountInfo) -> bool {
         && m.super_options
             .get("subvol")
             .is_some_and(|subvol| subvol.as_deref() == Some(m.root.as_str()))
+}
+
+/// The disk the filesystem `info` describes lives on: its st_dev's, or
+/// where st_dev is no block device (btrfs gives each subvolume an
+/// anonymous one) its mount source's.
+pub fn disk_of_fs(info: &FsInfo) -> DiskId {
+    let sysfs =
+        |dev: u64| PathBuf::from(format!("/sys/dev/block/{}", crate::filesystem::majmin(dev)));
+    if sysfs(info.dev).exists() {
+        return disk_of(info.dev);
+    }
+    nix::sys::stat::stat(&info.device)
+        .ok()
+        .filter(|st| st.st_mode & nix::libc::S_IFMT == nix::libc::S_IFBLK)
+        .map_or_else(|| disk_of(info.dev), |st| disk_of(st.st_rdev))
 }
 
 /// The disk a device lives on: the parent of a partition, else itself.

@@ -165,6 +165,16 @@ impl Backend {
         }
     }
 
+    /// The btrfs subvolume the file or directory `fd` (open, not O_PATH)
+    /// lives in; None on a type without subvolumes. On btrfs an inode
+    /// number names a file only within its subvolume.
+    pub fn subvolume(self, fd: BorrowedFd<'_>) -> sys::Result<Option<crate::btrfs::Subvolume>> {
+        match self {
+            Backend::Ext4 | Backend::Xfs => Ok(None),
+            Backend::Btrfs => crate::btrfs::subvolume(fd).map(Some),
+        }
+    }
+
     /// Whether a stopped move can resume where it stopped. ext4 moves the
     /// file in place chunk by chunk, each committed; XFS swaps the whole
     /// file at the end, so a stopped copy starts over.

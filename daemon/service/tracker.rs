@@ -237,7 +237,7 @@ impl Tracker {
             // subvolume other than the top level: its f_fsid is not the
             // filesystem's.
             FanotifyError::FilesystemUnsupported(nix::errno::Errno::EXDEV)
-                if fs.backend == crate::backend::Backend::Btrfs =>
+                if fs.subvolume > crate::mounts::TOP_LEVEL_SUBVOLUME =>
             {
                 format!(
                     "fanotify cannot mark a btrfs subvolume other than the top level (EXDEV); \

@@ -18,6 +18,7 @@ mod fsxattr;
 pub mod handle;
 mod inode;
 mod ioprio;
+mod lease;
 mod open;
 mod pagecache;
 mod swap;
@@ -34,6 +35,7 @@ pub use fsxattr::{get_fsxattr, set_fsxattr, Fsxattr, XFlags};
 pub use handle::{fs_id, open_by_handle, FileHandle, HandleError};
 pub use inode::{generation, inode_flags, InodeFlags};
 pub use ioprio::set_current_thread_idle;
+pub use lease::{take_read_lease, ReadLease};
 pub use open::{
     is_mount_root, open_dir, open_dir_beneath, pin_beneath, reopen, stat_beneath, Access, EntryStat,
 };
