@@ -190,13 +190,12 @@ pub fn supported_mount_points() -> Vec<PathBuf> {
 /// (its root is the subvolume's: `subvol=` names it), not a directory
 /// within one (a bind mount).
 fn mounts_whole(m: &procfs_core::process::MountInfo) -> bool {
-    if m.root == "/" {
-        return true;
-    }
-    m.fs_type == "btrfs"
-        && m.super_options
-            .get("subvol")
-            .is_some_and(|subvol| subvol.as_deref() == Some(m.root.as_str()))
+    let subvol = m.super_options.get("subvol").and_then(|v| v.as_deref());
+    is_whole(&m.fs_type, &m.root, subvol)
+}
+
+fn is_whole(fs_type: &str, root: &str, subvol: Option<&str>) -> bool {
+    root == "/" || (fs_type == "btrfs" && subvol == Some(root))
 }
 
 /// The disk the filesystem `info` describes lives on: its st_dev's, or
@@ -228,4 +227,22 @@ pub fn disk_of(dev: u64) -> DiskId {
         }
     }
     DiskId(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn whole_filesystems_and_whole_btrfs_subvolumes_are_discovered_not_bind_mounts() {
+        assert!(is_whole("ext4", "/", None));
+        assert!(
+            !is_whole("ext4", "/srv", None),
+            "a bind mount of a directory"
+        );
+        assert!(is_whole("btrfs", "/", Some("/")));
+        assert!(is_whole("btrfs", "/@home", Some("/@home")));
+        assert!(!is_whole("btrfs", "/@home/alice", Some("/@home")));
+        assert!(!is_whole("btrfs", "/@home", None));
+    }
 }

@@ -164,7 +164,7 @@ fn restrict(selection: &Selection, ranges: &[BlockRange]) -> Selection {
             ranges.iter().filter_map(move |r| {
                 let start = r.start.max(t.range.start);
                 let end = r.end().min(t.range.end());
-                (start < end).then_some(Target {
+                (start < end).then(|| Target {
                     range: BlockRange {
                         start,
                         len: end - start,
@@ -232,4 +232,86 @@ pub fn relocation(
         policy.extent_thresh,
         compression,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const K: u64 = 1024;
+
+    fn ext(logical: u64, physical: u64, length: u64, flags: u32) -> Extent {
+        Extent {
+            logical,
+            physical,
+            length,
+            flags: ExtentFlags::from_bits(flags),
+        }
+    }
+
+    #[test]
+    fn a_row_of_compressed_extents_in_one_place_is_one_extent_and_no_problem() {
+        // 8 compressed extents of 128 KiB of file, each in 16 KiB of disk,
+        // one after the other; then 2 more elsewhere.
+        let mut raw: Vec<Extent> = (0..8)
+            .map(|i| {
+                ext(
+                    i * 128 * K,
+                    (1000 + 16 * i) * K,
+                    128 * K,
+                    ExtentFlags::ENCODED,
+                )
+            })
+            .collect();
+        raw.push(ext(1024 * K, 9000 * K, 128 * K, ExtentFlags::ENCODED));
+        raw.push(ext(1152 * K, 5000 * K, 128 * K, ExtentFlags::ENCODED));
+        let map = extent_map(&raw, 4096);
+        assert_eq!(map.problem, None);
+        assert_eq!(map.extent_count(), 3);
+        assert_eq!(map.blocks(), 1280 * K / 4096);
+        // Plain extents keep FIEMAP's physical layout.
+        let plain = [
+            ext(0, 4096 * K, 64 * K, 0),
+            ext(64 * K, 4160 * K, 64 * K, 0),
+        ];
+        assert_eq!(extent_map(&plain, 4096).extent_count(), 1);
+    }
+
+    #[test]
+    fn targets_are_cut_to_the_planned_ranges() {
+        let target = |start, len| Target {
+            range: BlockRange { start, len },
+            compressed: false,
+            pieces: 4,
+        };
+        let selection = Selection {
+            targets: vec![target(0, 100), target(200, 100)],
+            shared_bytes: 7,
+            ..Selection::default()
+        };
+        // A job resumed at block 50.
+        let cut = restrict(
+            &selection,
+            &[BlockRange {
+                start: 50,
+                len: 1000,
+            }],
+        );
+        let ranges: Vec<(u64, u64)> = cut
+            .targets
+            .iter()
+            .map(|t| (t.range.start, t.range.len))
+            .collect();
+        assert_eq!(ranges, [(50, 50), (200, 100)]);
+        assert_eq!(cut.shared_bytes, 7);
+        assert!(restrict(
+            &selection,
+            &[BlockRange {
+                start: 120,
+                len: 50
+            }]
+        )
+        .targets
+        .is_empty());
+    }
 }
