@@ -101,7 +101,9 @@ fn the_service_covers_each_subvolume_once_tracks_writes_and_resumes_after_sigkil
         "fanotify",
         "{status}"
     );
+    assert_eq!(fs_status(&status, &root)["subvolume"], 5, "{status}");
     let subvolume = fs_status(&status, &subroot);
+    assert_eq!(subvolume["subvolume"], 256, "{status}");
     assert_eq!(subvolume["tracking"], "inotify", "{status}");
     assert!(
         subvolume["tracking_note"]
