@@ -113,29 +113,25 @@ fn facts(inspected: &Inspected) -> Result<FileFacts, SkipReason> {
 /// disk address is real, only their length on disk is smaller.
 pub fn extent_map(raw: &[Extent], block_size: u64) -> ExtentMap {
     let bs = block_size.max(1);
-    let mut sorted: Vec<Extent> = raw.to_vec();
+    // In the order `pieces` takes them, so that each piece's first extent
+    // is the one after the previous piece's last.
+    let mut sorted: Vec<Extent> = raw.iter().filter(|e| e.length > 0).copied().collect();
     sorted.sort_by_key(|e| e.logical);
     // Each piece becomes one extent; its logical and physical start are
     // its first extent's, so that pieces that are not contiguous stay
     // apart and a piece counts once.
     let mut out: Vec<Extent> = Vec::with_capacity(sorted.len());
+    let mut next = 0usize;
     for piece in pieces(&sorted) {
-        let first = sorted
-            .iter()
-            .find(|e| e.logical == piece.start)
-            .copied()
-            .unwrap_or(Extent {
-                logical: piece.start,
-                physical: 0,
-                length: piece.len,
-                flags: ExtentFlags::from_bits(0),
-            });
-        let without_encoded = first.flags.bits() & !ExtentFlags::ENCODED;
+        let Some(first) = sorted.get(next) else {
+            break;
+        };
+        next = next.saturating_add(usize::try_from(piece.extents).unwrap_or(usize::MAX));
         out.push(Extent {
             logical: piece.start,
             physical: first.physical,
             length: piece.len,
-            flags: ExtentFlags::from_bits(without_encoded),
+            flags: ExtentFlags::from_bits(first.flags.bits() & !ExtentFlags::ENCODED),
         });
     }
     ExtentMap::from_fiemap(&out, bs)
