@@ -158,8 +158,20 @@ pub fn consider_handle(
         return Considered::Gone;
     };
     let regular = stat.st_mode & nix::libc::S_IFMT == nix::libc::S_IFREG;
-    if !regular || stat.st_dev != fs.dev {
+    if !regular {
         return Considered::Left(Left::NotAFileHere);
+    }
+    if stat.st_dev != fs.dev {
+        // A btrfs top level's mark sees every subvolume's writes: a file
+        // in another subvolume is that subvolume's, where it is covered
+        // (its own mount cannot be marked), reached through its mount.
+        drop(pinned);
+        return match subvolume_unit(shared, fs, stat.st_dev) {
+            Some((other, other_root)) => {
+                consider_handle(shared, &other, other_root.as_fd(), handle, now)
+            }
+            None => Considered::Left(Left::NotAFileHere),
+        };
     }
     let generation = match sys::reopen(pinned.as_fd(), sys::Access::ReadOnly)
         .and_then(|file| sys::generation(file.as_fd()))
@@ -192,6 +204,22 @@ pub fn consider_handle(
         generation,
     });
     consider_target(shared, fs, &target, rel, Urgency::Written, now).0
+}
+
+/// The covered unit of the filesystem `fs` is on whose files have st_dev
+/// `dev` (another btrfs subvolume of it), and its root, where it is
+/// covered and still mounted.
+fn subvolume_unit(
+    shared: &Shared,
+    fs: &Covered,
+    dev: u64,
+) -> Option<(Covered, std::os::fd::OwnedFd)> {
+    let other = shared
+        .covered()
+        .into_values()
+        .find(|c| c.dev == dev && c.info.uuid == fs.info.uuid && c.uuid != fs.uuid)?;
+    let root = crate::mounts::reopen_root(&other)?;
+    Some((other, root))
 }
 
 fn consider_target(

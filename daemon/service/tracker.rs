@@ -11,8 +11,11 @@
 //! scan finds the files changed since the last write known to be seen.
 //!
 //! Where fanotify cannot be had (no CAP_SYS_ADMIN, a filesystem without
-//! file handles), that filesystem falls back to inotify on its `watch`
-//! trees (the watcher) and the crawl.
+//! file handles, a btrfs subvolume other than the top level), that
+//! filesystem falls back to inotify on its `watch` trees (the watcher) and
+//! the crawl. A btrfs top level's mark sees the writes of every subvolume:
+//! those in another covered subvolume are handed to it
+//! (`candidates::consider_handle`).
 //!
 //! The event loop only reads events and keeps books; measuring files and
 //! scanning run off it.

@@ -3,7 +3,9 @@
 //! the subvolume adds nothing); writes are tracked with fanotify on the
 //! top level and, where the kernel refuses a whole-filesystem mark on a
 //! subvolume (EXDEV), with inotify on its `watch` tree, which `status`
-//! says; written files are queued and defragmented, a file a snapshot
+//! says (a subvolume without `watch` trees is crawled, and its writes are
+//! still seen through the top level's mark); written files are queued and
+//! defragmented, a file a snapshot
 //! shares is left shared, and a move killed (SIGKILL) resumes from its
 //! cursor after a restart and finishes, the data intact.
 
@@ -57,7 +59,12 @@ fn the_service_covers_each_subvolume_once_tracks_writes_and_resumes_after_sigkil
     btrfs_snapshot_ro(&root.join("data"), &root.join("snap"));
     let shared_extents = filefrag_extents(&shared);
     let device = img.device().expect("attached").to_string();
+    btrfs_subvolume(&root.join("quiet"));
     let sub = MountGuard::btrfs_subvolume(&device, "data");
+    // Without `watch` trees: the crawl alone, but for what the top
+    // level's mark sees.
+    let quiet = MountGuard::btrfs_subvolume(&device, "quiet");
+    let quietroot = quiet.root().to_path_buf();
     let again = MountGuard::btrfs_subvolume(&device, "data");
     let subroot = sub.root().to_path_buf();
 
@@ -69,6 +76,10 @@ fn the_service_covers_each_subvolume_once_tracks_writes_and_resumes_after_sigkil
     });
     cfg.filesystems.push(common::FsConfig {
         path: again.root().to_path_buf(),
+        watch: Vec::new(),
+    });
+    cfg.filesystems.push(common::FsConfig {
+        path: quietroot.clone(),
         watch: Vec::new(),
     });
     // 96 MiB at 24 MiB/s: 4 s to kill the move in.
@@ -93,8 +104,13 @@ fn the_service_covers_each_subvolume_once_tracks_writes_and_resumes_after_sigkil
     let status = status_json(&socket);
     let covered = status["filesystems"].as_array().map_or(0, Vec::len);
     assert_eq!(
-        covered, 2,
+        covered, 3,
         "two mounts of one subvolume count once: {status}"
+    );
+    assert_eq!(
+        fs_status(&status, &quietroot)["tracking"],
+        "crawl",
+        "{status}"
     );
     assert_eq!(
         fs_status(&status, &root)["tracking"],
@@ -112,12 +128,20 @@ fn the_service_covers_each_subvolume_once_tracks_writes_and_resumes_after_sigkil
         "{status}"
     );
 
-    // Written in the top level: fanotify. In the subvolume: inotify.
-    let (top, inner) = (root.join("top.db"), subroot.join("app.db"));
+    // Written in the top level: fanotify. In the subvolume with a `watch`
+    // tree: inotify. In the one without: the top level's mark, whose
+    // events for another subvolume go to that subvolume's mount (its crawl
+    // runs once a day here).
+    let (top, inner, seen) = (
+        root.join("top.db"),
+        subroot.join("app.db"),
+        quietroot.join("seen.db"),
+    );
     fragmented(&[top.clone(), root.join("pad1")], 8 * MIB, 64 * 1024);
     fragmented(&[inner.clone(), subroot.join("pad2")], 8 * MIB, 64 * 1024);
+    fragmented(&[seen.clone(), quietroot.join("pad4")], 8 * MIB, 64 * 1024);
     let sums = (md5(&top), md5(&inner));
-    for path in [&top, &inner] {
+    for path in [&top, &inner, &seen] {
         let done = svc.wait_for_log(&defragmented(path), secs(60));
         eprintln!("{}", done.trim());
         assert!(filefrag_extents(path) <= 2, "{done}");
@@ -152,6 +176,7 @@ fn the_service_covers_each_subvolume_once_tracks_writes_and_resumes_after_sigkil
     assert!(after * 10 <= before, "{before} -> {after}");
     assert_eq!(md5(&big), sum);
     svc.stop(secs(10));
+    drop(quiet);
     drop(again);
     drop(sub);
     let (still, _, _) = sh_status("mountpoint", ["-q", subroot.to_str().unwrap_or("")]);
