@@ -57,7 +57,9 @@ pub fn convert(
     // Only ext4 has block-mapped files, and only ext4 converts them.
     let has_extents = match &inspected.fs.detail {
         FsDetail::Ext4(detail) => detail.superblock.has_extents,
-        FsDetail::Xfs(_) => return Err(Refusal::Skip(SkipReason::BlockMapped)),
+        FsDetail::Xfs(_) | FsDetail::Btrfs(_) => {
+            return Err(Refusal::Skip(SkipReason::BlockMapped))
+        }
     };
     if !has_extents {
         return Err(Refusal::Skip(SkipReason::NoExtentFeature));
@@ -69,7 +71,7 @@ pub fn convert(
     let kernel = |e: sys::Error| Refusal::Fail(e.into());
     // Granted only if nobody has the file open for writing; a writer that
     // comes while it is held waits for it.
-    let lease = ext4::take_read_lease(inspected.file.as_fd()).map_err(|e| match e {
+    let lease = sys::take_read_lease(inspected.file.as_fd()).map_err(|e| match e {
         sys::Error::OpenForWriting => Refusal::Skip(SkipReason::Busy(
             "it is open for writing by another process, so it is not converted to extents".into(),
         )),

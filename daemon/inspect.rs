@@ -32,6 +32,8 @@ pub enum Settle {
 #[derive(Debug, Default)]
 pub struct Filesystems {
     known: HashMap<u64, Result<(Backend, FsInfo), FsError>>,
+    /// What the operator decided for btrfs, given to each btrfs probed.
+    btrfs: crate::backend::btrfs::Policy,
 }
 
 impl Filesystems {
@@ -40,6 +42,16 @@ impl Filesystems {
     pub fn seeded(dev: u64, backend: Backend, info: FsInfo) -> Self {
         Filesystems {
             known: HashMap::from([(dev, Ok((backend, info)))]),
+            btrfs: Default::default(),
+        }
+    }
+
+    /// Works on btrfs filesystems under `policy` (its extent threshold,
+    /// nodatacow files), those known already included.
+    pub fn set_btrfs_policy(&mut self, policy: crate::backend::btrfs::Policy) {
+        self.btrfs = policy;
+        for (_, info) in self.known.values_mut().flatten() {
+            apply_btrfs_policy(info, policy);
         }
     }
 
@@ -49,7 +61,13 @@ impl Filesystems {
         dev: u64,
         fd: std::os::fd::BorrowedFd<'_>,
     ) -> Result<(Backend, &FsInfo), Refusal> {
-        let entry = self.known.entry(dev).or_insert_with(|| backend::probe(fd));
+        let policy = self.btrfs;
+        let entry = self.known.entry(dev).or_insert_with(|| {
+            backend::probe(fd).map(|(backend, mut info)| {
+                apply_btrfs_policy(&mut info, policy);
+                (backend, info)
+            })
+        });
         match entry {
             Ok((backend, fs)) => Ok((*backend, fs)),
             Err(unsupported @ FsError::Unsupported { .. }) => {
@@ -57,6 +75,12 @@ impl Filesystems {
             }
             Err(other) => Err(Refusal::Fail(FailReason::Filesystem(other.to_string()))),
         }
+    }
+}
+
+fn apply_btrfs_policy(info: &mut FsInfo, policy: crate::backend::btrfs::Policy) {
+    if let crate::filesystem::FsDetail::Btrfs(detail) = &mut info.detail {
+        detail.policy = policy;
     }
 }
 
@@ -93,10 +117,13 @@ pub fn inspect(
     }
     let flags = sys::inode_flags(file.as_fd())?;
     let generation = sys::generation(file.as_fd())?;
-    if target
-        .expected_identity
-        .is_some_and(|id| id != (reopened.st_ino, generation))
-    {
+    let subvolume = backend.subvolume(file.as_fd())?.map_or(0, |s| s.id);
+    let key = crate::target::FileKey {
+        subvolume,
+        ino: reopened.st_ino,
+        generation,
+    };
+    if target.expected_identity.is_some_and(|id| id != key) {
         return Err(SkipReason::Replaced.into());
     }
     let size = u64::try_from(reopened.st_size).unwrap_or(0);
@@ -104,7 +131,7 @@ pub fn inspect(
         sys::sync_data(file.as_fd())?;
     }
     let raw = sys::fiemap(file.as_fd(), Flush::No)?;
-    let map = ExtentMap::from_fiemap(&raw, fs.block_size);
+    let map = backend.extent_map(&raw, fs.block_size);
     let assessment = Assessment::of(&map, size, fs.max_extent_blocks);
     Ok(Inspected {
         pinned,
@@ -116,6 +143,7 @@ pub fn inspect(
         size,
         mtime: reopened.st_mtime,
         generation,
+        subvolume,
         flags,
         map,
         assessment,
@@ -133,6 +161,9 @@ pub struct Measured<'a> {
     /// Mapped by indirect blocks: neither extents nor inline data.
     pub block_mapped: bool,
     pub assessment: Assessment,
+    /// Bytes in extents shared with a snapshot or a reflinked copy, which
+    /// no move rewrites.
+    pub shared_bytes: u64,
 }
 
 /// Measures `target` for a report with as few syscalls as it takes. A file
@@ -169,6 +200,8 @@ pub fn measure<'a>(
             size: entry.size,
             block_mapped: backend.block_mapped(fs, None),
             assessment: Assessment::of(&map, entry.size, longest),
+            // One block at most: whether it is shared does not matter.
+            shared_bytes: 0,
         });
     }
     let pinned = sys::pin_beneath(target.dir.as_fd(), Path::new(&target.name))?;
@@ -182,8 +215,13 @@ pub fn measure<'a>(
     let file = sys::reopen(pinned.as_fd(), Access::ReadOnly)?;
     let flags = sys::inode_flags(file.as_fd())?;
     let raw = sys::fiemap(file.as_fd(), Flush::No)?;
-    let map = ExtentMap::from_fiemap(&raw, fs.block_size);
+    let map = backend.extent_map(&raw, fs.block_size);
     let size = u64::try_from(stat.st_size).unwrap_or(0);
+    let shared_bytes = raw
+        .iter()
+        .filter(|e| e.flags.bits() & sys::ExtentFlags::SHARED != 0)
+        .map(|e| e.length)
+        .sum();
     Ok(Measured {
         fs,
         dev: stat.st_dev,
@@ -191,6 +229,7 @@ pub fn measure<'a>(
         size,
         block_mapped: backend.block_mapped(fs, Some(flags)),
         assessment: Assessment::of(&map, size, longest),
+        shared_bytes,
     })
 }
 

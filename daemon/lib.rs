@@ -1,9 +1,5 @@
 pub mod assess;
 pub mod backend;
-// The btrfs backend, mounted here until the backend seam's refactor lands;
-// then `pub mod btrfs;` in backend/mod.rs replaces this line.
-#[path = "backend/btrfs/mod.rs"]
-pub mod backend_btrfs;
 pub mod btrfs;
 pub mod budget;
 pub mod cli;

@@ -51,6 +51,8 @@ pub struct MoveOptions {
     /// Swap files whole with SWAPEXT on XFS without rmapbt, whose crash
     /// recovery is broken on this kernel (off by default).
     pub xfs_swapext_without_rmapbt: bool,
+    /// How btrfs files are defragmented (extent threshold, nodatacow).
+    pub btrfs: crate::backend::btrfs::Policy,
 }
 
 impl Default for MoveOptions {
@@ -62,6 +64,7 @@ impl Default for MoveOptions {
             quiet_period: None,
             convert_block_mapped: false,
             xfs_swapext_without_rmapbt: false,
+            btrfs: crate::backend::btrfs::Policy::default(),
         }
     }
 }
@@ -112,6 +115,7 @@ pub fn defragment(
     resume_at: u64,
     supervisor: &mut dyn Supervisor,
 ) -> Outcome {
+    filesystems.set_btrfs_policy(options.btrfs);
     let inspected = match inspect(target, filesystems, Settle::SyncData) {
         Ok(inspected) => inspected,
         Err(Refusal::Skip(reason)) => {
@@ -207,6 +211,11 @@ fn prepare(
         &clip_to_eof(&inspected.map.data_ranges(), eof_block),
         resume_at,
     );
+    // What the backend relocates of them (btrfs: the unshared ranges worth
+    // it); the runs and the verdict are counted over those.
+    let ranges = inspected
+        .backend
+        .narrow_ranges(inspected, ranges, resume_at)?;
     let file_runs = inspected.map.physical_runs_in(&ranges);
     // A resumed job whose rest already lies in one piece gains nothing from
     // moving that rest alone: the file is done, or, where it is still in
@@ -302,7 +311,9 @@ fn run(
     let block_size = inspected.fs.block_size;
     let chunk_bytes = prepared.relocation.chunk_bytes(options.chunk_bytes);
     let chunk_blocks = plan::chunk_blocks(chunk_bytes, block_size);
-    let chunks = plan::chunks(&prepared.ranges, chunk_blocks, prepared.resume_at);
+    let chunks = prepared
+        .relocation
+        .chunks(&prepared.ranges, chunk_blocks, prepared.resume_at);
     let file = prepared.file.as_fd();
     let mut pass = Pass::new(file, block_size);
     if let Err(halt) = pass.move_chunks(&mut prepared.relocation, &chunks, supervisor) {
@@ -396,6 +407,7 @@ fn verdict_of(
     let before = inspected.assessment;
     let measured = match verdict::measure(
         file,
+        inspected.backend,
         inspected.fs.block_size,
         inspected.fs.max_extent_blocks,
     ) {

@@ -15,6 +15,17 @@ pub struct Target {
     pub path: PathBuf,
     /// The device the file must be on (the tree's), when known.
     pub expected_dev: Option<u64>,
-    /// The inode and generation the file must have (a queued job's).
-    pub expected_identity: Option<(u64, u32)>,
+    /// Who the file must be (a queued job's).
+    pub expected_identity: Option<FileKey>,
+}
+
+/// A file within its filesystem, for its whole life: on btrfs an inode
+/// number is unique only within its subvolume, and a number is reused
+/// with a new generation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FileKey {
+    /// The btrfs subvolume; 0 on filesystems without them.
+    pub subvolume: u64,
+    pub ino: u64,
+    pub generation: u32,
 }

@@ -97,6 +97,7 @@ impl Controller for Fake {
             queued: 3,
             bytes_moved_today: 5 << 30,
             filesystems: vec![CoveredFs {
+                subvolume: 0,
                 mount_point: "/srv".into(),
                 uuid: "0f0e-uuid".into(),
                 disk: "sdb".into(),

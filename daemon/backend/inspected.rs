@@ -23,6 +23,8 @@ pub struct Inspected {
     /// Last data change, seconds since the epoch.
     pub mtime: i64,
     pub generation: u32,
+    /// The btrfs subvolume it lives in; 0 on filesystems without them.
+    pub subvolume: u64,
     pub flags: InodeFlags,
     pub map: ExtentMap,
     pub assessment: Assessment,

@@ -39,6 +39,7 @@
 //! without root (stratisd's engine); the mover is tested on real images,
 //! and the pure logic above the seam without any backend at all.
 
+pub mod btrfs;
 pub mod ext4;
 mod inspected;
 pub mod xfs;
@@ -47,7 +48,7 @@ pub use inspected::Inspected;
 
 use std::os::fd::{AsFd, BorrowedFd};
 
-use crate::assess::BlockRange;
+use crate::assess::{BlockRange, ExtentMap};
 use crate::filesystem::{FsError, FsInfo};
 use crate::outcome::{KernelError, Refusal, Size, SkipReason};
 use crate::plan::Chunk;
@@ -59,18 +60,20 @@ use crate::target::Target;
 pub enum Backend {
     Ext4,
     Xfs,
+    Btrfs,
 }
 
 impl Backend {
     /// Every backend: the registry that decides which filesystem types are
     /// supported.
-    pub const ALL: [Backend; 2] = [Backend::Ext4, Backend::Xfs];
+    pub const ALL: [Backend; 3] = [Backend::Ext4, Backend::Xfs, Backend::Btrfs];
 
     /// The type's name, as /proc/self/mountinfo shows it.
     pub fn fs_type(self) -> &'static str {
         match self {
             Backend::Ext4 => "ext4",
             Backend::Xfs => "xfs",
+            Backend::Btrfs => "btrfs",
         }
     }
 
@@ -79,6 +82,7 @@ impl Backend {
         match self {
             Backend::Ext4 => ext4::MAGIC,
             Backend::Xfs => xfs::MAGIC,
+            Backend::Btrfs => btrfs::MAGIC,
         }
     }
 
@@ -99,7 +103,7 @@ impl Backend {
     pub fn block_mapped(self, fs: &FsInfo, flags: Option<sys::InodeFlags>) -> bool {
         match self {
             Backend::Ext4 => ext4::block_mapped(fs, flags),
-            Backend::Xfs => false,
+            Backend::Xfs | Backend::Btrfs => false,
         }
     }
 
@@ -109,6 +113,7 @@ impl Backend {
         match self {
             Backend::Ext4 => ext4::refuse_filesystem(info),
             Backend::Xfs => xfs::refuse_filesystem(info),
+            Backend::Btrfs => btrfs::refuse_filesystem(info),
         }
     }
 
@@ -118,6 +123,7 @@ impl Backend {
         match self {
             Backend::Ext4 => ext4::refuse_unmovable(inspected),
             Backend::Xfs => xfs::refuse_inspected(inspected),
+            Backend::Btrfs => btrfs::refuse_inspected(inspected),
         }
     }
 
@@ -126,7 +132,7 @@ impl Backend {
     /// accepted it: SWAPEXT on XFS without rmapbt (`allow_xfs_swapext`).
     pub fn refuse_risky(self, fs: &FsInfo, allow_xfs_swapext: bool) -> Result<(), SkipReason> {
         match self {
-            Backend::Ext4 => Ok(()),
+            Backend::Ext4 | Backend::Btrfs => Ok(()),
             Backend::Xfs => xfs::refuse_risky_swap(fs, allow_xfs_swapext),
         }
     }
@@ -136,7 +142,46 @@ impl Backend {
     pub fn space_needed(self, ranges: &[BlockRange], block_size: u64) -> u64 {
         match self {
             Backend::Ext4 => ext4::space_needed(ranges, block_size),
-            Backend::Xfs => xfs::space_needed(ranges, block_size),
+            // Every byte rewritten: the replaced extents are freed only
+            // at the next transaction commit.
+            Backend::Xfs | Backend::Btrfs => xfs::space_needed(ranges, block_size),
+        }
+    }
+
+    /// The map a file is measured and judged by, from its FIEMAP extents
+    /// (on btrfs, a row of compressed extents that follow each other on
+    /// disk is the one piece it is).
+    pub fn extent_map(self, raw: &[sys::Extent], block_size: u64) -> ExtentMap {
+        match self {
+            Backend::Ext4 | Backend::Xfs => ExtentMap::from_fiemap(raw, block_size),
+            Backend::Btrfs => btrfs::extent_map(raw, block_size),
+        }
+    }
+
+    /// The mover's planned ranges of `inspected` (its data to the end of
+    /// file, from block `resume_at`) narrowed to what this backend
+    /// relocates. ext4 and XFS move every planned range; btrfs only the
+    /// unshared ranges worth it (a snapshot's or a reflink's sharing is
+    /// kept), and refuses a file with none, saying why.
+    pub fn narrow_ranges(
+        self,
+        inspected: &Inspected,
+        ranges: Vec<BlockRange>,
+        resume_at: u64,
+    ) -> Result<Vec<BlockRange>, Refusal> {
+        match self {
+            Backend::Ext4 | Backend::Xfs => Ok(ranges),
+            Backend::Btrfs => btrfs::narrow_ranges(inspected, &ranges, resume_at),
+        }
+    }
+
+    /// The btrfs subvolume the file or directory `fd` (open, not O_PATH)
+    /// lives in; None on a type without subvolumes. On btrfs an inode
+    /// number names a file only within its subvolume.
+    pub fn subvolume(self, fd: BorrowedFd<'_>) -> sys::Result<Option<crate::btrfs::Subvolume>> {
+        match self {
+            Backend::Ext4 | Backend::Xfs => Ok(None),
+            Backend::Btrfs => crate::btrfs::subvolume(fd).map(Some),
         }
     }
 
@@ -147,7 +192,7 @@ impl Backend {
     /// starts over.
     pub fn resumes_mid_file(self, fs: &FsInfo) -> bool {
         match self {
-            Backend::Ext4 => true,
+            Backend::Ext4 | Backend::Btrfs => true,
             Backend::Xfs => xfs::commits_ranges(fs),
         }
     }
@@ -178,6 +223,12 @@ impl Backend {
                 reserve_percent,
             )
             .map(Relocation::Xfs),
+            Backend::Btrfs => btrfs::relocation(inspected, ranges, reserve_percent).map(|defrag| {
+                Relocation::Btrfs {
+                    defrag,
+                    block_size: inspected.fs.block_size,
+                }
+            }),
         }
     }
 }
@@ -189,6 +240,7 @@ pub fn probe(fd: BorrowedFd<'_>) -> Result<(Backend, FsInfo), FsError> {
     let info = match backend {
         Backend::Ext4 => ext4::probe(fd)?,
         Backend::Xfs => xfs::probe(fd)?,
+        Backend::Btrfs => btrfs::probe(fd)?,
     };
     Ok((backend, info))
 }
@@ -200,6 +252,11 @@ pub enum Relocation {
     /// The donor, filled by copies, then swapped in whole (SWAPEXT) or
     /// chunk by chunk (COMMIT_RANGE).
     Xfs(xfs::Exchange),
+    /// The kernel's defragmenter over the unshared ranges chosen.
+    Btrfs {
+        defrag: btrfs::BtrfsDefrag,
+        block_size: u64,
+    },
 }
 
 /// A relocation call that failed, and how much of its range it moved first.
@@ -216,6 +273,34 @@ impl Relocation {
         match self {
             Relocation::Ext4(donor) => donor.runs(),
             Relocation::Xfs(exchange) => exchange.runs(),
+            // btrfs has no donor: the kernel allocates as it rewrites, so
+            // there is nothing to count before the move. The count given
+            // is the best the rewrite can reach (one extent per target,
+            // per 128 MiB), which is fewer than the pieces the targets are
+            // in by construction (each target is at least two pieces, each
+            // under the threshold), so the mover never refuses a btrfs
+            // move for it; the verdict after the move judges what the
+            // kernel really did.
+            Relocation::Btrfs { defrag, block_size } => defrag.runs(*block_size),
+        }
+    }
+
+    /// The bounded chunks to relocate `ranges` in, from block `resume_at`.
+    /// On btrfs, its own chunking of the targets (compressed ones in
+    /// longer chunks: see [`btrfs::BtrfsDefrag::chunks`]).
+    pub fn chunks(
+        &self,
+        ranges: &[BlockRange],
+        chunk_blocks: std::num::NonZeroU64,
+        resume_at: u64,
+    ) -> Vec<Chunk> {
+        match self {
+            Relocation::Ext4(_) | Relocation::Xfs(_) => {
+                crate::plan::chunks(ranges, chunk_blocks, resume_at)
+            }
+            Relocation::Btrfs { defrag, block_size } => {
+                defrag.chunks(chunk_blocks, resume_at, *block_size)
+            }
         }
     }
 
@@ -226,6 +311,7 @@ impl Relocation {
         match self {
             Relocation::Ext4(_) => false,
             Relocation::Xfs(exchange) => exchange.mode() == xfs::Mode::SwapExt,
+            Relocation::Btrfs { .. } => false,
         }
     }
 
@@ -239,6 +325,7 @@ impl Relocation {
         match self {
             Relocation::Ext4(_) => asked,
             Relocation::Xfs(_) => asked.max(xfs::MIN_CHUNK_BYTES),
+            Relocation::Btrfs { .. } => asked,
         }
     }
 
@@ -253,17 +340,20 @@ impl Relocation {
         match self {
             Relocation::Ext4(_) => false,
             Relocation::Xfs(exchange) => exchange.mode() == xfs::Mode::CommitRange,
+            Relocation::Btrfs { .. } => false,
         }
     }
 
     /// Whether the mover should read a chunk into the page cache before
     /// relocating it: MOVE_EXT goes through the cache and is fast over
-    /// pages already there; XFS copies with direct I/O, and its commit
-    /// drops the range's cache anyway.
+    /// pages already there, as is btrfs' defragmenter, which reads the
+    /// range through the cache itself; XFS copies with direct I/O, and its
+    /// commit drops the range's cache anyway.
     pub fn reads_through_cache(&self) -> bool {
         match self {
             Relocation::Ext4(_) => true,
             Relocation::Xfs(_) => false,
+            Relocation::Btrfs { .. } => true,
         }
     }
 
@@ -288,6 +378,14 @@ impl Relocation {
                     moved_blocks: 0,
                     error: error.into(),
                 }),
+            Relocation::Btrfs { defrag, .. } => {
+                defrag
+                    .relocate(file, chunk, block_size)
+                    .map_err(|failed| RelocateFailed {
+                        moved_blocks: failed.moved_blocks,
+                        error: failed.error,
+                    })
+            }
         }
     }
 
@@ -297,7 +395,7 @@ impl Relocation {
     /// `Busy` error: retry later).
     pub fn swap_in(self, file: BorrowedFd<'_>) -> Result<(), KernelError> {
         match self {
-            Relocation::Ext4(_) => Ok(()),
+            Relocation::Ext4(_) | Relocation::Btrfs { .. } => Ok(()),
             Relocation::Xfs(exchange) => exchange.swap(file).map_err(KernelError::from),
         }
     }
@@ -309,6 +407,9 @@ impl Relocation {
             // SWAPEXT: nothing is in the file before the swap, which is
             // logged; COMMIT_RANGE: the file's fsync forces the log.
             Relocation::Xfs(exchange) => exchange.make_durable().map_err(KernelError::from),
+            // fsync: the chunks' writes, then their extents logged or
+            // committed (see `btrfs::BtrfsDefrag::make_durable`).
+            Relocation::Btrfs { defrag, .. } => defrag.make_durable(file),
         }
     }
 }

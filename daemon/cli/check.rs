@@ -34,6 +34,9 @@ struct FileReport {
     ideal_extents: u64,
     score: f64,
     block_mapped: bool,
+    /// Bytes it shares with a snapshot or a reflinked copy (btrfs, XFS):
+    /// left as they are by every move, so that they stay shared.
+    shared_bytes: u64,
     /// What its device is taken to be ("ssd" or "hdd"), from the kernel's
     /// rotational flag.
     medium: Medium,
@@ -49,6 +52,7 @@ struct Total {
     physical_runs: u64,
     ideal_extents: u64,
     block_mapped: u64,
+    shared_bytes: u64,
     e4defrag_score: f64,
     /// What the fragmentation costs one full read of every file, in ms.
     read_cost_ms: f64,
@@ -120,7 +124,7 @@ fn row(target: Target, scan: &mut Scan, notes: &Notes) -> Row {
             }
             let a = m.assessment;
             let medium = *scan.media.entry(m.dev).or_insert_with(|| {
-                let disk = crate::mounts::disk_of(m.dev);
+                let disk = crate::mounts::disk_of_fs(m.fs);
                 medium::decide(MediumChoice::Auto, medium::rotational_flag(&disk)).medium
             });
             let boundary_ms = PolicySettings::default().benefit(medium).boundary_ms;
@@ -141,6 +145,7 @@ fn row(target: Target, scan: &mut Scan, notes: &Notes) -> Row {
                     ideal_extents: a.ideal_extents,
                     score: a.score,
                     block_mapped: m.block_mapped,
+                    shared_bytes: m.shared_bytes,
                     medium,
                     read_cost_ms: read_cost_ms(&a, boundary_ms),
                 },
@@ -283,6 +288,7 @@ pub fn run(args: &CheckArgs) -> ExitCode {
         physical_runs: files.iter().map(|f| f.physical_runs).sum(),
         ideal_extents: files.iter().map(|f| f.ideal_extents).sum(),
         block_mapped: files.iter().filter(|f| f.block_mapped).count() as u64,
+        shared_bytes: files.iter().map(|f| f.shared_bytes).sum(),
         e4defrag_score: (e4defrag.score() * 10.0).round() / 10.0,
         read_cost_ms: files.iter().map(|f| f.read_cost_ms).sum(),
     };
@@ -371,6 +377,15 @@ fn print_human(report: &Report, args: &CheckArgs) {
          kernel's rotational flag)",
         milliseconds(t.read_cost_ms)
     );
+    if t.shared_bytes > 0 {
+        let sharing = report.files.iter().filter(|f| f.shared_bytes > 0).count();
+        println!(
+            "shared: {} of {} files' data is shared with a snapshot or a reflinked copy; \
+             defragmenting leaves it as it is, so that it stays shared",
+            Size(t.shared_bytes),
+            sharing
+        );
+    }
     for fs in report.filesystems.iter().filter(|fs| fs.block_mapped > 0) {
         println!(
             "{}: {} of {} files block-mapped (MOVE_EXT cannot move them; see policy.convert_block_mapped)",

@@ -95,6 +95,10 @@ pub fn run(args: &DefragArgs) -> ExitCode {
         quiet_period: None,
         convert_block_mapped: args.convert_block_mapped,
         xfs_swapext_without_rmapbt: args.xfs_swapext_without_rmapbt,
+        btrfs: crate::backend::btrfs::Policy {
+            extent_thresh: args.extent_thresh_mib.saturating_mul(MIB as u32),
+            allow_nocow: args.allow_nocow,
+        },
     };
     let show_bar = !args.json && std::io::stderr().is_terminal();
     let mut supervisor = OneShot {

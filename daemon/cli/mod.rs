@@ -145,6 +145,16 @@ pub struct DefragArgs {
     /// xfs_repair (xfs_fsr has the same risk). Off: such files are left.
     #[arg(long)]
     pub xfs_swapext_without_rmapbt: bool,
+    /// btrfs: leave extents at least this many MiB long where they are
+    /// (what `btrfs filesystem defragment -t` takes; the kernel leaves
+    /// 128 MiB extents alone whatever this says).
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=128))]
+    pub extent_thresh_mib: u32,
+    /// btrfs: also defragment nodatacow files (`chattr +C`). The rewrite
+    /// is copy-on-write, once; off by default, as such files (databases,
+    /// VM images) are often nodatacow to avoid exactly that.
+    #[arg(long)]
+    pub allow_nocow: bool,
     /// Files or directories (directories are walked recursively).
     #[arg(required = true)]
     pub paths: Vec<PathBuf>,

@@ -180,6 +180,8 @@ pub struct PolicyFragment {
     pub reserve_percent: Option<Raw>,
     pub convert_block_mapped: Option<Raw>,
     pub xfs_swapext_without_rmapbt: Option<Raw>,
+    pub btrfs_extent_thresh: Option<Raw>,
+    pub btrfs_nocow: Option<Raw>,
     pub boundary_ms_hdd: Option<Raw>,
     pub boundary_ms_ssd: Option<Raw>,
     pub min_saved_ms_per_gib: Option<Raw>,

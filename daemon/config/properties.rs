@@ -110,6 +110,8 @@ const KEYS: &[&str] = &[
     "policy.exclude",
     "policy.reserve_percent",
     "policy.convert_block_mapped",
+    "policy.btrfs_extent_thresh",
+    "policy.btrfs_nocow",
     "policy.boundary_ms_hdd",
     "policy.boundary_ms_ssd",
     "policy.min_saved_ms_per_gib",

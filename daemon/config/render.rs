@@ -52,6 +52,8 @@ struct PolicyView<'a> {
     reserve_percent: f64,
     convert_block_mapped: bool,
     xfs_swapext_without_rmapbt: bool,
+    btrfs_extent_thresh: String,
+    btrfs_nocow: bool,
     boundary_ms_hdd: f64,
     boundary_ms_ssd: f64,
     min_saved_ms_per_gib: f64,
@@ -127,6 +129,8 @@ impl Settings {
                 reserve_percent: self.policy.reserve_percent,
                 convert_block_mapped: self.policy.convert_block_mapped,
                 xfs_swapext_without_rmapbt: self.policy.xfs_swapext_without_rmapbt,
+                btrfs_extent_thresh: format_size(u64::from(self.policy.btrfs.extent_thresh)),
+                btrfs_nocow: self.policy.btrfs.allow_nocow,
                 boundary_ms_hdd: self.policy.boundary_ms_hdd,
                 boundary_ms_ssd: self.policy.boundary_ms_ssd,
                 min_saved_ms_per_gib: self.policy.min_saved_ms_per_gib,
@@ -195,6 +199,11 @@ impl Settings {
                 "xfs_swapext_without_rmapbt = {}",
                 v.policy.xfs_swapext_without_rmapbt
             ),
+            format!(
+                "btrfs_extent_thresh = {}",
+                quote(&v.policy.btrfs_extent_thresh)
+            ),
+            format!("btrfs_nocow = {}", v.policy.btrfs_nocow),
             format!("boundary_ms_hdd = {}", number(v.policy.boundary_ms_hdd)),
             format!("boundary_ms_ssd = {}", number(v.policy.boundary_ms_ssd)),
             format!(

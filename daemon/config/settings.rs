@@ -220,6 +220,10 @@ pub struct PolicySettings {
     /// crash soon after such a swap can leave a log that does not replay
     /// until `xfs_repair`, as with xfs_fsr. Off by default.
     pub xfs_swapext_without_rmapbt: bool,
+    /// btrfs: extents at least this long (bytes) are left where they are
+    /// (`btrfs filesystem defragment -t`), and nodatacow files may be
+    /// rewritten or not.
+    pub btrfs: crate::backend::btrfs::Policy,
     /// What one extent boundary costs a full read on a disk (a seek), in ms.
     pub boundary_ms_hdd: f64,
     /// What one extent boundary costs a full read on flash (one more
@@ -340,6 +344,7 @@ impl Default for PolicySettings {
             reserve_percent: 5.0,
             convert_block_mapped: false,
             xfs_swapext_without_rmapbt: false,
+            btrfs: crate::backend::btrfs::Policy::default(),
             boundary_ms_hdd: 8.0,
             boundary_ms_ssd: 0.1,
             min_saved_ms_per_gib: 100.0,
@@ -392,6 +397,7 @@ impl PartialEq for PolicySettings {
             && self.reserve_percent == other.reserve_percent
             && self.convert_block_mapped == other.convert_block_mapped
             && self.xfs_swapext_without_rmapbt == other.xfs_swapext_without_rmapbt
+            && self.btrfs == other.btrfs
             && self.boundary_ms_hdd == other.boundary_ms_hdd
             && self.boundary_ms_ssd == other.boundary_ms_ssd
             && self.min_saved_ms_per_gib == other.min_saved_ms_per_gib

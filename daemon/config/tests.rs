@@ -656,3 +656,27 @@ fn defragd_variables_are_recognised_in_any_case() {
     assert!(!is_defragd_variable(b"DEFRAG"));
     assert!(!is_defragd_variable("DÉFRAGD__X".as_bytes()));
 }
+
+#[test]
+fn btrfs_policy_defaults_to_32_mib_and_no_nocow_and_is_checked() {
+    // The shipped file says the defaults.
+    let dir = ConfigDir::new(Some(SHIPPED));
+    let policy = dir.load(&[]).unwrap().policy.btrfs;
+    assert_eq!(policy.extent_thresh, 32 << 20);
+    assert!(!policy.allow_nocow);
+    dir.drop_in(
+        "50-btrfs.toml",
+        "[policy]\nbtrfs_extent_thresh = \"8MiB\"\nbtrfs_nocow = true\n",
+    );
+    let policy = dir.load(&[]).unwrap().policy.btrfs;
+    assert_eq!(policy.extent_thresh, 8 << 20);
+    assert!(policy.allow_nocow);
+    for bad in ["\"256MiB\"", "\"1KiB\"", "\"lots\""] {
+        let main = ConfigDir::new(Some(&format!("[policy]\nbtrfs_extent_thresh = {bad}\n")));
+        let message = main.load(&[]).unwrap_err().to_string();
+        assert!(
+            message.contains("policy.btrfs_extent_thresh"),
+            "{bad}: {message}"
+        );
+    }
+}

@@ -25,7 +25,7 @@ use super::settings::{
     MetricsSettings, PolicySettings, ServiceSettings, Settings, ThrottleSettings, TimeWindow,
     WatchSettings, LOG_LEVELS, MIB, MINUTES_PER_DAY, UNIX_PREFIX,
 };
-use super::units::{format_duration, parse_duration, parse_size};
+use super::units::{format_duration, format_size, parse_duration, parse_size};
 use crate::medium::MediumChoice;
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -140,6 +140,24 @@ fn policy(settings: &mut PolicySettings, f: PolicyFragment, check: &mut Check) {
     let key = "policy.xfs_swapext_without_rmapbt";
     if let Some(allow) = check.boolean(key, f.xfs_swapext_without_rmapbt) {
         settings.xfs_swapext_without_rmapbt = allow;
+    }
+    let key = "policy.btrfs_extent_thresh";
+    if let Some(bytes) = check.size(key, f.btrfs_extent_thresh) {
+        // The kernel leaves extents of 128 MiB (its longest) alone
+        // whatever the threshold; below one block it means nothing.
+        const MIN: u64 = 4 << 10;
+        const MAX: u64 = crate::backend::btrfs::MAX_EXTENT_BYTES;
+        match u32::try_from(bytes) {
+            Ok(thresh) if (MIN..=MAX).contains(&bytes) => settings.btrfs.extent_thresh = thresh,
+            _ => check.invalid(
+                key,
+                &format_size(bytes),
+                "must be from 4KiB to 128MiB (btrfs' longest extent)".into(),
+            ),
+        }
+    }
+    if let Some(allow) = check.boolean("policy.btrfs_nocow", f.btrfs_nocow) {
+        settings.btrfs.allow_nocow = allow;
     }
     if let Some(ms) = check.number("policy.boundary_ms_hdd", f.boundary_ms_hdd, 0.0, 1000.0) {
         settings.boundary_ms_hdd = ms;

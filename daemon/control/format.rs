@@ -411,6 +411,7 @@ mod tests {
             bytes_moved_today: 3 << 30,
             filesystems: vec![
                 CoveredFs {
+                    subvolume: 0,
                     mount_point: "/".into(),
                     uuid: "11111111-2222".into(),
                     disk: "nvme0n1".into(),
@@ -425,6 +426,7 @@ mod tests {
                     written_today_bytes: 1 << 30,
                 },
                 CoveredFs {
+                    subvolume: 0,
                     mount_point: "/srv".into(),
                     uuid: "33333333-4444".into(),
                     disk: "sda".into(),

@@ -183,7 +183,12 @@ pub struct Moving {
 pub struct CoveredFs {
     #[serde(serialize_with = "path_lossy")]
     pub mount_point: PathBuf,
+    /// The filesystem's UUID; for a btrfs subvolume other than the top
+    /// level, the subvolume's own.
     pub uuid: String,
+    /// The btrfs subvolume covered (5: the top level); 0 elsewhere.
+    #[serde(default)]
+    pub subvolume: u64,
     pub disk: String,
     /// How written files are found there: "fanotify" (the whole
     /// filesystem), "inotify" (the `watch` trees) or "crawl" (the

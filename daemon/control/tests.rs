@@ -60,6 +60,7 @@ fn canned_status() -> StatusReport {
         queued: 3,
         bytes_moved_today: 4096,
         filesystems: vec![CoveredFs {
+            subvolume: 0,
             mount_point: "/srv".into(),
             uuid: "u-1".into(),
             disk: "sda".into(),

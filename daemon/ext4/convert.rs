@@ -1,5 +1,6 @@
 //! Converting a block-mapped (ext3-era) file to extents with
-//! EXT4_IOC_MIGRATE, and the read lease that keeps writers out meanwhile.
+//! EXT4_IOC_MIGRATE (the read lease that keeps writers out meanwhile is
+//! generic: `crate::sys::take_read_lease`).
 //! The kernel's conversion is not crash-safe; deciding whether to run it
 //! at all is the mover's business, not this module's.
 
@@ -22,35 +23,4 @@ pub fn migrate_to_extents(fd: BorrowedFd<'_>) -> Result<()> {
             Errno::EINVAL => Error::CannotConvert,
             other => Error::of("EXT4_IOC_MIGRATE", other),
         })
-}
-
-/// A read lease on a file: it was granted only because no process had the
-/// file open for writing, and while it is held, a process that opens the
-/// file for writing waits until it is released.
-#[derive(Debug)]
-pub struct ReadLease<'fd> {
-    fd: BorrowedFd<'fd>,
-}
-
-/// Takes a read lease through `fd`, which must be open read-only.
-pub fn take_read_lease(fd: BorrowedFd<'_>) -> Result<ReadLease<'_>> {
-    set_lease(fd, nix::libc::F_RDLCK).map_err(|errno| match errno {
-        Errno::EAGAIN | Errno::EBUSY => Error::OpenForWriting,
-        other => Error::of("F_SETLEASE", other),
-    })?;
-    Ok(ReadLease { fd })
-}
-
-fn set_lease(fd: BorrowedFd<'_>, kind: nix::libc::c_int) -> nix::Result<()> {
-    // SAFETY: fcntl(F_SETLEASE) takes an integer argument.
-    let rc = unsafe { nix::libc::fcntl(fd.as_raw_fd(), nix::libc::F_SETLEASE, kind) };
-    Errno::result(rc).map(drop)
-}
-
-impl Drop for ReadLease<'_> {
-    fn drop(&mut self) {
-        if let Err(e) = set_lease(self.fd, nix::libc::F_UNLCK) {
-            tracing::debug!("releasing a read lease failed ({e}); closing the file releases it");
-        }
-    }
 }

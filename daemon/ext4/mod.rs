@@ -9,7 +9,7 @@ mod filesystem;
 mod layout;
 mod move_ext;
 
-pub use convert::{migrate_to_extents, take_read_lease, ReadLease};
+pub use convert::migrate_to_extents;
 pub use filesystem::{Ext4Detail, Layout, Superblock, EXT4_SUPER_MAGIC};
 pub use layout::Guess;
 pub use move_ext::{move_extents, MoveFailed};

@@ -40,6 +40,7 @@ pub struct FsInfo {
 pub enum FsDetail {
     Ext4(crate::ext4::Ext4Detail),
     Xfs(crate::xfs::Geometry),
+    Btrfs(crate::backend::btrfs::BtrfsDetail),
 }
 
 impl FsDetail {
@@ -47,7 +48,7 @@ impl FsDetail {
     pub fn ext4(&self) -> Option<&crate::ext4::Ext4Detail> {
         match self {
             FsDetail::Ext4(detail) => Some(detail),
-            FsDetail::Xfs(_) => None,
+            FsDetail::Xfs(_) | FsDetail::Btrfs(_) => None,
         }
     }
 }
@@ -60,7 +61,7 @@ impl FsInfo {
         match &self.detail {
             FsDetail::Ext4(detail) => detail.layout_note(&self.mount_point),
             // XFS's geometry comes from an ioctl: nothing is guessed.
-            FsDetail::Xfs(_) => None,
+            FsDetail::Xfs(_) | FsDetail::Btrfs(_) => None,
         }
     }
 
@@ -69,7 +70,7 @@ impl FsInfo {
     pub fn layout_from_kernel(&self) -> bool {
         match &self.detail {
             FsDetail::Ext4(detail) => detail.layout_from_kernel(),
-            FsDetail::Xfs(_) => false,
+            FsDetail::Xfs(_) | FsDetail::Btrfs(_) => false,
         }
     }
 
@@ -81,6 +82,10 @@ impl FsInfo {
         match &self.detail {
             FsDetail::Ext4(detail) => detail.group_blocks(),
             FsDetail::Xfs(geometry) => u64::from(geometry.ag_blocks),
+            // btrfs allocates from chunks of 1 GiB (data) and has no
+            // region a file must be split at: its longest extent is the
+            // limit.
+            FsDetail::Btrfs(_) => self.max_extent_blocks,
         }
     }
 
@@ -90,6 +95,9 @@ impl FsInfo {
         match &self.detail {
             FsDetail::Ext4(detail) => detail.superblock.inline_data,
             FsDetail::Xfs(_) => false,
+            // Inline extents exist on btrfs (max_inline), and FIEMAP
+            // shows them as one extent.
+            FsDetail::Btrfs(_) => true,
         }
     }
 }

@@ -46,17 +46,32 @@ pub fn majmin(dev: u64) -> String {
 }
 
 /// The mount of the filesystem `fd` lives on.
+///
+/// Found by device (mountinfo's major:minor against st_dev) where that
+/// names the filesystem: the first mount of the device is the one its
+/// superblock options show, and bind mounts of it share them. btrfs is
+/// the exception: a file's st_dev is its subvolume's anonymous device,
+/// which mountinfo never shows (it shows the filesystem's), and two
+/// mounts of one btrfs may be two different subvolumes. There the mount
+/// `fd` was opened through is found by its id (statx STATX_MNT_ID).
 pub fn find_mount(fd: BorrowedFd<'_>) -> Result<Mount, FsError> {
     let dev = sys::stat(fd)?.st_dev;
     let wanted = majmin(dev);
     let not_found = || FsError::MountNotFound(wanted.clone());
-    // The first mount of the device is the one its superblock options show;
-    // bind mounts of the same device share them.
-    let mount = sys::mounts()
-        .ok_or_else(not_found)?
-        .into_iter()
-        .find(|m| m.majmin == wanted)
-        .ok_or_else(not_found)?;
+    let mounts = sys::mounts().ok_or_else(not_found)?;
+    let by_device = mounts
+        .iter()
+        .find(|m| m.majmin == wanted && m.fs_type != "btrfs");
+    let mount = match by_device {
+        Some(mount) => mount,
+        None => {
+            let id = sys::mount_id(fd)?;
+            mounts
+                .iter()
+                .find(|m| u64::try_from(m.mnt_id).ok() == Some(id))
+                .ok_or_else(not_found)?
+        }
+    };
     let supers = &mount.super_options;
     Ok(Mount {
         dev,
@@ -64,8 +79,8 @@ pub fn find_mount(fd: BorrowedFd<'_>) -> Result<Mount, FsError> {
         dax: has(supers, "dax", None)
             || has(supers, "dax", Some("always"))
             || has(supers, "dax", Some("inode")),
-        mount_point: mount.mount_point,
-        source: mount.mount_source,
-        super_options: mount.super_options,
+        mount_point: mount.mount_point.clone(),
+        source: mount.mount_source.clone(),
+        super_options: mount.super_options.clone(),
     })
 }

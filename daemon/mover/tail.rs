@@ -20,7 +20,6 @@ use crate::assess::{clip_to_eof, ideal_extents, BlockRange, ExtentMap};
 use crate::backend::{Inspected, Relocation};
 use crate::eligibility::check_free_space;
 use crate::outcome::{FailReason, KernelErrorKind, Refusal, SkipReason};
-use crate::plan;
 use crate::sys::{self, Flush};
 use crate::target::Target;
 
@@ -150,7 +149,7 @@ impl Tail<'_> {
         if unsettled {
             return Ok(Round::LeftBehind(LeftBehind::Unsettled));
         }
-        let map = ExtentMap::from_fiemap(&raw, block_size);
+        let map = self.inspected.backend.extent_map(&raw, block_size);
         let (ranges, runs) = match look(
             &map,
             handled,
@@ -165,7 +164,7 @@ impl Tail<'_> {
             Ok(relocation) => relocation,
             Err(why) => return Ok(Round::LeftBehind(LeftBehind::NoBetterSpace(why))),
         };
-        let chunks = plan::chunks(&ranges, self.chunk_blocks, 0);
+        let chunks = relocation.chunks(&ranges, self.chunk_blocks, 0);
         pass.move_chunks(&mut relocation, &chunks, supervisor)?;
         Ok(Round::Moved(eof_block))
     }

@@ -6,6 +6,7 @@
 use std::os::fd::BorrowedFd;
 
 use crate::assess::{Assessment, ExtentMap};
+use crate::backend::Backend;
 use crate::outcome::{FailReason, Size};
 use crate::sys::{self, Flush};
 
@@ -21,6 +22,7 @@ pub(super) struct Measured {
 /// count: it is left out, as it would have been at the start.
 pub(super) fn measure(
     file: BorrowedFd<'_>,
+    backend: Backend,
     block_size: u64,
     longest: u64,
 ) -> sys::Result<Measured> {
@@ -30,7 +32,7 @@ pub(super) fn measure(
         .into_iter()
         .filter(|e| !e.flags.is_delalloc())
         .collect();
-    let map = ExtentMap::from_fiemap(&raw, block_size);
+    let map = backend.extent_map(&raw, block_size);
     let assessment = Assessment::of(&map, size, longest);
     Ok(Measured { map, assessment })
 }

@@ -158,8 +158,20 @@ pub fn consider_handle(
         return Considered::Gone;
     };
     let regular = stat.st_mode & nix::libc::S_IFMT == nix::libc::S_IFREG;
-    if !regular || stat.st_dev != fs.dev {
+    if !regular {
         return Considered::Left(Left::NotAFileHere);
+    }
+    if stat.st_dev != fs.dev {
+        // A btrfs top level's mark sees every subvolume's writes: a file
+        // in another subvolume is that subvolume's, where it is covered
+        // (its own mount cannot be marked), reached through its mount.
+        drop(pinned);
+        return match subvolume_unit(shared, fs, stat.st_dev) {
+            Some((other, other_root)) => {
+                consider_handle(shared, &other, other_root.as_fd(), handle, now)
+            }
+            None => Considered::Left(Left::NotAFileHere),
+        };
     }
     let generation = match sys::reopen(pinned.as_fd(), sys::Access::ReadOnly)
         .and_then(|file| sys::generation(file.as_fd()))
@@ -185,8 +197,29 @@ pub fn consider_handle(
         Err(sys::Error::NotFound) => return Considered::Gone,
         Err(e) => return Considered::Failed(e.to_string()),
     };
-    target.expected_identity = Some((stat.st_ino, generation));
+    // Same st_dev as the covered mount: on btrfs, its subvolume.
+    target.expected_identity = Some(crate::target::FileKey {
+        subvolume: fs.subvolume,
+        ino: stat.st_ino,
+        generation,
+    });
     consider_target(shared, fs, &target, rel, Urgency::Written, now).0
+}
+
+/// The covered unit of the filesystem `fs` is on whose files have st_dev
+/// `dev` (another btrfs subvolume of it), and its root, where it is
+/// covered and still mounted.
+fn subvolume_unit(
+    shared: &Shared,
+    fs: &Covered,
+    dev: u64,
+) -> Option<(Covered, std::os::fd::OwnedFd)> {
+    let other = shared
+        .covered()
+        .into_values()
+        .find(|c| c.dev == dev && c.info.uuid == fs.info.uuid && c.uuid != fs.uuid)?;
+    let root = crate::mounts::reopen_root(&other)?;
+    Some((other, root))
 }
 
 fn consider_target(
@@ -198,6 +231,7 @@ fn consider_target(
     now: i64,
 ) -> (Considered, Option<Tally>) {
     let mut filesystems = Filesystems::seeded(fs.dev, fs.backend, fs.info.clone());
+    filesystems.set_btrfs_policy(shared.settings().policy.btrfs);
     let inspected = match inspect(target, &mut filesystems, Settle::AsIs) {
         Ok(inspected) => inspected,
         Err(Refusal::Skip(SkipReason::Vanished | SkipReason::Replaced)) => {
@@ -212,6 +246,7 @@ fn consider_target(
     ));
     let file = FileId {
         fs_uuid: fs.uuid,
+        subvolume: inspected.subvolume,
         ino: inspected.ino,
         generation: inspected.generation,
     };

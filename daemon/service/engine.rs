@@ -88,7 +88,11 @@ impl Engine for Kernel {
             Err(crate::sys::Error::NotFound) => return Err(Unopened::NotFound),
             Err(e) => return Err(Unopened::Failed(e.to_string())),
         };
-        target.expected_identity = Some((job.file.ino, job.file.generation));
+        target.expected_identity = Some(crate::target::FileKey {
+            subvolume: job.file.subvolume,
+            ino: job.file.ino,
+            generation: job.file.generation,
+        });
         Ok(Box::new(KernelJob {
             target,
             ino: job.file.ino,

@@ -456,8 +456,10 @@ fn refresh_covered(shared: &Shared) -> bool {
     let mut said = HashMap::new();
     for path in candidates {
         match mounts::cover(&path) {
+            // Two mounts of one filesystem (of one btrfs subvolume) are
+            // covered once, through the first.
             Ok(fs) => {
-                covered.insert(fs.uuid, fs);
+                covered.entry(fs.uuid).or_insert(fs);
             }
             Err(e) => {
                 said.insert(e.path.clone(), escaped_display(&e).to_string());
@@ -504,8 +506,12 @@ fn refresh_covered(shared: &Shared) -> bool {
     }
     for fs in covered.values() {
         if !before.contains_key(&fs.uuid) {
+            let subvolume = match fs.subvolume {
+                0 => String::new(),
+                id => format!(" subvolume {id}"),
+            };
             tracing::info!(
-                "covering {} ({} {}, disk {})",
+                "covering {} ({} {}{subvolume}, disk {})",
                 escaped(&fs.mount_point),
                 fs.backend.fs_type(),
                 fs.uuid,

@@ -140,6 +140,7 @@ pub fn report(shared: &Shared) -> StatusReport {
                     medium_source: medium.source.as_str().to_string(),
                     mount_point: fs.mount_point,
                     uuid: fs.uuid.to_string(),
+                    subvolume: fs.subvolume,
                     disk: fs.disk.0,
                     tracking: tracking.mode().to_string(),
                     tracking_note: tracking.why().map(str::to_string),

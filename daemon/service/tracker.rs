@@ -11,8 +11,11 @@
 //! scan finds the files changed since the last write known to be seen.
 //!
 //! Where fanotify cannot be had (no CAP_SYS_ADMIN, a filesystem without
-//! file handles), that filesystem falls back to inotify on its `watch`
-//! trees (the watcher) and the crawl.
+//! file handles, a btrfs subvolume other than the top level), that
+//! filesystem falls back to inotify on its `watch` trees (the watcher) and
+//! the crawl. A btrfs top level's mark sees the writes of every subvolume:
+//! those in another covered subvolume are handed to it
+//! (`candidates::consider_handle`).
 //!
 //! The event loop only reads events and keeps books; measuring files and
 //! scanning run off it.
@@ -232,9 +235,21 @@ impl Tracker {
         let group = self.group.as_ref().map_err(ToString::to_string)?;
         let root = reopen_root(fs).ok_or_else(|| "its mount point cannot be opened".to_string())?;
         let id = fs_id(root.as_fd()).map_err(|e| format!("statfs failed: {e}"))?;
-        group
-            .mark_filesystem(root.as_fd())
-            .map_err(|e| e.to_string())?;
+        group.mark_filesystem(root.as_fd()).map_err(|e| match e {
+            // Linux (6.18 here) refuses whole-filesystem marks on a btrfs
+            // subvolume other than the top level: its f_fsid is not the
+            // filesystem's.
+            FanotifyError::FilesystemUnsupported(nix::errno::Errno::EXDEV)
+                if fs.subvolume > crate::mounts::TOP_LEVEL_SUBVOLUME =>
+            {
+                format!(
+                    "fanotify cannot mark a btrfs subvolume other than the top level (EXDEV); \
+                     this is subvolume {}",
+                    fs.subvolume
+                )
+            }
+            other => other.to_string(),
+        })?;
         Ok(id)
     }
 

@@ -125,6 +125,7 @@ fn run_job(shared: &Shared, disk: &DiskId, job: Job) {
                 quiet_period: Some(settings.policy.quiet_period),
                 convert_block_mapped: settings.policy.convert_block_mapped,
                 xfs_swapext_without_rmapbt: settings.policy.xfs_swapext_without_rmapbt,
+                btrfs: settings.policy.btrfs,
             };
             let attempt = attempt(shared, disk, &fs, &job, &path, &options);
             (path, attempt)
@@ -309,6 +310,7 @@ impl Supervisor for JobSupervisor<'_> {
         );
         let id = FileId {
             fs_uuid: self.job.file.fs_uuid,
+            subvolume: self.job.file.subvolume,
             ino: file.ino,
             generation: file.generation,
         };

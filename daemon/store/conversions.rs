@@ -75,6 +75,8 @@ impl Store {
                 Ok(Unfinished {
                     id: row.get("id")?,
                     file: FileId {
+                        // Conversions are ext4's: no subvolumes.
+                        subvolume: 0,
                         fs_uuid: row.get("fs_uuid")?,
                         ino: get_u64(row, "ino")?,
                         generation: row.get("generation")?,

@@ -109,12 +109,14 @@ pub(super) struct Departed {
 
 impl Departed {
     /// The columns `from_row` reads, for a `RETURNING` clause.
-    pub const COLUMNS: &'static str = "fs_uuid, ino, generation, path_hint, extents_before";
+    pub const COLUMNS: &'static str =
+        "fs_uuid, subvolume, ino, generation, path_hint, extents_before";
 
     pub fn from_row(row: &Row<'_>) -> rusqlite::Result<Departed> {
         Ok(Departed {
             file: FileId {
                 fs_uuid: row.get("fs_uuid")?,
+                subvolume: get_u64(row, "subvolume")?,
                 ino: get_u64(row, "ino")?,
                 generation: row.get("generation")?,
             },
@@ -132,8 +134,8 @@ pub(super) fn append(
 ) -> rusqlite::Result<()> {
     let mut stmt = conn.prepare_cached(
         "INSERT INTO history (fs_uuid, ino, generation, path, outcome, reason_code, reason,
-                              extents_before, extents_after, bytes_moved, finished_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                              extents_before, extents_after, bytes_moved, finished_at, subvolume)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
     )?;
     stmt.execute(params![
         departed.file.fs_uuid,
@@ -147,6 +149,7 @@ pub(super) fn append(
         finished.extents_after.map(Uint),
         Uint(finished.bytes_moved),
         now,
+        Uint(departed.file.subvolume),
     ])?;
     Ok(())
 }
@@ -167,6 +170,7 @@ fn entry_from_row(row: &Row<'_>) -> rusqlite::Result<HistoryEntry> {
         id: row.get("id")?,
         file: FileId {
             fs_uuid: row.get("fs_uuid")?,
+            subvolume: get_u64(row, "subvolume")?,
             ino: get_u64(row, "ino")?,
             generation: row.get("generation")?,
         },

@@ -15,7 +15,8 @@ use super::{FileId, JobId, Store, StoreError};
 use crate::filesystem::FsUuid;
 
 /// The columns `job_from_row` reads, for SELECT and RETURNING clauses.
-const JOB_COLUMNS: &str = "id, fs_uuid, ino, generation, path_hint, size_bytes, extents_before,
+const JOB_COLUMNS: &str =
+    "id, fs_uuid, subvolume, ino, generation, path_hint, size_bytes, extents_before,
     ideal_extents, score, priority, state, next_block, attempts, requeues, space_waits,
     last_error, queued_at, updated_at, not_before";
 
@@ -108,6 +109,7 @@ fn job_from_row(row: &Row<'_>) -> rusqlite::Result<Job> {
         id: JobId(row.get("id")?),
         file: FileId {
             fs_uuid: row.get("fs_uuid")?,
+            subvolume: get_u64(row, "subvolume")?,
             ino: get_u64(row, "ino")?,
             generation: row.get("generation")?,
         },
@@ -156,9 +158,10 @@ pub enum Enqueued {
 /// assessment. A running job is left alone (no row is returned).
 const UPSERT: &str = "
     INSERT INTO jobs (fs_uuid, ino, generation, path_hint, size_bytes, extents_before,
-                      ideal_extents, score, priority, state, queued_at, updated_at, not_before)
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'queued', ?10, ?10, ?11)
-    ON CONFLICT (fs_uuid, ino, generation) DO UPDATE SET
+                      ideal_extents, score, priority, state, queued_at, updated_at, not_before,
+                      subvolume)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'queued', ?10, ?10, ?11, ?12)
+    ON CONFLICT (fs_uuid, subvolume, ino, generation) DO UPDATE SET
         path_hint = excluded.path_hint,
         size_bytes = excluded.size_bytes,
         extents_before = excluded.extents_before,
@@ -201,6 +204,7 @@ impl Store {
                     job.priority,
                     now,
                     job.not_before,
+                    Uint(file.subvolume),
                 ],
                 |row| row.get(0),
             )
@@ -210,8 +214,14 @@ impl Store {
             Some(id) => Enqueued::Queued(JobId(id)),
             None => Enqueued::Running(JobId(
                 tx.query_row(
-                    "SELECT id FROM jobs WHERE fs_uuid = ?1 AND ino = ?2 AND generation = ?3",
-                    params![file.fs_uuid, Uint(file.ino), file.generation],
+                    "SELECT id FROM jobs
+                     WHERE fs_uuid = ?1 AND ino = ?2 AND generation = ?3 AND subvolume = ?4",
+                    params![
+                        file.fs_uuid,
+                        Uint(file.ino),
+                        file.generation,
+                        Uint(file.subvolume)
+                    ],
                     |row| row.get(0),
                 )
                 .doing(doing)?,

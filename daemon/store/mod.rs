@@ -53,17 +53,19 @@ pub const DEFAULT_HISTORY_LIMIT: usize = 10_000;
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 pub struct FileId {
     pub fs_uuid: FsUuid,
+    /// The btrfs subvolume it lives in; 0 on filesystems without them.
+    pub subvolume: u64,
     pub ino: u64,
     pub generation: u32,
 }
 
 impl fmt::Display for FileId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "inode {} (generation {}) on {}",
-            self.ino, self.generation, self.fs_uuid
-        )
+        write!(f, "inode {} (generation {}) on ", self.ino, self.generation)?;
+        match self.subvolume {
+            0 => write!(f, "{}", self.fs_uuid),
+            id => write!(f, "{} subvolume {id}", self.fs_uuid),
+        }
     }
 }
 

@@ -12,6 +12,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
     V3_WRITE_TRACKING,
     V4_FRAGMENTATION,
     V5_REQUEUES,
+    V6_SUBVOLUMES,
 ];
 
 /// The newest schema version this code understands.
@@ -151,6 +152,69 @@ ALTER TABLE jobs ADD COLUMN space_waits INTEGER NOT NULL DEFAULT 0;
 UPDATE jobs SET requeues = attempts, attempts = 0;
 ";
 
+/// On btrfs an inode number is unique only within its subvolume: a file
+/// is (filesystem, subvolume, inode, generation). The queue and the
+/// settled files are rebuilt with the subvolume in their key (SQLite
+/// cannot change a table's constraints in place); every row from before
+/// is on ext4 or XFS, which have no subvolumes: 0. The queue's id
+/// sequence is carried over, so no id is ever reused.
+const V6_SUBVOLUMES: &str = "
+CREATE TABLE jobs_v6 (
+    id             INTEGER PRIMARY KEY AUTOINCREMENT,
+    fs_uuid        TEXT NOT NULL,
+    subvolume      INTEGER NOT NULL DEFAULT 0,
+    ino            INTEGER NOT NULL,
+    generation     INTEGER NOT NULL,
+    path_hint      BLOB NOT NULL,
+    size_bytes     INTEGER NOT NULL,
+    extents_before INTEGER NOT NULL,
+    ideal_extents  INTEGER NOT NULL,
+    score          REAL NOT NULL,
+    priority       REAL NOT NULL,
+    state          TEXT NOT NULL CHECK (state IN ('queued', 'running')),
+    next_block     INTEGER NOT NULL DEFAULT 0,
+    attempts       INTEGER NOT NULL DEFAULT 0,
+    last_error     TEXT,
+    queued_at      INTEGER NOT NULL,
+    updated_at     INTEGER NOT NULL,
+    not_before     INTEGER NOT NULL,
+    requeues       INTEGER NOT NULL DEFAULT 0,
+    space_waits    INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (fs_uuid, subvolume, ino, generation)
+);
+INSERT INTO jobs_v6 (id, fs_uuid, subvolume, ino, generation, path_hint, size_bytes,
+    extents_before, ideal_extents, score, priority, state, next_block, attempts, last_error,
+    queued_at, updated_at, not_before, requeues, space_waits)
+SELECT id, fs_uuid, 0, ino, generation, path_hint, size_bytes, extents_before, ideal_extents,
+    score, priority, state, next_block, attempts, last_error, queued_at, updated_at, not_before,
+    requeues, space_waits
+FROM jobs;
+DELETE FROM sqlite_sequence WHERE name = 'jobs_v6';
+INSERT INTO sqlite_sequence (name, seq) SELECT 'jobs_v6', seq FROM sqlite_sequence WHERE name = 'jobs';
+DROP TABLE jobs;
+ALTER TABLE jobs_v6 RENAME TO jobs;
+CREATE INDEX jobs_in_take_order ON jobs (state, priority DESC, queued_at, id);
+
+CREATE TABLE settled_v6 (
+    fs_uuid     TEXT NOT NULL,
+    subvolume   INTEGER NOT NULL DEFAULT 0,
+    ino         INTEGER NOT NULL,
+    generation  INTEGER NOT NULL,
+    mtime       INTEGER NOT NULL,
+    size_bytes  INTEGER NOT NULL,
+    why         TEXT NOT NULL CHECK (why IN ('moved', 'no_gain')),
+    settled_at  INTEGER NOT NULL,
+    PRIMARY KEY (fs_uuid, subvolume, ino, generation)
+);
+INSERT INTO settled_v6 (fs_uuid, subvolume, ino, generation, mtime, size_bytes, why, settled_at)
+SELECT fs_uuid, 0, ino, generation, mtime, size_bytes, why, settled_at FROM settled;
+DROP TABLE settled;
+ALTER TABLE settled_v6 RENAME TO settled;
+CREATE INDEX settled_by_age ON settled (settled_at);
+
+ALTER TABLE history ADD COLUMN subvolume INTEGER NOT NULL DEFAULT 0;
+";
+
 /// The schema version recorded in the file (0 for a new, empty one).
 pub(super) fn user_version(conn: &Connection) -> rusqlite::Result<i64> {
     conn.pragma_query_value(None, "user_version", |row| row.get(0))
@@ -258,6 +322,57 @@ mod tests {
     }
 
     #[test]
+    fn jobs_from_before_version_6_are_in_subvolume_0_and_keep_their_ids() {
+        // A queue from ext4 or XFS: its jobs keep their ids, cursors and
+        // counters, in subvolume 0; the id sequence goes on past the
+        // highest id ever given (a job deleted since included).
+        let mut conn = Connection::open_in_memory().unwrap();
+        migrate(&mut conn, &MIGRATIONS[..5]).unwrap();
+        let insert = "INSERT INTO jobs (fs_uuid, ino, generation, path_hint, size_bytes,
+                          extents_before, ideal_extents, score, priority, state, next_block,
+                          attempts, requeues, queued_at, updated_at, not_before)
+                      VALUES ('u', ?1, 1, x'61', 4096, 9, 1, 0.5, 1.0, 'queued', 64, 2, 3,
+                              100, 100, 0)";
+        conn.execute(insert, [12]).unwrap();
+        conn.execute(insert, [13]).unwrap();
+        conn.execute("DELETE FROM jobs WHERE ino = 13", []).unwrap();
+        conn.execute(
+            "INSERT INTO settled (fs_uuid, ino, generation, mtime, size_bytes, why, settled_at)
+             VALUES ('u', 12, 1, 5, 4096, 'moved', 6)",
+            [],
+        )
+        .unwrap();
+        migrate(&mut conn, MIGRATIONS).unwrap();
+        let row: (i64, i64, i64, i64, i64) = conn
+            .query_row(
+                "SELECT id, subvolume, next_block, attempts, requeues FROM jobs",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+            )
+            .unwrap();
+        assert_eq!(row, (1, 0, 64, 2, 3));
+        let settled: i64 = conn
+            .query_row("SELECT subvolume FROM settled WHERE ino = 12", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(settled, 0);
+        // The same inode number in another subvolume is another file.
+        conn.execute(
+            "INSERT INTO jobs (fs_uuid, subvolume, ino, generation, path_hint, size_bytes,
+                               extents_before, ideal_extents, score, priority, state,
+                               queued_at, updated_at, not_before)
+             VALUES ('u', 256, 12, 1, x'62', 4096, 9, 1, 0.5, 1.0, 'queued', 100, 100, 0)",
+            [],
+        )
+        .unwrap();
+        let newest: i64 = conn
+            .query_row("SELECT max(id) FROM jobs", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(newest, 3, "id 2 was given once and must not come back");
+    }
+
+    #[test]
     fn takes_counted_before_version_5_become_requeues() {
         // A store from before failures were counted apart: a job taken
         // three times (each a harmless requeue or a failure, nobody knows)
@@ -272,7 +387,7 @@ mod tests {
             [],
         )
         .unwrap();
-        migrate(&mut conn, MIGRATIONS).unwrap();
+        migrate(&mut conn, &MIGRATIONS[..5]).unwrap();
         assert_eq!(user_version(&conn).unwrap(), 5);
         let row: (i64, i64, i64, i64) = conn
             .query_row(

@@ -65,9 +65,10 @@ impl Store {
     ) -> Result<(), StoreError> {
         self.conn
             .execute(
-                "INSERT INTO settled (fs_uuid, ino, generation, mtime, size_bytes, why, settled_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-                 ON CONFLICT (fs_uuid, ino, generation) DO UPDATE SET
+                "INSERT INTO settled (fs_uuid, ino, generation, mtime, size_bytes, why, settled_at,
+                                      subvolume)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                 ON CONFLICT (fs_uuid, subvolume, ino, generation) DO UPDATE SET
                      mtime = excluded.mtime, size_bytes = excluded.size_bytes,
                      why = excluded.why, settled_at = excluded.settled_at",
                 params![
@@ -77,7 +78,8 @@ impl Store {
                     mtime,
                     Uint(size_bytes),
                     why.as_str(),
-                    self.now()
+                    self.now(),
+                    Uint(file.subvolume)
                 ],
             )
             .doing("recording a settled file")?;
@@ -89,11 +91,16 @@ impl Store {
         self.conn
             .prepare_cached(
                 "SELECT mtime, size_bytes, why, settled_at FROM settled
-                 WHERE fs_uuid = ?1 AND ino = ?2 AND generation = ?3",
+                 WHERE fs_uuid = ?1 AND ino = ?2 AND generation = ?3 AND subvolume = ?4",
             )
             .and_then(|mut stmt| {
                 stmt.query_row(
-                    params![file.fs_uuid, Uint(file.ino), file.generation],
+                    params![
+                        file.fs_uuid,
+                        Uint(file.ino),
+                        file.generation,
+                        Uint(file.subvolume)
+                    ],
                     |row| {
                         let why: String = row.get(2)?;
                         Ok(Settled {

@@ -37,6 +37,7 @@ impl TestClock {
 
 pub fn file(fs: FsUuid, ino: u64) -> FileId {
     FileId {
+        subvolume: 0,
         fs_uuid: fs,
         ino,
         generation: 7,

@@ -18,6 +18,7 @@ mod fsxattr;
 pub mod handle;
 mod inode;
 mod ioprio;
+mod lease;
 mod open;
 mod pagecache;
 mod swap;
@@ -34,6 +35,7 @@ pub use fsxattr::{get_fsxattr, set_fsxattr, Fsxattr, XFlags};
 pub use handle::{fs_id, open_by_handle, FileHandle, HandleError};
 pub use inode::{generation, inode_flags, InodeFlags};
 pub use ioprio::set_current_thread_idle;
+pub use lease::{take_read_lease, ReadLease};
 pub use open::{
     is_mount_root, open_dir, open_dir_beneath, pin_beneath, reopen, stat_beneath, Access, EntryStat,
 };
@@ -67,6 +69,36 @@ pub fn sync_filesystem(fd: std::os::fd::BorrowedFd<'_>) -> Result<()> {
 /// fstat(2) of an open file.
 pub fn stat(fd: std::os::fd::BorrowedFd<'_>) -> Result<nix::sys::stat::FileStat> {
     nix::sys::stat::fstat(fd).map_err(|errno| Error::of("fstat", errno))
+}
+
+/// The id of the mount `fd` was opened through (statx's STATX_MNT_ID),
+/// which /proc/self/mountinfo lists as its first field. Unlike st_dev it
+/// names the mount on every filesystem type: on btrfs, st_dev is the
+/// subvolume's anonymous device, which mountinfo never shows.
+pub fn mount_id(fd: std::os::fd::BorrowedFd<'_>) -> Result<u64> {
+    use nix::libc;
+    use std::os::fd::AsRawFd;
+    // SAFETY: statx is plain integers; all-zero is a valid value.
+    let mut st: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: the path is a NUL-terminated literal and `st` is writable;
+    // both outlive the call. AT_EMPTY_PATH works on O_PATH fds too.
+    let rc = unsafe {
+        libc::statx(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH | libc::AT_STATX_SYNC_AS_STAT,
+            libc::STATX_MNT_ID,
+            &mut st,
+        )
+    };
+    if rc != 0 {
+        return Err(Error::of("statx", nix::errno::Errno::last()));
+    }
+    if st.stx_mask & libc::STATX_MNT_ID == 0 {
+        // Kernels before 5.8 do not report it.
+        return Err(Error::of("statx", nix::errno::Errno::EOPNOTSUPP));
+    }
+    Ok(st.stx_mnt_id)
 }
 
 /// This process's mounts, in mount order (/proc/self/mountinfo); None

@@ -15,6 +15,7 @@ impl Controller for Fake {
             queued: 0,
             bytes_moved_today: 0,
             filesystems: vec![CoveredFs {
+                subvolume: 0,
                 mount_point: "/srv".into(),
                 uuid: "u".into(),
                 disk: "8:0".into(),

@@ -78,6 +78,7 @@ prop_compose! {
         written_today_bytes in any::<u64>(),
     ) -> CoveredFs {
         CoveredFs {
+            subvolume: 0,
             mount_point, uuid, disk, fragmentation, today, total, tracking, tracking_note,
             medium, medium_source, write_budget_bytes, written_today_bytes,
         }

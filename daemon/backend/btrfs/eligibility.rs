@@ -57,9 +57,7 @@ impl FileFacts {
 /// Whether a process has `file` open for writing: a read lease is granted
 /// only when none has. Taken and given back at once.
 fn has_writer(file: BorrowedFd<'_>) -> sys::Result<bool> {
-    // The lease call is generic (fcntl); ext4's conversion module owns the
-    // wrapper for now.
-    match crate::ext4::take_read_lease(file) {
+    match sys::take_read_lease(file) {
         Ok(_lease) => Ok(false),
         Err(sys::Error::OpenForWriting) => Ok(true),
         Err(other) => Err(other),

@@ -6,23 +6,28 @@
 //!
 //! - `ranges`: which ranges are worth it (pure, over a FIEMAP map);
 //! - `eligibility`: what btrfs refuses, before anything is written;
-//! - `relocate`: DEFRAG_RANGE chunk by chunk, and the fsync.
+//! - `relocate`: DEFRAG_RANGE chunk by chunk, and the fsync;
+//! - `seam`: what `crate::backend` asks of it (probe, refusals, the
+//!   planned ranges narrowed to the selection, the map, the relocation).
 //!
 //! Crash recovery: nothing to clean up. The rewrite is copy-on-write, so
 //! a crash leaves either the old extents or the new ones, data intact;
 //! redoing a chunk is safe.
-//!
-//! Not yet in `enum Backend`: wiring it is one arm per match there.
 
 mod eligibility;
 mod ranges;
 mod relocate;
+mod seam;
 
 pub use eligibility::{
     check_free_space, compression_for, refuse_selection, refuse_unmovable, FileFacts,
 };
 pub use ranges::{pieces, select, Piece, Selection, Target, MAX_EXTENT_BYTES};
 pub use relocate::{BtrfsDefrag, DefragFailed};
+pub use seam::{
+    extent_map, narrow_ranges, policy, probe, refuse_filesystem, refuse_inspected, relocation,
+    BtrfsDetail, Policy,
+};
 
 /// btrfs' statfs magic number.
 pub const MAGIC: i64 = crate::btrfs::MAGIC;

@@ -47,6 +47,7 @@ fn settings() -> Settings {
 fn covered(disk: &DiskId) -> Covered {
     let mount_point = PathBuf::from("/sim/a");
     Covered {
+        subvolume: 0,
         uuid: FS_A,
         mount_point: mount_point.clone(),
         dev: 0,

@@ -202,6 +202,13 @@ impl LoopImage {
         Self::attach_and_mount(dir, img, spec)
     }
 
+    /// Attaches and mounts an image file that exists already (a copy of
+    /// another image, as a power cut left it, say), with its mount point in
+    /// `dir`, which goes with the guard.
+    pub fn adopt(dir: tempfile::TempDir, img: PathBuf, spec: ImageSpec) -> LoopImage {
+        Self::attach_and_mount(dir, img, spec)
+    }
+
     fn attach_and_mount(dir: tempfile::TempDir, img: PathBuf, spec: ImageSpec) -> LoopImage {
         let mnt = dir.path().join("mnt");
         fs::create_dir_all(&mnt).expect("create mount point");
@@ -413,6 +420,30 @@ impl MountGuard {
             mnt: dst.to_path_buf(),
             mounted: true,
             _dir: None,
+        }
+    }
+
+    /// The btrfs subvolume `subvolume` of the filesystem on `device` (a
+    /// LoopImage's), mounted on a new temp dir (`-o subvol=`).
+    pub fn btrfs_subvolume(device: &str, subvolume: &str) -> MountGuard {
+        let dir = tempdir();
+        let mnt = dir.path().join("mnt");
+        fs::create_dir_all(&mnt).expect("create mount point");
+        sh(
+            "mount",
+            [
+                OsStr::new("-t"),
+                OsStr::new("btrfs"),
+                OsStr::new("-o"),
+                OsStr::new(&format!("subvol={subvolume}")),
+                OsStr::new(device),
+                mnt.as_os_str(),
+            ],
+        );
+        MountGuard {
+            mnt,
+            mounted: true,
+            _dir: Some(dir),
         }
     }
 

@@ -4,177 +4,31 @@
 //! shared; `btrfs filesystem defragment` on a clone of the same image is
 //! the comparison (fewer extents, but the snapshot's sharing lost). A
 //! compressed file stays compressed. `btrfs check --readonly` is clean
-//! after each.
-//!
-//! The shared harness's images are ext4 only (`ImageSpec::btrfs` is not
-//! on main yet), so a minimal guard for a btrfs image lives here.
+//! after each. (The backend's own calls, below the mover: what the mover
+//! does with them is `cli`'s.)
 
 use std::ffi::OsStr;
 use std::fs::File;
-use std::io::Write;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use defragd::backend_btrfs::{self as backend, BtrfsDefrag, FileFacts, Selection};
+use defragd::backend::btrfs::{self as backend, BtrfsDefrag, FileFacts, Selection};
 use defragd::outcome::SkipReason;
 use defragd::plan;
 use defragd::sys::{self, ExtentFlags, Flush};
 use defragd_testkit as common;
-use defragd_testkit::{filefrag_extents, md5, run_ok, sh, sh_status, MIB};
+use defragd_testkit::{filefrag_extents, md5, run_ok, sh, ImageSpec, LoopImage, MIB};
 
-/// A btrfs image file on its own loop device (direct I/O), mounted; Drop
-/// unmounts and detaches what this guard attached, nothing else.
-struct BtrfsImage {
-    img: PathBuf,
-    mnt: PathBuf,
-    dev: Option<String>,
-    opts: Option<String>,
-    _dir: tempfile::TempDir,
-}
+use crate::{interleave, random_fill, text_fill};
 
-impl BtrfsImage {
-    fn create(size_mib: u64, opts: Option<&str>) -> BtrfsImage {
-        let dir = common::tempdir();
-        let img = dir.path().join("fs.img");
-        sh(
-            "truncate",
-            [
-                OsStr::new("-s"),
-                OsStr::new(&format!("{size_mib}M")),
-                img.as_os_str(),
-            ],
-        );
-        run_ok(Command::new("mkfs.btrfs").args(["-q", "-f"]).arg(&img));
-        Self::open(dir, img, opts)
-    }
-
-    /// Attaches and mounts an existing image in `dir`.
-    fn open(dir: tempfile::TempDir, img: PathBuf, opts: Option<&str>) -> BtrfsImage {
-        let mnt = dir.path().join("mnt");
-        std::fs::create_dir_all(&mnt).expect("create mount point");
-        let mut me = BtrfsImage {
-            img,
-            mnt,
-            dev: None,
-            opts: opts.map(str::to_string),
-            _dir: dir,
-        };
-        me.mount();
-        me
-    }
-
-    fn mount(&mut self) {
-        if self.dev.is_none() {
-            let dev = sh(
-                "losetup",
-                [
-                    OsStr::new("-f"),
-                    OsStr::new("--show"),
-                    OsStr::new("--direct-io=on"),
-                    self.img.as_os_str(),
-                ],
-            );
-            self.dev = Some(dev.trim().to_string());
-        }
-        let mut cmd = Command::new("mount");
-        cmd.args(["-t", "btrfs"]);
-        if let Some(o) = &self.opts {
-            cmd.args(["-o", o]);
-        }
-        run_ok(
-            cmd.arg(self.dev.as_deref().unwrap_or_default())
-                .arg(&self.mnt),
-        );
-    }
-
-    /// Unmounts and detaches (idempotent).
-    fn unmount(&mut self) {
-        if let Some(dev) = self.dev.take() {
-            let unmounted = (0..20).any(|_| {
-                let (ok, _, err) = sh_status("umount", [&self.mnt]);
-                if !ok {
-                    eprintln!("umount {} failed: {}", self.mnt.display(), err.trim());
-                    std::thread::sleep(Duration::from_millis(300));
-                }
-                ok
-            });
-            if !unmounted {
-                // Lazy, so that the temp dir's removal never reaches into
-                // a filesystem still mounted.
-                sh_status("umount", [OsStr::new("-l"), self.mnt.as_os_str()]);
-            }
-            for _ in 0..5 {
-                if sh_status("losetup", ["-d", dev.as_str()]).0 {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(300));
-            }
-        }
-    }
-
-    /// Unmounts, then `btrfs check --readonly`; asserts it is clean.
-    fn unmount_and_check(&mut self) {
-        self.unmount();
-        let (ok, out, err) = sh_status(
-            "btrfs",
-            [
-                OsStr::new("check"),
-                OsStr::new("--readonly"),
-                self.img.as_os_str(),
-            ],
-        );
-        assert!(ok, "btrfs check --readonly failed:\n{out}\n{err}");
-    }
-
-    fn root(&self) -> &Path {
-        &self.mnt
-    }
-}
-
-impl Drop for BtrfsImage {
-    fn drop(&mut self) {
-        self.unmount();
-    }
-}
-
-/// Appends to every file of `paths` in turn, `piece` bytes at a time, each
-/// write fsync'd, until each holds `size` bytes: their extents interleave
-/// on disk. `fill` makes each piece's bytes from (file index, piece index).
-fn interleave(paths: &[PathBuf], size: u64, piece: usize, fill: &dyn Fn(usize, u64, &mut [u8])) {
-    let mut files: Vec<File> = paths
-        .iter()
-        .map(|p| File::create(p).unwrap_or_else(|e| panic!("create {}: {e}", p.display())))
-        .collect();
-    let mut buf = vec![0u8; piece];
-    for n in 0..size / piece as u64 {
-        for (i, f) in files.iter_mut().enumerate() {
-            fill(i, n, &mut buf);
-            f.write_all(&buf).expect("write");
-            f.sync_all().expect("fsync");
-        }
-    }
-}
-
-/// Incompressible bytes, different for every file and piece.
-fn random_fill(i: usize, n: u64, buf: &mut [u8]) {
-    let mut x = (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15)
-        ^ n.wrapping_mul(0xBF58_476D_1CE4_E5B9)
-        | 1;
-    for b in buf.iter_mut() {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        *b = x as u8;
-    }
-}
-
-/// Text that compresses well, different for every file and piece.
-fn text_fill(i: usize, n: u64, buf: &mut [u8]) {
-    let line = format!("file {i} piece {n}: the quick brown fox jumps over the lazy dog\n");
-    for (b, c) in buf.iter_mut().zip(line.bytes().cycle()) {
-        *b = c;
+/// A btrfs image of `size_mib`, mounted with `opts`.
+fn spec(size_mib: u64, opts: Option<&str>) -> ImageSpec {
+    let spec = ImageSpec::btrfs(size_mib);
+    match opts {
+        Some(o) => spec.mount_opts(o),
+        None => spec,
     }
 }
 
@@ -295,7 +149,7 @@ fn defragd_keeps_a_snapshots_sharing_where_btrfs_defragment_does_not() {
     if !common::require_root() {
         return;
     }
-    let mut img = BtrfsImage::create(2048, None);
+    let mut img = LoopImage::create(spec(2048, None));
     let root = img.root().to_path_buf();
     sh(
         "btrfs",
@@ -336,7 +190,7 @@ fn defragd_keeps_a_snapshots_sharing_where_btrfs_defragment_does_not() {
         "not fragmented: {before:?}"
     );
     img.unmount();
-    let (_clone_dir, clone) = clone_image(&img.img);
+    let (_clone_dir, clone) = clone_image(img.image_path());
     img.mount();
 
     // defragd's ranges.
@@ -382,10 +236,10 @@ fn defragd_keeps_a_snapshots_sharing_where_btrfs_defragment_does_not() {
     );
     assert_eq!(md5(&loose), sum_loose);
     assert_eq!(md5(&kept), sum_kept);
-    img.unmount_and_check();
+    img.unmount_and_fsck();
 
     // `btrfs filesystem defragment -r` on the clone, as it was before.
-    let mut twin = BtrfsImage::open(common::tempdir(), clone, None);
+    let mut twin = LoopImage::adopt(common::tempdir(), clone, spec(0, None));
     let troot = twin.root().to_path_buf();
     let excl_before = exclusive_bytes(&troot.join("data"));
     let t0 = Instant::now();
@@ -427,7 +281,7 @@ fn defragd_keeps_a_snapshots_sharing_where_btrfs_defragment_does_not() {
     );
     assert_eq!(md5(&troot.join("loose")), sum_loose);
     assert_eq!(md5(&troot.join("data/kept")), sum_kept);
-    twin.unmount_and_check();
+    twin.unmount_and_fsck();
 }
 
 #[test]
@@ -435,7 +289,7 @@ fn a_compressed_file_stays_compressed() {
     if !common::require_root() {
         return;
     }
-    let mut img = BtrfsImage::create(1024, Some("compress=zstd"));
+    let mut img = LoopImage::create(spec(1024, Some("compress=zstd")));
     let root = img.root().to_path_buf();
     let file = root.join("logs");
     interleave(
@@ -463,7 +317,7 @@ fn a_compressed_file_stays_compressed() {
     }
     let sum = md5(&file);
     img.unmount();
-    let (_clone_dir, clone) = clone_image(&img.img);
+    let (_clone_dir, clone) = clone_image(img.image_path());
     img.mount();
     let map_before =
         sys::fiemap(File::open(&file).expect("open").as_fd(), Flush::Yes).expect("fiemap");
@@ -504,11 +358,11 @@ fn a_compressed_file_stays_compressed() {
         "{pieces_before} -> {pieces_after}"
     );
     assert_eq!(md5(&file), sum);
-    img.unmount_and_check();
+    img.unmount_and_fsck();
 
     // btrfs filesystem defragment on the clone: without -c it leaves
     // full-size compressed extents alone; with -czstd it rewrites them.
-    let mut twin = BtrfsImage::open(common::tempdir(), clone, Some("compress=zstd"));
+    let mut twin = LoopImage::adopt(common::tempdir(), clone, spec(0, Some("compress=zstd")));
     let tfile = twin.root().join("logs");
     let pieces_of = |path: &Path| {
         let map = sys::fiemap(File::open(path).expect("open").as_fd(), Flush::Yes).expect("fiemap");
@@ -546,7 +400,7 @@ fn a_compressed_file_stays_compressed() {
         "{pieces_after} vs {figures:?}"
     );
     assert_eq!(md5(&tfile), sum);
-    twin.unmount_and_check();
+    twin.unmount_and_fsck();
 }
 
 /// The facts and refusals of `path`, opened read-only.
@@ -562,7 +416,7 @@ fn refusals_are_decided_before_anything_is_written() {
     if !common::require_root() {
         return;
     }
-    let mut img = BtrfsImage::create(512, None);
+    let mut img = LoopImage::create(spec(512, None));
     let root = img.root().to_path_buf();
     sh(
         "btrfs",
@@ -682,7 +536,7 @@ fn refusals_are_decided_before_anything_is_written() {
          subvolumes {} (data) and {} (its snapshot)",
         facts.subvolume.id, snap_facts.subvolume.id
     );
-    img.unmount_and_check();
+    img.unmount_and_fsck();
 }
 
 /// A sparse copy of the image as it is on "disk" right now, as a power
@@ -704,7 +558,7 @@ fn an_fsync_makes_the_rewrite_survive_a_power_cut() {
     if !common::require_root() {
         return;
     }
-    let mut img = BtrfsImage::create(1024, None);
+    let mut img = LoopImage::create(spec(1024, None));
     let root = img.root().to_path_buf();
     let (file, filler) = (root.join("file"), root.join("filler"));
     interleave(
@@ -733,12 +587,12 @@ fn an_fsync_makes_the_rewrite_survive_a_power_cut() {
         defrag.relocate(fd, &chunk, 4096).expect("DEFRAG_RANGE");
     }
     let copies = common::tempdir();
-    let unsynced = power_cut_copy(&img.img, copies.path(), "unsynced.img");
+    let unsynced = power_cut_copy(img.image_path(), copies.path(), "unsynced.img");
     defrag.make_durable(fd).expect("fsync");
-    let synced = power_cut_copy(&img.img, copies.path(), "synced.img");
+    let synced = power_cut_copy(img.image_path(), copies.path(), "synced.img");
     let live = filefrag_extents(&file);
     drop(f);
-    img.unmount_and_check();
+    img.unmount_and_fsck();
 
     // Each copy mounted alone (same fsid as the original, now detached):
     // the mount replays the log tree, as after a reboot.
@@ -765,11 +619,11 @@ fn an_fsync_makes_the_rewrite_survive_a_power_cut() {
     let mut seen = Vec::new();
     for copy in [unsynced, synced] {
         let dir = common::tempdir();
-        let mut cut = BtrfsImage::open(dir, copy, None);
+        let mut cut = LoopImage::adopt(dir, copy, spec(0, None));
         let path = cut.root().join("file");
         seen.push(filefrag_extents(&path));
         assert_eq!(md5(&path), sum, "data lost at the power cut");
-        cut.unmount_and_check();
+        cut.unmount_and_fsck();
     }
     eprintln!(
         "power cut: {before} extents before, {live} live after the fsync; after a cut before \
@@ -785,7 +639,7 @@ fn a_partly_reflinked_file_is_defragmented_where_it_is_not_shared() {
     if !common::require_root() {
         return;
     }
-    let mut img = BtrfsImage::create(1024, None);
+    let mut img = LoopImage::create(spec(1024, None));
     let root = img.root().to_path_buf();
     let (file, filler, copy) = (root.join("file"), root.join("filler"), root.join("copy"));
     interleave(
@@ -845,5 +699,5 @@ fn a_partly_reflinked_file_is_defragmented_where_it_is_not_shared() {
         "{excl_before} -> {excl_after}"
     );
     assert_eq!(md5(&file), sum);
-    img.unmount_and_check();
+    img.unmount_and_fsck();
 }
