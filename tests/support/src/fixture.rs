@@ -24,7 +24,7 @@ pub const FILLER_FILE: u64 = 64 * KIB;
 /// blocks, enough for writeback's metadata, too little to hold a file
 /// under test.
 pub const XFS_FILL_RESERVE: u64 = 256;
-/// Free space left unfilled on XFS by `fragment_free_space_with`.
+/// Free space `fragment_free_space_with` fills on XFS a file at a time.
 const XFS_FILL_SLACK: u64 = 4 * 1024 * 1024;
 
 /// Free space fragmented on purpose: the filler files still kept.
@@ -58,32 +58,29 @@ pub fn fragment_free_space_with(root: &Path, name: &str, piece: u64, leave_free:
     if on_xfs {
         xfs_resblks(root, XFS_FILL_RESERVE);
     }
-    // With the reserve that small, filling XFS to its last free block can
-    // still fail the first commit with ENOSPC (the last fillers' writeback
-    // needs btree blocks; seen once in CI with 32 KiB fillers): leave it a
-    // few MiB, as the filler's holes are what a test measures.
-    let leave_free = if on_xfs {
-        leave_free.max(XFS_FILL_SLACK)
-    } else {
-        leave_free
-    };
     let dir = root.join(name);
     fs::create_dir_all(&dir).expect("create filler dir");
     let block = vec![0x5au8; piece as usize];
-    let free = free_bytes(root);
-    let n = free.saturating_sub(leave_free) / piece;
     let mut written = Vec::new();
-    for i in 0..n {
-        let p = dir.join(format!("f{i:06}"));
-        let res = File::create(&p).and_then(|mut f| f.write_all(&block));
-        match res {
-            Ok(()) => written.push(p),
-            Err(e) if is_enospc(&e) => {
-                let _ = fs::remove_file(&p);
-                break;
-            }
-            Err(e) => panic!("write filler {}: {e}", p.display()),
-        }
+    if on_xfs {
+        // With the reserve that small, filling XFS to its last block in
+        // one go can fail the commit with ENOSPC (the last fillers'
+        // writeback finds no blocks for its btrees; seen in CI with 32 KiB
+        // fillers), losing their data. So: all but a few MiB, committed;
+        // then the rest one file at a time, each committed, until one
+        // fails (deleted: its blocks were never kept). The commit's own
+        // metadata comes out of `leave_free`, as it would in one go.
+        let free = free_bytes(root);
+        let bulk = free.saturating_sub(leave_free.max(XFS_FILL_SLACK)) / piece;
+        write_fillers(&dir, &block, &mut written, bulk, false);
+        sync_fs(root);
+        let now = free_bytes(root);
+        let metadata = (free - bulk * piece).saturating_sub(now);
+        let rest = now.saturating_sub(leave_free.saturating_sub(metadata)) / piece;
+        write_fillers(&dir, &block, &mut written, rest, true);
+    } else {
+        let n = free_bytes(root).saturating_sub(leave_free) / piece;
+        write_fillers(&dir, &block, &mut written, n, false);
     }
     sync_fs(root);
     let mut kept = Vec::new();
@@ -96,6 +93,36 @@ pub fn fragment_free_space_with(root: &Path, name: &str, piece: u64, leave_free:
     }
     sync_fs(root);
     Filler { dir, kept }
+}
+
+/// Writes up to `count` more filler files of `block` into `dir` (named
+/// after their number in `written`), each fsync'd when `commit_each`, until
+/// the filesystem is full; the ones kept are pushed to `written`.
+fn write_fillers(
+    dir: &Path,
+    block: &[u8],
+    written: &mut Vec<PathBuf>,
+    count: u64,
+    commit_each: bool,
+) {
+    for _ in 0..count {
+        let p = dir.join(format!("f{:06}", written.len()));
+        let res = File::create(&p).and_then(|mut f| {
+            f.write_all(block)?;
+            if commit_each {
+                f.sync_all()?;
+            }
+            Ok(())
+        });
+        match res {
+            Ok(()) => written.push(p),
+            Err(e) if is_enospc(&e) => {
+                let _ = fs::remove_file(&p);
+                return;
+            }
+            Err(e) => panic!("write filler {}: {e}", p.display()),
+        }
+    }
 }
 
 impl Filler {
