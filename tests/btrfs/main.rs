@@ -15,6 +15,7 @@ mod backend;
 mod cli;
 mod crash;
 mod service;
+mod writers;
 
 /// Appends to every file of `paths` in turn, `piece` bytes at a time, each
 /// write fsync'd, until each holds `size` bytes: their extents interleave
