@@ -144,7 +144,7 @@ impl Backend {
             Backend::Ext4 => ext4::space_needed(ranges, block_size),
             // Every byte rewritten: the replaced extents are freed only
             // at the next transaction commit.
-            Backend::Xfs | Backend::Btrfs => xfs::space_needed(ranges, block_size),
+            Backend::Xfs | Backend::Btrfs => rewritten_bytes(ranges, block_size),
         }
     }
 
@@ -412,6 +412,16 @@ impl Relocation {
             Relocation::Btrfs { defrag, .. } => defrag.make_durable(file),
         }
     }
+}
+
+/// Bytes in `ranges`: the free space a relocation that rewrites every
+/// byte of them holds while it runs (XFS's donor until the swap; btrfs'
+/// new extents until the old ones are freed at the commit).
+pub fn rewritten_bytes(ranges: &[BlockRange], block_size: u64) -> u64 {
+    ranges
+        .iter()
+        .fold(0u64, |sum, r| sum.saturating_add(r.len))
+        .saturating_mul(block_size)
 }
 
 /// Refuses when `need` bytes would not leave `reserve_percent` of the

@@ -153,7 +153,7 @@ impl Exchange {
             .into());
         }
         let ranges = within_size(ranges, size, block_size);
-        let need = super::space_needed(&ranges, block_size);
+        let need = crate::backend::rewritten_bytes(&ranges, block_size);
         check_free_space(file, need, reserve_percent)?;
 
         let donor = sys::create_tmpfile(dir)?;

@@ -68,15 +68,6 @@ pub const MIN_CHUNK_BYTES: u64 = 8 << 20;
 /// XFS's statfs magic number.
 pub const MAGIC: i64 = crate::xfs::MAGIC;
 
-/// Bytes of free space an exchange over `ranges` holds while it runs: the
-/// whole donor, since both copies exist until the swap.
-pub fn space_needed(ranges: &[crate::assess::BlockRange], block_size: u64) -> u64 {
-    ranges
-        .iter()
-        .fold(0u64, |sum, r| sum.saturating_add(r.len))
-        .saturating_mul(block_size)
-}
-
 /// Probes the XFS filesystem `fd` lives on: its geometry (block size,
 /// allocation groups, features) from XFS_IOC_FSGEOMETRY, which needs no
 /// access to the block device.
