@@ -499,3 +499,46 @@ fn check_prints_e4defrags_score_only_when_asked_and_says_what_it_measures() {
     assert!(value["total"]["e4defrag_score"].is_number(), "{value}");
     assert!(value["files"][0]["score"].is_number(), "{value}");
 }
+
+/// `defragd check --json DIR | head`: once the reader has gone, defragd
+/// ends as other tools do (SIGPIPE), with no panic on stderr.
+#[test]
+fn check_ends_quietly_when_its_reader_goes_away() {
+    use std::io::Read;
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::Stdio;
+
+    let dir = tempdir();
+    // Enough files that the report outgrows a pipe's 64 KiB buffer.
+    for i in 0..2000 {
+        fs::write(dir.path().join(format!("f{i}")), i.to_string()).expect("write");
+    }
+    let mut child = Command::new(defragd_bin())
+        .args(["check", "-r", "--json"])
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn defragd");
+    let mut first = [0u8; 100];
+    child
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_exact(&mut first)
+        .expect("read the report's start");
+    // The read end is closed here, with most of the report unread.
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut stderr)
+        .expect("read stderr");
+    let status = child.wait().expect("wait for defragd");
+    assert!(!stderr.contains("panicked"), "defragd panicked:\n{stderr}");
+    assert!(
+        status.signal() == Some(nix::libc::SIGPIPE) || status.success(),
+        "defragd ended with {status}, not by SIGPIPE:\n{stderr}"
+    );
+}

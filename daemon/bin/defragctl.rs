@@ -96,6 +96,7 @@ fn parse_pause(text: &str) -> Result<u64, String> {
 }
 
 fn main() -> ExitCode {
+    defragd::sys::end_on_broken_pipe();
     let cli = Cli::parse();
     if let Command::GenerateDocs { dir } = &cli.command {
         return write_docs(dir);

@@ -14,13 +14,15 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 const LONG_ABOUT: &str = "\
-defragd keeps ext4 filesystems defragmented. With no subcommand it runs as a \
-long-lived service (under systemd: Type=notify): it crawls each covered \
-filesystem slowly and watches busy trees with inotify, queues the files that \
-writes left in many pieces in a durable store, and moves them online with the \
-kernel's EXT4_IOC_MOVE_EXT, one disk at a time, in the idle I/O class and under \
-a throttle. A crash or reboot resumes each move where it stopped. The \
-subcommands check and defrag do the same work once, from a terminal.";
+defragd keeps ext4, XFS and btrfs filesystems defragmented. With no subcommand \
+it runs as a long-lived service (under systemd: Type=notify): it tracks writes \
+on each covered filesystem with fanotify and crawls it slowly, queues the files \
+that writes left in many pieces in a durable store, and moves them online with \
+the kernel's own relocation (ext4: EXT4_IOC_MOVE_EXT; XFS: a checked extent \
+swap; btrfs: BTRFS_IOC_DEFRAG_RANGE over unshared extents, so snapshots keep \
+their sharing), one disk at a time, in the idle I/O class and under a throttle. \
+A crash or reboot resumes each move where it stopped. The subcommands check and \
+defrag do the same work once, from a terminal.";
 
 const AFTER_LONG_HELP: &str = "\
 FILES:
@@ -50,7 +52,7 @@ pub const EXIT_SOME_FAILED: u8 = 1;
 #[command(
     name = "defragd",
     version,
-    about = "Online defragmentation for ext4: a background service and one-shot commands",
+    about = "Online defragmentation for ext4, XFS and btrfs: a background service and one-shot commands",
     long_about = LONG_ABOUT,
     after_long_help = AFTER_LONG_HELP
 )]
@@ -69,7 +71,7 @@ pub struct Cli {
 pub enum Command {
     /// Report fragmentation of files or trees, like `e4defrag -c`.
     Check(CheckArgs),
-    /// Defragment files or whole trees now, online, with the kernel's MOVE_EXT.
+    /// Defragment files or whole trees now, online, with the kernel's own relocation.
     Defrag(DefragArgs),
     /// Work with the service's configuration.
     #[command(subcommand)]
@@ -171,6 +173,7 @@ fn parse_percent(s: &str) -> Result<f64, String> {
 pub fn run(cli: Cli) -> ExitCode {
     if cli.command.is_some() {
         crate::logging::init("info");
+        crate::sys::end_on_broken_pipe();
     }
     match cli.command {
         Some(Command::Check(args)) => check::run(&args),

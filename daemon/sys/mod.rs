@@ -21,6 +21,7 @@ mod ioprio;
 mod lease;
 mod open;
 mod pagecache;
+mod signal;
 mod swap;
 mod tmpfile;
 mod xattr;
@@ -43,6 +44,7 @@ pub use pagecache::{
     drop_cached, page_size, read_ahead, read_back_lost, read_into_cache, residency, write_back,
     Residency, Wait,
 };
+pub use signal::end_on_broken_pipe;
 pub use swap::is_active_swapfile;
 pub use tmpfile::{allocate, create_tmpfile, punch_hole};
 pub use xattr::set_xattr;
