@@ -72,6 +72,21 @@ def main():
     print(n)
 
 
+def interleaved(path, mib):
+    """Writes PATH (MIB MiB) in 64 KiB pieces, each fsync'd, in turn with a
+    partner file that is then deleted: PATH's extents alternate with the
+    partner's holes, in whatever free space there is."""
+    partner = path + ".partner"
+    with open(path, "wb") as f, open(partner, "wb") as g:
+        for _ in range(mib * 1024 * 1024 // CHUNK):
+            for h in (f, g):
+                h.write(os.urandom(CHUNK))
+                h.flush()
+                os.fsync(h.fileno())
+    os.unlink(partner)
+    os.sync()
+
+
 # ext4's longest extent, in blocks.
 MAX_EXTENT_BLOCKS = 32768
 
@@ -159,5 +174,7 @@ if __name__ == "__main__":
     elif sys.argv[1:2] == ["--free-space-xfs"]:
         runs, block_size = free_runs_xfs(sys.argv[2])
         print(json.dumps(pieces_needed(runs, block_size, int(sys.argv[3]), XFS_MAX_EXTENT_BLOCKS)))
+    elif sys.argv[1:2] == ["--interleaved"]:
+        interleaved(sys.argv[2], int(sys.argv[3]))
     else:
         main()

@@ -3,11 +3,14 @@
 # fragmented image. Sourced by bench/run, whose helpers (attach, detach,
 # copy_of_golden, put, impact, ...) it uses.
 #
-# defragd's XFS and btrfs backends are not merged yet: where defragd
-# answers that it does not support the filesystem (`defrag` skips the file,
-# the service does not cover the mount) that is recorded as "not supported
-# yet" and the peer tool's figures still stand. Once a backend lands the
-# same runs measure it, with nothing here to change.
+# Where defragd answers that it does not support the filesystem (`defrag`
+# skips the file, the service does not cover the mount) that is recorded
+# as "not supported yet" and the peer tool's figures still stand.
+#
+# On btrfs, part 1 also runs each tool on shared/file, a fragmented file
+# in a subvolume with a read-only snapshot, and measures what the run
+# unshared (exclusive bytes added to shared/); data/big, the file timed
+# and the one part 2's service moves, shares nothing.
 # shellcheck shell=bash
 
 case $fs in
@@ -70,14 +73,19 @@ peer_golden() {
         # count as free: filled to ENOSPC, it stays free in one piece and
         # the file under test lands in it whole. Until the next mount.
         xfs) xfs_io -x -c 'resblks 0' "$m" >/dev/null ;;
-        # data/ a subvolume, so that a read-only snapshot of it can share
-        # every extent: what a defragmenter unshares shows as exclusive bytes.
         btrfs) btrfs subvolume create "$m/data" >/dev/null ;;
     esac
     python3 "$lib/fragment.py" "$m" "$big_mib" "$read_mib" >/dev/null
     if [[ $fs == btrfs ]]; then
-        btrfs subvolume snapshot -r "$m/data" "$m/snap" >/dev/null
-        put move.snapshot true
+        # shared/ a subvolume, so that a read-only snapshot of it shares
+        # every extent of shared/file: what a defragmenter unshares shows
+        # as exclusive bytes of shared/.
+        btrfs subvolume create "$m/shared" >/dev/null
+        python3 "$lib/fragment.py" --interleaved "$m/shared/file" "$shared_mib"
+        btrfs subvolume snapshot -r "$m/shared" "$m/snap" >/dev/null
+        shared_sum=$(md5sum <"$m/shared/file")
+        put move.shared_file_bytes "$(stat -c %s "$m/shared/file")"
+        put move.shared_extents_golden "$(extents "$m/shared/file")"
     fi
     big_sum=$(md5sum <"$m/data/big")
     put move.file_bytes "$(stat -c %s "$m/data/big")"
@@ -93,17 +101,15 @@ peer_golden() {
 
 # NAME COMMAND...: COMMAND data/big on a fresh copy of the golden image,
 # from a cold cache: time, extents, pages left cached, content; on btrfs
-# the exclusive bytes the run added to data/ (snapshotted) and whether the
-# snapshot still reads the same.
+# then COMMAND shared/file (see above).
 peer_move() {
-    local name=$1 m file start same=false excl=''
+    local name=$1 m file start same=false
     shift
     copy_of_golden "$name"
     m=$work/mnt-$name
     file=$m/data/big
     put "move.$name.extents_before" "$(extents "$file")"
     put "move.$name.own_extents_before" "$(own_extents "$file")"
-    [[ $fs == btrfs ]] && excl=$(exclusive_bytes "$m/data")
     drop_caches
     start=$(now)
     "$@" "$file" >"$work/$name.out" 2>"$work/$name.err" || {
@@ -121,14 +127,31 @@ peer_move() {
     put "move.$name.own_extents_after" "$(own_extents "$file")"
     [[ $(md5sum <"$file") == "$big_sum" ]] && same=true
     put "move.$name.data_unchanged" "$same"
-    if [[ $fs == btrfs ]]; then
-        put "move.$name.exclusive_before" "$excl"
-        put "move.$name.exclusive_after" "$(exclusive_bytes "$m/data")"
-        same=false
-        [[ $(md5sum <"$m/snap/big") == "$big_sum" ]] && same=true
-        put "move.$name.snapshot_unchanged" "$same"
+    if [[ $fs == btrfs && $name != device ]]; then
+        peer_move_shared "$name" "$m" "$@"
     fi
     detach "$m" "$work/$name.img"
+}
+
+# NAME MOUNT COMMAND...: COMMAND shared/file, whose every extent a
+# read-only snapshot shares: the exclusive bytes the run added to shared/,
+# its extents, and whether the file and the snapshot still read the same.
+peer_move_shared() {
+    local name=$1 m=$2 excl same=false
+    shift 2
+    local file=$m/shared/file
+    put "move.$name.shared_extents_before" "$(extents "$file")"
+    excl=$(exclusive_bytes "$m/shared")
+    "$@" "$file" >"$work/$name-shared.out" 2>"$work/$name-shared.err" || {
+        cat "$work/$name-shared.err" >&2
+        say "$name failed on the snapshotted file"
+        exit 1
+    }
+    put "move.$name.exclusive_before" "$excl"
+    put "move.$name.exclusive_after" "$(exclusive_bytes "$m/shared")"
+    put "move.$name.shared_extents_after" "$(extents "$file")"
+    [[ $(md5sum <"$file") == "$shared_sum" && $(md5sum <"$m/snap/file") == "$shared_sum" ]] && same=true
+    put "move.$name.snapshot_unchanged" "$same"
 }
 
 peer_part1() {

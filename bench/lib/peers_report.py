@@ -30,7 +30,9 @@ def move_part(fig, goals):
     ideal = max(1, math.ceil(size / MAX_EXTENT_BYTES[fs]))
     res = {"fs": fs, "peer": peer, "file_bytes": size, "ideal_extents": ideal,
            "extents_golden": move.get("extents_golden"),
-           "own_extents_golden": move.get("own_extents_golden"), "snapshot": move.get("snapshot")}
+           "own_extents_golden": move.get("own_extents_golden"),
+           "shared_file_bytes": move.get("shared_file_bytes"),
+           "shared_extents_golden": move.get("shared_extents_golden")}
     rows = []
     device_rate = None
     for name, label in (("device", "device copy (dd, direct)"), (peer, PEER_LABEL[fs]),
@@ -51,7 +53,7 @@ def move_part(fig, goals):
             m["exclusive_added"] = m["exclusive_after"] - m["exclusive_before"]
         res[name] = m
         if m.get("not_supported"):
-            rows.append([label, NOT_SUPPORTED] + [""] * (7 if fs == "btrfs" else 6))
+            rows.append([label, NOT_SUPPORTED] + [""] * (8 if fs == "btrfs" else 6))
             continue
         tool = name != "device"
         row = [label, fmt(m["seconds"], 2), fmt(m["mib_per_s"]), pct(m["of_device"]),
@@ -61,6 +63,8 @@ def move_part(fig, goals):
                        if tool else "-")
         else:
             added = m.get("exclusive_added")
+            row.append(f"{fmt(m.get('shared_extents_before'))} -> "
+                       f"{fmt(m.get('shared_extents_after'))}" if tool else "-")
             row.append("-" if not tool or added is None else fmt(added / MIB))
             row.append(fmt(m.get("snapshot_unchanged")) if tool else "-")
         row += [fmt(m.get("resident_pages")) if tool else "-",
@@ -68,7 +72,7 @@ def move_part(fig, goals):
         rows.append(row)
     headers = ["", "seconds", "MiB/s", "of copy", "extents (filefrag)"]
     headers += (["extents (xfs_bmap)"] if fs == "xfs"
-                else ["exclusive MiB added", "snapshot same"])
+                else ["snapshotted file: extents", "exclusive MiB added", "snapshot same"])
     headers += ["cached pages", "data same"]
 
     part = "1. move"
@@ -87,17 +91,20 @@ def move_part(fig, goals):
                       dx is not None and px is not None and dx <= px,
                       f"{peer}: {fmt(None if px is None else px / MIB)} MiB", dx, px)
 
-    snap = " (data/ has a read-only snapshot)" if fs == "btrfs" else ""
     free = move.get("free_space") or {}
     res["free_space"] = free
     allows = f", its free space allows {fmt(free.get('fewest_extents'))}" if free else ""
     lines = [f"== 1. Moving one file on {fs}: {size / MIB:.0f} MiB in "
-             f"{fmt(move.get('extents_golden'))} extents (ideal {ideal}{allows}){snap}, caches "
+             f"{fmt(move.get('extents_golden'))} extents (ideal {ideal}{allows}), caches "
              f"dropped before each run"]
     lines += table(headers, rows)
     if fs == "btrfs":
-        lines.append("(exclusive MiB added: `btrfs filesystem du -s` of data/ after minus before; "
-                     "what the run unshared from the snapshot)")
+        shared = (move.get("shared_file_bytes") or 0) / MIB
+        lines.append(f"(snapshotted file: after the timed run, each tool on shared/file, "
+                     f"{shared:.0f} MiB in {fmt(move.get('shared_extents_golden'))} extents, "
+                     f"every one shared with a read-only snapshot of shared/; exclusive MiB "
+                     f"added: `btrfs filesystem du -s` of shared/ after minus before, what the "
+                     f"run unshared; snapshot same: the file and the snapshot's copy unchanged)")
     else:
         lines.append("(xfs_bmap counts every extent record; filefrag merges records that touch "
                      "on disk)")

@@ -320,12 +320,13 @@ impl Relocation {
     /// chunk. XFS: at least 8 MiB, since nothing holds the file while a
     /// chunk is copied (a commit holds it only while it exchanges the
     /// chunk's mappings) and long direct-I/O calls copy 2-4 times faster
-    /// over a fragmented file than 1 MiB ones.
+    /// over a fragmented file than 1 MiB ones. btrfs: at least 8 MiB, for
+    /// the page cache (see [`btrfs::MIN_CHUNK_BYTES`]).
     pub fn chunk_bytes(&self, asked: u64) -> u64 {
         match self {
             Relocation::Ext4(_) => asked,
             Relocation::Xfs(_) => asked.max(xfs::MIN_CHUNK_BYTES),
-            Relocation::Btrfs { .. } => asked,
+            Relocation::Btrfs { .. } => asked.max(btrfs::MIN_CHUNK_BYTES),
         }
     }
 

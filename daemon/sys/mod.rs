@@ -30,7 +30,7 @@ pub use aligned::AlignedBuf;
 pub use direct::{read_at, reopen_direct_read, set_direct_io, set_len, write_at};
 pub use error::{Call, Error, Result};
 pub use fanotify::{Event, Fanotify, FanotifyError, FsId};
-pub use fiemap::{fiemap, Extent, ExtentFlags, Flush};
+pub use fiemap::{fiemap, fiemap_range, Extent, ExtentFlags, Flush};
 pub use fsmap::{free_extents, FreeExtent};
 pub use fsxattr::{get_fsxattr, set_fsxattr, Fsxattr, XFlags};
 pub use handle::{fs_id, open_by_handle, FileHandle, HandleError};

@@ -14,6 +14,7 @@ use std::path::PathBuf;
 mod backend;
 mod cli;
 mod crash;
+mod page_cache;
 mod service;
 mod writers;
 

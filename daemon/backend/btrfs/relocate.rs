@@ -137,7 +137,8 @@ impl BtrfsDefrag {
         let start = chunk.start.saturating_mul(block_size);
         let len =
             NonZeroU64::new(chunk.len.get().saturating_mul(block_size)).unwrap_or(NonZeroU64::MIN);
-        let map = sys::fiemap(file, Flush::No).map_err(|e| fail(e.into()))?;
+        let end = start.saturating_add(len.get());
+        let map = sys::fiemap_range(file, Flush::No, start, end).map_err(|e| fail(e.into()))?;
         let shared_now = map.iter().any(|e| {
             e.flags.bits() & sys::ExtentFlags::SHARED != 0
                 && e.logical < start.saturating_add(len.get())
