@@ -347,14 +347,15 @@ impl Relocation {
 
     /// Whether the mover should read a chunk into the page cache before
     /// relocating it: MOVE_EXT goes through the cache and is fast over
-    /// pages already there, as is btrfs' defragmenter, which reads the
-    /// range through the cache itself; XFS copies with direct I/O, and its
-    /// commit drops the range's cache anyway.
+    /// pages already there. XFS copies with direct I/O, and its commit
+    /// drops the range's cache anyway; btrfs' defragmenter reads the range
+    /// itself, with read-ahead (reading it first cost 128 MiB 0.26-0.32 s
+    /// against 0.24-0.29 s without).
     pub fn reads_through_cache(&self) -> bool {
         match self {
             Relocation::Ext4(_) => true,
             Relocation::Xfs(_) => false,
-            Relocation::Btrfs { .. } => true,
+            Relocation::Btrfs { .. } => false,
         }
     }
 
