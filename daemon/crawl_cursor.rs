@@ -8,10 +8,12 @@
 
 use std::collections::VecDeque;
 use std::ffi::OsString;
-use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
+use crate::escape::escaped;
+use crate::sys;
 use crate::walk::{enter_dir, list_dir, EntryKind};
 
 /// Where a walk stands: the directories being walked, outermost first,
@@ -23,6 +25,12 @@ pub struct TreeCursor {
     start: Option<PathBuf>,
     /// Everything up to and including this path was done by an earlier run.
     resume_after: Option<PathBuf>,
+    /// The device number of the directory the walk starts in: a
+    /// directory on another one, below it, is a nested btrfs subvolume
+    /// (mounts are not crossed at all), not walked.
+    dev: Option<u64>,
+    /// Those nested subvolumes, relative to the root.
+    other_subvolumes: Vec<PathBuf>,
 }
 
 /// What the walk comes to next.
@@ -40,19 +48,25 @@ impl TreeCursor {
     /// `resume_after` (relative to the root).
     pub fn new(resume_after: Option<PathBuf>) -> Self {
         TreeCursor {
-            stack: Vec::new(),
             start: Some(PathBuf::new()),
             resume_after: resume_after.filter(|p| !p.as_os_str().is_empty()),
+            ..TreeCursor::default()
         }
     }
 
     /// A walk of the tree at `start` (relative to the root) only.
     pub fn below(start: PathBuf) -> Self {
         TreeCursor {
-            stack: Vec::new(),
             start: Some(start),
-            resume_after: None,
+            ..TreeCursor::default()
         }
+    }
+
+    /// The directories this walk did not enter because each is another
+    /// btrfs subvolume (relative to the root): a walk never leaves its
+    /// subvolume, whose inode numbers are its own.
+    pub fn other_subvolumes(&self) -> &[PathBuf] {
+        &self.other_subvolumes
     }
 
     /// The next regular file, relative to the root; None when the pass is
@@ -102,6 +116,17 @@ impl TreeCursor {
             rel
         };
         let dir = enter_dir(root, rel, shown)?;
+        if let Ok(stat) = sys::stat(dir.as_fd()) {
+            match self.dev {
+                None => self.dev = Some(stat.st_dev),
+                Some(dev) if dev != stat.st_dev => {
+                    tracing::debug!("{}: another btrfs subvolume, not walked", escaped(shown));
+                    self.other_subvolumes.push(rel.to_path_buf());
+                    return None;
+                }
+                Some(_) => {}
+            }
+        }
         let entries = list_dir(&dir, shown).unwrap_or_default();
         let first = self
             .resume_after

@@ -17,6 +17,7 @@ use crate::escape::escaped;
 use crate::filesystem::FsUuid;
 use crate::mounts::{reopen_root, Covered};
 use crate::store::Tally;
+use crate::sys;
 
 use super::candidates::{consider_and_measure, Considered, Urgency};
 use super::shared::Shared;
@@ -169,6 +170,7 @@ fn crawl_pass(shared: &Shared, fs: &Covered, after: Option<(PathBuf, u64)>) {
         unsaved.files_assessed,
         started.elapsed().as_secs_f64()
     );
+    say_uncovered_subvolumes(shared, fs, walk.other_subvolumes());
     shared.metrics.last_crawl_timestamp.set(unix_now());
     if let Err(e) = shared.store().prune_settled(crate::store::MAX_SETTLED) {
         tracing::warn!("cannot prune the record of settled files: {e}");
@@ -179,6 +181,47 @@ fn crawl_pass(shared: &Shared, fs: &Covered, after: Option<(PathBuf, u64)>) {
             escaped(&fs.mount_point)
         );
     }
+}
+
+/// Says which btrfs subvolumes below `fs` the pass went by that nothing
+/// covers: writable, and not mounted where the service covers them. A
+/// walk never leaves its subvolume, so their files are left until they
+/// are mounted (read-only ones, snapshots, cannot be changed anyway).
+fn say_uncovered_subvolumes(shared: &Shared, fs: &Covered, others: &[PathBuf]) {
+    const NAMED: usize = 3;
+    if others.is_empty() {
+        return;
+    }
+    let Some(root) = reopen_root(fs) else {
+        return;
+    };
+    let uncovered: Vec<&PathBuf> = others
+        .iter()
+        .filter(|rel| {
+            let Ok(dir) = sys::open_dir_beneath(root.as_fd(), rel) else {
+                return false;
+            };
+            crate::btrfs::subvolume(dir.as_fd())
+                .is_ok_and(|sub| !sub.read_only && shared.covered_fs(FsUuid(sub.uuid)).is_none())
+        })
+        .collect();
+    if uncovered.is_empty() {
+        return;
+    }
+    let named: Vec<String> = uncovered
+        .iter()
+        .take(NAMED)
+        .map(|rel| escaped(&fs.mount_point.join(rel)).to_string())
+        .collect();
+    tracing::info!(
+        "crawl of {}: {} btrfs subvolume(s) below it are not covered: a crawl stays in its \
+         subvolume ({}{}); mount one (or name its mount point in [[filesystem]]) to have \
+         it covered",
+        escaped(&fs.mount_point),
+        uncovered.len(),
+        named.join(", "),
+        if uncovered.len() > NAMED { ", ..." } else { "" }
+    );
 }
 
 /// Saves the cursor and the tally of what was mapped since the last save,

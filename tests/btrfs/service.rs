@@ -60,6 +60,9 @@ fn the_service_covers_each_subvolume_once_tracks_writes_and_resumes_after_sigkil
     let shared_extents = filefrag_extents(&shared);
     let device = img.device().expect("attached").to_string();
     btrfs_subvolume(&root.join("quiet"));
+    // Writable, and mounted nowhere: nothing covers it, and the service
+    // says so (unlike `data` and `quiet`, mounted below, and the snapshot).
+    btrfs_subvolume(&root.join("nested"));
     let sub = MountGuard::btrfs_subvolume(&device, "data");
     // Without `watch` trees: the crawl alone, but for what the top
     // level's mark sees.
@@ -95,6 +98,12 @@ fn the_service_covers_each_subvolume_once_tracks_writes_and_resumes_after_sigkil
         secs(60),
     );
     svc.wait_for_log(&format!("crawl of {}: pass done", root.display()), secs(60));
+    let uncovered = svc.wait_for_log("btrfs subvolume(s) below it are not covered", secs(10));
+    assert!(
+        uncovered.contains(&format!("{}: 1 btrfs subvolume(s)", root.display()))
+            && uncovered.contains(&root.join("nested").display().to_string()),
+        "{uncovered}"
+    );
     let skipped = svc.wait_for_log(
         &format!("skipped {}", subroot.join("shared").display()),
         secs(30),
