@@ -566,33 +566,55 @@ fn a_file_deleted_or_replaced_while_queued_is_dropped_never_moved() {
         l.contains("dropped job ") && l.contains("b-replaced.bin")
     });
     eprintln!("replaced: {line}");
+    let dropped_job = line
+        .split("dropped job ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_default()
+        .to_string();
     // One worker: the big job was over before the queued ones were taken.
     let big_line = svc.wait_for_log(&defragmented(&big), secs(5));
     eprintln!("big: {big_line}; filefrag now {}", filefrag_extents(&big));
+    // Let a wrongly continued job show itself before judging.
+    sleep(secs(2));
     for l in svc.lines_with("b-replaced.bin") {
         eprintln!("log: {l}");
     }
+    let queued_job = format!("{}job {dropped_job},", defragmenting(&replaced));
     assert!(
-        svc.lines_with(&defragmented(&replaced)).is_empty()
-            && svc
-                .lines_with(&format!("skipped {}", replaced.display()))
-                .is_empty(),
-        "the replacement was handled as the queued file:\n{}",
+        svc.lines_with(&queued_job).is_empty(),
+        "the queued job {dropped_job} moved the replacement:\n{}",
         svc.tail(30)
     );
-    // Let a wrongly continued job show itself before judging.
-    sleep(secs(2));
     assert_eq!(md5(&replaced), new_sum, "the replacement's content changed");
-    assert_eq!(
-        filefrag_extents(&replaced),
-        new_extents,
-        "the replacement's extent count changed"
-    );
-    assert_eq!(
-        fiemap(&replaced),
-        new_map,
-        "the replacement's blocks were moved"
-    );
+    // The replacement is a file of its own, written while the service
+    // tracks writes: after the quiet period it may be queued and moved as
+    // a new job (as on a slow machine, where the big job outlasts that
+    // period). Only where no job has touched it must its blocks be as
+    // written.
+    let new_jobs = svc.lines_with(&defragmenting(&replaced));
+    if new_jobs.is_empty() {
+        assert!(
+            svc.lines_with(&defragmented(&replaced)).is_empty()
+                && svc
+                    .lines_with(&format!("skipped {}", replaced.display()))
+                    .is_empty(),
+            "the replacement was handled as the queued file:\n{}",
+            svc.tail(30)
+        );
+        assert_eq!(
+            filefrag_extents(&replaced),
+            new_extents,
+            "the replacement's extent count changed"
+        );
+        assert_eq!(
+            fiemap(&replaced),
+            new_map,
+            "the replacement's blocks were moved"
+        );
+    } else {
+        eprintln!("the replacement was queued anew and taken: {new_jobs:?}");
+    }
     assert_eq!(md5(&big), big_sum, "the big file's content changed");
 
     // The deleted file's job comes right after (nothing else is queued): it
