@@ -24,8 +24,9 @@ pub const FILLER_FILE: u64 = 64 * KIB;
 /// blocks, enough for writeback's metadata, too little to hold a file
 /// under test.
 pub const XFS_FILL_RESERVE: u64 = 256;
-/// Free space `fragment_free_space_with` fills on XFS a file at a time.
-const XFS_FILL_SLACK: u64 = 4 * 1024 * 1024;
+/// Free space `fragment_free_space_with` fills on XFS a file at a time
+/// (fsync'd), after the rest in one go.
+const XFS_FILL_SLACK: u64 = 16 * 1024 * 1024;
 
 /// Free space fragmented on purpose: the filler files still kept.
 pub struct Filler {
@@ -66,7 +67,9 @@ pub fn fragment_free_space_with(root: &Path, name: &str, piece: u64, leave_free:
         // With the reserve that small, filling XFS to its last block in
         // one go can fail the commit with ENOSPC (the last fillers'
         // writeback finds no blocks for its btrees; seen in CI with 32 KiB
-        // fillers), losing their data. So: all but a few MiB, committed;
+        // fillers), losing their data. So: all but 16 MiB, committed (the
+        // writes' own reservations for btree blocks take most of those 16:
+        // with 4 MiB kept back, 0.5 MiB was left, and 1 run in 8 failed);
         // then the rest one file at a time, each committed, until one
         // fails (deleted: its blocks were never kept). The commit's own
         // metadata comes out of `leave_free`, as it would in one go.
