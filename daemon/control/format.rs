@@ -108,7 +108,7 @@ pub fn status(report: &StatusReport, now: i64) -> String {
                     fragmentation(fs.fragmentation.as_ref()),
                     format!("today {}", activity(&fs.today)),
                     format!("in all {}", activity(&fs.total)),
-                    tracking_words(&fs.tracking),
+                    tracking_words(&fs.tracking, fs.tracking_note.is_some()),
                 ]
             })
             .collect();
@@ -323,9 +323,13 @@ fn budget_words(written: u64, budget: Option<u64>) -> String {
     })
 }
 
-/// How written files are found on a filesystem, in words.
-fn tracking_words(mode: &str) -> String {
+/// How written files are found on a filesystem, in words. A note beside
+/// fanotify means a btrfs subvolume seen through its top level's mark.
+fn tracking_words(mode: &str, noted: bool) -> String {
     match mode {
+        "fanotify" if noted => {
+            "writes: whole filesystem (through the top level's mark)".to_string()
+        }
         "fanotify" => "writes: whole filesystem".to_string(),
         "inotify" => "writes: watch trees (inotify)".to_string(),
         "crawl" => "writes: crawl only".to_string(),

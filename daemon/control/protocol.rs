@@ -195,7 +195,8 @@ pub struct CoveredFs {
     /// background crawl only).
     #[serde(default)]
     pub tracking: String,
-    /// Why fanotify is not used there, where it is not.
+    /// Why fanotify is not used there, or not with a mark of its own
+    /// (a btrfs subvolume seen through its top level's mark).
     #[serde(default)]
     pub tracking_note: Option<String>,
     /// None until its first crawl pass ends.

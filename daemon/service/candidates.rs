@@ -253,24 +253,41 @@ fn consider_target(
     if let Some(why) = settled_since(shared, &file, &inspected, urgency) {
         return (Considered::Left(why), measured);
     }
+    let candidate = Candidate {
+        file,
+        rel,
+        target,
+        inspected: &inspected,
+    };
     (
-        decide_and_queue(shared, fs, file, rel, urgency, now, &inspected, target),
+        decide_and_queue(shared, fs, candidate, urgency, now),
         measured,
     )
 }
 
+/// A file inspected and identified, waiting for the policy's verdict.
+struct Candidate<'a> {
+    file: FileId,
+    /// Its path below the covered mount, for the job and the logs.
+    rel: &'a Path,
+    target: &'a Target,
+    inspected: &'a Inspected,
+}
+
 /// The policy's verdict on a measured file, carried out.
-#[allow(clippy::too_many_arguments)]
 fn decide_and_queue(
     shared: &Shared,
     fs: &Covered,
-    file: FileId,
-    rel: &Path,
+    candidate: Candidate<'_>,
     urgency: Urgency,
     now: i64,
-    inspected: &Inspected,
-    target: &Target,
 ) -> Considered {
+    let Candidate {
+        file,
+        rel,
+        target,
+        inspected,
+    } = candidate;
     let settings = shared.settings();
     match refuse_unmovable(inspected) {
         // Block-mapped files are converted first where the operator allows it.

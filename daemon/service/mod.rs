@@ -547,7 +547,7 @@ fn watch_trees(shared: &Shared) -> Vec<watcher::Tree> {
             let fs = covered
                 .values()
                 .find(|c| c.mount_point == f.path)
-                .filter(|c| shared.tracking(c.uuid) != tracker::Tracking::Fanotify)
+                .filter(|c| !shared.tracking(c.uuid).sees_whole_filesystem())
                 .cloned();
             f.watch.iter().filter_map(move |path| {
                 fs.clone().map(|fs| watcher::Tree {

@@ -143,7 +143,7 @@ pub fn report(shared: &Shared) -> StatusReport {
                     subvolume: fs.subvolume,
                     disk: fs.disk.0,
                     tracking: tracking.mode().to_string(),
-                    tracking_note: tracking.why().map(str::to_string),
+                    tracking_note: tracking.why(),
                 }
             })
             .collect(),
@@ -159,7 +159,7 @@ fn tracking_summary(shared: &Shared) -> String {
     let mut fallback: Vec<String> = covered
         .values()
         .filter_map(|fs| match shared.tracking(fs.uuid) {
-            super::tracker::Tracking::Fanotify => None,
+            whole if whole.sees_whole_filesystem() => None,
             other => Some(format!(
                 "{} on {}",
                 match other {

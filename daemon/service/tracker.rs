@@ -22,6 +22,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -49,24 +50,40 @@ pub enum Tracking {
     /// fanotify could not be had (`why`) and no `watch` tree is set:
     /// the background crawl only.
     CrawlOnly { why: String },
+    /// A btrfs subvolume the kernel will not mark on its own (EXDEV),
+    /// whose writes the top level's mark at `top` sees and hands over.
+    /// Writes made while the service was down are left to the crawl: the
+    /// catch-up scan runs from the top level's mount only.
+    ThroughTopLevel { top: PathBuf },
 }
 
 impl Tracking {
     /// A stable word for scripts and metrics.
     pub fn mode(&self) -> &'static str {
         match self {
-            Tracking::Fanotify => "fanotify",
+            Tracking::Fanotify | Tracking::ThroughTopLevel { .. } => "fanotify",
             Tracking::Inotify { .. } => "inotify",
             Tracking::CrawlOnly { .. } => "crawl",
         }
     }
 
-    /// Why fanotify is not used, where it is not.
-    pub fn why(&self) -> Option<&str> {
+    /// Why fanotify is not used, or not with a mark of its own, where it
+    /// is not.
+    pub fn why(&self) -> Option<String> {
         match self {
             Tracking::Fanotify => None,
-            Tracking::Inotify { why } | Tracking::CrawlOnly { why } => Some(why),
+            Tracking::Inotify { why } | Tracking::CrawlOnly { why } => Some(why.clone()),
+            Tracking::ThroughTopLevel { top } => Some(format!(
+                "a btrfs subvolume: its writes are seen through the top level's mark at {}; \
+                 writes made while the service was down are found by the crawl",
+                escaped(top)
+            )),
         }
+    }
+
+    /// Whether writes anywhere on the filesystem are seen as they happen.
+    pub fn sees_whole_filesystem(&self) -> bool {
+        matches!(self, Tracking::Fanotify | Tracking::ThroughTopLevel { .. })
     }
 
     /// The fallback for a filesystem where fanotify failed with `why`.
@@ -211,7 +228,11 @@ impl Tracker {
             books.catch_ups.forget(uuid);
             shared.forget_tracking(uuid);
         }
-        for fs in covered.values() {
+        // btrfs top levels first: a subvolume's writes may be seen through
+        // its top level's mark.
+        let mut units: Vec<&Covered> = covered.values().collect();
+        units.sort_by_key(|fs| fs.subvolume);
+        for fs in units {
             if books.marks.values().any(|uuid| *uuid == fs.uuid) {
                 continue;
             }
@@ -221,7 +242,12 @@ impl Tracker {
                     self.start_from(shared, fs, &mut books);
                     Tracking::Fanotify
                 }
-                Err(why) => Tracking::fallback(why, has_trees(fs)),
+                Err(why) => match marked_top_level(fs, &covered, &books) {
+                    Some(top) => Tracking::ThroughTopLevel {
+                        top: top.mount_point.clone(),
+                    },
+                    None => Tracking::fallback(why, has_trees(fs)),
+                },
             };
             let known = shared.tracking(fs.uuid);
             if known != tracking {
@@ -338,6 +364,23 @@ impl Tracker {
     }
 }
 
+/// The covered, marked top level of the btrfs filesystem whose subvolume
+/// `fs` is, if any: its mark sees `fs`'s writes.
+fn marked_top_level<'a>(
+    fs: &Covered,
+    covered: &'a HashMap<FsUuid, Covered>,
+    books: &Books,
+) -> Option<&'a Covered> {
+    if fs.subvolume <= crate::mounts::TOP_LEVEL_SUBVOLUME {
+        return None;
+    }
+    covered.values().find(|top| {
+        top.subvolume == crate::mounts::TOP_LEVEL_SUBVOLUME
+            && top.info.uuid == fs.info.uuid
+            && books.marks.values().any(|uuid| *uuid == top.uuid)
+    })
+}
+
 fn log_tracking(fs: &Covered, tracking: &Tracking) {
     let at = escaped(&fs.mount_point);
     match tracking {
@@ -350,6 +393,11 @@ fn log_tracking(fs: &Covered, tracking: &Tracking) {
         Tracking::CrawlOnly { why } => tracing::warn!(
             "{at}: cannot track writes on the whole filesystem: {why}; written files are found by the crawl only \
              (list trees in `watch` for inotify there)"
+        ),
+        Tracking::ThroughTopLevel { top } => tracing::info!(
+            "{at}: tracking writes through the top level's mark at {} (fanotify cannot mark a btrfs \
+             subvolume on its own); writes made while the service was down are found by the crawl",
+            escaped(top)
         ),
     }
 }
@@ -598,7 +646,14 @@ mod tests {
         assert_eq!(Tracking::fallback(why.clone(), true).mode(), "inotify");
         let crawl = Tracking::fallback(why.clone(), false);
         assert_eq!(crawl.mode(), "crawl");
-        assert_eq!(crawl.why(), Some(why.as_str()));
+        assert_eq!(crawl.why(), Some(why));
         assert_eq!(Tracking::Fanotify.why(), None);
+        let through = Tracking::ThroughTopLevel {
+            top: PathBuf::from("/srv"),
+        };
+        assert_eq!(through.mode(), "fanotify");
+        assert!(through.sees_whole_filesystem() && Tracking::Fanotify.sees_whole_filesystem());
+        assert!(!crawl.sees_whole_filesystem());
+        assert!(through.why().is_some_and(|w| w.contains("/srv")));
     }
 }
