@@ -98,6 +98,12 @@ pub trait Supervisor {
     fn before_chunk(&mut self, bytes: u64) -> Control;
     /// Called after each chunk.
     fn after_chunk(&mut self, progress: &Progress);
+    /// Asked before each chunk: whether [`before_chunk`](Self::before_chunk)
+    /// will listen to the disk, so that the move's own write-back must
+    /// have landed first (see `crate::ramp`).
+    fn wants_quiet_disk(&mut self) -> bool {
+        false
+    }
     /// Called right before a block-mapped file is converted to extents.
     /// The kernel's conversion is not crash-safe: the service records it
     /// durably here, so that after a crash it can name the file.

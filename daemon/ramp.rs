@@ -1,10 +1,20 @@
-//! The ramp: each job starts slow and speeds up only while the disk keeps
-//! its latency. It reads the disk's own counters (`/sys/block/DISK/stat`:
-//! the time requests spent in flight and the requests completed, so the
-//! mean latency of a request over the last interval) and I/O pressure,
-//! and answers with a rate: halved as soon as one interval shows latency
-//! above the disk's baseline (an interval is a fraction of a second),
-//! raised by a quarter after each calm one, up to the configured ceiling.
+//! The ramp: moves yield the disk to everyone else. Before its first chunk
+//! and then every [`LISTEN_EVERY`], a move listens: its own write-back is
+//! waited for, then the disk's counters (`/sys/block/DISK/stat`) are read
+//! over a window in which the move issues nothing, so every request the
+//! disk serves then is someone else's. Heard busy, the disk gets the floor
+//! rate (0 by default: moves wait); heard quiet, the rate starts at the
+//! job's start rate and doubles at each quiet listen, up to the ceiling.
+//! Where the others' requests take longer than usual even in the move's
+//! silence (the disk still digesting its writes), the rate halves.
+//!
+//! Why listen rather than trust the idle I/O class the worker runs in:
+//! only the BFQ scheduler honours it; with `none` or mq-deadline (the usual
+//! choice for flash and virtual disks) an idle-class move competes with
+//! the foreground as an equal. And why not read the counters while moving:
+//! they count the move's own requests, which a 4 KiB foreground request
+//! waiting behind a 1 MiB write cannot be told apart from.
+//!
 //! The controller is pure, over injected samples; reading the counters is
 //! the only side effect here.
 
@@ -12,16 +22,26 @@ use std::time::{Duration, Instant};
 
 use crate::mounts::DiskId;
 
-/// How often the disk is sampled while moving: a spike is answered within
-/// this.
-pub const INTERVAL: Duration = Duration::from_millis(250);
-/// Latency this much above the baseline (as a factor) is the foreground's
-/// loss...
+/// How often a move listens: a foreground that starts is yielded to within
+/// this (and [`WINDOW`]).
+pub const LISTEN_EVERY: Duration = Duration::from_millis(500);
+/// After the move's write-back has landed, what it read ahead may still be
+/// in flight for a few milliseconds: the window opens after this.
+pub const SETTLE: Duration = Duration::from_millis(10);
+/// The shortest window: long enough for a 4 KiB reader at queue depth 1
+/// to complete hundreds of requests, short enough to cost a fast move
+/// about a tenth of its time.
+pub const WINDOW: Duration = Duration::from_millis(50);
+/// Others keep the disk busy this share of a window or more, in at least
+/// [`IN_USE_REQUESTS`] requests: the disk is in use. (The kernel counts
+/// busy time in ticks of a few ms, so one stray request can show 8%.)
+const IN_USE_SHARE: f64 = 0.05;
+const IN_USE_REQUESTS: u64 = 2;
+/// Others' requests this much slower than usual (as a factor)...
 const TOLERATED_FACTOR: f64 = 1.5;
-/// ...and below this many ms above it, noise.
+/// ...and by more than this many ms: the disk is still busy with the
+/// move's writes although the move is silent.
 const TOLERATED_MS: f64 = 0.5;
-/// Raising by a quarter per calm interval: from 4 to 64 MiB/s in ~3 s.
-const RAISE: f64 = 1.25;
 
 /// The cumulative counters of one disk at one instant.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -32,10 +52,13 @@ pub struct DiskSample {
     /// Time requests spent in flight, summed over requests, in ms
     /// (`time_in_queue`, the 11th field).
     pub in_flight_ms: u64,
+    /// Time the disk had any request in flight, in ms (`io_ticks`, the
+    /// 10th field).
+    pub busy_ms: u64,
 }
 
 /// Reads the fields of a `/sys/block/DISK/stat` line: reads completed
-/// (1st), writes completed (5th), time in queue (11th).
+/// (1st), writes completed (5th), io_ticks (10th), time in queue (11th).
 pub fn parse_stat(text: &str, at: Instant) -> Option<DiskSample> {
     let fields: Vec<u64> = text
         .split_whitespace()
@@ -45,6 +68,7 @@ pub fn parse_stat(text: &str, at: Instant) -> Option<DiskSample> {
     Some(DiskSample {
         at,
         completed: fields.first()?.saturating_add(*fields.get(4)?),
+        busy_ms: *fields.get(9)?,
         in_flight_ms: *fields.get(10)?,
     })
 }
@@ -55,50 +79,74 @@ pub fn read_stat(disk: &DiskId) -> Option<DiskSample> {
     parse_stat(&text, Instant::now())
 }
 
-/// Mean latency of the requests completed between two samples, in ms;
-/// None when none completed.
-pub fn mean_latency_ms(from: &DiskSample, to: &DiskSample) -> Option<f64> {
-    let done = to.completed.checked_sub(from.completed)?;
-    let time = to.in_flight_ms.checked_sub(from.in_flight_ms)?;
-    (done > 0).then(|| time as f64 / done as f64)
+/// What a listen window heard: the requests of everyone but the move.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Heard {
+    /// Requests completed in the window.
+    pub requests: u64,
+    /// The share of the window the disk was busy with them, 0 to 1.
+    pub busy_share: f64,
+    /// Their mean time in flight, in ms; None when none completed.
+    pub mean_ms: Option<f64>,
+}
+
+/// What the disk did between two samples; None when the counters went
+/// backwards (the device was replaced) or no time passed.
+pub fn heard(from: &DiskSample, to: &DiskSample) -> Option<Heard> {
+    let requests = to.completed.checked_sub(from.completed)?;
+    let busy = to.busy_ms.checked_sub(from.busy_ms)?;
+    let in_flight = to.in_flight_ms.checked_sub(from.in_flight_ms)?;
+    let window_ms = to.at.checked_duration_since(from.at)?.as_secs_f64() * 1e3;
+    (window_ms > 0.0).then(|| Heard {
+        requests,
+        busy_share: (busy as f64 / window_ms).min(1.0),
+        mean_ms: (requests > 0).then(|| in_flight as f64 / requests as f64),
+    })
 }
 
 /// One job's ramp on one disk.
 #[derive(Debug, Clone)]
 pub struct Ramp {
     rate: u64,
+    start: u64,
     floor: u64,
     ceiling: u64,
-    /// The disk's usual latency: the lowest seen, drifting up slowly so a
+    /// Others' usual latency: the lowest heard, drifting up slowly so a
     /// lasting change of workload is followed.
     baseline_ms: Option<f64>,
-    last: Option<DiskSample>,
+    last_listen: Option<Instant>,
+    last_verdict: Option<Verdict>,
 }
 
-/// What one interval said.
+/// What one listen said.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Verdict {
-    Calm,
-    /// The disk's latency rose above its baseline: the foreground pays.
-    Latency {
-        mean_ms: f64,
-        baseline_ms: f64,
-    },
-    /// I/O pressure above its threshold.
+    /// Nobody else was heard, or hardly: faster.
+    Quiet,
+    /// Others use the disk: the floor.
+    InUse { requests: u64, busy_share: f64 },
+    /// Others' requests were slower than usual: halved.
+    Latency { mean_ms: f64, baseline_ms: f64 },
+    /// I/O pressure above its threshold: halved.
     Pressure,
 }
 
 impl Ramp {
-    /// A job's start: at `start` bytes per second, never below `floor`
-    /// nor above `ceiling`.
+    /// A job's ramp: it listens before its first chunk; heard quiet, it
+    /// goes at `start` bytes per second, then faster up to `ceiling`;
+    /// heard busy, at `floor` (0: it waits).
     pub fn new(start: u64, floor: u64, ceiling: u64) -> Ramp {
-        let floor = floor.min(ceiling).max(1);
+        let ceiling = ceiling.max(1);
+        let floor = floor.min(ceiling);
+        let start = start.clamp(floor.max(1), ceiling);
         Ramp {
-            rate: start.clamp(floor, ceiling.max(1)),
+            rate: start,
+            start,
             floor,
-            ceiling: ceiling.max(1),
+            ceiling,
             baseline_ms: None,
-            last: None,
+            last_listen: None,
+            last_verdict: None,
         }
     }
 
@@ -106,20 +154,30 @@ impl Ramp {
         self.rate
     }
 
-    /// Whether a new sample is due at `now`.
-    pub fn due(&self, now: Instant) -> bool {
-        self.last
-            .is_none_or(|last| now.saturating_duration_since(last.at) >= INTERVAL)
+    /// What the last listen said; None before the first.
+    pub fn last_verdict(&self) -> Option<Verdict> {
+        self.last_verdict
     }
 
-    /// Takes a sample of the disk and whether I/O pressure is above its
-    /// threshold, and returns the new rate with what the interval said.
-    pub fn observe(&mut self, sample: DiskSample, pressured: bool) -> (u64, Verdict) {
-        let mean = self
-            .last
-            .replace(sample)
-            .and_then(|last| mean_latency_ms(&last, &sample));
-        let verdict = match (mean, self.baseline_ms) {
+    /// Whether the move should listen before its next chunk.
+    pub fn due(&self, now: Instant) -> bool {
+        self.last_listen
+            .is_none_or(|last| now.saturating_duration_since(last) >= LISTEN_EVERY)
+    }
+
+    /// Takes what a listen window heard, ending at `now`, and whether I/O
+    /// pressure is above its threshold; returns the new rate (0: wait)
+    /// with what the window said.
+    pub fn observe(&mut self, heard: Heard, pressured: bool, now: Instant) -> (u64, Verdict) {
+        self.last_listen = Some(now);
+        let in_use = heard.busy_share >= IN_USE_SHARE && heard.requests >= IN_USE_REQUESTS;
+        let verdict = match (heard.mean_ms, self.baseline_ms) {
+            // Heard first: others' own I/O raises pressure too, and it
+            // asks for the floor, not a halving.
+            _ if in_use => Verdict::InUse {
+                requests: heard.requests,
+                busy_share: heard.busy_share,
+            },
             _ if pressured => Verdict::Pressure,
             (Some(mean), Some(baseline))
                 if mean > baseline * TOLERATED_FACTOR && mean > baseline + TOLERATED_MS =>
@@ -129,20 +187,23 @@ impl Ramp {
                     baseline_ms: baseline,
                 }
             }
-            _ => Verdict::Calm,
+            _ => Verdict::Quiet,
         };
-        if let Some(mean) = mean {
+        if let Some(mean) = heard.mean_ms {
             self.baseline_ms = Some(match self.baseline_ms {
                 None => mean,
                 Some(b) if mean < b => mean,
-                // A lasting rise moves the baseline up by 2% an interval.
+                // A lasting rise moves the baseline up by 2% a listen.
                 Some(b) => b + (mean - b) * 0.02,
             });
         }
         self.rate = match verdict {
-            Verdict::Calm => ((self.rate as f64 * RAISE) as u64).min(self.ceiling),
-            _ => (self.rate / 2).max(self.floor),
+            Verdict::Quiet if self.rate < self.start => self.start,
+            Verdict::Quiet => self.rate.saturating_mul(2).min(self.ceiling),
+            Verdict::InUse { .. } => self.floor,
+            Verdict::Latency { .. } | Verdict::Pressure => (self.rate / 2).max(self.floor),
         };
+        self.last_verdict = Some(verdict);
         (self.rate, verdict)
     }
 }
@@ -153,110 +214,123 @@ mod tests {
 
     const MIB: u64 = 1 << 20;
 
-    /// Samples every INTERVAL with `ios` requests of `latency_ms` each.
-    struct Disk {
-        t: Instant,
-        completed: u64,
-        in_flight_ms: u64,
+    fn quiet() -> Heard {
+        Heard {
+            requests: 0,
+            busy_share: 0.0,
+            mean_ms: None,
+        }
     }
 
-    impl Disk {
-        fn new() -> Disk {
-            Disk {
-                t: Instant::now(),
-                completed: 1000,
-                in_flight_ms: 5000,
-            }
-        }
-        fn next(&mut self, ios: u64, latency_ms: u64) -> DiskSample {
-            self.t += INTERVAL;
-            self.completed += ios;
-            self.in_flight_ms += ios * latency_ms;
-            DiskSample {
-                at: self.t,
-                completed: self.completed,
-                in_flight_ms: self.in_flight_ms,
-            }
+    fn others(requests: u64, busy_share: f64, mean_ms: f64) -> Heard {
+        Heard {
+            requests,
+            busy_share,
+            mean_ms: Some(mean_ms),
         }
     }
 
     #[test]
-    fn a_job_starts_slow_and_speeds_up_while_the_disk_is_calm() {
-        let mut disk = Disk::new();
-        let mut ramp = Ramp::new(4 * MIB, MIB, 64 * MIB);
-        assert_eq!(ramp.rate(), 4 * MIB);
+    fn a_job_listens_first_then_doubles_while_the_disk_is_quiet() {
+        let t0 = Instant::now();
+        let mut ramp = Ramp::new(4 * MIB, 0, 64 * MIB);
+        assert!(ramp.due(t0), "the first chunk waits for a listen");
         let mut rates = vec![];
-        for _ in 0..20 {
-            rates.push(ramp.observe(disk.next(100, 1), false).0);
+        let mut now = t0;
+        for _ in 0..6 {
+            rates.push(ramp.observe(quiet(), false, now).0);
+            now += LISTEN_EVERY;
         }
-        assert!(rates.windows(2).all(|w| w[1] >= w[0]), "{rates:?}");
-        // 4 × 1.25^n reaches 64 in 13 calm intervals (about 3 s).
-        assert_eq!(rates[13], 64 * MIB, "{rates:?}");
-        assert_eq!(*rates.last().unwrap_or(&0), 64 * MIB, "the ceiling holds");
+        assert_eq!(
+            rates,
+            [8, 16, 32, 64, 64, 64].map(|m| m * MIB),
+            "doubling from the start rate to the ceiling"
+        );
     }
 
     #[test]
-    fn a_latency_rise_halves_the_rate_in_one_interval_down_to_the_floor() {
-        let mut disk = Disk::new();
-        let mut ramp = Ramp::new(64 * MIB, 4 * MIB, 64 * MIB);
-        for _ in 0..4 {
-            ramp.observe(disk.next(100, 2), false);
+    fn others_busy_on_the_disk_bring_the_rate_to_the_floor_at_once() {
+        let t0 = Instant::now();
+        let mut ramp = Ramp::new(4 * MIB, 0, 64 * MIB);
+        for i in 0..5 {
+            ramp.observe(quiet(), false, t0 + LISTEN_EVERY * i);
         }
         assert_eq!(ramp.rate(), 64 * MIB);
-        let (rate, verdict) = ramp.observe(disk.next(100, 6), false);
+        // A QD1 reader: hundreds of requests, the disk busy all the window.
+        let (rate, verdict) = ramp.observe(others(350, 0.98, 0.14), false, t0);
+        assert_eq!(rate, 0, "the default floor: wait");
+        assert_eq!(
+            verdict,
+            Verdict::InUse {
+                requests: 350,
+                busy_share: 0.98
+            }
+        );
+        // Quiet again: back to the start rate, not straight to the ceiling.
+        assert_eq!(ramp.observe(quiet(), false, t0).0, 4 * MIB);
+        // A configured floor keeps a move going beside a busy disk.
+        let mut ramp = Ramp::new(4 * MIB, MIB, 64 * MIB);
+        assert_eq!(ramp.observe(others(350, 0.98, 0.14), false, t0).0, MIB);
+    }
+
+    #[test]
+    fn one_stray_request_or_a_sliver_of_busy_time_is_not_a_foreground() {
+        let t0 = Instant::now();
+        let mut ramp = Ramp::new(4 * MIB, 0, 64 * MIB);
+        // One request shows a whole tick of busy time.
+        let (_, verdict) = ramp.observe(others(1, 0.08, 4.0), false, t0);
+        assert_eq!(verdict, Verdict::Quiet);
+        let (_, verdict) = ramp.observe(others(3, 0.02, 0.5), false, t0);
+        assert_eq!(verdict, Verdict::Quiet);
+        assert_eq!(ramp.rate(), 16 * MIB);
+    }
+
+    #[test]
+    fn others_slower_than_usual_halve_the_rate_and_pressure_too() {
+        let t0 = Instant::now();
+        let mut ramp = Ramp::new(64 * MIB, 4 * MIB, 64 * MIB);
+        ramp.observe(others(1, 0.01, 2.0), false, t0);
+        assert_eq!(ramp.rate(), 64 * MIB);
+        let (rate, verdict) = ramp.observe(others(1, 0.04, 6.0), false, t0);
         assert_eq!(rate, 32 * MIB);
         assert!(
             matches!(verdict, Verdict::Latency { mean_ms, baseline_ms }
                 if (mean_ms - 6.0).abs() < 1e-9 && (baseline_ms - 2.0).abs() < 1e-9),
             "{verdict:?}"
         );
+        // 2 -> 2.4 ms is under the 0.5 ms tolerated: noise.
+        let (_, verdict) = ramp.observe(others(1, 0.01, 2.4), false, t0);
+        assert_eq!(verdict, Verdict::Quiet);
+        let before = ramp.rate();
+        let (rate, verdict) = ramp.observe(quiet(), true, t0);
+        assert_eq!((rate, verdict), (before / 2, Verdict::Pressure));
         for _ in 0..10 {
-            ramp.observe(disk.next(100, 6), false);
+            ramp.observe(quiet(), true, t0);
         }
         assert_eq!(ramp.rate(), 4 * MIB, "never below the floor");
-        // Calm again: it climbs back.
-        for _ in 0..3 {
-            ramp.observe(disk.next(100, 2), false);
-        }
-        assert!(ramp.rate() > 4 * MIB);
+        assert_eq!(ramp.last_verdict(), Some(Verdict::Pressure));
     }
 
     #[test]
-    fn small_rises_are_noise_and_pressure_backs_off_too() {
-        let mut disk = Disk::new();
-        let mut ramp = Ramp::new(8 * MIB, MIB, 64 * MIB);
-        ramp.observe(disk.next(100, 0), false);
-        // 0 -> 0.4 ms is more than 1.5× but under 0.5 ms: noise.
-        let (_, verdict) = ramp.observe(
-            DiskSample {
-                at: disk.t + INTERVAL,
-                completed: disk.completed + 10,
-                in_flight_ms: disk.in_flight_ms + 4,
-            },
-            false,
-        );
-        assert_eq!(verdict, Verdict::Calm);
-        let before = ramp.rate();
-        let (rate, verdict) = ramp.observe(disk.next(0, 0), true);
-        assert_eq!((rate, verdict), (before / 2, Verdict::Pressure));
-        // An interval with no request completed says nothing of latency.
-        let (_, verdict) = ramp.observe(disk.next(0, 0), false);
-        assert_eq!(verdict, Verdict::Calm);
+    fn listens_are_due_every_interval() {
+        let t0 = Instant::now();
+        let mut ramp = Ramp::new(MIB, 0, MIB);
+        assert!(ramp.due(t0));
+        ramp.observe(quiet(), false, t0);
+        assert!(!ramp.due(t0 + LISTEN_EVERY / 2));
+        assert!(ramp.due(t0 + LISTEN_EVERY));
     }
 
     #[test]
-    fn samples_are_due_once_an_interval() {
-        let mut disk = Disk::new();
-        let mut ramp = Ramp::new(MIB, MIB, MIB);
-        assert!(ramp.due(disk.t));
-        let s = disk.next(1, 1);
-        ramp.observe(s, false);
-        assert!(!ramp.due(s.at + INTERVAL / 2));
-        assert!(ramp.due(s.at + INTERVAL));
+    fn the_start_rate_is_kept_within_floor_and_ceiling() {
+        assert_eq!(Ramp::new(0, 0, 64 * MIB).rate(), 1);
+        assert_eq!(Ramp::new(MIB, 4 * MIB, 64 * MIB).rate(), 4 * MIB);
+        assert_eq!(Ramp::new(128 * MIB, 0, 64 * MIB).rate(), 64 * MIB);
+        assert_eq!(Ramp::new(MIB, 128 * MIB, 64 * MIB).rate(), 64 * MIB);
     }
 
     #[test]
-    fn the_stat_line_gives_requests_and_time_in_flight() {
+    fn the_stat_line_gives_requests_busy_time_and_time_in_flight() {
         let line =
             "  4213  12  301298  2218  9156  3122  803442  20331  0  11652  22549  0 0 0 0 0 0\n";
         let at = Instant::now();
@@ -266,23 +340,36 @@ mod tests {
             Some(DiskSample {
                 at,
                 completed: 4213 + 9156,
-                in_flight_ms: 22549
+                in_flight_ms: 22549,
+                busy_ms: 11652,
             })
         );
         assert_eq!(parse_stat("1 2 3", at), None);
         assert_eq!(parse_stat("x y z", at), None);
+    }
+
+    #[test]
+    fn a_window_gives_others_requests_busy_share_and_latency() {
+        let at = Instant::now();
         let a = DiskSample {
             at,
             completed: 10,
             in_flight_ms: 100,
+            busy_ms: 1000,
         };
         let b = DiskSample {
-            at,
+            at: at + Duration::from_millis(50),
             completed: 30,
             in_flight_ms: 160,
+            busy_ms: 1040,
         };
-        assert_eq!(mean_latency_ms(&a, &b), Some(3.0));
-        assert_eq!(mean_latency_ms(&a, &a), None);
-        assert_eq!(mean_latency_ms(&b, &a), None, "counters reset");
+        let h = heard(&a, &b).expect("a window");
+        assert_eq!(h.requests, 20);
+        assert!((h.busy_share - 0.8).abs() < 1e-9, "{h:?}");
+        assert_eq!(h.mean_ms, Some(3.0));
+        let idle = DiskSample { at: b.at, ..a };
+        assert_eq!(heard(&a, &idle).and_then(|h| h.mean_ms), None);
+        assert_eq!(heard(&b, &a), None, "counters reset");
+        assert_eq!(heard(&a, &a), None, "no time passed");
     }
 }

@@ -121,3 +121,97 @@ fn under_io_pressure_the_service_slows_down_but_still_finishes() {
     assert!(after < before, "extents {before} -> {after}");
     img.unmount_and_fsck();
 }
+
+#[test]
+fn a_move_waits_while_others_use_the_disk_and_goes_once_they_stop() {
+    if !require_root() {
+        return;
+    }
+    let mut img = LoopImage::create(ImageSpec::ext4(512));
+    let root = img.root().to_path_buf();
+    let reader_file = root.join("fio-read");
+    run_ok(Command::new("fio").args([
+        "--name=lay",
+        &format!("--filename={}", reader_file.display()),
+        "--size=64M",
+        "--rw=write",
+        "--bs=1M",
+        "--direct=1",
+    ]));
+    let path = root.join("data.bin");
+    make_fragmented_files(&root, &[(&path, 32 * MIB, 0x7408)], 2 * MIB).delete_all(&root);
+    img.settle();
+    let before = filefrag_extents(&path);
+    let sum = md5(&path);
+    assert!(
+        before > 20,
+        "the fixture is not fragmented: {before} extents"
+    );
+
+    // Someone else on the disk: QD1 direct random reads, the disk busy
+    // all the time.
+    let reader_runs = Duration::from_secs(15);
+    let mut fio = spawn_fio(&[
+        "--name=foreground".into(),
+        format!("--filename={}", reader_file.display()),
+        "--rw=randread".into(),
+        "--bs=4k".into(),
+        "--direct=1".into(),
+        "--ioengine=psync".into(),
+        "--time_based".into(),
+        format!("--runtime={}", reader_runs.as_secs()),
+    ]);
+    let reader_started = Instant::now();
+    sleep(Duration::from_secs(1));
+
+    // The default ramp and floor; pressure off, so that only what the
+    // move hears on the disk holds it.
+    let home = ServiceHome::new();
+    let mut cfg = ServiceConfig::new(&root, &[]);
+    cfg.max_mib_per_s = 256;
+    cfg.min_mib_per_s = 0;
+    cfg.start_mib_per_s = 4;
+    cfg.log_level = "debug".into();
+    home.write_config(&cfg);
+    let mut svc = home.start(&[]);
+
+    let mut waiting = Vec::new();
+    while fio.is_running() && reader_started.elapsed() < reader_runs - Duration::from_secs(2) {
+        let summary = status_summary(&home.control_socket());
+        if summary.contains("waiting: others use the disk") {
+            waiting.push(summary);
+        }
+        sleep(Duration::from_millis(200));
+    }
+    let moved_beside_reader = svc
+        .log()
+        .contains(&format!("defragmented {}", path.display()));
+    let extents_beside_reader = filefrag_extents(&path);
+    let _ = fio.wait(Duration::from_secs(30));
+    eprintln!(
+        "{} status lines said waiting, e.g. {:?}; extents {before} -> {extents_beside_reader} while the reader ran",
+        waiting.len(),
+        waiting.first()
+    );
+    assert!(
+        !waiting.is_empty(),
+        "the status never said the move waits for the disk; log:\n{}",
+        svc.log()
+    );
+    assert!(
+        !moved_beside_reader && extents_beside_reader == before,
+        "the file was moved beside the reader ({before} -> {extents_beside_reader} extents); log:\n{}",
+        svc.log()
+    );
+
+    // Alone on the disk: the move goes.
+    svc.wait_for_log(
+        &format!("defragmented {}", path.display()),
+        Duration::from_secs(90),
+    );
+    svc.stop(Duration::from_secs(15));
+    assert_eq!(md5(&path), sum, "content changed");
+    let after = filefrag_extents(&path);
+    assert!(after < before, "extents {before} -> {after}");
+    img.unmount_and_fsck();
+}

@@ -366,8 +366,9 @@ def impact_part(fig, goals):
     lines.append("(io some %: the share of the load's time some task was stalled on I/O, "
                  "/proc/pressure/io, system-wide)")
     lines.append(f"(the load runs until the {file_mib:.0f} MiB file is defragmented, at most a "
-                 f"cap; service: default config, 64 MiB/s halved for every 10 points of I/O "
-                 f"pressure above 20%, down to 4 MiB/s, idle I/O class)")
+                 f"cap; service: default config: it waits while it hears others on the disk "
+                 f"(min_mib_per_s 0), else starts at 4 MiB/s and doubles up to 64, halved "
+                 f"for every 10 points of I/O pressure above 20%, idle I/O class)")
     lines += goals.lines(part)
     return res, lines
 

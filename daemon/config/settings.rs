@@ -35,7 +35,8 @@ const fn non_zero_u32(n: u32) -> NonZeroU32 {
 }
 
 const DEFAULT_MAX_BYTES_PER_S: NonZeroU64 = non_zero_u64(64 * MIB);
-const DEFAULT_MIN_BYTES_PER_S: u64 = 4 * MIB;
+const DEFAULT_MIN_BYTES_PER_S: u64 = 0;
+const DEFAULT_START_BYTES_PER_S: u64 = 4 * MIB;
 /// A 1 TB TLC drive rated for 600 TB written over 5 years takes about
 /// 330 GB a day; defragmentation gets a small share of that.
 const DEFAULT_WRITE_BUDGET_SSD: NonZeroU64 = non_zero_u64(16 * 1024 * MIB);
@@ -325,7 +326,7 @@ impl Default for ThrottleSettings {
             windows: Vec::new(),
             // Off: the disk's counters include the move's own requests,
             // which alone tripped the latency test (see etc/defragd.toml).
-            start_bytes_per_s: 0,
+            start_bytes_per_s: DEFAULT_START_BYTES_PER_S,
             write_budget_ssd: Some(DEFAULT_WRITE_BUDGET_SSD),
             write_budget_hdd: None,
         }

@@ -154,6 +154,20 @@ impl<'fd> CacheKeeper<'fd> {
         }
     }
 
+    /// Waits for the write-back of every chunk moved, and settles them:
+    /// after this the move has nothing of its own in flight but what it
+    /// read ahead.
+    pub(super) fn settle_moved(&mut self) {
+        while self.pending.front().is_some_and(|(_, _, moved)| *moved) {
+            if let Some((c, residency, _)) = self.pending.pop_front() {
+                self.settle(&c, residency.as_ref());
+            }
+        }
+        if let Some((oldest, _, _)) = self.pending.front() {
+            self.forget_before(oldest.start * self.block_size);
+        }
+    }
+
     pub(super) fn finish_all(&mut self) {
         while let Some((chunk, residency, _)) = self.pending.pop_front() {
             self.settle(&chunk, residency.as_ref());

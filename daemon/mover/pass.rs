@@ -62,6 +62,9 @@ impl<'fd> Pass<'fd> {
         }
         for (index, chunk) in chunks.iter().enumerate() {
             let bytes = chunk.len.get() * block_size;
+            if supervisor.wants_quiet_disk() {
+                cache.settle_moved();
+            }
             if supervisor.before_chunk(bytes) == Control::Stop {
                 cache.finish_all();
                 // What was moved must be on disk before anyone resumes after it.

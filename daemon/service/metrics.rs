@@ -36,7 +36,8 @@ pub struct Metrics {
     pub extents_removed: Counter,
     pub queue_length: Gauge,
     /// 0 free to move, 1 paused by the operator, 2 held back by I/O pressure,
-    /// 3 outside the maintenance windows, 4 a daily write budget spent.
+    /// 3 outside the maintenance windows, 4 a daily write budget spent, 5
+    /// waiting while others use the disk.
     pub throttle_state: Gauge,
     /// The rate moves may go at now, after I/O pressure.
     pub throttle_rate: Gauge,
@@ -115,12 +116,12 @@ impl Default for Metrics {
         );
         registry.register(
             "throttle_state",
-            "0 free to move, 1 paused by the operator, 2 held back by I/O pressure, 3 outside the maintenance windows, 4 the daily write budget of a disk spent",
+            "0 free to move, 1 paused by the operator, 2 held back by I/O pressure, 3 outside the maintenance windows, 4 the daily write budget of a disk spent, 5 waiting while others use the disk",
             throttle_state.clone(),
         );
         registry.register(
             "throttle_rate_bytes_per_second",
-            "The rate moves may go at now: the configured maximum, lowered by I/O pressure",
+            "The rate moves may go at now: the configured maximum, lowered by I/O pressure or by others using the disk",
             throttle_rate.clone(),
         );
         registry.register(

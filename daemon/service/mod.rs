@@ -368,6 +368,7 @@ fn update_gauges(shared: &Shared, report: &crate::control::protocol::StatusRepor
         "pressure" => 2,
         "window" => 3,
         "budget" => 4,
+        "yielding" => 5,
         _ => 0,
     });
     for fs in &report.filesystems {
@@ -386,7 +387,12 @@ fn update_gauges(shared: &Shared, report: &crate::control::protocol::StatusRepor
         }
     }
     let max = shared.settings().throttle.max_bytes_per_s.get();
-    let rate = shared.slowed().map_or(max, |s| s.bytes_per_s);
+    let rate = match (shared.slowed(), shared.yielding_any()) {
+        (Some(s), Some(y)) => s.bytes_per_s.min(y.bytes_per_s),
+        (Some(s), None) => s.bytes_per_s,
+        (None, Some(y)) => y.bytes_per_s,
+        (None, None) => max,
+    };
     m.throttle_rate.set(i64::try_from(rate).unwrap_or(i64::MAX));
     // Read here too, not only while moving: pressure is worth a graph
     // beside the moves it holds back.

@@ -93,6 +93,25 @@ pub struct Slowed {
     pub bytes_per_s: u64,
 }
 
+/// Moves yielding the disk to others heard using it (see `crate::ramp`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Yielding {
+    /// The share of the last listen the disk was busy with others' requests.
+    pub busy_share: f64,
+    /// The rate moves go at meanwhile; 0: they wait.
+    pub bytes_per_s: u64,
+}
+
+fn yielding(ramp: &Ramp) -> Option<Yielding> {
+    match ramp.last_verdict()? {
+        Verdict::InUse { busy_share, .. } => Some(Yielding {
+            busy_share,
+            bytes_per_s: ramp.rate(),
+        }),
+        _ => None,
+    }
+}
+
 /// Shared by every thread of the service.
 pub struct Shared {
     store: Mutex<Store>,
@@ -293,11 +312,12 @@ impl Shared {
         lock(&self.gauge).percent(Instant::now())
     }
 
-    /// A job on `disk` starts: slow, unless the ramp is off.
+    /// A job on `disk` starts: it listens to the disk before its first
+    /// chunk, unless the ramp is off or the disk's counters cannot be read.
     pub fn start_ramp(&self, disk: &DiskId) {
         let t = &self.settings().throttle;
         let mut ramps = lock(&self.ramps);
-        if t.start_bytes_per_s == 0 {
+        if t.start_bytes_per_s == 0 || ramp::read_stat(disk).is_none() {
             ramps.remove(disk);
             return;
         }
@@ -314,41 +334,67 @@ impl Shared {
         lock(&self.ramps).remove(disk);
     }
 
+    /// Whether the move on `disk` is due to listen before its next chunk.
+    pub fn listen_due(&self, disk: &DiskId) -> bool {
+        lock(&self.ramps)
+            .get(disk)
+            .is_some_and(|ramp| ramp.due(Instant::now()))
+    }
+
+    /// Listens to `disk` for `at_least` (never less than the shortest
+    /// window) while the move issues nothing, and sets the ramp's rate
+    /// from what was heard. The caller has waited for the move's own
+    /// write-back. Without a ramp on `disk`, just sleeps.
+    pub fn listen(&self, disk: &DiskId, at_least: Duration) {
+        if !lock(&self.ramps).contains_key(disk) {
+            self.sleep(at_least);
+            return;
+        }
+        self.sleep(ramp::SETTLE);
+        let from = ramp::read_stat(disk);
+        self.sleep(at_least.saturating_sub(ramp::SETTLE).max(ramp::WINDOW));
+        let to = ramp::read_stat(disk);
+        let Some(heard) = from.zip(to).and_then(|(from, to)| ramp::heard(&from, &to)) else {
+            return;
+        };
+        let max = self.settings().throttle.max_bytes_per_s.get();
+        let pressured = self.pace() < max;
+        let mut ramps = lock(&self.ramps);
+        let Some(ramp) = ramps.get_mut(disk) else {
+            return;
+        };
+        let before = ramp.rate();
+        let (rate, verdict) = ramp.observe(heard, pressured, Instant::now());
+        if rate != before {
+            tracing::debug!("disk {}: {verdict:?}; moves go at {rate} B/s", disk.0);
+        }
+    }
+
     /// [`pace`](Self::pace) for a move on `disk`: the rate I/O pressure
-    /// allows, no faster than the disk's ramp, which samples the disk's
-    /// counters once an interval. 0 holds moves back.
+    /// allows, no faster than the disk's ramp. 0 holds moves back.
     pub fn pace_on(&self, disk: &DiskId) -> u64 {
         let paced = self.pace();
-        if paced == 0 {
-            return 0;
+        let rate = lock(&self.ramps)
+            .get(disk)
+            .map_or(paced, |ramp| ramp.rate().min(paced));
+        if rate > 0 {
+            lock(&self.bucket).set_rate(rate, Instant::now());
         }
-        let max = self.settings().throttle.max_bytes_per_s.get();
-        let now = Instant::now();
-        let rate = {
-            let mut ramps = lock(&self.ramps);
-            let Some(ramp) = ramps.get_mut(disk) else {
-                return paced;
-            };
-            if ramp.due(now) {
-                if let Some(sample) = ramp::read_stat(disk) {
-                    let (_, verdict) = ramp.observe(sample, paced < max);
-                    if let Verdict::Latency {
-                        mean_ms,
-                        baseline_ms,
-                    } = verdict
-                    {
-                        tracing::debug!(
-                            "disk {}: latency {mean_ms:.1} ms against {baseline_ms:.1} ms; moves slow to {} B/s",
-                            disk.0,
-                            ramp.rate()
-                        );
-                    }
-                }
-            }
-            ramp.rate().min(paced)
-        };
-        lock(&self.bucket).set_rate(rate, now);
         rate
+    }
+
+    /// Why the move on `disk` goes below the ceiling, if it is because
+    /// others use the disk: what its last listen heard, and the rate.
+    pub fn yielding(&self, disk: &DiskId) -> Option<Yielding> {
+        lock(&self.ramps).get(disk).and_then(yielding)
+    }
+
+    /// [`yielding`](Self::yielding) of any disk: the one held most.
+    pub fn yielding_any(&self) -> Option<Yielding> {
+        lock(&self.ramps)
+            .values()
+            .filter_map(yielding)
+            .min_by_key(|y| y.bytes_per_s)
     }
 
     /// How I/O pressure slows moves now (None: full speed, or no move).

@@ -55,6 +55,7 @@ pub fn report(shared: &Shared) -> StatusReport {
         shared.moving().into_iter().partition(|m| m.under_way);
     let pause = shared.pause();
     let slowed = shared.slowed();
+    let yielding = shared.yielding_any();
     let spent = budget_spent_line(shared);
     let (state, headline) = match (pause, slowed, moving.first()) {
         (Pause::Indefinitely, _, _) => ("paused", "paused by operator".to_string()),
@@ -68,6 +69,13 @@ pub fn report(shared: &Shared) -> StatusReport {
         (Pause::Running, Some(s), _) if s.bytes_per_s == 0 => (
             "pressure",
             format!("held back: I/O pressure {:.0}%", s.pressure),
+        ),
+        (Pause::Running, _, Some(_)) if yielding.is_some_and(|y| y.bytes_per_s == 0) => (
+            "yielding",
+            format!(
+                "waiting: others use the disk (busy {:.0}% of the last look)",
+                yielding.map_or(0.0, |y| y.busy_share * 100.0)
+            ),
         ),
         (Pause::Running, _, None) if !shared.until_window().is_zero() => (
             "window",
@@ -84,6 +92,12 @@ pub fn report(shared: &Shared) -> StatusReport {
                     ", slowed to {}/s by I/O pressure {:.0}%",
                     Size(s.bytes_per_s),
                     s.pressure
+                ));
+            } else if let Some(y) = yielding {
+                line.push_str(&format!(
+                    ", at {}/s while others use the disk (busy {:.0}%)",
+                    Size(y.bytes_per_s),
+                    y.busy_share * 100.0
                 ));
             }
             ("moving", line)

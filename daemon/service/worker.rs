@@ -30,6 +30,12 @@ const IDLE: Duration = Duration::from_secs(30);
 /// How long a move held back by I/O pressure waits in one go, before it
 /// gives its file back and tries again later.
 const PRESSURE_WAIT: Duration = Duration::from_secs(10);
+/// How long a move waits in one go while others use its disk: longer,
+/// since holding costs the disk nothing and giving the file back costs a
+/// commit and a new check.
+const YIELD_WAIT: Duration = Duration::from_secs(60);
+/// A held move looks again this often.
+const HOLD_STEP: Duration = Duration::from_millis(500);
 
 /// Runs the worker of `disk` until shutdown.
 pub fn run(shared: Arc<Shared>, disk: DiskId) {
@@ -281,15 +287,26 @@ impl Supervisor for JobSupervisor<'_> {
         {
             return Control::Stop;
         }
-        // Slowed by I/O pressure through the shared rate; held back
-        // entirely only where the floor is 0 and pressure is full.
+        // Slowed by I/O pressure through the shared rate, and by the
+        // disk's ramp, which listens to the disk now and then (the mover
+        // has let its own write-back land first: `wants_quiet_disk`).
+        // Held back entirely where the floor is 0 and pressure is full or
+        // others use the disk; a hold listens all along, since the move
+        // issues nothing meanwhile.
+        if self.shared.listen_due(self.disk) {
+            self.shared.listen(self.disk, Duration::ZERO);
+        }
         let mut waited = Duration::ZERO;
         while self.shared.pace_on(self.disk) == 0 {
-            if waited >= PRESSURE_WAIT || self.shared.shutting_down() || self.shared.paused() {
+            let limit = match self.shared.yielding(self.disk) {
+                Some(_) => YIELD_WAIT,
+                None => PRESSURE_WAIT,
+            };
+            if waited >= limit || self.shared.shutting_down() || self.shared.paused() {
                 return Control::Stop;
             }
-            self.shared.sleep(Duration::from_millis(500));
-            waited += Duration::from_millis(500);
+            self.shared.listen(self.disk, HOLD_STEP);
+            waited += HOLD_STEP;
         }
         let wait = self.shared.throttle(bytes);
         if !wait.is_zero() {
@@ -301,6 +318,10 @@ impl Supervisor for JobSupervisor<'_> {
             self.shared.kernel_has_it(self.disk);
             Control::Continue
         }
+    }
+
+    fn wants_quiet_disk(&mut self) -> bool {
+        self.shared.listen_due(self.disk)
     }
 
     fn converting(&mut self, file: &Converting<'_>) {

@@ -36,6 +36,9 @@ pub struct ServiceConfig {
     pub chunk_mib: u64,
     pub pressure_percent: u64,
     pub min_mib_per_s: u64,
+    /// 0: no ramp (the move goes at once at the ceiling, and never listens
+    /// to the disk; tests run in parallel and their loads are their own).
+    pub start_mib_per_s: u64,
     pub quiet_period: String,
     pub min_size: String,
     pub min_excess_extents: u64,
@@ -59,6 +62,7 @@ impl ServiceConfig {
             chunk_mib: 1,
             pressure_percent: 0,
             min_mib_per_s: 4,
+            start_mib_per_s: 0,
             quiet_period: "2s".into(),
             min_size: "1MiB".into(),
             min_excess_extents: 4,
@@ -93,8 +97,12 @@ impl ServiceConfig {
         }
         writeln!(
             t,
-            "\n[throttle]\nmax_mib_per_s = {}\nchunk_mib = {}\npressure_percent = {}\nmin_mib_per_s = {}",
-            self.max_mib_per_s, self.chunk_mib, self.pressure_percent, self.min_mib_per_s
+            "\n[throttle]\nmax_mib_per_s = {}\nchunk_mib = {}\npressure_percent = {}\nmin_mib_per_s = {}\nstart_mib_per_s = {}",
+            self.max_mib_per_s,
+            self.chunk_mib,
+            self.pressure_percent,
+            self.min_mib_per_s,
+            self.start_mib_per_s
         )
         .unwrap();
         writeln!(
