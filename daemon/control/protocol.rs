@@ -122,7 +122,9 @@ pub struct Done {
 pub struct StatusReport {
     /// "moving", "checking" (a file is checked before a move, which may
     /// not happen), "idle", "paused" (by the operator), "pressure" (held
-    /// back by full I/O pressure) or "window" (outside the maintenance windows).
+    /// back by full I/O pressure), "yielding" (waiting while others use the
+    /// disk), "window" (outside the maintenance windows) or "budget" (a
+    /// disk's daily write budget spent).
     pub state: String,
     /// The one-line summary (the same text as systemd's STATUS=).
     pub summary: String,
