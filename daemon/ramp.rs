@@ -37,6 +37,7 @@ pub const WINDOW: Duration = Duration::from_millis(50);
 /// busy time in ticks of a few ms, so one stray request can show 8%.)
 const IN_USE_SHARE: f64 = 0.05;
 const IN_USE_REQUESTS: u64 = 2;
+const MIB: u64 = 1 << 20;
 /// Others' requests this much slower than usual (as a factor)...
 const TOLERATED_FACTOR: f64 = 1.5;
 /// ...and by more than this many ms: the disk is still busy with the
@@ -201,7 +202,13 @@ impl Ramp {
             Verdict::Quiet if self.rate < self.start => self.start,
             Verdict::Quiet => self.rate.saturating_mul(2).min(self.ceiling),
             Verdict::InUse { .. } => self.floor,
-            Verdict::Latency { .. } | Verdict::Pressure => (self.rate / 2).max(self.floor),
+            // Never a crawl of a few bytes a second (a chunk would wait
+            // for hours, deaf to the disk meanwhile): below 1 MiB/s, the
+            // floor, which is 0 (wait, listening) or at least 1 MiB/s.
+            Verdict::Latency { .. } | Verdict::Pressure => match (self.rate / 2).max(self.floor) {
+                halved if halved < MIB => self.floor,
+                halved => halved,
+            },
         };
         self.last_verdict = Some(verdict);
         (self.rate, verdict)
@@ -211,8 +218,6 @@ impl Ramp {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const MIB: u64 = 1 << 20;
 
     fn quiet() -> Heard {
         Heard {
@@ -309,6 +314,12 @@ mod tests {
         }
         assert_eq!(ramp.rate(), 4 * MIB, "never below the floor");
         assert_eq!(ramp.last_verdict(), Some(Verdict::Pressure));
+        // With a floor of 0: halved down to 1 MiB/s, then it waits.
+        let mut ramp = Ramp::new(4 * MIB, 0, 64 * MIB);
+        let rates: Vec<u64> = (0..4).map(|_| ramp.observe(quiet(), true, t0).0).collect();
+        assert_eq!(rates, [2 * MIB, MIB, 0, 0]);
+        // Quiet again: the start rate.
+        assert_eq!(ramp.observe(quiet(), false, t0).0, 4 * MIB);
     }
 
     #[test]
