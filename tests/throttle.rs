@@ -6,7 +6,7 @@
 
 use defragd_testkit as common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
@@ -27,11 +27,9 @@ fn status_summary(socket: &Path) -> String {
     json["summary"].as_str().unwrap_or_default().to_string()
 }
 
-#[test]
-fn under_io_pressure_the_service_slows_down_but_still_finishes() {
-    if !require_root() {
-        return;
-    }
+/// An ext4 image holding a 64 MiB file for a foreground reader and
+/// data.bin, `size` bytes fragmented into more than 20 extents.
+fn fragmented_beside_a_reader_file(size: u64, seed: u64) -> (LoopImage, PathBuf, PathBuf) {
     let mut img = LoopImage::create(ImageSpec::ext4(512));
     let root = img.root().to_path_buf();
     let reader_file = root.join("fio-read");
@@ -44,14 +42,25 @@ fn under_io_pressure_the_service_slows_down_but_still_finishes() {
         "--direct=1",
     ]));
     let path = root.join("data.bin");
-    make_fragmented_files(&root, &[(&path, 48 * MIB, 0x7407)], 2 * MIB).delete_all(&root);
+    make_fragmented_files(&root, &[(&path, size, seed)], 2 * MIB).delete_all(&root);
     img.settle();
     let before = filefrag_extents(&path);
-    let sum = md5(&path);
     assert!(
         before > 20,
         "the fixture is not fragmented: {before} extents"
     );
+    (img, reader_file, path)
+}
+
+#[test]
+fn under_io_pressure_the_service_slows_down_but_still_finishes() {
+    if !require_root() {
+        return;
+    }
+    let (mut img, reader_file, path) = fragmented_beside_a_reader_file(48 * MIB, 0x7407);
+    let root = img.root().to_path_buf();
+    let before = filefrag_extents(&path);
+    let sum = md5(&path);
 
     // The foreground load: QD1 direct random reads, longer than the move
     // can take even at the floor rate.
@@ -127,26 +136,10 @@ fn a_move_waits_while_others_use_the_disk_and_goes_once_they_stop() {
     if !require_root() {
         return;
     }
-    let mut img = LoopImage::create(ImageSpec::ext4(512));
+    let (mut img, reader_file, path) = fragmented_beside_a_reader_file(32 * MIB, 0x7408);
     let root = img.root().to_path_buf();
-    let reader_file = root.join("fio-read");
-    run_ok(Command::new("fio").args([
-        "--name=lay",
-        &format!("--filename={}", reader_file.display()),
-        "--size=64M",
-        "--rw=write",
-        "--bs=1M",
-        "--direct=1",
-    ]));
-    let path = root.join("data.bin");
-    make_fragmented_files(&root, &[(&path, 32 * MIB, 0x7408)], 2 * MIB).delete_all(&root);
-    img.settle();
     let before = filefrag_extents(&path);
     let sum = md5(&path);
-    assert!(
-        before > 20,
-        "the fixture is not fragmented: {before} extents"
-    );
 
     // Someone else on the disk: QD1 direct random reads, the disk busy
     // all the time.
