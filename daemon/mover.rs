@@ -104,6 +104,9 @@ pub trait Supervisor {
     fn wants_quiet_disk(&mut self) -> bool {
         false
     }
+    /// Called after each commit of the moves with how long it took: a
+    /// slow one means the disk queued it behind others (see `crate::ramp`).
+    fn committed(&mut self, _took: std::time::Duration) {}
     /// Called right before a block-mapped file is converted to extents.
     /// The kernel's conversion is not crash-safe: the service records it
     /// durably here, so that after a crash it can name the file.

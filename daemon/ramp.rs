@@ -6,7 +6,10 @@
 //! rate (0 by default: moves wait); heard quiet, the rate starts at the
 //! job's start rate and doubles at each quiet listen, up to the ceiling.
 //! Where the others' requests take longer than usual even in the move's
-//! silence (the disk still digesting its writes), the rate halves.
+//! silence (the disk still digesting its writes), the rate halves; so it
+//! does after one of the move's own commits that took much longer than its
+//! usual (a commit is I/O too: it waits behind the foreground's requests,
+//! and the foreground's fsyncs wait behind it in the journal).
 //!
 //! Why listen rather than trust the idle I/O class the worker runs in:
 //! only the BFQ scheduler honours it; with `none` or mq-deadline (the usual
@@ -43,6 +46,14 @@ const TOLERATED_FACTOR: f64 = 1.5;
 /// ...and by more than this many ms: the disk is still busy with the
 /// move's writes although the move is silent.
 const TOLERATED_MS: f64 = 0.5;
+
+/// A commit this many times slower than the job's usual...
+const SLOW_COMMIT_FACTOR: f64 = 3.0;
+/// ...and by this many ms more is slow: the disk queued it behind others.
+const SLOW_COMMIT_MS: f64 = 50.0;
+/// A commit this long is slow whatever came before: a writer's fsync
+/// queued behind it waited about as long.
+const SLOW_COMMIT_ANY_MS: f64 = 500.0;
 
 /// The cumulative counters of one disk at one instant.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -115,6 +126,8 @@ pub struct Ramp {
     /// Others' usual latency: the lowest heard, drifting up slowly so a
     /// lasting change of workload is followed.
     baseline_ms: Option<f64>,
+    /// The job's usual commit, followed the same way.
+    usual_commit_ms: Option<f64>,
     last_listen: Option<Instant>,
     last_verdict: Option<Verdict>,
 }
@@ -130,6 +143,9 @@ pub enum Verdict {
     Latency { mean_ms: f64, baseline_ms: f64 },
     /// I/O pressure above its threshold: halved.
     Pressure,
+    /// The move's last commit took much longer than its usual (None: it
+    /// was the first, and long whatever the usual): halved.
+    SlowCommit { took_ms: f64, usual_ms: Option<f64> },
 }
 
 impl Ramp {
@@ -146,6 +162,7 @@ impl Ramp {
             floor,
             ceiling,
             baseline_ms: None,
+            usual_commit_ms: None,
             last_listen: None,
             last_verdict: None,
         }
@@ -191,27 +208,62 @@ impl Ramp {
             _ => Verdict::Quiet,
         };
         if let Some(mean) = heard.mean_ms {
-            self.baseline_ms = Some(match self.baseline_ms {
-                None => mean,
-                Some(b) if mean < b => mean,
-                // A lasting rise moves the baseline up by 2% a listen.
-                Some(b) => b + (mean - b) * 0.02,
-            });
+            self.baseline_ms = Some(follow_lowest(self.baseline_ms, mean));
         }
         self.rate = match verdict {
             Verdict::Quiet if self.rate < self.start => self.start,
             Verdict::Quiet => self.rate.saturating_mul(2).min(self.ceiling),
             Verdict::InUse { .. } => self.floor,
-            // Never a crawl of a few bytes a second (a chunk would wait
-            // for hours, deaf to the disk meanwhile): below 1 MiB/s, the
-            // floor, which is 0 (wait, listening) or at least 1 MiB/s.
-            Verdict::Latency { .. } | Verdict::Pressure => match (self.rate / 2).max(self.floor) {
-                halved if halved < MIB => self.floor,
-                halved => halved,
-            },
+            Verdict::Latency { .. } | Verdict::Pressure | Verdict::SlowCommit { .. } => {
+                self.halved()
+            }
         };
         self.last_verdict = Some(verdict);
         (self.rate, verdict)
+    }
+
+    /// Takes how long one of the move's commits took. A slow one halves
+    /// the rate until the next listen: the next chunks go slower rather
+    /// than the next commit queueing behind the foreground again. Returns
+    /// the new rate and the verdict where it was slow.
+    pub fn committed(&mut self, took: Duration) -> Option<(u64, Verdict)> {
+        let took_ms = took.as_secs_f64() * 1e3;
+        let slow = took_ms >= SLOW_COMMIT_ANY_MS
+            || self.usual_commit_ms.is_some_and(|usual| {
+                took_ms > usual * SLOW_COMMIT_FACTOR && took_ms > usual + SLOW_COMMIT_MS
+            });
+        let verdict = Verdict::SlowCommit {
+            took_ms,
+            usual_ms: self.usual_commit_ms,
+        };
+        self.usual_commit_ms = Some(follow_lowest(self.usual_commit_ms, took_ms));
+        if !slow {
+            return None;
+        }
+        self.rate = self.halved();
+        self.last_verdict = Some(verdict);
+        Some((self.rate, verdict))
+    }
+
+    /// Half the rate, within the floor; never a crawl of a few bytes a
+    /// second (a chunk would wait for hours, deaf to the disk meanwhile):
+    /// below 1 MiB/s, the floor, which is 0 (wait, listening) or at least
+    /// 1 MiB/s.
+    fn halved(&self) -> u64 {
+        match (self.rate / 2).max(self.floor) {
+            halved if halved < MIB => self.floor,
+            halved => halved,
+        }
+    }
+}
+
+/// A usual value: the lowest seen, moving up by 2% of the difference at
+/// each higher one, so that a lasting change is followed.
+fn follow_lowest(usual: Option<f64>, seen: f64) -> f64 {
+    match usual {
+        None => seen,
+        Some(usual) if seen < usual => seen,
+        Some(usual) => usual + (seen - usual) * 0.02,
     }
 }
 
@@ -320,6 +372,39 @@ mod tests {
         assert_eq!(rates, [2 * MIB, MIB, 0, 0]);
         // Quiet again: the start rate.
         assert_eq!(ramp.observe(quiet(), false, t0).0, 4 * MIB);
+    }
+
+    #[test]
+    fn a_commit_much_slower_than_usual_halves_the_rate_until_the_next_listen() {
+        let t0 = Instant::now();
+        let mut ramp = Ramp::new(64 * MIB, 0, 64 * MIB);
+        ramp.observe(quiet(), false, t0);
+        assert_eq!(ramp.committed(Duration::from_millis(20)), None);
+        // 3x and 50 ms over the usual 20 ms: neither alone is slow.
+        assert_eq!(ramp.committed(Duration::from_millis(59)), None);
+        assert_eq!(ramp.committed(Duration::from_millis(65)), None);
+        let (rate, verdict) = ramp
+            .committed(Duration::from_millis(300))
+            .expect("300 ms against a usual of about 20 is slow");
+        assert_eq!(rate, 32 * MIB);
+        assert!(
+            matches!(verdict, Verdict::SlowCommit { took_ms, usual_ms: Some(usual) }
+                if (took_ms - 300.0).abs() < 1e-9 && (20.0..25.0).contains(&usual)),
+            "{verdict:?}"
+        );
+        assert_eq!(ramp.last_verdict(), Some(verdict));
+        // The next quiet listen goes on doubling from there.
+        assert_eq!(ramp.observe(quiet(), false, t0).0, 64 * MIB);
+        // A first commit that long is slow with nothing to compare.
+        let mut ramp = Ramp::new(4 * MIB, 0, 64 * MIB);
+        let (rate, verdict) = ramp
+            .committed(Duration::from_millis(1500))
+            .expect("1.5 s is slow on any disk");
+        assert_eq!(rate, 2 * MIB);
+        assert!(matches!(
+            verdict,
+            Verdict::SlowCommit { usual_ms: None, .. }
+        ));
     }
 
     #[test]

@@ -479,14 +479,15 @@ def main():
         f"loop devices with direct I/O",
         "",
     ]
+    import writer_report  # bench/lib, beside this file
     parts = ((1, "move", move_part), (2, "impact", impact_part),
              (3, "scan", scan_part), (4, "footprint", footprint_part),
-             (5, "startup", startup_part))
+             (5, "startup", startup_part), (6, "writer", writer_report.writer_part))
     if fs != "ext4":
         import peers_report  # bench/lib, beside this file
         parts = ((1, "move", peers_report.move_part), (2, "impact", peers_report.impact_part))
     for number, key, fn in parts:
-        if str(number) not in str(info.get("parts", "12345")):
+        if str(number) not in str(info.get("parts", "123456")):
             continue
         res, part_lines = fn(fig, goals)
         result[key] = res

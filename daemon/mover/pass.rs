@@ -3,6 +3,15 @@
 //! checked, its page cache kept as it was found, and committed at
 //! checkpoints, so that a cursor handed to the supervisor as durable never
 //! names a block whose move a power cut could undo.
+//!
+//! Commits are I/O too. The moved data is already written back chunk by
+//! chunk (the cache keeper), so a commit carries the journal's metadata
+//! and a cache flush; on a busy disk it queues behind the foreground's
+//! requests, and the foreground's own fsyncs queue behind it in the
+//! journal. So commits are spaced by what they cost (one that took 300 ms
+//! is followed by the next no sooner than 3 s later, each then covering
+//! more of the move), and each one's time goes to the supervisor, whose
+//! ramp slows the next chunks after a slow one.
 
 use std::os::fd::BorrowedFd;
 
@@ -31,6 +40,9 @@ pub(super) struct Pass<'fd> {
     total_bytes: u64,
     since_checkpoint: u64,
     last_checkpoint: std::time::Instant,
+    /// The time after a commit before the next is due: spaced by what the
+    /// last one took.
+    commit_every: std::time::Duration,
 }
 
 impl<'fd> Pass<'fd> {
@@ -42,6 +54,7 @@ impl<'fd> Pass<'fd> {
             total_bytes: 0,
             since_checkpoint: 0,
             last_checkpoint: std::time::Instant::now(),
+            commit_every: CHECKPOINT_EVERY,
         }
     }
 
@@ -103,7 +116,7 @@ impl<'fd> Pass<'fd> {
                 Ok(_) => {}
             }
             let last = index + 1 == chunks.len();
-            let durable = match self.checkpoint(relocation, bytes, last, chunk.start) {
+            let durable = match self.checkpoint(relocation, bytes, last, chunk.start, supervisor) {
                 Ok(durable) => durable,
                 Err(e) => {
                     cache.finish_all();
@@ -135,22 +148,23 @@ impl<'fd> Pass<'fd> {
         bytes: u64,
         last: bool,
         at_block: u64,
+        supervisor: &mut dyn Supervisor,
     ) -> Result<bool, KernelError> {
         self.since_checkpoint += bytes;
         let due = self.since_checkpoint >= CHECKPOINT_BYTES
-            || self.last_checkpoint.elapsed() >= CHECKPOINT_EVERY
+            || self.last_checkpoint.elapsed() >= self.commit_every
             || relocation.durable_each_chunk();
         if !due && !last {
             return Ok(false);
         }
         self.since_checkpoint = 0;
-        self.last_checkpoint = std::time::Instant::now();
+        let started = std::time::Instant::now();
         let committed = relocation.make_durable(self.file);
-        note_if_slow(
-            "committing after the chunk at block",
-            at_block,
-            self.last_checkpoint,
-        );
+        let took = started.elapsed();
+        note_if_slow("committing after the chunk at block", at_block, started);
+        self.last_checkpoint = std::time::Instant::now();
+        self.commit_every = commit_spacing(took);
+        supervisor.committed(took);
         match committed {
             Ok(()) => Ok(true),
             // The pass is done only once it is all committed.
@@ -158,6 +172,14 @@ impl<'fd> Pass<'fd> {
             Err(_) => Ok(false),
         }
     }
+}
+
+/// The time from a commit that took `took` to the next one: at least
+/// [`CHECKPOINT_EVERY`], and long enough that commits hold the disk at most
+/// a tenth of the time; never more than [`CHECKPOINT_MOST_EVERY`], the
+/// most a resume after a power cut would redo at a slow rate.
+fn commit_spacing(took: std::time::Duration) -> std::time::Duration {
+    (took * COMMIT_SPACING).clamp(CHECKPOINT_EVERY, CHECKPOINT_MOST_EVERY)
 }
 
 /// Logs (at debug) a step that took long enough for a writer beside it to
@@ -176,3 +198,29 @@ const SLOW_STEP: std::time::Duration = std::time::Duration::from_millis(20);
 /// job redo.
 const CHECKPOINT_BYTES: u64 = 64 << 20;
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+/// Commits are spaced by this many times what the last one took.
+const COMMIT_SPACING: u32 = 10;
+const CHECKPOINT_MOST_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn commits_are_spaced_by_what_the_last_one_cost() {
+        let ms = Duration::from_millis;
+        assert_eq!(
+            commit_spacing(ms(5)),
+            ms(1000),
+            "a quick commit: every second"
+        );
+        assert_eq!(
+            commit_spacing(ms(300)),
+            ms(3000),
+            "at most a tenth of the time"
+        );
+        assert_eq!(commit_spacing(ms(1800)), ms(18000));
+        assert_eq!(commit_spacing(ms(9000)), ms(30000), "never further apart");
+    }
+}

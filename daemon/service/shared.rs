@@ -93,22 +93,31 @@ pub struct Slowed {
     pub bytes_per_s: u64,
 }
 
-/// Moves yielding the disk to others heard using it (see `crate::ramp`).
+/// Moves kept below the ceiling by their disk's ramp (see `crate::ramp`):
+/// others heard using the disk, answered slower than usual, I/O pressure,
+/// or the move's own slow commit.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Yielding {
-    /// The share of the last listen the disk was busy with others' requests.
-    pub busy_share: f64,
+    /// What the ramp last heard or saw.
+    pub verdict: Verdict,
     /// The rate moves go at meanwhile; 0: they wait.
     pub bytes_per_s: u64,
 }
 
+impl Yielding {
+    /// Whether others use the disk (rather than its being slow).
+    pub fn others_use_the_disk(&self) -> bool {
+        matches!(self.verdict, Verdict::InUse { .. })
+    }
+}
+
 fn yielding(ramp: &Ramp) -> Option<Yielding> {
     match ramp.last_verdict()? {
-        Verdict::InUse { busy_share, .. } => Some(Yielding {
-            busy_share,
+        Verdict::Quiet => None,
+        verdict => Some(Yielding {
+            verdict,
             bytes_per_s: ramp.rate(),
         }),
-        _ => None,
     }
 }
 
@@ -370,6 +379,16 @@ impl Shared {
         }
     }
 
+    /// One of the move's commits on `disk` took `took`: a slow one slows
+    /// the next chunks (see `Ramp::committed`).
+    pub fn committed(&self, disk: &DiskId, took: Duration) {
+        if let Some(ramp) = lock(&self.ramps).get_mut(disk) {
+            if let Some((rate, verdict)) = ramp.committed(took) {
+                tracing::debug!("disk {}: {verdict:?}; moves go at {rate} B/s", disk.0);
+            }
+        }
+    }
+
     /// [`pace`](Self::pace) for a move on `disk`: the rate I/O pressure
     /// allows, no faster than the disk's ramp. 0 holds moves back.
     pub fn pace_on(&self, disk: &DiskId) -> u64 {
@@ -383,8 +402,8 @@ impl Shared {
         rate
     }
 
-    /// Why the move on `disk` goes below the ceiling, if it is because
-    /// others use the disk: what its last listen heard, and the rate.
+    /// Why the move on `disk` goes below the ceiling, if its ramp holds it
+    /// there: what the ramp last heard or saw, and the rate.
     pub fn yielding(&self, disk: &DiskId) -> Option<Yielding> {
         lock(&self.ramps).get(disk).and_then(yielding)
     }

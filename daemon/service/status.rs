@@ -14,8 +14,106 @@ use crate::filesystem::FsUuid;
 use crate::outcome::Size;
 use crate::store::{Activity, FsActivity, FsFragmentation};
 
-use super::shared::{local_midnight, MovingNow, Pause, Shared};
+use super::shared::{local_midnight, MovingNow, Pause, Shared, Slowed, Yielding};
 use super::unix_now;
+use crate::ramp::Verdict;
+
+/// What keeps moves below the ceiling: I/O pressure's pace for every disk,
+/// or one disk's ramp, whichever allows less.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Brake {
+    Pressure(Slowed),
+    Ramp { yielding: Yielding, pressure: f64 },
+}
+
+fn brake(
+    slowed: Option<Slowed>,
+    yielding: Option<Yielding>,
+    pressure: Option<f64>,
+) -> Option<Brake> {
+    let ramp = |yielding| Brake::Ramp {
+        yielding,
+        pressure: pressure.unwrap_or(0.0),
+    };
+    match (slowed, yielding) {
+        (Some(s), Some(y)) if y.bytes_per_s < s.bytes_per_s => Some(ramp(y)),
+        (Some(s), _) => Some(Brake::Pressure(s)),
+        (None, Some(y)) => Some(ramp(y)),
+        (None, None) => None,
+    }
+}
+
+impl Brake {
+    fn bytes_per_s(&self) -> u64 {
+        match self {
+            Brake::Pressure(s) => s.bytes_per_s,
+            Brake::Ramp { yielding, .. } => yielding.bytes_per_s,
+        }
+    }
+
+    /// The state and headline while it holds moves back.
+    fn holding(&self) -> (&'static str, String) {
+        let pressure =
+            |percent: f64| ("pressure", format!("held back: I/O pressure {percent:.0}%"));
+        match *self {
+            Brake::Pressure(s) => pressure(s.pressure),
+            Brake::Ramp {
+                yielding,
+                pressure: percent,
+            } => match yielding.verdict {
+                Verdict::Pressure => pressure(percent),
+                verdict => ("yielding", format!("waiting: {}", why(verdict))),
+            },
+        }
+    }
+
+    /// What is said after the moving line while it slows moves.
+    fn slowing(&self) -> String {
+        match *self {
+            Brake::Pressure(s) => format!(
+                ", slowed to {}/s by I/O pressure {:.0}%",
+                Size(s.bytes_per_s),
+                s.pressure
+            ),
+            Brake::Ramp { yielding, pressure } => {
+                let rate = Size(yielding.bytes_per_s);
+                match yielding.verdict {
+                    Verdict::Pressure => {
+                        format!(", slowed to {rate}/s by I/O pressure {pressure:.0}%")
+                    }
+                    Verdict::InUse { busy_share, .. } => format!(
+                        ", at {rate}/s while others use the disk (busy {:.0}%)",
+                        busy_share * 100.0
+                    ),
+                    verdict => format!(", slowed to {rate}/s: {}", why(verdict)),
+                }
+            }
+        }
+    }
+}
+
+/// Why a disk's ramp holds moves below the ceiling, for people.
+fn why(verdict: Verdict) -> String {
+    match verdict {
+        Verdict::InUse { busy_share, .. } => format!(
+            "others use the disk (busy {:.0}% of the last look)",
+            busy_share * 100.0
+        ),
+        Verdict::Latency {
+            mean_ms,
+            baseline_ms,
+        } => format!(
+            "the disk answers others slower than usual ({mean_ms:.1} ms against {baseline_ms:.1})"
+        ),
+        Verdict::SlowCommit {
+            took_ms,
+            usual_ms: Some(usual),
+        } => format!("its last commit took {took_ms:.0} ms (usually {usual:.0})"),
+        Verdict::SlowCommit { took_ms, .. } => format!("its last commit took {took_ms:.0} ms"),
+        Verdict::Pressure => "I/O pressure".to_string(),
+        Verdict::Quiet => "the disk is quiet".to_string(),
+    }
+}
 
 /// The full status.
 pub fn report(shared: &Shared) -> StatusReport {
@@ -54,10 +152,9 @@ pub fn report(shared: &Shared) -> StatusReport {
     let (moving, checking): (Vec<MovingNow>, Vec<MovingNow>) =
         shared.moving().into_iter().partition(|m| m.under_way);
     let pause = shared.pause();
-    let slowed = shared.slowed();
-    let yielding = shared.yielding_any();
+    let brake = brake(shared.slowed(), shared.yielding_any(), shared.io_pressure());
     let spent = budget_spent_line(shared);
-    let (state, headline) = match (pause, slowed, moving.first()) {
+    let (state, headline) = match (pause, brake, moving.first()) {
         (Pause::Indefinitely, _, _) => ("paused", "paused by operator".to_string()),
         (Pause::Until(_, until), _, _) => {
             let left = Duration::from_secs(u64::try_from(until - unix_now()).unwrap_or(0));
@@ -66,17 +163,7 @@ pub fn report(shared: &Shared) -> StatusReport {
                 format!("paused by operator for {}", human_duration(left)),
             )
         }
-        (Pause::Running, Some(s), _) if s.bytes_per_s == 0 => (
-            "pressure",
-            format!("held back: I/O pressure {:.0}%", s.pressure),
-        ),
-        (Pause::Running, _, Some(_)) if yielding.is_some_and(|y| y.bytes_per_s == 0) => (
-            "yielding",
-            format!(
-                "waiting: others use the disk (busy {:.0}% of the last look)",
-                yielding.map_or(0.0, |y| y.busy_share * 100.0)
-            ),
-        ),
+        (Pause::Running, Some(b), _) if b.bytes_per_s() == 0 => b.holding(),
         (Pause::Running, _, None) if !shared.until_window().is_zero() => (
             "window",
             format!(
@@ -85,20 +172,10 @@ pub fn report(shared: &Shared) -> StatusReport {
             ),
         ),
         (Pause::Running, _, None) if spent.is_some() => ("budget", spent.unwrap_or_default()),
-        (Pause::Running, slowed, Some(m)) => {
+        (Pause::Running, brake, Some(m)) => {
             let mut line = moving_line(m, moving.len());
-            if let Some(s) = slowed {
-                line.push_str(&format!(
-                    ", slowed to {}/s by I/O pressure {:.0}%",
-                    Size(s.bytes_per_s),
-                    s.pressure
-                ));
-            } else if let Some(y) = yielding {
-                line.push_str(&format!(
-                    ", at {}/s while others use the disk (busy {:.0}%)",
-                    Size(y.bytes_per_s),
-                    y.busy_share * 100.0
-                ));
+            if let Some(b) = brake {
+                line.push_str(&b.slowing());
             }
             ("moving", line)
         }
@@ -330,6 +407,65 @@ fn budget_spent_words(spent: &[(String, u64, i64)], now: i64) -> Option<String> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn the_lower_of_pressure_and_the_ramp_says_what_holds_moves() {
+        let pressure = Slowed {
+            pressure: 35.0,
+            bytes_per_s: 3 * MIB,
+        };
+        // The ramp halved below 1 MiB/s for pressure and waits, while the
+        // pace would still allow 3 MiB/s: held back by pressure, not
+        // "slowed to 3 MiB/s".
+        let held = Yielding {
+            verdict: Verdict::Pressure,
+            bytes_per_s: 0,
+        };
+        let b = brake(Some(pressure), Some(held), Some(35.0)).expect("a brake");
+        assert_eq!(b.bytes_per_s(), 0);
+        assert_eq!(
+            b.holding(),
+            ("pressure", "held back: I/O pressure 35%".to_string())
+        );
+        let others = Yielding {
+            verdict: Verdict::InUse {
+                requests: 300,
+                busy_share: 0.9,
+            },
+            bytes_per_s: 0,
+        };
+        assert_eq!(
+            brake(None, Some(others), None).map(|b| b.holding()),
+            Some((
+                "yielding",
+                "waiting: others use the disk (busy 90% of the last look)".to_string()
+            ))
+        );
+        // A slow commit halves the ramp below the pace: the ramp says why.
+        let commit = Yielding {
+            verdict: Verdict::SlowCommit {
+                took_ms: 640.0,
+                usual_ms: Some(12.0),
+            },
+            bytes_per_s: 2 * MIB,
+        };
+        assert_eq!(
+            brake(Some(pressure), Some(commit), Some(35.0)).map(|b| b.slowing()),
+            Some(", slowed to 2.00 MiB/s: its last commit took 640 ms (usually 12)".to_string())
+        );
+        // The pace is the lower: pressure says it.
+        let fast = Yielding {
+            bytes_per_s: 32 * MIB,
+            ..commit
+        };
+        assert_eq!(
+            brake(Some(pressure), Some(fast), Some(35.0)).map(|b| b.slowing()),
+            Some(", slowed to 3.00 MiB/s by I/O pressure 35%".to_string())
+        );
+        assert_eq!(brake(None, None, Some(35.0)), None);
+    }
 
     #[test]
     fn a_spent_budget_says_which_device_and_when_moves_go_on() {

@@ -299,8 +299,8 @@ impl Supervisor for JobSupervisor<'_> {
         let mut waited = Duration::ZERO;
         while self.shared.pace_on(self.disk) == 0 {
             let limit = match self.shared.yielding(self.disk) {
-                Some(_) => YIELD_WAIT,
-                None => PRESSURE_WAIT,
+                Some(y) if y.others_use_the_disk() => YIELD_WAIT,
+                _ => PRESSURE_WAIT,
             };
             if waited >= limit || self.shared.shutting_down() || self.shared.paused() {
                 return Control::Stop;
@@ -322,6 +322,10 @@ impl Supervisor for JobSupervisor<'_> {
 
     fn wants_quiet_disk(&mut self) -> bool {
         self.shared.listen_due(self.disk)
+    }
+
+    fn committed(&mut self, took: Duration) {
+        self.shared.committed(self.disk, took);
     }
 
     fn converting(&mut self, file: &Converting<'_>) {
