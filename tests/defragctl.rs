@@ -108,6 +108,7 @@ impl Controller for Fake {
                 total: Default::default(),
                 medium: "ssd".into(),
                 medium_source: "sysfs".into(),
+                medium_boundary_ms: None,
                 write_budget_bytes: None,
                 written_today_bytes: 0,
             }],

@@ -1,8 +1,10 @@
 //! Media awareness: the default service on a loop device marked flash
 //! (`queue/rotational` 0) moves a file in thousands of 64 KiB pieces and
 //! leaves one in dozens of 8 MiB pieces, saying why in the history; on an
-//! identical copy marked rotational it moves both. The status says which
-//! medium was decided and from what.
+//! identical copy marked rotational it moves both (the flag followed, as
+//! with `medium = "sysfs"`). With `medium = "auto"` the device is measured
+//! whatever its flag says, and the measurement decides. The status says
+//! which medium was decided and from what.
 
 use defragd_testkit as common;
 
@@ -253,6 +255,87 @@ fn on_flash_large_pieces_are_left_with_a_reason_and_on_a_disk_both_are_moved() {
     );
     disk.unmount_and_fsck();
     flash.unmount_and_fsck();
+}
+
+/// The one covered filesystem as `defragctl --json status` gives it.
+fn fs_in_status(socket: &Path) -> serde_json::Value {
+    let args: [&OsStr; 2] = ["--json".as_ref(), "status".as_ref()];
+    let (out, _) = defragctl(socket, &args, secs(20));
+    assert!(out.status.success(), "defragctl status: {out:?}");
+    let value: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status JSON");
+    let value = value.get("data").cloned().unwrap_or(value);
+    value["filesystems"][0].clone()
+}
+
+/// `medium = "auto"` (the default): the device is measured, whatever its
+/// rotational flag says (here "a disk", as virtual disks say over flash),
+/// and the medium measured decides what is moved. What the loop device
+/// measures depends on the host's disk under the image file, so the test
+/// holds the service to its own measurement: under 1 ms a boundary, flash,
+/// and the 8 MiB-piece file is left; 1 ms or more, a disk, and it is moved.
+#[test]
+fn auto_measures_the_device_whatever_its_flag_says_and_follows_the_measurement() {
+    if !require_root() {
+        return;
+    }
+    let mut img = LoopImage::create(ImageSpec::ext4(1280));
+    let files = build(&mut img);
+    let root = img.root().to_path_buf();
+    let large = root.join(&files.large_pieces);
+    let small = root.join(&files.small_pieces);
+    let large_before = filefrag_extents(&large);
+    let _flag = RotationalGuard::set(&img, true);
+    wait_until_quiet(&[&large, &small]);
+
+    let home = ServiceHome::new();
+    let mut cfg = ServiceConfig::new(&root, &[]);
+    cfg.medium = "auto".into();
+    home.write_config(&cfg);
+    let mut svc = home.start(&[]);
+    let line = svc.wait_for_log(&format!("{}: medium ", root.display()), secs(120));
+    eprintln!("measured: {line}");
+    svc.wait_for_log(
+        &format!("crawl of {}: pass done", root.display()),
+        secs(120),
+    );
+    svc.wait_for_log(&defragmented(&small), secs(180));
+    let socket = home.control_socket();
+    let fs = fs_in_status(&socket);
+    eprintln!("status: {fs:#}");
+    assert_eq!(fs["medium_source"], "measured", "{fs}");
+    let boundary_ms = fs["medium_boundary_ms"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("a measured boundary cost in the status: {fs}"));
+    assert!(
+        boundary_ms.is_finite() && boundary_ms >= 0.0,
+        "{boundary_ms}"
+    );
+    assert!(
+        line.contains("(measured: one extent boundary costs"),
+        "the log says what was measured: {line}"
+    );
+    if boundary_ms < 1.0 {
+        assert_eq!(fs["medium"], "ssd", "{fs}");
+        assert!(
+            line.contains("the rotational flag says hdd"),
+            "the log says the flag disagrees: {line}"
+        );
+        let rows = history(&socket);
+        let left = row_for(&rows, &root, &files.large_pieces);
+        assert!(
+            left.iter()
+                .any(|r| r.reason_code.as_deref() == Some("no_benefit_on_medium")),
+            "measured flash: the 8 MiB-piece file is left for want of benefit: {rows:#?}"
+        );
+        assert_eq!(filefrag_extents(&large), large_before);
+    } else {
+        assert_eq!(fs["medium"], "hdd", "{fs}");
+        svc.wait_for_log(&defragmented(&large), secs(180));
+        assert!(filefrag_extents(&large) < large_before);
+    }
+    svc.stop(secs(30));
+    drop(_flag);
+    img.unmount_and_fsck();
 }
 
 #[test]

@@ -125,7 +125,7 @@ fn row(target: Target, scan: &mut Scan, notes: &Notes) -> Row {
             let a = m.assessment;
             let medium = *scan.media.entry(m.dev).or_insert_with(|| {
                 let disk = crate::mounts::disk_of_fs(m.fs);
-                medium::decide(MediumChoice::Auto, medium::rotational_flag(&disk)).medium
+                medium::decide(MediumChoice::Sysfs, medium::rotational_flag(&disk), None).medium
             });
             let boundary_ms = PolicySettings::default().benefit(medium).boundary_ms;
             Row::File {

@@ -227,8 +227,8 @@ fn a_filesystem_medium_is_auto_ssd_or_hdd() {
     assert_eq!(
         bad.errors(&[]),
         [
-            format!("{f}: filesystem[0].medium = \"nvme\": must be \"auto\", \"ssd\" or \"hdd\""),
-            format!("{f}: filesystem[1].medium = 0: must be \"auto\", \"ssd\" or \"hdd\""),
+            format!("{f}: filesystem[0].medium = \"nvme\": must be \"auto\", \"sysfs\", \"ssd\" or \"hdd\""),
+            format!("{f}: filesystem[1].medium = 0: must be \"auto\", \"sysfs\", \"ssd\" or \"hdd\""),
         ]
     );
 }

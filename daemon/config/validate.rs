@@ -261,19 +261,20 @@ impl Check<'_> {
         })
     }
 
-    /// Only a TOML boolean: a quoted "true", "yes" or 1 is refused rather
-    /// than guessed at. (In the environment, "true" and "false" are read as
-    /// booleans before they get here.)
+    /// One of [`MediumChoice::WORDS`], as a TOML string.
     fn medium(&mut self, key: &str, raw: Option<Raw>) -> Option<MediumChoice> {
         self.value(key, raw, |raw| {
             match raw {
                 Raw::Str(word) => MediumChoice::parse(word),
                 _ => None,
             }
-            .ok_or_else(|| "must be \"auto\", \"ssd\" or \"hdd\"".into())
+            .ok_or_else(|| "must be \"auto\", \"sysfs\", \"ssd\" or \"hdd\"".into())
         })
     }
 
+    /// Only a TOML boolean: a quoted "true", "yes" or 1 is refused rather
+    /// than guessed at. (In the environment, "true" and "false" are read as
+    /// booleans before they get here.)
     fn boolean(&mut self, key: &str, raw: Option<Raw>) -> Option<bool> {
         self.value(key, raw, |raw| match raw {
             Raw::Bool(b) => Ok(*b),

@@ -97,7 +97,7 @@ pub fn status(report: &StatusReport, now: i64) -> String {
                     show_path(&fs.mount_point),
                     clean(&fs.disk),
                     [
-                        medium_words(&fs.medium, &fs.medium_source),
+                        medium_words(&fs.medium, &fs.medium_source, fs.medium_boundary_ms),
                         budget_words(fs.written_today_bytes, fs.write_budget_bytes),
                     ]
                     .into_iter()
@@ -305,13 +305,14 @@ fn columns(aligns: &[Align], rows: &[Vec<String>]) -> Vec<String> {
 
 /// The disk of the filesystem that holds `path`: the deepest mount point
 /// it lies under.
-/// "ssd (sysfs)": the medium and who decided it; nothing from a service
-/// that does not say.
-fn medium_words(medium: &str, source: &str) -> String {
-    match (clean(medium), clean(source)) {
-        (medium, _) if medium.is_empty() => String::new(),
-        (medium, source) if source.is_empty() => medium,
-        (medium, source) => format!("{medium} ({source})"),
+/// "ssd (sysfs)", "ssd (measured: 0.05 ms a boundary)": the medium and who
+/// decided it; nothing from a service that does not say.
+fn medium_words(medium: &str, source: &str, boundary_ms: Option<f64>) -> String {
+    match (clean(medium), clean(source), boundary_ms) {
+        (medium, _, _) if medium.is_empty() => String::new(),
+        (medium, source, _) if source.is_empty() => medium,
+        (medium, source, Some(ms)) => format!("{medium} ({source}: {ms:.2} ms a boundary)"),
+        (medium, source, None) => format!("{medium} ({source})"),
     }
 }
 
@@ -425,7 +426,8 @@ mod tests {
                     today: ActivityReport::default(),
                     total: ActivityReport::default(),
                     medium: "ssd".into(),
-                    medium_source: "sysfs".into(),
+                    medium_source: "measured".into(),
+                    medium_boundary_ms: Some(0.046),
                     write_budget_bytes: Some(16 << 30),
                     written_today_bytes: 1 << 30,
                 },
@@ -455,6 +457,7 @@ mod tests {
                     },
                     medium: "hdd".into(),
                     medium_source: "config".into(),
+                    medium_boundary_ms: None,
                     write_budget_bytes: None,
                     written_today_bytes: 0,
                 },
@@ -480,8 +483,8 @@ mod tests {
              queued       1,234 files\n\
              moved today  3.00 GiB, 3 files defragmented\n\
              in all       1,234 files, 56.00 GiB\n\
-             filesystems  /     nvme0n1  ssd (sysfs), 1.00 GiB of 16.00 GiB today  11111111-2222  score not measured yet     today 0 files, 0 B       in all 0 files, 0 B            writes: whole filesystem\n\
-             \x20            /srv  sda      hdd (config)                              33333333-4444  score 12.5, -3.1 in 1d 0h  today 3 files, 1.00 GiB  in all 1,234 files, 56.00 GiB  writes: whole filesystem"
+             filesystems  /     nvme0n1  ssd (measured: 0.05 ms a boundary), 1.00 GiB of 16.00 GiB today  11111111-2222  score not measured yet     today 0 files, 0 B       in all 0 files, 0 B            writes: whole filesystem\n\
+             \x20            /srv  sda      hdd (config)                                                     33333333-4444  score 12.5, -3.1 in 1d 0h  today 3 files, 1.00 GiB  in all 1,234 files, 56.00 GiB  writes: whole filesystem"
         );
     }
 

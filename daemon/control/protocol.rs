@@ -212,9 +212,13 @@ pub struct CoveredFs {
     /// service that does not say).
     #[serde(default)]
     pub medium: String,
-    /// Who said so: "config", "sysfs" (the rotational flag) or "assumed".
+    /// Who said so: "config", "measured", "sysfs" (the rotational flag)
+    /// or "assumed".
     #[serde(default)]
     pub medium_source: String,
+    /// Where measured: what one extent boundary costs a reader there, ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub medium_boundary_ms: Option<f64>,
     /// Its device's daily write budget in bytes; None for no limit.
     #[serde(default)]
     pub write_budget_bytes: Option<u64>,

@@ -302,6 +302,14 @@ fn decide_and_queue(
         return Considered::Left(Left::Skipped(reason));
     }
     let p = &settings.policy;
+    // The first fragmented file of a filesystem whose medium is still to
+    // be measured serves to measure it, before it is judged by it.
+    shared.measure_medium(
+        fs,
+        inspected.file.as_fd(),
+        &inspected.map,
+        inspected.fs.block_size,
+    );
     let thresholds = Thresholds {
         min_size_bytes: p.min_size_bytes,
         min_excess_extents: p.min_excess_extents,

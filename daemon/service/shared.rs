@@ -258,7 +258,21 @@ impl Shared {
         lock(&self.bucket).take(bytes, Instant::now())
     }
 
-    /// `fs`'s medium: as the config says, else its disk's rotational flag.
+    /// Measures `fs`'s device through `file` if its medium is still to be
+    /// measured (see `media::Media::measure_with`).
+    pub fn measure_medium(
+        &self,
+        fs: &Covered,
+        file: std::os::fd::BorrowedFd<'_>,
+        map: &crate::assess::ExtentMap,
+        block_size: u64,
+    ) {
+        self.media
+            .measure_with(&self.settings(), fs, file, map, block_size);
+    }
+
+    /// `fs`'s medium: as the config says, else measured, else its disk's
+    /// rotational flag.
     pub fn medium(&self, fs: &Covered) -> crate::medium::MediumDecided {
         self.media.of(&self.settings(), fs)
     }

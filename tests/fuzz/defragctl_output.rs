@@ -74,13 +74,14 @@ prop_compose! {
         tracking_note in proptest::option::of(text()),
         medium in text(),
         medium_source in text(),
+        medium_boundary_ms in proptest::option::of(any::<f64>()),
         write_budget_bytes in proptest::option::of(any::<u64>()),
         written_today_bytes in any::<u64>(),
     ) -> CoveredFs {
         CoveredFs {
             subvolume: 0,
             mount_point, uuid, disk, fragmentation, today, total, tracking, tracking_note,
-            medium, medium_source, write_budget_bytes, written_today_bytes,
+            medium, medium_source, medium_boundary_ms, write_budget_bytes, written_today_bytes,
         }
     }
 }

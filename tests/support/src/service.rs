@@ -48,6 +48,11 @@ pub struct ServiceConfig {
     pub files_per_second: u64,
     pub max_watches: u64,
     pub log_level: String,
+    /// `[[filesystem]] medium` of every filesystem: "sysfs" by default, the
+    /// loop device's rotational flag as the test sets it, not a
+    /// measurement, which would read the host's disk under the image file
+    /// and differ from machine to machine (tests/media.rs measures).
+    pub medium: String,
 }
 
 impl ServiceConfig {
@@ -72,6 +77,7 @@ impl ServiceConfig {
             files_per_second: 100_000,
             max_watches: 1000,
             log_level: "info".into(),
+            medium: "sysfs".into(),
         }
     }
 
@@ -89,9 +95,10 @@ impl ServiceConfig {
                 .collect();
             writeln!(
                 t,
-                "\n[[filesystem]]\npath = {}\nwatch = [{}]",
+                "\n[[filesystem]]\npath = {}\nwatch = [{}]\nmedium = {}",
                 toml_str(&fs.path.to_string_lossy()),
-                watch.join(", ")
+                watch.join(", "),
+                toml_str(&self.medium)
             )
             .unwrap();
         }

@@ -1,8 +1,12 @@
 //! The medium under a filesystem (a rotational disk or flash), which sets
 //! what one extent boundary costs a reader. The kernel's rotational flag
 //! is only a hint (virtual disks often say rotational whatever is under
-//! them), so the operator's word in the config wins over it. Deciding is
-//! pure; the only side effect here is reading the flag from sysfs.
+//! them), so by default the service measures the device ([`probe`]) and
+//! follows the flag only until it has, or where it cannot; the operator's
+//! word in the config wins over both. Deciding is pure; the side effects
+//! here are reading the flag from sysfs and the probe's reads.
+
+pub mod probe;
 
 use std::fmt;
 
@@ -40,19 +44,22 @@ impl fmt::Display for Medium {
 /// `[[filesystem]] medium`: what the operator says of a filesystem's device.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum MediumChoice {
-    /// Follow the kernel's rotational flag.
+    /// Measure the device; the kernel's rotational flag until then.
     #[default]
     Auto,
+    /// Follow the kernel's rotational flag, without measuring.
+    Sysfs,
     Is(Medium),
 }
 
 impl MediumChoice {
     /// The words the config takes.
-    pub const WORDS: [&'static str; 3] = ["auto", "ssd", "hdd"];
+    pub const WORDS: [&'static str; 4] = ["auto", "sysfs", "ssd", "hdd"];
 
     pub fn parse(word: &str) -> Option<MediumChoice> {
         match word {
             "auto" => Some(MediumChoice::Auto),
+            "sysfs" => Some(MediumChoice::Sysfs),
             "ssd" => Some(MediumChoice::Is(Medium::Ssd)),
             "hdd" => Some(MediumChoice::Is(Medium::Hdd)),
             _ => None,
@@ -62,6 +69,7 @@ impl MediumChoice {
     pub fn as_str(self) -> &'static str {
         match self {
             MediumChoice::Auto => "auto",
+            MediumChoice::Sysfs => "sysfs",
             MediumChoice::Is(medium) => medium.as_str(),
         }
     }
@@ -77,6 +85,12 @@ pub enum MediumSource {
     /// Nothing said: taken as a disk, which moves what fragmentation
     /// costs a seek for (the behaviour before media were told apart).
     Assumed,
+    /// Measured by reading a file there ([`probe`]): one extent boundary
+    /// costs this many microseconds; and what the flag said.
+    Measured {
+        boundary_us: u32,
+        rotational: Option<bool>,
+    },
 }
 
 impl MediumSource {
@@ -85,6 +99,7 @@ impl MediumSource {
             MediumSource::Config => "config",
             MediumSource::Rotational => "sysfs",
             MediumSource::Assumed => "assumed",
+            MediumSource::Measured { .. } => "measured",
         }
     }
 }
@@ -102,23 +117,55 @@ impl fmt::Display for MediumDecided {
             MediumSource::Config => write!(f, "{} (set in the config)", self.medium),
             MediumSource::Rotational => write!(f, "{} (sysfs rotational flag)", self.medium),
             MediumSource::Assumed => write!(f, "{} (assumed: no rotational flag)", self.medium),
+            MediumSource::Measured {
+                boundary_us,
+                rotational,
+            } => {
+                write!(
+                    f,
+                    "{} (measured: one extent boundary costs {:.2} ms",
+                    self.medium,
+                    f64::from(boundary_us) / 1e3
+                )?;
+                match rotational {
+                    Some(true) if self.medium == Medium::Ssd => {
+                        f.write_str("; the rotational flag says hdd)")
+                    }
+                    Some(false) if self.medium == Medium::Hdd => {
+                        f.write_str("; the rotational flag says ssd)")
+                    }
+                    _ => f.write_str(")"),
+                }
+            }
         }
     }
 }
 
-/// The config's word first, then the kernel's flag (`Some(true)`:
-/// rotational), then a disk.
-pub fn decide(choice: MediumChoice, rotational: Option<bool>) -> MediumDecided {
-    match (choice, rotational) {
-        (MediumChoice::Is(medium), _) => MediumDecided {
+/// The config's word first, then a measurement (only where the choice is
+/// `auto`), then the kernel's flag (`Some(true)`: rotational), then a disk.
+pub fn decide(
+    choice: MediumChoice,
+    rotational: Option<bool>,
+    measured: Option<probe::Probe>,
+) -> MediumDecided {
+    match (choice, measured, rotational) {
+        (MediumChoice::Is(medium), _, _) => MediumDecided {
             medium,
             source: MediumSource::Config,
         },
-        (MediumChoice::Auto, Some(rotational)) => MediumDecided {
+        (MediumChoice::Auto, Some(probe), rotational) => MediumDecided {
+            medium: probe.medium(),
+            source: MediumSource::Measured {
+                // Whole microseconds: a cost of over an hour is no cost anyone measured.
+                boundary_us: (probe.boundary_ms() * 1e3).round().min(f64::from(u32::MAX)) as u32,
+                rotational,
+            },
+        },
+        (_, _, Some(rotational)) => MediumDecided {
             medium: if rotational { Medium::Hdd } else { Medium::Ssd },
             source: MediumSource::Rotational,
         },
-        (MediumChoice::Auto, None) => MediumDecided {
+        (_, _, None) => MediumDecided {
             medium: Medium::Hdd,
             source: MediumSource::Assumed,
         },
@@ -147,31 +194,77 @@ pub fn rotational_flag(disk: &DiskId) -> Option<bool> {
 mod tests {
     use super::*;
 
+    const FLASH: probe::Probe = probe::Probe {
+        jump_ms: 0.16,
+        adjacent_ms: 0.11,
+    };
+    const DISK: probe::Probe = probe::Probe {
+        jump_ms: 8.4,
+        adjacent_ms: 0.3,
+    };
+
     #[test]
-    fn the_config_overrides_the_flag() {
+    fn the_config_overrides_the_flag_and_the_measurement() {
         for flag in [Some(true), Some(false), None] {
-            let d = decide(MediumChoice::Is(Medium::Ssd), flag);
-            assert_eq!((d.medium, d.source), (Medium::Ssd, MediumSource::Config));
-            let d = decide(MediumChoice::Is(Medium::Hdd), flag);
-            assert_eq!((d.medium, d.source), (Medium::Hdd, MediumSource::Config));
+            for measured in [Some(FLASH), Some(DISK), None] {
+                let d = decide(MediumChoice::Is(Medium::Ssd), flag, measured);
+                assert_eq!((d.medium, d.source), (Medium::Ssd, MediumSource::Config));
+                let d = decide(MediumChoice::Is(Medium::Hdd), flag, measured);
+                assert_eq!((d.medium, d.source), (Medium::Hdd, MediumSource::Config));
+            }
         }
     }
 
     #[test]
     fn auto_follows_the_flag_and_assumes_a_disk_without_one() {
-        let d = decide(MediumChoice::Auto, Some(false));
+        for choice in [MediumChoice::Auto, MediumChoice::Sysfs] {
+            let d = decide(choice, Some(false), None);
+            assert_eq!(
+                (d.medium, d.source),
+                (Medium::Ssd, MediumSource::Rotational)
+            );
+            let d = decide(choice, Some(true), None);
+            assert_eq!(
+                (d.medium, d.source),
+                (Medium::Hdd, MediumSource::Rotational)
+            );
+            let d = decide(choice, None, None);
+            assert_eq!((d.medium, d.source), (Medium::Hdd, MediumSource::Assumed));
+            assert_eq!(d.to_string(), "hdd (assumed: no rotational flag)");
+        }
+    }
+
+    #[test]
+    fn a_measurement_overrides_the_flag_unless_the_config_says_sysfs() {
+        // A virtual disk flagged rotational over flash.
+        let d = decide(MediumChoice::Auto, Some(true), Some(FLASH));
         assert_eq!(
             (d.medium, d.source),
-            (Medium::Ssd, MediumSource::Rotational)
+            (
+                Medium::Ssd,
+                MediumSource::Measured {
+                    boundary_us: 50,
+                    rotational: Some(true)
+                }
+            )
         );
-        let d = decide(MediumChoice::Auto, Some(true));
+        assert_eq!(
+            d.to_string(),
+            "ssd (measured: one extent boundary costs 0.05 ms; the rotational flag says hdd)"
+        );
+        let d = decide(MediumChoice::Auto, Some(false), Some(DISK));
+        assert_eq!(d.medium, Medium::Hdd);
+        assert_eq!(d.source.as_str(), "measured");
+        let d = decide(MediumChoice::Auto, Some(true), Some(DISK));
+        assert_eq!(
+            d.to_string(),
+            "hdd (measured: one extent boundary costs 8.10 ms)"
+        );
+        let d = decide(MediumChoice::Sysfs, Some(true), Some(FLASH));
         assert_eq!(
             (d.medium, d.source),
             (Medium::Hdd, MediumSource::Rotational)
         );
-        let d = decide(MediumChoice::Auto, None);
-        assert_eq!((d.medium, d.source), (Medium::Hdd, MediumSource::Assumed));
-        assert_eq!(d.to_string(), "hdd (assumed: no rotational flag)");
     }
 
     #[test]
