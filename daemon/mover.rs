@@ -94,6 +94,12 @@ pub struct Progress {
 
 /// Paces a move and may stop it between chunks (throttle, pause, shutdown).
 pub trait Supervisor {
+    /// Called once the file is judged worth moving, before the move's
+    /// first I/O of its own (the donor's allocation): may sleep until the
+    /// disk is quiet, or ask to stop. Nothing is said of the move yet.
+    fn before_start(&mut self) -> Control {
+        Control::Continue
+    }
     /// Called before each chunk of `bytes`; may sleep, or ask to stop.
     fn before_chunk(&mut self, bytes: u64) -> Control;
     /// Called after each chunk.
@@ -151,8 +157,16 @@ pub fn defragment(
         );
     }
     let before = inspected.assessment;
-    let prepared = match prepare(target, &inspected, options, resume_at) {
-        Ok(prepared) => prepared,
+    let prepared = match prepare(target, &inspected, options, resume_at, supervisor) {
+        Ok(Prepare::Ready(prepared)) => prepared,
+        Ok(Prepare::DryRun) => return Outcome::WouldDefragment(before),
+        Ok(Prepare::Stopped) => {
+            return Outcome::Interrupted {
+                before,
+                next_block: resume_at,
+                bytes_moved: 0,
+            }
+        }
         Err(Refusal::Skip(reason)) => {
             return Outcome::Skipped {
                 reason,
@@ -166,9 +180,6 @@ pub fn defragment(
                 bytes_moved: 0,
             }
         }
-    };
-    let Some(prepared) = prepared else {
-        return Outcome::WouldDefragment(before);
     };
     if prepared.relocation.swaps_whole_file() {
         return run_swap(&inspected, prepared, options, supervisor);
@@ -186,14 +197,24 @@ struct Prepared {
     resume_at: u64,
 }
 
-/// Checks everything before the first kernel call that changes anything.
-/// `Ok(None)` is a dry run that passed every check.
+/// What became of preparing a move that nothing refused.
+enum Prepare {
+    Ready(Prepared),
+    /// A dry run that passed every check.
+    DryRun,
+    /// The supervisor stopped it before its first I/O.
+    Stopped,
+}
+
+/// Checks everything before the first kernel call that changes anything,
+/// then lets the supervisor wait for a quiet disk, then makes the donor.
 fn prepare(
     target: &Target,
     inspected: &Inspected,
     options: &MoveOptions,
     resume_at: u64,
-) -> Result<Option<Prepared>, Refusal> {
+    supervisor: &mut dyn Supervisor,
+) -> Result<Prepare, Refusal> {
     refuse_unmovable(inspected)?;
     inspected
         .backend
@@ -238,7 +259,7 @@ fn prepare(
             }
             .into());
         }
-        return prepare(target, inspected, options, 0);
+        return prepare(target, inspected, options, 0, supervisor);
     }
     if ranges.is_empty() {
         return Err(SkipReason::AlreadyContiguous {
@@ -251,7 +272,12 @@ fn prepare(
     let need = backend.space_needed(&ranges, block_size);
     check_free_space(inspected.file.as_fd(), need, options.reserve_percent)?;
     if options.dry_run {
-        return Ok(None);
+        return Ok(Prepare::DryRun);
+    }
+    // The donor's allocation is the move's first I/O: not while others
+    // use the disk.
+    if supervisor.before_start() == Control::Stop {
+        return Ok(Prepare::Stopped);
     }
     let file = open_for_writing(inspected)?;
     // A resumed job most often follows a crash or a stop: the blocks its
@@ -271,7 +297,7 @@ fn prepare(
         }
         .into());
     }
-    Ok(Some(Prepared {
+    Ok(Prepare::Ready(Prepared {
         file,
         relocation,
         ranges,

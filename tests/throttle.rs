@@ -176,9 +176,12 @@ fn a_move_waits_while_others_use_the_disk_and_goes_once_they_stop() {
         }
         sleep(Duration::from_millis(200));
     }
-    let moved_beside_reader = svc
-        .log()
-        .contains(&format!("defragmented {}", path.display()));
+    let log_beside_reader = svc.log();
+    let moved_beside_reader =
+        log_beside_reader.contains(&format!("defragmented {}", path.display()));
+    // Not even the donor's allocation, the move's first I/O, happens while
+    // the disk is in use (the ext4 donor logs "donor: N runs ..." at debug).
+    let donor_beside_reader = log_beside_reader.contains("donor: ");
     let extents_beside_reader = filefrag_extents(&path);
     let _ = fio.wait(Duration::from_secs(30));
     eprintln!(
@@ -190,6 +193,10 @@ fn a_move_waits_while_others_use_the_disk_and_goes_once_they_stop() {
         !waiting.is_empty(),
         "the status never said the move waits for the disk; log:\n{}",
         svc.log()
+    );
+    assert!(
+        !donor_beside_reader,
+        "the donor was allocated while the reader ran; log:\n{log_beside_reader}"
     );
     assert!(
         !moved_beside_reader && extents_beside_reader == before,

@@ -255,6 +255,42 @@ impl JobSupervisor<'_> {
     }
 }
 
+impl JobSupervisor<'_> {
+    /// Whether moving may go on now: not stopping, paused, outside the
+    /// windows or out of budget, and the disk's ramp and I/O pressure
+    /// allow some rate. Slowed by I/O pressure through the shared rate,
+    /// and by the disk's ramp, which listens to the disk now and then (the
+    /// mover has let its own write-back land first: `wants_quiet_disk`).
+    /// Held back entirely where the floor is 0 and pressure is full or
+    /// others use the disk; a hold listens all along, since the move
+    /// issues nothing meanwhile.
+    fn wait_for_the_disk(&mut self) -> Control {
+        if self.shared.shutting_down()
+            || self.shared.paused()
+            || !self.shared.until_window().is_zero()
+            || self.shared.budget_spent_until(self.disk).is_some()
+        {
+            return Control::Stop;
+        }
+        if self.shared.listen_due(self.disk) {
+            self.shared.listen(self.disk, Duration::ZERO);
+        }
+        let mut waited = Duration::ZERO;
+        while self.shared.pace_on(self.disk) == 0 {
+            let limit = match self.shared.yielding(self.disk) {
+                Some(y) if y.others_use_the_disk() => YIELD_WAIT,
+                _ => PRESSURE_WAIT,
+            };
+            if waited >= limit || self.shared.shutting_down() || self.shared.paused() {
+                return Control::Stop;
+            }
+            self.shared.listen(self.disk, HOLD_STEP);
+            waited += HOLD_STEP;
+        }
+        Control::Continue
+    }
+}
+
 impl Supervisor for JobSupervisor<'_> {
     fn before_chunk(&mut self, bytes: u64) -> Control {
         // What follows (the throttle, a pressure hold) is the worker's own
@@ -280,33 +316,8 @@ impl Supervisor for JobSupervisor<'_> {
                 );
             }
         }
-        if self.shared.shutting_down()
-            || self.shared.paused()
-            || !self.shared.until_window().is_zero()
-            || self.shared.budget_spent_until(self.disk).is_some()
-        {
+        if self.wait_for_the_disk() == Control::Stop {
             return Control::Stop;
-        }
-        // Slowed by I/O pressure through the shared rate, and by the
-        // disk's ramp, which listens to the disk now and then (the mover
-        // has let its own write-back land first: `wants_quiet_disk`).
-        // Held back entirely where the floor is 0 and pressure is full or
-        // others use the disk; a hold listens all along, since the move
-        // issues nothing meanwhile.
-        if self.shared.listen_due(self.disk) {
-            self.shared.listen(self.disk, Duration::ZERO);
-        }
-        let mut waited = Duration::ZERO;
-        while self.shared.pace_on(self.disk) == 0 {
-            let limit = match self.shared.yielding(self.disk) {
-                Some(y) if y.others_use_the_disk() => YIELD_WAIT,
-                _ => PRESSURE_WAIT,
-            };
-            if waited >= limit || self.shared.shutting_down() || self.shared.paused() {
-                return Control::Stop;
-            }
-            self.shared.listen(self.disk, HOLD_STEP);
-            waited += HOLD_STEP;
         }
         let wait = self.shared.throttle(bytes);
         if !wait.is_zero() {
@@ -318,6 +329,10 @@ impl Supervisor for JobSupervisor<'_> {
             self.shared.kernel_has_it(self.disk);
             Control::Continue
         }
+    }
+
+    fn before_start(&mut self) -> Control {
+        self.wait_for_the_disk()
     }
 
     fn wants_quiet_disk(&mut self) -> bool {
