@@ -10,6 +10,7 @@ mod controller;
 mod crawler;
 mod engine;
 mod exposition;
+mod hold;
 mod lifecycle;
 mod media;
 mod metrics;

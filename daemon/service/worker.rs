@@ -18,6 +18,7 @@ use crate::outcome::{FailReason, Outcome, SkipReason};
 use crate::store::{Activity, FileId, Finished, HistoryOutcome, Job, SettledWhy};
 
 use super::engine::FileStamp;
+use super::hold::HoldClock;
 use super::lifecycle::{
     self, Attempt, Counters, Decision, Ending, Wait, BUSY_RETRY_SECS, FS_TROUBLE_RETRY_SECS,
     MAX_SPACE_WAITS, SPACE_RETRY_SECS,
@@ -27,13 +28,6 @@ use super::status::human_duration;
 
 /// How long an idle worker sleeps when nothing wakes it.
 const IDLE: Duration = Duration::from_secs(30);
-/// How long a move held back by I/O pressure waits in one go, before it
-/// gives its file back and tries again later.
-const PRESSURE_WAIT: Duration = Duration::from_secs(10);
-/// How long a move waits in one go while others use its disk: longer,
-/// since holding costs the disk nothing and giving the file back costs a
-/// commit and a new check.
-const YIELD_WAIT: Duration = Duration::from_secs(60);
 /// A held move looks again this often.
 const HOLD_STEP: Duration = Duration::from_millis(500);
 
@@ -275,17 +269,19 @@ impl JobSupervisor<'_> {
         if self.shared.listen_due(self.disk) {
             self.shared.listen(self.disk, Duration::ZERO);
         }
-        let mut waited = Duration::ZERO;
+        let mut clock = HoldClock::default();
         while self.shared.pace_on(self.disk) == 0 {
-            let limit = match self.shared.yielding(self.disk) {
-                Some(y) if y.others_use_the_disk() => YIELD_WAIT,
-                _ => PRESSURE_WAIT,
-            };
-            if waited >= limit || self.shared.shutting_down() || self.shared.paused() {
+            let for_others = self
+                .shared
+                .yielding(self.disk)
+                .is_some_and(|y| y.others_use_the_disk());
+            if !clock.wait_more(for_others, HOLD_STEP)
+                || self.shared.shutting_down()
+                || self.shared.paused()
+            {
                 return Control::Stop;
             }
             self.shared.listen(self.disk, HOLD_STEP);
-            waited += HOLD_STEP;
         }
         Control::Continue
     }
