@@ -2,9 +2,11 @@
 //! and then every [`LISTEN_EVERY`], a move listens: its own write-back is
 //! waited for, then the disk's counters (`/sys/block/DISK/stat`) are read
 //! over a window in which the move issues nothing, so every request the
-//! disk serves then is someone else's. Heard busy, the disk gets the floor
-//! rate (0 by default: moves wait); heard quiet, the rate starts at the
-//! job's start rate and doubles at each quiet listen, up to the ceiling.
+//! disk serves then is someone else's. Heard busy (a quarter of the time
+//! or more), the disk gets the floor rate (0 by default: moves wait);
+//! heard using it lightly, the job's start rate; heard quiet, the rate
+//! starts at the start rate and doubles at each quiet listen, up to the
+//! ceiling.
 //! Where the others' requests take longer than usual even in the move's
 //! silence (the disk still digesting its writes), the rate halves; so it
 //! does after one of the move's own commits that took much longer than its
@@ -36,10 +38,16 @@ pub const SETTLE: Duration = Duration::from_millis(10);
 /// about a tenth of its time.
 pub const WINDOW: Duration = Duration::from_millis(50);
 /// Others keep the disk busy this share of a window or more, in at least
-/// [`IN_USE_REQUESTS`] requests: the disk is in use. (The kernel counts
-/// busy time in ticks of a few ms, so one stray request can show 8%.)
-const IN_USE_SHARE: f64 = 0.05;
-const IN_USE_REQUESTS: u64 = 2;
+/// [`HEARD_REQUESTS`] requests: they are there, and the move shares the
+/// disk with them at its start rate, not faster. (The kernel counts busy
+/// time in ticks of a few ms, so one stray request can show 8%.)
+const HEARD_SHARE: f64 = 0.05;
+const HEARD_REQUESTS: u64 = 2;
+/// Others keep the disk busy this share of a window or more: they need it,
+/// and the move goes at the floor (0 by default: it waits). Between the
+/// two, a database committing 40 times a second (about 8% here): waiting
+/// for it to stop would mean never moving beside it.
+const IN_USE_SHARE: f64 = 0.25;
 const MIB: u64 = 1 << 20;
 /// Others' requests this much slower than usual (as a factor)...
 const TOLERATED_FACTOR: f64 = 1.5;
@@ -137,6 +145,8 @@ pub struct Ramp {
 pub enum Verdict {
     /// Nobody else was heard, or hardly: faster.
     Quiet,
+    /// Others use the disk lightly: the start rate, no faster.
+    Sharing { requests: u64, busy_share: f64 },
     /// Others use the disk: the floor.
     InUse { requests: u64, busy_share: f64 },
     /// Others' requests were slower than usual: halved.
@@ -188,7 +198,8 @@ impl Ramp {
     /// with what the window said.
     pub fn observe(&mut self, heard: Heard, pressured: bool, now: Instant) -> (u64, Verdict) {
         self.last_listen = Some(now);
-        let in_use = heard.busy_share >= IN_USE_SHARE && heard.requests >= IN_USE_REQUESTS;
+        let heard_others = heard.busy_share >= HEARD_SHARE && heard.requests >= HEARD_REQUESTS;
+        let in_use = heard_others && heard.busy_share >= IN_USE_SHARE;
         let verdict = match (heard.mean_ms, self.baseline_ms) {
             // Heard first: others' own I/O raises pressure too, and it
             // asks for the floor, not a halving.
@@ -205,6 +216,10 @@ impl Ramp {
                     baseline_ms: baseline,
                 }
             }
+            _ if heard_others => Verdict::Sharing {
+                requests: heard.requests,
+                busy_share: heard.busy_share,
+            },
             _ => Verdict::Quiet,
         };
         if let Some(mean) = heard.mean_ms {
@@ -213,6 +228,7 @@ impl Ramp {
         self.rate = match verdict {
             Verdict::Quiet if self.rate < self.start => self.start,
             Verdict::Quiet => self.rate.saturating_mul(2).min(self.ceiling),
+            Verdict::Sharing { .. } => self.start.max(self.floor),
             Verdict::InUse { .. } => self.floor,
             Verdict::Latency { .. } | Verdict::Pressure | Verdict::SlowCommit { .. } => {
                 self.halved()
@@ -328,6 +344,36 @@ mod tests {
         // A configured floor keeps a move going beside a busy disk.
         let mut ramp = Ramp::new(4 * MIB, MIB, 64 * MIB);
         assert_eq!(ramp.observe(others(350, 0.98, 0.14), false, t0).0, MIB);
+    }
+
+    #[test]
+    fn others_using_the_disk_lightly_hold_the_move_at_its_start_rate() {
+        let t0 = Instant::now();
+        let mut ramp = Ramp::new(4 * MIB, 0, 64 * MIB);
+        for i in 0..5 {
+            ramp.observe(quiet(), false, t0 + LISTEN_EVERY * i);
+        }
+        // A database committing 40 times a second: 4 requests a commit,
+        // the disk busy 8% of the window.
+        let (rate, verdict) = ramp.observe(others(8, 0.08, 0.6), false, t0);
+        assert_eq!(rate, 4 * MIB, "the start rate, not the ceiling");
+        assert_eq!(
+            verdict,
+            Verdict::Sharing {
+                requests: 8,
+                busy_share: 0.08
+            }
+        );
+        assert_eq!(
+            ramp.observe(others(8, 0.08, 0.6), false, t0).0,
+            4 * MIB,
+            "no doubling beside them"
+        );
+        // A quarter of the disk or more: the floor.
+        assert_eq!(ramp.observe(others(60, 0.3, 0.6), false, t0).0, 0);
+        // A floor above the start rate is kept.
+        let mut ramp = Ramp::new(MIB, 2 * MIB, 64 * MIB);
+        assert_eq!(ramp.observe(others(8, 0.08, 0.6), false, t0).0, 2 * MIB);
     }
 
     #[test]

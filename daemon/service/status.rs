@@ -100,6 +100,10 @@ fn why(verdict: Verdict) -> String {
             "others use the disk (busy {:.0}% of the last look)",
             busy_share * 100.0
         ),
+        Verdict::Sharing { busy_share, .. } => format!(
+            "sharing the disk with others (busy {:.0}% of the last look)",
+            busy_share * 100.0
+        ),
         Verdict::Latency {
             mean_ms,
             baseline_ms,

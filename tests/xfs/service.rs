@@ -49,7 +49,8 @@ fn write_tracking_finds_a_file_fragmented_after_the_start_and_moves_it() {
     let piece = 16 * KIB as usize;
     let mut handles = interleaved_writes(std::slice::from_ref(&path), 8 * MIB, piece, &mut rng);
     let before = filefrag_extents(&path);
-    assert!(before > 32, "fixture: only {before} extents");
+    // Usually 40 or more; CI once saw 25, still far from the 1 it can be.
+    assert!(before >= 16, "fixture: only {before} extents");
     delete_filler_while_writing(
         filler,
         &root,
