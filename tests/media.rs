@@ -75,12 +75,7 @@ fn history(socket: &Path) -> Vec<Row> {
 
 /// The one covered filesystem's (medium, medium_source) in the status.
 fn medium_in_status(socket: &Path) -> (String, String) {
-    let args: [&OsStr; 2] = ["--json".as_ref(), "status".as_ref()];
-    let (out, _) = defragctl(socket, &args, secs(20));
-    assert!(out.status.success(), "defragctl status: {out:?}");
-    let value: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status JSON");
-    let value = value.get("data").cloned().unwrap_or(value);
-    let fs = &value["filesystems"][0];
+    let fs = fs_in_status(socket);
     let word = |key: &str| fs[key].as_str().unwrap_or_default().to_string();
     (word("medium"), word("medium_source"))
 }

@@ -14,13 +14,13 @@ reaches 16 MiB; that truncate is not timed.
 The three longest stalls are listed with the wall-clock time they began
 (UTC, as the service's log lines are stamped), to find what caused them.
 """
-import datetime
-import heapq
 import json
 import os
 import signal
 import sys
 import time
+
+from stalls import Stalls
 
 stop = False
 
@@ -39,8 +39,7 @@ def main():
     wrap = 16 << 20
     size = 0
     truncates = 0
-    stalls = []
-    worst = []  # a min-heap of (seconds, wall-clock start), the longest few
+    stalls = Stalls()
     started = time.monotonic()
     counting = started + skip
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
@@ -50,11 +49,7 @@ def main():
             os.write(fd, block)
             os.fsync(fd)
             if t0 >= counting:
-                took = time.monotonic() - t0
-                stalls.append(took)
-                heapq.heappush(worst, (took, wall0))
-                if len(worst) > 3:
-                    heapq.heappop(worst)
+                stalls.add(time.monotonic() - t0, wall0)
             size += len(block)
             if size >= wrap:
                 os.ftruncate(fd, 0)
@@ -63,23 +58,13 @@ def main():
     finally:
         os.close(fd)
     elapsed = time.monotonic() - counting
-    stalls.sort()
-    pick = lambda q: stalls[min(len(stalls) - 1, int(q * len(stalls)))] * 1e3 if stalls else None
+    summary = stalls.summary(elapsed)
     result = {
-        "writes": len(stalls),
+        "writes": summary.pop("count"),
         "truncates": truncates,
         "elapsed_s": elapsed,
-        "writes_per_s": len(stalls) / elapsed if elapsed > 0 else None,
-        "p50_ms": pick(0.50),
-        "p99_ms": pick(0.99),
-        "max_stall_ms": pick(1.0),
-        "longest": [
-            {
-                "ms": took * 1e3,
-                "at": datetime.datetime.fromtimestamp(wall, datetime.timezone.utc).isoformat(),
-            }
-            for took, wall in sorted(worst, reverse=True)
-        ],
+        "writes_per_s": summary.pop("per_s"),
+        **summary,
     }
     with open(out, "w") as f:
         json.dump(result, f)

@@ -14,14 +14,14 @@ the wall-clock time they began (UTC, as the service's log lines are
 stamped), to find what caused them. At the end the database must pass
 `PRAGMA integrity_check` and hold every row committed.
 """
-import datetime
-import heapq
 import json
 import os
 import signal
 import sqlite3
 import sys
 import time
+
+from stalls import Stalls
 
 RATE = 40  # transactions a second
 stop = False
@@ -42,8 +42,7 @@ def main():
     db.execute("PRAGMA synchronous=FULL")
     db.execute("CREATE TABLE IF NOT EXISTS orders (id INTEGER PRIMARY KEY, at REAL, payload BLOB)")
     payload = os.urandom(512)
-    stalls = []
-    worst = []  # a min-heap of (seconds, wall-clock start), the longest few
+    stalls = Stalls()
     committed = 0
     started = time.monotonic()
     counting = started + skip
@@ -55,11 +54,7 @@ def main():
         db.execute("COMMIT")
         committed += 1
         if t0 >= counting:
-            took = time.monotonic() - t0
-            stalls.append(took)
-            heapq.heappush(worst, (took, wall0))
-            if len(worst) > 3:
-                heapq.heappop(worst)
+            stalls.add(time.monotonic() - t0, wall0)
         # Paced, not flat out: a client at a steady rate, which falls
         # behind (and does not catch up in a burst) when a commit stalls.
         next_at = max(next_at + 1 / RATE, time.monotonic())
@@ -68,25 +63,14 @@ def main():
     integrity = db.execute("PRAGMA integrity_check").fetchone()[0]
     rows = db.execute("SELECT count(*) FROM orders").fetchone()[0]
     db.close()
-    stalls.sort()
-    pick = lambda q: stalls[min(len(stalls) - 1, int(q * len(stalls)))] * 1e3 if stalls else None
+    summary = stalls.summary(elapsed)
     result = {
-        "transactions": len(stalls),
+        "transactions": summary.pop("count"),
         "elapsed_s": elapsed,
-        "per_s": len(stalls) / elapsed if elapsed > 0 else None,
-        "p50_ms": pick(0.50),
-        "p99_ms": pick(0.99),
-        "max_stall_ms": pick(1.0),
+        **summary,
         "integrity": integrity,
         "rows_committed": committed,
         "rows_found": rows,
-        "longest": [
-            {
-                "ms": took * 1e3,
-                "at": datetime.datetime.fromtimestamp(wall, datetime.timezone.utc).isoformat(),
-            }
-            for took, wall in sorted(worst, reverse=True)
-        ],
     }
     with open(out, "w") as f:
         json.dump(result, f)
