@@ -105,19 +105,17 @@ impl ExtentMap {
     /// equal physical gap does not count). Stable for a layout, and what
     /// operators can check with a tool nobody here wrote.
     pub fn extent_count(&self) -> u64 {
-        let mut count = 0;
-        let mut previous: Option<&BlockExtent> = None;
-        for e in &self.extents {
-            let continues = previous.is_some_and(|p| {
-                e.logical >= p.logical.saturating_add(p.len)
-                    && e.physical.checked_sub(p.physical) == Some(e.logical - p.logical)
-            });
-            if !continues {
-                count += 1;
-            }
-            previous = Some(e);
-        }
-        count
+        filefrag_count(self.extents.iter().copied())
+    }
+
+    /// Extents as `filefrag` would count them, counting only the parts of
+    /// extents inside `ranges`: what the file would be left in, were those
+    /// ranges the whole file. A donor is judged by it, as the file is
+    /// after the move: a donor whose pieces lie where the file's holes say
+    /// (each hole matched by a free gap of its size) leaves one extent
+    /// where `physical_runs_in` counts one per data range.
+    pub fn extent_count_in(&self, ranges: &[BlockRange]) -> u64 {
+        filefrag_count(self.pieces(Some(ranges)))
     }
 
     /// Blocks mapped, holes excluded.
@@ -205,6 +203,24 @@ impl ExtentMap {
     pub fn ideal_extents(&self, longest: u64) -> u64 {
         ideal_extents(&self.data_ranges(), longest)
     }
+}
+
+/// `filefrag`'s count of `extents` (in logical order): a new extent
+/// wherever one does not lie where the previous one says it would.
+fn filefrag_count(extents: impl Iterator<Item = BlockExtent>) -> u64 {
+    let mut count = 0;
+    let mut previous: Option<BlockExtent> = None;
+    for e in extents {
+        let continues = previous.is_some_and(|p| {
+            e.logical >= p.logical.saturating_add(p.len)
+                && e.physical.checked_sub(p.physical) == Some(e.logical - p.logical)
+        });
+        if !continues {
+            count += 1;
+        }
+        previous = Some(e);
+    }
+    count
 }
 
 /// The fewest extents of at most `longest` blocks that can hold `ranges`.
@@ -414,6 +430,28 @@ mod tests {
         let m = map(vec![ext(0, 100, 10), ext(10, 500, 10), ext(20, 510, 10)]);
         assert_eq!(m.physical_runs_in(&[BlockRange { start: 12, len: 18 }]), 1);
         assert_eq!(m.physical_runs_in(&[BlockRange { start: 5, len: 10 }]), 2);
+    }
+
+    #[test]
+    fn extents_within_ranges_are_counted_as_filefrag_counts_them() {
+        // Two data ranges whose hole is matched by a free gap of its size:
+        // one extent to filefrag, two physical runs.
+        let matched = map(vec![ext(0, 100, 10), ext(20, 120, 10)]);
+        let both = [
+            BlockRange { start: 0, len: 10 },
+            BlockRange { start: 20, len: 10 },
+        ];
+        assert_eq!(matched.physical_runs_in(&both), 2);
+        assert_eq!(matched.extent_count_in(&both), 1);
+        assert_eq!(matched.extent_count_in(&both), matched.extent_count());
+        // A gap of another size: two.
+        let unmatched = map(vec![ext(0, 100, 10), ext(20, 130, 10)]);
+        assert_eq!(unmatched.extent_count_in(&both), 2);
+        // Only what lies in the ranges counts.
+        let m = map(vec![ext(0, 100, 10), ext(10, 500, 10), ext(20, 510, 10)]);
+        assert_eq!(m.extent_count_in(&[BlockRange { start: 12, len: 18 }]), 1);
+        assert_eq!(m.extent_count_in(&[BlockRange { start: 5, len: 10 }]), 2);
+        assert_eq!(m.extent_count_in(&[]), 0);
     }
 
     #[test]

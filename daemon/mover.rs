@@ -246,7 +246,7 @@ fn prepare(
     let ranges = inspected
         .backend
         .narrow_ranges(inspected, ranges, resume_at)?;
-    let file_runs = inspected.map.physical_runs_in(&ranges);
+    let file_runs = inspected.map.extent_count_in(&ranges);
     // A resumed job whose rest already lies in one piece gains nothing from
     // moving that rest alone: the file is done, or, where it is still in
     // pieces as a whole (the moved part here, the rest there), it starts
@@ -289,7 +289,7 @@ fn prepare(
         options.reserve_percent,
         resume_at > 0,
     )?;
-    let donor_runs = relocation.runs();
+    let donor_runs = relocation.extents();
     if donor_runs >= file_runs {
         return Err(SkipReason::NoContiguousFreeSpace {
             file_runs,
@@ -453,7 +453,7 @@ fn verdict_of(
         before: &before,
         after: &measured.assessment,
         planned_before: planned.file_runs,
-        planned_after: measured.map.physical_runs_in(planned.ranges),
+        planned_after: measured.map.extent_count_in(planned.ranges),
     });
     match judged {
         Ok(()) => Outcome::Defragmented(Moved {

@@ -179,10 +179,10 @@ fn exchange_defragments_a_file_and_keeps_its_data() {
     let free_before = free_bytes(img.root());
     let (exchange, map, copy_took) = build_and_copy(&o, bs);
     let file_runs = map.physical_runs();
-    assert_eq!(refuse_donor(file_runs, exchange.runs()), Ok(()));
+    assert_eq!(refuse_donor(file_runs, exchange.extents()), Ok(()));
     eprintln!(
         "file in {file_runs} runs, donor in {}; copy {:.0} MiB/s",
-        exchange.runs(),
+        exchange.extents(),
         (64.0 + 1234.0 / 1048576.0) / copy_took.as_secs_f64()
     );
     // Nothing is visible before the swap.
@@ -355,7 +355,7 @@ fn measure_256_mib(part: &str, mkfs_opts: &[&str]) {
     let o = open(&path);
     let bs = u64::from(xfs::geometry(o.file.as_fd()).expect("geometry").block_size);
     let (exchange, map, copy_took) = build_and_copy(&o, bs);
-    let donor_runs = exchange.runs();
+    let donor_runs = exchange.extents();
     assert_eq!(refuse_donor(map.physical_runs(), donor_runs), Ok(()));
     let sync_started = Instant::now();
     exchange.sync_donor().expect("fsync the donor");
@@ -545,7 +545,7 @@ fn a_write_right_after_the_snapshot_is_always_seen() {
         eprintln!(
             "file {:?} donor runs {}",
             sh("xfs_bmap", [path.as_os_str()]),
-            exchange.runs()
+            exchange.extents()
         );
         let swapped = exchange.swap(o.file.as_fd());
         assert_eq!(

@@ -267,12 +267,13 @@ pub struct RelocateFailed {
 }
 
 impl Relocation {
-    /// The physical runs the data will lie in once relocated: a move is
-    /// worth it only if they are fewer than the file's.
-    pub fn runs(&self) -> u64 {
+    /// The extents (as filefrag counts them) the data will lie in once
+    /// relocated: a move is worth it only if they are fewer than the
+    /// file's over the same ranges.
+    pub fn extents(&self) -> u64 {
         match self {
-            Relocation::Ext4(donor) => donor.runs(),
-            Relocation::Xfs(exchange) => exchange.runs(),
+            Relocation::Ext4(donor) => donor.extents(),
+            Relocation::Xfs(exchange) => exchange.extents(),
             // btrfs has no donor: the kernel allocates as it rewrites, so
             // there is nothing to count before the move. The count given
             // is the best the rewrite can reach (one extent per target,
@@ -281,7 +282,7 @@ impl Relocation {
             // under the threshold), so the mover never refuses a btrfs
             // move for it; the verdict after the move judges what the
             // kernel really did.
-            Relocation::Btrfs { defrag, block_size } => defrag.runs(*block_size),
+            Relocation::Btrfs { defrag, block_size } => defrag.extents(*block_size),
         }
     }
 

@@ -47,7 +47,7 @@ pub(super) fn look(map: &ExtentMap, from: u64, eof_block: u64, longest: u64) -> 
         return Look::Nothing;
     }
     let ranges = super::from_block(&clip_to_eof(&map.data_ranges(), eof_block), from);
-    let runs = map.physical_runs_in(&ranges);
+    let runs = map.extent_count_in(&ranges);
     if runs <= ideal_extents(&ranges, longest) {
         return Look::Fine;
     }
@@ -189,10 +189,10 @@ impl Tail<'_> {
             backend.relocation(self.target, self.inspected, ranges, reserve, true)
         });
         match built {
-            Ok(relocation) if relocation.runs() < runs => Ok(Ok(relocation)),
+            Ok(relocation) if relocation.extents() < runs => Ok(Ok(relocation)),
             Ok(relocation) => Ok(Err(format!(
                 "the best donor for it has {} pieces, the tail has {runs}",
-                relocation.runs()
+                relocation.extents()
             ))),
             Err(Refusal::Fail(FailReason::Kernel(e))) if halts(e.kind) => {
                 Err(Halt::Failed(FailReason::Kernel(e)))

@@ -108,7 +108,7 @@ impl BtrfsDefrag {
 
     /// The pieces the data will be in at best: one per target, or more
     /// where a target is longer than btrfs' longest extent.
-    pub fn runs(&self, block_size: u64) -> u64 {
+    pub fn extents(&self, block_size: u64) -> u64 {
         let longest = (super::ranges::MAX_EXTENT_BYTES / block_size.max(1)).max(1);
         self.targets
             .iter()
@@ -208,7 +208,7 @@ mod tests {
         );
         let resumed = d.chunks(blocks, 3500, 4096);
         assert_eq!(resumed[0].start, 3500);
-        assert_eq!(d.runs(4096), 2);
+        assert_eq!(d.extents(4096), 2);
     }
 
     #[test]

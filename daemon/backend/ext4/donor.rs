@@ -10,7 +10,7 @@ use super::buddy::Geometry;
 use super::donor_layout::DonorLayout;
 use super::free_space::FreeSpace;
 use super::relocate;
-use crate::assess::{ideal_extents, BlockRange, ExtentMap};
+use crate::assess::{BlockRange, ExtentMap};
 use crate::backend::Inspected;
 use crate::backend::{check_free_space, RelocateFailed};
 use crate::ext4;
@@ -19,11 +19,12 @@ use crate::plan::Chunk;
 use crate::sys::{self, Flush};
 use crate::target::Target;
 
-/// A donor built for one move, and the physical runs its blocks lie in.
+/// A donor built for one move, and the extents (as filefrag counts them)
+/// its blocks lie in over the file's ranges.
 #[derive(Debug)]
 pub struct Donor {
     fd: OwnedFd,
-    runs: u64,
+    extents: u64,
 }
 
 impl Donor {
@@ -40,7 +41,7 @@ impl Donor {
     ) -> Result<Donor, Refusal> {
         let block_size = inspected.fs.block_size;
         let need = super::space_needed(ranges, block_size);
-        let (fd, runs) = best_donor(
+        let (fd, extents) = best_donor(
             target,
             inspected,
             ranges,
@@ -48,11 +49,11 @@ impl Donor {
             reserve_percent,
             commit_first,
         )?;
-        Ok(Donor { fd, runs })
+        Ok(Donor { fd, extents })
     }
 
-    pub fn runs(&self) -> u64 {
-        self.runs
+    pub fn extents(&self) -> u64 {
+        self.extents
     }
 
     /// Moves `chunk` of `file` into the donor's blocks.
@@ -78,7 +79,9 @@ impl Donor {
 
 /// Builds a donor over `ranges` and, when it is far from ideal and from
 /// what the free space allows, one more guided by the free space map;
-/// keeps the better. Its physical runs with it.
+/// keeps the better. Its extents over `ranges` with it, as filefrag will
+/// count the file's after the move (so that a donor whose pieces keep the
+/// file's holes as gaps of their size counts as the one extent it is).
 fn best_donor(
     target: &Target,
     inspected: &Inspected,
@@ -88,7 +91,15 @@ fn best_donor(
     commit_first: bool,
 ) -> Result<(OwnedFd, u64), Refusal> {
     let block_size = inspected.fs.block_size;
-    let layout = DonorLayout::for_ranges(ranges);
+    let layout = DonorLayout::for_ranges(ranges, |blocks| {
+        check_free_space(
+            inspected.file.as_fd(),
+            blocks.saturating_mul(block_size),
+            reserve_percent,
+        )
+        .is_ok()
+    });
+    let ideal = layout.ideal_extents(ranges, inspected.fs.max_extent_blocks);
     let build = |guided: bool| {
         build_donor(
             target,
@@ -104,7 +115,7 @@ fn best_donor(
             },
         )
     };
-    let (mut donor, mut donor_runs) = build(false)?;
+    let (mut donor, mut donor_extents) = build(false)?;
     // When the donor is far from ideal, and from what the free space allows,
     // let it go, commit, and make another one guided by the free space map
     // (the plain one comes first: it keeps what served well before). The
@@ -114,9 +125,9 @@ fn best_donor(
     // space. So does the map: see `FreeSpace`. The first is not kept beside
     // the second: it holds the best space, and the second would get what is
     // left.
-    if donor_runs > 1
-        && donor_runs > 2 * ideal_extents(ranges, inspected.fs.max_extent_blocks)
-        && worth_another(inspected, donor.as_fd(), ranges, donor_runs)
+    if donor_extents > 1
+        && donor_extents > 2 * ideal
+        && worth_another(inspected, donor.as_fd(), ranges, ideal, donor_extents)
     {
         let end = ranges.last().map_or(0, |r| r.end()) * block_size;
         let let_go = |donor: &OwnedFd| -> Result<(), Refusal> {
@@ -124,9 +135,9 @@ fn best_donor(
             ext4::commit_journal(donor.as_fd())?;
             Ok(())
         };
-        let first_runs = donor_runs;
+        let first = donor_extents;
         let_go(&donor)?;
-        (donor, donor_runs) = match build(true) {
+        (donor, donor_extents) = match build(true) {
             Ok(second) => second,
             Err(_) => build(false)?,
         };
@@ -134,32 +145,32 @@ fn best_donor(
         // guided donor came out worse than the plain one in about one
         // resumed job in six (95 pieces against 29). Never keep a worse
         // one: make a plain one again.
-        if donor_runs > first_runs {
+        if donor_extents > first {
             tracing::debug!(
-                "the guided donor has {donor_runs} runs, the plain one had {first_runs}: a plain one again"
+                "the guided donor has {donor_extents} extents, the plain one had {first}: a plain one again"
             );
-            let guided_runs = donor_runs;
+            let guided = donor_extents;
             let_go(&donor)?;
-            (donor, donor_runs) = build(false)?;
+            (donor, donor_extents) = build(false)?;
             // A plain donor made again need not find the space the first
             // one had (seen in CI: 4 runs, guided 5, plain again 230, on a
             // resumed job): then the guided one, whose map makes it come
             // out much the same each time, is the better bet.
-            if donor_runs > guided_runs {
+            if donor_extents > guided {
                 tracing::debug!(
-                    "the plain donor made again has {donor_runs} runs: a guided one again"
+                    "the plain donor made again has {donor_extents} extents: a guided one again"
                 );
                 let_go(&donor)?;
-                (donor, donor_runs) = build(true)?;
+                (donor, donor_extents) = build(true)?;
             }
         }
     }
-    Ok((donor, donor_runs))
+    Ok((donor, donor_extents))
 }
 
-/// Whether a donor for `ranges` in `runs` pieces is more scattered than
-/// the free space allows (its own blocks counted free), so that another
-/// one is worth making. Not only past twice that: on a 4 GiB image whose
+/// Whether a donor for `ranges` in `extents` pieces is more scattered than
+/// the free space allows (its own blocks counted free) and than `ideal`,
+/// so that another one is worth making. Not only past twice that: on a 4 GiB image whose
 /// free space allows 5, a plain donor of 9 was kept where the goal is 8.
 /// Reading the free space map also helps the next one along (see
 /// `FreeSpace`).
@@ -167,7 +178,8 @@ fn worth_another(
     inspected: &Inspected,
     donor: BorrowedFd<'_>,
     ranges: &[BlockRange],
-    runs: u64,
+    ideal: u64,
+    extents: u64,
 ) -> bool {
     let block_size = inspected.fs.block_size;
     let Ok(raw) = sys::fiemap(donor, Flush::No) else {
@@ -184,9 +196,7 @@ fn worth_another(
     held.sort_by_key(|r| r.start);
     let data = ranges.iter().map(|r| r.len).sum();
     let allows = FreeSpace::read(inspected, data, &held).and_then(|f| f.fewest(data));
-    allows.is_none_or(|allows| {
-        runs > allows.max(ideal_extents(ranges, inspected.fs.max_extent_blocks))
-    })
+    allows.is_none_or(|allows| extents > allows.max(ideal))
 }
 
 /// How a donor is built.
@@ -201,7 +211,7 @@ struct Build {
 }
 
 /// Creates a donor beside the file, allocated over `ranges`, and counts
-/// its physical runs there.
+/// its extents there.
 fn build_donor(
     target: &Target,
     inspected: &Inspected,
@@ -247,12 +257,14 @@ fn build_donor(
             donor_ranges.len()
         ))));
     }
-    let runs = donor_map.physical_runs_in(ranges);
+    let extents = donor_map.extent_count_in(ranges);
     let allows = free.and_then(|f| f.fewest(data));
     tracing::debug!(
-        "donor: {runs} runs in {calls} fallocate calls (ideal {}{})",
-        ideal_extents(ranges, inspected.fs.max_extent_blocks),
+        "donor: {extents} extents ({} physical runs) in {calls} fallocate calls, {layout:?} \
+         (ideal {}{})",
+        donor_map.physical_runs_in(ranges),
+        layout.ideal_extents(ranges, inspected.fs.max_extent_blocks),
         allows.map_or(String::new(), |n| format!(", the free space allows {n}")),
     );
-    Ok((donor, runs))
+    Ok((donor, extents))
 }

@@ -6,7 +6,7 @@ use std::os::fd::BorrowedFd;
 
 use super::buddy::{Geometry, Plan, Request, NO_NORMALIZE_MAX};
 use super::free_space::FreeSpace;
-use crate::assess::{BlockRange, ExtentMap};
+use crate::assess::{ideal_extents, BlockRange, ExtentMap};
 use crate::ext4;
 use crate::sys::{self, Flush};
 
@@ -17,22 +17,42 @@ pub(super) enum DonorLayout {
     PerRange,
     /// One allocation over the whole span, then the holes punched out:
     /// each piece of data lands where the file's logical layout says, so
-    /// the file reads as one extent past its holes (filefrag counts it so).
-    /// Only where holes are at most as large as the data.
+    /// the file reads as one extent past its holes (filefrag counts it so,
+    /// and e4defrag's donor gets the same when ext4's allocator can place
+    /// each range after the last as the file's offsets say). Only where
+    /// the holes are at most `SPAN_HOLES_PER_DATA` times the data and the
+    /// free space holds the whole span for a moment.
     Span,
 }
 
+/// A span is allocated where its holes are at most this many times its
+/// data. Their blocks are free again once punched, but the data is left
+/// spread over an area this much larger than itself; past it, one
+/// allocation per range. (A file of 256 KiB pieces, one per MiB, is 3.)
+const SPAN_HOLES_PER_DATA: u64 = 4;
+
 impl DonorLayout {
-    pub(super) fn for_ranges(ranges: &[BlockRange]) -> Self {
+    /// The layout for `ranges`, where `fits(blocks)` says whether the free
+    /// space (above the reserve) holds that many blocks.
+    pub(super) fn for_ranges(ranges: &[BlockRange], fits: impl FnOnce(u64) -> bool) -> Self {
         let data: u64 = ranges.iter().map(|r| r.len).sum();
         match (ranges.first(), ranges.last()) {
             (Some(first), Some(last))
-                if ranges.len() > 1 && last.end() - first.start <= 2 * data =>
+                if ranges.len() > 1
+                    && last.end() - first.start - data <= SPAN_HOLES_PER_DATA * data
+                    && fits(last.end() - first.start) =>
             {
                 DonorLayout::Span
             }
             _ => DonorLayout::PerRange,
         }
+    }
+
+    /// The fewest extents, as filefrag counts them, a donor of this layout
+    /// can leave `ranges` in, with extents of at most `longest` blocks: a
+    /// span counts as one range.
+    pub(super) fn ideal_extents(self, ranges: &[BlockRange], longest: u64) -> u64 {
+        ideal_extents(&self.areas(ranges), longest)
     }
 
     /// The areas allocated, before holes are punched out of a span.
@@ -147,17 +167,36 @@ mod tests {
     #[test]
     fn sparse_files_get_a_span_only_when_holes_are_small() {
         let r = |start, len| BlockRange { start, len };
-        assert_eq!(DonorLayout::for_ranges(&[r(0, 10)]), DonorLayout::PerRange);
+        let room = |_| true;
         assert_eq!(
-            DonorLayout::for_ranges(&[r(0, 10), r(15, 10)]),
+            DonorLayout::for_ranges(&[r(0, 10)], room),
+            DonorLayout::PerRange
+        );
+        assert_eq!(
+            DonorLayout::for_ranges(&[r(0, 10), r(15, 10)], room),
             DonorLayout::Span
         );
+        // Pieces of 256 KiB, one per MiB, as a file written sparsely.
+        let sparse: Vec<BlockRange> = (0..48).map(|i| r(i * 256, 64)).collect();
+        assert_eq!(DonorLayout::for_ranges(&sparse, room), DonorLayout::Span);
+        assert_eq!(DonorLayout::Span.ideal_extents(&sparse, 32768), 1);
+        assert_eq!(DonorLayout::PerRange.ideal_extents(&sparse, 32768), 48);
+        // ... unless the free space cannot hold the span for a moment.
+        let mut asked = 0;
+        assert_eq!(
+            DonorLayout::for_ranges(&sparse, |blocks| {
+                asked = blocks;
+                false
+            }),
+            DonorLayout::PerRange
+        );
+        assert_eq!(asked, 47 * 256 + 64);
         assert_eq!(
             DonorLayout::allocated_blocks(DonorLayout::Span, &[r(0, 10), r(15, 10)], None),
             25
         );
         assert_eq!(
-            DonorLayout::for_ranges(&[r(0, 10), r(100, 10)]),
+            DonorLayout::for_ranges(&[r(0, 10), r(100, 10)], room),
             DonorLayout::PerRange
         );
         assert_eq!(

@@ -56,9 +56,11 @@ pub fn probe(fd: BorrowedFd<'_>) -> Result<FsInfo, FsError> {
     })
 }
 
-/// Bytes the donor for `ranges` holds while it is built (no padding).
+/// Bytes a donor for `ranges` needs at the least: its data (a span, with
+/// its holes, is allocated only where the free space holds it; see
+/// `DonorLayout::for_ranges`).
 pub fn space_needed(ranges: &[BlockRange], block_size: u64) -> u64 {
-    DonorLayout::for_ranges(ranges).allocated_blocks(ranges, None) * block_size
+    DonorLayout::PerRange.allocated_blocks(ranges, None) * block_size
 }
 
 /// The superblock of `fs`, which the ext4 backend is only ever handed for

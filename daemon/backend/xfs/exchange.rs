@@ -115,7 +115,7 @@ pub struct Exchange {
     /// The file's data ranges inside its size: the donor's, exactly.
     ranges: Vec<BlockRange>,
     block_size: u64,
-    runs: u64,
+    extents: u64,
     buf: AlignedBuf,
 }
 
@@ -192,7 +192,7 @@ impl Exchange {
                 map.data_ranges().len()
             ))));
         }
-        let runs = map.physical_runs_in(&ranges);
+        let extents = map.extent_count_in(&ranges);
         let reader = sys::reopen_direct_read(file)?;
         let buf_len = (COPY_BUFFER / block_size.max(1)).max(1) * block_size.max(1);
         let align = sys::page_size().max(block_size.min(1 << 16)) as usize;
@@ -207,7 +207,7 @@ impl Exchange {
             before,
             ranges,
             block_size,
-            runs,
+            extents,
             buf,
         })
     }
@@ -234,10 +234,11 @@ impl Exchange {
         }
     }
 
-    /// The physical runs the donor's blocks lie in: the file's after the
-    /// swap. Worth it only if fewer than the file's (see `refuse_donor`).
-    pub fn runs(&self) -> u64 {
-        self.runs
+    /// The extents (as filefrag counts them) the donor's blocks lie in:
+    /// the file's after the swap. Worth it only if fewer than the file's
+    /// (see `refuse_donor`).
+    pub fn extents(&self) -> u64 {
+        self.extents
     }
 
     /// The file as it was before the copy: what the swap is checked
