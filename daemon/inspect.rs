@@ -6,7 +6,7 @@
 //! measured without being opened at all.
 
 use std::collections::HashMap;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 
 use nix::sys::stat::SFlag;
@@ -151,7 +151,7 @@ pub fn inspect(
 }
 
 /// One file measured for a report (`check`): what `inspect` finds, less
-/// what only a move needs (the generation, the open files).
+/// what only a move needs (the generation, a writable open).
 #[derive(Debug)]
 pub struct Measured<'a> {
     pub fs: &'a FsInfo,
@@ -164,6 +164,16 @@ pub struct Measured<'a> {
     /// Bytes in extents shared with a snapshot or a reflinked copy, which
     /// no move rewrites.
     pub shared_bytes: u64,
+    /// The file as it was opened (read-only) and mapped; None for one
+    /// measured from its name alone.
+    pub opened: Option<Opened>,
+}
+
+/// A file opened read-only, and its map.
+#[derive(Debug)]
+pub struct Opened {
+    pub file: OwnedFd,
+    pub map: ExtentMap,
 }
 
 /// Measures `target` for a report with as few syscalls as it takes. A file
@@ -202,6 +212,7 @@ pub fn measure<'a>(
             assessment: Assessment::of(&map, entry.size, longest),
             // One block at most: whether it is shared does not matter.
             shared_bytes: 0,
+            opened: None,
         });
     }
     let pinned = sys::pin_beneath(target.dir.as_fd(), Path::new(&target.name))?;
@@ -230,6 +241,7 @@ pub fn measure<'a>(
         block_mapped: backend.block_mapped(fs, Some(flags)),
         assessment: Assessment::of(&map, size, longest),
         shared_bytes,
+        opened: Some(Opened { file, map }),
     })
 }
 

@@ -35,7 +35,12 @@ const GIB: f64 = (1u64 << 30) as f64;
 
 /// What the fragmentation of a file costs one full read of it, in ms.
 pub fn read_cost_ms(assessment: &Assessment, boundary_ms: f64) -> f64 {
-    assessment.excess_extents() as f64 * boundary_ms
+    excess_read_cost_ms(assessment.excess_extents(), boundary_ms)
+}
+
+/// What `excess` extents cost one full read, in ms.
+pub fn excess_read_cost_ms(excess: u64, boundary_ms: f64) -> f64 {
+    excess as f64 * boundary_ms
 }
 
 /// Read time a move of the file saves, per GiB the move writes.

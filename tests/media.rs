@@ -117,14 +117,23 @@ fn build(img: &mut LoopImage) -> Files {
     files
 }
 
-/// `defragd check --json` on the two files: each file's medium and read
-/// cost (its excess extents × `boundary_ms`), and the total.
-fn assert_check_costs(root: &Path, files: &Files, medium: &str, boundary_ms: f64) {
+/// `defragd check --json --medium=<choice>` on the two files: each file's
+/// medium and read cost (its excess extents × `boundary_ms`), and the
+/// total; the filesystem's entry, for the caller to look at further.
+fn assert_check_costs(
+    root: &Path,
+    files: &Files,
+    choice: &str,
+    medium: &str,
+    boundary_ms: f64,
+) -> serde_json::Value {
     let large = root.join(&files.large_pieces);
     let small = root.join(&files.small_pieces);
+    let choice = format!("--medium={choice}");
     let run = defragd([
         OsStr::new("check"),
         OsStr::new("--json"),
+        OsStr::new(&choice),
         large.as_os_str(),
         small.as_os_str(),
     ]);
@@ -141,8 +150,10 @@ fn assert_check_costs(root: &Path, files: &Files, medium: &str, boundary_ms: f64
         .as_f64()
         .expect("total read cost");
     assert!((reported - total).abs() < 1e-6, "{report}");
-    assert_eq!(report["filesystems"][0]["medium"], medium);
-    eprintln!("check on {medium}: total read cost {reported:.1} ms");
+    let fs = report["filesystems"][0].clone();
+    assert_eq!(fs["medium"], medium, "{fs}");
+    eprintln!("check on {medium} ({choice}): total read cost {reported:.1} ms");
+    fs
 }
 
 /// Starts the default service on `img`, waits for its crawl pass and for
@@ -191,7 +202,8 @@ fn on_flash_large_pieces_are_left_with_a_reason_and_on_a_disk_both_are_moved() {
     let small_before = filefrag_extents(&root.join(&files.small_pieces));
     let (rows, medium) = {
         let _ssd = RotationalGuard::set(&flash, false);
-        assert_check_costs(&root, &files, "ssd", 0.1);
+        let fs = assert_check_costs(&root, &files, "sysfs", "ssd", 0.1);
+        assert_eq!(fs["medium_source"], "sysfs", "{fs}");
         serve(&flash, &files, &[&files.small_pieces])
     };
     eprintln!("flash history: {rows:#?}");
@@ -232,7 +244,11 @@ fn on_flash_large_pieces_are_left_with_a_reason_and_on_a_disk_both_are_moved() {
     let large_before = filefrag_extents(&root.join(&files.large_pieces));
     let (rows, medium) = {
         let _hdd = RotationalGuard::set(&disk, true);
-        assert_check_costs(&root, &files, "hdd", 8.0);
+        let fs = assert_check_costs(&root, &files, "sysfs", "hdd", 8.0);
+        assert_eq!(fs["medium_source"], "sysfs", "{fs}");
+        // The operator's word wins over the flag.
+        let fs = assert_check_costs(&root, &files, "ssd", "ssd", 0.1);
+        assert_eq!(fs["medium_source"], "config", "{fs}");
         serve(&disk, &files, &[&files.small_pieces, &files.large_pieces])
     };
     eprintln!("disk history: {rows:#?}");
@@ -281,6 +297,31 @@ fn auto_measures_the_device_whatever_its_flag_says_and_follows_the_measurement()
     let large_before = filefrag_extents(&large);
     let _flag = RotationalGuard::set(&img, true);
     wait_until_quiet(&[&large, &small]);
+
+    // `defragd check` measures too (its default, --medium=auto), and says so.
+    let check = defragd([
+        OsStr::new("check"),
+        OsStr::new("-r"),
+        OsStr::new("--json"),
+        root.as_os_str(),
+    ]);
+    let report: serde_json::Value = check.json();
+    let checked = report["filesystems"][0].clone();
+    eprintln!("check: {checked:#}");
+    assert_eq!(checked["medium_source"], "measured", "{checked}");
+    let checked_ms = checked["medium_boundary_ms"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("a measured boundary cost in check's report: {checked}"));
+    let checked_medium = if checked_ms < 1.0 { "ssd" } else { "hdd" };
+    assert_eq!(checked["medium"], checked_medium, "{checked}");
+    let human = defragd([OsStr::new("check"), OsStr::new("-r"), root.as_os_str()]);
+    assert!(
+        human
+            .stdout
+            .contains("(measured: one extent boundary costs"),
+        "check says the medium was measured: {}",
+        human.stdout
+    );
 
     let home = ServiceHome::new();
     let mut cfg = ServiceConfig::new(&root, &[]);

@@ -9,16 +9,17 @@ use std::sync::Mutex;
 
 use serde::Serialize;
 
+use super::check_media::Devices;
 use super::table::{render, Align};
 use super::CheckArgs;
 use crate::assess::{e4defrag_best, E4defragScore};
 use crate::config::PolicySettings;
 use crate::escape::{escaped, escaped_display};
 use crate::inspect::{measure, Filesystems};
-use crate::medium::{self, Medium, MediumChoice};
+use crate::medium::{Medium, MediumDecided};
 use crate::outcome::Refusal;
 use crate::outcome::{FailReason, Size};
-use crate::policy::read_cost_ms;
+use crate::policy::excess_read_cost_ms;
 use crate::target::Target;
 use crate::walk::{walk_parallel, Depth, Found};
 
@@ -37,11 +38,13 @@ struct FileReport {
     /// Bytes it shares with a snapshot or a reflinked copy (btrfs, XFS):
     /// left as they are by every move, so that they stay shared.
     shared_bytes: u64,
-    /// What its device is taken to be ("ssd" or "hdd"), from the kernel's
-    /// rotational flag.
+    /// What its device is taken to be ("ssd" or "hdd"): see its
+    /// filesystem's `medium_source`.
     medium: Medium,
     /// What its excess extents cost one full read of it there, in ms.
     read_cost_ms: f64,
+    #[serde(skip)]
+    dev: u64,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -71,6 +74,17 @@ struct PerFilesystem {
     layout_note: Option<String>,
     /// Its device as `read_cost_ms` takes it: "ssd" or "hdd".
     medium: Medium,
+    /// Where that came from: "measured", "sysfs" (the kernel's rotational
+    /// flag), "config" (--medium), "assumed" (no flag: a disk).
+    medium_source: &'static str,
+    /// What one extent boundary was measured to cost there, in ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    medium_boundary_ms: Option<f64>,
+    /// The medium and its source in words.
+    #[serde(skip)]
+    medium_words: String,
+    #[serde(skip)]
+    dev: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -106,28 +120,26 @@ struct Scan {
     filesystems: Filesystems,
     /// Devices whose layout note this thread has already handed in.
     noted: HashSet<u64>,
-    /// Each device's medium, decided once.
-    media: HashMap<u64, Medium>,
+    /// Devices of which `Devices` wants to hear no more.
+    settled: HashSet<u64>,
 }
 
 /// What is said once per filesystem, whichever thread meets it first:
 /// mount point -> note.
 type Notes = Mutex<BTreeMap<PathBuf, String>>;
 
-fn row(target: Target, scan: &mut Scan, notes: &Notes) -> Row {
+fn row(target: Target, scan: &mut Scan, notes: &Notes, devices: &Devices) -> Row {
     match measure(&target, &mut scan.filesystems) {
-        Ok(m) => {
+        Ok(mut m) => {
             if m.fs.layout_from_kernel() && scan.noted.insert(m.dev) {
                 if let (Some(note), Ok(mut notes)) = (m.fs.layout_note(), notes.lock()) {
                     notes.entry(m.fs.mount_point.clone()).or_insert(note);
                 }
             }
+            if !scan.settled.contains(&m.dev) && devices.offer(&mut m) {
+                scan.settled.insert(m.dev);
+            }
             let a = m.assessment;
-            let medium = *scan.media.entry(m.dev).or_insert_with(|| {
-                let disk = crate::mounts::disk_of_fs(m.fs);
-                medium::decide(MediumChoice::Sysfs, medium::rotational_flag(&disk), None).medium
-            });
-            let boundary_ms = PolicySettings::default().benefit(medium).boundary_ms;
             Row::File {
                 mount_point: m.fs.mount_point.clone(),
                 layout: if m.fs.layout_from_kernel() {
@@ -146,8 +158,10 @@ fn row(target: Target, scan: &mut Scan, notes: &Notes) -> Row {
                     score: a.score,
                     block_mapped: m.block_mapped,
                     shared_bytes: m.shared_bytes,
-                    medium,
-                    read_cost_ms: read_cost_ms(&a, boundary_ms),
+                    // Known once the walk is done (see `Devices`).
+                    medium: Medium::default(),
+                    read_cost_ms: 0.0,
+                    dev: m.dev,
                 },
             }
         }
@@ -190,6 +204,7 @@ pub fn run(args: &CheckArgs) -> ExitCode {
     let mut errors = 0u64;
     let mut per_fs: BTreeMap<PathBuf, PerFilesystem> = Default::default();
     let notes = Notes::default();
+    let devices = Devices::new(args.medium);
     // Filesystem failure -> files it kept from being measured, in the
     // order first met.
     let mut fs_failures: Vec<(String, u64)> = Vec::new();
@@ -204,7 +219,7 @@ pub fn run(args: &CheckArgs) -> ExitCode {
                 Found::Refused { path, reason } => {
                     Row::Skipped(format!("{}: {}", escaped(&path), escaped_display(&reason)))
                 }
-                Found::File(target) => row(target, scan, &notes),
+                Found::File(target) => row(target, scan, &notes, &devices),
             },
         );
         let rows = match rows {
@@ -232,7 +247,7 @@ pub fn run(args: &CheckArgs) -> ExitCode {
                         .or_insert_with_key(|m| PerFilesystem {
                             mount_point: m.clone(),
                             layout,
-                            medium: report.medium,
+                            dev: report.dev,
                             ..PerFilesystem::default()
                         });
                     fs.files += 1;
@@ -274,6 +289,22 @@ pub fn run(args: &CheckArgs) -> ExitCode {
             fs.layout_note = Some(note);
         }
     }
+    // After the walk, so that a measurement hears the device alone.
+    let media = devices.decide();
+    let benefit = PolicySettings::default();
+    for f in &mut files {
+        if let Some(decided) = media.get(&f.dev) {
+            f.medium = decided.medium;
+            let boundary_ms = benefit.benefit(decided.medium).boundary_ms;
+            let excess = f.extents.saturating_sub(f.ideal_extents);
+            f.read_cost_ms = excess_read_cost_ms(excess, boundary_ms);
+        }
+    }
+    for fs in per_fs.values_mut() {
+        if let Some(decided) = media.get(&fs.dev) {
+            set_medium(fs, decided);
+        }
+    }
     files.sort_by(|a, b| {
         let excess = |f: &FileReport| f.extents.saturating_sub(f.ideal_extents);
         excess(b)
@@ -310,6 +341,13 @@ pub fn run(args: &CheckArgs) -> ExitCode {
     } else {
         ExitCode::SUCCESS
     }
+}
+
+fn set_medium(fs: &mut PerFilesystem, decided: &MediumDecided) {
+    fs.medium = decided.medium;
+    fs.medium_source = decided.source.as_str();
+    fs.medium_boundary_ms = decided.measured_boundary_ms();
+    fs.medium_words = decided.to_string();
 }
 
 fn print_human(report: &Report, args: &CheckArgs) {
@@ -373,10 +411,16 @@ fn print_human(report: &Report, args: &CheckArgs) {
     );
     println!(
         "read cost: about {} more per full read of these files than in their ideal shape \
-         (each excess extent a seek on hdd, one more request on ssd; the medium from the \
-         kernel's rotational flag)",
+         (each excess extent a seek on hdd, one more request on ssd)",
         milliseconds(t.read_cost_ms)
     );
+    for fs in &report.filesystems {
+        println!(
+            "medium of {}: {}",
+            escaped(&fs.mount_point),
+            fs.medium_words
+        );
+    }
     if t.shared_bytes > 0 {
         let sharing = report.files.iter().filter(|f| f.shared_bytes > 0).count();
         println!(

@@ -4,6 +4,7 @@
 #[cfg(feature = "testing")]
 mod bench;
 mod check;
+mod check_media;
 mod defrag;
 pub mod docs;
 mod table;
@@ -111,6 +112,12 @@ pub struct CheckArgs {
     /// by its own formula (always in --json as e4defrag_score).
     #[arg(long)]
     pub e4defrag_score: bool,
+    /// What each device is taken to be for the read cost: auto (measured
+    /// with about thirty 4 KiB reads of a fragmented file there, once the
+    /// walk is done and while the disk is quiet; else the kernel's
+    /// rotational flag), sysfs (the flag), ssd or hdd.
+    #[arg(long, default_value = "auto", value_parser = parse_medium)]
+    pub medium: crate::medium::MediumChoice,
     /// Files or directories.
     #[arg(required = true)]
     pub paths: Vec<PathBuf>,
@@ -167,6 +174,15 @@ fn parse_percent(s: &str) -> Result<f64, String> {
         Ok(v) if (0.0..=90.0).contains(&v) => Ok(v),
         _ => Err(format!("`{s}` is not a percentage from 0 to 90")),
     }
+}
+
+fn parse_medium(s: &str) -> Result<crate::medium::MediumChoice, String> {
+    crate::medium::MediumChoice::parse(s).ok_or_else(|| {
+        format!(
+            "`{s}` is not a medium; say one of {}",
+            crate::medium::MediumChoice::WORDS.join(", ")
+        )
+    })
 }
 
 /// Runs a parsed command line.

@@ -7,6 +7,7 @@
 //! here are reading the flag from sysfs and the probe's reads.
 
 pub mod probe;
+pub mod quiet;
 
 use std::fmt;
 
@@ -137,6 +138,17 @@ impl fmt::Display for MediumDecided {
                     _ => f.write_str(")"),
                 }
             }
+        }
+    }
+}
+
+impl MediumDecided {
+    /// What one extent boundary was measured to cost, in ms; None where
+    /// the medium was not measured.
+    pub fn measured_boundary_ms(&self) -> Option<f64> {
+        match self.source {
+            MediumSource::Measured { boundary_us, .. } => Some(f64::from(boundary_us) / 1e3),
+            _ => None,
         }
     }
 }

@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 use crate::assess::ExtentMap;
 use crate::config::Settings;
 use crate::filesystem::FsUuid;
-use crate::medium::probe::{self, Probe, Reads};
+use crate::medium::probe;
+use crate::medium::quiet::{measure_when_quiet, Measured};
 use crate::medium::{self, MediumChoice, MediumDecided};
 use crate::mounts::Covered;
-use crate::ramp;
 
 use super::shared::lock;
 
@@ -24,9 +24,6 @@ use super::shared::lock;
 const MAX_FAILURES: u32 = 3;
 /// After the disk was heard busy, the next try waits this long.
 const BUSY_RETRY: Duration = Duration::from_secs(10);
-/// Requests of others the probe tolerates while it reads (a stray
-/// write-back); more, and the timings are theirs as much as the device's.
-const TOLERATED_OTHERS: u64 = 2;
 
 /// What the config says of the filesystem mounted at `fs`'s mount point.
 pub fn choice_for(settings: &Settings, fs: &Covered) -> MediumChoice {
@@ -96,7 +93,7 @@ impl Media {
         let Some(reads) = probe::plan(map, block_size) else {
             return;
         };
-        let outcome = measure_quietly(fs, file, &reads);
+        let outcome = measure_when_quiet(&fs.disk, file, &reads);
         let mut known = lock(&self.0);
         let Some(Known::Measuring { failures, .. }) = known.get(&fs.uuid).copied() else {
             return;
@@ -143,46 +140,5 @@ impl Media {
     /// Decides again at the next question (a reload, filesystems changed).
     pub fn forget(&self) {
         lock(&self.0).clear();
-    }
-}
-
-enum Measured {
-    Found(Probe),
-    /// Others used the disk before or during the reads.
-    Busy,
-    Failed(crate::sys::Error),
-}
-
-/// Listens to the disk for a window first; measures only if nobody else
-/// was heard, and keeps the result only if nobody else was heard during it
-/// (the disk's counters cannot tell the probe's requests from others', but
-/// the probe knows how many it made).
-fn measure_quietly(fs: &Covered, file: BorrowedFd<'_>, reads: &Reads) -> Measured {
-    let Some(before) = ramp::read_stat(&fs.disk) else {
-        // No counters to listen with: measure all the same.
-        return match probe::measure(file, reads) {
-            Ok(found) => Measured::Found(found),
-            Err(e) => Measured::Failed(e),
-        };
-    };
-    std::thread::sleep(ramp::WINDOW);
-    let Some(opened) = ramp::read_stat(&fs.disk) else {
-        return Measured::Busy;
-    };
-    if ramp::heard(&before, &opened).is_none_or(|h| h.requests > TOLERATED_OTHERS) {
-        return Measured::Busy;
-    }
-    let found = match probe::measure(file, reads) {
-        Ok(found) => found,
-        Err(e) => return Measured::Failed(e),
-    };
-    let ours = reads.count() as u64;
-    match ramp::read_stat(&fs.disk) {
-        Some(after)
-            if after.completed.saturating_sub(opened.completed) <= ours + TOLERATED_OTHERS =>
-        {
-            Measured::Found(found)
-        }
-        _ => Measured::Busy,
     }
 }

@@ -16,7 +16,6 @@ use crate::store::{Activity, FsActivity, FsFragmentation};
 
 use super::shared::{local_midnight, MovingNow, Pause, Shared, Slowed, Yielding};
 use super::unix_now;
-use crate::medium::MediumSource;
 use crate::ramp::Verdict;
 
 /// What keeps moves below the ceiling: I/O pressure's pace for every disk,
@@ -234,12 +233,7 @@ pub fn report(shared: &Shared) -> StatusReport {
                     written_today_bytes: spent,
                     medium: medium.medium.as_str().to_string(),
                     medium_source: medium.source.as_str().to_string(),
-                    medium_boundary_ms: match medium.source {
-                        MediumSource::Measured { boundary_us, .. } => {
-                            Some(f64::from(boundary_us) / 1e3)
-                        }
-                        _ => None,
-                    },
+                    medium_boundary_ms: medium.measured_boundary_ms(),
                     mount_point: fs.mount_point,
                     uuid: fs.uuid.to_string(),
                     subvolume: fs.subvolume,
