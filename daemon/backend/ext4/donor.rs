@@ -1,5 +1,5 @@
 //! The donor strategy: build a donor over exactly the file's data ranges
-//! (holes stay holes); when it is far from ideal and from what the free
+//! (holes stay holes); when it is over ideal and over what the free
 //! space allows, let it go and build one guided by the free space map;
 //! keep the better. A move goes ahead only with a donor in fewer pieces
 //! than the file.
@@ -77,7 +77,7 @@ impl Donor {
     }
 }
 
-/// Builds a donor over `ranges` and, when it is far from ideal and from
+/// Builds a donor over `ranges` and, when it is over ideal and over
 /// what the free space allows, one more guided by the free space map;
 /// keeps the better. Its extents over `ranges` with it, as filefrag will
 /// count the file's after the move (so that a donor whose pieces keep the
@@ -116,7 +116,7 @@ fn best_donor(
         )
     };
     let (mut donor, mut donor_extents) = build(false)?;
-    // When the donor is far from ideal, and from what the free space allows,
+    // When the donor is over ideal, and over what the free space allows,
     // let it go, commit, and make another one guided by the free space map
     // (the plain one comes first: it keeps what served well before). The
     // commit helps: blocks freed by a move (or by the first donor) only
@@ -124,9 +124,11 @@ fn best_donor(
     // right after another one (a resumed job, the next file) gets scattered
     // space. So does the map: see `FreeSpace`. The first is not kept beside
     // the second: it holds the best space, and the second would get what is
-    // left.
+    // left. Not only past twice the ideal: a 200 MiB file whose plain
+    // donor came out in 4 extents was left in 4 where e4defrag left 3 to 5;
+    // the guided one is in 2, the ideal, for about 2 ms more.
     if donor_extents > 1
-        && donor_extents > 2 * ideal
+        && donor_extents > ideal
         && worth_another(inspected, donor.as_fd(), ranges, ideal, donor_extents)
     {
         let end = ranges.last().map_or(0, |r| r.end()) * block_size;
