@@ -117,14 +117,9 @@ impl DonorLayout {
                             len: (area.end() - at).min(NO_NORMALIZE_MAX),
                         };
                         send(&Request::exact(slice))?;
-                        let raw = sys::fiemap(donor, Flush::No)?;
-                        let runs =
-                            ExtentMap::from_fiemap(&raw, block_size).physical_runs_in(&[slice]);
-                        if runs > 2 * f.fewest(slice.len).unwrap_or(0).max(1) {
-                            sys::punch_hole(donor, bytes(slice.start), bytes(slice.len))?;
-                            // Commit, so that the blocks just punched out are
-                            // free for the allocator again.
-                            ext4::commit_journal(donor)?;
+                        let allows = f.fewest(slice.len).unwrap_or(0).max(1);
+                        if runs_in(donor, slice, block_size)? > 2 * allows {
+                            let_go(donor, slice, block_size)?;
                             break;
                         }
                         at = slice.end();
@@ -133,11 +128,43 @@ impl DonorLayout {
                         start: at,
                         len: area.end() - at,
                     };
-                    match rest.len {
+                    let requests = match rest.len {
                         0 => Vec::new(),
                         _ => f
                             .chunks
                             .fallback(rest, room.saturating_sub(at - area.start)),
+                    };
+                    // Served in normalized windows, the rest follows long
+                    // free runs where there are some; where the free space
+                    // between them is in scraps, the windows can come back
+                    // in scraps too (measured on 6.18: 500 MiB in 147
+                    // pieces where the largest free runs would hold it in
+                    // 12; in the largest free chunks, 29). Then in those,
+                    // kept only if better: elsewhere they were worse (25
+                    // pieces in windows, 30 in chunks).
+                    match (requests.as_slice(), f.fewest(rest.len)) {
+                        ([windowed], Some(allows)) if windowed.allocate.len > NO_NORMALIZE_MAX => {
+                            send(windowed)?;
+                            let in_windows = runs_in(donor, rest, block_size)?;
+                            if in_windows > 2 * allows {
+                                let_go(donor, rest, block_size)?;
+                                for piece in f.chunks.pieces(rest) {
+                                    send(&Request::exact(piece))?;
+                                }
+                                let in_chunks = runs_in(donor, rest, block_size)?;
+                                tracing::debug!(
+                                    "{} blocks came back in {in_windows} pieces in windows, \
+                                     {in_chunks} in free chunks",
+                                    rest.len
+                                );
+                                if in_chunks > in_windows {
+                                    let_go(donor, rest, block_size)?;
+                                    send(windowed)?;
+                                }
+                            }
+                            Vec::new()
+                        }
+                        _ => requests,
                     }
                 }
             };
@@ -156,6 +183,19 @@ impl DonorLayout {
         }
         Ok(calls)
     }
+}
+
+/// The physical runs `area` of the donor lies in.
+fn runs_in(donor: BorrowedFd<'_>, area: BlockRange, block_size: u64) -> sys::Result<u64> {
+    let raw = sys::fiemap(donor, Flush::No)?;
+    Ok(ExtentMap::from_fiemap(&raw, block_size).physical_runs_in(&[area]))
+}
+
+/// Punches `area` out of the donor and commits, so that its blocks are
+/// free for the allocator again.
+fn let_go(donor: BorrowedFd<'_>, area: BlockRange, block_size: u64) -> sys::Result<()> {
+    sys::punch_hole(donor, area.start * block_size, area.len * block_size)?;
+    ext4::commit_journal(donor)
 }
 
 #[cfg(test)]
