@@ -131,11 +131,16 @@ fn best_donor(
         && donor_extents > ideal
         && worth_another(inspected, donor.as_fd(), ranges, ideal, donor_extents)
     {
-        let end = ranges.last().map_or(0, |r| r.end()) * block_size;
+        let whole = BlockRange {
+            start: 0,
+            len: ranges.last().map_or(0, |r| r.end()),
+        };
         let let_go = |donor: &OwnedFd| -> Result<(), Refusal> {
-            sys::punch_hole(donor.as_fd(), 0, end)?;
-            ext4::commit_journal(donor.as_fd())?;
-            Ok(())
+            Ok(super::donor_layout::let_go(
+                donor.as_fd(),
+                whole,
+                block_size,
+            )?)
         };
         let first = donor_extents;
         let_go(&donor)?;

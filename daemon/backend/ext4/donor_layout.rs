@@ -4,7 +4,7 @@
 
 use std::os::fd::BorrowedFd;
 
-use super::buddy::{Geometry, Plan, Request, NO_NORMALIZE_MAX};
+use super::buddy::{BuddyChunks, Geometry, Plan, Request, NO_NORMALIZE_MAX};
 use super::free_space::FreeSpace;
 use crate::assess::{ideal_extents, BlockRange, ExtentMap};
 use crate::ext4;
@@ -134,34 +134,15 @@ impl DonorLayout {
                             .chunks
                             .fallback(rest, room.saturating_sub(at - area.start)),
                     };
-                    // Served in normalized windows, the rest follows long
-                    // free runs where there are some; where the free space
-                    // between them is in scraps, the windows can come back
-                    // in scraps too (measured on 6.18: 500 MiB in 147
-                    // pieces where the largest free runs would hold it in
-                    // 12; in the largest free chunks, 29). Then in those,
-                    // kept only if better: elsewhere they were worse (25
-                    // pieces in windows, 30 in chunks).
                     match (requests.as_slice(), f.fewest(rest.len)) {
                         ([windowed], Some(allows)) if windowed.allocate.len > NO_NORMALIZE_MAX => {
-                            send(windowed)?;
-                            let in_windows = runs_in(donor, rest, block_size)?;
-                            if in_windows > 2 * allows {
-                                let_go(donor, rest, block_size)?;
-                                for piece in f.chunks.pieces(rest) {
-                                    send(&Request::exact(piece))?;
-                                }
-                                let in_chunks = runs_in(donor, rest, block_size)?;
-                                tracing::debug!(
-                                    "{} blocks came back in {in_windows} pieces in windows, \
-                                     {in_chunks} in free chunks",
-                                    rest.len
-                                );
-                                if in_chunks > in_windows {
-                                    let_go(donor, rest, block_size)?;
-                                    send(windowed)?;
-                                }
-                            }
+                            let ask = Rest {
+                                donor,
+                                area: rest,
+                                allows,
+                                block_size,
+                            };
+                            ask.in_windows_else_chunks(windowed, &mut f.chunks, &mut send)?;
                             Vec::new()
                         }
                         _ => requests,
@@ -185,6 +166,53 @@ impl DonorLayout {
     }
 }
 
+/// What is left of a large area after its plain tries, to be asked for
+/// in normalized windows.
+struct Rest<'a> {
+    donor: BorrowedFd<'a>,
+    area: BlockRange,
+    /// The fewest pieces the free space would hold it in.
+    allows: u64,
+    block_size: u64,
+}
+
+impl Rest<'_> {
+    /// Asks for the area in `windowed`. Served in normalized windows, it
+    /// follows long free runs where there are some; where the free space
+    /// between them is in scraps, the windows can come back in scraps too
+    /// (measured on 6.18: 500 MiB in 147 pieces where the largest free
+    /// runs would hold it in 12; in the largest free chunks, 29). Then in
+    /// those, kept only if better: elsewhere they were worse (25 pieces in
+    /// windows, 30 in chunks).
+    fn in_windows_else_chunks(
+        &self,
+        windowed: &Request,
+        chunks: &mut BuddyChunks,
+        send: &mut impl FnMut(&Request) -> sys::Result<()>,
+    ) -> sys::Result<()> {
+        let (donor, area, block_size) = (self.donor, self.area, self.block_size);
+        send(windowed)?;
+        let in_windows = runs_in(donor, area, block_size)?;
+        if in_windows <= 2 * self.allows {
+            return Ok(());
+        }
+        let_go(donor, area, block_size)?;
+        for piece in chunks.pieces(area) {
+            send(&Request::exact(piece))?;
+        }
+        let in_chunks = runs_in(donor, area, block_size)?;
+        tracing::debug!(
+            "{} blocks came back in {in_windows} pieces in windows, {in_chunks} in free chunks",
+            area.len
+        );
+        if in_chunks > in_windows {
+            let_go(donor, area, block_size)?;
+            send(windowed)?;
+        }
+        Ok(())
+    }
+}
+
 /// The physical runs `area` of the donor lies in.
 fn runs_in(donor: BorrowedFd<'_>, area: BlockRange, block_size: u64) -> sys::Result<u64> {
     let raw = sys::fiemap(donor, Flush::No)?;
@@ -193,7 +221,7 @@ fn runs_in(donor: BorrowedFd<'_>, area: BlockRange, block_size: u64) -> sys::Res
 
 /// Punches `area` out of the donor and commits, so that its blocks are
 /// free for the allocator again.
-fn let_go(donor: BorrowedFd<'_>, area: BlockRange, block_size: u64) -> sys::Result<()> {
+pub(super) fn let_go(donor: BorrowedFd<'_>, area: BlockRange, block_size: u64) -> sys::Result<()> {
     sys::punch_hole(donor, area.start * block_size, area.len * block_size)?;
     ext4::commit_journal(donor)
 }
