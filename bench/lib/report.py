@@ -461,7 +461,8 @@ def startup_part(fig, goals):
     lines += table(["", "alone p99 us", "with the service", "alone again", "p99/quieter alone",
                     "file done in", "extents after", "given back"], rows)
     lines.append("(the service: default config; each run on a fresh copy of the image, caches "
-                 "dropped; given back: times the move stopped at a block for I/O pressure)")
+                 "dropped; the reader pinned to one CPU in all three; given back: times the "
+                 "move stopped at a block for I/O pressure)")
     lines += goals.lines(part)
     return res, lines
 
