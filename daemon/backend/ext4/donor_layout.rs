@@ -136,13 +136,13 @@ impl DonorLayout {
                     };
                     match (requests.as_slice(), f.fewest(rest.len)) {
                         ([windowed], Some(allows)) if windowed.allocate.len > NO_NORMALIZE_MAX => {
-                            let ask = Rest {
+                            let mut file = DonorFile {
                                 donor,
-                                area: rest,
-                                allows,
                                 block_size,
+                                send: &mut send,
                             };
-                            ask.in_windows_else_chunks(windowed, &mut f.chunks, &mut send)?;
+                            let ask = Rest { area: rest, allows };
+                            ask.in_windows_else_chunks(windowed, &mut f.chunks, &mut file)?;
                             Vec::new()
                         }
                         _ => requests,
@@ -168,15 +168,13 @@ impl DonorLayout {
 
 /// What is left of a large area after its plain tries, to be asked for
 /// in normalized windows.
-struct Rest<'a> {
-    donor: BorrowedFd<'a>,
+struct Rest {
     area: BlockRange,
     /// The fewest pieces the free space would hold it in.
     allows: u64,
-    block_size: u64,
 }
 
-impl Rest<'_> {
+impl Rest {
     /// Asks for the area in `windowed`. Served in normalized windows, it
     /// follows long free runs where there are some; where the free space
     /// between them is in scraps, the windows can come back in scraps too
@@ -188,28 +186,60 @@ impl Rest<'_> {
         &self,
         windowed: &Request,
         chunks: &mut BuddyChunks,
-        send: &mut impl FnMut(&Request) -> sys::Result<()>,
+        donor: &mut impl AskedArea,
     ) -> sys::Result<()> {
-        let (donor, area, block_size) = (self.donor, self.area, self.block_size);
-        send(windowed)?;
-        let in_windows = runs_in(donor, area, block_size)?;
+        let area = self.area;
+        donor.ask(windowed)?;
+        let in_windows = donor.pieces(area)?;
         if in_windows <= 2 * self.allows {
             return Ok(());
         }
-        let_go(donor, area, block_size)?;
+        donor.let_go(area)?;
         for piece in chunks.pieces(area) {
-            send(&Request::exact(piece))?;
+            donor.ask(&Request::exact(piece))?;
         }
-        let in_chunks = runs_in(donor, area, block_size)?;
+        let in_chunks = donor.pieces(area)?;
         tracing::debug!(
             "{} blocks came back in {in_windows} pieces in windows, {in_chunks} in free chunks",
             area.len
         );
         if in_chunks > in_windows {
-            let_go(donor, area, block_size)?;
-            send(windowed)?;
+            donor.let_go(area)?;
+            donor.ask(windowed)?;
         }
         Ok(())
+    }
+}
+
+/// An area of the donor as a retry sees it: asked for, counted in pieces,
+/// let go. The donor file in the service; a script in the tests, so that
+/// what is kept can be checked without free space that scatters windows
+/// (which takes a minute to make, and not every time).
+trait AskedArea {
+    fn ask(&mut self, request: &Request) -> sys::Result<()>;
+    /// The physical runs `area` lies in.
+    fn pieces(&mut self, area: BlockRange) -> sys::Result<u64>;
+    fn let_go(&mut self, area: BlockRange) -> sys::Result<()>;
+}
+
+/// The donor file, asked through `send` (which counts the calls).
+struct DonorFile<'a, F> {
+    donor: BorrowedFd<'a>,
+    block_size: u64,
+    send: F,
+}
+
+impl<F: FnMut(&Request) -> sys::Result<()>> AskedArea for DonorFile<'_, F> {
+    fn ask(&mut self, request: &Request) -> sys::Result<()> {
+        (self.send)(request)
+    }
+
+    fn pieces(&mut self, area: BlockRange) -> sys::Result<u64> {
+        runs_in(self.donor, area, self.block_size)
+    }
+
+    fn let_go(&mut self, area: BlockRange) -> sys::Result<()> {
+        let_go(self.donor, area, self.block_size)
     }
 }
 
@@ -271,6 +301,91 @@ mod tests {
             DonorLayout::allocated_blocks(DonorLayout::PerRange, &[r(0, 10), r(100, 10)], None),
             20
         );
+    }
+
+    /// A donor that comes back in the pieces a script says, one figure
+    /// per count, recording what was asked of it.
+    struct Scripted {
+        pieces: Vec<u64>,
+        counted: usize,
+        calls: Vec<Call>,
+    }
+
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Call {
+        Ask(BlockRange),
+        LetGo(BlockRange),
+    }
+
+    impl AskedArea for Scripted {
+        fn ask(&mut self, request: &Request) -> sys::Result<()> {
+            self.calls.push(Call::Ask(request.allocate));
+            Ok(())
+        }
+
+        fn pieces(&mut self, _area: BlockRange) -> sys::Result<u64> {
+            self.counted += 1;
+            Ok(self.pieces[self.counted - 1])
+        }
+
+        fn let_go(&mut self, area: BlockRange) -> sys::Result<()> {
+            self.calls.push(Call::LetGo(area));
+            Ok(())
+        }
+    }
+
+    /// The retry on a 500 MiB area (128,000 blocks) where the free space
+    /// allows 12, the donor coming back in `pieces` at each count: what
+    /// was asked of it, in order, and how many counts were made.
+    fn retry(pieces: &[u64]) -> (Vec<Call>, usize) {
+        // Two free 32 MiB chunks and a hundred of 8 MiB.
+        let mut free = chunks(&[(13, 2), (11, 100)]);
+        let mut donor = Scripted {
+            pieces: pieces.to_vec(),
+            counted: 0,
+            calls: Vec::new(),
+        };
+        let rest = Rest {
+            area: AREA,
+            allows: 12,
+        };
+        rest.in_windows_else_chunks(&Request::exact(AREA), &mut free, &mut donor)
+            .expect("a script does not fail");
+        (donor.calls, donor.counted)
+    }
+
+    const AREA: BlockRange = BlockRange {
+        start: 0,
+        len: 128_000,
+    };
+
+    #[test]
+    fn windows_in_scraps_are_asked_for_again_in_free_chunks_kept_only_if_better() {
+        use Call::*;
+        // In at most twice what the free space allows: kept as they came.
+        assert_eq!(retry(&[24]), (vec![Ask(AREA)], 1));
+        // In scraps (147 pieces, as measured): let go, then asked for in
+        // the largest free chunks, one request each, largest first, over
+        // the whole area; kept, being better.
+        let (calls, counts) = retry(&[147, 29]);
+        assert_eq!(counts, 2);
+        assert_eq!(calls[..2], [Ask(AREA), LetGo(AREA)]);
+        let chunks: Vec<BlockRange> = calls[2..]
+            .iter()
+            .map(|c| match c {
+                Ask(piece) => *piece,
+                LetGo(_) => panic!("chunks better than windows are kept: {calls:?}"),
+            })
+            .collect();
+        assert_eq!(chunks[..3], [r(0, 8192), r(8192, 8192), r(16384, 2048)]);
+        assert!(chunks
+            .windows(2)
+            .all(|w| w[0].end() == w[1].start && w[0].len >= w[1].len));
+        assert_eq!(chunks.last().map(|c| c.end()), Some(AREA.end()));
+        // Chunks worse than the windows: let go, and the windows again.
+        let (calls, counts) = retry(&[30, 40]);
+        assert_eq!(counts, 2);
+        assert_eq!(calls[calls.len() - 2..], [LetGo(AREA), Ask(AREA)]);
     }
 
     #[test]
