@@ -86,17 +86,10 @@ impl DonorLayout {
         pad: bool,
         block_size: u64,
     ) -> sys::Result<usize> {
-        let bytes = |blocks: u64| blocks * block_size;
-        let mut calls = 0;
-        let mut send = |r: &Request| {
-            calls += 1;
-            sys::allocate(donor, bytes(r.allocate.start), bytes(r.allocate.len))?;
-            // At once, so that the padding of one request at a time is
-            // held (statfs counts punched blocks free right away).
-            match r.trim {
-                Some(t) => sys::punch_hole(donor, bytes(t.start), bytes(t.len)),
-                None => Ok(()),
-            }
+        let mut file = DonorFile {
+            donor,
+            block_size,
+            calls: 0,
         };
         let areas = self.areas(ranges);
         for (i, area) in areas.iter().enumerate() {
@@ -116,10 +109,10 @@ impl DonorLayout {
                             start: at,
                             len: (area.end() - at).min(NO_NORMALIZE_MAX),
                         };
-                        send(&Request::exact(slice))?;
+                        file.ask(&Request::exact(slice))?;
                         let allows = f.fewest(slice.len).unwrap_or(0).max(1);
-                        if runs_in(donor, slice, block_size)? > 2 * allows {
-                            let_go(donor, slice, block_size)?;
+                        if file.pieces(slice)? > 2 * allows {
+                            file.let_go(slice)?;
                             break;
                         }
                         at = slice.end();
@@ -136,11 +129,6 @@ impl DonorLayout {
                     };
                     match (requests.as_slice(), f.fewest(rest.len)) {
                         ([windowed], Some(allows)) if windowed.allocate.len > NO_NORMALIZE_MAX => {
-                            let mut file = DonorFile {
-                                donor,
-                                block_size,
-                                send: &mut send,
-                            };
                             let ask = Rest { area: rest, allows };
                             ask.in_windows_else_chunks(windowed, &mut f.chunks, &mut file)?;
                             Vec::new()
@@ -150,19 +138,16 @@ impl DonorLayout {
                 }
             };
             for r in &requests {
-                send(r)?;
+                file.ask(r)?;
             }
         }
         if self == DonorLayout::Span {
             for pair in ranges.windows(2) {
-                sys::punch_hole(
-                    donor,
-                    bytes(pair[0].end()),
-                    bytes(pair[1].start - pair[0].end()),
-                )?;
+                let hole = pair[1].start - pair[0].end();
+                sys::punch_hole(donor, pair[0].end() * block_size, hole * block_size)?;
             }
         }
-        Ok(calls)
+        Ok(file.calls)
     }
 }
 
@@ -222,16 +207,25 @@ trait AskedArea {
     fn let_go(&mut self, area: BlockRange) -> sys::Result<()>;
 }
 
-/// The donor file, asked through `send` (which counts the calls).
-struct DonorFile<'a, F> {
+/// The donor file, counting its fallocate calls.
+struct DonorFile<'a> {
     donor: BorrowedFd<'a>,
     block_size: u64,
-    send: F,
+    calls: usize,
 }
 
-impl<F: FnMut(&Request) -> sys::Result<()>> AskedArea for DonorFile<'_, F> {
+impl AskedArea for DonorFile<'_> {
     fn ask(&mut self, request: &Request) -> sys::Result<()> {
-        (self.send)(request)
+        let bytes = |blocks: u64| blocks * self.block_size;
+        self.calls += 1;
+        let a = request.allocate;
+        sys::allocate(self.donor, bytes(a.start), bytes(a.len))?;
+        // At once, so that the padding of one request at a time is held
+        // (statfs counts punched blocks free right away).
+        match request.trim {
+            Some(t) => sys::punch_hole(self.donor, bytes(t.start), bytes(t.len)),
+            None => Ok(()),
+        }
     }
 
     fn pieces(&mut self, area: BlockRange) -> sys::Result<u64> {
