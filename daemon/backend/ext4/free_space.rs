@@ -2,7 +2,9 @@
 //! the largest free runs, cut at ext4's longest extent, and the free
 //! buddy chunks; from them, the fewest extents any placement could have.
 
+use std::collections::BTreeSet;
 use std::os::fd::AsFd;
+use std::sync::{Mutex, PoisonError};
 
 use super::buddy::{BuddyChunks, Geometry};
 use super::MAX_EXTENT_BLOCKS;
@@ -75,6 +77,26 @@ impl FreeSpace {
         }
         freeing.for_each(|r| runs.add(*r));
         Some(runs.finish())
+    }
+}
+
+/// Has ext4 index the free space of every block group of the filesystem
+/// `inspected` lives on, once per filesystem in this process, by reading
+/// the free space map (see `FreeSpace`). ext4 does so itself about a
+/// minute after a mount; a donor made sooner (a service started at boot, a
+/// job resumed after a reboot) would otherwise be served from the groups
+/// searched so far. Keyed by device: after a remount, the next minute is
+/// left to ext4's own prefetch.
+pub(super) fn index_block_groups(inspected: &Inspected) {
+    static INDEXED: Mutex<BTreeSet<u64>> = Mutex::new(BTreeSet::new());
+    let first = INDEXED
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .insert(inspected.dev);
+    if first {
+        if let Err(e) = sys::free_extents(inspected.file.as_fd(), |_| {}) {
+            tracing::debug!("free space map not available, block groups left to ext4: {e}");
+        }
     }
 }
 
