@@ -15,7 +15,9 @@
 //! filesystem falls back to inotify on its `watch` trees (the watcher) and
 //! the crawl. A btrfs top level's mark sees the writes of every subvolume:
 //! those in another covered subvolume are handed to it
-//! (`candidates::consider_handle`).
+//! (`candidates::consider_handle`), which keeps its own record of up to
+//! when writes were seen and is caught up from its own mount like a marked
+//! filesystem.
 //!
 //! The event loop only reads events and keeps books; measuring files and
 //! scanning run off it.
@@ -74,8 +76,7 @@ impl Tracking {
             Tracking::Fanotify => None,
             Tracking::Inotify { why } | Tracking::CrawlOnly { why } => Some(why.clone()),
             Tracking::ThroughTopLevel { top } => Some(format!(
-                "a btrfs subvolume: its writes are seen through the top level's mark at {}; \
-                 writes made while the service was down are found by the crawl",
+                "a btrfs subvolume: its writes are seen through the top level's mark at {}",
                 escaped(top)
             )),
         }
@@ -170,6 +171,10 @@ impl CatchUps {
 struct Books {
     /// Marked filesystems: fanotify's id -> uuid.
     marks: HashMap<FsId, FsUuid>,
+    /// btrfs subvolumes whose writes come through their top level's mark:
+    /// subvolume -> top level. Their events wait under the top level's
+    /// uuid until they are quiet.
+    through: HashMap<FsUuid, FsUuid>,
     pending: Pending,
     catch_ups: CatchUps,
 }
@@ -177,10 +182,35 @@ struct Books {
 impl Books {
     /// Every write on `uuid` before this unix time has been dealt with.
     fn seen_until(&self, uuid: FsUuid, now_unix: i64) -> i64 {
-        let pending = self.pending.seen_until(uuid, now_unix);
+        // A subvolume's writes wait under its top level's uuid, and those
+        // its own catch-up found under its own.
+        let via = self.through.get(&uuid).copied().unwrap_or(uuid);
+        let pending = self
+            .pending
+            .seen_until(uuid, now_unix)
+            .min(self.pending.seen_until(via, now_unix));
         self.catch_ups
             .since(uuid)
             .map_or(pending, |since| since.min(pending))
+    }
+
+    /// Every filesystem whose writes are tracked: marked, or seen through
+    /// a marked top level.
+    fn tracked(&self) -> Vec<FsUuid> {
+        self.marks
+            .values()
+            .chain(self.through.keys())
+            .copied()
+            .collect()
+    }
+
+    /// `uuid` and the subvolumes whose writes come through its mark: the
+    /// filesystems whose events are lost with its own.
+    fn seen_through(&self, uuid: FsUuid) -> Vec<FsUuid> {
+        let subvolumes = self.through.iter().filter(|(_, top)| **top == uuid);
+        std::iter::once(uuid)
+            .chain(subvolumes.map(|(sub, _)| *sub))
+            .collect()
     }
 }
 
@@ -228,6 +258,17 @@ impl Tracker {
             books.catch_ups.forget(uuid);
             shared.forget_tracking(uuid);
         }
+        let gone_through: Vec<FsUuid> = books
+            .through
+            .keys()
+            .filter(|uuid| !covered.contains_key(*uuid))
+            .copied()
+            .collect();
+        for uuid in gone_through {
+            books.through.remove(&uuid);
+            books.catch_ups.forget(uuid);
+            shared.forget_tracking(uuid);
+        }
         // btrfs top levels first: a subvolume's writes may be seen through
         // its top level's mark.
         let mut units: Vec<&Covered> = covered.values().collect();
@@ -243,10 +284,18 @@ impl Tracker {
                     Tracking::Fanotify
                 }
                 Err(why) => match marked_top_level(fs, &covered, &books) {
-                    Some(top) => Tracking::ThroughTopLevel {
-                        top: top.mount_point.clone(),
-                    },
-                    None => Tracking::fallback(why, has_trees(fs)),
+                    Some(top) => {
+                        if books.through.insert(fs.uuid, top.uuid).is_none() {
+                            self.start_from(shared, fs, &mut books);
+                        }
+                        Tracking::ThroughTopLevel {
+                            top: top.mount_point.clone(),
+                        }
+                    }
+                    None => {
+                        books.through.remove(&fs.uuid);
+                        Tracking::fallback(why, has_trees(fs))
+                    }
                 },
             };
             let known = shared.tracking(fs.uuid);
@@ -396,7 +445,7 @@ fn log_tracking(fs: &Covered, tracking: &Tracking) {
         ),
         Tracking::ThroughTopLevel { top } => tracing::info!(
             "{at}: tracking writes through the top level's mark at {} (fanotify cannot mark a btrfs \
-             subvolume on its own); writes made while the service was down are found by the crawl",
+             subvolume on its own)",
             escaped(top)
         ),
     }
@@ -453,10 +502,10 @@ impl EventLoop {
                         .note((uuid, Written::Handle(handle)), now, now_unix)
                         == Noted::Full
                     {
-                        lost.insert(uuid);
+                        lost.extend(books.seen_through(uuid));
                     }
                 }
-                Event::Overflow => lost.extend(books.marks.values().cloned()),
+                Event::Overflow => lost.extend(books.tracked()),
             }
         }
         for uuid in lost {
@@ -530,9 +579,9 @@ fn save_seen(shared: &Shared, books: &Mutex<Books>) {
     let seen: Vec<(FsUuid, i64)> = {
         let books = lock(books);
         books
-            .marks
-            .values()
-            .map(|uuid| (*uuid, books.seen_until(*uuid, now)))
+            .tracked()
+            .into_iter()
+            .map(|uuid| (uuid, books.seen_until(uuid, now)))
             .collect()
     };
     let store = shared.store();
@@ -638,6 +687,45 @@ mod tests {
         );
         books.catch_ups.running.remove(&FsUuid::for_test("a"));
         assert_eq!(books.seen_until(FsUuid::for_test("a"), 1000), 1000);
+    }
+
+    #[test]
+    fn a_subvolume_seen_through_its_top_level_keeps_its_own_record() {
+        let (top, sub, other) = (
+            FsUuid::for_test("top"),
+            FsUuid::for_test("sub"),
+            FsUuid::for_test("other"),
+        );
+        let mut books = Books::default();
+        books.marks.insert(crate::sys::FsId([1, 2]), top);
+        books.through.insert(sub, top);
+        let tracked: HashSet<FsUuid> = books.tracked().into_iter().collect();
+        assert_eq!(
+            tracked,
+            HashSet::from([top, sub]),
+            "saved, and caught up after an overflow"
+        );
+        assert_eq!(
+            books.seen_through(top).len(),
+            2,
+            "lost with the top level's"
+        );
+        assert_eq!(books.seen_through(other), vec![other]);
+        // A write waiting under the top level's uuid may be the subvolume's.
+        let now = Instant::now();
+        books
+            .pending
+            .note((top, Written::Path("a".into())), now, 500);
+        assert_eq!(books.seen_until(sub, 1000), 500);
+        // And so may one its own catch-up found.
+        books
+            .pending
+            .note((sub, Written::Path("b".into())), now, 400);
+        assert_eq!(books.seen_until(sub, 1000), 400);
+        assert_eq!(books.seen_until(top, 1000), 500);
+        books.catch_ups.want(sub, 300);
+        assert_eq!(books.seen_until(sub, 1000), 300);
+        assert_eq!(books.seen_until(top, 1000), 500);
     }
 
     #[test]
