@@ -198,8 +198,8 @@ def move_part(fig, goals):
     lines.append(free_space_note(free))
     lines.append("(each run is on a fresh mount: ext4 indexes a block group's free space when "
                  "it first searches it, and all of it about a minute after mounting; until then "
-                 "a large fallocate gets small pieces. defragd, when its first donor is poor, "
-                 "reads the free space map (GETFSMAP), which indexes it all, and tries again; "
+                 "a large fallocate gets small pieces. defragd reads the free space map "
+                 "(GETFSMAP), which indexes it all, before its first donor on a filesystem; "
                  "e4defrag does not)")
     roomy = move.get("roomy")
     if roomy:
