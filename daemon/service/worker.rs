@@ -328,7 +328,16 @@ impl Supervisor for JobSupervisor<'_> {
     }
 
     fn before_start(&mut self) -> Control {
-        self.wait_for_the_disk()
+        // The wait for the disk is the worker's own: held there for as long
+        // as others use the disk, the move is not stalled in the kernel
+        // (which the status and the log would say after 10 s).
+        self.back_from_kernel();
+        let control = self.wait_for_the_disk();
+        if control == Control::Continue {
+            // The donor's allocation is the kernel's again.
+            self.shared.kernel_has_it(self.disk);
+        }
+        control
     }
 
     fn wants_quiet_disk(&mut self) -> bool {
