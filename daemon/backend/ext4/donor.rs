@@ -171,10 +171,10 @@ fn best_donor(
     }
     // In scraps, or with room to spare and the guided one beside it no
     // better: let the first go, commit, and make another one guided by
-    // the free space map. The commit helps: blocks
-    // freed by a move (or by the first donor) only become free for the
-    // allocator once the journal commits, so a move right after another
-    // one (a resumed job, the next file) gets scattered space.
+    // the free space map. The commit helps: blocks freed by a move (or by
+    // the first donor) only become free for the allocator once the
+    // journal commits, so a move right after another one (a resumed job,
+    // the next file) gets scattered space.
     let first = donor_extents;
     let_go(&donor)?;
     (donor, donor_extents) = match build(true) {
