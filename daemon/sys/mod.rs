@@ -78,6 +78,21 @@ pub fn stat(fd: std::os::fd::BorrowedFd<'_>) -> Result<nix::sys::stat::FileStat>
 /// names the mount on every filesystem type: on btrfs, st_dev is the
 /// subvolume's anonymous device, which mountinfo never shows.
 pub fn mount_id(fd: std::os::fd::BorrowedFd<'_>) -> Result<u64> {
+    // Kernels before 5.8 do not report it.
+    statx_mount_id(fd, nix::libc::STATX_MNT_ID)
+}
+
+/// An id of the mount `fd` was opened through that no later mount will
+/// have (statx's STATX_MNT_ID_UNIQUE, Linux 6.8): the plain id is given
+/// again to the next mount once one is unmounted. On older kernels, the
+/// plain id.
+pub fn unique_mount_id(fd: std::os::fd::BorrowedFd<'_>) -> Result<u64> {
+    statx_mount_id(fd, nix::libc::STATX_MNT_ID_UNIQUE).or_else(|_| mount_id(fd))
+}
+
+/// statx's stx_mnt_id, asked for with `flag`; EOPNOTSUPP where the kernel
+/// does not answer it.
+fn statx_mount_id(fd: std::os::fd::BorrowedFd<'_>, flag: u32) -> Result<u64> {
     use nix::libc;
     use std::os::fd::AsRawFd;
     // SAFETY: statx is plain integers; all-zero is a valid value.
@@ -89,15 +104,14 @@ pub fn mount_id(fd: std::os::fd::BorrowedFd<'_>) -> Result<u64> {
             fd.as_raw_fd(),
             c"".as_ptr(),
             libc::AT_EMPTY_PATH | libc::AT_STATX_SYNC_AS_STAT,
-            libc::STATX_MNT_ID,
+            flag,
             &mut st,
         )
     };
     if rc != 0 {
         return Err(Error::of("statx", nix::errno::Errno::last()));
     }
-    if st.stx_mask & libc::STATX_MNT_ID == 0 {
-        // Kernels before 5.8 do not report it.
+    if st.stx_mask & flag == 0 {
         return Err(Error::of("statx", nix::errno::Errno::EOPNOTSUPP));
     }
     Ok(st.stx_mnt_id)

@@ -161,11 +161,19 @@ fn best_donor(
                 );
                 let_go(&guided)?;
             }
-            Err(e) => {
+            // No room after all (another writer took it): as with no
+            // room from the start.
+            Err(e) if second_donor(donor_extents, bar, || false) == Second::None => {
                 tracing::debug!(
                     "no guided donor beside the plain one ({e:?}): the plain one is kept"
                 );
                 return Ok((donor, donor_extents));
+            }
+            Err(e) => {
+                tracing::debug!(
+                    "no guided donor beside the plain one ({e:?}), which is in scraps: \
+                     a guided one in its place"
+                );
             }
         }
     }

@@ -81,21 +81,32 @@ impl FreeSpace {
 }
 
 /// Has ext4 index the free space of every block group of the filesystem
-/// `inspected` lives on, once per filesystem in this process, by reading
+/// `inspected` lives on, once per mount of it in this process, by reading
 /// the free space map (see `FreeSpace`). ext4 does so itself about a
 /// minute after a mount; a donor made sooner (a service started at boot, a
-/// job resumed after a reboot) would otherwise be served from the groups
-/// searched so far. Keyed by device: after a remount, the next minute is
-/// left to ext4's own prefetch.
+/// job resumed after a reboot, a filesystem mounted again while the
+/// service runs) would otherwise be served from the groups searched so
+/// far.
 pub(super) fn index_block_groups(inspected: &Inspected) {
-    static INDEXED: Mutex<BTreeSet<u64>> = Mutex::new(BTreeSet::new());
+    static INDEXED: Mutex<BTreeSet<(u64, u64)>> = Mutex::new(BTreeSet::new());
+    // Where the mount cannot be told (kernels before 5.8), once per device.
+    let mount = sys::unique_mount_id(inspected.file.as_fd()).unwrap_or(0);
     let first = INDEXED
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
-        .insert(inspected.dev);
+        .insert((inspected.dev, mount));
     if first {
-        if let Err(e) = sys::free_extents(inspected.file.as_fd(), |_| {}) {
-            tracing::debug!("free space map not available, block groups left to ext4: {e}");
+        let started = std::time::Instant::now();
+        match sys::free_extents(inspected.file.as_fd(), |_| {}) {
+            Ok(()) => tracing::debug!(
+                "read the free space map of device {:#x} (mount {mount}) in {:.0?}: ext4 has \
+                 indexed all of its block groups",
+                inspected.dev,
+                started.elapsed()
+            ),
+            Err(e) => {
+                tracing::debug!("free space map not available, block groups left to ext4: {e}")
+            }
         }
     }
 }
