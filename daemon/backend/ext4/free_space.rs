@@ -89,7 +89,9 @@ impl FreeSpace {
 /// far.
 pub(super) fn index_block_groups(inspected: &Inspected) {
     static INDEXED: Mutex<BTreeSet<(u64, u64)>> = Mutex::new(BTreeSet::new());
-    // Where the mount cannot be told (kernels before 5.8), once per device.
+    // Before Linux 6.8 a new mount can get the id of one unmounted before
+    // it (its first minute is then left to ext4), and before 5.8 there is
+    // no id at all: once per device.
     let mount = sys::unique_mount_id(inspected.file.as_fd()).unwrap_or(0);
     let first = INDEXED
         .lock()
