@@ -179,6 +179,30 @@ fn setup_with(seed: u64, mib: u64, piece: u64, min_extents: u64, spare_mib: u64)
     }
 }
 
+/// The bytes free right after the last block of `path` (GETFSMAP), where
+/// an append would extend its last extent.
+fn free_run_after_end(path: &Path) -> u64 {
+    use std::os::fd::AsFd;
+    let file = fs::File::open(path).expect("open the file");
+    let extents = defragd::sys::fiemap(file.as_fd(), defragd::sys::Flush::Yes).expect("fiemap");
+    let last = extents
+        .iter()
+        .max_by_key(|e| e.logical)
+        .expect("a file with data");
+    let mut end = last.physical + last.length;
+    let mut free = 0;
+    // Free runs come in disk order, in pieces at block group edges.
+    defragd::sys::free_extents(file.as_fd(), |run| {
+        if run.physical <= end && end < run.physical + run.length {
+            let taken = run.physical + run.length - end;
+            free += taken;
+            end += taken;
+        }
+    })
+    .expect("GETFSMAP");
+    free
+}
+
 /// Takes all free space but a few MiB, then frees every other `piece` of
 /// it: where a writer allocates from now on, it gets pieces that small
 /// (ext4 otherwise serves fsync'd appends from a preallocation in one
@@ -592,7 +616,26 @@ fn the_service_history_counts_extents_at_the_start_of_the_move_not_as_queued() {
     }
     // Queued by the crawl inside its quiet period, then appended to in
     // scattered space before the move: the queued count is stale by then.
-    let mut s = setup_with(0x7a11_0005, 16, FILLER_FILE, 100, 0);
+    // Not where the file ends just before a large free run: its appends
+    // would stay in its last extent (CI: 193 -> 193 over 4 MiB of them, the
+    // room left for the donor taken by them, which came out in 79 pieces).
+    let mut attempt = 0;
+    let mut s = loop {
+        let s = setup_with(0x7a11_0005 + attempt, 16, FILLER_FILE, 100, 0);
+        let free_after = free_run_after_end(&s.path);
+        if free_after < MIB {
+            break s;
+        }
+        eprintln!(
+            "fixture: {free_after} bytes free right after the end of {}: made again",
+            s.path.display()
+        );
+        attempt += 1;
+        assert!(
+            attempt < 5,
+            "fixture: 5 images in a row left a large free run after the file's end"
+        );
+    };
     let root = s.img.root().to_path_buf();
     let queued = s.extents;
     let file = OpenOptions::new()
