@@ -104,10 +104,11 @@ pub trait Supervisor {
     fn before_chunk(&mut self, bytes: u64) -> Control;
     /// Called after each chunk.
     fn after_chunk(&mut self, progress: &Progress);
-    /// Asked before each chunk: whether [`before_chunk`](Self::before_chunk)
-    /// will listen to the disk, so that the move's own write-back must
-    /// have landed first (see `crate::ramp`).
-    fn wants_quiet_disk(&mut self) -> bool {
+    /// Asked before each chunk of `bytes`: whether
+    /// [`before_chunk`](Self::before_chunk) will listen to the disk, so
+    /// that the move's own write-back must have landed first (see
+    /// `crate::ramp`).
+    fn wants_quiet_disk(&mut self, _bytes: u64) -> bool {
         false
     }
     /// Called after each commit of the moves with how long it took: a

@@ -34,14 +34,27 @@ impl TokenBucket {
     /// Takes `bytes` and returns how long to wait before spending them. A
     /// request larger than the burst is allowed and paid for by waiting.
     pub fn take(&mut self, bytes: u64, now: Instant) -> Duration {
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens = self.tokens_at(now) - bytes as f64;
         self.last = now;
-        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
-        self.tokens -= bytes as f64;
-        if self.tokens >= 0.0 {
+        self.wait_for_debt(self.tokens)
+    }
+
+    /// How long [`take`](Self::take) of `bytes` at `now` would say to
+    /// wait, taking nothing.
+    pub fn wait_for(&self, bytes: u64, now: Instant) -> Duration {
+        self.wait_for_debt(self.tokens_at(now) - bytes as f64)
+    }
+
+    fn tokens_at(&self, now: Instant) -> f64 {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        (self.tokens + elapsed * self.rate).min(self.burst)
+    }
+
+    fn wait_for_debt(&self, tokens: f64) -> Duration {
+        if tokens >= 0.0 {
             Duration::ZERO
         } else {
-            Duration::from_secs_f64(-self.tokens / self.rate)
+            Duration::from_secs_f64(-tokens / self.rate)
         }
     }
 }
@@ -51,6 +64,19 @@ mod tests {
     use super::*;
 
     const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn the_wait_can_be_known_before_taking() {
+        let t0 = Instant::now();
+        let mut bucket = TokenBucket::new(2 * MIB, MIB, t0);
+        assert_eq!(bucket.wait_for(MIB, t0), Duration::ZERO);
+        bucket.take(MIB, t0);
+        let later = t0 + Duration::from_millis(100);
+        let said = bucket.wait_for(MIB, later);
+        assert_eq!(said, bucket.wait_for(MIB, later), "nothing was taken");
+        assert_eq!(bucket.take(MIB, later), said);
+        assert_eq!(said, Duration::from_millis(400));
+    }
 
     #[test]
     fn first_burst_is_free_then_the_rate_holds() {

@@ -75,7 +75,7 @@ impl<'fd> Pass<'fd> {
         }
         for (index, chunk) in chunks.iter().enumerate() {
             let bytes = chunk.len.get() * block_size;
-            if supervisor.wants_quiet_disk() {
+            if supervisor.wants_quiet_disk(bytes) {
                 cache.settle_moved();
             }
             if supervisor.before_chunk(bytes) == Control::Stop {

@@ -357,6 +357,20 @@ impl Shared {
         lock(&self.ramps).remove(disk);
     }
 
+    /// How long the throttle would have the next chunk of `bytes` wait,
+    /// taking nothing.
+    pub fn throttle_wait(&self, bytes: u64) -> Duration {
+        lock(&self.bucket).wait_for(bytes, Instant::now())
+    }
+
+    /// Whether the move on `disk` listens through the throttle's `wait`
+    /// (see `Ramp::listens_through`).
+    pub fn listens_through(&self, disk: &DiskId, wait: Duration) -> bool {
+        lock(&self.ramps)
+            .get(disk)
+            .is_some_and(|ramp| ramp.listens_through(wait, Instant::now()))
+    }
+
     /// Whether the move on `disk` is due to listen before its next chunk.
     pub fn listen_due(&self, disk: &DiskId) -> bool {
         lock(&self.ramps)

@@ -15,6 +15,7 @@ use crate::filesystem::FsUuid;
 use crate::mounts::{Covered, DiskId};
 use crate::mover::{Control, MoveOptions, Progress, Supervisor};
 use crate::outcome::{FailReason, Outcome, SkipReason};
+use crate::ramp;
 use crate::store::{Activity, FileId, Finished, HistoryOutcome, Job, SettledWhy};
 
 use super::engine::FileStamp;
@@ -316,7 +317,17 @@ impl Supervisor for JobSupervisor<'_> {
             return Control::Stop;
         }
         let wait = self.shared.throttle(bytes);
-        if !wait.is_zero() {
+        if self.shared.listens_through(self.disk, wait) {
+            // The listen ends the wait, right before the chunk: heard busy,
+            // the chunk waits here rather than going out beside a
+            // foreground that started while the move slept.
+            self.shared
+                .sleep(wait.saturating_sub(ramp::SETTLE + ramp::WINDOW));
+            self.shared.listen(self.disk, Duration::ZERO);
+            if self.wait_for_the_disk() == Control::Stop {
+                return Control::Stop;
+            }
+        } else if !wait.is_zero() {
             self.shared.sleep(wait);
         }
         if self.shared.shutting_down() {
@@ -340,8 +351,11 @@ impl Supervisor for JobSupervisor<'_> {
         control
     }
 
-    fn wants_quiet_disk(&mut self) -> bool {
+    fn wants_quiet_disk(&mut self, bytes: u64) -> bool {
         self.shared.listen_due(self.disk)
+            || self
+                .shared
+                .listens_through(self.disk, self.shared.throttle_wait(bytes))
     }
 
     fn committed(&mut self, took: Duration) {
