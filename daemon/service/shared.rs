@@ -363,8 +363,8 @@ impl Shared {
         lock(&self.bucket).wait_for(bytes, Instant::now())
     }
 
-    /// Whether the move on `disk` listens through the throttle's `wait`
-    /// (see `Ramp::listens_through`).
+    /// Whether the move on `disk` listens at the end of the throttle's
+    /// `wait`, right before its chunk (see `Ramp::listens_through`).
     pub fn listens_through(&self, disk: &DiskId, wait: Duration) -> bool {
         lock(&self.ramps)
             .get(disk)
