@@ -687,16 +687,7 @@ fn umount_of_a_covered_filesystem_works_while_the_service_runs_and_once_mounted_
     // once ext4 has indexed its block groups (the same device number, a new
     // mount: ext4's index went with the old one).
     img.mount();
-    let covering = format!("covering {} (", root.display());
-    let t = Instant::now();
-    while svc.lines_with(&covering).len() < 2 {
-        assert!(
-            t.elapsed() < secs(30),
-            "not covered again 30 s after the mount:\n{}",
-            svc.tail(30)
-        );
-        sleep(Duration::from_millis(100));
-    }
+    svc.wait_for_nth(&format!("covering {} (", root.display()), 2, secs(30));
     let again = watched.join("again.bin");
     make_fragmented_files(&root, &[(&again, 8 * MIB, 0x78)], 2 * MIB).delete_all(&root);
     let sum = md5(&again);
