@@ -146,6 +146,7 @@ pub fn inspect(
         subvolume,
         flags,
         map,
+        extents: raw,
         assessment,
     })
 }

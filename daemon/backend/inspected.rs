@@ -6,7 +6,7 @@ use std::os::fd::OwnedFd;
 use super::Backend;
 use crate::assess::{Assessment, ExtentMap};
 use crate::filesystem::FsInfo;
-use crate::sys::InodeFlags;
+use crate::sys::{Extent, InodeFlags};
 
 /// A file opened read-only and measured.
 #[derive(Debug)]
@@ -27,5 +27,8 @@ pub struct Inspected {
     pub subvolume: u64,
     pub flags: InodeFlags,
     pub map: ExtentMap,
+    /// The FIEMAP rows `map` was made from, with their flags (btrfs'
+    /// selection reads which are shared): as the file was when inspected.
+    pub extents: Vec<Extent>,
     pub assessment: Assessment,
 }

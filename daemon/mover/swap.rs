@@ -36,6 +36,10 @@ pub(super) fn copy_then_swap(
     let mut copied_bytes = 0;
     for chunk in chunks {
         let bytes = chunk.len.get() * block_size;
+        // No `wants_quiet_disk` here, unlike the chunk loop of pass.rs: the
+        // copy is direct I/O, complete when `relocate` returns, so the move
+        // has no write-back of its own in flight when the supervisor
+        // listens to the disk.
         if supervisor.before_chunk(bytes) == Control::Stop {
             if copied_bytes > 0 {
                 tracing::info!(
