@@ -500,6 +500,39 @@ fn check_prints_e4defrags_score_only_when_asked_and_says_what_it_measures() {
     assert!(value["files"][0]["score"].is_number(), "{value}");
 }
 
+/// A directory that holds only subdirectories, checked without -r: nothing
+/// is measured, and check says how to reach them, with a read cost of
+/// 0.0 ms, not -0.0 (the sum of no files).
+#[test]
+fn check_of_a_directory_of_directories_says_how_to_walk_them() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    fs::create_dir(dir.path().join("sub")).expect("mkdir");
+    fs::write(dir.path().join("sub/file"), b"data").expect("write");
+    let arg = dir.path().to_str().expect("utf-8 temp path");
+
+    let run = defragd(["check", arg]);
+    run.assert_code(0);
+    assert!(
+        run.stdout.contains("0 files, 0 B") && run.stdout.contains("read cost: about 0.0 ms more"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stderr.contains(&format!(
+            "only the files directly in {arg} were checked; -r walks its subdirectories too"
+        )),
+        "no word on -r:\n{}",
+        run.stderr
+    );
+
+    let walked = defragd(["check", "-r", arg]);
+    assert!(
+        !walked.stderr.contains("-r walks"),
+        "the note is given with -r too:\n{}",
+        walked.stderr
+    );
+}
+
 /// `defragd check --json DIR | head`: once the reader has gone, defragd
 /// ends as other tools do (SIGPIPE), with no panic on stderr.
 #[test]

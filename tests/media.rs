@@ -152,6 +152,11 @@ fn assert_check_costs(
     assert!((reported - total).abs() < 1e-6, "{report}");
     let fs = report["filesystems"][0].clone();
     assert_eq!(fs["medium"], medium, "{fs}");
+    assert_eq!(
+        fs["read_cost_per_excess_extent_ms"].as_f64(),
+        Some(boundary_ms),
+        "the filesystem's entry names another cost per extent: {fs}"
+    );
     eprintln!("check on {medium} ({choice}): total read cost {reported:.1} ms");
     fs
 }

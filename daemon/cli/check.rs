@@ -80,6 +80,11 @@ struct PerFilesystem {
     /// What one extent boundary was measured to cost there, in ms.
     #[serde(skip_serializing_if = "Option::is_none")]
     medium_boundary_ms: Option<f64>,
+    /// What one excess extent costs a full read there as `read_cost_ms`
+    /// counts it, in ms: the policy's `boundary_ms_hdd` or
+    /// `boundary_ms_ssd` (their defaults) for the medium. Not the measured
+    /// cost above, which only decides the medium.
+    read_cost_per_excess_extent_ms: f64,
     /// The medium and its source in words.
     #[serde(skip)]
     medium_words: String,
@@ -302,7 +307,7 @@ pub fn run(args: &CheckArgs) -> ExitCode {
     }
     for fs in per_fs.values_mut() {
         if let Some(decided) = media.get(&fs.dev) {
-            set_medium(fs, decided);
+            set_medium(fs, decided, benefit.benefit(decided.medium).boundary_ms);
         }
     }
     files.sort_by(|a, b| {
@@ -336,6 +341,16 @@ pub fn run(args: &CheckArgs) -> ExitCode {
     } else {
         print_human(&report, args);
     }
+    if report.files.is_empty() && !args.recursive {
+        // Where nothing was measured, a directory's subdirectories may be
+        // all it holds: say how to reach them.
+        for dir in args.paths.iter().filter(|p| p.is_dir()) {
+            eprintln!(
+                "defragd: note: only the files directly in {} were checked; -r walks its subdirectories too",
+                escaped(dir)
+            );
+        }
+    }
     if errors > 0 {
         ExitCode::from(super::EXIT_SOME_FAILED)
     } else {
@@ -343,10 +358,11 @@ pub fn run(args: &CheckArgs) -> ExitCode {
     }
 }
 
-fn set_medium(fs: &mut PerFilesystem, decided: &MediumDecided) {
+fn set_medium(fs: &mut PerFilesystem, decided: &MediumDecided, boundary_ms: f64) {
     fs.medium = decided.medium;
     fs.medium_source = decided.source.as_str();
     fs.medium_boundary_ms = decided.measured_boundary_ms();
+    fs.read_cost_per_excess_extent_ms = boundary_ms;
     fs.medium_words = decided.to_string();
 }
 
@@ -416,9 +432,10 @@ fn print_human(report: &Report, args: &CheckArgs) {
     );
     for fs in &report.filesystems {
         println!(
-            "medium of {}: {}",
+            "medium of {}: {}; the read cost counts {} per excess extent there",
             escaped(&fs.mount_point),
-            fs.medium_words
+            fs.medium_words,
+            milliseconds(fs.read_cost_per_excess_extent_ms)
         );
     }
     if t.shared_bytes > 0 {
@@ -461,6 +478,8 @@ fn print_human(report: &Report, args: &CheckArgs) {
 
 /// "0.4 ms", "12 ms", "3.2 s".
 fn milliseconds(ms: f64) -> String {
+    // + 0.0 turns the -0.0 of an empty sum (no files) into 0.
+    let ms = ms + 0.0;
     if ms >= 1000.0 {
         format!("{:.1} s", ms / 1000.0)
     } else if ms >= 10.0 {
@@ -477,6 +496,11 @@ mod read_cost_tests {
     #[test]
     fn read_costs_are_shown_in_a_readable_unit() {
         assert_eq!(milliseconds(0.0), "0.0 ms");
+        assert_eq!(
+            milliseconds(std::iter::empty::<f64>().sum()),
+            "0.0 ms",
+            "no files: no minus sign"
+        );
         assert_eq!(milliseconds(0.45), "0.5 ms");
         assert_eq!(milliseconds(183.1), "183 ms");
         assert_eq!(milliseconds(14_656.0), "14.7 s");
