@@ -1,6 +1,10 @@
 //! Logging: tracing-subscriber with an EnvFilter from `DEFRAGD_LOG` (else
 //! the configured level); plain lines without timestamps when stderr goes
-//! to the journal, which stamps them itself.
+//! to the journal, which stamps them itself. Colours only on a terminal:
+//! a log redirected to a file, or collected by another supervisor, gets
+//! no escape codes.
+
+use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
@@ -33,7 +37,10 @@ pub fn init(default_level: &str) {
             .with_ansi(false)
             .try_init()
     } else {
-        builder.with_target(false).try_init()
+        builder
+            .with_target(false)
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init()
     };
     if result.is_ok() {
         if let Some(reason) = refused {

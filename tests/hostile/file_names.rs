@@ -97,6 +97,11 @@ fn file_names_cannot_forge_log_or_output_lines() {
         !raw_log.contains(&0x07) && !text(&raw_log).contains("\u{1b}]0;pwned"),
         || "the service's log holds a file name's escape sequences raw".to_string(),
     );
+    // Nor any of its own: stderr is a file here, not a terminal, so the
+    // log has no colour escapes either.
+    tally.check(!raw_log.contains(&0x1b), || {
+        "the service's log, written to a file, holds escape sequences (colours?)".to_string()
+    });
     img.unmount_and_fsck();
     tally.finish();
 }
