@@ -101,7 +101,8 @@ peer_golden() {
 }
 
 # NAME COMMAND...: COMMAND data/big on a fresh copy of the golden image,
-# from a cold cache: time, extents, pages left cached, content; on btrfs
+# from a cold cache: time (to its return, then of an fsync after it),
+# extents, pages left cached, content; on btrfs
 # then COMMAND shared/file (see above).
 peer_move() {
     local name=$1 m file start same=false
@@ -119,6 +120,13 @@ peer_move() {
         exit 1
     }
     put "move.$name.wall_s" "$(since "$start")"
+    # From the return to the data on disk: `btrfs filesystem defragment -f`
+    # returns once it has started write-back (filemap_flush), not finished
+    # it. `sync FILE` is an fsync of the file, what defragd does before it
+    # returns (`sync -f` would commit btrfs' whole transaction as well).
+    start=$(now)
+    sync "$file"
+    put "move.$name.sync_s" "$(since "$start")"
     if [[ $name == defragd ]] && unsupported_skip "$work/$name.out"; then
         put move.defragd.not_supported true
         say "1. defragd: not supported yet ($(grep -m1 '"reason"' "$work/$name.out" | tr -s ' '))"
