@@ -31,17 +31,22 @@ pub fn inode_flags(fd: BorrowedFd<'_>) -> Result<InodeFlags> {
     Ok(InodeFlags(value as u32))
 }
 
-/// FS_*_FL inode flags, decoded for what matters to moving a file.
+/// FS_*_FL inode flags, decoded for what matters to moving a file: on
+/// every filesystem, and on btrfs (nodatacow, compression) how it may be
+/// rewritten.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct InodeFlags(pub u32);
 
 impl InodeFlags {
+    pub const COMPRESS: u32 = 0x0000_0004;
     pub const IMMUTABLE: u32 = 0x0000_0010;
     pub const APPEND: u32 = 0x0000_0020;
+    pub const NOCOMPRESS: u32 = 0x0000_0400;
     pub const ENCRYPT: u32 = 0x0000_0800;
     pub const JOURNAL_DATA: u32 = 0x0000_4000;
     pub const EXTENTS: u32 = 0x0008_0000;
     pub const VERITY: u32 = 0x0010_0000;
+    pub const NOCOW: u32 = 0x0080_0000;
     pub const DAX: u32 = 0x0200_0000;
     pub const INLINE_DATA: u32 = 0x1000_0000;
 
@@ -71,5 +76,33 @@ impl InodeFlags {
     }
     pub const fn inline_data(self) -> bool {
         self.has(Self::INLINE_DATA)
+    }
+    /// btrfs' nodatacow (chattr +C): written in place, without checksums.
+    pub const fn nocow(self) -> bool {
+        self.has(Self::NOCOW)
+    }
+    /// btrfs' compress (chattr +c).
+    pub const fn compress(self) -> bool {
+        self.has(Self::COMPRESS)
+    }
+    /// btrfs' no-compress (chattr +m).
+    pub const fn no_compress(self) -> bool {
+        self.has(Self::NOCOMPRESS)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_and_requests_have_the_values_of_linux_fs_h() {
+        assert!(InodeFlags(0x0080_0000).nocow());
+        assert!(InodeFlags(0x4).compress() && !InodeFlags(0x4).no_compress());
+        assert!(InodeFlags(0x400).no_compress());
+        assert!(InodeFlags(0x10).immutable() && InodeFlags(0x20).append_only());
+        let long = std::mem::size_of::<c_long>();
+        assert_eq!(nix::request_code_read!(b'f', 1, long), 0x8008_6601);
+        assert_eq!(nix::request_code_read!(b'v', 1, long), 0x8008_7601);
     }
 }

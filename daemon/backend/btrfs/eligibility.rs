@@ -9,9 +9,9 @@
 use std::os::fd::BorrowedFd;
 
 use super::ranges::Selection;
-use crate::btrfs::{self, CompressType, InodeFlags, Subvolume};
+use crate::btrfs::{self, CompressType, Subvolume};
 use crate::outcome::{Refusal, Size, SkipReason};
-use crate::sys;
+use crate::sys::{self, InodeFlags};
 
 /// What decides whether a file on btrfs may be defragmented.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,7 +43,7 @@ impl FileFacts {
         Ok(FileFacts {
             size: u64::try_from(stat.st_size).unwrap_or(0),
             block_size: u64::from(info.sectorsize),
-            flags: btrfs::inode_flags(file)?,
+            flags: sys::inode_flags(file)?,
             subvolume: btrfs::subvolume(file)?,
             mount_read_only,
             swapfile: sys::is_active_swapfile(dev, stat.st_ino),
