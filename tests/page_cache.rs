@@ -113,61 +113,30 @@ fn defrag_leaves_a_cached_file_cached() {
     let mut img = LoopImage::create(ImageSpec::ext4(512));
     let fx = build_fixture(&mut img, &spec);
     let large = img.root().join(&fx.large);
-    // A control file of the same size, cached and left alone: where the
-    // machine reclaims page cache meanwhile (CI, after a build has filled
-    // memory with cache, saw 12 of 16,384 pages go), the control loses
-    // pages too, and only what defragd dropped beyond that is its doing.
-    let control = img.root().join("control.bin");
-    write_seeded_file(&control, 64 * MIB, 0x9a9e_cac4e);
-    let before = file_state(&large); // reads the whole file: all cached
-    let total_pages = before.size.div_ceil(4096);
-    // Once in a full run (tests beside it), one read left 80 of its 16,384
-    // pages out of the cache: read it again until it is all in.
-    let mut resident_before = fincore_pages(&large);
-    let mut control_before = fincore_pages(&control);
-    for _ in 0..3 {
-        if resident_before + MAX_RESIDENT_PAGES >= total_pages
-            && control_before + MAX_RESIDENT_PAGES >= total_pages
-        {
-            break;
-        }
-        read_all(&large);
-        read_all(&control);
-        resident_before = fincore_pages(&large);
-        control_before = fincore_pages(&control);
-    }
-    eprintln!(
-        "before: {resident_before} of {total_pages} pages resident; control file \
-         {control_before}"
-    );
-    assert!(
-        resident_before + MAX_RESIDENT_PAGES >= total_pages,
-        "could not get the file into the page cache ({resident_before} of {total_pages} pages)"
-    );
+    let before = file_state(&large);
+    let cached =
+        CachedBesideControl::new(&large, &img.root().join("control.bin"), MAX_RESIDENT_PAGES);
 
     let (report, run) = defrag_json(&[], &[&large], 0);
     let f = report.file(&large);
-    let resident_after = fincore_pages(&large);
-    let control_lost = control_before.saturating_sub(fincore_pages(&control));
+    let (resident_after, control_lost) = cached.now();
     let after = file_state(&large);
     eprintln!(
-        "defragd: {:.2}s, {} ({:?}), filefrag {} -> {}, resident pages: {resident_before} -> {resident_after} of {total_pages}; the untouched control file lost {control_lost}",
+        "defragd: {:.2}s, {} ({:?}), filefrag {} -> {}, resident pages: {} -> {resident_after} of {}; the untouched control file lost {control_lost}",
         run.elapsed.as_secs_f64(),
         f.outcome,
         f.reason_code,
         before.extents,
-        after.extents
+        after.extents,
+        cached.resident_before,
+        cached.pages
     );
     assert_eq!(
         f.outcome, "defragmented",
         "defragd did not defragment the file: {f:?}"
     );
     assert_eq!(after.md5, before.md5, "content changed");
-    assert!(
-        resident_after + control_lost + MAX_RESIDENT_PAGES >= resident_before,
-        "defragd dropped a hot file from the page cache: {resident_before} -> {resident_after} \
-         pages (the untouched control file lost {control_lost})"
-    );
+    cached.assert_still_cached();
     img.unmount_and_fsck();
     img.mount();
     assert_eq!(

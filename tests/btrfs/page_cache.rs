@@ -8,8 +8,8 @@ use std::path::PathBuf;
 
 use defragd_testkit as common;
 use defragd_testkit::{
-    defrag_json, evict_file_cache, filefrag_extents, fincore_pages, md5, read_all,
-    write_seeded_file, ImageSpec, LoopImage, MIB,
+    defrag_json, evict_file_cache, filefrag_extents, fincore_pages, md5, CachedBesideControl,
+    ImageSpec, LoopImage, MIB,
 };
 
 use crate::fragmented;
@@ -67,44 +67,23 @@ fn a_cached_file_stays_cached_after_its_move() {
     if !common::require_root() {
         return;
     }
-    let (mut img, file, pages) = image_with_fragmented_file();
-    // A control file, cached and left alone: what the machine reclaims
-    // meanwhile is not defragd's doing.
-    let control = img.root().join("control.bin");
-    write_seeded_file(&control, 64 * MIB, 0x9a9e);
+    let (mut img, file, _) = image_with_fragmented_file();
     let sum = md5(&file);
-    let mut before = fincore_pages(&file);
-    let mut control_before = fincore_pages(&control);
-    for _ in 0..3 {
-        if before + SLACK_PAGES >= pages && control_before + SLACK_PAGES >= pages {
-            break;
-        }
-        read_all(&file);
-        read_all(&control);
-        before = fincore_pages(&file);
-        control_before = fincore_pages(&control);
-    }
-    assert!(
-        before + SLACK_PAGES >= pages,
-        "could not cache the file ({before} of {pages} pages)"
-    );
+    let cached = CachedBesideControl::new(&file, &img.root().join("control.bin"), SLACK_PAGES);
 
     let (report, run) = defrag_json(&[], &[&file], 0);
     let f = report.file(&file);
-    let after = fincore_pages(&file);
-    let control_lost = control_before.saturating_sub(fincore_pages(&control));
+    let (after, control_lost) = cached.now();
     eprintln!(
-        "defragd: {:.2}s, {} ({:?}), resident {before} -> {after} of {pages}; the control lost {control_lost}",
+        "defragd: {:.2}s, {} ({:?}), resident {} -> {after} of {}; the control lost {control_lost}",
         run.elapsed.as_secs_f64(),
         f.outcome,
-        f.reason_code
+        f.reason_code,
+        cached.resident_before,
+        cached.pages
     );
     assert_eq!(f.outcome, "defragmented", "{f:?}");
-    assert!(
-        after + control_lost + SLACK_PAGES >= before,
-        "defragd dropped a hot file from the page cache: {before} -> {after} pages \
-         (the control lost {control_lost})"
-    );
+    cached.assert_still_cached();
     assert_eq!(md5(&file), sum, "content changed");
     img.unmount_and_fsck();
     img.mount();

@@ -71,47 +71,22 @@ fn a_cached_file_stays_cached_after_its_move() {
         return;
     }
     let (mut img, large) = image_with_large_file();
-    // A control file, cached and left alone: what the machine reclaims
-    // meanwhile is not defragd's doing.
-    let control = img.root().join("control.bin");
-    write_seeded_file(&control, 64 * MIB, 0x9a9e);
     let sum = md5(&large);
-    let pages = std::fs::metadata(&large)
-        .expect("stat")
-        .len()
-        .div_ceil(4096);
-    let mut before = fincore_pages(&large);
-    let mut control_before = fincore_pages(&control);
-    for _ in 0..3 {
-        if before + SLACK_PAGES >= pages && control_before + SLACK_PAGES >= pages {
-            break;
-        }
-        read_all(&large);
-        read_all(&control);
-        before = fincore_pages(&large);
-        control_before = fincore_pages(&control);
-    }
-    assert!(
-        before + SLACK_PAGES >= pages,
-        "could not cache the file ({before} of {pages} pages)"
-    );
+    let cached = CachedBesideControl::new(&large, &img.root().join("control.bin"), SLACK_PAGES);
 
     let (report, run) = defrag_json(&[], &[&large], 0);
     let f = report.file(&large);
-    let after = fincore_pages(&large);
-    let control_lost = control_before.saturating_sub(fincore_pages(&control));
+    let (after, control_lost) = cached.now();
     eprintln!(
-        "defragd: {:.2}s, {} ({:?}), resident {before} -> {after} of {pages}; the control lost {control_lost}",
+        "defragd: {:.2}s, {} ({:?}), resident {} -> {after} of {}; the control lost {control_lost}",
         run.elapsed.as_secs_f64(),
         f.outcome,
-        f.reason_code
+        f.reason_code,
+        cached.resident_before,
+        cached.pages
     );
     assert_eq!(f.outcome, "defragmented", "{f:?}");
-    assert!(
-        after + control_lost + SLACK_PAGES >= before,
-        "defragd dropped a hot file from the page cache: {before} -> {after} pages \
-         (the control lost {control_lost})"
-    );
+    cached.assert_still_cached();
     assert_eq!(md5(&large), sum, "content changed");
     img.unmount_and_fsck();
     img.mount();

@@ -13,6 +13,7 @@
 //! mount or process the test did not create itself.
 
 mod btrfs;
+mod cache;
 mod cmd;
 mod defragd;
 mod faults;
@@ -28,8 +29,8 @@ mod service;
 mod xfs;
 
 pub use {
-    btrfs::*, cmd::*, defragd::*, faults::*, fixture::*, hostile::*, image::*, jobs::*, judge::*,
-    records::*, scrape::*, seeded::*, service::*, xfs::*,
+    btrfs::*, cache::*, cmd::*, defragd::*, faults::*, fixture::*, hostile::*, image::*, jobs::*,
+    judge::*, records::*, scrape::*, seeded::*, service::*, xfs::*,
 };
 
 pub const KIB: u64 = 1024;
