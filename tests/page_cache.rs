@@ -136,7 +136,7 @@ fn defrag_leaves_a_cached_file_cached() {
         "defragd did not defragment the file: {f:?}"
     );
     assert_eq!(after.md5, before.md5, "content changed");
-    cached.assert_still_cached();
+    cached.assert_still_cached((resident_after, control_lost));
     img.unmount_and_fsck();
     img.mount();
     assert_eq!(

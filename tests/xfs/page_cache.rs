@@ -86,7 +86,7 @@ fn a_cached_file_stays_cached_after_its_move() {
         cached.pages
     );
     assert_eq!(f.outcome, "defragmented", "{f:?}");
-    cached.assert_still_cached();
+    cached.assert_still_cached((after, control_lost));
     assert_eq!(md5(&large), sum, "content changed");
     img.unmount_and_fsck();
     img.mount();

@@ -68,10 +68,10 @@ impl CachedBesideControl {
         (fincore_pages(&self.file), control_lost)
     }
 
-    /// Panics when the file lost more pages than the control did, past the
-    /// slack.
-    pub fn assert_still_cached(&self) {
-        let (after, control_lost) = self.now();
+    /// Panics when, in `reading` (what `now` said), the file lost more
+    /// pages than the control did, past the slack.
+    pub fn assert_still_cached(&self, reading: (u64, u64)) {
+        let (after, control_lost) = reading;
         assert!(
             after + control_lost + self.slack >= self.resident_before,
             "defragd dropped a hot file from the page cache: {} -> {after} pages (the \
