@@ -477,13 +477,13 @@ mod tests {
                 logical: 8192,
                 physical: 40960,
                 length: 4096,
-                flags: ExtentFlags::from_bits(0),
+                flags: ExtentFlags::empty(),
             },
             Extent {
                 logical: 0,
                 physical: 0,
                 length: 8192,
-                flags: ExtentFlags::from_bits(ExtentFlags::DELALLOC),
+                flags: ExtentFlags::DELALLOC,
             },
         ];
         let m = ExtentMap::from_fiemap(&raw, 4096);
@@ -499,13 +499,13 @@ mod tests {
                 logical: 0,
                 physical: 4096,
                 length: 4096,
-                flags: ExtentFlags::from_bits(0),
+                flags: ExtentFlags::empty(),
             },
             Extent {
                 logical: 40960,
                 physical: 0,
                 length: 0,
-                flags: ExtentFlags::from_bits(ExtentFlags::DATA_INLINE),
+                flags: ExtentFlags::DATA_INLINE,
             },
         ];
         let m = ExtentMap::from_fiemap(&raw, 4096);
@@ -522,7 +522,7 @@ mod tests {
             logical: u64::MAX,
             physical: u64::MAX,
             length: u64::MAX,
-            flags: ExtentFlags::from_bits(0),
+            flags: ExtentFlags::empty(),
         };
         let m = ExtentMap::from_fiemap(&[huge, huge], 1);
         assert_eq!(m.problem, Some(MapProblem::UnknownLocation));

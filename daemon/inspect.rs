@@ -231,7 +231,7 @@ pub fn measure<'a>(
     let size = u64::try_from(stat.st_size).unwrap_or(0);
     let shared_bytes = raw
         .iter()
-        .filter(|e| e.flags.bits() & sys::ExtentFlags::SHARED != 0)
+        .filter(|e| e.flags.is_shared())
         .map(|e| e.length)
         .sum();
     Ok(Measured {

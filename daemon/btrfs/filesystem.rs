@@ -57,18 +57,6 @@ pub fn fs_info(fd: BorrowedFd<'_>) -> Result<BtrfsInfo> {
     })
 }
 
-/// Free space on the filesystem `fd` lives on, as btrfs counts it: the
-/// statfs that btrfs computes itself (`df` shows the same). Why statfs
-/// and not BTRFS_IOC_SPACE_INFO: SPACE_INFO lists only the chunks already
-/// allocated per type and profile; what is still unallocated on the
-/// devices, which new data chunks come from, is not in it. btrfs' statfs
-/// adds that space divided by the data profile's copies, and reports no
-/// space available at all when metadata could not take the global
-/// reserve: the condition in which a rewrite fails with ENOSPC.
-pub fn free_space(fd: BorrowedFd<'_>) -> Result<crate::sys::FreeSpace> {
-    crate::sys::free_space(fd)
-}
-
 /// Commits the running transaction (BTRFS_IOC_SYNC: delayed writes
 /// flushed, then a commit), which also frees the extents that rewrites
 /// replaced: until a commit, they stay pinned and count as used.

@@ -14,7 +14,7 @@ mod subvolume;
 
 pub use compression::{compression_property, mount_compression, CompressType};
 pub use defrag::{defrag_range, Defrag};
-pub use filesystem::{commit_transaction, free_space, fs_info, BtrfsInfo};
+pub use filesystem::{commit_transaction, fs_info, BtrfsInfo};
 pub use subvolume::{subvolume, Subvolume};
 
 /// btrfs' statfs magic number (BTRFS_SUPER_MAGIC).

@@ -40,50 +40,51 @@ struct FiemapRequest {
 // _IOWR('f', 11, struct fiemap): the size encoded is that of the header.
 nix::ioctl_readwrite_bad!(fs_ioc_fiemap, 0xC020_660B, FiemapHeader);
 
-/// The flags FIEMAP reports on one extent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct ExtentFlags(u32);
+bitflags::bitflags! {
+    /// The flags FIEMAP reports on one extent (`FIEMAP_EXTENT_*`).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+    pub struct ExtentFlags: u32 {
+        const LAST = 0x1;
+        const UNKNOWN = 0x2;
+        const DELALLOC = 0x4;
+        const ENCODED = 0x8;
+        const DATA_ENCRYPTED = 0x80;
+        const NOT_ALIGNED = 0x100;
+        const DATA_INLINE = 0x200;
+        const DATA_TAIL = 0x400;
+        const UNWRITTEN = 0x800;
+        const MERGED = 0x1000;
+        const SHARED = 0x2000;
+        // Flags of later kernels are kept as reported.
+        const _ = !0;
+    }
+}
 
 impl ExtentFlags {
-    pub const LAST: u32 = 0x1;
-    pub const UNKNOWN: u32 = 0x2;
-    pub const DELALLOC: u32 = 0x4;
-    pub const ENCODED: u32 = 0x8;
-    pub const DATA_ENCRYPTED: u32 = 0x80;
-    pub const NOT_ALIGNED: u32 = 0x100;
-    pub const DATA_INLINE: u32 = 0x200;
-    pub const DATA_TAIL: u32 = 0x400;
-    pub const UNWRITTEN: u32 = 0x800;
-    pub const MERGED: u32 = 0x1000;
-    pub const SHARED: u32 = 0x2000;
-
-    pub const fn from_bits(bits: u32) -> Self {
-        Self(bits)
-    }
-    pub const fn bits(self) -> u32 {
-        self.0
-    }
-    const fn has(self, flag: u32) -> bool {
-        self.0 & flag != 0
-    }
     pub const fn is_last(self) -> bool {
-        self.has(Self::LAST)
+        self.contains(Self::LAST)
     }
     pub const fn is_unwritten(self) -> bool {
-        self.has(Self::UNWRITTEN)
+        self.contains(Self::UNWRITTEN)
     }
     pub const fn is_delalloc(self) -> bool {
-        self.has(Self::DELALLOC)
+        self.contains(Self::DELALLOC)
     }
     pub const fn is_inline(self) -> bool {
-        self.has(Self::DATA_INLINE) || self.has(Self::DATA_TAIL)
+        self.intersects(Self::DATA_INLINE.union(Self::DATA_TAIL))
     }
     /// The physical location is not a plain block address on this device.
     pub const fn location_unknown(self) -> bool {
-        self.has(Self::UNKNOWN) || self.has(Self::ENCODED) || self.has(Self::NOT_ALIGNED)
+        self.intersects(Self::UNKNOWN.union(Self::ENCODED).union(Self::NOT_ALIGNED))
     }
     pub const fn is_encrypted(self) -> bool {
-        self.has(Self::DATA_ENCRYPTED)
+        self.contains(Self::DATA_ENCRYPTED)
+    }
+    pub const fn is_shared(self) -> bool {
+        self.contains(Self::SHARED)
+    }
+    pub const fn is_encoded(self) -> bool {
+        self.contains(Self::ENCODED)
     }
 }
 
@@ -149,11 +150,11 @@ pub fn fiemap_range(fd: BorrowedFd<'_>, flush: Flush, from: u64, to: u64) -> Res
                     logical: e.fe_logical,
                     physical: e.fe_physical,
                     length: e.fe_length,
-                    flags: ExtentFlags::from_bits(e.fe_flags),
+                    flags: ExtentFlags::from_bits_retain(e.fe_flags),
                 }),
         );
         let last = batch[mapped - 1];
-        if ExtentFlags::from_bits(last.fe_flags).is_last() || mapped < BATCH {
+        if ExtentFlags::from_bits_retain(last.fe_flags).is_last() || mapped < BATCH {
             break;
         }
         start = last.fe_logical.saturating_add(last.fe_length);
@@ -194,8 +195,8 @@ mod tests {
 
     #[test]
     fn flags_decode() {
-        let f = ExtentFlags::from_bits(ExtentFlags::LAST | ExtentFlags::UNWRITTEN);
+        let f = ExtentFlags::LAST | ExtentFlags::UNWRITTEN;
         assert!(f.is_last() && f.is_unwritten() && !f.is_delalloc() && !f.is_inline());
-        assert!(ExtentFlags::from_bits(ExtentFlags::ENCODED).location_unknown());
+        assert!(ExtentFlags::ENCODED.location_unknown());
     }
 }

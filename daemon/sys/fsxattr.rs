@@ -23,51 +23,46 @@ struct RawFsxattr {
 nix::ioctl_read_bad!(fs_ioc_fsgetxattr, 0x801C_581F, RawFsxattr);
 nix::ioctl_write_ptr_bad!(fs_ioc_fssetxattr, 0x401C_5820, RawFsxattr);
 
-/// The extended flags (`FS_XFLAG_*`) of a file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct XFlags(u32);
+bitflags::bitflags! {
+    /// The extended flags (`FS_XFLAG_*`) of a file.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+    pub struct XFlags: u32 {
+        const REALTIME = 0x0000_0001;
+        const PREALLOC = 0x0000_0002;
+        const IMMUTABLE = 0x0000_0008;
+        const APPEND = 0x0000_0010;
+        const NODEFRAG = 0x0000_2000;
+        const EXTSIZE = 0x0000_0800;
+        const DAX = 0x0000_8000;
+        const COWEXTSIZE = 0x0001_0000;
+        // The others are kept as they are: FSSETXATTR writes them back.
+        const _ = !0;
+    }
+}
 
 impl XFlags {
-    pub const REALTIME: u32 = 0x0000_0001;
-    pub const PREALLOC: u32 = 0x0000_0002;
-    pub const IMMUTABLE: u32 = 0x0000_0008;
-    pub const APPEND: u32 = 0x0000_0010;
-    pub const NODEFRAG: u32 = 0x0000_2000;
-    pub const EXTSIZE: u32 = 0x0000_0800;
-    pub const DAX: u32 = 0x0000_8000;
-    pub const COWEXTSIZE: u32 = 0x0001_0000;
-
-    pub const fn from_bits(bits: u32) -> Self {
-        Self(bits)
-    }
-    pub const fn bits(self) -> u32 {
-        self.0
-    }
-    const fn has(self, flag: u32) -> bool {
-        self.0 & flag != 0
-    }
     /// The data lives on the realtime device.
     pub const fn realtime(self) -> bool {
-        self.has(Self::REALTIME)
+        self.contains(Self::REALTIME)
     }
     pub const fn immutable(self) -> bool {
-        self.has(Self::IMMUTABLE)
+        self.contains(Self::IMMUTABLE)
     }
     pub const fn append_only(self) -> bool {
-        self.has(Self::APPEND)
+        self.contains(Self::APPEND)
     }
     /// `chattr +f` / `xfs_io -c 'chattr +f'`: the owner asked defragmenters
     /// (xfs_fsr, and so defragd) to leave the file alone.
     pub const fn no_defrag(self) -> bool {
-        self.has(Self::NODEFRAG)
+        self.contains(Self::NODEFRAG)
     }
     /// The file asks for DAX (direct access to persistent memory).
     pub const fn dax(self) -> bool {
-        self.has(Self::DAX)
+        self.contains(Self::DAX)
     }
     /// The file has its own extent size hint.
     pub const fn extent_size_hint(self) -> bool {
-        self.has(Self::EXTSIZE)
+        self.contains(Self::EXTSIZE)
     }
 }
 
@@ -87,7 +82,7 @@ pub struct Fsxattr {
 impl From<RawFsxattr> for Fsxattr {
     fn from(raw: RawFsxattr) -> Self {
         Fsxattr {
-            xflags: XFlags::from_bits(raw.fsx_xflags),
+            xflags: XFlags::from_bits_retain(raw.fsx_xflags),
             extsize: raw.fsx_extsize,
             nextents: raw.fsx_nextents,
             projid: raw.fsx_projid,
@@ -146,10 +141,10 @@ mod tests {
 
     #[test]
     fn flags_decode() {
-        let f = XFlags::from_bits(XFlags::NODEFRAG | XFlags::REALTIME);
+        let f = XFlags::NODEFRAG | XFlags::REALTIME;
         assert!(f.no_defrag() && f.realtime());
         assert!(!f.immutable() && !f.append_only() && !f.dax() && !f.extent_size_hint());
-        let g = XFlags::from_bits(XFlags::IMMUTABLE | XFlags::APPEND | XFlags::DAX);
+        let g = XFlags::IMMUTABLE | XFlags::APPEND | XFlags::DAX;
         assert!(g.immutable() && g.append_only() && g.dax() && !g.no_defrag());
     }
 }

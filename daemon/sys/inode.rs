@@ -28,66 +28,66 @@ pub fn inode_flags(fd: BorrowedFd<'_>) -> Result<InodeFlags> {
     // SAFETY: `value` is a valid, writable long for the kernel to fill.
     unsafe { fs_ioc_getflags(fd.as_raw_fd(), &mut value) }
         .map_err(|errno| Error::of("FS_IOC_GETFLAGS", errno))?;
-    Ok(InodeFlags(value as u32))
+    Ok(InodeFlags::from_bits_retain(value as u32))
 }
 
-/// FS_*_FL inode flags, decoded for what matters to moving a file: on
-/// every filesystem, and on btrfs (nodatacow, compression) how it may be
-/// rewritten.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct InodeFlags(pub u32);
+bitflags::bitflags! {
+    /// FS_*_FL inode flags, decoded for what matters to moving a file: on
+    /// every filesystem, and on btrfs (nodatacow, compression) how it may
+    /// be rewritten.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+    pub struct InodeFlags: u32 {
+        const COMPRESS = 0x0000_0004;
+        const IMMUTABLE = 0x0000_0010;
+        const APPEND = 0x0000_0020;
+        const NOCOMPRESS = 0x0000_0400;
+        const ENCRYPT = 0x0000_0800;
+        const JOURNAL_DATA = 0x0000_4000;
+        const EXTENTS = 0x0008_0000;
+        const VERITY = 0x0010_0000;
+        const NOCOW = 0x0080_0000;
+        const DAX = 0x0200_0000;
+        const INLINE_DATA = 0x1000_0000;
+        const _ = !0;
+    }
+}
 
 impl InodeFlags {
-    pub const COMPRESS: u32 = 0x0000_0004;
-    pub const IMMUTABLE: u32 = 0x0000_0010;
-    pub const APPEND: u32 = 0x0000_0020;
-    pub const NOCOMPRESS: u32 = 0x0000_0400;
-    pub const ENCRYPT: u32 = 0x0000_0800;
-    pub const JOURNAL_DATA: u32 = 0x0000_4000;
-    pub const EXTENTS: u32 = 0x0008_0000;
-    pub const VERITY: u32 = 0x0010_0000;
-    pub const NOCOW: u32 = 0x0080_0000;
-    pub const DAX: u32 = 0x0200_0000;
-    pub const INLINE_DATA: u32 = 0x1000_0000;
-
-    const fn has(self, flag: u32) -> bool {
-        self.0 & flag != 0
-    }
     pub const fn immutable(self) -> bool {
-        self.has(Self::IMMUTABLE)
+        self.contains(Self::IMMUTABLE)
     }
     pub const fn append_only(self) -> bool {
-        self.has(Self::APPEND)
+        self.contains(Self::APPEND)
     }
     pub const fn encrypted(self) -> bool {
-        self.has(Self::ENCRYPT)
+        self.contains(Self::ENCRYPT)
     }
     pub const fn journal_data(self) -> bool {
-        self.has(Self::JOURNAL_DATA)
+        self.contains(Self::JOURNAL_DATA)
     }
     pub const fn extent_mapped(self) -> bool {
-        self.has(Self::EXTENTS)
+        self.contains(Self::EXTENTS)
     }
     pub const fn verity(self) -> bool {
-        self.has(Self::VERITY)
+        self.contains(Self::VERITY)
     }
     pub const fn dax(self) -> bool {
-        self.has(Self::DAX)
+        self.contains(Self::DAX)
     }
     pub const fn inline_data(self) -> bool {
-        self.has(Self::INLINE_DATA)
+        self.contains(Self::INLINE_DATA)
     }
     /// btrfs' nodatacow (chattr +C): written in place, without checksums.
     pub const fn nocow(self) -> bool {
-        self.has(Self::NOCOW)
+        self.contains(Self::NOCOW)
     }
     /// btrfs' compress (chattr +c).
     pub const fn compress(self) -> bool {
-        self.has(Self::COMPRESS)
+        self.contains(Self::COMPRESS)
     }
     /// btrfs' no-compress (chattr +m).
     pub const fn no_compress(self) -> bool {
-        self.has(Self::NOCOMPRESS)
+        self.contains(Self::NOCOMPRESS)
     }
 }
 
@@ -97,10 +97,11 @@ mod tests {
 
     #[test]
     fn flags_and_requests_have_the_values_of_linux_fs_h() {
-        assert!(InodeFlags(0x0080_0000).nocow());
-        assert!(InodeFlags(0x4).compress() && !InodeFlags(0x4).no_compress());
-        assert!(InodeFlags(0x400).no_compress());
-        assert!(InodeFlags(0x10).immutable() && InodeFlags(0x20).append_only());
+        let flags = InodeFlags::from_bits_retain;
+        assert!(flags(0x0080_0000).nocow());
+        assert!(flags(0x4).compress() && !flags(0x4).no_compress());
+        assert!(flags(0x400).no_compress());
+        assert!(flags(0x10).immutable() && flags(0x20).append_only());
         let long = std::mem::size_of::<c_long>();
         assert_eq!(nix::request_code_read!(b'f', 1, long), 0x8008_6601);
         assert_eq!(nix::request_code_read!(b'v', 1, long), 0x8008_7601);

@@ -17,7 +17,7 @@ use std::time::Instant;
 use defragd::backend::btrfs::{self as backend, BtrfsDefrag, FileFacts, Selection};
 use defragd::outcome::SkipReason;
 use defragd::plan;
-use defragd::sys::{self, ExtentFlags, Flush};
+use defragd::sys::{self, Flush};
 use defragd_testkit as common;
 use defragd_testkit::{filefrag_extents, md5, run_ok, sh, ImageSpec, LoopImage, MIB};
 
@@ -110,7 +110,8 @@ fn defragd_file(path: &Path, extent_thresh: u32, chunk_bytes: u64) -> Done {
     } else {
         None
     };
-    backend::check_free_space(fd, backend::space_needed(&selection, bs), 1.0).expect("free space");
+    defragd::backend::check_free_space(fd, backend::space_needed(&selection, bs), 1.0)
+        .expect("free space");
     let defrag = BtrfsDefrag::new(&selection, extent_thresh, compression);
     let chunks = defrag.chunks(plan::chunk_blocks(chunk_bytes, bs), 0, bs);
     for chunk in &chunks {
@@ -322,9 +323,7 @@ fn a_compressed_file_stays_compressed() {
     let map_before =
         sys::fiemap(File::open(&file).expect("open").as_fd(), Flush::Yes).expect("fiemap");
     let pieces_before = backend::pieces(&map_before).len();
-    assert!(map_before
-        .iter()
-        .all(|e| e.flags.bits() & ExtentFlags::ENCODED != 0));
+    assert!(map_before.iter().all(|e| e.flags.is_encoded()));
     let done = defragd_file(&file, THRESH, 8 * MIB);
     let Done::Defragmented { selection, chunks } = &done else {
         panic!("not defragmented: {done:?}");
@@ -348,9 +347,7 @@ fn a_compressed_file_stays_compressed() {
         map_after.len()
     );
     assert!(
-        map_after
-            .iter()
-            .all(|e| e.flags.bits() & ExtentFlags::ENCODED != 0),
+        map_after.iter().all(|e| e.flags.is_encoded()),
         "some data was rewritten uncompressed"
     );
     assert!(
@@ -366,9 +363,7 @@ fn a_compressed_file_stays_compressed() {
     let tfile = twin.root().join("logs");
     let pieces_of = |path: &Path| {
         let map = sys::fiemap(File::open(path).expect("open").as_fd(), Flush::Yes).expect("fiemap");
-        let encoded = map
-            .iter()
-            .all(|e| e.flags.bits() & ExtentFlags::ENCODED != 0);
+        let encoded = map.iter().all(|e| e.flags.is_encoded());
         (backend::pieces(&map).len(), encoded)
     };
     let mut figures = Vec::new();
@@ -484,11 +479,11 @@ fn refusals_are_decided_before_anything_is_written() {
 
     // Too little free space, as btrfs counts it: refused before writing.
     let f = File::open(&plain).expect("open");
-    match backend::check_free_space(f.as_fd(), 4096 * MIB, 0.0) {
+    match defragd::backend::check_free_space(f.as_fd(), 4096 * MIB, 0.0) {
         Err(defragd::outcome::Refusal::Skip(r)) => assert_eq!(r.code(), "not_enough_free_space"),
         other => panic!("4 GiB on a 512 MiB filesystem: {other:?}"),
     }
-    backend::check_free_space(f.as_fd(), MIB, 0.0).expect("1 MiB fits");
+    defragd::backend::check_free_space(f.as_fd(), MIB, 0.0).expect("1 MiB fits");
     drop(f);
     assert_eq!(snap_facts.subvolume.parent_uuid, Some(facts.subvolume.uuid));
     // The kernel refuses too (EROFS), but only once asked to write.

@@ -10,7 +10,7 @@ use std::fs::{File, OpenOptions};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
-use defragd::sys::{self, ExtentFlags, Flush};
+use defragd::sys::{self, Flush};
 use defragd_testkit as common;
 use defragd_testkit::{
     btrfs_defragment, btrfs_du, btrfs_snapshot_ro, btrfs_subvolume, defrag_json, defragd,
@@ -131,10 +131,7 @@ fn defrag_matches_btrfs_defragment_and_leaves_a_snapshot_shared() {
 fn encoded(path: &Path) -> (usize, usize) {
     let file = File::open(path).expect("open");
     let map = sys::fiemap(file.as_fd(), Flush::Yes).expect("fiemap");
-    let compressed = map
-        .iter()
-        .filter(|e| e.flags.bits() & ExtentFlags::ENCODED != 0)
-        .count();
+    let compressed = map.iter().filter(|e| e.flags.is_encoded()).count();
     (map.len(), compressed)
 }
 

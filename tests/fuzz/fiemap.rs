@@ -75,7 +75,7 @@ fn lay_out(bs: u64, mut logical: u64, mut physical: u64, steps: &[Step]) -> Vec<
         .enumerate()
         .map(|(i, step)| {
             physical = step.moved_to.unwrap_or(physical);
-            let mut flags = 0;
+            let mut flags = ExtentFlags::empty();
             if step.unwritten {
                 flags |= ExtentFlags::UNWRITTEN;
             }
@@ -89,7 +89,7 @@ fn lay_out(bs: u64, mut logical: u64, mut physical: u64, steps: &[Step]) -> Vec<
                 logical: logical * bs,
                 physical: physical * bs,
                 length: step.len * bs,
-                flags: ExtentFlags::from_bits(flags),
+                flags,
             };
             logical += step.len + step.hole.unwrap_or(0);
             physical += step.len;
@@ -188,7 +188,7 @@ fn map_of(kind: MapKind, bs: u64) -> BoxedStrategy<Vec<Extent>> {
                     logical,
                     physical,
                     length,
-                    flags: ExtentFlags::from_bits(flags),
+                    flags: ExtentFlags::from_bits_retain(flags),
                 };
             })
         }
@@ -199,7 +199,7 @@ fn map_of(kind: MapKind, bs: u64) -> BoxedStrategy<Vec<Extent>> {
                 proptest::option::weighted(0.25, (0..bs, 0..bs)),
             );
             changed_map(bs, 0, values, |e, (flags, longer, shifted)| {
-                e.flags = ExtentFlags::from_bits(flags);
+                e.flags = ExtentFlags::from_bits_retain(flags);
                 e.length += longer.unwrap_or(0);
                 if let Some((logical, physical)) = shifted {
                     e.logical += logical;
@@ -232,14 +232,14 @@ fn e4defrag_figures() -> impl Strategy<Value = (u64, u32, Option<u32>)> {
 
 /// The flags that make a map unmovable as it is.
 fn is_problem(flags: ExtentFlags) -> bool {
-    let bits = ExtentFlags::DELALLOC
+    let problems = ExtentFlags::DELALLOC
         | ExtentFlags::DATA_INLINE
         | ExtentFlags::DATA_TAIL
         | ExtentFlags::UNKNOWN
         | ExtentFlags::ENCODED
         | ExtentFlags::NOT_ALIGNED
         | ExtentFlags::DATA_ENCRYPTED;
-    flags.bits() & bits != 0
+    flags.intersects(problems)
 }
 
 /// The mapped blocks as sorted, merged [start, end) intervals, computed

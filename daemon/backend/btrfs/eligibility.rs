@@ -10,7 +10,7 @@ use std::os::fd::BorrowedFd;
 
 use super::ranges::Selection;
 use crate::btrfs::{self, CompressType, Subvolume};
-use crate::outcome::{Refusal, Size, SkipReason};
+use crate::outcome::SkipReason;
 use crate::sys::{self, InodeFlags};
 
 /// What decides whether a file on btrfs may be defragmented.
@@ -118,28 +118,6 @@ pub fn refuse_selection(selection: &Selection, ideal: u64) -> Result<(), SkipRea
     })
 }
 
-/// Refuses when rewriting `need` bytes would not leave `reserve_percent`
-/// of the filesystem free, counted as btrfs counts free space (its statfs:
-/// see [`btrfs::free_space`]). A rewrite's old extents are freed only at
-/// the next transaction commit, so `need` is every byte rewritten.
-pub fn check_free_space(
-    file: BorrowedFd<'_>,
-    need: u64,
-    reserve_percent: f64,
-) -> Result<(), Refusal> {
-    let free = btrfs::free_space(file)?;
-    let reserve = (free.total_bytes as f64 * reserve_percent / 100.0) as u64;
-    if free.available_bytes < need.saturating_add(reserve) {
-        return Err(SkipReason::NotEnoughFreeSpace {
-            need: Size(need),
-            available: Size(free.available_bytes),
-            reserve: Size(reserve),
-        }
-        .into());
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -148,7 +126,7 @@ mod tests {
         FileFacts {
             size: 1 << 20,
             block_size: 4096,
-            flags: InodeFlags(0),
+            flags: InodeFlags::empty(),
             subvolume: Subvolume {
                 id: 256,
                 read_only: false,
@@ -171,12 +149,12 @@ mod tests {
         f.subvolume.read_only = true;
         assert_eq!(code(f, false), Err("read_only_subvolume"));
         let mut f = facts();
-        f.flags = InodeFlags(InodeFlags::NOCOW);
+        f.flags = InodeFlags::NOCOW;
         assert_eq!(code(f, false), Err("nocow"));
         assert_eq!(code(f, true), Ok(()));
         let mut f = facts();
         f.swapfile = true;
-        f.flags = InodeFlags(InodeFlags::NOCOW);
+        f.flags = InodeFlags::NOCOW;
         assert_eq!(code(f, true), Err("swapfile"));
         let mut f = facts();
         f.writer = true;

@@ -19,9 +19,7 @@ mod ranges;
 mod relocate;
 mod seam;
 
-pub use eligibility::{
-    check_free_space, compression_for, refuse_selection, refuse_unmovable, FileFacts,
-};
+pub use eligibility::{compression_for, refuse_selection, refuse_unmovable, FileFacts};
 pub use ranges::{pieces, select, Piece, Selection, Target, MAX_EXTENT_BYTES};
 pub use relocate::{BtrfsDefrag, DefragFailed};
 pub use seam::{

@@ -9,7 +9,7 @@
 //! is one piece, not hundreds. Pure functions over an extent list.
 
 use crate::assess::BlockRange;
-use crate::sys::Extent;
+use crate::sys::{Extent, ExtentFlags};
 
 /// The longest extent btrfs writes (BTRFS_MAX_EXTENT_SIZE): the kernel
 /// leaves an extent this long alone whatever the threshold.
@@ -44,18 +44,16 @@ impl Piece {
 
     fn of(e: &Extent) -> Piece {
         let f = e.flags;
-        let encoded = f.bits() & crate::sys::ExtentFlags::ENCODED != 0;
+        let encoded = f.is_encoded();
         let movable = !(f.is_unwritten()
             || f.is_inline()
             || f.is_delalloc()
             || f.is_encrypted()
-            || f.bits()
-                & (crate::sys::ExtentFlags::UNKNOWN | crate::sys::ExtentFlags::NOT_ALIGNED)
-                != 0);
+            || f.intersects(ExtentFlags::UNKNOWN | ExtentFlags::NOT_ALIGNED));
         Piece {
             start: e.logical,
             len: e.length,
-            shared: f.bits() & crate::sys::ExtentFlags::SHARED != 0,
+            shared: f.is_shared(),
             compressed: encoded,
             movable,
             extents: 1,
@@ -206,12 +204,14 @@ mod tests {
 
     const K: u64 = 1024;
 
-    fn ext(logical: u64, physical: u64, length: u64, flags: u32) -> Extent {
+    const PLAIN: ExtentFlags = ExtentFlags::empty();
+
+    fn ext(logical: u64, physical: u64, length: u64, flags: ExtentFlags) -> Extent {
         Extent {
             logical,
             physical,
             length,
-            flags: ExtentFlags::from_bits(flags),
+            flags,
         }
     }
 
@@ -219,7 +219,7 @@ mod tests {
     fn interleaved_small_extents_make_one_target() {
         // 4 pieces of 64 KiB, each elsewhere on disk.
         let map: Vec<Extent> = (0..4)
-            .map(|i| ext(i * 64 * K, (10 + 3 * i) * 64 * K, 64 * K, 0))
+            .map(|i| ext(i * 64 * K, (10 + 3 * i) * 64 * K, 64 * K, PLAIN))
             .collect();
         let s = select(&map, 4096, 32 << 20);
         assert_eq!(s.targets.len(), 1);
@@ -231,8 +231,8 @@ mod tests {
     #[test]
     fn physically_contiguous_extents_are_one_piece() {
         let map = [
-            ext(0, 1 << 20, 64 * K, 0),
-            ext(64 * K, (1 << 20) + 64 * K, 64 * K, 0),
+            ext(0, 1 << 20, 64 * K, PLAIN),
+            ext(64 * K, (1 << 20) + 64 * K, 64 * K, PLAIN),
         ];
         assert_eq!(pieces(&map).len(), 1);
         let s = select(&map, 4096, 32 << 20);
@@ -242,11 +242,11 @@ mod tests {
     #[test]
     fn shared_extents_split_targets_and_are_counted() {
         let map = [
-            ext(0, 100 * K, 64 * K, 0),
-            ext(64 * K, 900 * K, 64 * K, 0),
+            ext(0, 100 * K, 64 * K, PLAIN),
+            ext(64 * K, 900 * K, 64 * K, PLAIN),
             ext(128 * K, 1800 * K, 64 * K, ExtentFlags::SHARED),
             ext(192 * K, 2700 * K, 64 * K, ExtentFlags::SHARED),
-            ext(256 * K, 3600 * K, 64 * K, 0),
+            ext(256 * K, 3600 * K, 64 * K, PLAIN),
         ];
         let s = select(&map, 4096, 32 << 20);
         assert_eq!(s.targets.len(), 1, "{s:?}");
@@ -258,15 +258,15 @@ mod tests {
     #[test]
     fn extents_at_the_threshold_and_preallocated_ones_are_left() {
         let map = [
-            ext(0, 0, 64 * K, 0),
-            ext(64 * K, 9000 * K, 1 << 20, 0),
+            ext(0, 0, 64 * K, PLAIN),
+            ext(64 * K, 9000 * K, 1 << 20, PLAIN),
             ext(
                 64 * K + (1 << 20),
                 20000 * K,
                 64 * K,
                 ExtentFlags::UNWRITTEN,
             ),
-            ext(128 * K + (1 << 20), 30000 * K, 64 * K, 0),
+            ext(128 * K + (1 << 20), 30000 * K, 64 * K, PLAIN),
         ];
         // Threshold 1 MiB: the 1 MiB extent breaks the row, the
         // preallocated one too; no row of two small pieces is left.
@@ -280,9 +280,9 @@ mod tests {
     #[test]
     fn holes_break_rows() {
         let map = [
-            ext(0, 0, 64 * K, 0),
-            ext(128 * K, 9000 * K, 64 * K, 0),
-            ext(192 * K, 19000 * K, 64 * K, 0),
+            ext(0, 0, 64 * K, PLAIN),
+            ext(128 * K, 9000 * K, 64 * K, PLAIN),
+            ext(192 * K, 19000 * K, 64 * K, PLAIN),
         ];
         let s = select(&map, 4096, 32 << 20);
         assert_eq!(s.targets.len(), 1);
@@ -316,8 +316,8 @@ mod tests {
         let map = [
             ext(0, 0, 128 * K, e),
             ext(128 * K, 9000 * K, 128 * K, e),
-            ext(256 * K, 19000 * K, 64 * K, 0),
-            ext(320 * K, 29000 * K, 64 * K, 0),
+            ext(256 * K, 19000 * K, 64 * K, PLAIN),
+            ext(320 * K, 29000 * K, 64 * K, PLAIN),
         ];
         let s = select(&map, 4096, 32 << 20);
         let kinds: Vec<bool> = s.targets.iter().map(|t| t.compressed).collect();
@@ -327,8 +327,8 @@ mod tests {
     #[test]
     fn nonsense_maps_do_not_panic() {
         let map = [
-            ext(u64::MAX - 10, u64::MAX - 10, 100, 0),
-            ext(0, 0, 0, 0),
+            ext(u64::MAX - 10, u64::MAX - 10, 100, PLAIN),
+            ext(0, 0, 0, PLAIN),
             ext(5, u64::MAX, u64::MAX, ExtentFlags::ENCODED),
         ];
         let _ = select(&map, 0, 0);

@@ -140,7 +140,7 @@ impl BtrfsDefrag {
         let end = start.saturating_add(len.get());
         let map = sys::fiemap_range(file, Flush::No, start, end).map_err(|e| fail(e.into()))?;
         let shared_now = map.iter().any(|e| {
-            e.flags.bits() & sys::ExtentFlags::SHARED != 0
+            e.flags.is_shared()
                 && e.logical < start.saturating_add(len.get())
                 && start < e.logical.saturating_add(e.length)
         });

@@ -131,7 +131,7 @@ pub fn extent_map(raw: &[Extent], block_size: u64) -> ExtentMap {
             logical: piece.start,
             physical: first.physical,
             length: piece.len,
-            flags: ExtentFlags::from_bits(first.flags.bits() & !ExtentFlags::ENCODED),
+            flags: first.flags.difference(ExtentFlags::ENCODED),
         });
     }
     ExtentMap::from_fiemap(&out, bs)
@@ -224,7 +224,13 @@ pub fn relocation(
     } else {
         None
     };
-    super::check_free_space(
+    // btrfs' statfs is its own count: it adds the space not yet
+    // allocated to chunks (divided by the data profile's copies), which
+    // BTRFS_IOC_SPACE_INFO leaves out, and says none is available when
+    // metadata could not take the global reserve, the condition in which
+    // a rewrite fails with ENOSPC. A rewrite's old extents are freed only
+    // at the next commit, so every byte rewritten is needed.
+    crate::backend::check_free_space(
         file,
         super::space_needed(&selection, fs.block_size),
         reserve_percent,
@@ -242,12 +248,14 @@ mod tests {
 
     const K: u64 = 1024;
 
-    fn ext(logical: u64, physical: u64, length: u64, flags: u32) -> Extent {
+    const PLAIN: ExtentFlags = ExtentFlags::empty();
+
+    fn ext(logical: u64, physical: u64, length: u64, flags: ExtentFlags) -> Extent {
         Extent {
             logical,
             physical,
             length,
-            flags: ExtentFlags::from_bits(flags),
+            flags,
         }
     }
 
@@ -273,8 +281,8 @@ mod tests {
         assert_eq!(map.blocks(), 1280 * K / 4096);
         // Plain extents keep FIEMAP's physical layout.
         let plain = [
-            ext(0, 4096 * K, 64 * K, 0),
-            ext(64 * K, 4160 * K, 64 * K, 0),
+            ext(0, 4096 * K, 64 * K, PLAIN),
+            ext(64 * K, 4160 * K, 64 * K, PLAIN),
         ];
         assert_eq!(extent_map(&plain, 4096).extent_count(), 1);
     }

@@ -29,7 +29,7 @@ pub struct FileFacts<'a> {
 pub fn refuse_unmovable(file: &FileFacts<'_>, geometry: &Geometry) -> Result<(), SkipReason> {
     let flags = file.xattr.xflags;
     let block_size = u64::from(geometry.block_size);
-    let shared = || file.extents.iter().any(|e| e.flags.bits() & SHARED != 0);
+    let shared = || file.extents.iter().any(|e| e.flags.is_shared());
     let checks = [
         (flags.realtime(), SkipReason::Realtime),
         (flags.immutable(), SkipReason::Immutable),
@@ -63,8 +63,6 @@ pub fn refuse_unmovable(file: &FileFacts<'_>, geometry: &Geometry) -> Result<(),
     }
     Ok(())
 }
-
-const SHARED: u32 = crate::sys::ExtentFlags::SHARED;
 
 /// Refuses a donor that lies in as many physical runs as the file or
 /// more: the swap would write the whole file for nothing. Never report a
@@ -101,19 +99,19 @@ mod tests {
         }
     }
 
-    fn extent(flags: u32) -> Extent {
+    fn extent(flags: ExtentFlags) -> Extent {
         Extent {
             logical: 0,
             physical: 1 << 20,
             length: 1 << 20,
-            flags: ExtentFlags::from_bits(flags),
+            flags,
         }
     }
 
-    fn facts(xflags: u32, extents: &[Extent]) -> FileFacts<'_> {
+    fn facts(xflags: XFlags, extents: &[Extent]) -> FileFacts<'_> {
         FileFacts {
             xattr: Fsxattr {
-                xflags: XFlags::from_bits(xflags),
+                xflags,
                 ..Fsxattr::default()
             },
             dax: false,
@@ -126,7 +124,10 @@ mod tests {
     #[test]
     fn a_plain_file_can_be_moved() {
         let extents = [extent(ExtentFlags::LAST)];
-        assert_eq!(refuse_unmovable(&facts(0, &extents), &geometry()), Ok(()));
+        assert_eq!(
+            refuse_unmovable(&facts(XFlags::empty(), &extents), &geometry()),
+            Ok(())
+        );
     }
 
     #[test]
@@ -141,39 +142,42 @@ mod tests {
         ];
         for (flag, code) in cases {
             let refused = refuse_unmovable(&facts(flag, &extents), &geometry());
-            assert_eq!(refused.map_err(|r| r.code()), Err(code), "flag {flag:#x}");
+            assert_eq!(refused.map_err(|r| r.code()), Err(code), "flag {flag:?}");
         }
     }
 
     #[test]
     fn shared_extents_swap_files_dax_mounts_and_tiny_files_are_refused() {
-        let shared = [extent(0), extent(ExtentFlags::SHARED | ExtentFlags::LAST)];
+        let shared = [
+            extent(ExtentFlags::empty()),
+            extent(ExtentFlags::SHARED | ExtentFlags::LAST),
+        ];
         let code = |f: FileFacts<'_>| refuse_unmovable(&f, &geometry()).map_err(|r| r.code());
-        assert_eq!(code(facts(0, &shared)), Err("shared_extents"));
+        assert_eq!(code(facts(XFlags::empty(), &shared)), Err("shared_extents"));
         let plain = [extent(ExtentFlags::LAST)];
         assert_eq!(
             code(FileFacts {
                 swapfile: true,
-                ..facts(0, &plain)
+                ..facts(XFlags::empty(), &plain)
             }),
             Err("swapfile")
         );
         assert_eq!(
             code(FileFacts {
                 dax: true,
-                ..facts(0, &plain)
+                ..facts(XFlags::empty(), &plain)
             }),
             Err("dax")
         );
         assert_eq!(
             code(FileFacts {
                 size: 100,
-                ..facts(0, &plain)
+                ..facts(XFlags::empty(), &plain)
             }),
             Err("too_small")
         );
         let delalloc = [extent(ExtentFlags::DELALLOC)];
-        assert_eq!(code(facts(0, &delalloc)), Err("busy"));
+        assert_eq!(code(facts(XFlags::empty(), &delalloc)), Err("busy"));
     }
 
     #[test]

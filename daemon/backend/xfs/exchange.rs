@@ -506,7 +506,7 @@ fn dress_like(donor: BorrowedFd<'_>, file: BorrowedFd<'_>) -> Result<(), Refusal
     let mut ours = original;
     ours.projid = theirs.projid;
     if theirs.xflags.extent_size_hint() && theirs.extsize > 0 {
-        ours.xflags = sys::XFlags::from_bits(ours.xflags.bits() | sys::XFlags::EXTSIZE);
+        ours.xflags |= sys::XFlags::EXTSIZE;
         ours.extsize = theirs.extsize;
     }
     if ours != original {
