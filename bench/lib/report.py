@@ -56,6 +56,11 @@ def parse_figures(path):
     return root
 
 
+def mib(nbytes):
+    """Bytes as MiB with one decimal, "-" when unknown."""
+    return fmt(nbytes / MIB if isinstance(nbytes, (int, float)) else None)
+
+
 def ratio(a, b):
     if a is None or b is None or b == 0:
         return None
@@ -434,7 +439,8 @@ def startup_part(fig, goals):
         quieter = min(alones) if alones else None
         run = {"p99_us": p99, "quieter_alone_p99_us": quieter,
                "p99_vs_alone": ratio(p99["service"], quieter)}
-        for k in ("finished", "defrag_s", "extents_after", "interruptions"):
+        for k in ("finished", "defrag_s", "extents_after", "interruptions",
+                  "service_read_bytes", "service_write_bytes"):
             run[k] = r.get(k)
         run["done_ok"] = bool(run["finished"]) and cap is not None and \
             run["defrag_s"] is not None and run["defrag_s"] <= cap and \
@@ -443,7 +449,8 @@ def startup_part(fig, goals):
         done = f"{fmt(run['defrag_s'])} s" if run["finished"] else \
             f"not done in {fmt(run['defrag_s'], 0)} s"
         rows.append([f"run {i}", fmt(p99["alone"], 0), fmt(p99["service"], 0),
-                     fmt(p99["alone-again"], 0), times(run["p99_vs_alone"]), done,
+                     fmt(p99["alone-again"], 0), times(run["p99_vs_alone"]),
+                     f"{mib(run['service_read_bytes'])} / {mib(run['service_write_bytes'])}", done,
                      fmt(run["extents_after"]), fmt(run["interruptions"])])
     part = "5. first seconds"
     gentle = sum(1 for r in res["runs"] if r["p99_vs_alone"] is not None and r["p99_vs_alone"] <= 1.1)
@@ -459,10 +466,12 @@ def startup_part(fig, goals):
     lines = [f"== 5. The service's first seconds: a {fmt(res['reader_s'])} s fio 4k random "
              f"reader (direct, QD1) that starts with the service, {runs} runs"]
     lines += table(["", "alone p99 us", "with the service", "alone again", "p99/quieter alone",
-                    "file done in", "extents after", "given back"], rows)
+                    "service read / wrote MiB", "file done in", "extents after", "given back"],
+                   rows)
     lines.append("(the service: default config; each run on a fresh copy of the image, caches "
-                 "dropped; the reader pinned to one CPU in all three; given back: times the "
-                 "move stopped at a block for I/O pressure)")
+                 "dropped; the reader pinned to one CPU in all three; service read / wrote: "
+                 "what the service made the disk read and write while the reader ran, from "
+                 "/proc/PID/io; given back: times the move stopped at a block for I/O pressure)")
     lines += goals.lines(part)
     return res, lines
 

@@ -26,7 +26,7 @@ writer_run() { # SCENARIO: alone | e4defrag | service | service-unthrottled
     start=$(now)
     case $scen in
         e4defrag) start_timed tool_pid "$work/$scen.done" e4defrag "$m/data/big" >"$log" 2>&1 ;;
-        service*) DEFRAGD_LOG=${BENCH_SERVICE_LOG:-info} start_bg tool_pid "$defragd" --config "$work/$name.toml" 2>"$log" ;;
+        service*) DEFRAGD_LOG=${BENCH_SERVICE_LOG:-info} start_bg tool_pid "${as_the_unit_runs[@]}" "$defragd" --config "$work/$name.toml" 2>"$log" ;;
     esac
     # The client runs until the file is defragmented, or its time is up;
     # looked at twice a second, not more (the bench's own processes would
