@@ -19,49 +19,22 @@ use std::time::Duration;
 
 use defragd_testkit as common;
 use defragd_testkit::{
-    defrag_json, defragd_bin, filefrag_extents, run_fio, spawn_fio, DefragFile, DefragReport,
-    ImageSpec, LoopImage, Proc, MIB,
+    defrag_json, defragd_bin, filefrag_extents, fio_read_verify, run_fio_verified_clean,
+    spawn_verified_writer, DefragFile, DefragReport, FioWrites, ImageSpec, LoopImage, Proc, MIB,
 };
 
 const FILE_BYTES: u64 = 48 * MIB;
 /// 48 MiB at 8 MiB/s: a 6 s move, for the writer to overlap.
 const MOVE_MIB_PER_S: u64 = 8;
 
-fn fio_common(path: &Path) -> Vec<String> {
-    vec![
-        format!("--filename={}", path.display()),
-        format!("--size={FILE_BYTES}"),
-        "--bs=4k".into(),
-        "--verify=crc32c".into(),
-        "--verify_fatal=1".into(),
-    ]
-}
-
-/// fio with `first` args then the common ones, to the end; asserts clean.
-fn fio_clean(what: &str, first: &[&str], path: &Path) {
-    let mut args: Vec<String> = first.iter().map(|s| s.to_string()).collect();
-    args.extend(fio_common(path));
-    let r = run_fio(&args, Duration::from_secs(180));
+/// Every block of `path` read back with direct I/O and verified.
+fn read_verify(path: &Path) {
+    let r = fio_read_verify(path, FILE_BYTES, Duration::from_secs(180));
     assert!(
         r.clean(),
-        "fio {what} on {}: {}",
+        "fio read-verify on {}: {}",
         path.display(),
         r.describe()
-    );
-}
-
-/// Every block of `path` read back with direct I/O and verified.
-fn fio_read_verify(path: &Path) {
-    fio_clean(
-        "read-verify",
-        &[
-            "--name=readverify",
-            "--rw=read",
-            "--ioengine=libaio",
-            "--direct=1",
-            "--iodepth=16",
-        ],
-        path,
     );
 }
 
@@ -82,7 +55,7 @@ fn fio_writer_during_the_move(direct: bool) {
     }
     let mut img = LoopImage::create(ImageSpec::btrfs(512));
     let path = img.root().join("target.bin");
-    fio_clean(
+    run_fio_verified_clean(
         "format",
         &[
             "--name=format",
@@ -96,6 +69,8 @@ fn fio_writer_during_the_move(direct: bool) {
             "--fallocate=none",
         ],
         &path,
+        FILE_BYTES,
+        Duration::from_secs(180),
     );
     let before = filefrag_extents(&path);
     assert!(
@@ -116,28 +91,12 @@ fn fio_writer_during_the_move(direct: bool) {
         "the move ended before the writer could start: {}",
         defrag.stdout()
     );
-    let mut writer: Vec<String> = [
-        if direct {
-            "--name=direct"
-        } else {
-            "--name=buffered"
-        },
-        "--rw=randwrite",
-        "--overwrite=1",
-        "--do_verify=1",
-        "--verify_backlog=256",
-        "--time_based",
-        "--runtime=60",
-    ]
-    .map(String::from)
-    .to_vec();
-    if direct {
-        writer.extend(["--ioengine=libaio", "--direct=1", "--iodepth=16"].map(String::from));
+    let (name, writes) = if direct {
+        ("direct", FioWrites::Direct)
     } else {
-        writer.extend(["--ioengine=psync", "--direct=0", "--fsync=32"].map(String::from));
-    }
-    writer.extend(fio_common(&path));
-    let mut fio = spawn_fio(&writer);
+        ("buffered", FioWrites::Buffered)
+    };
+    let mut fio = spawn_verified_writer(name, writes, &path, FILE_BYTES, Duration::from_secs(60));
     defrag
         .wait_exit(Duration::from_secs(120))
         .expect("defragd did not end within 120 s");
@@ -146,8 +105,7 @@ fn fio_writer_during_the_move(direct: bool) {
     fio.interrupt();
     let r = fio.wait(Duration::from_secs(60));
     eprintln!(
-        "{}: {} {:?} {:?}; {before} extents before; fio wrote {} MiB, read {} MiB",
-        if direct { "direct" } else { "buffered" },
+        "{name}: {} {:?} {:?}; {before} extents before; fio wrote {} MiB, read {} MiB",
         f.outcome,
         f.reason_code,
         f.reason,
@@ -165,10 +123,10 @@ fn fio_writer_during_the_move(direct: bool) {
         "neither defragmented nor stopped for the writer: {f:?}"
     );
 
-    fio_read_verify(&path);
+    read_verify(&path);
     img.unmount_and_fsck();
     img.mount();
-    fio_read_verify(&path);
+    read_verify(&path);
     let written = filefrag_extents(&path);
     let (report, _) = defrag_json(&[], &[&path], 0);
     let rerun = report.file(&path);
@@ -179,7 +137,7 @@ fn fio_writer_during_the_move(direct: bool) {
     );
     assert_eq!(rerun.outcome, "defragmented", "{rerun:?}");
     assert!(after * 16 <= written, "{after} extents left of {written}");
-    fio_read_verify(&path);
+    read_verify(&path);
     img.unmount_and_fsck();
 }
 

@@ -50,77 +50,33 @@ impl Mover {
     }
 }
 
-fn fio_common(path: &Path, size: u64) -> Vec<String> {
-    vec![
-        format!("--filename={}", path.display()),
-        format!("--size={size}"),
-        "--bs=4k".into(),
-        "--verify=crc32c".into(),
-        "--verify_fatal=1".into(),
-    ]
-}
-
 /// One sequential pass that gives every 4 KiB block a verify header,
 /// overwriting the file in place.
 fn fio_format(path: &Path, size: u64) {
-    let mut args = vec![
-        "--name=format".to_string(),
-        "--rw=write".into(),
-        "--overwrite=1".into(),
-        "--ioengine=libaio".into(),
-        "--direct=1".into(),
-        "--iodepth=32".into(),
-        "--do_verify=0".into(),
-    ];
-    args.extend(fio_common(path, size));
-    let r = run_fio(&args, secs(120));
-    assert!(
-        r.clean(),
-        "formatting {} failed: {}",
-        path.display(),
-        r.describe()
+    run_fio_verified_clean(
+        "format",
+        &[
+            "--name=format",
+            "--rw=write",
+            "--overwrite=1",
+            "--ioengine=libaio",
+            "--direct=1",
+            "--iodepth=32",
+            "--do_verify=0",
+        ],
+        path,
+        size,
+        secs(120),
     );
 }
 
-/// Reads every block of `path` with direct I/O and checks its header and
-/// crc32c.
-fn fio_read_verify(path: &Path, size: u64) -> FioResult {
-    let mut args = vec![
-        "--name=readverify".to_string(),
-        "--rw=read".into(),
-        "--ioengine=libaio".into(),
-        "--direct=1".into(),
-        "--iodepth=16".into(),
-    ];
-    args.extend(fio_common(path, size));
-    run_fio(&args, secs(120))
-}
-
 fn spawn_fio_writer(kind: Writer, path: &Path, size: u64) -> FioRun {
-    let mut args = vec![
-        format!("--name={}", kind.name()),
-        "--rw=randwrite".into(),
-        "--overwrite=1".into(),
-        "--do_verify=1".into(),
-        "--verify_backlog=256".into(),
-        "--time_based".into(),
-        "--runtime=120".into(),
-    ];
-    match kind {
-        Writer::FioDirect => args.extend([
-            "--ioengine=libaio".to_string(),
-            "--direct=1".into(),
-            "--iodepth=16".into(),
-        ]),
-        Writer::FioBuffered => args.extend([
-            "--ioengine=psync".to_string(),
-            "--direct=0".into(),
-            "--fsync=32".into(),
-        ]),
+    let writes = match kind {
+        Writer::FioDirect => FioWrites::Direct,
+        Writer::FioBuffered => FioWrites::Buffered,
         Writer::Appender => unreachable!("not a fio writer"),
-    }
-    args.extend(fio_common(path, size));
-    spawn_fio(&args)
+    };
+    spawn_verified_writer(kind.name(), writes, path, size, secs(120))
 }
 
 const RECORD: usize = 4096;
@@ -508,7 +464,7 @@ fn writer_round(kind: Writer, round: u64, tot: &mut WriterTotals) {
     for t in &targets {
         let label = format!("{} round {round} {}", kind.name(), t.mover.name());
         if kind.is_fio() {
-            let r = fio_read_verify(&t.path, t.size);
+            let r = fio_read_verify(&t.path, t.size, secs(120));
             tot.final_verified_bytes += r.read_bytes;
             tot.verify_errors += r.verify_errors;
             if !r.clean() || r.read_bytes != t.size {

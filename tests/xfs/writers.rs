@@ -31,41 +31,14 @@ const FILE_BYTES: u64 = 48 * MIB;
 /// 48 MiB at 8 MiB/s: a 6 s copy.
 const COPY_MIB_PER_S: u64 = 8;
 
-fn fio_common(path: &Path) -> Vec<String> {
-    vec![
-        format!("--filename={}", path.display()),
-        format!("--size={FILE_BYTES}"),
-        "--bs=4k".into(),
-        "--verify=crc32c".into(),
-        "--verify_fatal=1".into(),
-    ]
-}
-
-/// fio with `first` args then the common ones, to the end; asserts clean.
-fn fio_clean(what: &str, first: &[&str], path: &Path) {
-    let mut args: Vec<String> = first.iter().map(|s| s.to_string()).collect();
-    args.extend(fio_common(path));
-    let r = run_fio(&args, secs(120));
+/// Every block of `path` read back with direct I/O and verified.
+fn read_verify(path: &Path) {
+    let r = fio_read_verify(path, FILE_BYTES, secs(120));
     assert!(
         r.clean(),
-        "fio {what} on {}: {}",
+        "fio read-verify on {}: {}",
         path.display(),
         r.describe()
-    );
-}
-
-/// Every block of `path` read back with direct I/O and verified.
-fn fio_read_verify(path: &Path) {
-    fio_clean(
-        "read-verify",
-        &[
-            "--name=readverify",
-            "--rw=read",
-            "--ioengine=libaio",
-            "--direct=1",
-            "--iodepth=16",
-        ],
-        path,
     );
 }
 
@@ -125,7 +98,7 @@ fn fio_writer_during_the_copy(direct: bool) {
     let path = &paths[0];
     // Every block gets a verify header; an overwrite in place, so the
     // file stays fragmented.
-    fio_clean(
+    run_fio_verified_clean(
         "format",
         &[
             "--name=format",
@@ -137,6 +110,8 @@ fn fio_writer_during_the_copy(direct: bool) {
             "--do_verify=0",
         ],
         path,
+        FILE_BYTES,
+        secs(120),
     );
     let before = xfs_bmap_extents(path);
     let work = tempdir();
@@ -146,35 +121,18 @@ fn fio_writer_during_the_copy(direct: bool) {
         copied >= 4 * MIB,
         "the copy did not start: {copied} bytes written"
     );
-    let mut writer: Vec<String> = [
-        if direct {
-            "--name=direct"
-        } else {
-            "--name=buffered"
-        },
-        "--rw=randwrite",
-        "--overwrite=1",
-        "--do_verify=1",
-        "--verify_backlog=256",
-        "--time_based",
-        "--runtime=60",
-    ]
-    .map(String::from)
-    .to_vec();
-    if direct {
-        writer.extend(["--ioengine=libaio", "--direct=1", "--iodepth=16"].map(String::from));
+    let (name, writes) = if direct {
+        ("direct", FioWrites::Direct)
     } else {
-        writer.extend(["--ioengine=psync", "--direct=0", "--fsync=32"].map(String::from));
-    }
-    writer.extend(fio_common(path));
-    let mut fio = spawn_fio(&writer);
+        ("buffered", FioWrites::Buffered)
+    };
+    let mut fio = spawn_verified_writer(name, writes, path, FILE_BYTES, secs(60));
     let f = finished(&mut defrag, path);
     sleep(Duration::from_millis(200));
     fio.interrupt();
     let r = fio.wait(secs(60));
     eprintln!(
-        "{}: {} {:?} {:?}; fio wrote {} MiB, read {} MiB",
-        if direct { "direct" } else { "buffered" },
+        "{name}: {} {:?} {:?}; fio wrote {} MiB, read {} MiB",
         f.outcome,
         f.reason_code,
         f.reason,
@@ -187,12 +145,12 @@ fn fio_writer_during_the_copy(direct: bool) {
         is_busy(&f) || f.outcome == "defragmented",
         "neither busy nor defragmented: {f:?}"
     );
-    fio_read_verify(path);
+    read_verify(path);
     img.unmount_and_fsck();
     img.mount();
-    fio_read_verify(path);
+    read_verify(path);
     rerun_defragments(path, before);
-    fio_read_verify(path);
+    read_verify(path);
     img.unmount_and_fsck();
 }
 

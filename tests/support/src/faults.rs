@@ -474,6 +474,87 @@ pub fn run_fio(args: &[String], limit: Duration) -> FioResult {
     spawn_fio(args).wait(limit)
 }
 
+/// The arguments every verified fio run over the first `size` bytes of
+/// `path` shares: 4 KiB blocks, each written with a crc32c header and
+/// checked against it, the first bad block fatal.
+pub fn fio_verified(path: &Path, size: u64) -> Vec<String> {
+    vec![
+        format!("--filename={}", path.display()),
+        format!("--size={size}"),
+        "--bs=4k".into(),
+        "--verify=crc32c".into(),
+        "--verify_fatal=1".into(),
+    ]
+}
+
+/// fio with `first`, then `fio_verified(path, size)`, to the end (at most
+/// `limit`); fails the test unless it ran clean.
+pub fn run_fio_verified_clean(what: &str, first: &[&str], path: &Path, size: u64, limit: Duration) {
+    let mut args: Vec<String> = first.iter().map(|s| s.to_string()).collect();
+    args.extend(fio_verified(path, size));
+    let r = run_fio(&args, limit);
+    assert!(
+        r.clean(),
+        "fio {what} on {}: {}",
+        path.display(),
+        r.describe()
+    );
+}
+
+/// Reads every block of the first `size` bytes of `path` back with direct
+/// I/O and checks its header and crc32c.
+pub fn fio_read_verify(path: &Path, size: u64, limit: Duration) -> FioResult {
+    let mut args: Vec<String> = [
+        "--name=readverify",
+        "--rw=read",
+        "--ioengine=libaio",
+        "--direct=1",
+        "--iodepth=16",
+    ]
+    .map(String::from)
+    .to_vec();
+    args.extend(fio_verified(path, size));
+    run_fio(&args, limit)
+}
+
+/// How a verified fio writer writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FioWrites {
+    /// Direct I/O through libaio, 16 writes in flight.
+    Direct,
+    /// Buffered, one write at a time (psync), an fsync every 32 writes.
+    Buffered,
+}
+
+/// A fio writer named `name` over the first `size` bytes of `path`, whose
+/// blocks already carry verify headers: random 4 KiB overwrites for
+/// `runtime`, each block read back and checked as it goes
+/// (`verify_backlog=256`).
+pub fn spawn_verified_writer(
+    name: &str,
+    writes: FioWrites,
+    path: &Path,
+    size: u64,
+    runtime: Duration,
+) -> FioRun {
+    let mut args = vec![
+        format!("--name={name}"),
+        "--rw=randwrite".into(),
+        "--overwrite=1".into(),
+        "--do_verify=1".into(),
+        "--verify_backlog=256".into(),
+        "--time_based".into(),
+        format!("--runtime={}", runtime.as_secs()),
+    ];
+    let engine = match writes {
+        FioWrites::Direct => ["--ioengine=libaio", "--direct=1", "--iodepth=16"],
+        FioWrites::Buffered => ["--ioengine=psync", "--direct=0", "--fsync=32"],
+    };
+    args.extend(engine.map(String::from));
+    args.extend(fio_verified(path, size));
+    spawn_fio(&args)
+}
+
 fn judge_fio(status: Option<i32>, out: &str, err: &str, elapsed: Duration) -> FioResult {
     let verify_errors = out
         .lines()
