@@ -50,26 +50,6 @@ impl Mover {
     }
 }
 
-/// One sequential pass that gives every 4 KiB block a verify header,
-/// overwriting the file in place.
-fn fio_format(path: &Path, size: u64) {
-    run_fio_verified_clean(
-        "format",
-        &[
-            "--name=format",
-            "--rw=write",
-            "--overwrite=1",
-            "--ioengine=libaio",
-            "--direct=1",
-            "--iodepth=32",
-            "--do_verify=0",
-        ],
-        path,
-        size,
-        secs(120),
-    );
-}
-
 fn spawn_fio_writer(kind: Writer, path: &Path, size: u64) -> FioRun {
     let writes = match kind {
         Writer::FioDirect => FioWrites::Direct,
@@ -317,7 +297,7 @@ fn writer_round(kind: Writer, round: u64, tot: &mut WriterTotals) {
     for t in targets.iter_mut() {
         let before = filefrag_extents(&t.path);
         if kind.is_fio() {
-            fio_format(&t.path, t.size);
+            fio_format_in_place(&t.path, t.size, secs(120));
         }
         t.extents = filefrag_extents(&t.path);
         assert_eq!(

@@ -98,21 +98,7 @@ fn fio_writer_during_the_copy(direct: bool) {
     let path = &paths[0];
     // Every block gets a verify header; an overwrite in place, so the
     // file stays fragmented.
-    run_fio_verified_clean(
-        "format",
-        &[
-            "--name=format",
-            "--rw=write",
-            "--overwrite=1",
-            "--ioengine=libaio",
-            "--direct=1",
-            "--iodepth=32",
-            "--do_verify=0",
-        ],
-        path,
-        FILE_BYTES,
-        secs(120),
-    );
+    fio_format_in_place(path, FILE_BYTES, secs(120));
     let before = xfs_bmap_extents(path);
     let work = tempdir();
     let mut defrag = spawn_defrag(path, COPY_MIB_PER_S, work.path());

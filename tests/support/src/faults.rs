@@ -501,6 +501,27 @@ pub fn run_fio_verified_clean(what: &str, first: &[&str], path: &Path, size: u64
     );
 }
 
+/// One sequential pass over the first `size` bytes of `path` that gives
+/// every 4 KiB block a verify header, in place (the file keeps its
+/// layout); fails the test unless it ran clean.
+pub fn fio_format_in_place(path: &Path, size: u64, limit: Duration) {
+    run_fio_verified_clean(
+        "format",
+        &[
+            "--name=format",
+            "--rw=write",
+            "--overwrite=1",
+            "--ioengine=libaio",
+            "--direct=1",
+            "--iodepth=32",
+            "--do_verify=0",
+        ],
+        path,
+        size,
+        limit,
+    );
+}
+
 /// Reads every block of the first `size` bytes of `path` back with direct
 /// I/O and checks its header and crc32c.
 pub fn fio_read_verify(path: &Path, size: u64, limit: Duration) -> FioResult {
