@@ -158,6 +158,11 @@ pub fn read_into_cache(fd: BorrowedFd<'_>, offset: u64, len: u64) -> Result<()> 
 /// kernel dropped pages on its way (a read-ahead given up for want of
 /// memory, a swap of extents that empties the file's cache).
 pub fn read_back_lost(fd: BorrowedFd<'_>, before: &Residency) -> Result<()> {
+    // Nothing was resident, so nothing can be lost: spares a mapping and a
+    // mincore per chunk of a cold file (16 per 128 MiB on btrfs, ~3 ms).
+    if before.resident_pages() == 0 {
+        return Ok(());
+    }
     let now = residency(fd, before.start, before.end() - before.start)?;
     let lost = Residency {
         resident: before
