@@ -545,7 +545,7 @@ fn the_service_history_shows_the_extents_before_and_after_a_move_under_an_append
     let mut svc = home.start(&[]);
     svc.wait_for_log(&defragmenting(&s.path), secs(60));
     // The crawl's pass is over before any file is made that it could queue.
-    svc.wait_for_log(&format!("crawl of {}: pass done", root.display()), secs(60));
+    svc.wait_for_log(&crawl_pass_done(&root), secs(60));
     wait_for_moved(&s.path, &s.orig, orig_blocks, 4 * MIB, secs(60));
     let scatter = scatter_free_space(&root, 64 * KIB);
     let appender = Appender::start(&s.path);
@@ -649,7 +649,7 @@ fn the_service_history_counts_extents_at_the_start_of_the_move_not_as_queued() {
     cfg.quiet_period = "8s".into();
     home.write_config(&cfg);
     let mut svc = home.start(&[]);
-    svc.wait_for_log(&format!("crawl of {}: pass done", root.display()), secs(60));
+    svc.wait_for_log(&crawl_pass_done(&root), secs(60));
     // The appends go where the allocator puts them, beside the free space
     // the setup left for the donor. (Scattering the free space first, so
     // that each append made an extent of its own, left the donor nothing

@@ -172,10 +172,7 @@ fn serve(img: &LoopImage, files: &Files, expect_moved: &[&Path]) -> (Vec<Row>, (
     let home = ServiceHome::new();
     home.write_config(&ServiceConfig::new(&root, &[]));
     let mut svc = home.start(&[]);
-    svc.wait_for_log(
-        &format!("crawl of {}: pass done", root.display()),
-        secs(120),
-    );
+    svc.wait_for_log(&crawl_pass_done(&root), secs(120));
     for rel in expect_moved {
         svc.wait_for_log(&defragmented(&root.join(rel)), secs(180));
     }
@@ -335,10 +332,7 @@ fn auto_measures_the_device_whatever_its_flag_says_and_follows_the_measurement()
     let mut svc = home.start(&[]);
     let line = svc.wait_for_log(&format!("{}: medium ", root.display()), secs(120));
     eprintln!("measured: {line}");
-    svc.wait_for_log(
-        &format!("crawl of {}: pass done", root.display()),
-        secs(120),
-    );
+    svc.wait_for_log(&crawl_pass_done(&root), secs(120));
     svc.wait_for_log(&defragmented(&small), secs(180));
     let socket = home.control_socket();
     let fs = fs_in_status(&socket);

@@ -47,10 +47,7 @@ fn the_metrics_endpoint_serves_prometheus_text() {
     home.write_config_text(&text);
     let mut svc = home.start(&[]);
     svc.wait_for_log("serving metrics on", Duration::from_secs(30));
-    svc.wait_for_log(
-        &format!("crawl of {}: pass done", root.display()),
-        Duration::from_secs(60),
-    );
+    svc.wait_for_log(&crawl_pass_done(&root), Duration::from_secs(60));
 
     let deadline = Instant::now() + Duration::from_secs(10);
     let response = loop {

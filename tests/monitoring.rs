@@ -197,7 +197,7 @@ fn the_service_exports_what_the_monitoring_queries_and_its_fragmentation() {
     // exists whatever the loop device's rotational flag says: a metric with
     // no series is not in the exposition.
     let mut svc = home.start(&[("DEFRAGD__THROTTLE__WRITE_BUDGET_HDD", "100GiB")]);
-    svc.wait_for_log(&format!("crawl of {}: pass done", root.display()), secs(60));
+    svc.wait_for_log(&crawl_pass_done(&root), secs(60));
     let line = svc.wait_for_log(&defragmented(&path), secs(60));
     let (_, after, _) = parse_defragmented(&line);
 

@@ -63,14 +63,14 @@ fn max_free_extent(img: &LoopImage) -> String {
 fn assert_one_crawl_pass(svc: &Service, root: &Path, queued: u64) -> usize {
     let starts = svc.lines_with(&format!("crawl of {}: starting pass", root.display()));
     assert_eq!(starts.len(), 1, "crawl passes started: {starts:?}");
-    let done = svc.lines_with(&format!("crawl of {}: pass done", root.display()));
+    let done = svc.lines_with(&crawl_pass_done(root));
     assert_eq!(done.len(), 1, "crawl passes done: {done:?}");
     assert!(
         done[0].contains(&format!(", {queued} queued")),
         "the crawl was to queue {queued} files: {}",
         done[0]
     );
-    svc.line_index(&format!("crawl of {}: pass done", root.display()))
+    svc.line_index(&crawl_pass_done(root))
         .expect("pass done line")
 }
 
@@ -93,7 +93,7 @@ fn watched_files_are_defragmented_after_their_quiet_period_without_a_crawl() {
     let mut svc = home.start(&[]);
     // The one crawl pass ends before the files exist (interval 24h: no
     // second pass), so only the watcher can find them.
-    svc.wait_for_log(&format!("crawl of {}: pass done", root.display()), secs(60));
+    svc.wait_for_log(&crawl_pass_done(&root), secs(60));
     svc.wait_for_log(TRACKING_WRITES, secs(30));
 
     let files: Vec<PathBuf> = (0..3)
@@ -179,7 +179,7 @@ fn a_file_being_written_is_left_alone_until_it_is_quiet() {
     let home = ServiceHome::new();
     home.write_config(&ServiceConfig::new(&root, &[&watched]));
     let mut svc = home.start(&[]);
-    svc.wait_for_log(&format!("crawl of {}: pass done", root.display()), secs(60));
+    svc.wait_for_log(&crawl_pass_done(&root), secs(60));
     svc.wait_for_log(TRACKING_WRITES, secs(30));
 
     // The writer: 4 MiB in 16 KiB fsync'd appends into the fragmented free
@@ -281,7 +281,7 @@ fn the_crawl_at_start_finds_and_defragments_an_old_file() {
     eprintln!(
         "filefrag {before} -> {after_n} (ideal {ideal}); service said {a} -> {b}, {moved} bytes moved"
     );
-    svc.wait_for_log(&format!("crawl of {}: pass done", root.display()), secs(30));
+    svc.wait_for_log(&crawl_pass_done(&root), secs(30));
     assert_one_crawl_pass(&svc, &root, 1);
     assert_eq!(md5(&path), sum, "content changed");
     assert_defragmented(&path, before);
@@ -655,7 +655,7 @@ fn umount_of_a_covered_filesystem_works_while_the_service_runs_and_once_mounted_
     home.write_config(&ServiceConfig::new(&root, &[&watched]));
     let mut svc = home.start(&[("DEFRAGD_LOG", "info,defragd::backend::ext4=debug")]);
     // Idle: the crawl's pass is over and its one job is done.
-    svc.wait_for_log(&format!("crawl of {}: pass done", root.display()), secs(60));
+    svc.wait_for_log(&crawl_pass_done(&root), secs(60));
     svc.wait_for_log(TRACKING_WRITES, secs(30));
     svc.wait_for_log(&defragmented(&path), secs(60));
     assert_one_crawl_pass(&svc, &root, 1);

@@ -55,7 +55,7 @@ fn status_json(socket: &Path) -> serde_json::Value {
 
 /// Waits for the crawl's one pass over `root` to end.
 fn wait_for_crawl(svc: &mut Service, root: &Path) {
-    svc.wait_for_log(&format!("crawl of {}: pass done", root.display()), secs(60));
+    svc.wait_for_log(&crawl_pass_done(root), secs(60));
 }
 
 /// A new 256 MiB image and the service covering it, with only the

@@ -158,7 +158,7 @@ fn a_database_under_a_live_writer(mode: &str) {
     let home = ServiceHome::new();
     home.write_config(&ServiceConfig::new(&root, &[]));
     let mut svc = start_tracked(&home);
-    svc.wait_for_log(&format!("crawl of {}: pass done", root.display()), secs(60));
+    svc.wait_for_log(&crawl_pass_done(&root), secs(60));
 
     // The database grows in fragmented free space, then the free space is
     // freed while the writer goes on.
@@ -277,7 +277,7 @@ fn a_lost_event_queue_is_caught_up_without_a_crawl_and_a_file_written_meanwhile_
         svc.wait_for_log(TRACKING_WRITES, secs(30));
         svc
     };
-    svc.wait_for_log(&format!("crawl of {}: pass done", root.display()), secs(60));
+    svc.wait_for_log(&crawl_pass_done(&root), secs(60));
 
     // A flood: 4,000 small files written over and over by another thread.
     let flood_dir = root.join("flood");

@@ -14,9 +14,9 @@ use std::time::Duration;
 
 use defragd_testkit as common;
 use defragd_testkit::{
-    btrfs_snapshot_ro, btrfs_subvolume, defragctl, defragmented, defragmenting, filefrag_extents,
-    md5, secs, sh_status, ImageSpec, LoopImage, MountGuard, ServiceConfig, ServiceHome, MIB,
-    TRACKING_WRITES,
+    btrfs_snapshot_ro, btrfs_subvolume, crawl_pass_done, defragctl, defragmented, defragmenting,
+    filefrag_extents, md5, secs, sh_status, ImageSpec, LoopImage, MountGuard, ServiceConfig,
+    ServiceHome, MIB, TRACKING_WRITES,
 };
 
 use crate::fragmented;
@@ -102,11 +102,8 @@ fn the_service_covers_each_subvolume_once_tracks_writes_and_resumes_after_sigkil
             .is_empty(),
         "a subvolume whose top level is covered fell back"
     );
-    svc.wait_for_log(
-        &format!("crawl of {}: pass done", subroot.display()),
-        secs(60),
-    );
-    svc.wait_for_log(&format!("crawl of {}: pass done", root.display()), secs(60));
+    svc.wait_for_log(&crawl_pass_done(&subroot), secs(60));
+    svc.wait_for_log(&crawl_pass_done(&root), secs(60));
     let uncovered = svc.wait_for_log("btrfs subvolume(s) below it are not covered", secs(10));
     assert!(
         uncovered.contains(&format!("{}: 1 btrfs subvolume(s)", root.display()))

@@ -136,7 +136,7 @@ fn fifos_devices_and_sockets_are_never_opened() {
     home.write_config(&cfg);
     let mut svc = home.start(&[]);
     let socket = home.control_socket();
-    svc.wait_for_log(&format!("crawl of {}: pass done", root.display()), secs(30));
+    svc.wait_for_log(&crawl_pass_done(&root), secs(30));
     for p in [&fifo, &chr, &sock, &swap_fifo, &swap_chr, &u] {
         let (out, took) = defragctl(
             &socket,

@@ -58,7 +58,7 @@ fn the_service_stays_inside_the_tree_and_answers(
     let mut svc = home.start(&[]);
     let socket = home.control_socket();
     svc.wait_for_log("listening for defragctl", secs(30));
-    let done = format!("crawl of {}: pass done", root.display());
+    let done = crawl_pass_done(root);
     // A fresh client's status every 200 ms, on its own thread: the
     // attacker must not be able to stall the control plane either.
     let stop_probe = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));

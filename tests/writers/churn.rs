@@ -335,7 +335,7 @@ fn churn_round(
     home.write_config(&cfg);
     let exclude = format!("[{}]", toml_str(&format!("{}/**", spare_dir.display())));
     let mut svc = home.start(&[("DEFRAGD__POLICY__EXCLUDE", exclude.as_str())]);
-    svc.wait_for_log(&format!("crawl of {}: pass done", root.display()), secs(60));
+    svc.wait_for_log(&crawl_pass_done(&root), secs(60));
 
     let mut problems: Vec<String> = Vec::new();
     // Queued acts first, on files whose job has not started; then the

@@ -38,7 +38,7 @@ fn write_tracking_finds_a_file_fragmented_after_the_start_and_moves_it() {
     home.write_config(&ServiceConfig::new(&root, &[]));
     let mut svc = home.start(&[]);
     svc.wait_for_log(TRACKING_WRITES, secs(30));
-    svc.wait_for_log(&format!("crawl of {}: pass done", root.display()), secs(60));
+    svc.wait_for_log(&crawl_pass_done(&root), secs(60));
 
     // Written after the crawl's one pass: only write tracking can find it.
     let dir = root.join("db/tables");

@@ -18,6 +18,12 @@ use super::image::tempdir;
 /// Logged once a filesystem's writes are tracked whole (fanotify).
 pub const TRACKING_WRITES: &str = "tracking writes on the whole filesystem";
 
+/// Logged when a crawl pass over the filesystem at `root` ends ("crawl of
+/// ROOT: pass done, N files assessed, M queued in ...").
+pub fn crawl_pass_done(root: &Path) -> String {
+    format!("crawl of {}: pass done", root.display())
+}
+
 /// One `[[filesystem]]` table.
 #[derive(Clone, Debug)]
 pub struct FsConfig {
