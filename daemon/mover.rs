@@ -455,6 +455,7 @@ fn verdict_of(
         after: &measured.assessment,
         planned_before: planned.file_runs,
         planned_after: measured.map.extent_count_in(planned.ranges),
+        placed_by: inspected.backend.placement(),
     });
     match judged {
         Ok(()) => Outcome::Defragmented(Moved {

@@ -157,6 +157,31 @@ impl SkipReason {
     }
 }
 
+/// Who chose where a move's data went: what a move that gained nothing is
+/// put down to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// A donor whose layout was checked before it took the file's place
+    /// (ext4, XFS): a result no better means the file or the free space
+    /// changed under the move.
+    CheckedDonor,
+    /// The filesystem's allocator, as the kernel rewrote the data (btrfs):
+    /// nothing says beforehand where it will write.
+    Allocator,
+}
+
+impl std::fmt::Display for Placement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Placement::CheckedDonor => "another writer took the free space during the move",
+            Placement::Allocator => {
+                "the filesystem wrote the data back in as many pieces (where it writes is its \
+                 allocator's choice, not defragd's)"
+            }
+        })
+    }
+}
+
 /// Why an attempt failed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum FailReason {
@@ -172,10 +197,14 @@ pub enum FailReason {
     #[error("the new copy's blocks did not match the file's data ranges ({0}); nothing was moved")]
     DonorMismatch(String),
     #[error(
-        "moved, but the result is no better ({before} -> {after} pieces): another writer took \
-         the free space during the move; the data is intact"
+        "moved, but the result is no better ({before} -> {after} pieces): {placed_by}; the data \
+         is intact"
     )]
-    NoImprovement { before: u64, after: u64 },
+    NoImprovement {
+        before: u64,
+        after: u64,
+        placed_by: Placement,
+    },
     /// Not the kernel failing: a writer appended to the file during the
     /// move faster than its tail could be moved after it, and the file as
     /// a whole ended no better than it started.
@@ -391,6 +420,7 @@ mod tests {
             FailReason::NoImprovement {
                 before: 3,
                 after: 3,
+                placed_by: Placement::CheckedDonor,
             },
             FailReason::WriterOutpaced {
                 before: 3,

@@ -68,6 +68,16 @@ impl Backend {
     /// supported.
     pub const ALL: [Backend; 3] = [Backend::Ext4, Backend::Xfs, Backend::Btrfs];
 
+    /// Who chooses where a move's data goes: a donor checked before it
+    /// takes the file's place, or, on btrfs, the allocator as the kernel's
+    /// defragmenter rewrites the data.
+    pub fn placement(self) -> crate::outcome::Placement {
+        match self {
+            Backend::Ext4 | Backend::Xfs => crate::outcome::Placement::CheckedDonor,
+            Backend::Btrfs => crate::outcome::Placement::Allocator,
+        }
+    }
+
     /// The type's name, as /proc/self/mountinfo shows it.
     pub fn fs_type(self) -> &'static str {
         match self {

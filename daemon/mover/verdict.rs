@@ -7,7 +7,7 @@ use std::os::fd::BorrowedFd;
 
 use crate::assess::{Assessment, ExtentMap};
 use crate::backend::Backend;
-use crate::outcome::{FailReason, Size};
+use crate::outcome::{FailReason, Placement, Size};
 use crate::sys::{self, Flush};
 
 /// The file at the end of a move.
@@ -47,6 +47,8 @@ pub(super) struct Layouts<'a> {
     /// Physical runs of the planned ranges at the start and at the end.
     pub planned_before: u64,
     pub planned_after: u64,
+    /// Who chose where the moved data went.
+    pub placed_by: Placement,
 }
 
 /// A success only when the planned part got better and the whole file
@@ -58,6 +60,7 @@ pub(super) fn judge(l: &Layouts<'_>) -> Result<(), FailReason> {
         return Err(FailReason::NoImprovement {
             before: l.planned_before,
             after: l.planned_after,
+            placed_by: l.placed_by,
         });
     }
     if l.after.extents < l.before.extents {
@@ -67,6 +70,7 @@ pub(super) fn judge(l: &Layouts<'_>) -> Result<(), FailReason> {
         0 => Err(FailReason::NoImprovement {
             before: l.before.extents,
             after: l.after.extents,
+            placed_by: l.placed_by,
         }),
         appended => Err(FailReason::WriterOutpaced {
             before: l.before.extents,
@@ -103,6 +107,7 @@ mod tests {
             after: &after,
             planned_before: planned.0,
             planned_after: planned.1,
+            placed_by: Placement::CheckedDonor,
         })
     }
 
@@ -138,7 +143,8 @@ mod tests {
             judged(file(96, 40), file(96, 40), (40, 3)),
             Err(FailReason::NoImprovement {
                 before: 40,
-                after: 40
+                after: 40,
+                placed_by: Placement::CheckedDonor,
             })
         );
         // The planned part itself no better: whatever the rest did.
@@ -146,9 +152,37 @@ mod tests {
             judged(file(96, 40), file(100, 30), (40, 40)),
             Err(FailReason::NoImprovement {
                 before: 40,
-                after: 40
+                after: 40,
+                placed_by: Placement::CheckedDonor,
             })
         );
+    }
+
+    #[test]
+    fn no_gain_is_put_down_to_whoever_placed_the_data() {
+        let no_gain = |placed_by| {
+            judge(&Layouts {
+                before: &file(128, 3),
+                after: &file(128, 3),
+                planned_before: 2,
+                planned_after: 2,
+                placed_by,
+            })
+            .expect_err("no gain")
+        };
+        // ext4 and XFS check the donor before the swap: something else
+        // changed the file or its free space.
+        let donor = no_gain(Placement::CheckedDonor);
+        assert!(donor.to_string().contains("another writer"), "{donor}");
+        // btrfs: the kernel rewrote the data wherever its allocator chose,
+        // with no other writer needed (seen on an idle test image).
+        let allocator = no_gain(Placement::Allocator);
+        let text = allocator.to_string();
+        assert!(!text.contains("another writer"), "{text}");
+        for part in ["2 -> 2 pieces", "allocator", "intact"] {
+            assert!(text.contains(part), "{part:?} not in {text:?}");
+        }
+        assert_eq!(allocator.code(), donor.code(), "one reason code for both");
     }
 
     #[test]
