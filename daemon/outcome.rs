@@ -175,7 +175,7 @@ impl std::fmt::Display for Placement {
         f.write_str(match self {
             Placement::CheckedDonor => "another writer took the free space during the move",
             Placement::Allocator => {
-                "the filesystem wrote the data back in as many pieces (where it writes is its \
+                "the filesystem wrote the data back in no fewer pieces (where it writes is its \
                  allocator's choice, not defragd's)"
             }
         })
