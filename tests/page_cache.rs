@@ -33,17 +33,7 @@ fn defrag_leaves_an_uncached_file_uncached() {
     let total_pages = before.size.div_ceil(4096);
 
     for p in [&large_a, &large_b] {
-        evict_file_cache(p);
-        let n = fincore_pages(p);
-        eprintln!(
-            "{}: {n} of {total_pages} pages resident after eviction",
-            p.display()
-        );
-        assert!(
-            n <= MAX_RESIDENT_PAGES,
-            "could not evict {} from the page cache ({n} pages left)",
-            p.display()
-        );
+        evict_file_cache_checked(p, MAX_RESIDENT_PAGES);
     }
 
     let (report, run) = defrag_json(&[], &[&large_a], 0);

@@ -53,8 +53,9 @@ pub(super) struct Layouts<'a> {
 
 /// A success only when the planned part got better and the whole file
 /// ended in fewer extents than it had at the start. Otherwise the reason:
-/// a writer that appended faster than its tail could be moved, or free
-/// space taken by another writer.
+/// a writer that appended faster than its tail could be moved, or no
+/// gain, put down to whoever placed the data (a checked donor: another
+/// writer took the free space; btrfs: its allocator).
 pub(super) fn judge(l: &Layouts<'_>) -> Result<(), FailReason> {
     if l.planned_after >= l.planned_before {
         return Err(FailReason::NoImprovement {

@@ -8,8 +8,8 @@ use std::path::PathBuf;
 
 use defragd_testkit as common;
 use defragd_testkit::{
-    defrag_json, evict_file_cache, filefrag_extents, fincore_pages, md5, CachedBesideControl,
-    ImageSpec, LoopImage, MIB,
+    defrag_json, evict_file_cache_checked, filefrag_extents, fincore_pages, md5,
+    CachedBesideControl, ImageSpec, LoopImage, MIB,
 };
 
 use crate::fragmented;
@@ -34,12 +34,7 @@ fn an_uncached_file_stays_uncached_after_its_move() {
     }
     let (mut img, file, pages) = image_with_fragmented_file();
     let (sum, before) = (md5(&file), filefrag_extents(&file));
-    evict_file_cache(&file);
-    let resident = fincore_pages(&file);
-    assert!(
-        resident <= SLACK_PAGES,
-        "could not evict it: {resident} pages"
-    );
+    evict_file_cache_checked(&file, SLACK_PAGES);
 
     let (report, run) = defrag_json(&[], &[&file], 0);
     let f = report.file(&file);

@@ -237,6 +237,19 @@ pub fn evict_file_cache(path: &Path) {
     );
 }
 
+/// Evicts `path` from the page cache and checks that it is out but for at
+/// most `slack` pages: a test of what a move leaves in the cache must start
+/// from a file that is not in it.
+pub fn evict_file_cache_checked(path: &Path, slack: u64) {
+    evict_file_cache(path);
+    let resident = fincore_pages(path);
+    assert!(
+        resident <= slack,
+        "could not evict {} from the page cache ({resident} pages left)",
+        path.display()
+    );
+}
+
 /// Evicts every regular file under `dir` from the page cache.
 pub fn evict_tree_cache(dir: &Path) {
     for rel in regular_files(dir) {
