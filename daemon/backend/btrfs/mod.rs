@@ -18,6 +18,8 @@ mod eligibility;
 mod ranges;
 mod relocate;
 mod seam;
+#[cfg(test)]
+mod test_maps;
 
 pub use eligibility::{compression_for, refuse_selection, refuse_unmovable, FileFacts};
 pub use ranges::{pieces, select, Piece, Selection, Target, MAX_EXTENT_BYTES};

@@ -200,20 +200,8 @@ pub fn select(extents: &[Extent], block_size: u64, extent_thresh: u64) -> Select
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::btrfs::test_maps::{ext, K, PLAIN};
     use crate::sys::ExtentFlags;
-
-    const K: u64 = 1024;
-
-    const PLAIN: ExtentFlags = ExtentFlags::empty();
-
-    fn ext(logical: u64, physical: u64, length: u64, flags: ExtentFlags) -> Extent {
-        Extent {
-            logical,
-            physical,
-            length,
-            flags,
-        }
-    }
 
     #[test]
     fn interleaved_small_extents_make_one_target() {

@@ -245,19 +245,7 @@ pub fn relocation(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const K: u64 = 1024;
-
-    const PLAIN: ExtentFlags = ExtentFlags::empty();
-
-    fn ext(logical: u64, physical: u64, length: u64, flags: ExtentFlags) -> Extent {
-        Extent {
-            logical,
-            physical,
-            length,
-            flags,
-        }
-    }
+    use crate::backend::btrfs::test_maps::{ext, K, PLAIN};
 
     #[test]
     fn a_row_of_compressed_extents_in_one_place_is_one_extent_and_no_problem() {
