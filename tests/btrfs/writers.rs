@@ -13,14 +13,13 @@
 //! allocator is at the time, so the file is in thousands of extents.
 
 use std::path::Path;
-use std::process::Command;
 use std::thread::sleep;
 use std::time::Duration;
 
 use defragd_testkit as common;
 use defragd_testkit::{
-    defrag_json, defragd_bin, filefrag_extents, fio_read_verify, run_fio_verified_clean,
-    spawn_verified_writer, DefragFile, DefragReport, FioWrites, ImageSpec, LoopImage, Proc, MIB,
+    defrag_json, filefrag_extents, fio_read_verify, report_of, run_fio_verified_clean,
+    spawn_defrag_json, spawn_verified_writer, FioWrites, ImageSpec, LoopImage, MIB,
 };
 
 const FILE_BYTES: u64 = 48 * MIB;
@@ -36,17 +35,6 @@ fn read_verify(path: &Path) {
         path.display(),
         r.describe()
     );
-}
-
-fn report_of(p: &Proc, path: &Path) -> DefragFile {
-    let report: DefragReport = serde_json::from_str(&p.stdout()).unwrap_or_else(|e| {
-        panic!(
-            "defragd's JSON: {e}\nstdout:\n{}\nstderr:\n{}",
-            p.stdout(),
-            p.stderr()
-        )
-    });
-    report.file(path).clone()
 }
 
 fn fio_writer_during_the_move(direct: bool) {
@@ -80,11 +68,7 @@ fn fio_writer_during_the_move(direct: bool) {
     );
 
     let work = common::tempdir();
-    let mut cmd = Command::new(defragd_bin());
-    cmd.args(["defrag", "--json", "--max-mib-per-s"])
-        .arg(MOVE_MIB_PER_S.to_string())
-        .arg(&path);
-    let mut defrag = Proc::spawn(cmd, work.path(), "defrag");
+    let mut defrag = spawn_defrag_json(&path, MOVE_MIB_PER_S, work.path());
     sleep(Duration::from_millis(1500));
     assert!(
         defrag.is_running(),

@@ -14,11 +14,9 @@
 //! remount: what is on disk), every record is intact, `xfs_repair -n` is
 //! clean, and a rerun without the writer defragments the file.
 
-use std::ffi::OsString;
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::Path;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::{self, sleep};
@@ -42,32 +40,11 @@ fn read_verify(path: &Path) {
     );
 }
 
-/// `defragd defrag --json --max-mib-per-s N PATH` in the background.
-fn spawn_defrag(path: &Path, mib_per_s: u64, dir: &Path) -> Proc {
-    let mut cmd = Command::new(defragd_bin());
-    let args: [OsString; 5] = [
-        "defrag".into(),
-        "--json".into(),
-        "--max-mib-per-s".into(),
-        mib_per_s.to_string().into(),
-        path.into(),
-    ];
-    cmd.args(args);
-    Proc::spawn(cmd, dir, "defrag")
-}
-
 /// Waits for the one-shot's end; its report of `path`.
 fn finished(p: &mut Proc, path: &Path) -> DefragFile {
     p.wait_exit(secs(120))
         .expect("defragd did not end within 120 s");
-    let report: DefragReport = serde_json::from_str(&p.stdout()).unwrap_or_else(|e| {
-        panic!(
-            "defragd's JSON: {e}\nstdout:\n{}\nstderr:\n{}",
-            p.stdout(),
-            p.stderr()
-        )
-    });
-    report.file(path).clone()
+    report_of(p, path)
 }
 
 /// Busy: the swap refused because the file changed (or the file was found
@@ -101,7 +78,7 @@ fn fio_writer_during_the_copy(direct: bool) {
     fio_format_in_place(path, FILE_BYTES, secs(120));
     let before = xfs_bmap_extents(path);
     let work = tempdir();
-    let mut defrag = spawn_defrag(path, COPY_MIB_PER_S, work.path());
+    let mut defrag = spawn_defrag_json(path, COPY_MIB_PER_S, work.path());
     let copied = wait_for_written(defrag.pid, 4 * MIB, secs(30), || defrag.is_running());
     assert!(
         copied >= 4 * MIB,
@@ -168,7 +145,7 @@ fn an_appender_during_the_copy_keeps_every_record() {
     let sum = md5(path);
     let before = xfs_bmap_extents(path);
     let work = tempdir();
-    let mut defrag = spawn_defrag(path, COPY_MIB_PER_S, work.path());
+    let mut defrag = spawn_defrag_json(path, COPY_MIB_PER_S, work.path());
     let copied = wait_for_written(defrag.pid, 4 * MIB, secs(30), || defrag.is_running());
     assert!(
         copied >= 4 * MIB,

@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::cmd::{run_timed, RUN_LIMIT};
+use super::faults::Proc;
 
 pub fn defragd_bin() -> &'static str {
     static PATH: OnceLock<String> = OnceLock::new();
@@ -166,6 +167,28 @@ pub fn defrag_json(extra: &[&str], paths: &[&Path], code: i32) -> (DefragReport,
     let run = defragd(args);
     run.assert_code(code);
     (run.json(), run)
+}
+
+/// `defragd defrag --json --max-mib-per-s N PATH` in the background, its
+/// output kept in `dir`: a move a test acts on while it runs.
+pub fn spawn_defrag_json(path: &Path, mib_per_s: u64, dir: &Path) -> Proc {
+    let mut cmd = Command::new(defragd_bin());
+    cmd.args(["defrag", "--json", "--max-mib-per-s"])
+        .arg(mib_per_s.to_string())
+        .arg(path);
+    Proc::spawn(cmd, dir, "defrag")
+}
+
+/// The report of `path` from a background `defrag --json` that has ended.
+pub fn report_of(p: &Proc, path: &Path) -> DefragFile {
+    let report: DefragReport = serde_json::from_str(&p.stdout()).unwrap_or_else(|e| {
+        panic!(
+            "defragd's JSON: {e}\nstdout:\n{}\nstderr:\n{}",
+            p.stdout(),
+            p.stderr()
+        )
+    });
+    report.file(path).clone()
 }
 
 /// Runs `e4defrag PATHS...`; returns (success, wall time, stdout+stderr).
