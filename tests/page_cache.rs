@@ -11,21 +11,25 @@ use common::*;
 /// to verify something); far below the file's thousands of pages.
 const MAX_RESIDENT_PAGES: u64 = 8;
 
-#[test]
-fn defrag_leaves_an_uncached_file_uncached() {
-    if !require_root() {
-        return;
-    }
-    let spec = FixtureSpec {
+/// A 64 MiB fragmented file and one small log beside it.
+fn large_file_only() -> FixtureSpec {
+    FixtureSpec {
         large_mib: 64,
         logs: 1,
         log_appends: 20,
         sparse: false,
         tiny: false,
         ..FixtureSpec::default()
-    };
+    }
+}
+
+#[test]
+fn defrag_leaves_an_uncached_file_uncached() {
+    if !require_root() {
+        return;
+    }
     let mut img_a = LoopImage::create(ImageSpec::ext4(512));
-    let fx = build_fixture(&mut img_a, &spec);
+    let fx = build_fixture(&mut img_a, &large_file_only());
     let mut img_b = img_a.duplicate();
     let large_a = img_a.root().join(&fx.large);
     let large_b = img_b.root().join(&fx.large);
@@ -92,46 +96,8 @@ fn defrag_leaves_a_cached_file_cached() {
     if !require_root() {
         return;
     }
-    let spec = FixtureSpec {
-        large_mib: 64,
-        logs: 1,
-        log_appends: 20,
-        sparse: false,
-        tiny: false,
-        ..FixtureSpec::default()
-    };
     let mut img = LoopImage::create(ImageSpec::ext4(512));
-    let fx = build_fixture(&mut img, &spec);
+    let fx = build_fixture(&mut img, &large_file_only());
     let large = img.root().join(&fx.large);
-    let before = file_state(&large);
-    let cached =
-        CachedBesideControl::new(&large, &img.root().join("control.bin"), MAX_RESIDENT_PAGES);
-
-    let (report, run) = defrag_json(&[], &[&large], 0);
-    let f = report.file(&large);
-    let (resident_after, control_lost) = cached.now();
-    let after = file_state(&large);
-    eprintln!(
-        "defragd: {:.2}s, {} ({:?}), filefrag {} -> {}, resident pages: {} -> {resident_after} of {}; the untouched control file lost {control_lost}",
-        run.elapsed.as_secs_f64(),
-        f.outcome,
-        f.reason_code,
-        before.extents,
-        after.extents,
-        cached.resident_before,
-        cached.pages
-    );
-    assert_eq!(
-        f.outcome, "defragmented",
-        "defragd did not defragment the file: {f:?}"
-    );
-    assert_eq!(after.md5, before.md5, "content changed");
-    cached.assert_still_cached((resident_after, control_lost));
-    img.unmount_and_fsck();
-    img.mount();
-    assert_eq!(
-        md5(&large),
-        before.md5,
-        "content on disk differs after a remount"
-    );
+    assert_move_keeps_cached(&mut img, &large, MAX_RESIDENT_PAGES);
 }

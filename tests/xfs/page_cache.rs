@@ -32,32 +32,7 @@ fn an_uncached_file_stays_uncached_after_its_move() {
         return;
     }
     let (mut img, large) = image_with_large_file();
-    let sum = md5(&large);
-    let extents = xfs_bmap_extents(&large);
-    let pages = std::fs::metadata(&large)
-        .expect("stat")
-        .len()
-        .div_ceil(4096);
-    evict_file_cache_checked(&large, SLACK_PAGES);
-
-    let (report, run) = defrag_json(&[], &[&large], 0);
-    let f = report.file(&large);
-    let resident = fincore_pages(&large);
-    eprintln!(
-        "defragd: {:.2}s, {} ({:?}), xfs_bmap {extents} -> {}, resident after: {resident} of {pages}",
-        run.elapsed.as_secs_f64(),
-        f.outcome,
-        f.reason_code,
-        xfs_bmap_extents(&large)
-    );
-    assert_eq!(f.outcome, "defragmented", "{f:?}");
-    assert!(
-        resident <= SLACK_PAGES,
-        "defragd left {resident} of {pages} pages of the file in the page cache"
-    );
-    img.unmount_and_fsck();
-    img.mount();
-    assert_eq!(md5(&large), sum, "content on disk differs after a remount");
+    assert_move_leaves_uncached(&mut img, &large, SLACK_PAGES, xfs_bmap_extents);
 }
 
 #[test]
@@ -66,24 +41,5 @@ fn a_cached_file_stays_cached_after_its_move() {
         return;
     }
     let (mut img, large) = image_with_large_file();
-    let sum = md5(&large);
-    let cached = CachedBesideControl::new(&large, &img.root().join("control.bin"), SLACK_PAGES);
-
-    let (report, run) = defrag_json(&[], &[&large], 0);
-    let f = report.file(&large);
-    let (after, control_lost) = cached.now();
-    eprintln!(
-        "defragd: {:.2}s, {} ({:?}), resident {} -> {after} of {}; the control lost {control_lost}",
-        run.elapsed.as_secs_f64(),
-        f.outcome,
-        f.reason_code,
-        cached.resident_before,
-        cached.pages
-    );
-    assert_eq!(f.outcome, "defragmented", "{f:?}");
-    cached.assert_still_cached((after, control_lost));
-    assert_eq!(md5(&large), sum, "content changed");
-    img.unmount_and_fsck();
-    img.mount();
-    assert_eq!(md5(&large), sum, "content on disk differs after a remount");
+    assert_move_keeps_cached(&mut img, &large, SLACK_PAGES);
 }

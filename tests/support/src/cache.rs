@@ -6,7 +6,10 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::{fincore_pages, read_all, write_seeded_file};
+use crate::{
+    defrag_json, evict_file_cache_checked, fincore_pages, md5, read_all, write_seeded_file,
+    LoopImage,
+};
 
 pub struct CachedBesideControl {
     file: PathBuf,
@@ -79,4 +82,75 @@ impl CachedBesideControl {
             self.resident_before
         );
     }
+}
+
+/// `defragd defrag FILE` on a file out of the page cache, on any
+/// filesystem: it must be defragmented and leave no more than `slack` of
+/// the file's pages cached, and its content must be on disk (the same
+/// after a fsck and a mount). `layout` counts its extents with the
+/// filesystem's own tool, for the log.
+pub fn assert_move_leaves_uncached(
+    img: &mut LoopImage,
+    file: &Path,
+    slack: u64,
+    layout: fn(&Path) -> u64,
+) {
+    let (sum, before) = (md5(file), layout(file));
+    let pages = std::fs::metadata(file)
+        .unwrap_or_else(|e| panic!("stat {}: {e}", file.display()))
+        .len()
+        .div_ceil(4096);
+    evict_file_cache_checked(file, slack);
+
+    let (report, run) = defrag_json(&[], &[file], 0);
+    let f = report.file(file);
+    let resident = fincore_pages(file);
+    eprintln!(
+        "defragd: {:.2}s, {} ({:?}), extents {before} -> {}, resident after: {resident} of {pages}",
+        run.elapsed.as_secs_f64(),
+        f.outcome,
+        f.reason_code,
+        layout(file)
+    );
+    assert_eq!(f.outcome, "defragmented", "{f:?}");
+    assert!(
+        resident <= slack,
+        "defragd left {resident} of {pages} pages of the file in the page cache"
+    );
+    assert_content_on_disk(img, file, &sum);
+}
+
+/// `defragd defrag FILE` on a file held in the page cache beside an
+/// untouched control file, on any filesystem: it must be defragmented,
+/// stay cached (`CachedBesideControl::assert_still_cached`), and keep its
+/// content, in memory and on disk.
+pub fn assert_move_keeps_cached(img: &mut LoopImage, file: &Path, slack: u64) {
+    let sum = md5(file);
+    let cached = CachedBesideControl::new(file, &img.root().join("control.bin"), slack);
+
+    let (report, run) = defrag_json(&[], &[file], 0);
+    let f = report.file(file);
+    let (after, control_lost) = cached.now();
+    eprintln!(
+        "defragd: {:.2}s, {} ({:?}), resident {} -> {after} of {}; the untouched control file \
+         lost {control_lost}",
+        run.elapsed.as_secs_f64(),
+        f.outcome,
+        f.reason_code,
+        cached.resident_before,
+        cached.pages
+    );
+    assert_eq!(f.outcome, "defragmented", "{f:?}");
+    cached.assert_still_cached((after, control_lost));
+    assert_eq!(md5(file), sum, "content changed");
+    assert_content_on_disk(img, file, &sum);
+}
+
+/// The file's content as the disk has it: after an unmount, a fsck and a
+/// mount (then unmounted and checked again).
+fn assert_content_on_disk(img: &mut LoopImage, file: &Path, sum: &str) {
+    img.unmount_and_fsck();
+    img.mount();
+    assert_eq!(md5(file), sum, "content on disk differs after a remount");
+    img.unmount_and_fsck();
 }
