@@ -272,16 +272,9 @@ fn shutdowns_before_the_first_swap_leave_the_files_and_free_the_donor() {
         return;
     }
     let mut tpl = template(false);
-    trial(
-        &mut tpl,
-        Fault::Shutdown(ShutdownFlag::LogFlush),
-        Moment::FirstCopy,
-    );
-    trial(
-        &mut tpl,
-        Fault::Shutdown(ShutdownFlag::NoLogFlush),
-        Moment::FirstCopy,
-    );
+    for flag in [ShutdownFlag::LogFlush, ShutdownFlag::NoLogFlush] {
+        trial(&mut tpl, Fault::Shutdown(flag), Moment::FirstCopy);
+    }
 }
 
 /// After a swap, on an image with the reverse mapping btree, where the
@@ -293,36 +286,11 @@ fn shutdowns_after_a_swap_with_rmapbt_keep_the_data_and_a_rerun_finishes() {
         return;
     }
     let mut tpl = template(true);
-    trial(
-        &mut tpl,
-        Fault::Shutdown(ShutdownFlag::LogFlush),
-        Moment::MidCopy,
-    );
-    trial(
-        &mut tpl,
-        Fault::Shutdown(ShutdownFlag::NoLogFlush),
-        Moment::MidCopy,
-    );
-    trial(
-        &mut tpl,
-        Fault::Shutdown(ShutdownFlag::NoLogFlush),
-        Moment::CopyEnd,
-    );
-    trial(
-        &mut tpl,
-        Fault::Shutdown(ShutdownFlag::LogFlush),
-        Moment::CopyEnd,
-    );
-    trial(
-        &mut tpl,
-        Fault::Shutdown(ShutdownFlag::NoLogFlush),
-        Moment::AfterSwap,
-    );
-    trial(
-        &mut tpl,
-        Fault::Shutdown(ShutdownFlag::LogFlush),
-        Moment::AfterSwap,
-    );
+    for moment in [Moment::MidCopy, Moment::CopyEnd, Moment::AfterSwap] {
+        for flag in [ShutdownFlag::LogFlush, ShutdownFlag::NoLogFlush] {
+            trial(&mut tpl, Fault::Shutdown(flag), moment);
+        }
+    }
 }
 
 /// KNOWN KERNEL BUG (6.18): on XFS without rmapbt (mkfs.xfs's default),
