@@ -271,6 +271,20 @@ struct Figures {
     outcome: String,
 }
 
+impl Figures {
+    /// The report's line for `path`, filefrag's count now, and what the
+    /// appender wrote.
+    fn of(f: &DefragFile, path: &Path, records: u64) -> Self {
+        Figures {
+            before: f.extents_before.unwrap_or(0),
+            after: f.extents_after.unwrap_or(0),
+            filefrag_after: filefrag_extents(path),
+            appended: records * RECORD as u64,
+            outcome: f.outcome.clone(),
+        }
+    }
+}
+
 impl std::fmt::Display for Figures {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
@@ -343,13 +357,7 @@ fn defrag_moves_the_tail_appended_during_the_move_and_reports_what_filefrag_says
     let f = report.file(&s.path).clone();
     let ext_end = fiemap(&s.path);
     let tail_end = extents_from(&ext_end, orig_blocks);
-    let figures = Figures {
-        before: f.extents_before.unwrap_or(0),
-        after: f.extents_after.unwrap_or(0),
-        filefrag_after: filefrag_extents(&s.path),
-        appended: records * RECORD as u64,
-        outcome: f.outcome.clone(),
-    };
+    let figures = Figures::of(&f, &s.path, records);
     eprintln!(
         "FIGURES with a writer: {figures}; the appended tail was in {tail_written} extents as \
          written, {tail_end} at the end ({records} records)"
@@ -410,13 +418,7 @@ fn defrag_under_an_appender_that_never_stops_never_calls_a_worse_file_defragment
     let records = appender.stop();
     let report: DefragReport = run.json();
     let f = report.file(&s.path).clone();
-    let figures = Figures {
-        before: f.extents_before.unwrap_or(0),
-        after: f.extents_after.unwrap_or(0),
-        filefrag_after: filefrag_extents(&s.path),
-        appended: records * RECORD as u64,
-        outcome: f.outcome.clone(),
-    };
+    let figures = Figures::of(&f, &s.path, records);
     eprintln!(
         "FIGURES with a writer to the end: {figures}; reason {:?}",
         f.reason
@@ -476,13 +478,7 @@ fn a_writer_that_leaves_the_file_worse_than_it_started_is_said_so_not_called_def
     let records = appender.stop();
     let report: DefragReport = run.json();
     let f = report.file(&s.path).clone();
-    let figures = Figures {
-        before: f.extents_before.unwrap_or(0),
-        after: f.extents_after.unwrap_or(0),
-        filefrag_after: filefrag_extents(&s.path),
-        appended: records * RECORD as u64,
-        outcome: f.outcome.clone(),
-    };
+    let figures = Figures::of(&f, &s.path, records);
     eprintln!(
         "FIGURES with a writer outpacing: {figures}; reason {:?}; exit {}",
         f.reason, run.code

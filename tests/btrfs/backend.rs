@@ -19,7 +19,10 @@ use defragd::outcome::SkipReason;
 use defragd::plan;
 use defragd::sys::{self, Flush};
 use defragd_testkit as common;
-use defragd_testkit::{filefrag_extents, md5, run_ok, sh, ImageSpec, LoopImage, MIB};
+use defragd_testkit::{
+    btrfs_du, btrfs_filesystem_sync, btrfs_snapshot_ro, btrfs_subvolume, filefrag_extents, md5,
+    run_ok, sh, ImageSpec, LoopImage, MIB,
+};
 
 use crate::{interleave, random_fill, text_fill};
 
@@ -32,31 +35,11 @@ fn spec(size_mib: u64, opts: Option<&str>) -> ImageSpec {
     }
 }
 
-/// `btrfs filesystem du -s --raw DIR`: its exclusive bytes.
+/// `btrfs filesystem du -s --raw DIR`: its exclusive bytes, once what
+/// was just written is committed.
 fn exclusive_bytes(dir: &Path) -> u64 {
-    sh(
-        "btrfs",
-        [
-            OsStr::new("filesystem"),
-            OsStr::new("sync"),
-            dir.as_os_str(),
-        ],
-    );
-    let out = sh(
-        "btrfs",
-        [
-            OsStr::new("filesystem"),
-            OsStr::new("du"),
-            OsStr::new("-s"),
-            OsStr::new("--raw"),
-            dir.as_os_str(),
-        ],
-    );
-    let line = out.lines().nth(1).unwrap_or("");
-    line.split_whitespace()
-        .nth(1)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("cannot parse btrfs filesystem du: {out:?}"))
+    btrfs_filesystem_sync(dir);
+    btrfs_du(dir).exclusive
 }
 
 /// What defragd did to one file.
@@ -152,14 +135,7 @@ fn defragd_keeps_a_snapshots_sharing_where_btrfs_defragment_does_not() {
     }
     let mut img = LoopImage::create(spec(2048, None));
     let root = img.root().to_path_buf();
-    sh(
-        "btrfs",
-        [
-            OsStr::new("subvolume"),
-            OsStr::new("create"),
-            root.join("data").as_os_str(),
-        ],
-    );
+    btrfs_subvolume(&root.join("data"));
     // `loose` (top level, no snapshot) and `data/kept` (in the snapshot)
     // interleave with two fillers, deleted afterwards.
     let (loose, kept) = (root.join("loose"), root.join("data/kept"));
@@ -174,16 +150,7 @@ fn defragd_keeps_a_snapshots_sharing_where_btrfs_defragment_does_not() {
     for f in &fillers {
         std::fs::remove_file(f).expect("delete filler");
     }
-    sh(
-        "btrfs",
-        [
-            OsStr::new("subvolume"),
-            OsStr::new("snapshot"),
-            OsStr::new("-r"),
-            root.join("data").as_os_str(),
-            root.join("snap").as_os_str(),
-        ],
-    );
+    btrfs_snapshot_ro(&root.join("data"), &root.join("snap"));
     let (sum_loose, sum_kept) = (md5(&loose), md5(&kept));
     let before = (filefrag_extents(&loose), filefrag_extents(&kept));
     assert!(
@@ -255,14 +222,7 @@ fn defragd_keeps_a_snapshots_sharing_where_btrfs_defragment_does_not() {
             ],
         );
     }
-    sh(
-        "btrfs",
-        [
-            OsStr::new("filesystem"),
-            OsStr::new("sync"),
-            troot.as_os_str(),
-        ],
-    );
+    btrfs_filesystem_sync(&troot);
     let btrfs_time = t0.elapsed();
     let excl_after = exclusive_bytes(&troot.join("data"));
     let tafter = (
@@ -329,14 +289,7 @@ fn a_compressed_file_stays_compressed() {
         panic!("not defragmented: {done:?}");
     };
     assert!(selection.has_compressed(), "{selection:?}");
-    sh(
-        "btrfs",
-        [
-            OsStr::new("filesystem"),
-            OsStr::new("sync"),
-            root.as_os_str(),
-        ],
-    );
+    btrfs_filesystem_sync(&root);
     let map_after =
         sys::fiemap(File::open(&file).expect("open").as_fd(), Flush::Yes).expect("fiemap");
     let pieces_after = backend::pieces(&map_after).len();
@@ -373,14 +326,7 @@ fn a_compressed_file_stays_compressed() {
     ] {
         let mut cmd = Command::new("btrfs");
         run_ok(cmd.args(args).arg(&tfile));
-        sh(
-            "btrfs",
-            [
-                OsStr::new("filesystem"),
-                OsStr::new("sync"),
-                twin.root().as_os_str(),
-            ],
-        );
+        btrfs_filesystem_sync(twin.root());
         figures.push((args.join(" "), pieces_of(&tfile)));
     }
     eprintln!("compressed, btrfs from {pieces_before} pieces: {figures:?}");
@@ -413,26 +359,10 @@ fn refusals_are_decided_before_anything_is_written() {
     }
     let mut img = LoopImage::create(spec(512, None));
     let root = img.root().to_path_buf();
-    sh(
-        "btrfs",
-        [
-            OsStr::new("subvolume"),
-            OsStr::new("create"),
-            root.join("data").as_os_str(),
-        ],
-    );
+    btrfs_subvolume(&root.join("data"));
     let plain = root.join("data/plain");
     interleave(std::slice::from_ref(&plain), 4 * MIB, PIECE, &random_fill);
-    sh(
-        "btrfs",
-        [
-            OsStr::new("subvolume"),
-            OsStr::new("snapshot"),
-            OsStr::new("-r"),
-            root.join("data").as_os_str(),
-            root.join("snap").as_os_str(),
-        ],
-    );
+    btrfs_snapshot_ro(&root.join("data"), &root.join("snap"));
 
     let (facts, verdict) = refusal(&plain);
     assert_eq!(verdict, Ok(()));
@@ -563,14 +493,7 @@ fn an_fsync_makes_the_rewrite_survive_a_power_cut() {
         &random_fill,
     );
     std::fs::remove_file(&filler).expect("delete filler");
-    sh(
-        "btrfs",
-        [
-            OsStr::new("filesystem"),
-            OsStr::new("sync"),
-            root.as_os_str(),
-        ],
-    );
+    btrfs_filesystem_sync(&root);
     let (sum, before) = (md5(&file), filefrag_extents(&file));
 
     let f = File::open(&file).expect("open");

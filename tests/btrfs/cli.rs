@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use defragd::sys::{self, Flush};
 use defragd_testkit as common;
 use defragd_testkit::{
-    btrfs_defragment, btrfs_du, btrfs_snapshot_ro, btrfs_subvolume, defrag_json, defragd,
-    filefrag_extents, md5, sh, ImageSpec, LoopImage, SwapGuard, MIB,
+    btrfs_defragment, btrfs_du, btrfs_filesystem_sync, btrfs_snapshot_ro, btrfs_subvolume,
+    defrag_json, defragd, filefrag_extents, md5, sh, ImageSpec, LoopImage, SwapGuard, MIB,
 };
 
 use crate::{fragmented, interleave, text_fill};
@@ -22,18 +22,6 @@ use crate::{fragmented, interleave, text_fill};
 /// 32 MiB in 128 KiB pieces: 256 extents.
 const SIZE: u64 = 32 * MIB;
 const PIECE: usize = 128 * 1024;
-
-/// `btrfs filesystem sync`, so that `du` counts what was just written.
-fn fs_sync(path: &Path) {
-    sh(
-        "btrfs",
-        [
-            OsStr::new("filesystem"),
-            OsStr::new("sync"),
-            path.as_os_str(),
-        ],
-    );
-}
 
 #[test]
 fn defrag_matches_btrfs_defragment_and_leaves_a_snapshot_shared() {
@@ -49,7 +37,7 @@ fn defrag_matches_btrfs_defragment_and_leaves_a_snapshot_shared() {
     fragmented(&[loose.clone(), root.join("other")], SIZE, PIECE);
     fragmented(&[kept.clone(), root.join("data/other")], SIZE, PIECE);
     btrfs_snapshot_ro(&root.join("data"), &root.join("snap"));
-    fs_sync(&root);
+    btrfs_filesystem_sync(&root);
     let (sum_loose, sum_kept) = (md5(&loose), md5(&kept));
     let before = (filefrag_extents(&loose), filefrag_extents(&kept));
     assert!(
@@ -61,7 +49,7 @@ fn defrag_matches_btrfs_defragment_and_leaves_a_snapshot_shared() {
 
     let du_before = btrfs_du(&root.join("data"));
     let (report, run) = defrag_json(&[], &[&loose, &kept], 0);
-    fs_sync(&root);
+    btrfs_filesystem_sync(&root);
     let du_after = btrfs_du(&root.join("data"));
     let after = (filefrag_extents(&loose), filefrag_extents(&kept));
     assert_eq!(
@@ -98,11 +86,11 @@ fn defrag_matches_btrfs_defragment_and_leaves_a_snapshot_shared() {
 
     // The peer, on the identical copy.
     let peer = btrfs_defragment(&troot.join("loose"));
-    fs_sync(&troot);
+    btrfs_filesystem_sync(&troot);
     let peer_extents = filefrag_extents(&troot.join("loose"));
     let tdu_before = btrfs_du(&troot.join("data"));
     btrfs_defragment(&troot.join("data/kept"));
-    fs_sync(&troot);
+    btrfs_filesystem_sync(&troot);
     let tdu_after = btrfs_du(&troot.join("data"));
     eprintln!(
         "loose: {} extents; defragd {} in {:.2} s, btrfs filesystem defragment {} in {:.2} s; \

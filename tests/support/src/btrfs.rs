@@ -37,6 +37,19 @@ pub fn btrfs_snapshot_ro(src: &Path, dst: &Path) {
     );
 }
 
+/// `btrfs filesystem sync PATH`: commits the filesystem's transaction, so
+/// that `btrfs filesystem du` counts what was just written.
+pub fn btrfs_filesystem_sync(path: &Path) {
+    sh(
+        "btrfs",
+        [
+            OsStr::new("filesystem"),
+            OsStr::new("sync"),
+            path.as_os_str(),
+        ],
+    );
+}
+
 /// One line of `btrfs filesystem du --raw`, in bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BtrfsDu {
