@@ -8,7 +8,7 @@ until the backend lands.
 """
 import math
 
-from report import MIB, fmt, pct, ratio, scenario_result, table, times
+from report import MIB, alone_spread, fmt, pct, ratio, scenario_result, table, times
 
 # The longest extent, in bytes, by filesystem: XFS's is 2^21 blocks (8 GiB
 # with 4 KiB blocks), btrfs's BTRFS_MAX_EXTENT_SIZE 128 MiB.
@@ -173,8 +173,8 @@ def impact_part(fig, goals):
                      fmt(r.get("extents_after"))])
     lines += table(["", "load s", "read IOPS", "p99 us", "p99/alone", "append p99 ms",
                     "longest stall ms", "io some %", "defragmented in", "extents after"], rows)
-    if len(alones) == 2 and base:
-        spread = (max(alones) - min(alones)) / base
+    spread = alone_spread(alones)
+    if spread is not None:
         res["alone_p99_spread"] = spread
         lines.append(f"(p99/alone: against the mean of the two alone runs, {fmt(base, 0)} us; "
                      f"they differ by {pct(spread)}, the noise of this machine)")

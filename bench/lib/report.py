@@ -67,6 +67,14 @@ def ratio(a, b):
     return a / b
 
 
+def alone_spread(alones):
+    """How far two alone runs differ, against their mean: the machine's own
+    noise, beside which a ratio to them is read. None unless there are two."""
+    if len(alones) != 2:
+        return None
+    return ratio(max(alones) - min(alones), sum(alones) / 2)
+
+
 def fmt(value, digits=1, suffix=""):
     if value is None:
         return "-"
@@ -301,7 +309,7 @@ def impact_part(fig, goals):
     alones = [res[a]["p99_us"] for a in ("alone", "alone-again") if res[a]["p99_us"] is not None]
     base = sum(alones) / len(alones) if alones else None
     res["alone_p99_us"] = base
-    res["alone_p99_spread"] = ratio(max(alones) - min(alones), base) if len(alones) == 2 else None
+    res["alone_p99_spread"] = alone_spread(alones)
     for scen, _ in SCENARIOS:
         res[scen]["p99_vs_alone"] = ratio(res[scen]["p99_us"], base)
     stall = lambda s: (res[s]["appender"] or {}).get("max_stall_ms")
@@ -437,9 +445,7 @@ def startup_part(fig, goals):
                for scen in ("alone", "service", "alone-again")}
         alones = [v for v in (p99["alone"], p99["alone-again"]) if v is not None]
         quieter = min(alones) if alones else None
-        # How far the two alone runs of one copy differ: the machine's own
-        # noise, beside which the ratio is read.
-        apart = ratio(max(alones), quieter) - 1 if len(alones) == 2 and quieter else None
+        apart = alone_spread(alones)
         run = {"p99_us": p99, "quieter_alone_p99_us": quieter,
                "p99_vs_alone": ratio(p99["service"], quieter), "alone_runs_apart": apart}
         for k in ("finished", "defrag_s", "extents_after", "interruptions",
@@ -474,7 +480,8 @@ def startup_part(fig, goals):
                    rows)
     lines.append("(the service: default config; each run on a fresh copy of the image, caches "
                  "dropped; the reader pinned to one CPU in all three; alones apart: how far the two "
-                 "alone runs differ, the machine's own noise; service read / wrote: "
+                 "alone runs differ, against their mean, the machine's own noise; "
+                 "service read / wrote: "
                  "what the service made the disk read and write while the reader ran, from "
                  "/proc/PID/io; given back: times the move stopped at a block for I/O pressure)")
     lines += goals.lines(part)
